@@ -1,0 +1,14 @@
+//! Library behind the `bench` command, which measures Margay against its
+//! peers (Debian's reference CNI plugins) in the same run.
+//!
+//! Each benchmark lives in its own module and returns a serialisable report;
+//! nothing here prints: the binary decides between a table and JSON.
+
+pub mod exec;
+pub mod ipam;
+pub mod network;
+pub mod packets;
+pub mod pods;
+pub mod report;
+pub mod stats;
+pub mod throughput;

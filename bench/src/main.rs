@@ -1,0 +1,181 @@
+//! `bench`: measures Margay against its peers (Debian's reference CNI
+//! plugins) in the same run and prints the comparison.
+#![allow(clippy::print_stdout)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use margay_bench::ipam::{self, IpamBench};
+use margay_bench::report::{RunInfo, Table};
+
+#[derive(Parser)]
+#[command(
+    name = "bench",
+    version,
+    about = "Measure Margay against the reference CNI plugins, in one run"
+)]
+struct Cli {
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Per-call latency of IPAM ADD and DEL: margay-ipam vs host-local.
+    Ipam(IpamArgs),
+    /// Pod ADD/DEL latency (sequential, interleaved) and pods/s with
+    /// concurrent workers: margay bpf vs margay linux vs ptp+host-local.
+    /// Needs root.
+    Pods {
+        /// Pods per network in the sequential phase.
+        #[arg(long, default_value_t = 200)]
+        pods: usize,
+        /// Concurrent workers in the throughput phase.
+        #[arg(long, default_value_t = 8)]
+        workers: usize,
+        /// Pods per network in the throughput phase.
+        #[arg(long, default_value_t = 200)]
+        concurrent_pods: usize,
+        /// Directory holding margay and margay-ipam [default: this executable's].
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        #[arg(long, default_value = "/usr/lib/cni")]
+        peer_dir: PathBuf,
+    },
+    /// ns/packet of from_pod (BPF_PROG_TEST_RUN): conntrack miss with a
+    /// 100-rule policy, and conntrack hit. Needs root.
+    Packets {
+        /// Repetitions per TestRun call.
+        #[arg(long, default_value_t = 1_000_000)]
+        repeat: u32,
+        /// Rules in the egress policy.
+        #[arg(long, default_value_t = 100)]
+        rules: usize,
+    },
+    /// Pod-to-pod TCP throughput with iperf3: margay bpf vs margay linux vs
+    /// ptp+host-local, interleaved rounds, medians. Needs root and iperf3.
+    Throughput {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 3)]
+        seconds: u32,
+        /// Directory holding margay and margay-ipam [default: this executable's].
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        #[arg(long, default_value = "/usr/lib/cni")]
+        peer_dir: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct IpamArgs {
+    /// Containers per plugin (each gets one ADD and one DEL).
+    #[arg(long, default_value_t = ipam::DEFAULT_CALLS)]
+    calls: usize,
+    /// Directory holding margay-ipam [default: the directory of this executable].
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Directory holding the reference plugins (host-local).
+    #[arg(long, default_value = "/usr/lib/cni")]
+    peer_dir: PathBuf,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let info = RunInfo::current();
+    match cli.cmd {
+        Cmd::Ipam(args) => {
+            let report = ipam::run(&IpamBench {
+                calls: args.calls,
+                warmup: ipam::WARMUP,
+                bin_dir: bin_dir_or_own(args.bin_dir)?,
+                peer_dir: args.peer_dir,
+            })?;
+            print_report(cli.json, &report, report.header(), report.table())
+        }
+        Cmd::Pods {
+            pods,
+            workers,
+            concurrent_pods,
+            bin_dir,
+            peer_dir,
+        } => {
+            let report = margay_bench::pods::run(
+                bin_dir_or_own(bin_dir)?,
+                peer_dir,
+                pods,
+                workers,
+                concurrent_pods,
+            )?;
+            let what = format!(
+                "{pods} pods per network sequentially, {concurrent_pods} with {workers} workers; \
+                 ratios are margay/peer (lower latency, higher pods/s is better)"
+            );
+            print_report(cli.json, &report, info.header(&what), report.table())
+        }
+        Cmd::Packets { repeat, rules } => {
+            let report = margay_bench::packets::run(repeat, rules)?;
+            let what = format!("repeat {repeat}, {rules}-rule egress policy");
+            print_report(cli.json, &report, info.header(&what), report.table())
+        }
+        Cmd::Throughput {
+            rounds,
+            seconds,
+            bin_dir,
+            peer_dir,
+        } => {
+            let report =
+                margay_bench::throughput::run(bin_dir_or_own(bin_dir)?, peer_dir, rounds, seconds)?;
+            let what = format!("{rounds} interleaved rounds of {seconds} s");
+            print_report(cli.json, &report, info.header(&what), report.table())
+        }
+    }
+}
+
+/// Prints `report` as JSON, or as `header` over its table.
+fn print_report<R: serde::Serialize>(
+    json: bool,
+    report: &R,
+    header: String,
+    table: Table,
+) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        println!("{header}");
+        print!("{}", table.render());
+    }
+    Ok(())
+}
+
+/// `--bin-dir`, else the directory of this executable.
+fn bin_dir_or_own(bin_dir: Option<PathBuf>) -> Result<PathBuf> {
+    match bin_dir {
+        Some(d) => Ok(d),
+        None => own_dir(),
+    }
+}
+
+/// The directory of the running executable (`target/release` when built with
+/// `cargo build --release --workspace`, next to the other binaries).
+fn own_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the bench executable")?;
+    exe.parent()
+        .map(PathBuf::from)
+        .context("the bench executable has no parent directory")
+}

@@ -1,0 +1,132 @@
+//! The networks benchmarks compare: Margay in bpf and linux mode, and
+//! Debian's ptp + host-local, each with its own name, pool and state
+//! directories, driven through the same CNI driver a test uses.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use margay_tests::bpf::BpfRoot;
+use margay_tests::driver::{Runtime, first_ipv4};
+use margay_tests::netns::{NetNs, unique_name};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    MargayBpf,
+    MargayLinux,
+    PtpHostLocal,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::MargayBpf, Kind::MargayLinux, Kind::PtpHostLocal];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::MargayBpf => "margay bpf",
+            Kind::MargayLinux => "margay linux",
+            Kind::PtpHostLocal => "ptp+host-local",
+        }
+    }
+}
+
+/// One network; its pods are the caller's to delete.
+pub struct Network {
+    pub kind: Kind,
+    pub rt: Runtime,
+    _dir: TempDir,
+    _bpf: Option<BpfRoot>,
+}
+
+impl Network {
+    /// `pool` is a /16 of its own; `bin_dir` holds margay and margay-ipam,
+    /// `peer_dir` the reference plugins.
+    pub fn new(kind: Kind, pool: &str, bin_dir: &Path, peer_dir: &Path) -> Result<Network> {
+        let dir = tempfile::tempdir()?;
+        let bpf = (kind == Kind::MargayBpf).then(BpfRoot::new);
+        let (version, plugin, cni_path): (&str, Value, Vec<PathBuf>) = match kind {
+            Kind::MargayBpf | Kind::MargayLinux => {
+                let mut p = json!({"type": "margay", "nodename": "bench", "mtu": 1500,
+                    "dataplane": if kind == Kind::MargayBpf { "bpf" } else { "linux" },
+                    "bpf_log_level": "off",
+                    "ipam": {"type": "margay-ipam", "pools": [pool], "data_dir": dir.path().join("ipam"),
+                             "lock_timeout_ms": 60000}});
+                if let Some(root) = &bpf {
+                    p["bpf_root"] = root.path().to_string_lossy().into_owned().into();
+                }
+                (
+                    "1.1.0",
+                    p,
+                    vec![bin_dir.to_path_buf(), peer_dir.to_path_buf()],
+                )
+            }
+            Kind::PtpHostLocal => (
+                // Debian's plugins (1.1.1) speak CNI up to 1.0.0.
+                "1.0.0",
+                json!({"type": "ptp", "ipMasq": false, "mtu": 1500,
+                       "ipam": {"type": "host-local", "ranges": [[{"subnet": pool}]],
+                                "dataDir": dir.path().join("host-local")}}),
+                vec![peer_dir.to_path_buf()],
+            ),
+        };
+        let list =
+            json!({"cniVersion": version, "name": unique_name("mgbench"), "plugins": [plugin]});
+        let rt = Runtime::new(&list, cni_path, &dir.path().join("cache"));
+        Ok(Network {
+            kind,
+            rt,
+            _dir: dir,
+            _bpf: bpf,
+        })
+    }
+
+    /// ADD of `cid` in `ns`; the pod's IPv4 address.
+    pub fn add(&self, ns: &NetNs, cid: &str) -> Result<std::net::Ipv4Addr> {
+        let result = self
+            .rt
+            .add(cid, &ns.path(), "eth0", "")
+            .with_context(|| format!("{}: ADD {cid}", self.kind.label()))?;
+        let ips = result["ips"].as_array().map_or(0, Vec::len);
+        anyhow::ensure!(
+            ips == 1,
+            "{}: ADD {cid}: expected one IP in the result, got {ips}: {result}",
+            self.kind.label()
+        );
+        first_ipv4(&result).context("ADD result without an IPv4 address")
+    }
+
+    pub fn del(&self, ns: &NetNs, cid: &str) -> Result<()> {
+        self.rt
+            .del(cid, Some(&ns.path()), "eth0", "")
+            .with_context(|| format!("{}: DEL {cid}", self.kind.label()))
+    }
+}
+
+/// A pod that is DELeted (best effort) when dropped, so an aborted run
+/// leaves nothing.
+pub struct Pod<'n> {
+    pub net: &'n Network,
+    pub ns: NetNs,
+    pub cid: String,
+    pub ip: Option<std::net::Ipv4Addr>,
+}
+
+impl<'n> Pod<'n> {
+    /// A fresh namespace, not yet added (creating it is not what we time).
+    pub fn prepare(net: &'n Network, tag: &str) -> Pod<'n> {
+        Pod {
+            net,
+            ns: NetNs::new(tag),
+            cid: unique_name("bench"),
+            ip: None,
+        }
+    }
+}
+
+impl Drop for Pod<'_> {
+    fn drop(&mut self) {
+        if self.ip.is_some() {
+            let _ = self.net.del(&self.ns, &self.cid);
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! `margayctl`: inspect and program the eBPF dataplane of this node.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use margay_conf::report::table;
+use margay_ctl::{policy_summary, read_policy, resolve};
+use margay_ebpf::inspect::{self, CtRecord, FlowRecord};
+use margay_ebpf::{policy, registry};
+
+#[derive(Parser)]
+#[command(version, about = "Inspect and program Margay's eBPF dataplane")]
+struct Cli {
+    /// The BPF root the network configuration names (`bpf_root`).
+    #[arg(
+        long,
+        global = true,
+        env = "MARGAY_BPF_ROOT",
+        default_value = "/sys/fs/bpf/margay"
+    )]
+    bpf_root: PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Endpoints: host veth, ifindex, IP, attached programs, policy.
+    Endpoints,
+    /// Allowed packets/bytes and drops by reason, per endpoint.
+    Counters {
+        /// Host veth name, ifindex or pod IP.
+        #[arg(long)]
+        endpoint: Option<String>,
+    },
+    /// Connection tracking.
+    Conntrack {
+        #[command(subcommand)]
+        action: CtAction,
+    },
+    /// Per-endpoint policy.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
+    /// Dropped packets with their reason, from the programs' event ring
+    /// (needs `bpf_log_level` info or debug).
+    Drops {
+        /// Keep printing as drops happen (until interrupted).
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Node-wide dataplane operations.
+    Dataplane {
+        #[command(subcommand)]
+        action: DataplaneAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum CtAction {
+    /// List tracked flows.
+    Dump {
+        #[arg(long)]
+        endpoint: Option<String>,
+    },
+    /// Forget tracked flows (new packets are judged by policy again).
+    Flush {
+        #[arg(long)]
+        endpoint: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyAction {
+    /// Replace an endpoint's policy with the rules in a YAML or JSON file.
+    Set {
+        #[arg(long)]
+        endpoint: String,
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Show policies (all endpoints, or one).
+    Show {
+        #[arg(long)]
+        endpoint: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataplaneAction {
+    /// Detach the programs from every endpoint and forget them (switching a
+    /// node back to `"dataplane": "linux"`).
+    DetachAll,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("margayctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[allow(clippy::print_stdout)] // The binary's own output.
+fn emit(text: String) {
+    println!("{text}");
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string_pretty(v).expect("records serialize")
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let root = cli.bpf_root.as_path();
+    if !margay_ebpf::maps::map_path(root, "endpoints").exists() {
+        return Err(format!(
+            "no Margay dataplane is loaded at {} (check --bpf-root / MARGAY_BPF_ROOT against the \
+             network configuration's bpf_root; programs are loaded by margay-install or the first \
+             pod in bpf mode)",
+            root.display()
+        ));
+    }
+    let err = |e: margay_ebpf::DataplaneError| e.to_string();
+    let endpoint = |which: &Option<String>| which.as_deref().map(|w| resolve(root, w)).transpose();
+    match cli.command {
+        Cmd::Endpoints => {
+            let rows = margay_ctl::endpoints(root).map_err(err)?;
+            emit(if cli.json {
+                json(&rows)
+            } else {
+                let cells: Vec<Vec<String>> = rows
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.ifname.clone(),
+                            r.ifindex.to_string(),
+                            r.ip.to_string(),
+                            r.mac.clone(),
+                            if r.programs.is_empty() {
+                                "-".into()
+                            } else {
+                                r.programs.join(",")
+                            },
+                            policy_summary(&r.policy.ingress),
+                            policy_summary(&r.policy.egress),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "IFNAME", "IFINDEX", "IP", "POD-MAC", "PROGRAMS", "INGRESS", "EGRESS",
+                    ],
+                    &cells,
+                )
+            });
+        }
+        Cmd::Counters { endpoint: which } => {
+            let only = endpoint(&which)?;
+            let rows = margay_ctl::counters(root, only.as_ref()).map_err(err)?;
+            emit(if cli.json {
+                json(&rows)
+            } else {
+                let cells: Vec<Vec<String>> = rows
+                    .iter()
+                    .map(|r| {
+                        let drops = r
+                            .drops
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect::<Vec<_>>()
+                            .join(",");
+                        vec![
+                            r.ifname.clone(),
+                            r.ip.to_string(),
+                            format!("{}/{}", r.from_pod_packets, r.from_pod_bytes),
+                            format!("{}/{}", r.to_pod_packets, r.to_pod_bytes),
+                            if drops.is_empty() { "-".into() } else { drops },
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "IFNAME",
+                        "IP",
+                        "FROM-POD PKTS/BYTES",
+                        "TO-POD PKTS/BYTES",
+                        "DROPS",
+                    ],
+                    &cells,
+                )
+            });
+        }
+        Cmd::Conntrack {
+            action: CtAction::Dump { endpoint: which },
+        } => {
+            let only = endpoint(&which)?;
+            let now = inspect::monotonic_ns();
+            let records: Vec<CtRecord> = inspect::conntrack(root, only.map(|e| e.ifindex))
+                .map_err(err)?
+                .iter()
+                .map(|(k, v)| CtRecord::new(k, v, now))
+                .collect();
+            emit(if cli.json {
+                json(&records)
+            } else {
+                let cells: Vec<Vec<String>> = records
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.ifindex.to_string(),
+                            r.protocol.to_string(),
+                            r.src.clone(),
+                            r.dst.clone(),
+                            r.state.to_string(),
+                            format!("{}s", r.age_s),
+                            format!("{}s", r.idle_s),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &["IFINDEX", "PROTO", "SRC", "DST", "STATE", "PACKETS", "IDLE"],
+                    &cells,
+                )
+            });
+        }
+        Cmd::Conntrack {
+            action: CtAction::Flush { endpoint: which },
+        } => {
+            let only = endpoint(&which)?;
+            let n = registry::flush_conntrack(root, only.map(|e| e.ifindex)).map_err(err)?;
+            emit(format!("flushed {n} conntrack entries"));
+        }
+        Cmd::Policy {
+            action:
+                PolicyAction::Set {
+                    endpoint: which,
+                    file,
+                },
+        } => {
+            let ep = resolve(root, &which)?;
+            let spec = read_policy(&file)?;
+            policy::set(root, ep.ifindex, &spec).map_err(err)?;
+            emit(format!(
+                "policy of {} ({}): ingress {}, egress {}",
+                ep.ifname(),
+                ep.ipv4(),
+                policy_summary(&spec.ingress),
+                policy_summary(&spec.egress)
+            ));
+        }
+        Cmd::Policy {
+            action: PolicyAction::Show { endpoint: which },
+        } => {
+            let eps = match endpoint(&which)? {
+                Some(e) => vec![e],
+                None => registry::list(root).map_err(err)?,
+            };
+            let mut shown = Vec::new();
+            for ep in eps {
+                shown.push((
+                    ep.ifname(),
+                    ep.ipv4(),
+                    policy::get(root, ep.ifindex).map_err(err)?,
+                ));
+            }
+            emit(if cli.json {
+                let map: Vec<_> = shown
+                    .iter()
+                    .map(|(n, ip, p)| serde_json::json!({"ifname": n, "ip": ip, "policy": p}))
+                    .collect();
+                json(&map)
+            } else {
+                shown
+                    .iter()
+                    .map(|(n, ip, p)| {
+                        format!(
+                            "{n} ({ip}):\n{}",
+                            serde_yaml_ng::to_string(p).unwrap_or_default().trim_end()
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        Cmd::Drops { follow } => {
+            let timeout = if follow {
+                None
+            } else {
+                Some(std::time::Duration::ZERO)
+            };
+            inspect::follow_events(root, timeout, |e| {
+                let r = FlowRecord::from(&e);
+                let name = registry::list(root)
+                    .ok()
+                    .and_then(|l| l.into_iter().find(|ep| ep.ifindex == r.ifindex))
+                    .map(|ep| ep.ifname())
+                    .unwrap_or_else(|| format!("ifindex {}", r.ifindex));
+                emit(if cli.json {
+                    serde_json::to_string(&serde_json::json!({"endpoint": name, "event": r}))
+                        .expect("serializes")
+                } else {
+                    format!(
+                        "{:<15} {:<9} {:<15} proto {:<3} {} -> {}",
+                        name, r.direction, r.verdict, r.protocol, r.src, r.dst
+                    )
+                });
+                true
+            })
+            .map_err(err)?;
+        }
+        Cmd::Dataplane {
+            action: DataplaneAction::DetachAll,
+        } => {
+            let names = margay_ctl::detach_all(root).map_err(err)?;
+            emit(format!(
+                "detached {} endpoint(s): {}",
+                names.len(),
+                names.join(" ")
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,144 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Structures shared with userspace (ebpf/src/abi.rs mirrors them; both
+ * sides assert the sizes). Fixed-size values with reserved room, so that a
+ * later field does not change a pinned map's layout. The loader compares
+ * pinned maps' layouts with these itself (ebpf/src/node.rs), so there is no
+ * version number to keep in step. */
+#pragma once
+
+#include <linux/types.h>
+
+#define MAX_ENDPOINTS 1024
+#define MAX_POLICY_RULES 256
+
+enum direction {
+	DIR_EGRESS = 0,  /* from the pod */
+	DIR_INGRESS = 1, /* to the pod */
+};
+
+/* Why a packet was dropped. Stable numbers: operators script on them. */
+enum drop_reason {
+	REASON_ALLOWED = 0,        /* trace events only */
+	DROP_PARSE = 1,            /* truncated or malformed header */
+	DROP_UNSUPPORTED_L3 = 2,   /* neither IPv4, IPv6 nor ARP */
+	DROP_SPOOF_MAC = 3,        /* source MAC is not the endpoint's */
+	DROP_SPOOF_IP = 4,         /* source IP is not the endpoint's */
+	DROP_POLICY_EGRESS = 5,    /* the pod's egress policy denies it */
+	DROP_POLICY_INGRESS = 6,   /* the pod's ingress policy denies it */
+	DROP_FRAGMENT = 7,         /* non-first fragment under a policy */
+	DROP_NO_ENDPOINT = 8,      /* program on an interface with no endpoint */
+	DROP_REASON_MAX = 9,
+};
+
+struct endpoint {
+	__be32 ip;
+	__u8 mac[6];     /* the pod's interface MAC */
+	__u16 flags;     /* none defined yet */
+	__u32 ifindex;   /* the host veth; also the key */
+	char ifname[16]; /* the host veth's name: DEL finds entries by it
+			  * after the interface is gone */
+	__u32 reserved;
+};
+
+#define POLICY_ALLOW 1
+#define POLICY_DENY 2
+
+struct policy_rule {
+	__be32 addr; /* masked network address */
+	__be32 mask;
+	__u16 port_lo; /* host order; 0..65535 matches any port */
+	__u16 port_hi;
+	__u8 proto;    /* IPPROTO_*, 0 = any */
+	__u8 action;   /* POLICY_ALLOW or POLICY_DENY */
+	__u8 pad[2];
+};
+
+struct policy_key {
+	__u32 ifindex;
+	__u32 direction;
+};
+
+struct policy {
+	__u32 count;
+	__u32 reserved;
+	struct policy_rule rules[MAX_POLICY_RULES];
+};
+
+/* Conntrack key, normalised: side a is the lower (address, port), so both
+ * directions of a flow share one entry. Per endpoint (ifindex): a flow
+ * between two local pods has one entry for each, each pod's policy being
+ * applied once on its own side. */
+struct ct_key {
+	__be32 addr_a;
+	__be32 addr_b;
+	__be16 port_a;
+	__be16 port_b;
+	__u8 proto;
+	__u8 pad[3];
+	__u32 ifindex;
+};
+
+enum ct_state {
+	CT_NEW = 0,
+	CT_SYN_SENT = 1,    /* TCP: SYN seen, no reply yet */
+	CT_ESTABLISHED = 2, /* reply seen */
+	CT_FIN_WAIT = 3,    /* TCP: one side sent FIN */
+	CT_CLOSING = 4,     /* TCP: both sides sent FIN */
+	CT_CLOSED = 5,      /* TCP: RST seen */
+};
+
+#define CT_F_ORIGIN_IS_A 0x1 /* the flow's initiator is side a */
+#define CT_F_FIN_A 0x2
+#define CT_F_FIN_B 0x4
+#define CT_F_LOCAL_DELIVERY 0x8 /* FIB-checked: redirect to a local pod */
+
+/* No per-flow packet or byte counts: updating them on every packet bounces
+ * the entry's cache line between the CPUs of the two directions (measured:
+ * ~5% of pod-to-pod throughput). Per-endpoint counters are per-CPU. */
+struct ct_entry {
+	__u64 created_ns;
+	__u64 last_seen_ns; /* refreshed at most once per CT_REFRESH_NS */
+	__u8 state;
+	__u8 flags;
+	__u8 pad[2];
+	__u32 reserved;
+};
+
+struct counters {
+	__u64 packets[2]; /* by enum direction, allowed */
+	__u64 bytes[2];
+	__u64 drops[DROP_REASON_MAX];
+	__u64 reserved[3];
+};
+
+#define LOG_OFF 0
+#define LOG_INFO 1  /* drop events */
+#define LOG_DEBUG 2 /* drop events and every new flow's verdict */
+
+struct config {
+	__u32 log_level;
+	__u32 reserved[5];
+	__u64 object_id; /* which build's programs are pinned */
+};
+
+struct flow_event {
+	__u64 ts_ns;
+	__u32 ifindex;
+	__u8 reason; /* enum drop_reason; REASON_ALLOWED for traces */
+	__u8 direction;
+	__u8 proto;
+	__u8 pad;
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+};
+
+_Static_assert(sizeof(struct endpoint) == 36, "endpoint layout");
+_Static_assert(sizeof(struct policy_rule) == 16, "policy_rule layout");
+_Static_assert(sizeof(struct policy) == 8 + 16 * MAX_POLICY_RULES, "policy layout");
+_Static_assert(sizeof(struct ct_key) == 20, "ct_key layout");
+_Static_assert(sizeof(struct ct_entry) == 24, "ct_entry layout");
+_Static_assert(sizeof(struct counters) == 8 * 16, "counters layout");
+_Static_assert(sizeof(struct config) == 32, "config layout");
+_Static_assert(sizeof(struct flow_event) == 32, "flow_event layout");

@@ -1,0 +1,172 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Connection tracking: one LRU entry per flow and endpoint, TCP state by
+ * flags, idle timeouts by state. Replies of a tracked flow pass without a
+ * policy lookup; ICMP errors about a tracked flow pass as related. */
+#pragma once
+
+#include "common.h"
+#include "parse.h"
+
+/* One LRU list for the map: per-CPU lists (BPF_F_NO_COMMON_LRU) measured
+ * no faster here, and would evict early on a CPU that carries most flows. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536); /* the loader sets the configured size */
+	__type(key, struct ct_key);
+	__type(value, struct ct_entry);
+} conntrack SEC(".maps");
+
+#define SEC_NS 1000000000ULL
+/* How stale last_seen may get: timeouts are seconds to hours, and writing
+ * the entry less often keeps it in both directions' CPU caches. */
+#define CT_REFRESH_NS SEC_NS
+
+/* Idle timeouts, refreshed by every packet of the flow. */
+static __always_inline __u64 ct_timeout(const struct ct_entry *e, __u8 proto)
+{
+	if (proto == IPPROTO_TCP) {
+		switch (e->state) {
+		case CT_SYN_SENT:
+			return 60 * SEC_NS;
+		case CT_ESTABLISHED:
+			return 6 * 3600 * SEC_NS;
+		case CT_FIN_WAIT:
+			return 120 * SEC_NS;
+		default: /* closing, closed */
+			return 10 * SEC_NS;
+		}
+	}
+	if (proto == IPPROTO_UDP)
+		return (e->state == CT_ESTABLISHED ? 180 : 60) * SEC_NS;
+	return 30 * SEC_NS;
+}
+
+/* Whether `e` has been idle longer than its timeout at `now`. Another CPU
+ * may have refreshed last_seen after we read `now`: the difference is
+ * signed, or that race would read as an entry idle for 500 years and a
+ * live flow would be re-created mid-stream. */
+static __always_inline bool ct_expired(const struct ct_entry *e, __u64 now, __u8 proto)
+{
+	return (__s64)(now - e->last_seen_ns) > (__s64)ct_timeout(e, proto);
+}
+
+enum ct_result {
+	CT_MISS = 0,
+	CT_ORIGINAL,
+	CT_REPLY,
+};
+
+/* Fills `k` for the flow of (saddr, sport) -> (daddr, dport) on `ifindex`;
+ * true when the sender is side a. */
+static __always_inline bool ct_key_fill(struct ct_key *k, __be32 saddr, __be32 daddr, __be16 sport,
+					__be16 dport, __u8 proto, __u32 ifindex)
+{
+	bool src_is_a = saddr < daddr || (saddr == daddr && sport <= dport);
+	k->addr_a = src_is_a ? saddr : daddr;
+	k->addr_b = src_is_a ? daddr : saddr;
+	k->port_a = src_is_a ? sport : dport;
+	k->port_b = src_is_a ? dport : sport;
+	k->proto = proto;
+	k->pad[0] = k->pad[1] = k->pad[2] = 0;
+	k->ifindex = ifindex;
+	return src_is_a;
+}
+
+/* Only transitions write: a steady flow reads its entry and leaves it. */
+static __always_inline void tcp_advance(struct ct_entry *e, const struct packet *p, bool src_is_a,
+					bool original)
+{
+	if (p->tcp_flags & TCPF_RST) {
+		if (e->state != CT_CLOSED)
+			e->state = CT_CLOSED;
+		return;
+	}
+	if (p->tcp_flags & TCPF_FIN) {
+		__u8 flags = e->flags | (src_is_a ? CT_F_FIN_A : CT_F_FIN_B);
+		bool both = (flags & (CT_F_FIN_A | CT_F_FIN_B)) == (CT_F_FIN_A | CT_F_FIN_B);
+		__u8 state = both ? CT_CLOSING : CT_FIN_WAIT;
+		if (e->flags != flags || e->state != state) {
+			e->flags = flags;
+			e->state = state;
+		}
+		return;
+	}
+	if (!original && e->state == CT_SYN_SENT)
+		e->state = CT_ESTABLISHED;
+}
+
+/* Looks the packet's flow up on `ifindex` and advances its state. A stale
+ * entry, or a closed TCP flow seeing a new SYN, is a miss: the new flow is
+ * judged by policy again. */
+static __always_inline int ct_lookup(const struct packet *p, __u32 ifindex, struct ct_entry **out)
+{
+	struct ct_key k;
+	bool src_is_a = ct_key_fill(&k, p->saddr, p->daddr, p->sport, p->dport, p->proto, ifindex);
+	struct ct_entry *e = bpf_map_lookup_elem(&conntrack, &k);
+	if (!e)
+		return CT_MISS;
+	__u64 now = bpf_ktime_get_ns();
+	if (ct_expired(e, now, p->proto))
+		return CT_MISS;
+	bool syn_only = (p->tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN;
+	if (p->proto == IPPROTO_TCP && syn_only && e->state >= CT_CLOSING)
+		return CT_MISS;
+	bool original = src_is_a == !!(e->flags & CT_F_ORIGIN_IS_A);
+	if ((__s64)(now - e->last_seen_ns) > (__s64)CT_REFRESH_NS)
+		e->last_seen_ns = now;
+	if (p->proto == IPPROTO_TCP)
+		tcp_advance(e, p, src_is_a, original);
+	else if (!original && e->state != CT_ESTABLISHED)
+		e->state = CT_ESTABLISHED;
+	*out = e;
+	return original ? CT_ORIGINAL : CT_REPLY;
+}
+
+/* Records a new flow, the packet's sender being its initiator. */
+static __always_inline void ct_create(const struct packet *p, __u32 ifindex, __u8 flags)
+{
+	struct ct_key k;
+	bool src_is_a = ct_key_fill(&k, p->saddr, p->daddr, p->sport, p->dport, p->proto, ifindex);
+	__u64 now = bpf_ktime_get_ns();
+	struct ct_entry e = {
+		.created_ns = now,
+		.last_seen_ns = now,
+		.state = CT_NEW,
+		.flags = flags | (src_is_a ? CT_F_ORIGIN_IS_A : 0),
+	};
+	if (p->proto == IPPROTO_TCP) {
+		if (p->tcp_flags & TCPF_RST)
+			e.state = CT_CLOSED;
+		else if ((p->tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN)
+			e.state = CT_SYN_SENT;
+		else /* picked up mid-stream (after a flush or an upgrade) */
+			e.state = CT_ESTABLISHED;
+	}
+	bpf_map_update_elem(&conntrack, &k, &e, BPF_ANY);
+}
+
+/* An ICMP error (unreachable, time exceeded, parameter problem) quoting a
+ * flow tracked on `ifindex`: path MTU discovery must keep working for pods
+ * whose policy would not admit ICMP on its own. */
+static __always_inline bool ct_related(struct __sk_buff *skb, const struct packet *p, __u32 ifindex)
+{
+	if (p->proto != IPPROTO_ICMP || p->fragment)
+		return false;
+	if (p->icmp_type != ICMP_DEST_UNREACH && p->icmp_type != ICMP_TIME_EXCEEDED &&
+	    p->icmp_type != ICMP_PARAMETERPROB)
+		return false;
+	struct {
+		struct iphdr ip;
+		__be16 sport;
+		__be16 dport;
+	} inner;
+	if (bpf_skb_load_bytes(skb, p->l4_off + sizeof(struct icmphdr), &inner, sizeof(inner)) < 0)
+		return false;
+	if (inner.ip.ihl != 5) /* options in the quote: not worth chasing */
+		return false;
+	struct ct_key k;
+	ct_key_fill(&k, inner.ip.saddr, inner.ip.daddr, inner.sport, inner.dport, inner.ip.protocol,
+		    ifindex);
+	struct ct_entry *e = bpf_map_lookup_elem(&conntrack, &k);
+	return e && !ct_expired(e, bpf_ktime_get_ns(), inner.ip.protocol);
+}

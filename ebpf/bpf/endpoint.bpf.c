@@ -1,0 +1,135 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Per-endpoint programs on a pod's host veth:
+ *   from_pod: TC ingress, traffic leaving the pod;
+ *   to_pod:   TC egress, traffic entering the pod.
+ * In order: parse, anti-spoofing (from_pod), conntrack, policy, counters,
+ * forwarding. Every drop carries a reason (abi.h). */
+
+#include "common.h"
+#include "parse.h"
+#include "events.h"
+#include "endpoint.h"
+#include "conntrack.h"
+#include "policy.h"
+#include "forward.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* How a packet reached a pod's ingress decision. */
+enum ingress_path {
+	VIA_STACK = 0,       /* routed by the kernel to the host veth */
+	VIA_LOCAL_POD = 1,   /* redirected by the sending pod's from_pod */
+};
+
+/* The destination pod's side of a packet: conntrack, then its ingress
+ * policy for a new flow. TC_ACT_OK to deliver, TC_ACT_SHOT when dropped. */
+static __always_inline int ingress_verdict(struct __sk_buff *skb, const struct packet *p,
+					   __u32 ifindex, enum ingress_path path)
+{
+	if (p->fragment) {
+		if (policy_of(ifindex, DIR_INGRESS))
+			return drop(p, ifindex, DIR_INGRESS, DROP_FRAGMENT);
+		count_allowed(ifindex, DIR_INGRESS, p->len);
+		return TC_ACT_OK;
+	}
+	struct ct_entry *e;
+	if (ct_lookup(p, ifindex, &e) != CT_MISS || ct_related(skb, p, ifindex)) {
+		count_allowed(ifindex, DIR_INGRESS, p->len);
+		return TC_ACT_OK;
+	}
+	/* The node itself (kubelet probes, host-network pods) is always let
+	 * in, as Kubernetes expects; its packets carry no ingress device. */
+	bool from_node = path == VIA_STACK && skb->ingress_ifindex == 0;
+	if (!from_node &&
+	    policy_check(ifindex, DIR_INGRESS, p->saddr, p->proto, bpf_ntohs(p->dport)) != POLICY_ALLOW)
+		return drop(p, ifindex, DIR_INGRESS, DROP_POLICY_INGRESS);
+	ct_create(p, ifindex, path == VIA_LOCAL_POD ? CT_F_LOCAL_DELIVERY : 0);
+	trace_new_flow(p, ifindex, DIR_INGRESS);
+	count_allowed(ifindex, DIR_INGRESS, p->len);
+	return TC_ACT_OK;
+}
+
+/* Hands a packet from one local pod to another, applying the destination's
+ * ingress decision first (redirect_peer skips the destination's to_pod). */
+static __always_inline int deliver_local(struct __sk_buff *skb, const struct packet *p,
+					 __u32 dst_ifindex)
+{
+	struct endpoint *dst = endpoint_of(dst_ifindex);
+	if (!dst || p->ttl <= 1) /* the stack sends time-exceeded */
+		return TC_ACT_OK;
+	int verdict = ingress_verdict(skb, p, dst_ifindex, VIA_LOCAL_POD);
+	if (verdict != TC_ACT_OK)
+		return verdict;
+	return redirect_to_pod(skb, p, dst);
+}
+
+SEC("classifier")
+int from_pod(struct __sk_buff *skb)
+{
+	struct packet p = {};
+	__u32 ifindex = skb->ifindex;
+	int parsed = parse_packet(skb, &p);
+	struct endpoint *ep = endpoint_of(ifindex);
+
+	if (!ep)
+		return drop(&p, 0, DIR_EGRESS, DROP_NO_ENDPOINT);
+	if (parsed == PARSE_FAILED)
+		return drop(&p, ifindex, DIR_EGRESS, DROP_PARSE);
+	if (__builtin_memcmp(p.src_mac, ep->mac, ETH_ALEN) != 0)
+		return drop(&p, ifindex, DIR_EGRESS, DROP_SPOOF_MAC);
+	if (parsed == PARSE_UNSUPPORTED)
+		return drop(&p, ifindex, DIR_EGRESS, DROP_UNSUPPORTED_L3);
+	if (parsed != PARSED_IPV4) { /* ARP; IPv6 until it is handled */
+		count_allowed(ifindex, DIR_EGRESS, p.len);
+		return TC_ACT_OK;
+	}
+	if (p.saddr != ep->ip)
+		return drop(&p, ifindex, DIR_EGRESS, DROP_SPOOF_IP);
+
+	if (p.fragment) {
+		if (policy_of(ifindex, DIR_EGRESS))
+			return drop(&p, ifindex, DIR_EGRESS, DROP_FRAGMENT);
+		count_allowed(ifindex, DIR_EGRESS, p.len);
+		return TC_ACT_OK;
+	}
+
+	struct ct_entry *e;
+	if (ct_lookup(&p, ifindex, &e) != CT_MISS) {
+		count_allowed(ifindex, DIR_EGRESS, p.len);
+		__u32 dst = (e->flags & CT_F_LOCAL_DELIVERY) ? local_endpoint_ifindex(p.daddr) : 0;
+		return dst ? deliver_local(skb, &p, dst) : TC_ACT_OK;
+	}
+	if (!ct_related(skb, &p, ifindex) &&
+	    policy_check(ifindex, DIR_EGRESS, p.daddr, p.proto, bpf_ntohs(p.dport)) != POLICY_ALLOW)
+		return drop(&p, ifindex, DIR_EGRESS, DROP_POLICY_EGRESS);
+
+	__u32 dst = local_endpoint_ifindex(p.daddr);
+	if (dst && !fib_routes_to(skb, &p, dst))
+		dst = 0;
+	ct_create(&p, ifindex, dst ? CT_F_LOCAL_DELIVERY : 0);
+	trace_new_flow(&p, ifindex, DIR_EGRESS);
+	count_allowed(ifindex, DIR_EGRESS, p.len);
+	return dst ? deliver_local(skb, &p, dst) : TC_ACT_OK;
+}
+
+SEC("classifier")
+int to_pod(struct __sk_buff *skb)
+{
+	struct packet p = {};
+	__u32 ifindex = skb->ifindex;
+	int parsed = parse_packet(skb, &p);
+
+	if (!endpoint_of(ifindex))
+		return drop(&p, 0, DIR_INGRESS, DROP_NO_ENDPOINT);
+	switch (parsed) {
+	case PARSE_FAILED:
+		return drop(&p, ifindex, DIR_INGRESS, DROP_PARSE);
+	case PARSE_UNSUPPORTED:
+		return drop(&p, ifindex, DIR_INGRESS, DROP_UNSUPPORTED_L3);
+	case PARSED_IPV4:
+		return ingress_verdict(skb, &p, ifindex, VIA_STACK);
+	default: /* ARP; IPv6 until it is handled */
+		count_allowed(ifindex, DIR_INGRESS, p.len);
+		return TC_ACT_OK;
+	}
+}

@@ -1,0 +1,88 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Counters per endpoint and the flow-event ring buffer: every drop is
+ * counted by reason, and reported with its 5-tuple when logging is on. */
+#pragma once
+
+#include "common.h"
+#include "parse.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, MAX_ENDPOINTS + 1); /* +1: ifindex 0, no endpoint */
+	__type(key, __u32);
+	__type(value, struct counters);
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} flow_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct config);
+} config SEC(".maps");
+
+static __always_inline __u32 log_level(void)
+{
+	__u32 zero = 0;
+	struct config *c = bpf_map_lookup_elem(&config, &zero);
+	return c ? c->log_level : LOG_OFF;
+}
+
+static __always_inline struct counters *counters_of(__u32 ifindex)
+{
+	struct counters *c = bpf_map_lookup_elem(&counters, &ifindex);
+	if (c)
+		return c;
+	struct counters zero = {};
+	bpf_map_update_elem(&counters, &ifindex, &zero, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&counters, &ifindex);
+}
+
+static __always_inline void emit(const struct packet *p, __u32 ifindex, __u8 dir, __u8 reason)
+{
+	struct flow_event *e = bpf_ringbuf_reserve(&flow_events, sizeof(*e), 0);
+	if (!e)
+		return; /* full: the counters still have it */
+	e->ts_ns = bpf_ktime_get_ns();
+	e->ifindex = ifindex;
+	e->reason = reason;
+	e->direction = dir;
+	e->proto = p->proto;
+	e->pad = 0;
+	e->saddr = p->saddr;
+	e->daddr = p->daddr;
+	e->sport = p->sport;
+	e->dport = p->dport;
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline void count_allowed(__u32 ifindex, __u8 dir, __u32 len)
+{
+	struct counters *c = counters_of(ifindex);
+	if (c) {
+		c->packets[dir & 1] += 1;
+		c->bytes[dir & 1] += len;
+	}
+}
+
+/* Counts, reports and drops. */
+static __always_inline int drop(const struct packet *p, __u32 ifindex, __u8 dir, __u8 reason)
+{
+	struct counters *c = counters_of(ifindex);
+	if (c && reason < DROP_REASON_MAX)
+		c->drops[reason] += 1;
+	if (log_level() >= LOG_INFO)
+		emit(p, ifindex, dir, reason);
+	return TC_ACT_SHOT;
+}
+
+/* A new flow's verdict, reported only at debug level. */
+static __always_inline void trace_new_flow(const struct packet *p, __u32 ifindex, __u8 dir)
+{
+	if (log_level() >= LOG_DEBUG)
+		emit(p, ifindex, dir, REASON_ALLOWED);
+}

@@ -1,0 +1,206 @@
+//! Rust mirrors of `bpf/abi.h`. Sizes are asserted here and there, so a
+//! change on one side that is not made on the other fails the build.
+
+use std::net::Ipv4Addr;
+
+pub const MAX_POLICY_RULES: usize = 256;
+
+pub const DIR_EGRESS: u32 = 0;
+pub const DIR_INGRESS: u32 = 1;
+
+pub const POLICY_ALLOW: u8 = 1;
+pub const POLICY_DENY: u8 = 2;
+
+pub const LOG_OFF: u32 = 0;
+pub const LOG_INFO: u32 = 1;
+pub const LOG_DEBUG: u32 = 2;
+
+/// Why a packet was dropped (`enum drop_reason`).
+pub const DROP_REASONS: [&str; 9] = [
+    "allowed",
+    "parse",
+    "unsupported-l3",
+    "spoofed-mac",
+    "spoofed-ip",
+    "policy-egress",
+    "policy-ingress",
+    "fragment",
+    "no-endpoint",
+];
+pub const DROP_PARSE: usize = 1;
+pub const DROP_SPOOF_MAC: usize = 3;
+pub const DROP_SPOOF_IP: usize = 4;
+pub const DROP_POLICY_EGRESS: usize = 5;
+pub const DROP_POLICY_INGRESS: usize = 6;
+
+/// TCP states of a conntrack entry (`enum ct_state`).
+pub const CT_STATES: [&str; 6] = [
+    "new",
+    "syn-sent",
+    "established",
+    "fin-wait",
+    "closing",
+    "closed",
+];
+pub const CT_SYN_SENT: u8 = 1;
+pub const CT_ESTABLISHED: u8 = 2;
+pub const CT_FIN_WAIT: u8 = 3;
+pub const CT_CLOSING: u8 = 4;
+pub const CT_CLOSED: u8 = 5;
+pub const CT_F_ORIGIN_IS_A: u8 = 0x1;
+pub const CT_F_LOCAL_DELIVERY: u8 = 0x8;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Network byte order, as `Ipv4Addr::octets` read big-endian.
+    pub ip: [u8; 4],
+    pub mac: [u8; 6],
+    pub flags: u16,
+    pub ifindex: u32,
+    pub ifname: [u8; 16],
+    pub reserved: u32,
+}
+
+impl Endpoint {
+    pub fn new(ifindex: u32, ifname: &str, ip: Ipv4Addr, mac: [u8; 6]) -> Endpoint {
+        let mut name = [0u8; 16];
+        let n = ifname.len().min(15);
+        name[..n].copy_from_slice(&ifname.as_bytes()[..n]);
+        Endpoint {
+            ip: ip.octets(),
+            mac,
+            flags: 0,
+            ifindex,
+            ifname: name,
+            reserved: 0,
+        }
+    }
+
+    pub fn ifname(&self) -> String {
+        let end = self.ifname.iter().position(|&b| b == 0).unwrap_or(16);
+        String::from_utf8_lossy(&self.ifname[..end]).into_owned()
+    }
+
+    pub fn ipv4(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.ip)
+    }
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyRule {
+    pub addr: [u8; 4],
+    pub mask: [u8; 4],
+    pub port_lo: u16,
+    pub port_hi: u16,
+    pub proto: u8,
+    pub action: u8,
+    pub pad: [u8; 2],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyKey {
+    pub ifindex: u32,
+    pub direction: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub count: u32,
+    pub reserved: u32,
+    pub rules: [PolicyRule; MAX_POLICY_RULES],
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            count: 0,
+            reserved: 0,
+            rules: [PolicyRule::default(); MAX_POLICY_RULES],
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub addr_a: [u8; 4],
+    pub addr_b: [u8; 4],
+    /// Network byte order.
+    pub port_a: [u8; 2],
+    pub port_b: [u8; 2],
+    pub proto: u8,
+    pub pad: [u8; 3],
+    pub ifindex: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CtEntry {
+    pub created_ns: u64,
+    /// Refreshed at most once a second.
+    pub last_seen_ns: u64,
+    pub state: u8,
+    pub flags: u8,
+    pub pad: [u8; 2],
+    pub reserved: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    pub drops: [u64; 9],
+    pub reserved: [u64; 3],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Config {
+    pub log_level: u32,
+    pub reserved: [u32; 5],
+    pub object_id: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlowEvent {
+    pub ts_ns: u64,
+    pub ifindex: u32,
+    pub reason: u8,
+    pub direction: u8,
+    pub proto: u8,
+    pub pad: u8,
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+}
+
+const _: () = {
+    use std::mem::size_of;
+    assert!(size_of::<Endpoint>() == 36);
+    assert!(size_of::<PolicyRule>() == 16);
+    assert!(size_of::<Policy>() == 8 + 16 * MAX_POLICY_RULES);
+    assert!(size_of::<CtKey>() == 20);
+    assert!(size_of::<CtEntry>() == 24);
+    assert!(size_of::<Counters>() == 8 * 16);
+    assert!(size_of::<Config>() == 32);
+    assert!(size_of::<FlowEvent>() == 32);
+};
+
+// SAFETY: all of these are repr(C) plain data with no padding that the
+// kernel could not have written (every hole is an explicit field).
+unsafe impl aya::Pod for Endpoint {}
+unsafe impl aya::Pod for PolicyRule {}
+unsafe impl aya::Pod for PolicyKey {}
+unsafe impl aya::Pod for Policy {}
+unsafe impl aya::Pod for CtKey {}
+unsafe impl aya::Pod for CtEntry {}
+unsafe impl aya::Pod for Counters {}
+unsafe impl aya::Pod for Config {}
+unsafe impl aya::Pod for FlowEvent {}

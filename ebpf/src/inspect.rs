@@ -1,0 +1,161 @@
+//! Reading the dataplane's state for operators: counters, conntrack and
+//! the flow-event ring, as plain records.
+
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::abi::{CT_F_ORIGIN_IS_A, CT_STATES, Counters, CtEntry, CtKey, DROP_REASONS, FlowEvent};
+use crate::error::DataplaneError;
+use crate::maps;
+
+/// An endpoint's counters, summed over CPUs.
+pub fn counters(root: &Path, ifindex: u32) -> Result<Counters, DataplaneError> {
+    let map = maps::counters(root)?;
+    let mut total = Counters::default();
+    if let Ok(per_cpu) = map.get(&ifindex, 0) {
+        for c in per_cpu.iter() {
+            for d in 0..2 {
+                total.packets[d] += c.packets[d];
+                total.bytes[d] += c.bytes[d];
+            }
+            for (t, v) in total.drops.iter_mut().zip(c.drops) {
+                *t += v;
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// Monotonic nanoseconds, the clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CtRecord {
+    pub ifindex: u32,
+    pub protocol: u8,
+    /// The initiator.
+    pub src: String,
+    pub dst: String,
+    pub state: &'static str,
+    pub age_s: u64,
+    /// To the second: entries are refreshed at most once a second.
+    pub idle_s: u64,
+    pub local_delivery: bool,
+}
+
+fn endpoint_str(addr: [u8; 4], port: [u8; 2]) -> String {
+    format!("{}:{}", Ipv4Addr::from(addr), u16::from_be_bytes(port))
+}
+
+impl CtRecord {
+    pub fn new(k: &CtKey, e: &CtEntry, now_ns: u64) -> CtRecord {
+        let a = endpoint_str(k.addr_a, k.port_a);
+        let b = endpoint_str(k.addr_b, k.port_b);
+        let (src, dst) = if e.flags & CT_F_ORIGIN_IS_A != 0 {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        CtRecord {
+            ifindex: k.ifindex,
+            protocol: k.proto,
+            src,
+            dst,
+            state: CT_STATES.get(e.state as usize).copied().unwrap_or("?"),
+            age_s: now_ns.saturating_sub(e.created_ns) / 1_000_000_000,
+            idle_s: now_ns.saturating_sub(e.last_seen_ns) / 1_000_000_000,
+            local_delivery: e.flags & crate::abi::CT_F_LOCAL_DELIVERY != 0,
+        }
+    }
+}
+
+/// Every conntrack entry (of one endpoint, when given).
+pub fn conntrack(
+    root: &Path,
+    ifindex: Option<u32>,
+) -> Result<Vec<(CtKey, CtEntry)>, DataplaneError> {
+    let ct = maps::conntrack(root)?;
+    Ok(ct
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, _)| ifindex.is_none_or(|i| k.ifindex == i))
+        .collect())
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FlowRecord {
+    pub ifindex: u32,
+    pub direction: &'static str,
+    pub verdict: &'static str,
+    pub protocol: u8,
+    pub src: String,
+    pub dst: String,
+}
+
+impl From<&FlowEvent> for FlowRecord {
+    fn from(e: &FlowEvent) -> FlowRecord {
+        FlowRecord {
+            ifindex: e.ifindex,
+            direction: if e.direction == 0 {
+                "from-pod"
+            } else {
+                "to-pod"
+            },
+            verdict: DROP_REASONS.get(e.reason as usize).copied().unwrap_or("?"),
+            protocol: e.proto,
+            src: endpoint_str(e.saddr, e.sport),
+            dst: endpoint_str(e.daddr, e.dport),
+        }
+    }
+}
+
+/// Reads flow events as they come, calling `each` for every one, until
+/// `each` returns false or `timeout` (if any) passes without an event.
+pub fn follow_events(
+    root: &Path,
+    timeout: Option<Duration>,
+    mut each: impl FnMut(FlowEvent) -> bool,
+) -> Result<(), DataplaneError> {
+    let mut ring = maps::flow_events(root)?;
+    loop {
+        while let Some(item) = ring.next() {
+            if item.len() < std::mem::size_of::<FlowEvent>() {
+                continue;
+            }
+            // SAFETY: the ring holds FlowEvents written by the programs; the
+            // length was checked and read_unaligned copes with alignment.
+            let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEvent>()) };
+            drop(item);
+            if !each(event) {
+                return Ok(());
+            }
+        }
+        let mut fds = [libc::pollfd {
+            fd: ring.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        let ms = timeout
+            .map(|t| t.as_millis().min(i32::MAX as u128) as i32)
+            .unwrap_or(-1);
+        // SAFETY: one valid pollfd, its count passed alongside.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) };
+        if ready == 0 {
+            return Ok(());
+        }
+        if ready < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return Err(DataplaneError::map(
+                "flow_events",
+                std::io::Error::last_os_error(),
+            ));
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Typed handles on the pinned maps, opened by path (no program load).
+
+use std::path::{Path, PathBuf};
+
+use aya::maps::{HashMap, Map, MapData, MapInfo, PerCpuHashMap, RingBuf};
+
+use crate::abi::{Config, Counters, CtEntry, CtKey, Endpoint, Policy, PolicyKey};
+use crate::error::DataplaneError;
+
+/// Every map the object defines and Margay pins, with what losing its
+/// contents costs. "Durable" maps describe running endpoints and must be
+/// carried over an upgrade; "rebuildable" ones refill by themselves.
+pub const PINNED_MAPS: [(&str, Durability); 7] = [
+    ("endpoints", Durability::Durable),
+    ("endpoints_by_ip", Durability::Durable),
+    ("policies", Durability::Durable),
+    ("conntrack", Durability::Rebuildable),
+    ("counters", Durability::Rebuildable),
+    ("flow_events", Durability::Rebuildable),
+    ("config", Durability::Rebuildable),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    Durable,
+    Rebuildable,
+}
+
+pub fn map_path(root: &Path, name: &str) -> PathBuf {
+    root.join("maps").join(name)
+}
+
+fn open(root: &Path, name: &str) -> Result<Map, DataplaneError> {
+    let data = MapData::from_pin(map_path(root, name)).map_err(|e| DataplaneError::map(name, e))?;
+    Map::from_map_data(data).map_err(|e| DataplaneError::map(name, e))
+}
+
+pub type Endpoints = HashMap<MapData, u32, Endpoint>;
+pub type EndpointsByIp = HashMap<MapData, [u8; 4], u32>;
+pub type Policies = HashMap<MapData, PolicyKey, Policy>;
+pub type Conntrack = HashMap<MapData, CtKey, CtEntry>;
+pub type CountersMap = PerCpuHashMap<MapData, u32, Counters>;
+pub type ConfigMap = aya::maps::Array<MapData, Config>;
+
+macro_rules! opener {
+    ($fn:ident, $ty:ty, $name:literal) => {
+        pub fn $fn(root: &Path) -> Result<$ty, DataplaneError> {
+            <$ty>::try_from(open(root, $name)?).map_err(|e| DataplaneError::map($name, e))
+        }
+    };
+}
+
+opener!(endpoints, Endpoints, "endpoints");
+opener!(endpoints_by_ip, EndpointsByIp, "endpoints_by_ip");
+opener!(policies, Policies, "policies");
+opener!(conntrack, Conntrack, "conntrack");
+opener!(counters, CountersMap, "counters");
+opener!(config, ConfigMap, "config");
+opener!(flow_events, RingBuf<MapData>, "flow_events");
+
+/// A map's identity as the kernel checks it: what must match for programs
+/// built against one definition to use a map made from another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub map_type: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub flags: u32,
+}
+
+impl Layout {
+    pub fn of_pin(path: &Path) -> Result<Layout, DataplaneError> {
+        let info = MapInfo::from_pin(path)
+            .map_err(|e| DataplaneError::map(&path.display().to_string(), e))?;
+        Ok(Layout {
+            map_type: info.map_type().map(|t| t as u32).unwrap_or(u32::MAX),
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            max_entries: info.max_entries(),
+            flags: info.map_flags(),
+        })
+    }
+
+    /// Same records, maybe a different capacity: entries can be copied.
+    pub fn same_records(&self, other: &Layout) -> bool {
+        (self.map_type, self.key_size, self.value_size, self.flags)
+            == (
+                other.map_type,
+                other.key_size,
+                other.value_size,
+                other.flags,
+            )
+    }
+}
+
+impl std::fmt::Display for Layout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "(type {}, key {} B, value {} B, {} entries, flags {:#x})",
+            self.map_type, self.key_size, self.value_size, self.max_entries, self.flags
+        )
+    }
+}

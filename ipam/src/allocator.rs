@@ -1,0 +1,229 @@
+//! IPAM operations on an open store: assign addresses to a handle, release
+//! them, report capacity. Reads go to the store, writes gather into
+//! [`Changes`] that the caller commits in one transaction.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use margay_conf::margay::IpamConf;
+
+use crate::block::Block;
+use crate::claim::BlockClaimer;
+use crate::error::IpamError;
+use crate::handle::HandleRecord;
+use crate::store::{Changes, Store, block_key};
+
+pub struct Allocator<'a> {
+    store: &'a Store,
+    conf: &'a IpamConf,
+    claimer: &'a dyn BlockClaimer,
+    /// Blocks changed by this operation, by key; read before the store.
+    blocks: BTreeMap<Vec<u8>, Block>,
+    handles: BTreeMap<String, Option<HandleRecord>>,
+}
+
+/// IP families present in the configured pools, IPv4 first.
+fn families(pools: &[IpNetwork]) -> impl Iterator<Item = u8> + '_ {
+    [4u8, 6]
+        .into_iter()
+        .filter(|f| pools.iter().any(|p| family(p) == *f))
+}
+
+fn family(n: &IpNetwork) -> u8 {
+    if n.is_ipv4() { 4 } else { 6 }
+}
+
+impl<'a> Allocator<'a> {
+    pub fn new(store: &'a Store, conf: &'a IpamConf, claimer: &'a dyn BlockClaimer) -> Self {
+        Allocator {
+            store,
+            conf,
+            claimer,
+            blocks: BTreeMap::new(),
+            handles: BTreeMap::new(),
+        }
+    }
+
+    /// The writes to commit.
+    pub fn into_changes(self) -> Changes {
+        Changes {
+            blocks: self.blocks.into_iter().map(|(k, b)| (k, Some(b))).collect(),
+            handles: self.handles,
+        }
+    }
+
+    /// Gives `record` its addresses: exactly `requested` when given, else one
+    /// per configured family. A handle that already holds addresses gets
+    /// them back unchanged (a retried ADD must not allocate twice).
+    pub fn assign(
+        &mut self,
+        mut record: HandleRecord,
+        requested: &[IpAddr],
+    ) -> Result<HandleRecord, IpamError> {
+        if let Some(held) = self.store.handle(&record.handle)? {
+            return Ok(held);
+        }
+        let mut addresses = Vec::new();
+        if requested.is_empty() {
+            for f in families(&self.conf.pools) {
+                addresses.push(self.allocate(f, &record.handle)?);
+            }
+        } else {
+            for ip in requested {
+                if !addresses.contains(ip) {
+                    self.assign_requested(*ip, &record.handle)?;
+                    addresses.push(*ip);
+                }
+            }
+        }
+        record.addresses = addresses;
+        self.handles
+            .insert(record.handle.clone(), Some(record.clone()));
+        Ok(record)
+    }
+
+    /// Frees what `handle` holds. `None` when it held nothing.
+    pub fn release(&mut self, handle: &str) -> Result<Option<HandleRecord>, IpamError> {
+        let Some(record) = self.store.handle(handle)? else {
+            return Ok(None);
+        };
+        for ip in &record.addresses {
+            if let Some(mut block) = self.block_containing(*ip)?
+                && block.release(*ip, handle)
+            {
+                self.blocks.insert(block_key(&block.cidr), block);
+            }
+        }
+        self.handles.insert(handle.to_string(), None);
+        Ok(Some(record))
+    }
+
+    /// Whether an ADD could get an address of `family` now.
+    pub fn can_allocate(&self, family_wanted: u8) -> Result<bool, IpamError> {
+        for pool in self.pools(family_wanted) {
+            let prefix = self.conf.block_prefix(pool);
+            if self.own_blocks(pool)?.iter().any(|b| b.free() > 0)
+                || self.claimer.can_claim(self.store, pool, prefix)?
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    pub fn families(&self) -> Vec<u8> {
+        families(&self.conf.pools).collect()
+    }
+
+    fn pools(&self, f: u8) -> impl Iterator<Item = &'a IpNetwork> + 'a {
+        self.conf.pools.iter().filter(move |p| family(p) == f)
+    }
+
+    /// This node's blocks in `pool`, with this operation's changes applied.
+    fn own_blocks(&self, pool: &IpNetwork) -> Result<Vec<Block>, IpamError> {
+        Ok(self
+            .store
+            .blocks_in(pool)?
+            .into_iter()
+            .map(|b| self.blocks.get(&block_key(&b.cidr)).cloned().unwrap_or(b))
+            .filter(|b| b.node == self.conf.nodename && pool.contains(b.cidr.network()))
+            .collect())
+    }
+
+    fn block_containing(&self, ip: IpAddr) -> Result<Option<Block>, IpamError> {
+        if let Some(b) = self.blocks.values().find(|b| b.cidr.contains(ip)) {
+            return Ok(Some(b.clone()));
+        }
+        self.store.block_containing(ip)
+    }
+
+    /// Next free address of `f`: from this node's blocks in pool order,
+    /// else from a newly claimed block.
+    fn allocate(&mut self, f: u8, handle: &str) -> Result<IpAddr, IpamError> {
+        for pool in self.pools(f) {
+            for mut block in self.own_blocks(pool)? {
+                if let Some(ip) = block.allocate(handle) {
+                    self.blocks.insert(block_key(&block.cidr), block);
+                    return Ok(ip);
+                }
+            }
+        }
+        for pool in self.pools(f) {
+            let prefix = self.conf.block_prefix(pool);
+            if let Some(cidr) = self
+                .claimer
+                .claim(self.store, pool, prefix, &self.conf.nodename)?
+            {
+                let mut block = Block::new(cidr, &self.conf.nodename, pool);
+                if let Some(ip) = block.allocate(handle) {
+                    tracing::info!(block = %cidr, "claimed a new block");
+                    self.blocks.insert(block_key(&cidr), block);
+                    return Ok(ip);
+                }
+            }
+        }
+        Err(IpamError::Exhausted {
+            family: f,
+            pools: self
+                .pools(f)
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+    }
+
+    fn assign_requested(&mut self, ip: IpAddr, handle: &str) -> Result<(), IpamError> {
+        let pool = self
+            .conf
+            .pools
+            .iter()
+            .find(|p| p.contains(ip))
+            .ok_or_else(|| IpamError::OutsidePools {
+                ip,
+                pools: self
+                    .conf
+                    .pools
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        let mut block = match self.block_containing(ip)? {
+            Some(b) if b.node != self.conf.nodename => {
+                return Err(IpamError::Unavailable {
+                    ip,
+                    holder: format!("in block {} of node {}", b.cidr, b.node),
+                });
+            }
+            Some(b) => b,
+            None => {
+                let prefix = self.conf.block_prefix(pool);
+                let cidr = IpNetwork::new(ip, prefix)
+                    .and_then(|n| IpNetwork::new(n.network(), prefix))
+                    .expect("block prefix fits the family");
+                if !self
+                    .claimer
+                    .claim_block(self.store, &cidr, &self.conf.nodename)?
+                {
+                    return Err(IpamError::Unavailable {
+                        ip,
+                        holder: format!("in {cidr}, which overlaps a block already claimed"),
+                    });
+                }
+                Block::new(cidr, &self.conf.nodename, pool)
+            }
+        };
+        block
+            .assign(ip, handle)
+            .map_err(|holder| IpamError::Unavailable {
+                ip,
+                holder: match holder {
+                    Some(h) => format!("held by {h}"),
+                    None => "reserved (the pool's network or broadcast address)".into(),
+                },
+            })?;
+        self.blocks.insert(block_key(&block.cidr), block);
+        Ok(())
+    }
+}

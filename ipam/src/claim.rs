@@ -1,0 +1,175 @@
+//! Which node owns which block.
+//!
+//! Claims are behind [`BlockClaimer`] because they are the one step that
+//! must be agreed cluster-wide when several nodes share pools. The local
+//! claimer decides from this node's own store, which is right when each
+//! node is given its own pools (or runs alone); a cluster backend would
+//! compare-and-swap a claim object in the Kubernetes API or etcd, never a
+//! store of our own making.
+
+use ipnetwork::IpNetwork;
+
+use crate::error::IpamError;
+use crate::store::Store;
+
+pub trait BlockClaimer {
+    /// Claims for `node` the first block of `pool` (of prefix `prefix`) that
+    /// no node holds. `None` when every block of the pool is taken.
+    fn claim(
+        &self,
+        store: &Store,
+        pool: &IpNetwork,
+        prefix: u8,
+        node: &str,
+    ) -> Result<Option<IpNetwork>, IpamError>;
+
+    /// Claims exactly `block` for `node` (an address inside it was asked
+    /// for by name); false when it overlaps a block already held.
+    fn claim_block(&self, store: &Store, block: &IpNetwork, node: &str) -> Result<bool, IpamError>;
+
+    /// Whether [`claim`](Self::claim) would find a block, without claiming it.
+    fn can_claim(&self, store: &Store, pool: &IpNetwork, prefix: u8) -> Result<bool, IpamError>;
+}
+
+/// Claims decided from the local store alone.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LocalClaimer;
+
+impl BlockClaimer for LocalClaimer {
+    fn claim(
+        &self,
+        store: &Store,
+        pool: &IpNetwork,
+        prefix: u8,
+        _node: &str,
+    ) -> Result<Option<IpNetwork>, IpamError> {
+        let taken = store.blocks_in(pool)?;
+        Ok(first_free_block(pool, prefix, taken.iter().map(|b| b.cidr)))
+    }
+
+    fn claim_block(
+        &self,
+        store: &Store,
+        block: &IpNetwork,
+        _node: &str,
+    ) -> Result<bool, IpamError> {
+        Ok(store.blocks_in(block)?.is_empty())
+    }
+
+    fn can_claim(&self, store: &Store, pool: &IpNetwork, prefix: u8) -> Result<bool, IpamError> {
+        self.claim(store, pool, prefix, "").map(|b| b.is_some())
+    }
+}
+
+/// The lowest aligned block of `pool` overlapping none of `taken` (sorted by
+/// start address). Blocks of other sizes (an operator changed the block
+/// size) are stepped over, never overlapped.
+pub fn first_free_block(
+    pool: &IpNetwork,
+    prefix: u8,
+    taken: impl IntoIterator<Item = IpNetwork>,
+) -> Option<IpNetwork> {
+    let width = bits(pool);
+    let size = 1u128 << (width - u32::from(prefix));
+    let (start, end) = span(pool);
+    let mut candidate = start;
+    for t in taken {
+        let (ts, te) = span(&t);
+        if te < candidate {
+            continue;
+        }
+        if ts > candidate + (size - 1) {
+            break;
+        }
+        // Overlap: the next aligned block after `t`.
+        candidate = (te / size + 1).checked_mul(size)?;
+    }
+    if candidate.checked_add(size - 1)? > end {
+        return None;
+    }
+    let ip = match pool {
+        IpNetwork::V4(_) => std::net::IpAddr::V4((candidate as u32).into()),
+        IpNetwork::V6(_) => std::net::IpAddr::V6(candidate.into()),
+    };
+    IpNetwork::new(ip, prefix).ok()
+}
+
+fn bits(n: &IpNetwork) -> u32 {
+    if n.is_ipv4() { 32 } else { 128 }
+}
+
+/// First and last address of `n`, as integers.
+fn span(n: &IpNetwork) -> (u128, u128) {
+    let start = match n.network() {
+        std::net::IpAddr::V4(a) => u128::from(u32::from(a)),
+        std::net::IpAddr::V6(a) => u128::from(a),
+    };
+    let host_bits = bits(n) - u32::from(n.prefix());
+    let last = if host_bits == 128 {
+        u128::MAX
+    } else {
+        start + ((1u128 << host_bits) - 1)
+    };
+    (start, last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> IpNetwork {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn finds_gaps_and_steps_over_blocks_of_other_sizes() {
+        let pool = n("10.0.0.0/24");
+        assert_eq!(first_free_block(&pool, 26, []), Some(n("10.0.0.0/26")));
+        assert_eq!(
+            first_free_block(&pool, 26, [n("10.0.0.0/26"), n("10.0.0.128/26")]),
+            Some(n("10.0.0.64/26"))
+        );
+        assert_eq!(
+            first_free_block(&pool, 26, [n("10.0.0.0/27"), n("10.0.0.64/28")]),
+            Some(n("10.0.0.128/26")),
+            "a /27 and a /28 each make their /26 unusable"
+        );
+        let full = [
+            "10.0.0.0/26",
+            "10.0.0.64/26",
+            "10.0.0.128/26",
+            "10.0.0.192/26",
+        ]
+        .map(n);
+        assert_eq!(first_free_block(&pool, 26, full), None);
+        assert_eq!(
+            first_free_block(&n("10.0.0.0/30"), 30, []),
+            Some(n("10.0.0.0/30"))
+        );
+    }
+
+    #[test]
+    fn works_for_ipv6_and_pools_at_the_top_of_the_space() {
+        let pool = n("fd00::/120");
+        assert_eq!(
+            first_free_block(&pool, 122, [n("fd00::/122")]),
+            Some(n("fd00::40/122"))
+        );
+        let top = n("255.255.255.0/24");
+        assert_eq!(
+            first_free_block(
+                &top,
+                26,
+                [
+                    "255.255.255.0/26",
+                    "255.255.255.64/26",
+                    "255.255.255.128/26"
+                ]
+                .map(n)
+            ),
+            Some(n("255.255.255.192/26"))
+        );
+        let all = n("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff00/120");
+        assert_eq!(first_free_block(&all, 120, [all]), None);
+    }
+}

@@ -1,0 +1,53 @@
+//! IPAM failures, and the CNI code each one is reported with.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use margay_conf::lock::LockError;
+use margay_conf::{CniError, Code};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IpamError {
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("IPAM store {path} is corrupt: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("IPAM store {path} cannot be read or written: {reason}")]
+    Io { path: PathBuf, reason: String },
+    #[error(
+        "no free IPv{family} address: every block of pools {pools} is full or owned by another node"
+    )]
+    Exhausted { family: u8, pools: String },
+    #[error("requested address {ip} is {holder}")]
+    Unavailable { ip: IpAddr, holder: String },
+    #[error("requested address {ip} is outside every pool ({pools})")]
+    OutsidePools { ip: IpAddr, pools: String },
+    #[error("{field}: {value:?} is not an IP address")]
+    BadRequest { field: String, value: String },
+}
+
+impl From<IpamError> for CniError {
+    fn from(e: IpamError) -> CniError {
+        let code = match &e {
+            IpamError::Lock(LockError::Timeout { .. }) => Code::TryAgainLater,
+            IpamError::Lock(_) | IpamError::Io { .. } => Code::IoFailure,
+            IpamError::Corrupt { .. } => Code::StoreCorrupt,
+            IpamError::Exhausted { .. } => Code::PoolExhausted,
+            IpamError::Unavailable { .. } => Code::AddressInUse,
+            IpamError::OutsidePools { .. } => Code::AddressOutsidePools,
+            IpamError::BadRequest { field, .. } if field == "CNI_ARGS IP" => {
+                Code::InvalidEnvironment
+            }
+            IpamError::BadRequest { .. } => Code::InvalidNetworkConfig,
+        };
+        let hint = match &e {
+            IpamError::Corrupt { .. } => {
+                "Margay will not replace it with an empty store, which would hand out \
+                 addresses that running pods hold. Restore it from a backup, or drain the \
+                 node before moving it aside."
+            }
+            _ => "",
+        };
+        CniError::new(code, e.to_string()).with_details(hint)
+    }
+}

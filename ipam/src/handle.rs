@@ -1,0 +1,52 @@
+//! Handles: the key an allocation is recorded under, one per attachment.
+
+use std::net::IpAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use margay_conf::env::Attachment;
+use serde::{Deserialize, Serialize};
+
+/// `<network>.<containerID>.<ifname>`: the spec's primary key for plugin
+/// state. Network names and container IDs may contain dots, so the parts are
+/// also kept separately in the record; the string is only an identifier.
+pub fn handle_id(network: &str, container_id: &str, ifname: &str) -> String {
+    format!("{network}.{container_id}.{ifname}")
+}
+
+/// What is held under a handle, with enough context for an operator to
+/// tell which pod it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandleRecord {
+    pub handle: String,
+    pub network: String,
+    pub container_id: String,
+    pub ifname: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    pub node: String,
+    /// Seconds since the Unix epoch.
+    pub created: u64,
+    pub addresses: Vec<IpAddr>,
+}
+
+impl HandleRecord {
+    /// A record for `att` on `network`, with no addresses yet.
+    pub fn new(network: &str, att: &Attachment, node: &str) -> HandleRecord {
+        HandleRecord {
+            handle: handle_id(network, &att.container_id, &att.ifname),
+            network: network.to_string(),
+            container_id: att.container_id.clone(),
+            ifname: att.ifname.clone(),
+            pod_namespace: att.args.pod_namespace().map(String::from),
+            pod_name: att.args.pod_name().map(String::from),
+            node: node.to_string(),
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            addresses: Vec::new(),
+        }
+    }
+}

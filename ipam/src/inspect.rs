@@ -1,0 +1,125 @@
+//! What the inspection commands report. Returned as data; the binary
+//! prints it as a table or JSON.
+
+use std::path::Path;
+use std::time::{Duration, UNIX_EPOCH};
+
+use ipnetwork::IpNetwork;
+use margay_conf::margay::IpamConf;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::allocator::Allocator;
+use crate::claim::LocalClaimer;
+use crate::error::IpamError;
+use crate::handle::HandleRecord;
+use crate::store::Store;
+
+#[derive(Debug, Serialize)]
+pub struct PoolReport {
+    pub pool: IpNetwork,
+    pub block_prefix: u8,
+    pub blocks_claimed: usize,
+    pub addresses_used: u64,
+    pub addresses_free_in_claimed_blocks: u64,
+    pub can_allocate: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BlockReport {
+    pub cidr: IpNetwork,
+    pub node: String,
+    pub used: u32,
+    pub capacity: u32,
+}
+
+/// Reads the IPAM configuration out of a network configuration or conflist
+/// file: the plugin whose `ipam.type` is `margay-ipam`.
+pub fn conf_from_file(path: &Path) -> Result<IpamConf, String> {
+    let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let doc: Value =
+        serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let plugins = match doc.get("plugins").and_then(Value::as_array) {
+        Some(list) => list.clone(),
+        None => vec![doc],
+    };
+    let plugin = plugins
+        .iter()
+        .find(|p| p.pointer("/ipam/type").and_then(Value::as_str) == Some("margay-ipam"))
+        .ok_or_else(|| format!("{}: no plugin uses ipam.type margay-ipam", path.display()))?;
+    IpamConf::from_conf(plugin).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+pub fn pools(store: Option<&Store>, conf: &IpamConf) -> Result<Vec<PoolReport>, IpamError> {
+    conf.pools
+        .iter()
+        .map(|pool| {
+            let blocks: Vec<_> = match store {
+                Some(s) => s
+                    .blocks_in(pool)?
+                    .into_iter()
+                    .filter(|b| pool.contains(b.cidr.network()))
+                    .collect(),
+                None => Vec::new(),
+            };
+            let can_allocate = match store {
+                Some(s) => Allocator::new(s, &single_pool(conf, pool), &LocalClaimer)
+                    .can_allocate(if pool.is_ipv4() { 4 } else { 6 })?,
+                None => true,
+            };
+            Ok(PoolReport {
+                pool: *pool,
+                block_prefix: conf.block_prefix(pool),
+                blocks_claimed: blocks.len(),
+                addresses_used: blocks.iter().map(|b| b.allocations.len() as u64).sum(),
+                addresses_free_in_claimed_blocks: blocks.iter().map(|b| u64::from(b.free())).sum(),
+                can_allocate,
+            })
+        })
+        .collect()
+}
+
+fn single_pool(conf: &IpamConf, pool: &IpNetwork) -> IpamConf {
+    IpamConf {
+        pools: vec![*pool],
+        ..conf.clone()
+    }
+}
+
+pub fn blocks(store: &Store) -> Result<Vec<BlockReport>, IpamError> {
+    Ok(store
+        .all_blocks()?
+        .into_iter()
+        .map(|b| BlockReport {
+            used: b.allocations.len() as u32,
+            capacity: b.capacity(),
+            cidr: b.cidr,
+            node: b.node,
+        })
+        .collect())
+}
+
+pub fn allocation_rows(records: &[HandleRecord]) -> Vec<Vec<String>> {
+    records
+        .iter()
+        .map(|r| {
+            let pod = match (&r.pod_namespace, &r.pod_name) {
+                (Some(ns), Some(name)) => format!("{ns}/{name}"),
+                _ => "-".into(),
+            };
+            let created =
+                humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(r.created));
+            vec![
+                r.addresses
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                r.handle.clone(),
+                pod,
+                r.node.clone(),
+                created.to_string(),
+            ]
+        })
+        .collect()
+}

@@ -1,0 +1,23 @@
+//! `margay-ipam`: pools cut into blocks that nodes claim, single addresses
+//! handed out inside a node's blocks and recorded under the attachment's
+//! handle, all in a sled store behind a node-wide lock.
+//!
+//! - [`block`]: one block and the addresses in it (pure logic);
+//! - [`claim`]: which node owns which block, behind a trait;
+//! - [`store`]: sled, the lock, atomic commits, corruption checks;
+//! - [`allocator`]: assign/release/capacity over an open store;
+//! - [`handle`]: the per-attachment record;
+//! - [`cni`]: the CNI verbs;
+//! - [`inspect`]: what the operator commands report.
+
+pub mod allocator;
+pub mod block;
+pub mod claim;
+pub mod cni;
+pub mod error;
+pub mod handle;
+pub mod inspect;
+pub mod store;
+
+pub use cni::IpamPlugin;
+pub use error::IpamError;

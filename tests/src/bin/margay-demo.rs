@@ -1,0 +1,328 @@
+//! The README demo: Margay installed into temporary CNI directories, three
+//! pods started through the CNI driver exactly as a runtime would, in the
+//! eBPF dataplane: a TCP connectivity matrix, the programs and counters, a
+//! forged packet dropped with its reason, a deny policy blocking one pair,
+//! then everything removed and shown to be gone.
+#![allow(clippy::print_stdout)] // A demo's job is to print.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use margay_tests::bins::{REFERENCE_PLUGINS, bin};
+use margay_tests::bpf::BpfRoot;
+use margay_tests::driver::{Runtime, first_ipv4};
+use margay_tests::netns::{NetNs, unique_name};
+use margay_tests::traffic::{self, TcpServer, UdpServer};
+use serde_json::{Value, json};
+
+const POOL: &str = "10.244.0.0/16";
+
+struct Pod {
+    name: &'static str,
+    ns: NetNs,
+    cid: String,
+    ip: Ipv4Addr,
+    host_ifname: String,
+}
+
+fn main() -> ExitCode {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("margay-demo creates network namespaces, veths and BPF pins: run it as root");
+        return ExitCode::FAILURE;
+    }
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn section(title: &str) {
+    println!("\n-- {title} --");
+}
+
+/// Copies the binaries into a fresh CNI bin dir and writes the conflist
+/// into a fresh conf dir, as an installer would on a node.
+fn install(root: &Path, bpf_root: &Path) -> Result<(PathBuf, Value), String> {
+    let bin_dir = root.join("opt/cni/bin");
+    let conf_dir = root.join("etc/cni/net.d");
+    for d in [&bin_dir, &conf_dir] {
+        std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
+    }
+    for name in ["margay", "margay-ipam", "margayctl"] {
+        std::fs::copy(bin(name), bin_dir.join(name)).map_err(|e| format!("{name}: {e}"))?;
+    }
+    let conflist = json!({
+        "cniVersion": "1.1.0",
+        "name": unique_name("demo"),
+        "plugins": [{
+            "type": "margay",
+            "dataplane": "bpf",
+            "bpf_root": bpf_root,
+            "bpf_log_level": "info",
+            "nodename": "demo-node",
+            "mtu": 1500,
+            "ipam": {"type": "margay-ipam", "pools": [POOL], "data_dir": root.join("var/lib/cni/margay")},
+        }],
+    });
+    let file = conf_dir.join("10-margay.conflist");
+    std::fs::write(&file, serde_json::to_vec_pretty(&conflist).expect("JSON"))
+        .map_err(|e| e.to_string())?;
+    println!(
+        "installed margay, margay-ipam, margayctl -> {}",
+        bin_dir.display()
+    );
+    println!(
+        "wrote {} (dataplane: bpf, bpf_root {})",
+        file.display(),
+        bpf_root.display()
+    );
+    Ok((bin_dir, conflist))
+}
+
+fn margayctl(bin_dir: &Path, bpf_root: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(bin_dir.join("margayctl"))
+        .arg("--bpf-root")
+        .arg(bpf_root)
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "margayctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+}
+
+/// Prints the TCP matrix between the pods and to the host; returns the
+/// cells that failed, as (from, to).
+fn matrix(pods: &[Pod], servers: &[TcpServer], host: &TcpServer) -> Vec<(String, String)> {
+    let host_ip = IpAddr::V4(traffic::host_address());
+    let mut targets: Vec<(String, SocketAddr)> = pods
+        .iter()
+        .zip(servers)
+        .map(|(p, s)| {
+            (
+                p.name.to_string(),
+                SocketAddr::new(IpAddr::V4(p.ip), s.port),
+            )
+        })
+        .collect();
+    targets.push((
+        format!("host {host_ip}"),
+        SocketAddr::new(host_ip, host.port),
+    ));
+    print!("{:<8}", "from\\to");
+    for (t, _) in &targets {
+        print!("{t:<22}");
+    }
+    println!();
+    let mut failed = Vec::new();
+    for p in pods {
+        print!("{:<8}", p.name);
+        for (name, addr) in &targets {
+            let cell = match traffic::request(Some(&p.ns), *addr) {
+                Ok(reply) if reply.ends_with(&p.ip.to_string()) => format!("ok (saw {})", p.ip),
+                Ok(reply) => {
+                    failed.push((p.name.to_string(), name.clone()));
+                    format!("WRONG: {reply}")
+                }
+                Err(e) => {
+                    failed.push((p.name.to_string(), name.clone()));
+                    format!("blocked ({})", e.kind())
+                }
+            };
+            print!("{cell:<22}");
+        }
+        println!();
+    }
+    failed
+}
+
+fn run() -> Result<(), String> {
+    let root = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let bpf = BpfRoot::new();
+    println!("== Margay demo (dataplane: bpf) ==\n");
+    let (bin_dir, conflist) = install(root.path(), bpf.path())?;
+    let network = conflist["name"].as_str().expect("name").to_string();
+    let rt = Runtime::new(
+        &conflist,
+        vec![bin_dir.clone(), PathBuf::from(REFERENCE_PLUGINS)],
+        &root.path().join("cache"),
+    );
+    let ctl = |args: &[&str]| margayctl(&bin_dir, bpf.path(), args);
+
+    section("ADD three pods");
+    let mut pods = Vec::new();
+    for name in ["pod-a", "pod-b", "pod-c"] {
+        let ns = NetNs::new(name);
+        let cid = unique_name(name);
+        let start = std::time::Instant::now();
+        let result = rt
+            .add(
+                &cid,
+                &ns.path(),
+                "eth0",
+                &format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=demo;K8S_POD_NAME={name}"),
+            )
+            .map_err(|e| format!("ADD {name}: {e}"))?;
+        let ip = first_ipv4(&result).ok_or("ADD result has no IPv4 address")?;
+        let host_ifname = result["interfaces"][0]["name"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string();
+        println!(
+            "{name}: {ip:<15} host veth {host_ifname}  (ADD took {:.1} ms{})",
+            start.elapsed().as_secs_f64() * 1e3,
+            if pods.is_empty() {
+                ", including the one-time program load"
+            } else {
+                ""
+            }
+        );
+        pods.push(Pod {
+            name,
+            ns,
+            cid,
+            ip,
+            host_ifname,
+        });
+    }
+
+    section("margayctl endpoints");
+    println!("{}", ctl(&["endpoints"])?);
+
+    section("TCP connectivity (each server replies with the address it sees)");
+    let servers: Vec<TcpServer> = pods
+        .iter()
+        .map(|p| TcpServer::start(Some(&p.ns), p.name))
+        .collect();
+    let host = TcpServer::start(None, "host");
+    let failed = matrix(&pods, &servers, &host);
+    if !failed.is_empty() {
+        return Err(format!("connections failed: {failed:?}"));
+    }
+
+    section("pod-a forges its source address (raw socket, source 10.244.99.99)");
+    let udp = UdpServer::start(Some(&pods[1].ns), "pod-b");
+    for _ in 0..3 {
+        traffic::send_forged_udp(
+            &pods[0].ns,
+            Ipv4Addr::new(10, 244, 99, 99),
+            pods[1].ip,
+            udp.port,
+        )
+        .map_err(|e| format!("forging: {e}"))?;
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    println!(
+        "datagrams pod-b received: {}",
+        udp.received.lock().map(|r| r.len()).unwrap_or(0)
+    );
+    println!("$ margayctl drops\n{}", ctl(&["drops"])?);
+    println!(
+        "$ margayctl counters --endpoint {}\n{}",
+        pods[0].ip,
+        ctl(&["counters", "--endpoint", &pods[0].ip.to_string()])?
+    );
+
+    section(&format!(
+        "deny pod-a -> pod-c: an ingress policy on pod-c ({})",
+        pods[2].ip
+    ));
+    let policy = root.path().join("pod-c-ingress.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "ingress:\n  - action: deny\n    cidr: {}/32\n  - action: allow\n",
+            pods[0].ip
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    println!(
+        "{}",
+        std::fs::read_to_string(&policy)
+            .unwrap_or_default()
+            .trim_end()
+    );
+    println!(
+        "$ margayctl policy set --endpoint {} -f pod-c-ingress.yaml",
+        pods[2].host_ifname
+    );
+    println!(
+        "{}",
+        ctl(&[
+            "policy",
+            "set",
+            "--endpoint",
+            &pods[2].host_ifname,
+            "-f",
+            policy.to_str().unwrap_or_default()
+        ])?
+    );
+    let failed = matrix(&pods, &servers, &host);
+    if failed != [("pod-a".to_string(), "pod-c".to_string())] {
+        return Err(format!(
+            "expected only pod-a -> pod-c to be blocked, got {failed:?}"
+        ));
+    }
+    println!("$ margayctl drops\n{}", ctl(&["drops"])?);
+    drop((servers, host, udp));
+
+    section("DEL the pods");
+    for p in &pods {
+        rt.del(&p.cid, Some(&p.ns.path()), "eth0", "")
+            .map_err(|e| format!("DEL {}: {e}", p.name))?;
+        println!("{}: deleted", p.name);
+    }
+    drop(pods);
+
+    section("what is left");
+    let links = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let veths = String::from_utf8_lossy(&links.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("alias margay:{network}:")))
+        .count();
+    let routes = Command::new("ip")
+        .args(["-4", "route"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let pod_routes = String::from_utf8_lossy(&routes.stdout)
+        .lines()
+        .filter(|l| l.starts_with("10.244."))
+        .count();
+    let allocations = Command::new(bin_dir.join("margay-ipam"))
+        .arg("--data-dir")
+        .arg(root.path().join("var/lib/cni/margay"))
+        .arg("allocations")
+        .output()
+        .map_err(|e| e.to_string())?;
+    println!("veths of this network: {veths}");
+    println!("host routes into {POOL}: {pod_routes}");
+    println!(
+        "IPAM allocations:\n{}",
+        String::from_utf8_lossy(&allocations.stdout).trim_end()
+    );
+    let endpoints = margay_ebpf::registry::list(bpf.path())
+        .map(|l| l.len())
+        .unwrap_or(0);
+    println!("registered eBPF endpoints: {endpoints}");
+    if veths > 0 || pod_routes > 0 || endpoints > 0 {
+        return Err(format!(
+            "{veths} veth(s), {pod_routes} route(s), {endpoints} endpoint entr(ies) left"
+        ));
+    }
+    println!(
+        "\nnothing left behind (the node's programs stay pinned for the next pod; the demo's BPF root goes now)."
+    );
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! Private BPF roots for tests, and running the pinned programs on crafted
+//! frames with BPF_PROG_TEST_RUN.
+
+use std::path::{Path, PathBuf};
+
+use aya::programs::{TestRun, TestRunOptions};
+use margay_ebpf::node::Node;
+
+use crate::netns::unique_name;
+
+/// A BPF root of the test's own under /sys/fs/bpf, removed with all its
+/// pins when dropped (which also detaches the programs it pinned links for).
+pub struct BpfRoot {
+    path: PathBuf,
+}
+
+impl BpfRoot {
+    pub fn new() -> BpfRoot {
+        BpfRoot {
+            path: PathBuf::from("/sys/fs/bpf").join(unique_name("mgt-")),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Default for BpfRoot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for BpfRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
+pub const TC_ACT_REDIRECT: u32 = 7;
+
+/// `struct __sk_buff` as BPF_PROG_TEST_RUN takes it; only the fields tests
+/// set are named.
+pub fn skb_context(ingress_ifindex: u32) -> Vec<u8> {
+    let mut ctx = vec![0u8; 192];
+    ctx[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes()); // ingress_ifindex
+    ctx
+}
+
+/// Runs program `name` of `node` once on `frame` and returns its verdict.
+/// The packet is on the loopback device (ifindex 1), so tests register
+/// their endpoint at ifindex 1. `ingress_ifindex` 0 means "sent by the node".
+pub fn run(node: &Node, name: &str, frame: &[u8], ingress_ifindex: u32) -> u32 {
+    run_repeat(node, name, frame, ingress_ifindex, 1).0
+}
+
+/// Runs `repeat` times; returns the verdict and the kernel's mean ns per run.
+pub fn run_repeat(
+    node: &Node,
+    name: &str,
+    frame: &[u8],
+    ingress_ifindex: u32,
+    repeat: u32,
+) -> (u32, f64) {
+    let prog = node
+        .program(name)
+        .unwrap_or_else(|| panic!("no program {name}"));
+    let ctx = skb_context(ingress_ifindex);
+    let mut out = vec![0u8; frame.len() + 256];
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ctx_in: Some(&ctx),
+        repeat,
+        ..TestRunOptions::default()
+    };
+    let r = prog
+        .test_run(opts)
+        .unwrap_or_else(|e| panic!("test run of {name}: {e}"));
+    (r.return_value, r.duration.as_nanos() as f64)
+}
+
+/// Creates a plain BPF hash map and pins it at `path`: a stand-in for a map
+/// some other build of Margay left behind.
+pub fn pin_hash_map(path: &Path, key_size: u32, value_size: u32, max_entries: u32) {
+    use std::os::unix::ffi::OsStrExt;
+    // union bpf_attr, the prefixes BPF_MAP_CREATE and BPF_OBJ_PIN read.
+    let mut create = [0u8; 128];
+    create[0..4].copy_from_slice(&1u32.to_ne_bytes()); // BPF_MAP_TYPE_HASH
+    create[4..8].copy_from_slice(&key_size.to_ne_bytes());
+    create[8..12].copy_from_slice(&value_size.to_ne_bytes());
+    create[12..16].copy_from_slice(&max_entries.to_ne_bytes());
+    // SAFETY: the bpf syscall reads `size` bytes of the attribute buffer.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            0, /* BPF_MAP_CREATE */
+            create.as_ptr(),
+            create.len(),
+        )
+    };
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let mut pin = [0u8; 128];
+    pin[0..8].copy_from_slice(&(cpath.as_ptr() as u64).to_ne_bytes());
+    pin[8..12].copy_from_slice(&(fd as u32).to_ne_bytes());
+    // SAFETY: as above; `cpath` outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            6, /* BPF_OBJ_PIN */
+            pin.as_ptr(),
+            pin.len(),
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "BPF_OBJ_PIN {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: closing the descriptor we created; the pin keeps the map.
+    unsafe { libc::close(fd as i32) };
+}

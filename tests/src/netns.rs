@@ -1,0 +1,102 @@
+//! Named network namespaces (`ip netns`), deleted when dropped, and
+//! processes inside them, killed when dropped.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A unique name for a test's object: `<prefix><pid>x<n>`, short enough for
+/// interface names when `prefix` is short.
+pub fn unique_name(prefix: &str) -> String {
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A network namespace owned by a test.
+#[derive(Debug)]
+pub struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    /// Creates `mgt<tag>…` with its loopback up.
+    pub fn new(tag: &str) -> NetNs {
+        let name = unique_name(&format!("mgt{tag}-"));
+        run_ok(Command::new("ip").args(["netns", "add", &name]));
+        let ns = NetNs { name };
+        ns.run_ok(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The path a runtime passes as `CNI_NETNS`.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/var/run/netns").join(&self.name)
+    }
+
+    /// Runs a command inside the namespace.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("ip netns exec runs")
+    }
+
+    /// Runs a command inside the namespace and returns its stdout; panics
+    /// with its stderr when it fails.
+    pub fn run_ok(&self, args: &[&str]) -> String {
+        run_ok(&mut self.command(args))
+    }
+
+    /// Starts a long-running command inside the namespace.
+    pub fn spawn(&self, args: &[&str]) -> ChildGuard {
+        let child = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ip netns exec spawns");
+        ChildGuard(child)
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).args(args);
+        cmd
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// A child process killed and reaped when dropped.
+#[derive(Debug)]
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `cmd`, panicking with its stderr when it fails; returns stdout.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

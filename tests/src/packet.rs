@@ -1,0 +1,120 @@
+//! Crafted Ethernet/IPv4 frames for program tests and benchmarks.
+
+use std::net::Ipv4Addr;
+
+pub const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
+pub const GATEWAY_MAC: [u8; 6] = [0xee; 6];
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// The transport part of a frame.
+#[derive(Debug, Clone)]
+pub enum L4 {
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
+    /// Echo request (type 8) or reply (type 0).
+    IcmpEcho {
+        kind: u8,
+        id: u16,
+    },
+    /// An ICMP error (type 3, 11, 12) quoting `quoted` (IP header + 8 bytes).
+    IcmpError {
+        kind: u8,
+        quoted: Vec<u8>,
+    },
+}
+
+/// An Ethernet + IPv4 frame from `src_mac`.
+pub fn ipv4(src_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, l4: &L4) -> Vec<u8> {
+    let (proto, payload) = match l4 {
+        L4::Tcp {
+            sport,
+            dport,
+            flags,
+        } => {
+            let mut h = vec![0u8; 20];
+            h[0..2].copy_from_slice(&sport.to_be_bytes());
+            h[2..4].copy_from_slice(&dport.to_be_bytes());
+            h[12] = 5 << 4;
+            h[13] = *flags;
+            h[14..16].copy_from_slice(&64240u16.to_be_bytes());
+            (6u8, h)
+        }
+        L4::Udp { sport, dport } => {
+            let mut h = vec![0u8; 8];
+            h[0..2].copy_from_slice(&sport.to_be_bytes());
+            h[2..4].copy_from_slice(&dport.to_be_bytes());
+            h[4..6].copy_from_slice(&8u16.to_be_bytes());
+            (17u8, h)
+        }
+        L4::IcmpEcho { kind, id } => {
+            let mut h = vec![0u8; 8];
+            h[0] = *kind;
+            h[4..6].copy_from_slice(&id.to_be_bytes());
+            (1u8, h)
+        }
+        L4::IcmpError { kind, quoted } => {
+            let mut h = vec![0u8; 8];
+            h[0] = *kind;
+            h.extend_from_slice(quoted);
+            (1u8, h)
+        }
+    };
+    let mut frame = Vec::with_capacity(14 + 20 + payload.len());
+    frame.extend_from_slice(&GATEWAY_MAC);
+    frame.extend_from_slice(&src_mac);
+    frame.extend_from_slice(&0x0800u16.to_be_bytes());
+    let ip_start = frame.len();
+    frame.extend_from_slice(&ip_header(src, dst, proto, 20 + payload.len(), 64));
+    debug_assert_eq!(frame.len() - ip_start, 20);
+    frame.extend_from_slice(&payload);
+    frame
+}
+
+/// A 20-byte IPv4 header with a valid checksum.
+pub fn ip_header(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, total_len: usize, ttl: u8) -> [u8; 20] {
+    let mut h = [0u8; 20];
+    h[0] = 0x45;
+    h[2..4].copy_from_slice(&(total_len as u16).to_be_bytes());
+    h[8] = ttl;
+    h[9] = proto;
+    h[12..16].copy_from_slice(&src.octets());
+    h[16..20].copy_from_slice(&dst.octets());
+    let sum: u32 = h
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    let folded = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    h[10..12].copy_from_slice(&folded.to_be_bytes());
+    h
+}
+
+/// What an ICMP error quotes of a TCP or UDP packet: its IP header and the
+/// first 8 bytes (the ports) of its transport header.
+pub fn quote(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, sport: u16, dport: u16) -> Vec<u8> {
+    let mut q = ip_header(src, dst, proto, 40, 64).to_vec();
+    q.extend_from_slice(&sport.to_be_bytes());
+    q.extend_from_slice(&dport.to_be_bytes());
+    q.extend_from_slice(&[0; 4]);
+    q
+}
+
+/// An Ethernet frame of another type (ARP 0x0806, IPv6 0x86dd, …).
+pub fn ether(src_mac: [u8; 6], ethertype: u16, payload_len: usize) -> Vec<u8> {
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&GATEWAY_MAC);
+    frame.extend_from_slice(&src_mac);
+    frame.extend_from_slice(&ethertype.to_be_bytes());
+    frame.resize(14 + payload_len, 0);
+    frame
+}

@@ -1,0 +1,308 @@
+//! Traffic from inside network namespaces, in-process: a thread enters the
+//! namespace (and ends there), so tests need no external tools.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use nix::sched::{CloneFlags, setns};
+
+use crate::netns::NetNs;
+
+/// Runs `f` on a thread inside `ns` (or the host namespace for `None`).
+pub fn in_netns<T: Send + 'static>(
+    ns: Option<&NetNs>,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let file = ns.map(|n| std::fs::File::open(n.path()).expect("netns file opens"));
+    std::thread::spawn(move || {
+        if let Some(f) = &file {
+            setns(f, CloneFlags::CLONE_NEWNET).expect("setns into the test netns");
+        }
+        f()
+    })
+    .join()
+    .expect("netns thread")
+}
+
+/// A server answering every connection with `greeting` and the peer's
+/// address (`<greeting> <peer ip>`), until dropped.
+pub struct TcpServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    pub port: u16,
+}
+
+impl TcpServer {
+    pub fn start(ns: Option<&NetNs>, greeting: &str) -> TcpServer {
+        let listener = in_netns(ns, || TcpListener::bind("0.0.0.0:0").expect("bind"));
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("addr").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, greeting) = (stop.clone(), greeting.to_string());
+        // The socket stays in its namespace; serving it needs no setns.
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, peer)) => {
+                        let _ = conn.set_nonblocking(false);
+                        let _ = writeln!(conn, "{greeting} {}", peer.ip());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        TcpServer {
+            stop,
+            thread: Some(thread),
+            port,
+        }
+    }
+}
+
+impl Drop for TcpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Connects from `ns` to `addr` and returns what the server said.
+pub fn request(ns: Option<&NetNs>, addr: SocketAddr) -> std::io::Result<String> {
+    in_netns(ns, move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out.trim().to_string())
+    })
+}
+
+/// An IPv4 address of the host that pods can reach: the source address of
+/// the host's route towards the outside, else any global address.
+pub fn host_address() -> std::net::Ipv4Addr {
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .expect("ip addr");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .expect("the host has a global IPv4 address")
+}
+
+/// A TCP echo server (one line in, the same line out, per connection,
+/// connections kept open) until dropped.
+pub struct EchoServer {
+    inner: TcpServer,
+}
+
+impl EchoServer {
+    pub fn start(ns: Option<&NetNs>) -> EchoServer {
+        let listener = in_netns(ns, || TcpListener::bind("0.0.0.0:0").expect("bind"));
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("addr").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let _ = conn.set_nonblocking(false);
+                        std::thread::spawn(move || echo(conn));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        EchoServer {
+            inner: TcpServer {
+                stop,
+                thread: Some(thread),
+                port,
+            },
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.inner.port
+    }
+}
+
+fn echo(mut conn: TcpStream) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut buf = [0u8; 512];
+    while let Ok(n) = conn.read(&mut buf) {
+        if n == 0 || conn.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+}
+
+/// A TCP connection opened from inside `ns` (the socket stays in it).
+pub fn connect(ns: Option<&NetNs>, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    in_netns(ns, move || {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        Ok(s)
+    })
+}
+
+/// Sends `line` on `conn` and returns the echo.
+pub fn round_trip(conn: &mut TcpStream, line: &str) -> std::io::Result<String> {
+    conn.write_all(line.as_bytes())?;
+    let mut buf = vec![0u8; line.len()];
+    conn.read_exact(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// A UDP server in `ns` answering each datagram with `greeting <peer ip>`.
+pub struct UdpServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    pub port: u16,
+    /// Datagrams received, by source address.
+    pub received: Arc<std::sync::Mutex<Vec<std::net::IpAddr>>>,
+}
+
+impl UdpServer {
+    pub fn start(ns: Option<&NetNs>, greeting: &str) -> UdpServer {
+        let sock = in_netns(ns, || std::net::UdpSocket::bind("0.0.0.0:0").expect("bind"));
+        sock.set_read_timeout(Some(Duration::from_millis(20)))
+            .expect("timeout");
+        let port = sock.local_addr().expect("addr").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (s, r, greeting) = (stop.clone(), received.clone(), greeting.to_string());
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while !s.load(Ordering::Relaxed) {
+                if let Ok((_, peer)) = sock.recv_from(&mut buf) {
+                    r.lock().expect("lock").push(peer.ip());
+                    let _ = sock.send_to(format!("{greeting} {}", peer.ip()).as_bytes(), peer);
+                }
+            }
+        });
+        UdpServer {
+            stop,
+            thread: Some(thread),
+            port,
+            received,
+        }
+    }
+}
+
+impl Drop for UdpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sends one datagram from `ns` to `addr` and returns the answer.
+pub fn udp_request(ns: Option<&NetNs>, addr: SocketAddr) -> std::io::Result<String> {
+    in_netns(ns, move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.send_to(b"hello", addr)?;
+        let mut buf = [0u8; 256];
+        let n = s.recv(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+    })
+}
+
+/// Sends, from inside `ns`, a UDP datagram whose IPv4 source address is
+/// forged to `src` (a raw socket with our own IP header), as a pod trying
+/// to spoof would.
+pub fn send_forged_udp(
+    ns: &NetNs,
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    dport: u16,
+) -> std::io::Result<()> {
+    in_netns(Some(ns), move || {
+        // SAFETY: plain socket syscalls on a descriptor we own and close.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let mut packet = crate::packet::ip_header(src, dst, 17, 28, 64).to_vec();
+            packet.extend_from_slice(&4321u16.to_be_bytes());
+            packet.extend_from_slice(&dport.to_be_bytes());
+            packet.extend_from_slice(&8u16.to_be_bytes());
+            packet.extend_from_slice(&[0, 0]); // no UDP checksum
+            let addr = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: 0,
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(dst.octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            let sent = libc::sendto(
+                fd,
+                packet.as_ptr().cast(),
+                packet.len(),
+                0,
+                (&addr as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            );
+            let result = if sent < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
+            };
+            libc::close(fd);
+            result
+        }
+    })
+}
+
+/// Sends `bytes` from `ns` to a server in another namespace over one TCP
+/// connection (the server discards them); returns when all were accepted.
+pub fn bulk_transfer(
+    from: &NetNs,
+    to: &NetNs,
+    addr_of_to: std::net::IpAddr,
+    bytes: usize,
+) -> std::io::Result<()> {
+    let listener = in_netns(Some(to), || TcpListener::bind("0.0.0.0:0"))?;
+    let port = listener.local_addr()?.port();
+    let sink = std::thread::spawn(move || -> std::io::Result<usize> {
+        let (mut conn, _) = listener.accept()?;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut total = 0;
+        loop {
+            match conn.read(&mut buf)? {
+                0 => return Ok(total),
+                n => total += n,
+            }
+        }
+    });
+    let mut conn = connect(Some(from), SocketAddr::new(addr_of_to, port))?;
+    let chunk = vec![0x5au8; 1 << 16];
+    let mut sent = 0;
+    while sent < bytes {
+        conn.write_all(&chunk)?;
+        sent += chunk.len();
+    }
+    drop(conn);
+    let received = sink.join().expect("sink thread")?;
+    if received != sent {
+        return Err(std::io::Error::other(format!(
+            "sent {sent}, received {received}"
+        )));
+    }
+    Ok(())
+}

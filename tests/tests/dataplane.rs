@@ -1,0 +1,528 @@
+//! The eBPF dataplane end to end: pods added through the CNI driver in
+//! `"dataplane": "bpf"` mode, real traffic between namespaces, policies and
+//! spoofing, DEL and GC cleanup, the upgrade path.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::Command;
+
+use margay_conf::netconf::AttachmentId;
+use margay_ebpf::abi::{self, Config};
+use margay_ebpf::node::{self, Node, PROGRAMS, Settings};
+use margay_ebpf::policy::{self, PolicySpec};
+use margay_ebpf::{inspect, maps, registry};
+use margay_tests::bins::bin;
+use margay_tests::fixture::{Net, NetSpec, Pod};
+use margay_tests::netns::NetNs;
+use margay_tests::require_root;
+use margay_tests::traffic::{self, EchoServer, TcpServer, UdpServer};
+use serde_json::json;
+
+fn root(net: &Net) -> &Path {
+    net.bpf_root.as_ref().expect("a bpf network").path()
+}
+
+fn v4(pod: &Pod) -> Ipv4Addr {
+    match pod.ip() {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(_) => panic!("IPv4 expected"),
+    }
+}
+
+fn ifindex_of(name: &str) -> u32 {
+    let path = format!("/sys/class/net/{name}/ifindex");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Both programs of `root` are attached to `ifname`.
+fn assert_attached(root: &Path, ifname: &str) {
+    for (name, kind) in PROGRAMS {
+        let id = aya::programs::ProgramInfo::from_pin(root.join("progs").join(name))
+            .unwrap()
+            .id();
+        assert!(
+            node::attached(ifname, kind).contains(&id),
+            "{name} is attached to {ifname}"
+        );
+    }
+}
+
+fn set_policy(net: &Net, pod: &Pod, spec: &str) {
+    let ep = registry::find(root(net), &pod.host_ifname())
+        .unwrap()
+        .expect("registered");
+    let spec: PolicySpec = serde_json::from_str(spec).unwrap();
+    policy::set(root(net), ep.ifindex, &spec).unwrap();
+}
+
+fn margayctl(net: &Net, args: &[&str]) -> String {
+    let out = Command::new(bin("margayctl"))
+        .arg("--bpf-root")
+        .arg(root(net))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "margayctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn pods_with_programs_reach_each_other_over_tcp_udp_and_icmp() {
+    require_root!(pods_with_programs_reach_each_other_over_tcp_udp_and_icmp);
+    let net = Net::new(NetSpec::bpf("10.241.1.0/24"));
+    let a = net.pod("a");
+    let b = net.pod("b");
+    for p in [&a, &b] {
+        assert_attached(root(&net), &p.host_ifname());
+    }
+    let tcp_b = TcpServer::start(Some(&b.ns), "b");
+    assert_eq!(
+        traffic::request(Some(&a.ns), SocketAddr::new(b.ip(), tcp_b.port)).unwrap(),
+        format!("b {}", a.ip())
+    );
+    let udp_a = UdpServer::start(Some(&a.ns), "a");
+    assert_eq!(
+        traffic::udp_request(Some(&b.ns), SocketAddr::new(a.ip(), udp_a.port)).unwrap(),
+        format!("a {}", b.ip())
+    );
+    let ping =
+        a.ns.run(&["ping", "-c", "2", "-W", "2", &b.ip().to_string()]);
+    assert!(
+        ping.status.success(),
+        "ping: {}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+    let host = TcpServer::start(None, "host");
+    let host_ip = IpAddr::V4(traffic::host_address());
+    assert_eq!(
+        traffic::request(Some(&a.ns), SocketAddr::new(host_ip, host.port)).unwrap(),
+        format!("host {}", a.ip())
+    );
+
+    // Pod to pod took the redirect: conntrack marks the flow as delivered locally.
+    let flows = inspect::conntrack(root(&net), None).unwrap();
+    assert!(
+        flows
+            .iter()
+            .any(|(k, e)| k.proto == 6 && e.flags & abi::CT_F_LOCAL_DELIVERY != 0),
+        "a TCP flow was delivered by bpf_redirect_peer"
+    );
+    let listing = margayctl(&net, &["endpoints", "--json"]);
+    let eps: serde_json::Value = serde_json::from_str(&listing).unwrap();
+    assert_eq!(eps.as_array().unwrap().len(), 2);
+    for ep in eps.as_array().unwrap() {
+        assert_eq!(ep["programs"], json!(["from_pod", "to_pod"]), "{listing}");
+    }
+    let counters = margayctl(
+        &net,
+        &["counters", "--endpoint", &a.ip().to_string(), "--json"],
+    );
+    let c: serde_json::Value = serde_json::from_str(&counters).unwrap();
+    assert!(
+        c[0]["from_pod_packets"].as_u64().unwrap() >= 6,
+        "{counters}"
+    );
+    assert!(c[0]["to_pod_packets"].as_u64().unwrap() >= 6, "{counters}");
+}
+
+#[test]
+fn a_pod_forging_its_source_address_is_blocked_and_counted() {
+    require_root!(a_pod_forging_its_source_address_is_blocked_and_counted);
+    let net = Net::new(NetSpec::bpf("10.241.2.0/24"));
+    let a = net.pod("spoofer");
+    let b = net.pod("victim");
+    let server = UdpServer::start(Some(&b.ns), "b");
+    let forged = Ipv4Addr::new(10, 241, 2, 200);
+    for _ in 0..3 {
+        traffic::send_forged_udp(&a.ns, forged, v4(&b), server.port).unwrap();
+    }
+    // An honest datagram after the forged ones: it arrives, so the forged ones had time to.
+    assert!(traffic::udp_request(Some(&a.ns), SocketAddr::new(b.ip(), server.port)).is_ok());
+    let seen = server.received.lock().unwrap().clone();
+    assert_eq!(seen, vec![a.ip()], "only the honest datagram arrived");
+    let ep = registry::find(root(&net), &a.host_ifname())
+        .unwrap()
+        .unwrap();
+    let counters = inspect::counters(root(&net), ep.ifindex).unwrap();
+    assert_eq!(counters.drops[abi::DROP_SPOOF_IP], 3);
+    let drops = margayctl(&net, &["drops"]);
+    assert!(
+        drops.contains("spoofed-ip") && drops.contains("10.241.2.200"),
+        "{drops}"
+    );
+    assert!(
+        drops.contains(&a.host_ifname()),
+        "the drop names the endpoint: {drops}"
+    );
+}
+
+#[test]
+fn a_deny_policy_blocks_new_connections_while_an_allowed_one_flows() {
+    require_root!(a_deny_policy_blocks_new_connections_while_an_allowed_one_flows);
+    let net = Net::new(NetSpec::bpf("10.241.3.0/24"));
+    let client = net.pod("client");
+    let server = net.pod("server");
+    let echo = EchoServer::start(Some(&server.ns));
+    let addr = SocketAddr::new(server.ip(), echo.port());
+    let mut long_lived = traffic::connect(Some(&client.ns), addr).unwrap();
+    assert_eq!(traffic::round_trip(&mut long_lived, "one").unwrap(), "one");
+
+    set_policy(
+        &net,
+        &server,
+        r#"{"ingress": [{"action": "deny", "protocol": "tcp"}, {"action": "allow"}]}"#,
+    );
+    let refused = traffic::connect(Some(&client.ns), addr);
+    assert!(refused.is_err(), "a new connection is dropped");
+    assert_eq!(
+        traffic::round_trip(&mut long_lived, "two").unwrap(),
+        "two",
+        "the established one flows"
+    );
+    let ep = registry::find(root(&net), &server.host_ifname())
+        .unwrap()
+        .unwrap();
+    assert!(
+        inspect::counters(root(&net), ep.ifindex).unwrap().drops[abi::DROP_POLICY_INGRESS] >= 1
+    );
+
+    // Policies through margayctl, from a YAML file.
+    let file = net.dir.path().join("allow.yaml");
+    std::fs::write(
+        &file,
+        "ingress:\n  - action: allow\n    protocol: tcp\n    ports: \"1-65535\"\n",
+    )
+    .unwrap();
+    margayctl(
+        &net,
+        &[
+            "policy",
+            "set",
+            "--endpoint",
+            &server.ip().to_string(),
+            "-f",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        traffic::connect(Some(&client.ns), addr).is_ok(),
+        "allowed again, without re-attaching"
+    );
+    let shown = margayctl(
+        &net,
+        &["policy", "show", "--endpoint", &server.host_ifname()],
+    );
+    assert!(
+        shown.contains("ports: 1-65535") || shown.contains("ports: '1-65535'"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn programs_keep_enforcing_after_every_margay_process_exits() {
+    require_root!(programs_keep_enforcing_after_every_margay_process_exits);
+    let net = Net::new(NetSpec::bpf("10.241.4.0/24"));
+    let a = net.pod("a");
+    let b = net.pod("b");
+    // The ADDs have returned: no Margay process of ours runs now, only pins.
+    let server = TcpServer::start(Some(&b.ns), "b");
+    set_policy(&net, &b, r#"{"ingress": []}"#);
+    assert!(traffic::request(Some(&a.ns), SocketAddr::new(b.ip(), server.port)).is_err());
+    assert_attached(root(&net), &b.host_ifname());
+}
+
+#[test]
+fn del_leaves_no_link_pin_or_map_entry() {
+    require_root!(del_leaves_no_link_pin_or_map_entry);
+    let net = Net::new(NetSpec::bpf("10.241.5.0/24"));
+    let a = net.pod("a");
+    let b = net.pod("b");
+    let server = TcpServer::start(Some(&b.ns), "b");
+    traffic::request(Some(&a.ns), SocketAddr::new(b.ip(), server.port)).unwrap();
+    set_policy(&net, &a, r#"{"egress": [{"action": "allow"}]}"#);
+    let (a_if, b_if) = (ifindex_of(&a.host_ifname()), ifindex_of(&b.host_ifname()));
+    assert!(
+        !inspect::conntrack(root(&net), Some(a_if))
+            .unwrap()
+            .is_empty()
+    );
+
+    net.del(&a).unwrap();
+    // b's namespace disappears before its DEL (the veth goes with it).
+    let b_cid = b.cid.clone();
+    drop(b.ns);
+    net.rt.del(&b_cid, None, "eth0", "").unwrap();
+
+    let r = root(&net);
+    let pins: Vec<_> = std::fs::read_dir(r)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        pins.len(),
+        2,
+        "only the node's progs/ and maps/ stay: {pins:?}"
+    );
+    assert!(registry::list(r).unwrap().is_empty(), "no endpoint entries");
+    assert_eq!(
+        maps::endpoints_by_ip(r).unwrap().keys().count(),
+        0,
+        "no IP index entries"
+    );
+    assert_eq!(maps::policies(r).unwrap().keys().count(), 0, "no policies");
+    for i in [a_if, b_if] {
+        assert!(
+            inspect::conntrack(r, Some(i)).unwrap().is_empty(),
+            "no conntrack entries of {i}"
+        );
+        assert!(
+            maps::counters(r).unwrap().get(&i, 0).is_err(),
+            "no counters of {i}"
+        );
+    }
+    net.assert_nothing_left("10.241.5.");
+}
+
+#[test]
+fn thirty_two_concurrent_adds_all_get_programs() {
+    require_root!(thirty_two_concurrent_adds_all_get_programs);
+    let net = Net::new(NetSpec::bpf("10.241.6.0/24"));
+    let nss: Vec<NetNs> = (0..32).map(|i| NetNs::new(&format!("b{i}"))).collect();
+    let results: Vec<serde_json::Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = nss
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| {
+                let net = &net;
+                s.spawn(move || {
+                    net.add(ns, &format!("bpf{i}"))
+                        .unwrap_or_else(|e| panic!("ADD {i}: {e}"))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for r in &results {
+        assert_attached(root(&net), r["interfaces"][0]["name"].as_str().unwrap());
+    }
+    assert_eq!(registry::list(root(&net)).unwrap().len(), 32);
+    std::thread::scope(|s| {
+        for (i, ns) in nss.iter().enumerate() {
+            let net = &net;
+            s.spawn(move || {
+                net.rt
+                    .del(&format!("bpf{i}"), Some(&ns.path()), "eth0", "")
+                    .unwrap()
+            });
+        }
+    });
+    assert!(registry::list(root(&net)).unwrap().is_empty());
+    net.assert_nothing_left("10.241.6.");
+}
+
+#[test]
+fn check_verifies_the_programs_and_gc_removes_stale_endpoints() {
+    require_root!(check_verifies_the_programs_and_gc_removes_stale_endpoints);
+    let net = Net::new(NetSpec::bpf("10.241.7.0/24"));
+    let keep = net.pod("keep");
+    let stale = net.pod("stale");
+    net.check(&keep).unwrap();
+    Node::detach(&keep.host_ifname()).unwrap();
+    let err = net.check(&keep).unwrap_err();
+    assert_eq!(err.code.number(), 107, "{err}");
+    assert!(err.msg.contains("from_pod is not attached"), "{err}");
+
+    net.rt
+        .gc(&[AttachmentId {
+            container_id: keep.cid.clone(),
+            ifname: "eth0".into(),
+        }])
+        .unwrap();
+    let left: Vec<String> = registry::list(root(&net))
+        .unwrap()
+        .iter()
+        .map(|e| e.ifname())
+        .collect();
+    assert_eq!(
+        left,
+        vec![keep.host_ifname()],
+        "GC unregistered the stale endpoint"
+    );
+    assert!(
+        net.host_veths().iter().all(|v| *v != stale.host_ifname()),
+        "and removed its veth"
+    );
+}
+
+#[test]
+fn an_unusable_bpf_root_is_a_clear_error_and_leaks_nothing() {
+    require_root!(an_unusable_bpf_root_is_a_clear_error_and_leaks_nothing);
+    let not_bpffs = tempfile::tempdir().unwrap();
+    let net = Net::new(NetSpec {
+        extra: json!({"bpf_root": not_bpffs.path()}),
+        ..NetSpec::bpf("10.241.8.0/24")
+    });
+    let ns = NetNs::new("nobpf");
+    let err = net.add(&ns, "nobpf-1").unwrap_err();
+    assert_eq!(err.code.number(), 106, "{err}");
+    assert!(err.msg.contains("not on a bpffs"), "{err}");
+    net.assert_nothing_left("10.241.8.");
+}
+
+#[test]
+fn upgrades_reuse_compatible_maps_and_move_running_endpoints() {
+    require_root!(upgrades_reuse_compatible_maps_and_move_running_endpoints);
+    let net = Net::new(NetSpec::bpf("10.241.9.0/24"));
+    let a = net.pod("a");
+    let b = net.pod("b");
+    let server = EchoServer::start(Some(&b.ns));
+    let mut conn = traffic::connect(Some(&a.ns), SocketAddr::new(b.ip(), server.port())).unwrap();
+    assert_eq!(traffic::round_trip(&mut conn, "before").unwrap(), "before");
+    let r = root(&net);
+    let prog_id = |name: &str| {
+        aya::programs::ProgramInfo::from_pin(r.join("progs").join(name))
+            .unwrap()
+            .id()
+    };
+    let old = prog_id("from_pod");
+
+    // Another build's programs are pinned (its fingerprint differs): the
+    // next open loads ours, keeps the maps and moves the links over.
+    let mut config = maps::config(r).unwrap();
+    let current = config.get(&0, 0).unwrap();
+    config
+        .set(
+            0,
+            Config {
+                object_id: 0xdead_beef,
+                ..current
+            },
+            0,
+        )
+        .unwrap();
+    Node::open(r, &Settings::default()).unwrap();
+    let new = prog_id("from_pod");
+    assert_ne!(old, new, "programs were reloaded");
+    assert_attached(r, &a.host_ifname());
+    assert_eq!(
+        registry::list(r).unwrap().len(),
+        2,
+        "endpoint entries survived"
+    );
+    assert_eq!(
+        traffic::round_trip(&mut conn, "after").unwrap(),
+        "after",
+        "the connection survived"
+    );
+
+    // A new conntrack size: that map is rebuilt, the rest kept.
+    let bigger = Settings {
+        conntrack_size: 131_072,
+        ..Settings::default()
+    };
+    Node::open(r, &bigger).unwrap();
+    assert_eq!(
+        maps::Layout::of_pin(&maps::map_path(r, "conntrack"))
+            .unwrap()
+            .max_entries,
+        131_072
+    );
+    assert_attached(r, &b.host_ifname());
+    assert_eq!(
+        traffic::round_trip(&mut conn, "resized").unwrap(),
+        "resized"
+    );
+}
+
+#[test]
+fn a_pinned_map_of_an_unknown_layout_is_refused_clearly() {
+    require_root!(a_pinned_map_of_an_unknown_layout_is_refused_clearly);
+    let r = margay_tests::bpf::BpfRoot::new();
+    std::fs::create_dir_all(r.path().join("maps")).unwrap();
+    // What some other build might have left: `endpoints` with 64-byte values.
+    margay_tests::bpf::pin_hash_map(&r.path().join("maps/endpoints"), 4, 64, 1024);
+    let err = Node::open(r.path(), &Settings::default())
+        .err()
+        .expect("refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("maps/endpoints") && msg.contains("value 64 B") && msg.contains("value 36 B"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("detach-all"),
+        "the error says what to do: {msg}"
+    );
+    assert!(
+        !r.path().join("progs/from_pod").exists(),
+        "nothing half-installed"
+    );
+
+    // A rebuildable map of another layout is simply replaced.
+    let r2 = margay_tests::bpf::BpfRoot::new();
+    std::fs::create_dir_all(r2.path().join("maps")).unwrap();
+    margay_tests::bpf::pin_hash_map(&r2.path().join("maps/conntrack"), 8, 8, 16);
+    Node::open(r2.path(), &Settings::default()).unwrap();
+    let ct = maps::Layout::of_pin(&maps::map_path(r2.path(), "conntrack")).unwrap();
+    let sizes = (
+        std::mem::size_of::<abi::CtKey>(),
+        std::mem::size_of::<abi::CtEntry>(),
+    );
+    assert_eq!((ct.key_size as usize, ct.value_size as usize), sizes);
+}
+
+/// Transmit counters of a host interface, from sysfs.
+fn tx_bytes(ifname: &str) -> u64 {
+    std::fs::read_to_string(format!("/sys/class/net/{ifname}/statistics/tx_bytes"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_bulk_transfer_between_local_pods_stays_on_the_redirect_path() {
+    require_root!(a_bulk_transfer_between_local_pods_stays_on_the_redirect_path);
+    let net = Net::new(NetSpec::bpf("10.241.10.0/24"));
+    let client = net.pod("bulkc");
+    let server = net.pod("bulks");
+    let before = tx_bytes(&server.host_ifname());
+    // Large enough for GSO packets, two CPUs and conntrack refreshes: a
+    // flow that fell back to the host stack part way (as a conntrack entry
+    // re-created mid-stream once made it) would show here.
+    traffic::bulk_transfer(&client.ns, &server.ns, server.ip(), 1 << 30).unwrap();
+    let via_stack = tx_bytes(&server.host_ifname()) - before;
+    assert!(
+        via_stack < 1 << 20,
+        "{via_stack} bytes reached the server through the host stack"
+    );
+    let flows = inspect::conntrack(root(&net), Some(ifindex_of(&client.host_ifname()))).unwrap();
+    assert!(
+        flows
+            .iter()
+            .all(|(k, e)| k.proto != 6 || e.flags & abi::CT_F_LOCAL_DELIVERY != 0)
+    );
+}
+
+#[test]
+fn margayctl_says_plainly_when_nothing_is_loaded() {
+    let out = Command::new(bin("margayctl"))
+        .args(["--bpf-root", "/sys/fs/bpf/no-such-margay-root", "endpoints"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        msg.contains("no Margay dataplane is loaded at /sys/fs/bpf/no-such-margay-root"),
+        "{msg}"
+    );
+    assert!(msg.contains("--bpf-root"), "{msg}");
+}

@@ -1,0 +1,396 @@
+//! The eBPF programs run in-process on crafted frames (BPF_PROG_TEST_RUN),
+//! loaded and pinned exactly as on a node, each test under its own root.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use margay_ebpf::abi::{
+    self, CT_CLOSED, CT_CLOSING, CT_ESTABLISHED, CT_FIN_WAIT, CT_SYN_SENT, Endpoint,
+};
+use margay_ebpf::node::{Node, Settings};
+use margay_ebpf::policy::{self, PolicySpec};
+use margay_ebpf::{inspect, registry};
+use margay_tests::bpf::{BpfRoot, TC_ACT_OK, TC_ACT_SHOT, run};
+use margay_tests::packet::{self, L4, POD_MAC, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, ipv4};
+use margay_tests::require_root;
+
+const POD: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 5);
+const PEER: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 3);
+/// TestRun puts the packet on loopback: the endpoint under test is ifindex 1.
+const IFINDEX: u32 = 1;
+/// A forwarded packet's ingress device (not 0, which means "from the node").
+const FORWARDED: u32 = 2;
+
+struct Fixture {
+    root: BpfRoot,
+    node: Node,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        Self::with(Settings::default())
+    }
+
+    fn with(settings: Settings) -> Fixture {
+        let root = BpfRoot::new();
+        let node = Node::open(root.path(), &settings).unwrap_or_else(|e| panic!("load: {e}"));
+        registry::register(root.path(), &Endpoint::new(IFINDEX, "lo", POD, POD_MAC)).unwrap();
+        Fixture { root, node }
+    }
+
+    fn out(&self, l4: L4, dst: Ipv4Addr) -> u32 {
+        run(&self.node, "from_pod", &ipv4(POD_MAC, POD, dst, &l4), 0)
+    }
+
+    fn inbound(&self, l4: L4, src: Ipv4Addr) -> u32 {
+        run(
+            &self.node,
+            "to_pod",
+            &ipv4([2, 0, 0, 0, 0, 0x99], src, POD, &l4),
+            FORWARDED,
+        )
+    }
+
+    fn policy(&self, yaml_json: &str) {
+        let spec: PolicySpec = serde_json::from_str(yaml_json).unwrap();
+        policy::set(self.root.path(), IFINDEX, &spec).unwrap();
+    }
+
+    fn drops(&self, reason: usize) -> u64 {
+        inspect::counters(self.root.path(), IFINDEX).unwrap().drops[reason]
+    }
+
+    fn ct_state(&self, peer: Ipv4Addr) -> Vec<u8> {
+        inspect::conntrack(self.root.path(), Some(IFINDEX))
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _)| k.addr_a == peer.octets() || k.addr_b == peer.octets())
+            .map(|(_, e)| e.state)
+            .collect()
+    }
+}
+
+fn tcp(sport: u16, dport: u16, flags: u8) -> L4 {
+    L4::Tcp {
+        sport,
+        dport,
+        flags,
+    }
+}
+
+#[test]
+fn spoofed_source_ip_and_mac_are_dropped_and_counted() {
+    require_root!(spoofed_source_ip_and_mac_are_dropped_and_counted);
+    let f = Fixture::new();
+    assert_eq!(f.out(tcp(1000, 80, TCP_SYN), PEER), TC_ACT_OK);
+    let forged_ip = ipv4(
+        POD_MAC,
+        Ipv4Addr::new(10, 200, 0, 6),
+        PEER,
+        &tcp(1000, 80, TCP_SYN),
+    );
+    assert_eq!(run(&f.node, "from_pod", &forged_ip, 0), TC_ACT_SHOT);
+    let forged_mac = ipv4([2, 0, 0, 0, 0, 0x0b], POD, PEER, &tcp(1000, 80, TCP_SYN));
+    assert_eq!(run(&f.node, "from_pod", &forged_mac, 0), TC_ACT_SHOT);
+    let forged_arp = packet::ether([2, 0, 0, 0, 0, 0x0b], 0x0806, 28);
+    assert_eq!(run(&f.node, "from_pod", &forged_arp, 0), TC_ACT_SHOT);
+    assert_eq!(f.drops(abi::DROP_SPOOF_IP), 1);
+    assert_eq!(f.drops(abi::DROP_SPOOF_MAC), 2);
+}
+
+#[test]
+fn arp_and_ipv6_pass_and_garbage_is_dropped_as_unparseable() {
+    require_root!(arp_and_ipv6_pass_and_garbage_is_dropped_as_unparseable);
+    let f = Fixture::new();
+    assert_eq!(
+        run(&f.node, "from_pod", &packet::ether(POD_MAC, 0x0806, 28), 0),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        run(&f.node, "from_pod", &packet::ether(POD_MAC, 0x86dd, 40), 0),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        run(
+            &f.node,
+            "to_pod",
+            &packet::ether(POD_MAC, 0x86dd, 40),
+            FORWARDED
+        ),
+        TC_ACT_OK
+    );
+    let mut truncated = ipv4(POD_MAC, POD, PEER, &tcp(1, 2, TCP_SYN));
+    truncated.truncate(14 + 20 + 10); // half a TCP header
+    assert_eq!(run(&f.node, "from_pod", &truncated, 0), TC_ACT_SHOT);
+    let mut bad_ihl = ipv4(POD_MAC, POD, PEER, &tcp(1, 2, TCP_SYN));
+    bad_ihl[14] = 0x43;
+    assert_eq!(run(&f.node, "from_pod", &bad_ihl, 0), TC_ACT_SHOT);
+    assert_eq!(
+        run(&f.node, "from_pod", &packet::ether(POD_MAC, 0x88cc, 40), 0),
+        TC_ACT_SHOT
+    );
+    assert_eq!(f.drops(abi::DROP_PARSE), 2);
+    assert_eq!(f.drops(2), 1, "unsupported-l3");
+}
+
+#[test]
+fn every_rule_kind_allows_and_denies() {
+    require_root!(every_rule_kind_allows_and_denies);
+    let f = Fixture::new();
+    f.policy(
+        r#"{"egress": [
+            {"action": "deny", "cidr": "10.1.2.99/32"},
+            {"action": "allow", "cidr": "10.1.0.0/16", "protocol": "tcp", "ports": "80-81"},
+            {"action": "deny", "protocol": "udp", "ports": 53},
+            {"action": "allow", "protocol": "udp"},
+            {"action": "allow", "protocol": "icmp"}
+        ]}"#,
+    );
+    let cases = [
+        (
+            tcp(2000, 80, TCP_SYN),
+            PEER,
+            TC_ACT_OK,
+            "tcp port in range, cidr in",
+        ),
+        (tcp(2001, 81, TCP_SYN), PEER, TC_ACT_OK, "tcp upper bound"),
+        (
+            tcp(2002, 82, TCP_SYN),
+            PEER,
+            TC_ACT_SHOT,
+            "tcp port out of range: default deny",
+        ),
+        (
+            tcp(2003, 80, TCP_SYN),
+            Ipv4Addr::new(10, 2, 0, 1),
+            TC_ACT_SHOT,
+            "cidr out",
+        ),
+        (
+            tcp(2004, 80, TCP_SYN),
+            Ipv4Addr::new(10, 1, 2, 99),
+            TC_ACT_SHOT,
+            "an earlier deny wins",
+        ),
+        (
+            L4::Udp {
+                sport: 3000,
+                dport: 53,
+            },
+            PEER,
+            TC_ACT_SHOT,
+            "explicit deny",
+        ),
+        (
+            L4::Udp {
+                sport: 3001,
+                dport: 54,
+            },
+            PEER,
+            TC_ACT_OK,
+            "protocol-wide allow",
+        ),
+        (
+            L4::IcmpEcho { kind: 8, id: 7 },
+            Ipv4Addr::new(8, 8, 8, 8),
+            TC_ACT_OK,
+            "icmp",
+        ),
+    ];
+    for (l4, dst, want, what) in cases {
+        assert_eq!(f.out(l4, dst), want, "{what}");
+    }
+    assert_eq!(f.drops(abi::DROP_POLICY_EGRESS), 4);
+
+    f.policy(r#"{"ingress": [{"action": "allow", "protocol": "tcp", "ports": 8080}]}"#);
+    assert_eq!(f.inbound(tcp(4000, 8080, TCP_SYN), PEER), TC_ACT_OK);
+    assert_eq!(f.inbound(tcp(4001, 8081, TCP_SYN), PEER), TC_ACT_SHOT);
+    assert_eq!(
+        f.out(tcp(2005, 82, TCP_SYN), PEER),
+        TC_ACT_OK,
+        "no egress policy now: allow all"
+    );
+    let node_probe = ipv4([2, 0, 0, 0, 0, 0x99], PEER, POD, &tcp(4002, 9999, TCP_SYN));
+    assert_eq!(
+        run(&f.node, "to_pod", &node_probe, 0),
+        TC_ACT_OK,
+        "the node itself is let in"
+    );
+    f.policy(r#"{"ingress": []}"#);
+    assert_eq!(
+        f.inbound(tcp(4003, 8080, TCP_SYN), PEER),
+        TC_ACT_SHOT,
+        "an empty list denies all"
+    );
+    assert_eq!(f.drops(abi::DROP_POLICY_INGRESS), 2);
+}
+
+#[test]
+fn replies_of_allowed_flows_pass_by_conntrack_and_policy_changes_hit_new_flows() {
+    require_root!(replies_of_allowed_flows_pass_by_conntrack_and_policy_changes_hit_new_flows);
+    let f = Fixture::new();
+    f.policy(r#"{"ingress": []}"#);
+    assert_eq!(f.out(tcp(5000, 443, TCP_SYN), PEER), TC_ACT_OK);
+    assert_eq!(
+        f.inbound(tcp(443, 5000, TCP_SYN | TCP_ACK), PEER),
+        TC_ACT_OK,
+        "reply passes deny-all ingress"
+    );
+    assert_eq!(
+        f.inbound(tcp(443, 5001, TCP_SYN | TCP_ACK), PEER),
+        TC_ACT_SHOT,
+        "not a reply"
+    );
+    let frag_needed = L4::IcmpError {
+        kind: 3,
+        quoted: packet::quote(POD, PEER, 6, 5000, 443),
+    };
+    assert_eq!(
+        f.inbound(frag_needed, Ipv4Addr::new(10, 9, 9, 9)),
+        TC_ACT_OK,
+        "ICMP error about the flow is related"
+    );
+    let unrelated = L4::IcmpError {
+        kind: 3,
+        quoted: packet::quote(POD, PEER, 6, 5999, 443),
+    };
+    assert_eq!(
+        f.inbound(unrelated, Ipv4Addr::new(10, 9, 9, 9)),
+        TC_ACT_SHOT
+    );
+
+    // Policy is data: a change applies to the next new flow, no re-attach.
+    f.policy(r#"{"egress": [{"action": "deny"}], "ingress": []}"#);
+    assert_eq!(
+        f.out(tcp(5002, 443, TCP_SYN), PEER),
+        TC_ACT_SHOT,
+        "new flow denied"
+    );
+    assert_eq!(
+        f.out(tcp(5000, 443, TCP_ACK), PEER),
+        TC_ACT_OK,
+        "established flow keeps going"
+    );
+    f.policy("{}");
+    assert_eq!(
+        f.out(tcp(5002, 443, TCP_SYN), PEER),
+        TC_ACT_OK,
+        "policy removed: allowed"
+    );
+}
+
+#[test]
+fn tcp_state_follows_syn_fin_and_rst() {
+    require_root!(tcp_state_follows_syn_fin_and_rst);
+    let f = Fixture::new();
+    assert_eq!(f.out(tcp(6000, 22, TCP_SYN), PEER), TC_ACT_OK);
+    assert_eq!(f.ct_state(PEER), [CT_SYN_SENT]);
+    f.inbound(tcp(22, 6000, TCP_SYN | TCP_ACK), PEER);
+    assert_eq!(f.ct_state(PEER), [CT_ESTABLISHED]);
+    f.out(tcp(6000, 22, TCP_ACK), PEER);
+    assert_eq!(f.ct_state(PEER), [CT_ESTABLISHED]);
+    f.out(tcp(6000, 22, TCP_FIN | TCP_ACK), PEER);
+    assert_eq!(f.ct_state(PEER), [CT_FIN_WAIT]);
+    f.inbound(tcp(22, 6000, TCP_FIN | TCP_ACK), PEER);
+    assert_eq!(f.ct_state(PEER), [CT_CLOSING]);
+
+    let other = Ipv4Addr::new(10, 1, 2, 4);
+    f.out(tcp(6001, 22, TCP_SYN), other);
+    f.inbound(tcp(22, 6001, TCP_RST | TCP_ACK), other);
+    assert_eq!(f.ct_state(other), [CT_CLOSED]);
+    // A new SYN on the closed tuple is a new flow, judged by policy again.
+    f.policy(r#"{"egress": [{"action": "deny", "cidr": "10.1.2.4/32"}, {"action": "allow"}]}"#);
+    assert_eq!(f.out(tcp(6001, 22, TCP_SYN), other), TC_ACT_SHOT);
+    assert_eq!(
+        f.out(tcp(6000, 22, TCP_ACK), PEER),
+        TC_ACT_OK,
+        "closing flow still tracked"
+    );
+}
+
+#[test]
+fn counters_match_what_was_sent() {
+    require_root!(counters_match_what_was_sent);
+    let f = Fixture::new();
+    let frame = ipv4(
+        POD_MAC,
+        POD,
+        PEER,
+        &L4::Udp {
+            sport: 7000,
+            dport: 7001,
+        },
+    );
+    for _ in 0..10 {
+        assert_eq!(run(&f.node, "from_pod", &frame, 0), TC_ACT_OK);
+    }
+    let reply = ipv4(
+        [2, 0, 0, 0, 0, 0x99],
+        PEER,
+        POD,
+        &L4::Udp {
+            sport: 7001,
+            dport: 7000,
+        },
+    );
+    for _ in 0..3 {
+        assert_eq!(run(&f.node, "to_pod", &reply, FORWARDED), TC_ACT_OK);
+    }
+    let c = inspect::counters(f.root.path(), IFINDEX).unwrap();
+    assert_eq!(c.packets, [10, 3]);
+    assert_eq!(c.bytes, [10 * frame.len() as u64, 3 * reply.len() as u64]);
+    assert!(c.drops.iter().all(|d| *d == 0));
+    let ct = inspect::conntrack(f.root.path(), Some(IFINDEX)).unwrap();
+    assert_eq!(ct.len(), 1, "one flow, both directions");
+    assert_eq!(ct[0].1.state, CT_ESTABLISHED);
+}
+
+#[test]
+fn an_unregistered_interface_fails_closed() {
+    require_root!(an_unregistered_interface_fails_closed);
+    let f = Fixture::new();
+    registry::unregister(f.root.path(), "lo").unwrap();
+    assert_eq!(f.out(tcp(1, 2, TCP_SYN), PEER), TC_ACT_SHOT);
+    assert_eq!(
+        inspect::counters(f.root.path(), 0).unwrap().drops[8],
+        1,
+        "no-endpoint, counted on ifindex 0"
+    );
+}
+
+#[test]
+fn drops_are_reported_with_reason_and_tuple() {
+    require_root!(drops_are_reported_with_reason_and_tuple);
+    let f = Fixture::new();
+    f.policy(
+        r#"{"egress": [{"action": "deny", "protocol": "tcp", "ports": 25}, {"action": "allow"}]}"#,
+    );
+    assert_eq!(f.out(tcp(8000, 25, TCP_SYN), PEER), TC_ACT_SHOT);
+    let mut seen = Vec::new();
+    inspect::follow_events(f.root.path(), Some(Duration::from_millis(200)), |e| {
+        seen.push(inspect::FlowRecord::from(&e));
+        false
+    })
+    .unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].verdict, "policy-egress");
+    assert_eq!(seen[0].src, "10.200.0.5:8000");
+    assert_eq!(seen[0].dst, "10.1.2.3:25");
+    assert_eq!(seen[0].direction, "from-pod");
+
+    // Off: counted, not reported.
+    let quiet = Fixture::with(Settings {
+        log_level: abi::LOG_OFF,
+        ..Settings::default()
+    });
+    quiet.policy(r#"{"egress": []}"#);
+    assert_eq!(quiet.out(tcp(8001, 25, TCP_SYN), PEER), TC_ACT_SHOT);
+    let mut any = false;
+    inspect::follow_events(quiet.root.path(), Some(Duration::from_millis(100)), |_| {
+        any = true;
+        false
+    })
+    .unwrap();
+    assert!(!any);
+    assert_eq!(quiet.drops(abi::DROP_POLICY_EGRESS), 1);
+}
