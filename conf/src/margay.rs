@@ -164,6 +164,12 @@ pub struct PluginConf {
     /// is forgotten when it is full).
     #[serde(default = "default_conntrack_size")]
     pub bpf_conntrack_size: u32,
+    /// Service frontends (ClusterIP:port) the node can hold.
+    #[serde(default = "default_service_frontends")]
+    pub bpf_service_frontends: u32,
+    /// Service backends the node can hold, over all services.
+    #[serde(default = "default_service_backends")]
+    pub bpf_service_backends: u32,
 }
 
 /// `bpf_log_level`.
@@ -180,6 +186,14 @@ fn default_conntrack_size() -> u32 {
     65_536
 }
 
+fn default_service_frontends() -> u32 {
+    65_536
+}
+
+fn default_service_backends() -> u32 {
+    262_144
+}
+
 fn default_mtu() -> u32 {
     1500
 }
@@ -189,12 +203,14 @@ fn default_bpf_root() -> PathBuf {
 }
 
 impl PluginConf {
-    const KEYS: [&'static str; 9] = [
+    const KEYS: [&'static str; 11] = [
         "mtu",
         "dataplane",
         "bpf_root",
         "bpf_log_level",
         "bpf_conntrack_size",
+        "bpf_service_frontends",
+        "bpf_service_backends",
         "nodename",
         "log_file",
         "log_level",
@@ -225,6 +241,16 @@ impl PluginConf {
                 "bpf_conntrack_size: {} is outside 1024..=16777216",
                 conf.bpf_conntrack_size
             )));
+        }
+        for (key, value, max) in [
+            ("bpf_service_frontends", conf.bpf_service_frontends, 1 << 20),
+            ("bpf_service_backends", conf.bpf_service_backends, 4 << 20),
+        ] {
+            if !(16..=max).contains(&value) {
+                return Err(CniError::invalid_config(format!(
+                    "{key}: {value} is outside 16..={max}"
+                )));
+            }
         }
         if !conf.bpf_root.is_absolute() {
             return Err(CniError::invalid_config(format!(

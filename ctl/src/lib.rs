@@ -120,6 +120,14 @@ pub fn read_policy(path: &Path) -> Result<PolicySpec, String> {
     serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// Reads a service file (`services: [...]`): YAML or JSON.
+pub fn read_services(path: &Path) -> Result<Vec<margay_ebpf::service::ServiceSpec>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_yaml_ng::from_str::<margay_ebpf::service::ServiceFile>(&text)
+        .map(|f| f.services)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// Detaches and unregisters every endpoint of the root: what switching a
 /// node back to the `linux` dataplane needs for pods already running.
 pub fn detach_all(root: &Path) -> Result<Vec<String>, DataplaneError> {

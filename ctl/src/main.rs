@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use margay_conf::report::table;
 use margay_ctl::{policy_summary, read_policy, resolve};
-use margay_ebpf::inspect::{self, CtRecord, FlowRecord};
-use margay_ebpf::{policy, registry};
+use margay_ebpf::inspect::{self, CtRecord, FlowRecord, NatRecord};
+use margay_ebpf::{policy, registry, service};
 
 #[derive(Parser)]
 #[command(version, about = "Inspect and program Margay's eBPF dataplane")]
@@ -54,6 +54,16 @@ enum Cmd {
         #[arg(long)]
         follow: bool,
     },
+    /// Services (kube-proxy's job): frontends and their backends.
+    Service {
+        #[command(subcommand)]
+        action: ServiceAction,
+    },
+    /// Service address translations of running flows.
+    Nat {
+        #[command(subcommand)]
+        action: NatAction,
+    },
     /// Node-wide dataplane operations.
     Dataplane {
         #[command(subcommand)]
@@ -89,6 +99,24 @@ enum PolicyAction {
         #[arg(long)]
         endpoint: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum ServiceAction {
+    /// Make the node's services exactly those of a YAML or JSON file
+    /// (`services: [...]`): changes applied, the rest left alone.
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// The services the node balances.
+    List,
+}
+
+#[derive(Subcommand)]
+enum NatAction {
+    /// List translations (forward and reverse entries of each flow).
+    Dump,
 }
 
 #[derive(Subcommand)]
@@ -314,6 +342,98 @@ fn run(cli: Cli) -> Result<(), String> {
                 true
             })
             .map_err(err)?;
+        }
+        Cmd::Service {
+            action: ServiceAction::Apply { file },
+        } => {
+            let specs = margay_ctl::read_services(&file)?;
+            let report = service::apply(root, &specs).map_err(|e| e.to_string())?;
+            emit(if cli.json {
+                json(&report)
+            } else {
+                format!(
+                    "services: {} added, {} updated, {} removed, {} unchanged",
+                    report.added, report.updated, report.removed, report.unchanged
+                )
+            });
+        }
+        Cmd::Service {
+            action: ServiceAction::List,
+        } => {
+            let rows = service::list(root).map_err(err)?;
+            emit(if cli.json {
+                json(&rows)
+            } else {
+                let cells: Vec<Vec<String>> = rows
+                    .iter()
+                    .map(|r| {
+                        let s = &r.spec;
+                        vec![
+                            s.name.clone(),
+                            format!("{}:{}/{}", s.vip, s.port, s.protocol),
+                            if s.backends.is_empty() {
+                                "- (rejects)".into()
+                            } else {
+                                s.backends
+                                    .iter()
+                                    .map(ToString::to_string)
+                                    .collect::<Vec<_>>()
+                                    .join(",")
+                            },
+                            s.affinity_timeout
+                                .map(|t| format!("client-ip {t}s"))
+                                .unwrap_or_else(|| "-".into()),
+                        ]
+                    })
+                    .collect();
+                table(&["NAME", "FRONTEND", "BACKENDS", "AFFINITY"], &cells)
+            });
+        }
+        Cmd::Nat {
+            action: NatAction::Dump,
+        } => {
+            let names = service::names(root).map_err(err)?;
+            let now = inspect::monotonic_ns();
+            let records: Vec<NatRecord> = inspect::nat(root)
+                .map_err(err)?
+                .iter()
+                .map(|(k, v)| {
+                    let name = names.get(&v.svc_id).cloned().unwrap_or_default();
+                    NatRecord::new(k, v, name, now)
+                })
+                .collect();
+            emit(if cli.json {
+                json(&records)
+            } else {
+                let cells: Vec<Vec<String>> = records
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.direction.to_string(),
+                            r.protocol.to_string(),
+                            r.src.clone(),
+                            r.dst.clone(),
+                            r.translated.clone(),
+                            r.hairpin.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+                            r.service.clone(),
+                            format!("{}s", r.idle_s),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "DIRECTION",
+                        "PROTO",
+                        "SRC",
+                        "DST",
+                        "TRANSLATED",
+                        "HAIRPIN",
+                        "SERVICE",
+                        "IDLE",
+                    ],
+                    &cells,
+                )
+            });
         }
         Cmd::Dataplane {
             action: DataplaneAction::DetachAll,

@@ -27,7 +27,10 @@ enum drop_reason {
 	DROP_POLICY_INGRESS = 6,   /* the pod's ingress policy denies it */
 	DROP_FRAGMENT = 7,         /* non-first fragment under a policy */
 	DROP_NO_ENDPOINT = 8,      /* program on an interface with no endpoint */
-	DROP_REASON_MAX = 9,
+	DROP_NO_BACKEND = 9,       /* a service with no backend: rejected with
+				    * ICMP port unreachable */
+	DROP_NAT = 10,             /* a service translation could not be written */
+	DROP_REASON_MAX = 11,
 };
 
 struct endpoint {
@@ -91,6 +94,8 @@ enum ct_state {
 #define CT_F_FIN_A 0x2
 #define CT_F_FIN_B 0x4
 #define CT_F_LOCAL_DELIVERY 0x8 /* FIB-checked: redirect to a local pod */
+#define CT_F_SERVICE 0x10       /* the client's side of a service flow: its
+				 * replies are reverse-translated (nat.h) */
 
 /* No per-flow packet or byte counts: updating them on every packet bounces
  * the entry's cache line between the CPUs of the two directions (measured:
@@ -108,7 +113,7 @@ struct counters {
 	__u64 packets[2]; /* by enum direction, allowed */
 	__u64 bytes[2];
 	__u64 drops[DROP_REASON_MAX];
-	__u64 reserved[3];
+	__u64 reserved[1];
 };
 
 #define LOG_OFF 0
@@ -119,6 +124,86 @@ struct config {
 	__u32 log_level;
 	__u32 reserved[5];
 	__u64 object_id; /* which build's programs are pinned */
+};
+
+/* Services (lb.h). A frontend is what clients connect to (a ClusterIP and
+ * port); its backends sit in slots (id, generation, ordinal) so that an
+ * update writes the next generation's slots and then flips the frontend,
+ * and no packet sees half of one set and half of the other. */
+#define SVC_F_AFFINITY 0x1   /* sessionAffinity: ClientIP */
+#define SVC_F_LOCAL_ONLY 0x2 /* externalTrafficPolicy: Local */
+
+struct svc_key {
+	__be32 addr;
+	__be16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct svc_value {
+	__u32 id;
+	__u16 count;      /* backends in the current generation */
+	__u16 generation; /* 0 or 1 */
+	__u16 flags;      /* SVC_F_* */
+	__u16 reserved16;
+	__u32 affinity_timeout_s;
+	__u32 reserved[2];
+};
+
+struct backend_key {
+	__u32 svc_id;
+	__u16 generation;
+	__u16 ordinal;
+};
+
+struct backend {
+	__be32 addr;
+	__be16 port;
+	__u16 flags;
+	__u32 reserved;
+};
+
+/* What `margayctl service list` shows; never read by the programs. */
+struct svc_meta {
+	char name[64];
+};
+
+struct affinity_key {
+	__u32 svc_id;
+	__be32 client;
+};
+
+struct affinity_value {
+	__u64 last_used_ns;
+	__be32 addr;
+	__be16 port;
+	__u16 ordinal;
+};
+
+/* Translations of service flows (nat.h), two entries a flow, both keyed by
+ * the tuple as the packet carries it when it reaches the translation. */
+#define NAT_FWD 1 /* client -> frontend; value: the backend */
+#define NAT_REV 2 /* backend -> client (or hairpin address); value: the frontend */
+
+struct nat_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 kind; /* NAT_FWD or NAT_REV */
+	__u8 pad[2];
+};
+
+struct nat_entry {
+	__u64 last_seen_ns; /* FWD: refreshed at most once per CT_REFRESH_NS */
+	__be32 addr;        /* FWD: the backend; REV: the frontend */
+	__be32 peer;        /* hairpin only: FWD: the address the client is
+			     * disguised as; REV: the client's own */
+	__be16 port;        /* FWD: the backend's; REV: the frontend's */
+	__u16 ordinal;      /* FWD: the backend's slot when chosen */
+	__u32 svc_id;
+	__u32 reserved[2];
 };
 
 struct flow_event {
@@ -142,3 +227,12 @@ _Static_assert(sizeof(struct ct_entry) == 24, "ct_entry layout");
 _Static_assert(sizeof(struct counters) == 8 * 16, "counters layout");
 _Static_assert(sizeof(struct config) == 32, "config layout");
 _Static_assert(sizeof(struct flow_event) == 32, "flow_event layout");
+_Static_assert(sizeof(struct svc_key) == 8, "svc_key layout");
+_Static_assert(sizeof(struct svc_value) == 24, "svc_value layout");
+_Static_assert(sizeof(struct backend_key) == 8, "backend_key layout");
+_Static_assert(sizeof(struct backend) == 12, "backend layout");
+_Static_assert(sizeof(struct svc_meta) == 64, "svc_meta layout");
+_Static_assert(sizeof(struct affinity_key) == 8, "affinity_key layout");
+_Static_assert(sizeof(struct affinity_value) == 16, "affinity_value layout");
+_Static_assert(sizeof(struct nat_key) == 16, "nat_key layout");
+_Static_assert(sizeof(struct nat_entry) == 32, "nat_entry layout");

@@ -2,7 +2,8 @@
 /* Per-endpoint programs on a pod's host veth:
  *   from_pod: TC ingress, traffic leaving the pod;
  *   to_pod:   TC egress, traffic entering the pod.
- * In order: parse, anti-spoofing (from_pod), conntrack, policy, counters,
+ * In order: parse, anti-spoofing (from_pod), service translation (from_pod),
+ * conntrack, policy, counters, reverse translation of service replies,
  * forwarding. Every drop carries a reason (abi.h). */
 
 #include "common.h"
@@ -12,6 +13,9 @@
 #include "conntrack.h"
 #include "policy.h"
 #include "forward.h"
+#include "nat.h"
+#include "lb.h"
+#include "reject.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -23,7 +27,7 @@ enum ingress_path {
 
 /* The destination pod's side of a packet: conntrack, then its ingress
  * policy for a new flow. TC_ACT_OK to deliver, TC_ACT_SHOT when dropped. */
-static __always_inline int ingress_verdict(struct __sk_buff *skb, const struct packet *p,
+static __always_inline int ingress_verdict(struct __sk_buff *skb, struct packet *p,
 					   __u32 ifindex, enum ingress_path path)
 {
 	if (p->fragment) {
@@ -33,7 +37,16 @@ static __always_inline int ingress_verdict(struct __sk_buff *skb, const struct p
 		return TC_ACT_OK;
 	}
 	struct ct_entry *e;
-	if (ct_lookup(p, ifindex, &e) != CT_MISS || ct_related(skb, p, ifindex)) {
+	int ct = ct_lookup(p, ifindex, &e);
+	if (ct != CT_MISS) {
+		/* A reply to this pod's own service connection: the backend's
+		 * address becomes the service's again. */
+		if (ct == CT_REPLY && (e->flags & CT_F_SERVICE) && nat_reverse(skb, p) == NAT_FAILED)
+			return drop(p, ifindex, DIR_INGRESS, DROP_NAT);
+		count_allowed(ifindex, DIR_INGRESS, p->len);
+		return TC_ACT_OK;
+	}
+	if (ct_related(skb, p, ifindex)) {
 		count_allowed(ifindex, DIR_INGRESS, p->len);
 		return TC_ACT_OK;
 	}
@@ -51,7 +64,7 @@ static __always_inline int ingress_verdict(struct __sk_buff *skb, const struct p
 
 /* Hands a packet from one local pod to another, applying the destination's
  * ingress decision first (redirect_peer skips the destination's to_pod). */
-static __always_inline int deliver_local(struct __sk_buff *skb, const struct packet *p,
+static __always_inline int deliver_local(struct __sk_buff *skb, struct packet *p,
 					 __u32 dst_ifindex)
 {
 	struct endpoint *dst = endpoint_of(dst_ifindex);
@@ -93,9 +106,31 @@ int from_pod(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 
+	struct lb_flow flow = {};
+	int lb = lb_from_pod(skb, &p, &flow);
+	if (lb == LB_NO_BACKEND) {
+		count_drop(&p, ifindex, DIR_EGRESS, DROP_NO_BACKEND);
+		return reject_port_unreachable(skb, &p);
+	}
+	if (lb == LB_FAILED)
+		return drop(&p, ifindex, DIR_EGRESS, DROP_NAT);
+
 	struct ct_entry *e;
-	if (ct_lookup(&p, ifindex, &e) != CT_MISS) {
+	int ct = ct_lookup(&p, ifindex, &e);
+	if (ct != CT_MISS) {
+		if (lb == LB_TRANSLATED)
+			lb_record(&flow, p.proto);
 		count_allowed(ifindex, DIR_EGRESS, p.len);
+		/* A service reply sent by the client's own endpoint: the pod
+		 * reached itself through the service (hairpin). Translated back,
+		 * it goes straight into the pod that sent it. */
+		if (ct == CT_REPLY && (e->flags & CT_F_SERVICE)) {
+			int rev = nat_reverse(skb, &p);
+			if (rev == NAT_FAILED)
+				return drop(&p, ifindex, DIR_EGRESS, DROP_NAT);
+			if (rev == NAT_REVERSED && p.ttl > 1)
+				return redirect_to_pod(skb, &p, ep);
+		}
 		__u32 dst = (e->flags & CT_F_LOCAL_DELIVERY) ? local_endpoint_ifindex(p.daddr) : 0;
 		return dst ? deliver_local(skb, &p, dst) : TC_ACT_OK;
 	}
@@ -106,7 +141,12 @@ int from_pod(struct __sk_buff *skb)
 	__u32 dst = local_endpoint_ifindex(p.daddr);
 	if (dst && !fib_routes_to(skb, &p, dst))
 		dst = 0;
-	ct_create(&p, ifindex, dst ? CT_F_LOCAL_DELIVERY : 0);
+	__u8 ct_flags = dst ? CT_F_LOCAL_DELIVERY : 0;
+	if (lb == LB_TRANSLATED) {
+		lb_record(&flow, p.proto);
+		ct_flags |= CT_F_SERVICE;
+	}
+	ct_create(&p, ifindex, ct_flags);
 	trace_new_flow(&p, ifindex, DIR_EGRESS);
 	count_allowed(ifindex, DIR_EGRESS, p.len);
 	return dst ? deliver_local(skb, &p, dst) : TC_ACT_OK;

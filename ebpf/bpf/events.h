@@ -69,14 +69,21 @@ static __always_inline void count_allowed(__u32 ifindex, __u8 dir, __u32 len)
 	}
 }
 
-/* Counts, reports and drops. */
-static __always_inline int drop(const struct packet *p, __u32 ifindex, __u8 dir, __u8 reason)
+/* Counts and reports a packet that will not reach its destination, for
+ * `reason`; the caller drops it or answers it (reject.h). */
+static __always_inline void count_drop(const struct packet *p, __u32 ifindex, __u8 dir, __u8 reason)
 {
 	struct counters *c = counters_of(ifindex);
 	if (c && reason < DROP_REASON_MAX)
 		c->drops[reason] += 1;
 	if (log_level() >= LOG_INFO)
 		emit(p, ifindex, dir, reason);
+}
+
+/* Counts, reports and drops. */
+static __always_inline int drop(const struct packet *p, __u32 ifindex, __u8 dir, __u8 reason)
+{
+	count_drop(p, ifindex, dir, reason);
 	return TC_ACT_SHOT;
 }
 

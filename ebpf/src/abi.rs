@@ -16,7 +16,7 @@ pub const LOG_INFO: u32 = 1;
 pub const LOG_DEBUG: u32 = 2;
 
 /// Why a packet was dropped (`enum drop_reason`).
-pub const DROP_REASONS: [&str; 9] = [
+pub const DROP_REASONS: [&str; 11] = [
     "allowed",
     "parse",
     "unsupported-l3",
@@ -26,12 +26,15 @@ pub const DROP_REASONS: [&str; 9] = [
     "policy-ingress",
     "fragment",
     "no-endpoint",
+    "service-no-backend",
+    "nat-failed",
 ];
 pub const DROP_PARSE: usize = 1;
 pub const DROP_SPOOF_MAC: usize = 3;
 pub const DROP_SPOOF_IP: usize = 4;
 pub const DROP_POLICY_EGRESS: usize = 5;
 pub const DROP_POLICY_INGRESS: usize = 6;
+pub const DROP_NO_BACKEND: usize = 9;
 
 /// TCP states of a conntrack entry (`enum ct_state`).
 pub const CT_STATES: [&str; 6] = [
@@ -49,6 +52,12 @@ pub const CT_CLOSING: u8 = 4;
 pub const CT_CLOSED: u8 = 5;
 pub const CT_F_ORIGIN_IS_A: u8 = 0x1;
 pub const CT_F_LOCAL_DELIVERY: u8 = 0x8;
+pub const CT_F_SERVICE: u8 = 0x10;
+
+pub const SVC_F_AFFINITY: u16 = 0x1;
+pub const SVC_F_LOCAL_ONLY: u16 = 0x2;
+pub const NAT_FWD: u8 = 1;
+pub const NAT_REV: u8 = 2;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -154,8 +163,8 @@ pub struct CtEntry {
 pub struct Counters {
     pub packets: [u64; 2],
     pub bytes: [u64; 2],
-    pub drops: [u64; 9],
-    pub reserved: [u64; 3],
+    pub drops: [u64; 11],
+    pub reserved: [u64; 1],
 }
 
 #[repr(C)]
@@ -181,6 +190,77 @@ pub struct FlowEvent {
     pub dport: [u8; 2],
 }
 
+/// A service frontend: address, port and protocol, as clients reach it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SvcKey {
+    pub addr: [u8; 4],
+    /// Network byte order.
+    pub port: [u8; 2],
+    pub proto: u8,
+    pub pad: u8,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SvcValue {
+    pub id: u32,
+    pub count: u16,
+    pub generation: u16,
+    pub flags: u16,
+    pub reserved16: u16,
+    pub affinity_timeout_s: u32,
+    pub reserved: [u32; 2],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct BackendKey {
+    pub svc_id: u32,
+    pub generation: u16,
+    pub ordinal: u16,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Backend {
+    pub addr: [u8; 4],
+    /// Network byte order.
+    pub port: [u8; 2],
+    pub flags: u16,
+    pub reserved: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SvcMeta {
+    pub name: [u8; 64],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct NatKey {
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub proto: u8,
+    pub kind: u8,
+    pub pad: [u8; 2],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NatEntry {
+    pub last_seen_ns: u64,
+    pub addr: [u8; 4],
+    pub peer: [u8; 4],
+    pub port: [u8; 2],
+    pub ordinal: u16,
+    pub svc_id: u32,
+    pub reserved: [u32; 2],
+}
+
 const _: () = {
     use std::mem::size_of;
     assert!(size_of::<Endpoint>() == 36);
@@ -191,6 +271,13 @@ const _: () = {
     assert!(size_of::<Counters>() == 8 * 16);
     assert!(size_of::<Config>() == 32);
     assert!(size_of::<FlowEvent>() == 32);
+    assert!(size_of::<SvcKey>() == 8);
+    assert!(size_of::<SvcValue>() == 24);
+    assert!(size_of::<BackendKey>() == 8);
+    assert!(size_of::<Backend>() == 12);
+    assert!(size_of::<SvcMeta>() == 64);
+    assert!(size_of::<NatKey>() == 16);
+    assert!(size_of::<NatEntry>() == 32);
 };
 
 // SAFETY: all of these are repr(C) plain data with no padding that the
@@ -204,3 +291,10 @@ unsafe impl aya::Pod for CtEntry {}
 unsafe impl aya::Pod for Counters {}
 unsafe impl aya::Pod for Config {}
 unsafe impl aya::Pod for FlowEvent {}
+unsafe impl aya::Pod for SvcKey {}
+unsafe impl aya::Pod for SvcValue {}
+unsafe impl aya::Pod for BackendKey {}
+unsafe impl aya::Pod for Backend {}
+unsafe impl aya::Pod for SvcMeta {}
+unsafe impl aya::Pod for NatKey {}
+unsafe impl aya::Pod for NatEntry {}

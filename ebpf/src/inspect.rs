@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::abi::{CT_F_ORIGIN_IS_A, CT_STATES, Counters, CtEntry, CtKey, DROP_REASONS, FlowEvent};
+use crate::abi::{
+    CT_F_ORIGIN_IS_A, CT_STATES, Counters, CtEntry, CtKey, DROP_REASONS, FlowEvent, NAT_FWD,
+    NatEntry, NatKey,
+};
 use crate::error::DataplaneError;
 use crate::maps;
 
@@ -88,6 +91,55 @@ pub fn conntrack(
         .filter_map(Result::ok)
         .filter(|(k, _)| ifindex.is_none_or(|i| k.ifindex == i))
         .collect())
+}
+
+/// A service translation, as `margayctl nat dump` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct NatRecord {
+    /// `forward` (client -> frontend, rewritten to the backend) or
+    /// `reverse` (backend -> client, rewritten to the frontend).
+    pub direction: &'static str,
+    pub protocol: u8,
+    /// The packet as it arrives.
+    pub src: String,
+    pub dst: String,
+    /// What its destination (forward) or source (reverse) becomes.
+    pub translated: String,
+    /// Hairpin: what the source (forward) or destination (reverse) becomes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hairpin: Option<Ipv4Addr>,
+    pub service: String,
+    pub idle_s: u64,
+}
+
+impl NatRecord {
+    pub fn new(k: &NatKey, e: &NatEntry, service: String, now_ns: u64) -> NatRecord {
+        NatRecord {
+            direction: if k.kind == NAT_FWD {
+                "forward"
+            } else {
+                "reverse"
+            },
+            protocol: k.proto,
+            src: endpoint_str(k.saddr, k.sport),
+            dst: endpoint_str(k.daddr, k.dport),
+            translated: endpoint_str(e.addr, e.port),
+            hairpin: (e.peer != [0; 4]).then(|| Ipv4Addr::from(e.peer)),
+            service,
+            // Reverse entries are not refreshed (LRU keeps them by use).
+            idle_s: if k.kind == NAT_FWD {
+                now_ns.saturating_sub(e.last_seen_ns) / 1_000_000_000
+            } else {
+                0
+            },
+        }
+    }
+}
+
+/// Every service translation.
+pub fn nat(root: &Path) -> Result<Vec<(NatKey, NatEntry)>, DataplaneError> {
+    let nat = maps::nat(root)?;
+    Ok(nat.iter().filter_map(Result::ok).collect())
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

@@ -5,6 +5,7 @@
 //! - [`node`]: loading, pinning, upgrading, attaching, detaching;
 //! - [`registry`]: endpoint entries an ADD writes and a DEL removes;
 //! - [`policy`]: the operator's rule schema and its compiled form;
+//! - [`service`]: services (frontends and backends) synced into the maps;
 //! - [`inspect`]: counters, conntrack and flow events, for `margayctl`;
 //! - [`maps`]: typed handles on the pinned maps and their layouts;
 //! - [`abi`]: Rust mirrors of `bpf/abi.h`;
@@ -19,5 +20,6 @@ pub mod node;
 pub mod object;
 pub mod policy;
 pub mod registry;
+pub mod service;
 
 pub use error::DataplaneError;

@@ -4,16 +4,27 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, Map, MapData, MapInfo, PerCpuHashMap, RingBuf};
 
-use crate::abi::{Config, Counters, CtEntry, CtKey, Endpoint, Policy, PolicyKey};
+use crate::abi::{
+    Backend, BackendKey, Config, Counters, CtEntry, CtKey, Endpoint, NatEntry, NatKey, Policy,
+    PolicyKey, SvcKey, SvcMeta, SvcValue,
+};
 use crate::error::DataplaneError;
 
 /// Every map the object defines and Margay pins, with what losing its
 /// contents costs. "Durable" maps describe running endpoints and must be
 /// carried over an upgrade; "rebuildable" ones refill by themselves.
-pub const PINNED_MAPS: [(&str, Durability); 7] = [
+pub const PINNED_MAPS: [(&str, Durability); 12] = [
     ("endpoints", Durability::Durable),
     ("endpoints_by_ip", Durability::Durable),
     ("policies", Durability::Durable),
+    ("svc_frontends", Durability::Durable),
+    ("svc_backends", Durability::Durable),
+    ("svc_meta", Durability::Durable),
+    // Losing translations breaks the replies of running service flows
+    // until their next forward packet; they are carried over whenever the
+    // layout allows, like every map.
+    ("nat", Durability::Rebuildable),
+    ("svc_affinity", Durability::Rebuildable),
     ("conntrack", Durability::Rebuildable),
     ("counters", Durability::Rebuildable),
     ("flow_events", Durability::Rebuildable),
@@ -41,6 +52,10 @@ pub type Policies = HashMap<MapData, PolicyKey, Policy>;
 pub type Conntrack = HashMap<MapData, CtKey, CtEntry>;
 pub type CountersMap = PerCpuHashMap<MapData, u32, Counters>;
 pub type ConfigMap = aya::maps::Array<MapData, Config>;
+pub type Frontends = HashMap<MapData, SvcKey, SvcValue>;
+pub type Backends = HashMap<MapData, BackendKey, Backend>;
+pub type ServiceNames = HashMap<MapData, u32, SvcMeta>;
+pub type Nat = HashMap<MapData, NatKey, NatEntry>;
 
 macro_rules! opener {
     ($fn:ident, $ty:ty, $name:literal) => {
@@ -57,6 +72,10 @@ opener!(conntrack, Conntrack, "conntrack");
 opener!(counters, CountersMap, "counters");
 opener!(config, ConfigMap, "config");
 opener!(flow_events, RingBuf<MapData>, "flow_events");
+opener!(frontends, Frontends, "svc_frontends");
+opener!(backends, Backends, "svc_backends");
+opener!(service_names, ServiceNames, "svc_meta");
+opener!(nat, Nat, "nat");
 
 /// A map's identity as the kernel checks it: what must match for programs
 /// built against one definition to use a map made from another.

@@ -11,7 +11,8 @@
 //!
 //! ```text
 //! <root>/progs/{from_pod,to_pod}
-//! <root>/maps/{endpoints,endpoints_by_ip,policies,conntrack,counters,flow_events,config}
+//! <root>/maps/{endpoints,endpoints_by_ip,policies,conntrack,counters,flow_events,config,
+//!              svc_frontends,svc_backends,svc_meta,svc_affinity,nat}
 //! ```
 //!
 //! ```no_run
@@ -45,6 +46,10 @@ pub struct Settings {
     pub conntrack_size: u32,
     /// `bpf_log_level`: `abi::LOG_OFF`, `LOG_INFO` (drops) or `LOG_DEBUG`.
     pub log_level: u32,
+    /// Service frontends the node can hold (`bpf_service_frontends`).
+    pub service_frontends: u32,
+    /// Service backends, over all services (`bpf_service_backends`).
+    pub service_backends: u32,
 }
 
 impl Settings {
@@ -53,6 +58,8 @@ impl Settings {
         use margay_conf::margay::BpfLogLevel;
         Settings {
             conntrack_size: conf.bpf_conntrack_size,
+            service_frontends: conf.bpf_service_frontends,
+            service_backends: conf.bpf_service_backends,
             log_level: match conf.bpf_log_level {
                 BpfLogLevel::Off => crate::abi::LOG_OFF,
                 BpfLogLevel::Info => LOG_INFO,
@@ -62,11 +69,28 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// The capacity these settings give map `name`, for the maps whose
+    /// size is configured (the others keep the object's).
+    pub fn map_size(&self, name: &str) -> Option<u32> {
+        match name {
+            "conntrack" => Some(self.conntrack_size),
+            // Two translations a flow: forward and reverse.
+            "nat" => Some(self.conntrack_size.saturating_mul(2)),
+            "svc_frontends" | "svc_meta" => Some(self.service_frontends),
+            "svc_backends" => Some(self.service_backends),
+            _ => None,
+        }
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
             conntrack_size: 65_536,
             log_level: LOG_INFO,
+            service_frontends: 65_536,
+            service_backends: 262_144,
         }
     }
 }
@@ -80,6 +104,11 @@ pub const PROGRAMS: [(&str, TcAttachType); 2] = [
 /// The pinned dataplane of one BPF root.
 pub struct Node {
     programs: [SchedClassifier; 2],
+}
+
+/// Where a durable map waits while its resized replacement is loaded.
+fn set_aside_path(root: &Path, name: &str) -> PathBuf {
+    root.join("maps").join(format!(".{name}.previous"))
 }
 
 fn program_path(root: &Path, name: &str) -> PathBuf {
@@ -141,10 +170,12 @@ impl Node {
         let current = config
             .get(&0, 0)
             .map_err(|e| DataplaneError::map("config", e))?;
-        let conntrack = Layout::of_pin(&map_path(root, "conntrack")).ok();
-        if current.object_id != ENDPOINT_OBJECT_ID
-            || conntrack.map(|l| l.max_entries) != Some(settings.conntrack_size)
-        {
+        let sized_as_configured = PINNED_MAPS.iter().all(|(name, _)| {
+            settings.map_size(name).is_none_or(|size| {
+                Layout::of_pin(&map_path(root, name)).is_ok_and(|l| l.max_entries == size)
+            })
+        });
+        if current.object_id != ENDPOINT_OBJECT_ID || !sized_as_configured {
             return Ok(None);
         }
         let open = |name: &str| SchedClassifier::from_pin(program_path(root, name)).ok();
@@ -193,7 +224,10 @@ impl Node {
         for (name, kind) in PROGRAMS {
             match qdisc_detach_program(ifname, kind, name) {
                 Ok(()) => {}
-                Err(TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+                // No filter of ours, or no interface at all (ENODEV).
+                Err(TcError::IoError(e))
+                    if e.kind() == std::io::ErrorKind::NotFound
+                        || e.raw_os_error() == Some(libc::ENODEV) => {}
                 Err(e) => {
                     return Err(DataplaneError::Attach {
                         program: name,
@@ -325,21 +359,19 @@ fn install(root: &Path, settings: &Settings) -> Result<(), DataplaneError> {
         std::fs::create_dir_all(root.join(dir)).map_err(|e| pin_error(&root.join(dir), e))?;
     }
     let mut loader = EbpfLoader::new();
-    loader.map_max_entries("conntrack", settings.conntrack_size);
     let mut carried = Vec::new();
     for (name, durability) in PINNED_MAPS {
         let def = object.maps.get(name).ok_or_else(|| {
             DataplaneError::Object(format!("map {name} is missing from the object"))
         })?;
+        if let Some(size) = settings.map_size(name) {
+            loader.map_max_entries(name, size);
+        }
         let expected = Layout {
             map_type: def.map_type(),
             key_size: def.key_size(),
             value_size: def.value_size(),
-            max_entries: if name == "conntrack" {
-                settings.conntrack_size
-            } else {
-                def.max_entries()
-            },
+            max_entries: settings.map_size(name).unwrap_or(def.max_entries()),
             flags: def.map_flags(),
         };
         let pin = map_path(root, name);
@@ -349,14 +381,15 @@ fn install(root: &Path, settings: &Settings) -> Result<(), DataplaneError> {
             match durability {
                 Durability::Rebuildable => {
                     tracing::warn!(map = name, %pinned, %expected, "replacing a pinned map of another layout");
+                    remove_pin(&pin)?;
                 }
                 Durability::Durable if pinned.same_records(&expected) => {
                     tracing::warn!(map = name, %pinned, %expected, "resizing a pinned map, entries carried over");
-                    carried.push((
-                        name,
-                        aya::maps::MapData::from_pin(&pin)
-                            .map_err(|e| DataplaneError::map(name, e))?,
-                    ));
+                    // Set aside, not removed: should the load fail, it goes
+                    // back, and the endpoints' state with it.
+                    let aside = set_aside_path(root, name);
+                    std::fs::rename(&pin, &aside).map_err(|e| pin_error(&pin, e))?;
+                    carried.push((name, aside));
                 }
                 Durability::Durable => {
                     return Err(DataplaneError::IncompatibleMap {
@@ -366,15 +399,26 @@ fn install(root: &Path, settings: &Settings) -> Result<(), DataplaneError> {
                     });
                 }
             }
-            remove_pin(&pin)?;
         }
         loader.map_pin_path(name, pin);
     }
-    let mut ebpf = loader
-        .load(ENDPOINT_OBJECT)
-        .map_err(|e| DataplaneError::Load(format!("{e:#}")))?;
-    for (name, old) in carried {
+    let mut ebpf = match loader.load(ENDPOINT_OBJECT) {
+        Ok(ebpf) => ebpf,
+        Err(e) => {
+            for (name, aside) in &carried {
+                let pin = map_path(root, name);
+                let _ = std::fs::remove_file(&pin);
+                if let Err(e) = std::fs::rename(aside, &pin) {
+                    tracing::error!(map = name, aside = %aside.display(), "cannot put a set-aside map back: {e}");
+                }
+            }
+            return Err(DataplaneError::Load(format!("{e:#}")));
+        }
+    };
+    for (name, aside) in carried {
+        let old = aya::maps::MapData::from_pin(&aside).map_err(|e| DataplaneError::map(name, e))?;
         copy_entries(root, name, old)?;
+        remove_pin(&aside)?;
     }
     for (name, kind) in PROGRAMS {
         let prog: &mut SchedClassifier = ebpf
@@ -429,23 +473,24 @@ fn relink(
 fn copy_entries(root: &Path, name: &str, old: aya::maps::MapData) -> Result<(), DataplaneError> {
     let old = aya::maps::Map::from_map_data(old).map_err(|e| DataplaneError::map(name, e))?;
     match name {
-        "endpoints" => copy(name, maps::Endpoints::try_from(old), maps::endpoints(root)?),
-        "endpoints_by_ip" => copy(
-            name,
-            maps::EndpointsByIp::try_from(old),
-            maps::endpoints_by_ip(root)?,
-        ),
-        _ => copy(name, maps::Policies::try_from(old), maps::policies(root)?),
+        "endpoints" => copy(name, old, maps::endpoints(root)?),
+        "endpoints_by_ip" => copy(name, old, maps::endpoints_by_ip(root)?),
+        "policies" => copy(name, old, maps::policies(root)?),
+        "svc_frontends" => copy(name, old, maps::frontends(root)?),
+        "svc_backends" => copy(name, old, maps::backends(root)?),
+        "svc_meta" => copy(name, old, maps::service_names(root)?),
+        _ => Err(DataplaneError::map(name, "no way to carry its entries over")),
     }
 }
 
 fn copy<K: aya::Pod, V: aya::Pod>(
     name: &str,
-    from: Result<aya::maps::HashMap<aya::maps::MapData, K, V>, aya::maps::MapError>,
+    from: aya::maps::Map,
     mut to: aya::maps::HashMap<aya::maps::MapData, K, V>,
 ) -> Result<(), DataplaneError> {
     let fail = |e: aya::maps::MapError| DataplaneError::map(name, e);
-    for kv in from.map_err(fail)?.iter() {
+    let from = aya::maps::HashMap::<_, K, V>::try_from(from).map_err(fail)?;
+    for kv in from.iter() {
         let (k, v) = kv.map_err(fail)?;
         to.insert(k, v, 0).map_err(fail)?;
     }

@@ -1,0 +1,205 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Service load balancing (kube-proxy's job): a connection to a frontend
+ * (ClusterIP:port) is given one backend when it starts, by a hash of its
+ * tuple or by the client's affinity, and keeps it through its translation
+ * entry (nat.h). One hash lookup per packet whatever the number of
+ * services. */
+#pragma once
+
+#include "common.h"
+#include "parse.h"
+#include "conntrack.h"
+#include "nat.h"
+
+/* Both maps are allocated on demand (BPF_F_NO_PREALLOC): an update then
+ * swaps in a fresh element under RCU, so a reader never sees a frontend's
+ * count from one update and its generation from another; and a node with
+ * few services does not pay for 65536 frontends. Sizes: the loader's. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct svc_key);
+	__type(value, struct svc_value);
+} svc_frontends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct backend_key);
+	__type(value, struct backend);
+} svc_backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct svc_meta);
+} svc_meta SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct affinity_key);
+	__type(value, struct affinity_value);
+} svc_affinity SEC(".maps");
+
+enum lb_result {
+	LB_NONE = 0,    /* not to a frontend */
+	LB_TRANSLATED,  /* rewritten to a backend */
+	LB_NO_BACKEND,  /* a frontend without backends: reject */
+	LB_FAILED,      /* the rewrite failed */
+};
+
+/* A translated flow, as the forward path needs it after the policy
+ * verdict to record it (lb_record). */
+struct lb_flow {
+	struct nat_entry fwd;
+	__be32 client;
+	__be32 frontend;
+	__be16 client_port;
+	__be16 frontend_port;
+	bool is_new;     /* no live translation: record both entries */
+	bool refreshing; /* a live one, refreshed: re-write a lost reverse */
+};
+
+/* murmur3's finaliser over the tuple: spreads connections over backends,
+ * and picks the same backend again for the same tuple while the backend
+ * set is unchanged (so a translation lost to LRU eviction comes back the
+ * same). */
+static __always_inline __u32 flow_hash(const struct packet *p)
+{
+	__u32 h = p->saddr ^ (p->daddr * 0x9e3779b1u);
+	h ^= (((__u32)p->sport << 16) | p->dport) * 0x85ebca6bu;
+	h ^= p->proto;
+	h ^= h >> 16;
+	h *= 0x85ebca6bu;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35u;
+	h ^= h >> 16;
+	return h;
+}
+
+static __always_inline struct backend *backend_at(const struct svc_value *svc, __u16 ordinal)
+{
+	struct backend_key k = {
+		.svc_id = svc->id,
+		.generation = svc->generation,
+		.ordinal = ordinal,
+	};
+	return bpf_map_lookup_elem(&svc_backends, &k);
+}
+
+/* Whether the backend chosen earlier at `ordinal` still serves `svc`. */
+static __always_inline bool backend_serves(const struct svc_value *svc, __u16 ordinal, __be32 addr,
+					   __be16 port)
+{
+	if (ordinal >= svc->count)
+		return false;
+	struct backend *b = backend_at(svc, ordinal);
+	return b && b->addr == addr && b->port == port;
+}
+
+/* Chooses a backend for a new flow: the client's affinity when the
+ * service has it and the backend still serves, else by the tuple's hash. */
+static __always_inline bool lb_choose(const struct svc_value *svc, const struct packet *p,
+				      __u64 now, struct nat_entry *out)
+{
+	struct affinity_key ak = {.svc_id = svc->id, .client = p->saddr};
+	bool affinity = svc->flags & SVC_F_AFFINITY;
+	if (affinity) {
+		struct affinity_value *a = bpf_map_lookup_elem(&svc_affinity, &ak);
+		if (a && (now - a->last_used_ns) <= svc->affinity_timeout_s * SEC_NS &&
+		    backend_serves(svc, a->ordinal, a->addr, a->port)) {
+			out->addr = a->addr;
+			out->port = a->port;
+			out->ordinal = a->ordinal;
+			a->last_used_ns = now;
+			return true;
+		}
+	}
+	if (svc->count == 0)
+		return false;
+	__u16 ordinal = flow_hash(p) % svc->count;
+	struct backend *b = backend_at(svc, ordinal);
+	if (!b)
+		return false;
+	out->addr = b->addr;
+	out->port = b->port;
+	out->ordinal = ordinal;
+	if (affinity) {
+		struct affinity_value a = {.last_used_ns = now, .addr = b->addr, .port = b->port,
+					   .ordinal = ordinal};
+		bpf_map_update_elem(&svc_affinity, &ak, &a, BPF_ANY);
+	}
+	return true;
+}
+
+/* The forward half, in from_pod before conntrack: a packet to a frontend
+ * gets its flow's backend (the live translation, or a new choice) as
+ * destination, and for a hairpin the hairpin address as source. `p` then
+ * describes the translated packet, which conntrack and policy judge (as
+ * Kubernetes wants: policies name pods, not services). Nothing is
+ * recorded yet: lb_record does that once policy has allowed the flow. */
+static __always_inline int lb_from_pod(struct __sk_buff *skb, struct packet *p,
+				       struct lb_flow *flow)
+{
+	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
+		return LB_NONE;
+	struct svc_key sk = {.addr = p->daddr, .port = p->dport, .proto = p->proto};
+	struct svc_value *svc = bpf_map_lookup_elem(&svc_frontends, &sk);
+	if (!svc)
+		return LB_NONE;
+
+	flow->client = p->saddr;
+	flow->client_port = p->sport;
+	flow->frontend = p->daddr;
+	flow->frontend_port = p->dport;
+	struct nat_key fk;
+	nat_key_fill(&fk, p->saddr, p->daddr, p->sport, p->dport, p->proto, NAT_FWD);
+	struct nat_entry *fwd = bpf_map_lookup_elem(&nat, &fk);
+	__u64 now = bpf_ktime_get_ns();
+	bool syn_only = p->proto == IPPROTO_TCP &&
+			(p->tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN;
+	/* A SYN on a known tuple is a retransmission or a reused port: keep
+	 * the backend only while it still serves. Other packets keep theirs
+	 * even after it left the service: established connections to a
+	 * removed backend drain rather than break. */
+	if (fwd && fwd->svc_id == svc->id && !nat_expired(fwd, now, p->proto) &&
+	    (!syn_only || backend_serves(svc, fwd->ordinal, fwd->addr, fwd->port))) {
+		if ((__s64)(now - fwd->last_seen_ns) > (__s64)CT_REFRESH_NS) {
+			fwd->last_seen_ns = now;
+			flow->refreshing = true;
+		}
+		flow->fwd = *fwd;
+	} else {
+		if (!lb_choose(svc, p, now, &flow->fwd))
+			return LB_NO_BACKEND;
+		flow->fwd.svc_id = svc->id;
+		flow->fwd.last_seen_ns = now;
+		flow->fwd.peer = flow->fwd.addr == p->saddr ? HAIRPIN_ADDR : 0;
+		flow->is_new = true;
+	}
+	if (nat_rewrite(skb, p, false, flow->fwd.addr, flow->fwd.port) < 0)
+		return LB_FAILED;
+	if (flow->fwd.peer && nat_rewrite(skb, p, true, flow->fwd.peer, p->sport) < 0)
+		return LB_FAILED;
+	return LB_TRANSLATED;
+}
+
+/* Records an allowed flow's translation (both entries), or re-writes a
+ * refreshed one's reverse entry should LRU have taken it. */
+static __always_inline void lb_record(const struct lb_flow *flow, __u8 proto)
+{
+	if (flow->is_new) {
+		struct nat_key fk;
+		nat_key_fill(&fk, flow->client, flow->frontend, flow->client_port,
+			     flow->frontend_port, proto, NAT_FWD);
+		bpf_map_update_elem(&nat, &fk, &flow->fwd, BPF_ANY);
+	}
+	if (flow->is_new || flow->refreshing)
+		nat_write_reverse(&flow->fwd, flow->client, flow->client_port, flow->frontend,
+				  flow->frontend_port, proto, flow->is_new ? BPF_ANY : BPF_NOEXIST);
+}

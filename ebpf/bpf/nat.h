@@ -1,0 +1,138 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Address translation of service flows: the table of translations (two
+ * entries a flow: forward, keyed by what the client sends, and reverse,
+ * keyed by what the backend answers) and the in-place rewrite of a
+ * packet's addresses and ports with their checksums. */
+#pragma once
+
+#include "common.h"
+#include "parse.h"
+#include "conntrack.h"
+
+/* LRU like conntrack; the loader sizes it at twice conntrack (two entries
+ * a flow). A lost reverse entry is written again by the next forward
+ * packet's refresh (at most CT_REFRESH_NS later). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 131072);
+	__type(key, struct nat_key);
+	__type(value, struct nat_entry);
+} nat SEC(".maps");
+
+/* The address a pod reaching itself through a service is shown as: a pod
+ * does not accept packets from its own address, so the source of a
+ * hairpin flow is swapped for this link-local one, which the pod's default
+ * route sends back through its host veth. */
+#define HAIRPIN_ADDR bpf_htonl(0xa9fe2a01) /* 169.254.42.1 */
+
+static __always_inline void nat_key_fill(struct nat_key *k, __be32 saddr, __be32 daddr,
+					 __be16 sport, __be16 dport, __u8 proto, __u8 kind)
+{
+	k->saddr = saddr;
+	k->daddr = daddr;
+	k->sport = sport;
+	k->dport = dport;
+	k->proto = proto;
+	k->kind = kind;
+	k->pad[0] = k->pad[1] = 0;
+}
+
+/* Idle timeouts of a translation, as long as the longest of conntrack's
+ * for the protocol: a translation must outlive its flow's tracking. */
+static __always_inline bool nat_expired(const struct nat_entry *e, __u64 now, __u8 proto)
+{
+	__u64 timeout = proto == IPPROTO_TCP ? 6 * 3600 * SEC_NS : 180 * SEC_NS;
+	return (__s64)(now - e->last_seen_ns) > (__s64)timeout;
+}
+
+static __always_inline __u32 l4_csum_off(const struct packet *p)
+{
+	return p->l4_off + (p->proto == IPPROTO_TCP ? __builtin_offsetof(struct tcphdr, check)
+						    : __builtin_offsetof(struct udphdr, check));
+}
+
+/* Rewrites the source (or destination) of a TCP or UDP packet to
+ * addr:port, fixing the IP and L4 checksums, and keeps `p` in step. The
+ * helpers handle CHECKSUM_PARTIAL packets (a pod's own TCP, offloaded) and
+ * UDP's "no checksum" zero (BPF_F_MARK_MANGLED_0). Returns 0 or <0. */
+static __always_inline int nat_rewrite(struct __sk_buff *skb, struct packet *p, bool source,
+				       __be32 addr, __be16 port)
+{
+	__u32 addr_off = ETH_HLEN + (source ? __builtin_offsetof(struct iphdr, saddr)
+					    : __builtin_offsetof(struct iphdr, daddr));
+	/* TCP and UDP both start with the source port, then the destination. */
+	__u32 port_off = p->l4_off + (source ? 0 : 2);
+	__u32 ip_csum_off = ETH_HLEN + __builtin_offsetof(struct iphdr, check);
+	__u32 csum_off = l4_csum_off(p);
+	__u64 mangled = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	__be32 old_addr = source ? p->saddr : p->daddr;
+	__be16 old_port = source ? p->sport : p->dport;
+
+	if (old_addr != addr) {
+		if (bpf_l4_csum_replace(skb, csum_off, old_addr, addr,
+					BPF_F_PSEUDO_HDR | mangled | sizeof(addr)) < 0 ||
+		    bpf_l3_csum_replace(skb, ip_csum_off, old_addr, addr, sizeof(addr)) < 0 ||
+		    bpf_skb_store_bytes(skb, addr_off, &addr, sizeof(addr), 0) < 0)
+			return -1;
+	}
+	if (old_port != port) {
+		if (bpf_l4_csum_replace(skb, csum_off, old_port, port, mangled | sizeof(port)) < 0 ||
+		    bpf_skb_store_bytes(skb, port_off, &port, sizeof(port), 0) < 0)
+			return -1;
+	}
+	if (source) {
+		p->saddr = addr;
+		p->sport = port;
+	} else {
+		p->daddr = addr;
+		p->dport = port;
+	}
+	return 0;
+}
+
+/* Writes the reverse entry of a translated flow: what the backend's reply
+ * carries (backend -> client, or -> the hairpin address) maps back to the
+ * frontend, and for a hairpin to the client's own address. `flags` is
+ * BPF_ANY for a new flow, BPF_NOEXIST when refreshing a known one. */
+static __always_inline void nat_write_reverse(const struct nat_entry *fwd, __be32 client,
+					      __be16 client_port, __be32 frontend,
+					      __be16 frontend_port, __u8 proto, __u64 flags)
+{
+	struct nat_key k;
+	nat_key_fill(&k, fwd->addr, fwd->peer ? fwd->peer : client, fwd->port, client_port, proto,
+		     NAT_REV);
+	struct nat_entry rev = {
+		.last_seen_ns = fwd->last_seen_ns,
+		.addr = frontend,
+		.peer = fwd->peer ? client : 0,
+		.port = frontend_port,
+		.svc_id = fwd->svc_id,
+	};
+	bpf_map_update_elem(&nat, &k, &rev, flags);
+}
+
+enum nat_reverse_result {
+	NAT_REVERSED = 0,
+	NAT_NO_ENTRY,
+	NAT_FAILED,
+};
+
+/* Turns a backend's reply back into the frontend's: source := frontend,
+ * and for a hairpin, destination := the client's own address. */
+static __always_inline int nat_reverse(struct __sk_buff *skb, struct packet *p)
+{
+	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
+		return NAT_NO_ENTRY;
+	struct nat_key k;
+	nat_key_fill(&k, p->saddr, p->daddr, p->sport, p->dport, p->proto, NAT_REV);
+	struct nat_entry *rev = bpf_map_lookup_elem(&nat, &k);
+	if (!rev)
+		return NAT_NO_ENTRY;
+	__be32 frontend = rev->addr, client = rev->peer;
+	__be16 frontend_port = rev->port;
+	if (client && nat_rewrite(skb, p, false, client, p->dport) < 0)
+		return NAT_FAILED;
+	if (nat_rewrite(skb, p, true, frontend, frontend_port) < 0)
+		return NAT_FAILED;
+	return NAT_REVERSED;
+}

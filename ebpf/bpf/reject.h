@@ -1,0 +1,66 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Answering instead of dropping: a connection to a service with no
+ * backend is refused at once with ICMP port unreachable (TCP's connect()
+ * fails with ECONNREFUSED, a connected UDP socket reads it), rather than
+ * left to time out. The answer is built in place of the packet and handed
+ * straight back into the pod. */
+#pragma once
+
+#include "common.h"
+#include "parse.h"
+#include "forward.h"
+
+#define ICMP_PORT_UNREACH 3
+
+/* Two bytes ahead of the Ethernet header put the IP header on a 4-byte
+ * boundary, as bpf_csum_diff reads it in words; the frame starts at eth. */
+struct icmp_unreachable {
+	__u8 align[2];
+	struct ethhdr eth;
+	struct iphdr ip;
+	struct icmphdr icmp;
+	__u8 quote[sizeof(struct iphdr) + 8]; /* the offending header + 8 bytes */
+};
+
+#define ICMP_UNREACHABLE_LEN (sizeof(struct icmp_unreachable) - 2)
+
+static __always_inline __sum16 csum_fold(__u32 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__sum16)~sum;
+}
+
+/* Replaces the packet from the pod `ep` (its source) with "port
+ * unreachable" from the address it tried to reach, and redirects it into
+ * the pod. Packets with IP options are dropped instead (the quote would
+ * need their length). */
+static __always_inline int reject_port_unreachable(struct __sk_buff *skb, const struct packet *p)
+{
+	struct icmp_unreachable r = {};
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, r.quote, sizeof(r.quote)) < 0 || r.quote[0] != 0x45)
+		return TC_ACT_SHOT;
+
+	__builtin_memcpy(r.eth.h_dest, p->src_mac, ETH_ALEN);
+	__builtin_memcpy(r.eth.h_source, gateway_mac, ETH_ALEN);
+	r.eth.h_proto = bpf_htons(ETH_P_IP);
+	r.ip.version = 4;
+	r.ip.ihl = 5;
+	r.ip.tot_len = bpf_htons(ICMP_UNREACHABLE_LEN - sizeof(r.eth));
+	r.ip.ttl = 64;
+	r.ip.protocol = IPPROTO_ICMP;
+	r.ip.saddr = p->daddr;
+	r.ip.daddr = p->saddr;
+	r.ip.check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&r.ip, sizeof(r.ip), 0));
+	r.icmp.type = ICMP_DEST_UNREACH;
+	r.icmp.code = ICMP_PORT_UNREACH;
+	/* icmp header and quote: 36 bytes, a multiple of 4 as csum_diff wants. */
+	r.icmp.checksum =
+		csum_fold(bpf_csum_diff(0, 0, (__be32 *)&r.icmp, sizeof(r.icmp) + sizeof(r.quote), 0));
+
+	if (bpf_skb_change_tail(skb, ICMP_UNREACHABLE_LEN, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, 0, &r.eth, ICMP_UNREACHABLE_LEN, 0) < 0)
+		return TC_ACT_SHOT;
+	/* From the host veth's ingress into its own peer: the pod's eth0. */
+	return bpf_redirect_peer(skb->ifindex, 0);
+}

@@ -1,0 +1,622 @@
+//! Services as the operator (or a controller watching the Kubernetes API)
+//! declares them, synced into the pinned maps the programs balance with.
+//!
+//! ```yaml
+//! services:
+//!   - name: default/web          # namespace/name (and :port-name), for people
+//!     vip: 10.96.0.10            # the ClusterIP
+//!     port: 80
+//!     protocol: tcp              # tcp (default) | udp
+//!     backends: ["10.244.0.5:8080", "10.244.1.7:8080"]
+//!     affinity_timeout: 10800    # sessionAffinity ClientIP, seconds; absent: none
+//! ```
+//!
+//! [`apply`] makes the maps hold exactly the given set: unchanged services
+//! are not touched, a changed one gets its new backends in the other
+//! generation's slots and then one frontend update switches it over, so a
+//! packet sees either the old set or the new one. Kept backends keep their
+//! slots, so client affinity survives a change; connections already running
+//! keep their backend, even one that has left the set.
+//!
+//! ```no_run
+//! # use margay_ebpf::service::{apply, ServiceFile};
+//! let file: ServiceFile = serde_json::from_str(r#"{"services": []}"#).unwrap();
+//! let report = apply("/sys/fs/bpf/margay".as_ref(), &file.services)?;
+//! # Ok::<(), margay_ebpf::service::ServiceError>(())
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::Path;
+use std::time::Duration;
+
+use aya::maps::MapError;
+use margay_conf::lock::FileLock;
+use serde::{Deserialize, Serialize};
+
+use crate::abi::{Backend, BackendKey, SVC_F_AFFINITY, SvcKey, SvcMeta, SvcValue};
+use crate::error::DataplaneError;
+use crate::maps::{self, Layout, map_path};
+
+/// What `margayctl service apply -f` reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceFile {
+    pub services: Vec<ServiceSpec>,
+}
+
+/// One frontend and its backends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub backends: Vec<SocketAddrV4>,
+    /// ClientIP session affinity, for this many seconds since last use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity_timeout: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
+
+    fn from_number(n: u8) -> Option<Protocol> {
+        match n {
+            6 => Some(Protocol::Tcp),
+            17 => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// Longest name kept (the map's field, with its terminating zero).
+pub const MAX_NAME: usize = 63;
+/// Backends one service can have (slot ordinals are 16 bits).
+pub const MAX_BACKENDS: usize = u16::MAX as usize;
+/// Kubernetes' own bound on `sessionAffinityConfig.clientIP.timeoutSeconds`.
+pub const MAX_AFFINITY_TIMEOUT: u32 = 86_400;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("services[{index}] ({name}): {reason}")]
+    Invalid {
+        index: usize,
+        name: String,
+        reason: String,
+    },
+    #[error("services[{first}] and services[{second}] both claim frontend {frontend}")]
+    Duplicate {
+        first: usize,
+        second: usize,
+        frontend: String,
+    },
+    #[error(
+        "map {map} is too small: this set needs {needed} entries and it holds {capacity}; \
+         raise {key} in the network configuration (nothing was changed)"
+    )]
+    Full {
+        map: &'static str,
+        needed: usize,
+        capacity: u32,
+        key: &'static str,
+    },
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+}
+
+/// What [`apply`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ApplyReport {
+    pub added: usize,
+    pub updated: usize,
+    pub removed: usize,
+    pub unchanged: usize,
+}
+
+/// A service as the maps hold it, for `margayctl service list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceRow {
+    pub id: u32,
+    #[serde(flatten)]
+    pub spec: ServiceSpec,
+}
+
+impl ServiceSpec {
+    fn key(&self) -> SvcKey {
+        SvcKey {
+            addr: self.vip.octets(),
+            port: self.port.to_be_bytes(),
+            proto: self.protocol.number(),
+            pad: 0,
+        }
+    }
+
+    fn frontend(&self) -> String {
+        format!("{}:{}/{}", self.vip, self.port, self.protocol)
+    }
+
+    fn flags(&self) -> u16 {
+        if self.affinity_timeout.is_some() {
+            SVC_F_AFFINITY
+        } else {
+            0
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.name.is_empty() || self.name.len() > MAX_NAME {
+            return Err(format!("name: must be 1..={MAX_NAME} bytes"));
+        }
+        if self.vip.is_unspecified() || self.vip.is_broadcast() || self.vip.is_multicast() {
+            return Err(format!("vip: {} cannot be a service address", self.vip));
+        }
+        if self.port == 0 {
+            return Err("port: 0 is not a port".into());
+        }
+        if self.backends.len() > MAX_BACKENDS {
+            return Err(format!(
+                "backends: {} is more than {MAX_BACKENDS}",
+                self.backends.len()
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, b) in self.backends.iter().enumerate() {
+            if b.ip().is_unspecified() || b.port() == 0 {
+                return Err(format!("backends[{i}]: {b} is not a reachable endpoint"));
+            }
+            if !seen.insert(b) {
+                return Err(format!("backends[{i}]: {b} is listed twice"));
+            }
+        }
+        if let Some(t) = self.affinity_timeout
+            && !(1..=MAX_AFFINITY_TIMEOUT).contains(&t)
+        {
+            return Err(format!(
+                "affinity_timeout: {t} is outside 1..={MAX_AFFINITY_TIMEOUT} seconds"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a whole set: every service valid, no frontend claimed twice.
+pub fn validate(specs: &[ServiceSpec]) -> Result<(), ServiceError> {
+    let mut frontends: HashMap<SvcKey, usize> = HashMap::new();
+    for (index, spec) in specs.iter().enumerate() {
+        spec.check().map_err(|reason| ServiceError::Invalid {
+            index,
+            name: spec.name.clone(),
+            reason,
+        })?;
+        if let Some(first) = frontends.insert(spec.key(), index) {
+            return Err(ServiceError::Duplicate {
+                first,
+                second: index,
+                frontend: spec.frontend(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
+    move |e| DataplaneError::map(name, e)
+}
+
+fn backend_of(b: &SocketAddrV4) -> Backend {
+    Backend {
+        addr: b.ip().octets(),
+        port: b.port().to_be_bytes(),
+        ..Backend::default()
+    }
+}
+
+fn socket_of(b: &Backend) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::from(b.addr), u16::from_be_bytes(b.port))
+}
+
+fn meta_of(name: &str) -> SvcMeta {
+    let mut meta = SvcMeta { name: [0; 64] };
+    meta.name[..name.len()].copy_from_slice(name.as_bytes());
+    meta
+}
+
+fn name_of(meta: &SvcMeta) -> String {
+    let end = meta.name.iter().position(|&b| b == 0).unwrap_or(64);
+    String::from_utf8_lossy(&meta.name[..end]).into_owned()
+}
+
+/// The open service maps of a root.
+struct Maps {
+    frontends: maps::Frontends,
+    backends: maps::Backends,
+    names: maps::ServiceNames,
+}
+
+/// A service as found in the maps.
+struct Installed {
+    value: SvcValue,
+    backends: Vec<SocketAddrV4>,
+    name: String,
+}
+
+impl Maps {
+    fn open(root: &Path) -> Result<Maps, DataplaneError> {
+        Ok(Maps {
+            frontends: maps::frontends(root)?,
+            backends: maps::backends(root)?,
+            names: maps::service_names(root)?,
+        })
+    }
+
+    fn installed(&self) -> Result<BTreeMap<SvcKey, Installed>, DataplaneError> {
+        let mut all = BTreeMap::new();
+        for kv in self.frontends.iter() {
+            let (key, value) = kv.map_err(map_err("svc_frontends"))?;
+            let backends = (0..value.count)
+                .map(|ordinal| {
+                    let slot = BackendKey {
+                        svc_id: value.id,
+                        generation: value.generation,
+                        ordinal,
+                    };
+                    self.backends
+                        .get(&slot, 0)
+                        .map(|b| socket_of(&b))
+                        .map_err(map_err("svc_backends"))
+                })
+                .collect::<Result<_, _>>()?;
+            let name = self
+                .names
+                .get(&value.id, 0)
+                .map(|m| name_of(&m))
+                .unwrap_or_default();
+            all.insert(
+                key,
+                Installed {
+                    value,
+                    backends,
+                    name,
+                },
+            );
+        }
+        Ok(all)
+    }
+
+    fn write_slots(
+        &mut self,
+        id: u32,
+        generation: u16,
+        backends: &[SocketAddrV4],
+    ) -> Result<(), DataplaneError> {
+        for (ordinal, b) in backends.iter().enumerate() {
+            let slot = BackendKey {
+                svc_id: id,
+                generation,
+                ordinal: ordinal as u16,
+            };
+            self.backends
+                .insert(slot, backend_of(b), 0)
+                .map_err(map_err("svc_backends"))?;
+        }
+        Ok(())
+    }
+
+    fn remove_slots(&mut self, id: u32, generation: u16, count: u16) -> Result<(), DataplaneError> {
+        for ordinal in 0..count {
+            let slot = BackendKey {
+                svc_id: id,
+                generation,
+                ordinal,
+            };
+            ignore_missing(self.backends.remove(&slot)).map_err(map_err("svc_backends"))?;
+        }
+        Ok(())
+    }
+}
+
+fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        other => other,
+    }
+}
+
+/// The new slot order of a changed backend set: kept backends stay in
+/// their slots (so affinity to them holds), new ones fill the holes of the
+/// removed, and the tail moves into holes that remain.
+fn reslot(current: &[SocketAddrV4], desired: &[SocketAddrV4]) -> Vec<SocketAddrV4> {
+    let wanted: HashSet<&SocketAddrV4> = desired.iter().collect();
+    let had: HashSet<&SocketAddrV4> = current.iter().collect();
+    let mut added: VecDeque<SocketAddrV4> =
+        desired.iter().filter(|b| !had.contains(b)).copied().collect();
+    let mut slots: Vec<Option<SocketAddrV4>> = current
+        .iter()
+        .map(|b| wanted.contains(b).then_some(*b))
+        .collect();
+    for slot in slots.iter_mut().filter(|s| s.is_none()) {
+        *slot = added.pop_front();
+    }
+    slots.extend(added.into_iter().map(Some));
+    while let Some(hole) = slots.iter().position(Option::is_none) {
+        let last = slots.pop().flatten();
+        if hole < slots.len() {
+            slots[hole] = last;
+        }
+    }
+    slots.into_iter().flatten().collect()
+}
+
+/// Lock files cannot live on bpffs: one per root, under /run.
+fn lock_path(root: &Path) -> std::path::PathBuf {
+    let flat: String = root
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    std::path::PathBuf::from("/run/margay/locks").join(format!("{flat}.services.lock"))
+}
+
+/// Makes the service maps of `root` hold exactly `specs`. Validates and
+/// checks capacity before writing anything; serialised with other applies
+/// on the node.
+pub fn apply(root: &Path, specs: &[ServiceSpec]) -> Result<ApplyReport, ServiceError> {
+    validate(specs)?;
+    let _lock = FileLock::acquire(&lock_path(root), Duration::from_secs(30))
+        .map_err(DataplaneError::from)?;
+    let mut maps = Maps::open(root)?;
+    let mut installed = maps.installed()?;
+
+    let capacity = |name: &'static str| -> Result<u32, DataplaneError> {
+        Ok(Layout::of_pin(&map_path(root, name))?.max_entries)
+    };
+    let frontend_capacity = capacity("svc_frontends")?;
+    if specs.len() > frontend_capacity as usize {
+        return Err(ServiceError::Full {
+            map: "svc_frontends",
+            needed: specs.len(),
+            capacity: frontend_capacity,
+            key: "bpf_service_frontends",
+        });
+    }
+    // A changed service briefly holds both generations' slots.
+    let in_flight = specs
+        .iter()
+        .filter_map(|s| installed.get(&s.key()))
+        .map(|i| i.backends.len())
+        .max()
+        .unwrap_or(0);
+    let backend_capacity = capacity("svc_backends")?;
+    let needed = specs.iter().map(|s| s.backends.len()).sum::<usize>() + in_flight;
+    if needed > backend_capacity as usize {
+        return Err(ServiceError::Full {
+            map: "svc_backends",
+            needed,
+            capacity: backend_capacity,
+            key: "bpf_service_backends",
+        });
+    }
+
+    let mut report = ApplyReport::default();
+    let wanted: BTreeSet<SvcKey> = specs.iter().map(ServiceSpec::key).collect();
+    // Removals first: they free the room the rest may need.
+    let gone: Vec<SvcKey> = installed
+        .keys()
+        .filter(|k| !wanted.contains(k))
+        .copied()
+        .collect();
+    for key in gone {
+        let old = installed.remove(&key).expect("listed above");
+        ignore_missing(maps.frontends.remove(&key)).map_err(map_err("svc_frontends"))?;
+        maps.remove_slots(old.value.id, old.value.generation, old.value.count)?;
+        ignore_missing(maps.names.remove(&old.value.id)).map_err(map_err("svc_meta"))?;
+        report.removed += 1;
+    }
+
+    let mut used_ids: BTreeSet<u32> = installed.values().map(|i| i.value.id).collect();
+    let mut next_id = 1u32;
+    for spec in specs {
+        let key = spec.key();
+        match installed.get(&key) {
+            Some(old) => {
+                let slots = reslot(&old.backends, &spec.backends);
+                let same_backends = slots == old.backends;
+                let same_settings = old.value.flags == spec.flags()
+                    && old.value.affinity_timeout_s == spec.affinity_timeout.unwrap_or(0);
+                if old.name != spec.name {
+                    maps.names
+                        .insert(old.value.id, meta_of(&spec.name), 0)
+                        .map_err(map_err("svc_meta"))?;
+                }
+                if same_backends && same_settings {
+                    report.unchanged += 1;
+                    continue;
+                }
+                let generation = if same_backends {
+                    old.value.generation
+                } else {
+                    let next = old.value.generation ^ 1;
+                    maps.write_slots(old.value.id, next, &slots)?;
+                    next
+                };
+                let value = SvcValue {
+                    count: slots.len() as u16,
+                    generation,
+                    flags: spec.flags(),
+                    affinity_timeout_s: spec.affinity_timeout.unwrap_or(0),
+                    ..old.value
+                };
+                maps.frontends
+                    .insert(key, value, 0)
+                    .map_err(map_err("svc_frontends"))?;
+                if !same_backends {
+                    maps.remove_slots(old.value.id, old.value.generation, old.value.count)?;
+                }
+                report.updated += 1;
+            }
+            None => {
+                while used_ids.contains(&next_id) {
+                    next_id += 1;
+                }
+                let id = next_id;
+                used_ids.insert(id);
+                maps.write_slots(id, 0, &spec.backends)?;
+                maps.names
+                    .insert(id, meta_of(&spec.name), 0)
+                    .map_err(map_err("svc_meta"))?;
+                let value = SvcValue {
+                    id,
+                    count: spec.backends.len() as u16,
+                    flags: spec.flags(),
+                    affinity_timeout_s: spec.affinity_timeout.unwrap_or(0),
+                    ..SvcValue::default()
+                };
+                maps.frontends
+                    .insert(key, value, 0)
+                    .map_err(map_err("svc_frontends"))?;
+                report.added += 1;
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Every service the maps hold, by frontend.
+pub fn list(root: &Path) -> Result<Vec<ServiceRow>, DataplaneError> {
+    let maps = Maps::open(root)?;
+    Ok(maps
+        .installed()?
+        .into_iter()
+        .filter_map(|(key, i)| {
+            Some(ServiceRow {
+                id: i.value.id,
+                spec: ServiceSpec {
+                    name: i.name,
+                    vip: Ipv4Addr::from(key.addr),
+                    port: u16::from_be_bytes(key.port),
+                    protocol: Protocol::from_number(key.proto)?,
+                    backends: i.backends,
+                    affinity_timeout: (i.value.flags & SVC_F_AFFINITY != 0)
+                        .then_some(i.value.affinity_timeout_s),
+                },
+            })
+        })
+        .collect())
+}
+
+/// Service names by id, for showing translations.
+pub fn names(root: &Path) -> Result<HashMap<u32, String>, DataplaneError> {
+    let names = maps::service_names(root)?;
+    names
+        .iter()
+        .map(|kv| {
+            kv.map(|(id, meta)| (id, name_of(&meta)))
+                .map_err(map_err("svc_meta"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> SocketAddrV4 {
+        s.parse().unwrap()
+    }
+
+    fn spec(name: &str, port: u16, backends: &[&str]) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            vip: Ipv4Addr::new(10, 96, 0, 1),
+            port,
+            protocol: Protocol::Tcp,
+            backends: backends.iter().map(|s| b(s)).collect(),
+            affinity_timeout: None,
+        }
+    }
+
+    #[test]
+    fn reslot_keeps_kept_backends_in_their_slots() {
+        let cur = [b("1.0.0.1:1"), b("1.0.0.2:1"), b("1.0.0.3:1")];
+        // 2 leaves, 4 arrives: 4 takes 2's slot.
+        assert_eq!(
+            reslot(&cur, &[b("1.0.0.4:1"), b("1.0.0.3:1"), b("1.0.0.1:1")]),
+            vec![b("1.0.0.1:1"), b("1.0.0.4:1"), b("1.0.0.3:1")]
+        );
+        // 1 leaves, nothing arrives: the tail fills the hole.
+        assert_eq!(
+            reslot(&cur, &[b("1.0.0.2:1"), b("1.0.0.3:1")]),
+            vec![b("1.0.0.3:1"), b("1.0.0.2:1")]
+        );
+        // The last leaves: no hole to fill.
+        assert_eq!(
+            reslot(&cur, &[b("1.0.0.1:1"), b("1.0.0.2:1")]),
+            vec![b("1.0.0.1:1"), b("1.0.0.2:1")]
+        );
+        // Order in the file alone is not a change.
+        assert_eq!(reslot(&cur, &[cur[2], cur[0], cur[1]]), cur.to_vec());
+        assert_eq!(reslot(&cur, &[]), Vec::<SocketAddrV4>::new());
+        assert_eq!(reslot(&[], &cur), cur.to_vec());
+    }
+
+    #[test]
+    fn bad_services_are_named() {
+        let err = |specs: &[ServiceSpec]| validate(specs).unwrap_err().to_string();
+        assert!(err(&[spec("", 80, &[])]).contains("services[0] (): name"));
+        assert!(err(&[spec("a", 0, &[])]).contains("port: 0"));
+        assert!(err(&[spec("a", 80, &["1.2.3.4:0"])]).contains("backends[0]"));
+        assert!(err(&[spec("a", 80, &["1.2.3.4:5", "1.2.3.4:5"])]).contains("listed twice"));
+        let mut affinity = spec("a", 80, &[]);
+        affinity.affinity_timeout = Some(0);
+        assert!(err(&[affinity]).contains("affinity_timeout"));
+        let dup = err(&[spec("a", 80, &[]), spec("b", 81, &[]), spec("c", 80, &[])]);
+        assert!(dup.contains("services[0] and services[2]"), "{dup}");
+        assert!(dup.contains("10.96.0.1:80/tcp"), "{dup}");
+        let mut udp = spec("c", 80, &[]);
+        udp.protocol = Protocol::Udp;
+        validate(&[spec("a", 80, &[]), udp]).expect("tcp and udp on one port are two frontends");
+    }
+
+    #[test]
+    fn the_file_schema_parses_and_refuses_typos() {
+        let file: ServiceFile = serde_json::from_str(
+            r#"{"services": [{"name": "default/dns", "vip": "10.96.0.10", "port": 53,
+                "protocol": "udp", "backends": ["10.244.0.2:53"], "affinity_timeout": 60}]}"#,
+        )
+        .unwrap();
+        assert_eq!(file.services[0].protocol, Protocol::Udp);
+        assert_eq!(file.services[0].backends, vec![b("10.244.0.2:53")]);
+        assert!(
+            serde_json::from_str::<ServiceFile>(
+                r#"{"services": [{"name": "a", "vip": "10.96.0.10", "port": 53, "backend": []}]}"#
+            )
+            .is_err()
+        );
+    }
+}
