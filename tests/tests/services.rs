@@ -1,0 +1,500 @@
+//! Services in the eBPF dataplane (kube-proxy's job): pods added through
+//! the CNI driver in bpf mode, services applied with `margayctl service
+//! apply`, real TCP and UDP between namespaces through ClusterIPs.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use margay_ebpf::abi::DROP_NO_BACKEND;
+use margay_ebpf::service::{self, Protocol, ServiceSpec};
+use margay_ebpf::{inspect, registry};
+use margay_tests::bins::bin;
+use margay_tests::fixture::{Net, NetSpec, Pod};
+use margay_tests::netns::{NetNs, run_ok, unique_name};
+use margay_tests::require_root;
+use margay_tests::traffic::{self, TcpServer, UdpServer, in_netns};
+use serde_json::{Value, json};
+
+fn root(net: &Net) -> &Path {
+    net.bpf_root.as_ref().expect("a bpf network").path()
+}
+
+fn v4(pod: &Pod) -> Ipv4Addr {
+    match pod.ip() {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(_) => panic!("IPv4 expected"),
+    }
+}
+
+fn margayctl(net: &Net, args: &[&str]) -> Output {
+    Command::new(bin("margayctl"))
+        .arg("--bpf-root")
+        .arg(root(net))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Applies `services` (the `services:` list of a service file) through
+/// `margayctl service apply -f`, as an operator or controller would.
+fn apply(net: &Net, services: Value) -> Value {
+    let file = net.dir.path().join(format!("{}.json", unique_name("svc")));
+    std::fs::write(&file, json!({ "services": services }).to_string()).unwrap();
+    let out = margayctl(
+        net,
+        &["--json", "service", "apply", "-f", file.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "service apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn backend(ip: Ipv4Addr, port: u16) -> String {
+    format!("{ip}:{port}")
+}
+
+/// A TCP server answering every line it receives with its own name, on a
+/// connection kept open: shows which backend carries each request of a
+/// connection.
+struct NameServer {
+    stop: Arc<AtomicBool>,
+    port: u16,
+}
+
+impl NameServer {
+    fn start(ns: &NetNs, name: &str) -> NameServer {
+        let listener =
+            in_netns(Some(ns), || std::net::TcpListener::bind("0.0.0.0:0").unwrap());
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, name) = (stop.clone(), name.to_string());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let name = name.clone();
+                        std::thread::spawn(move || answer_lines(conn, &name));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                }
+            }
+        });
+        NameServer { stop, port }
+    }
+}
+
+fn answer_lines(conn: TcpStream, name: &str) {
+    let _ = conn.set_nonblocking(false);
+    // Small requests and answers: Nagle would hold each for a delayed ACK.
+    let _ = conn.set_nodelay(true);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut writer = conn.try_clone().unwrap();
+    for line in BufReader::new(conn).lines() {
+        if line.is_err() || writeln!(writer, "{name}").is_err() {
+            break;
+        }
+    }
+}
+
+impl Drop for NameServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Sends a line on `conn` and reads the answering line.
+fn ask(conn: &mut TcpStream) -> String {
+    conn.set_nodelay(true).unwrap();
+    writeln!(conn, "who").unwrap();
+    let mut line = String::new();
+    BufReader::new(conn.try_clone().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    line.trim().to_string()
+}
+
+/// From `ns`: UDP to `addr`; the answer and the address it came from.
+fn udp_exchange(ns: &NetNs, addr: SocketAddr) -> std::io::Result<(String, SocketAddr)> {
+    in_netns(Some(ns), move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.send_to(b"hello", addr)?;
+        let mut buf = [0u8; 256];
+        let (n, from) = s.recv_from(&mut buf)?;
+        Ok((String::from_utf8_lossy(&buf[..n]).trim().to_string(), from))
+    })
+}
+
+#[test]
+fn cluster_ip_balances_tcp_and_udp_and_replies_come_from_the_service() {
+    require_root!(cluster_ip_balances_tcp_and_udp_and_replies_come_from_the_service);
+    let net = Net::new(NetSpec::bpf("10.245.1.0/24"));
+    let (client, b1, b2) = (net.pod("cli"), net.pod("b1"), net.pod("b2"));
+    let (t1, t2) = (TcpServer::start(Some(&b1.ns), "b1"), TcpServer::start(Some(&b2.ns), "b2"));
+    let (u1, u2) = (UdpServer::start(Some(&b1.ns), "b1"), UdpServer::start(Some(&b2.ns), "b2"));
+    let vip = Ipv4Addr::new(10, 96, 1, 10);
+    let report = apply(
+        &net,
+        json!([
+            {"name": "default/web", "vip": vip, "port": 80,
+             "backends": [backend(v4(&b1), t1.port), backend(v4(&b2), t2.port)]},
+            {"name": "default/dns", "vip": vip, "port": 53, "protocol": "udp",
+             "backends": [backend(v4(&b1), u1.port), backend(v4(&b2), u2.port)]},
+        ]),
+    );
+    assert_eq!(report["added"], 2);
+
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let answer = traffic::request(Some(&client.ns), SocketAddr::from((vip, 80)))
+            .expect("a TCP connection to the ClusterIP is answered");
+        let (who, peer) = answer.split_once(' ').unwrap();
+        // The backend sees the client pod's own address.
+        assert_eq!(peer, v4(&client).to_string());
+        seen.insert(who.to_string());
+    }
+    assert_eq!(seen.len(), 2, "connections spread over both backends: {seen:?}");
+
+    for _ in 0..10 {
+        let (answer, from) = udp_exchange(&client.ns, SocketAddr::from((vip, 53)))
+            .expect("a UDP datagram to the ClusterIP is answered");
+        assert!(answer.starts_with("b1 ") || answer.starts_with("b2 "), "{answer}");
+        assert_eq!(from, SocketAddr::from((vip, 53)), "the reply comes from the service");
+    }
+
+    let listed = margayctl(&net, &["--json", "service", "list"]);
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    let nat = margayctl(&net, &["--json", "nat", "dump"]);
+    let nat: Vec<Value> = serde_json::from_slice(&nat.stdout).unwrap();
+    assert!(
+        nat.iter().any(|r| r["direction"] == "forward"
+            && r["dst"] == format!("{vip}:80")
+            && r["service"] == "default/web"),
+        "translations are listed with their service: {nat:?}"
+    );
+}
+
+#[test]
+fn each_connection_keeps_its_backend_and_connections_spread() {
+    require_root!(each_connection_keeps_its_backend_and_connections_spread);
+    let net = Net::new(NetSpec::bpf("10.245.2.0/24"));
+    let client = net.pod("cli");
+    let pods: Vec<Pod> = (0..3).map(|i| net.pod(&format!("b{i}"))).collect();
+    let servers: Vec<NameServer> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| NameServer::start(&p.ns, &format!("b{i}")))
+        .collect();
+    let vip = Ipv4Addr::new(10, 96, 2, 10);
+    let backends: Vec<String> = pods
+        .iter()
+        .zip(&servers)
+        .map(|(p, s)| backend(v4(p), s.port))
+        .collect();
+    apply(
+        &net,
+        json!([{"name": "default/sticky", "vip": vip, "port": 8080, "backends": backends}]),
+    );
+    let counts = in_netns(Some(&client.ns), move || {
+        let mut counts = std::collections::BTreeMap::<String, usize>::new();
+        for _ in 0..1000 {
+            let mut conn =
+                TcpStream::connect_timeout(&SocketAddr::from((vip, 8080)), Duration::from_secs(2))
+                    .expect("connects");
+            conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let first = ask(&mut conn);
+            for _ in 0..2 {
+                assert_eq!(ask(&mut conn), first, "one connection, one backend");
+            }
+            *counts.entry(first).or_default() += 1;
+        }
+        counts
+    });
+    assert_eq!(counts.len(), 3, "every backend served: {counts:?}");
+    for (who, n) in &counts {
+        assert!(*n > 200, "{who} got {n} of 1000 connections: {counts:?}");
+    }
+}
+
+#[test]
+fn client_ip_affinity_keeps_new_connections_on_one_backend() {
+    require_root!(client_ip_affinity_keeps_new_connections_on_one_backend);
+    let net = Net::new(NetSpec::bpf("10.245.3.0/24"));
+    let client = net.pod("cli");
+    let pods: Vec<Pod> = (0..3).map(|i| net.pod(&format!("b{i}"))).collect();
+    let servers: Vec<TcpServer> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| TcpServer::start(Some(&p.ns), &format!("b{i}")))
+        .collect();
+    let vip = Ipv4Addr::new(10, 96, 3, 10);
+    let backends: Vec<String> = pods
+        .iter()
+        .zip(&servers)
+        .map(|(p, s)| backend(v4(p), s.port))
+        .collect();
+    apply(
+        &net,
+        json!([{"name": "default/affine", "vip": vip, "port": 80, "backends": backends,
+                "affinity_timeout": 600}]),
+    );
+    let answers: std::collections::BTreeSet<String> = (0..30)
+        .map(|_| {
+            traffic::request(Some(&client.ns), SocketAddr::from((vip, 80)))
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(answers.len(), 1, "one client, one backend: {answers:?}");
+}
+
+#[test]
+fn a_service_without_backends_refuses_at_once_and_says_why() {
+    require_root!(a_service_without_backends_refuses_at_once_and_says_why);
+    let net = Net::new(NetSpec::bpf("10.245.4.0/24"));
+    let client = net.pod("cli");
+    let vip = Ipv4Addr::new(10, 96, 4, 10);
+    apply(
+        &net,
+        json!([
+            {"name": "default/empty", "vip": vip, "port": 80, "backends": []},
+            {"name": "default/empty-udp", "vip": vip, "port": 53, "protocol": "udp", "backends": []},
+        ]),
+    );
+    let started = Instant::now();
+    let err = traffic::request(Some(&client.ns), SocketAddr::from((vip, 80)))
+        .expect_err("nothing serves it");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "refused at once, not timed out: {:?}",
+        started.elapsed()
+    );
+    let udp = in_netns(Some(&client.ns), move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.connect(SocketAddr::from((vip, 53))).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.send(b"hello").unwrap();
+        s.recv(&mut [0u8; 64])
+    });
+    assert_eq!(
+        udp.expect_err("nothing serves it").kind(),
+        std::io::ErrorKind::ConnectionRefused
+    );
+
+    let ep = registry::find(root(&net), &client.host_ifname())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        inspect::counters(root(&net), ep.ifindex).unwrap().drops[DROP_NO_BACKEND],
+        2
+    );
+    let drops = margayctl(&net, &["drops"]);
+    let drops = String::from_utf8_lossy(&drops.stdout);
+    assert!(
+        drops.contains("service-no-backend") && drops.contains(&format!("{vip}:80")),
+        "margayctl drops names the reason and the service: {drops}"
+    );
+}
+
+#[test]
+fn a_pod_reaches_itself_through_its_own_service() {
+    require_root!(a_pod_reaches_itself_through_its_own_service);
+    let net = Net::new(NetSpec::bpf("10.245.5.0/24"));
+    let pod = net.pod("self");
+    let server = NameServer::start(&pod.ns, "me");
+    let vip = Ipv4Addr::new(10, 96, 5, 10);
+    apply(
+        &net,
+        json!([{"name": "default/self", "vip": vip, "port": 80,
+                "backends": [backend(v4(&pod), server.port)]}]),
+    );
+    for _ in 0..3 {
+        let mut conn = traffic::connect(Some(&pod.ns), SocketAddr::from((vip, 80)))
+            .expect("hairpin connection");
+        assert_eq!(ask(&mut conn), "me");
+        assert_eq!(ask(&mut conn), "me");
+        // The pod sees the service as its peer, not itself.
+        assert_eq!(conn.peer_addr().unwrap(), SocketAddr::from((vip, 80)));
+    }
+}
+
+/// A "node" beyond the host: a namespace reached through a veth and a host
+/// route, where the backend runs outside this node's pods.
+struct RemoteHost {
+    ns: NetNs,
+    addr: Ipv4Addr,
+}
+
+impl RemoteHost {
+    fn new(host_side: Ipv4Addr, addr: Ipv4Addr) -> RemoteHost {
+        let ns = NetNs::new("rem");
+        let link = unique_name("mgr");
+        run_ok(Command::new("ip").args([
+            "link", "add", &link, "type", "veth", "peer", "name", "eth0", "netns", ns.name(),
+        ]));
+        run_ok(Command::new("ip").args(["addr", "add", &format!("{host_side}/32"), "dev", &link]));
+        run_ok(Command::new("ip").args(["link", "set", &link, "up"]));
+        run_ok(Command::new("ip").args(["route", "add", &format!("{addr}/32"), "dev", &link]));
+        ns.run_ok(&["ip", "addr", "add", &format!("{addr}/32"), "dev", "eth0"]);
+        ns.run_ok(&["ip", "link", "set", "eth0", "up"]);
+        ns.run_ok(&["ip", "route", "add", &format!("{host_side}/32"), "dev", "eth0"]);
+        ns.run_ok(&["ip", "route", "add", "default", "via", &host_side.to_string()]);
+        // Dropping the namespace removes the veth pair and its route.
+        RemoteHost { ns, addr }
+    }
+}
+
+#[test]
+fn a_backend_off_the_node_is_reached_and_answers_as_the_service() {
+    require_root!(a_backend_off_the_node_is_reached_and_answers_as_the_service);
+    let net = Net::new(NetSpec::bpf("10.245.6.0/24"));
+    let client = net.pod("cli");
+    let remote = RemoteHost::new(Ipv4Addr::new(10, 245, 106, 1), Ipv4Addr::new(10, 245, 106, 2));
+    let tcp = TcpServer::start(Some(&remote.ns), "remote");
+    let udp = UdpServer::start(Some(&remote.ns), "remote");
+    let vip = Ipv4Addr::new(10, 96, 6, 10);
+    apply(
+        &net,
+        json!([
+            {"name": "default/far", "vip": vip, "port": 80,
+             "backends": [backend(remote.addr, tcp.port)]},
+            {"name": "default/far-udp", "vip": vip, "port": 53, "protocol": "udp",
+             "backends": [backend(remote.addr, udp.port)]},
+        ]),
+    );
+    let answer = traffic::request(Some(&client.ns), SocketAddr::from((vip, 80)))
+        .expect("the remote backend answers through the ClusterIP");
+    assert_eq!(answer, format!("remote {}", v4(&client)));
+    let (answer, from) = udp_exchange(&client.ns, SocketAddr::from((vip, 53))).unwrap();
+    assert_eq!(answer, format!("remote {}", v4(&client)));
+    assert_eq!(from, SocketAddr::from((vip, 53)));
+}
+
+#[test]
+fn service_changes_keep_running_connections_and_move_new_ones() {
+    require_root!(service_changes_keep_running_connections_and_move_new_ones);
+    let net = Net::new(NetSpec::bpf("10.245.7.0/24"));
+    let client = net.pod("cli");
+    let pods: Vec<Pod> = (0..3).map(|i| net.pod(&format!("b{i}"))).collect();
+    let servers: Vec<NameServer> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| NameServer::start(&p.ns, &format!("b{i}")))
+        .collect();
+    let at = |i: usize| backend(v4(&pods[i]), servers[i].port);
+    let vip = Ipv4Addr::new(10, 96, 7, 10);
+    let svc = |backends: Vec<String>| {
+        json!([
+            {"name": "default/moving", "vip": vip, "port": 80, "backends": backends},
+            {"name": "default/other", "vip": vip, "port": 81, "backends": [at(2)]},
+        ])
+    };
+    apply(&net, svc(vec![at(0)]));
+    let mut long_lived =
+        traffic::connect(Some(&client.ns), SocketAddr::from((vip, 80))).unwrap();
+    assert_eq!(ask(&mut long_lived), "b0");
+
+    // b1 joins, the other service is unchanged: b0's connection goes on.
+    let report = apply(&net, svc(vec![at(0), at(1)]));
+    assert_eq!((report["updated"].as_u64(), report["unchanged"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(ask(&mut long_lived), "b0");
+
+    // b0 leaves: its running connection drains, new ones go to b1.
+    apply(&net, svc(vec![at(1)]));
+    assert_eq!(ask(&mut long_lived), "b0", "a running connection is not broken");
+    for _ in 0..10 {
+        let mut fresh = traffic::connect(Some(&client.ns), SocketAddr::from((vip, 80))).unwrap();
+        assert_eq!(ask(&mut fresh), "b1", "new connections avoid the removed backend");
+    }
+
+    // The service goes: new connections are no longer translated.
+    apply(&net, json!([]));
+    assert_eq!(service::list(root(&net)).unwrap(), vec![]);
+    assert!(traffic::connect(Some(&client.ns), SocketAddr::from((vip, 80))).is_err());
+}
+
+#[test]
+fn ten_thousand_services_apply_at_once_and_the_last_one_answers() {
+    require_root!(ten_thousand_services_apply_at_once_and_the_last_one_answers);
+    let net = Net::new(NetSpec::bpf("10.245.8.0/24"));
+    let (client, b) = (net.pod("cli"), net.pod("b"));
+    let server = TcpServer::start(Some(&b.ns), "last");
+    // Setting up the node's maps happens with the first pod; open them.
+    let specs: Vec<ServiceSpec> = (0..10_000u32)
+        .map(|i| ServiceSpec {
+            name: format!("ns/svc-{i}"),
+            vip: Ipv4Addr::from(0x0a60_0000 + i + 1), // 10.96.0.1 ..
+            port: 80,
+            protocol: Protocol::Tcp,
+            backends: vec![SocketAddrV4::new(v4(&b), server.port)],
+            affinity_timeout: None,
+        })
+        .collect();
+    let started = Instant::now();
+    let report = service::apply(root(&net), &specs).unwrap();
+    let took = started.elapsed();
+    eprintln!("applied 10,000 services in {took:?}");
+    assert_eq!(report.added, 10_000);
+    let last = specs.last().unwrap().vip;
+    assert_eq!(
+        traffic::request(Some(&client.ns), SocketAddr::from((last, 80))).unwrap(),
+        format!("last {}", v4(&client))
+    );
+    let again = service::apply(root(&net), &specs).unwrap();
+    assert_eq!(again.unchanged, 10_000, "a re-apply of the same set writes nothing");
+}
+
+#[test]
+fn a_set_larger_than_the_maps_is_refused_whole_and_bad_files_are_named() {
+    require_root!(a_set_larger_than_the_maps_is_refused_whole_and_bad_files_are_named);
+    let mut spec = NetSpec::bpf("10.245.9.0/24");
+    spec.extra = json!({"bpf_service_frontends": 16, "bpf_service_backends": 16});
+    let net = Net::new(spec);
+    let _pod = net.pod("p");
+    let some = |n: u32| -> Value {
+        (0..n)
+            .map(|i| json!({"name": format!("ns/s{i}"), "vip": Ipv4Addr::from(0x0a61_0000 + i), "port": 80,
+                            "backends": ["10.245.9.200:80"]}))
+            .collect()
+    };
+    apply(&net, some(3));
+    let file = net.dir.path().join("too-many.json");
+    std::fs::write(&file, json!({"services": some(17)}).to_string()).unwrap();
+    let out = margayctl(&net, &["service", "apply", "-f", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("svc_frontends") && stderr.contains("bpf_service_frontends"),
+        "{stderr}"
+    );
+    assert_eq!(service::list(root(&net)).unwrap().len(), 3, "nothing changed");
+
+    std::fs::write(
+        &file,
+        r#"{"services": [{"name": "a", "vip": "10.97.0.1", "port": 80, "backends": ["10.0.0.1:0"]}]}"#,
+    )
+    .unwrap();
+    let out = margayctl(&net, &["service", "apply", "-f", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("services[0] (a): backends[0]"));
+    std::fs::write(&file, r#"{"services": [{"name": "a", "vip": "10.97.0.1", "prot": 80}]}"#)
+        .unwrap();
+    let out = margayctl(&net, &["service", "apply", "-f", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("prot"));
+    assert_eq!(service::list(root(&net)).unwrap().len(), 3, "still nothing changed");
+}
