@@ -65,6 +65,23 @@ pub fn run_repeat(
     ingress_ifindex: u32,
     repeat: u32,
 ) -> (u32, f64) {
+    let (verdict, ns, _) = test_run(node, name, frame, ingress_ifindex, repeat);
+    (verdict, ns)
+}
+
+/// Runs once; returns the verdict and the frame as the program left it.
+pub fn run_output(node: &Node, name: &str, frame: &[u8], ingress_ifindex: u32) -> (u32, Vec<u8>) {
+    let (verdict, _, out) = test_run(node, name, frame, ingress_ifindex, 1);
+    (verdict, out)
+}
+
+fn test_run(
+    node: &Node,
+    name: &str,
+    frame: &[u8],
+    ingress_ifindex: u32,
+    repeat: u32,
+) -> (u32, f64, Vec<u8>) {
     let prog = node
         .program(name)
         .unwrap_or_else(|| panic!("no program {name}"));
@@ -80,7 +97,8 @@ pub fn run_repeat(
     let r = prog
         .test_run(opts)
         .unwrap_or_else(|e| panic!("test run of {name}: {e}"));
-    (r.return_value, r.duration.as_nanos() as f64)
+    out.truncate(r.data_size_out as usize);
+    (r.return_value, r.duration.as_nanos() as f64, out)
 }
 
 /// Creates a plain BPF hash map and pins it at `path`: a stand-in for a map

@@ -118,3 +118,58 @@ pub fn ether(src_mac: [u8; 6], ethertype: u16, payload_len: usize) -> Vec<u8> {
     frame.resize(14 + payload_len, 0);
     frame
 }
+
+/// The one's-complement sum of `bytes` as 16-bit words, unfolded.
+fn sum16(bytes: &[u8]) -> u32 {
+    bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum()
+}
+
+fn fold(mut sum: u32) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// Offset of the TCP/UDP/ICMP checksum field in an Ethernet + IPv4 frame.
+fn l4_checksum_offset(frame: &[u8]) -> Option<usize> {
+    let l4 = 14 + usize::from(frame[14] & 0x0f) * 4;
+    match frame[23] {
+        6 => Some(l4 + 16),
+        17 => Some(l4 + 6),
+        1 => Some(l4 + 2),
+        _ => None,
+    }
+}
+
+/// The L4 sum of an Ethernet + IPv4 frame: with the pseudo-header for TCP
+/// and UDP, without for ICMP.
+fn l4_sum(frame: &[u8]) -> u32 {
+    let l4 = 14 + usize::from(frame[14] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+    let segment = &frame[l4..14 + total];
+    let mut sum = sum16(segment);
+    if frame[23] != 1 {
+        sum += sum16(&frame[26..34]) + u32::from(frame[23]) + segment.len() as u32;
+    }
+    sum
+}
+
+/// `frame` with a correct TCP, UDP or ICMP checksum.
+pub fn with_l4_checksum(mut frame: Vec<u8>) -> Vec<u8> {
+    let at = l4_checksum_offset(&frame).expect("TCP, UDP or ICMP");
+    frame[at..at + 2].copy_from_slice(&[0, 0]);
+    let sum = !fold(l4_sum(&frame));
+    frame[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+    frame
+}
+
+/// Whether the IPv4 header checksum and the TCP/UDP/ICMP checksum of an
+/// Ethernet + IPv4 frame are right.
+pub fn checksums_ok(frame: &[u8]) -> bool {
+    let ihl = usize::from(frame[14] & 0x0f) * 4;
+    fold(sum16(&frame[14..14 + ihl])) == 0xffff && fold(l4_sum(frame)) == 0xffff
+}

@@ -10,7 +10,7 @@ use margay_ebpf::abi::{
 use margay_ebpf::node::{Node, Settings};
 use margay_ebpf::policy::{self, PolicySpec};
 use margay_ebpf::{inspect, registry};
-use margay_tests::bpf::{BpfRoot, TC_ACT_OK, TC_ACT_SHOT, run};
+use margay_tests::bpf::{BpfRoot, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, run, run_output};
 use margay_tests::packet::{self, L4, POD_MAC, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, ipv4};
 use margay_tests::require_root;
 
@@ -393,4 +393,82 @@ fn drops_are_reported_with_reason_and_tuple() {
     .unwrap();
     assert!(!any);
     assert_eq!(quiet.drops(abi::DROP_POLICY_EGRESS), 1);
+}
+
+fn services(f: &Fixture, services: serde_json::Value) {
+    let file: margay_ebpf::service::ServiceFile =
+        serde_json::from_value(serde_json::json!({ "services": services })).unwrap();
+    margay_ebpf::service::apply(f.root.path(), &file.services).unwrap();
+}
+
+fn addr_at(frame: &[u8], at: usize) -> Ipv4Addr {
+    Ipv4Addr::new(frame[at], frame[at + 1], frame[at + 2], frame[at + 3])
+}
+
+fn port_at(frame: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([frame[at], frame[at + 1]])
+}
+
+#[test]
+fn service_translation_keeps_checksums_right_both_ways() {
+    require_root!(service_translation_keeps_checksums_right_both_ways);
+    let f = Fixture::new();
+    let vip = Ipv4Addr::new(10, 96, 0, 1);
+    services(
+        &f,
+        serde_json::json!([
+            {"name": "t/web", "vip": vip, "port": 80, "backends": [format!("{PEER}:8080")]},
+            {"name": "t/dns", "vip": vip, "port": 53, "protocol": "udp",
+             "backends": [format!("{PEER}:5353")]},
+        ]),
+    );
+    let syn = packet::with_l4_checksum(ipv4(POD_MAC, POD, vip, &tcp(40000, 80, TCP_SYN)));
+    let (verdict, out) = run_output(&f.node, "from_pod", &syn, 0);
+    assert_eq!(verdict, TC_ACT_OK, "to the stack: the backend is not a local pod");
+    assert_eq!((addr_at(&out, 30), port_at(&out, 36)), (PEER, 8080));
+    assert!(packet::checksums_ok(&out), "translated SYN: {out:02x?}");
+
+    let syn_ack = packet::with_l4_checksum(ipv4(
+        [2, 0, 0, 0, 0, 0x99],
+        PEER,
+        POD,
+        &tcp(8080, 40000, TCP_SYN | TCP_ACK),
+    ));
+    let (verdict, out) = run_output(&f.node, "to_pod", &syn_ack, FORWARDED);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!((addr_at(&out, 26), port_at(&out, 34)), (vip, 80), "the reply is the service's");
+    assert!(packet::checksums_ok(&out), "reverse-translated SYN-ACK: {out:02x?}");
+
+    let udp = L4::Udp {
+        sport: 40001,
+        dport: 53,
+    };
+    let dgram = packet::with_l4_checksum(ipv4(POD_MAC, POD, vip, &udp));
+    let (_, out) = run_output(&f.node, "from_pod", &dgram, 0);
+    assert_eq!((addr_at(&out, 30), port_at(&out, 36)), (PEER, 5353));
+    assert!(packet::checksums_ok(&out), "translated UDP: {out:02x?}");
+    // UDP without a checksum (zero) stays without one.
+    let bare = ipv4(POD_MAC, POD, vip, &L4::Udp { sport: 40002, dport: 53 });
+    let (_, out) = run_output(&f.node, "from_pod", &bare, 0);
+    assert_eq!((port_at(&out, 36), port_at(&out, 40)), (5353, 0));
+}
+
+#[test]
+fn a_service_without_backends_is_answered_with_port_unreachable() {
+    require_root!(a_service_without_backends_is_answered_with_port_unreachable);
+    let f = Fixture::new();
+    let vip = Ipv4Addr::new(10, 96, 0, 2);
+    services(&f, serde_json::json!([{"name": "t/none", "vip": vip, "port": 80}]));
+    let syn = packet::with_l4_checksum(ipv4(POD_MAC, POD, vip, &tcp(40000, 80, TCP_SYN)));
+    let (verdict, out) = run_output(&f.node, "from_pod", &syn, 0);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "handed back into the pod");
+    assert_eq!(out.len(), 14 + 20 + 8 + 28);
+    assert_eq!(&out[0..6], &POD_MAC, "addressed to the pod");
+    assert_eq!(&out[6..12], &packet::GATEWAY_MAC);
+    assert_eq!((addr_at(&out, 26), addr_at(&out, 30), out[23]), (vip, POD, 1));
+    assert_eq!((out[34], out[35]), (3, 3), "destination unreachable, port");
+    assert_eq!(&out[42..62], &syn[14..34], "quotes the refused packet's header");
+    assert_eq!(&out[62..70], &syn[34..42], "and its ports and sequence number");
+    assert!(packet::checksums_ok(&out), "{out:02x?}");
+    assert_eq!(f.drops(abi::DROP_NO_BACKEND), 1);
 }
