@@ -10,5 +10,6 @@ pub mod network;
 pub mod packets;
 pub mod pods;
 pub mod report;
+pub mod services;
 pub mod stats;
 pub mod throughput;

@@ -57,6 +57,22 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         rules: usize,
     },
+    /// Services: pod -> ClusterIP connect+request latency with 1, 1,000 and
+    /// 10,000 services, and time to program 10,000: Margay's eBPF load
+    /// balancing vs kube-proxy-style iptables rules. Needs root.
+    Services {
+        /// Interleaved rounds.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Connections per round and side.
+        #[arg(long, default_value_t = 200)]
+        per_round: usize,
+        /// Directory holding margay and margay-ipam [default: this executable's].
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        #[arg(long, default_value = "/usr/lib/cni")]
+        peer_dir: PathBuf,
+    },
     /// Pod-to-pod TCP throughput with iperf3: margay bpf vs margay linux vs
     /// ptp+host-local, interleaved rounds, medians. Needs root and iperf3.
     Throughput {
@@ -131,6 +147,24 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Packets { repeat, rules } => {
             let report = margay_bench::packets::run(repeat, rules)?;
             let what = format!("repeat {repeat}, {rules}-rule egress policy");
+            print_report(cli.json, &report, info.header(&what), report.table())
+        }
+        Cmd::Services {
+            rounds,
+            per_round,
+            bin_dir,
+            peer_dir,
+        } => {
+            let report = margay_bench::services::run(
+                bin_dir_or_own(bin_dir)?,
+                peer_dir,
+                rounds,
+                per_round,
+            )?;
+            let what = format!(
+                "{rounds} interleaved rounds of {per_round} connections per side; {}",
+                report.iptables_version
+            );
             print_report(cli.json, &report, info.header(&what), report.table())
         }
         Cmd::Throughput {

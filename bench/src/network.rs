@@ -80,6 +80,11 @@ impl Network {
         })
     }
 
+    /// Where a bpf network's programs and maps are pinned.
+    pub fn bpf_root(&self) -> Option<&Path> {
+        self._bpf.as_ref().map(BpfRoot::path)
+    }
+
     /// ADD of `cid` in `ns`; the pod's IPv4 address.
     pub fn add(&self, ns: &NetNs, cid: &str) -> Result<std::net::Ipv4Addr> {
         let result = self
