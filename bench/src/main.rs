@@ -155,12 +155,8 @@ fn run(cli: Cli) -> Result<()> {
             bin_dir,
             peer_dir,
         } => {
-            let report = margay_bench::services::run(
-                bin_dir_or_own(bin_dir)?,
-                peer_dir,
-                rounds,
-                per_round,
-            )?;
+            let report =
+                margay_bench::services::run(bin_dir_or_own(bin_dir)?, peer_dir, rounds, per_round)?;
             let what = format!(
                 "{rounds} interleaved rounds of {per_round} connections per side; {}",
                 report.iptables_version

@@ -100,7 +100,14 @@ impl IptablesServices {
         restore(&text)?;
         let took = started.elapsed();
         if !self.hooked {
-            iptables(&["-t", "nat", "-I", "PREROUTING", "-j", &self.services_chain()])?;
+            iptables(&[
+                "-t",
+                "nat",
+                "-I",
+                "PREROUTING",
+                "-j",
+                &self.services_chain(),
+            ])?;
             self.hooked = true;
         }
         Ok(took)
@@ -109,7 +116,14 @@ impl IptablesServices {
     /// Removes our hook and chains.
     fn clear(&mut self) -> Result<()> {
         if self.hooked {
-            iptables(&["-t", "nat", "-D", "PREROUTING", "-j", &self.services_chain()])?;
+            iptables(&[
+                "-t",
+                "nat",
+                "-D",
+                "PREROUTING",
+                "-j",
+                &self.services_chain(),
+            ])?;
             self.hooked = false;
         }
         let out = Command::new("iptables-save").args(["-t", "nat"]).output()?;

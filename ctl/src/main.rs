@@ -394,7 +394,7 @@ fn run(cli: Cli) -> Result<(), String> {
         } => {
             let names = service::names(root).map_err(err)?;
             let now = inspect::monotonic_ns();
-            let records: Vec<NatRecord> = inspect::nat(root)
+            let mut records: Vec<NatRecord> = inspect::nat(root)
                 .map_err(err)?
                 .iter()
                 .map(|(k, v)| {
@@ -402,6 +402,8 @@ fn run(cli: Cli) -> Result<(), String> {
                     NatRecord::new(k, v, name, now)
                 })
                 .collect();
+            records
+                .sort_by(|a, b| (a.direction, &a.src, &a.dst).cmp(&(b.direction, &b.src, &b.dst)));
             emit(if cli.json {
                 json(&records)
             } else {
@@ -414,7 +416,9 @@ fn run(cli: Cli) -> Result<(), String> {
                             r.src.clone(),
                             r.dst.clone(),
                             r.translated.clone(),
-                            r.hairpin.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+                            r.hairpin
+                                .map(|a| a.to_string())
+                                .unwrap_or_else(|| "-".into()),
                             r.service.clone(),
                             format!("{}s", r.idle_s),
                         ]

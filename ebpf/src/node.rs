@@ -479,7 +479,10 @@ fn copy_entries(root: &Path, name: &str, old: aya::maps::MapData) -> Result<(), 
         "svc_frontends" => copy(name, old, maps::frontends(root)?),
         "svc_backends" => copy(name, old, maps::backends(root)?),
         "svc_meta" => copy(name, old, maps::service_names(root)?),
-        _ => Err(DataplaneError::map(name, "no way to carry its entries over")),
+        _ => Err(DataplaneError::map(
+            name,
+            "no way to carry its entries over",
+        )),
     }
 }
 

@@ -61,7 +61,9 @@ pub struct ServiceSpec {
     pub affinity_timeout: Option<u32>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     #[default]
@@ -354,8 +356,11 @@ fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
 fn reslot(current: &[SocketAddrV4], desired: &[SocketAddrV4]) -> Vec<SocketAddrV4> {
     let wanted: HashSet<&SocketAddrV4> = desired.iter().collect();
     let had: HashSet<&SocketAddrV4> = current.iter().collect();
-    let mut added: VecDeque<SocketAddrV4> =
-        desired.iter().filter(|b| !had.contains(b)).copied().collect();
+    let mut added: VecDeque<SocketAddrV4> = desired
+        .iter()
+        .filter(|b| !had.contains(b))
+        .copied()
+        .collect();
     let mut slots: Vec<Option<SocketAddrV4>> = current
         .iter()
         .map(|b| wanted.contains(b).then_some(*b))

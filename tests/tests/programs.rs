@@ -424,7 +424,10 @@ fn service_translation_keeps_checksums_right_both_ways() {
     );
     let syn = packet::with_l4_checksum(ipv4(POD_MAC, POD, vip, &tcp(40000, 80, TCP_SYN)));
     let (verdict, out) = run_output(&f.node, "from_pod", &syn, 0);
-    assert_eq!(verdict, TC_ACT_OK, "to the stack: the backend is not a local pod");
+    assert_eq!(
+        verdict, TC_ACT_OK,
+        "to the stack: the backend is not a local pod"
+    );
     assert_eq!((addr_at(&out, 30), port_at(&out, 36)), (PEER, 8080));
     assert!(packet::checksums_ok(&out), "translated SYN: {out:02x?}");
 
@@ -436,8 +439,15 @@ fn service_translation_keeps_checksums_right_both_ways() {
     ));
     let (verdict, out) = run_output(&f.node, "to_pod", &syn_ack, FORWARDED);
     assert_eq!(verdict, TC_ACT_OK);
-    assert_eq!((addr_at(&out, 26), port_at(&out, 34)), (vip, 80), "the reply is the service's");
-    assert!(packet::checksums_ok(&out), "reverse-translated SYN-ACK: {out:02x?}");
+    assert_eq!(
+        (addr_at(&out, 26), port_at(&out, 34)),
+        (vip, 80),
+        "the reply is the service's"
+    );
+    assert!(
+        packet::checksums_ok(&out),
+        "reverse-translated SYN-ACK: {out:02x?}"
+    );
 
     let udp = L4::Udp {
         sport: 40001,
@@ -448,7 +458,15 @@ fn service_translation_keeps_checksums_right_both_ways() {
     assert_eq!((addr_at(&out, 30), port_at(&out, 36)), (PEER, 5353));
     assert!(packet::checksums_ok(&out), "translated UDP: {out:02x?}");
     // UDP without a checksum (zero) stays without one.
-    let bare = ipv4(POD_MAC, POD, vip, &L4::Udp { sport: 40002, dport: 53 });
+    let bare = ipv4(
+        POD_MAC,
+        POD,
+        vip,
+        &L4::Udp {
+            sport: 40002,
+            dport: 53,
+        },
+    );
     let (_, out) = run_output(&f.node, "from_pod", &bare, 0);
     assert_eq!((port_at(&out, 36), port_at(&out, 40)), (5353, 0));
 }
@@ -458,17 +476,31 @@ fn a_service_without_backends_is_answered_with_port_unreachable() {
     require_root!(a_service_without_backends_is_answered_with_port_unreachable);
     let f = Fixture::new();
     let vip = Ipv4Addr::new(10, 96, 0, 2);
-    services(&f, serde_json::json!([{"name": "t/none", "vip": vip, "port": 80}]));
+    services(
+        &f,
+        serde_json::json!([{"name": "t/none", "vip": vip, "port": 80}]),
+    );
     let syn = packet::with_l4_checksum(ipv4(POD_MAC, POD, vip, &tcp(40000, 80, TCP_SYN)));
     let (verdict, out) = run_output(&f.node, "from_pod", &syn, 0);
     assert_eq!(verdict, TC_ACT_REDIRECT, "handed back into the pod");
     assert_eq!(out.len(), 14 + 20 + 8 + 28);
     assert_eq!(&out[0..6], &POD_MAC, "addressed to the pod");
     assert_eq!(&out[6..12], &packet::GATEWAY_MAC);
-    assert_eq!((addr_at(&out, 26), addr_at(&out, 30), out[23]), (vip, POD, 1));
+    assert_eq!(
+        (addr_at(&out, 26), addr_at(&out, 30), out[23]),
+        (vip, POD, 1)
+    );
     assert_eq!((out[34], out[35]), (3, 3), "destination unreachable, port");
-    assert_eq!(&out[42..62], &syn[14..34], "quotes the refused packet's header");
-    assert_eq!(&out[62..70], &syn[34..42], "and its ports and sequence number");
+    assert_eq!(
+        &out[42..62],
+        &syn[14..34],
+        "quotes the refused packet's header"
+    );
+    assert_eq!(
+        &out[62..70],
+        &syn[34..42],
+        "and its ports and sequence number"
+    );
     assert!(packet::checksums_ok(&out), "{out:02x?}");
     assert_eq!(f.drops(abi::DROP_NO_BACKEND), 1);
 }

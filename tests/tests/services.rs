@@ -71,8 +71,9 @@ struct NameServer {
 
 impl NameServer {
     fn start(ns: &NetNs, name: &str) -> NameServer {
-        let listener =
-            in_netns(Some(ns), || std::net::TcpListener::bind("0.0.0.0:0").unwrap());
+        let listener = in_netns(Some(ns), || {
+            std::net::TcpListener::bind("0.0.0.0:0").unwrap()
+        });
         let port = listener.local_addr().unwrap().port();
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
@@ -139,8 +140,14 @@ fn cluster_ip_balances_tcp_and_udp_and_replies_come_from_the_service() {
     require_root!(cluster_ip_balances_tcp_and_udp_and_replies_come_from_the_service);
     let net = Net::new(NetSpec::bpf("10.245.1.0/24"));
     let (client, b1, b2) = (net.pod("cli"), net.pod("b1"), net.pod("b2"));
-    let (t1, t2) = (TcpServer::start(Some(&b1.ns), "b1"), TcpServer::start(Some(&b2.ns), "b2"));
-    let (u1, u2) = (UdpServer::start(Some(&b1.ns), "b1"), UdpServer::start(Some(&b2.ns), "b2"));
+    let (t1, t2) = (
+        TcpServer::start(Some(&b1.ns), "b1"),
+        TcpServer::start(Some(&b2.ns), "b2"),
+    );
+    let (u1, u2) = (
+        UdpServer::start(Some(&b1.ns), "b1"),
+        UdpServer::start(Some(&b2.ns), "b2"),
+    );
     let vip = Ipv4Addr::new(10, 96, 1, 10);
     let report = apply(
         &net,
@@ -162,13 +169,24 @@ fn cluster_ip_balances_tcp_and_udp_and_replies_come_from_the_service() {
         assert_eq!(peer, v4(&client).to_string());
         seen.insert(who.to_string());
     }
-    assert_eq!(seen.len(), 2, "connections spread over both backends: {seen:?}");
+    assert_eq!(
+        seen.len(),
+        2,
+        "connections spread over both backends: {seen:?}"
+    );
 
     for _ in 0..10 {
         let (answer, from) = udp_exchange(&client.ns, SocketAddr::from((vip, 53)))
             .expect("a UDP datagram to the ClusterIP is answered");
-        assert!(answer.starts_with("b1 ") || answer.starts_with("b2 "), "{answer}");
-        assert_eq!(from, SocketAddr::from((vip, 53)), "the reply comes from the service");
+        assert!(
+            answer.starts_with("b1 ") || answer.starts_with("b2 "),
+            "{answer}"
+        );
+        assert_eq!(
+            from,
+            SocketAddr::from((vip, 53)),
+            "the reply comes from the service"
+        );
     }
 
     let listed = margayctl(&net, &["--json", "service", "list"]);
@@ -344,15 +362,38 @@ impl RemoteHost {
         let ns = NetNs::new("rem");
         let link = unique_name("mgr");
         run_ok(Command::new("ip").args([
-            "link", "add", &link, "type", "veth", "peer", "name", "eth0", "netns", ns.name(),
+            "link",
+            "add",
+            &link,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(),
         ]));
         run_ok(Command::new("ip").args(["addr", "add", &format!("{host_side}/32"), "dev", &link]));
         run_ok(Command::new("ip").args(["link", "set", &link, "up"]));
         run_ok(Command::new("ip").args(["route", "add", &format!("{addr}/32"), "dev", &link]));
         ns.run_ok(&["ip", "addr", "add", &format!("{addr}/32"), "dev", "eth0"]);
         ns.run_ok(&["ip", "link", "set", "eth0", "up"]);
-        ns.run_ok(&["ip", "route", "add", &format!("{host_side}/32"), "dev", "eth0"]);
-        ns.run_ok(&["ip", "route", "add", "default", "via", &host_side.to_string()]);
+        ns.run_ok(&[
+            "ip",
+            "route",
+            "add",
+            &format!("{host_side}/32"),
+            "dev",
+            "eth0",
+        ]);
+        ns.run_ok(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            &host_side.to_string(),
+        ]);
         // Dropping the namespace removes the veth pair and its route.
         RemoteHost { ns, addr }
     }
@@ -363,7 +404,10 @@ fn a_backend_off_the_node_is_reached_and_answers_as_the_service() {
     require_root!(a_backend_off_the_node_is_reached_and_answers_as_the_service);
     let net = Net::new(NetSpec::bpf("10.245.6.0/24"));
     let client = net.pod("cli");
-    let remote = RemoteHost::new(Ipv4Addr::new(10, 245, 106, 1), Ipv4Addr::new(10, 245, 106, 2));
+    let remote = RemoteHost::new(
+        Ipv4Addr::new(10, 245, 106, 1),
+        Ipv4Addr::new(10, 245, 106, 2),
+    );
     let tcp = TcpServer::start(Some(&remote.ns), "remote");
     let udp = UdpServer::start(Some(&remote.ns), "remote");
     let vip = Ipv4Addr::new(10, 96, 6, 10);
@@ -404,21 +448,31 @@ fn service_changes_keep_running_connections_and_move_new_ones() {
         ])
     };
     apply(&net, svc(vec![at(0)]));
-    let mut long_lived =
-        traffic::connect(Some(&client.ns), SocketAddr::from((vip, 80))).unwrap();
+    let mut long_lived = traffic::connect(Some(&client.ns), SocketAddr::from((vip, 80))).unwrap();
     assert_eq!(ask(&mut long_lived), "b0");
 
     // b1 joins, the other service is unchanged: b0's connection goes on.
     let report = apply(&net, svc(vec![at(0), at(1)]));
-    assert_eq!((report["updated"].as_u64(), report["unchanged"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(
+        (report["updated"].as_u64(), report["unchanged"].as_u64()),
+        (Some(1), Some(1))
+    );
     assert_eq!(ask(&mut long_lived), "b0");
 
     // b0 leaves: its running connection drains, new ones go to b1.
     apply(&net, svc(vec![at(1)]));
-    assert_eq!(ask(&mut long_lived), "b0", "a running connection is not broken");
+    assert_eq!(
+        ask(&mut long_lived),
+        "b0",
+        "a running connection is not broken"
+    );
     for _ in 0..10 {
         let mut fresh = traffic::connect(Some(&client.ns), SocketAddr::from((vip, 80))).unwrap();
-        assert_eq!(ask(&mut fresh), "b1", "new connections avoid the removed backend");
+        assert_eq!(
+            ask(&mut fresh),
+            "b1",
+            "new connections avoid the removed backend"
+        );
     }
 
     // The service goes: new connections are no longer translated.
@@ -455,7 +509,10 @@ fn ten_thousand_services_apply_at_once_and_the_last_one_answers() {
         format!("last {}", v4(&client))
     );
     let again = service::apply(root(&net), &specs).unwrap();
-    assert_eq!(again.unchanged, 10_000, "a re-apply of the same set writes nothing");
+    assert_eq!(
+        again.unchanged, 10_000,
+        "a re-apply of the same set writes nothing"
+    );
 }
 
 #[test]
@@ -481,7 +538,11 @@ fn a_set_larger_than_the_maps_is_refused_whole_and_bad_files_are_named() {
         stderr.contains("svc_frontends") && stderr.contains("bpf_service_frontends"),
         "{stderr}"
     );
-    assert_eq!(service::list(root(&net)).unwrap().len(), 3, "nothing changed");
+    assert_eq!(
+        service::list(root(&net)).unwrap().len(),
+        3,
+        "nothing changed"
+    );
 
     std::fs::write(
         &file,
@@ -491,10 +552,17 @@ fn a_set_larger_than_the_maps_is_refused_whole_and_bad_files_are_named() {
     let out = margayctl(&net, &["service", "apply", "-f", file.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("services[0] (a): backends[0]"));
-    std::fs::write(&file, r#"{"services": [{"name": "a", "vip": "10.97.0.1", "prot": 80}]}"#)
-        .unwrap();
+    std::fs::write(
+        &file,
+        r#"{"services": [{"name": "a", "vip": "10.97.0.1", "prot": 80}]}"#,
+    )
+    .unwrap();
     let out = margayctl(&net, &["service", "apply", "-f", file.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("prot"));
-    assert_eq!(service::list(root(&net)).unwrap().len(), 3, "still nothing changed");
+    assert_eq!(
+        service::list(root(&net)).unwrap().len(),
+        3,
+        "still nothing changed"
+    );
 }

@@ -2,7 +2,8 @@
 //! pods started through the CNI driver exactly as a runtime would, in the
 //! eBPF dataplane: a TCP connectivity matrix, the programs and counters, a
 //! forged packet dropped with its reason, a deny policy blocking one pair,
-//! then everything removed and shown to be gone.
+//! a ClusterIP service balanced by the programs, then everything removed
+//! and shown to be gone.
 #![allow(clippy::print_stdout)] // A demo's job is to print.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -145,6 +146,57 @@ fn matrix(pods: &[Pod], servers: &[TcpServer], host: &TcpServer) -> Vec<(String,
     failed
 }
 
+/// A ClusterIP balanced by the programs (no kube-proxy): pod-b's
+/// connections spread over pod-a and pod-c, which see pod-b's own address;
+/// a service without backends is refused at once.
+fn services(
+    file: &Path,
+    pods: &[Pod],
+    servers: &[TcpServer],
+    ctl: &dyn Fn(&[&str]) -> Result<String, String>,
+) -> Result<(), String> {
+    let vip = Ipv4Addr::new(10, 96, 0, 10);
+    section(&format!(
+        "a ClusterIP service {vip}:80 -> pod-a, pod-c (eBPF load balancing, no kube-proxy)"
+    ));
+    let yaml = format!(
+        "services:\n  - name: demo/web\n    vip: {vip}\n    port: 80\n    backends: [\"{}:{}\", \"{}:{}\"]\n  - name: demo/nothing-yet\n    vip: {vip}\n    port: 81\n    backends: []\n",
+        pods[0].ip, servers[0].port, pods[2].ip, servers[2].port
+    );
+    std::fs::write(file, &yaml).map_err(|e| e.to_string())?;
+    println!("{}", yaml.trim_end());
+    println!("$ margayctl service apply -f services.yaml");
+    println!(
+        "{}",
+        ctl(&["service", "apply", "-f", file.to_str().unwrap_or_default()])?
+    );
+    println!("$ margayctl service list\n{}", ctl(&["service", "list"])?);
+    let mut answered = std::collections::BTreeSet::new();
+    for i in 1..=6 {
+        let answer = traffic::request(Some(&pods[1].ns), SocketAddr::from((vip, 80)))
+            .map_err(|e| format!("pod-b -> {vip}:80: {e}"))?;
+        println!("pod-b -> {vip}:80  connection {i}: {answer}");
+        if !answer.ends_with(&pods[1].ip.to_string()) {
+            return Err(format!("the backend saw another client address: {answer}"));
+        }
+        answered.insert(answer.split(' ').next().unwrap_or_default().to_string());
+    }
+    println!("(the backend prints the client address it sees: pod-b's own)");
+    let started = std::time::Instant::now();
+    match traffic::request(Some(&pods[1].ns), SocketAddr::from((vip, 81))) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => println!(
+            "pod-b -> {vip}:81 (no backends): {e}, after {:.2} ms",
+            started.elapsed().as_secs_f64() * 1e3
+        ),
+        other => return Err(format!("{vip}:81 should be refused, got {other:?}")),
+    }
+    println!("$ margayctl nat dump\n{}", ctl(&["nat", "dump"])?);
+    if answered.len() < 2 {
+        return Err(format!("6 connections all went to {answered:?}"));
+    }
+    Ok(())
+}
+
 fn run() -> Result<(), String> {
     let root = tempfile::tempdir().map_err(|e| e.to_string())?;
     let bpf = BpfRoot::new();
@@ -273,6 +325,8 @@ fn run() -> Result<(), String> {
         ));
     }
     println!("$ margayctl drops\n{}", ctl(&["drops"])?);
+
+    services(&root.path().join("services.yaml"), &pods, &servers, &ctl)?;
     drop((servers, host, udp));
 
     section("DEL the pods");
