@@ -203,8 +203,18 @@ struct nat_entry {
 	__be16 port;        /* FWD: the backend's; REV: the frontend's */
 	__u16 ordinal;      /* FWD: the backend's slot when chosen */
 	__u32 svc_id;
-	__u32 reserved[2];
+	__u32 flags;        /* NAT_F_* */
+	__u32 reserved;
 };
+
+/* REV: the reply is translated on the backend's side, as it leaves the
+ * backend (the client is not a local pod: NodePort). Without it, the
+ * client's own endpoint translates (ClusterIP from a pod). */
+#define NAT_F_AT_BACKEND 0x1
+
+/* The node's addresses on its data interfaces, where NodePorts answer
+ * (key: the address; value: the interface's ifindex). */
+#define MAX_NODE_ADDRS 64
 
 struct flow_event {
 	__u64 ts_ns;

@@ -46,6 +46,16 @@ struct {
 	__type(value, struct affinity_value);
 } svc_affinity SEC(".maps");
 
+/* The node's addresses on its data interfaces (`margayctl node attach`),
+ * where NodePorts answer: userspace writes a NodePort frontend for each.
+ * Value: the interface's ifindex. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_NODE_ADDRS);
+	__type(key, __be32);
+	__type(value, __u32);
+} node_addrs SEC(".maps");
+
 enum lb_result {
 	LB_NONE = 0,    /* not to a frontend */
 	LB_TRANSLATED,  /* rewritten to a backend */
@@ -63,6 +73,7 @@ struct lb_flow {
 	__be16 frontend_port;
 	bool is_new;     /* no live translation: record both entries */
 	bool refreshing; /* a live one, refreshed: re-write a lost reverse */
+	bool external;   /* the client is not a local pod (NodePort) */
 };
 
 /* murmur3's finaliser over the tuple: spreads connections over backends,
@@ -137,14 +148,14 @@ static __always_inline bool lb_choose(const struct svc_value *svc, const struct 
 	return true;
 }
 
-/* The forward half, in from_pod before conntrack: a packet to a frontend
+/* The forward half, in from_pod (and from_net) before conntrack: a packet to a frontend
  * gets its flow's backend (the live translation, or a new choice) as
  * destination, and for a hairpin the hairpin address as source. `p` then
  * describes the translated packet, which conntrack and policy judge (as
  * Kubernetes wants: policies name pods, not services). Nothing is
  * recorded yet: lb_record does that once policy has allowed the flow. */
-static __always_inline int lb_from_pod(struct __sk_buff *skb, struct packet *p,
-				       struct lb_flow *flow)
+static __always_inline int lb_translate(struct __sk_buff *skb, struct packet *p,
+					struct lb_flow *flow)
 {
 	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
 		return LB_NONE;
@@ -201,5 +212,6 @@ static __always_inline void lb_record(const struct lb_flow *flow, __u8 proto)
 	}
 	if (flow->is_new || flow->refreshing)
 		nat_write_reverse(&flow->fwd, flow->client, flow->client_port, flow->frontend,
-				  flow->frontend_port, proto, flow->is_new ? BPF_ANY : BPF_NOEXIST);
+				  flow->frontend_port, proto, flow->external ? NAT_F_AT_BACKEND : 0,
+				  flow->is_new ? BPF_ANY : BPF_NOEXIST);
 }

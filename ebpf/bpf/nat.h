@@ -96,7 +96,8 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, struct packet *p, 
  * BPF_ANY for a new flow, BPF_NOEXIST when refreshing a known one. */
 static __always_inline void nat_write_reverse(const struct nat_entry *fwd, __be32 client,
 					      __be16 client_port, __be32 frontend,
-					      __be16 frontend_port, __u8 proto, __u64 flags)
+					      __be16 frontend_port, __u8 proto, __u32 nat_flags,
+					      __u64 flags)
 {
 	struct nat_key k;
 	nat_key_fill(&k, fwd->addr, fwd->peer ? fwd->peer : client, fwd->port, client_port, proto,
@@ -107,8 +108,21 @@ static __always_inline void nat_write_reverse(const struct nat_entry *fwd, __be3
 		.peer = fwd->peer ? client : 0,
 		.port = frontend_port,
 		.svc_id = fwd->svc_id,
+		.flags = nat_flags,
 	};
 	bpf_map_update_elem(&nat, &k, &rev, flags);
+}
+
+/* Whether a new flow arriving at a local backend (packet: client ->
+ * backend) belongs to a translation that its side reverses (NodePort). */
+static __always_inline bool nat_reversed_at_backend(const struct packet *p)
+{
+	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
+		return false;
+	struct nat_key k;
+	nat_key_fill(&k, p->daddr, p->saddr, p->dport, p->sport, p->proto, NAT_REV);
+	struct nat_entry *rev = bpf_map_lookup_elem(&nat, &k);
+	return rev && (rev->flags & NAT_F_AT_BACKEND);
 }
 
 enum nat_reverse_result {

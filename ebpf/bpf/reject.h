@@ -8,7 +8,6 @@
 
 #include "common.h"
 #include "parse.h"
-#include "forward.h"
 
 #define ICMP_PORT_UNREACH 3
 
@@ -31,18 +30,25 @@ static __always_inline __sum16 csum_fold(__u32 sum)
 	return (__sum16)~sum;
 }
 
-/* Replaces the packet from the pod `ep` (its source) with "port
- * unreachable" from the address it tried to reach, and redirects it into
- * the pod. Packets with IP options are dropped instead (the quote would
- * need their length). */
-static __always_inline int reject_port_unreachable(struct __sk_buff *skb, const struct packet *p)
+/* Where the answer goes. */
+enum reject_path {
+	REJECT_INTO_POD = 0, /* from a host veth's ingress into its pod */
+	REJECT_BACK_OUT,     /* back out of the interface it came in by */
+};
+
+/* Replaces the packet with "port unreachable" from the address it tried
+ * to reach, addressed to its sender (the MACs swapped), and sends it back.
+ * Packets with IP options are dropped instead (the quote would need their
+ * length). */
+static __always_inline int reject_port_unreachable(struct __sk_buff *skb, const struct packet *p,
+						   enum reject_path path)
 {
 	struct icmp_unreachable r = {};
-	if (bpf_skb_load_bytes(skb, ETH_HLEN, r.quote, sizeof(r.quote)) < 0 || r.quote[0] != 0x45)
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, r.quote, sizeof(r.quote)) < 0 || r.quote[0] != 0x45 ||
+	    bpf_skb_load_bytes(skb, 0, r.eth.h_source, ETH_ALEN) < 0)
 		return TC_ACT_SHOT;
 
 	__builtin_memcpy(r.eth.h_dest, p->src_mac, ETH_ALEN);
-	__builtin_memcpy(r.eth.h_source, gateway_mac, ETH_ALEN);
 	r.eth.h_proto = bpf_htons(ETH_P_IP);
 	r.ip.version = 4;
 	r.ip.ihl = 5;
@@ -61,6 +67,7 @@ static __always_inline int reject_port_unreachable(struct __sk_buff *skb, const 
 	if (bpf_skb_change_tail(skb, ICMP_UNREACHABLE_LEN, 0) < 0 ||
 	    bpf_skb_store_bytes(skb, 0, &r.eth, ICMP_UNREACHABLE_LEN, 0) < 0)
 		return TC_ACT_SHOT;
-	/* From the host veth's ingress into its own peer: the pod's eth0. */
-	return bpf_redirect_peer(skb->ifindex, 0);
+	if (path == REJECT_INTO_POD)
+		return bpf_redirect_peer(skb->ifindex, 0);
+	return bpf_redirect(skb->ifindex, 0);
 }

@@ -58,6 +58,7 @@ pub const SVC_F_AFFINITY: u16 = 0x1;
 pub const SVC_F_LOCAL_ONLY: u16 = 0x2;
 pub const NAT_FWD: u8 = 1;
 pub const NAT_REV: u8 = 2;
+pub const NAT_F_AT_BACKEND: u32 = 0x1;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -258,7 +259,8 @@ pub struct NatEntry {
     pub port: [u8; 2],
     pub ordinal: u16,
     pub svc_id: u32,
-    pub reserved: [u32; 2],
+    pub flags: u32,
+    pub reserved: u32,
 }
 
 const _: () = {

@@ -13,13 +13,14 @@ use crate::error::DataplaneError;
 /// Every map the object defines and Margay pins, with what losing its
 /// contents costs. "Durable" maps describe running endpoints and must be
 /// carried over an upgrade; "rebuildable" ones refill by themselves.
-pub const PINNED_MAPS: [(&str, Durability); 12] = [
+pub const PINNED_MAPS: [(&str, Durability); 13] = [
     ("endpoints", Durability::Durable),
     ("endpoints_by_ip", Durability::Durable),
     ("policies", Durability::Durable),
     ("svc_frontends", Durability::Durable),
     ("svc_backends", Durability::Durable),
     ("svc_meta", Durability::Durable),
+    ("node_addrs", Durability::Durable),
     // Losing translations breaks the replies of running service flows
     // until their next forward packet; they are carried over whenever the
     // layout allows, like every map.
@@ -56,6 +57,7 @@ pub type Frontends = HashMap<MapData, SvcKey, SvcValue>;
 pub type Backends = HashMap<MapData, BackendKey, Backend>;
 pub type ServiceNames = HashMap<MapData, u32, SvcMeta>;
 pub type Nat = HashMap<MapData, NatKey, NatEntry>;
+pub type NodeAddrs = HashMap<MapData, [u8; 4], u32>;
 
 macro_rules! opener {
     ($fn:ident, $ty:ty, $name:literal) => {
@@ -76,6 +78,7 @@ opener!(frontends, Frontends, "svc_frontends");
 opener!(backends, Backends, "svc_backends");
 opener!(service_names, ServiceNames, "svc_meta");
 opener!(nat, Nat, "nat");
+opener!(node_addrs, NodeAddrs, "node_addrs");
 
 /// A map's identity as the kernel checks it: what must match for programs
 /// built against one definition to use a map made from another.

@@ -22,6 +22,7 @@
 //! # Ok::<(), margay_ebpf::DataplaneError>(())
 //! ```
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -37,7 +38,7 @@ use crate::abi::{Config, LOG_INFO};
 use crate::bpffs;
 use crate::error::DataplaneError;
 use crate::maps::{self, Durability, Layout, PINNED_MAPS, map_path};
-use crate::object::{ENDPOINT_OBJECT, ENDPOINT_OBJECT_ID};
+use crate::object::{DATAPLANE_OBJECT, DATAPLANE_OBJECT_ID};
 
 /// Node-wide settings from the network configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,9 +102,13 @@ pub const PROGRAMS: [(&str, TcAttachType); 2] = [
     ("to_pod", TcAttachType::Egress),
 ];
 
+/// The program of the node's data interfaces (NodePorts).
+pub const DATA_IFACE_PROGRAM: (&str, TcAttachType) = ("from_net", TcAttachType::Ingress);
+
 /// The pinned dataplane of one BPF root.
 pub struct Node {
     programs: [SchedClassifier; 2],
+    from_net: SchedClassifier,
 }
 
 /// Where a durable map waits while its resized replacement is loaded.
@@ -175,11 +180,13 @@ impl Node {
                 Layout::of_pin(&map_path(root, name)).is_ok_and(|l| l.max_entries == size)
             })
         });
-        if current.object_id != ENDPOINT_OBJECT_ID || !sized_as_configured {
+        if current.object_id != DATAPLANE_OBJECT_ID || !sized_as_configured {
             return Ok(None);
         }
         let open = |name: &str| SchedClassifier::from_pin(program_path(root, name)).ok();
-        let (Some(from_pod), Some(to_pod)) = (open("from_pod"), open("to_pod")) else {
+        let (Some(from_pod), Some(to_pod), Some(from_net)) =
+            (open("from_pod"), open("to_pod"), open(DATA_IFACE_PROGRAM.0))
+        else {
             return Ok(None);
         };
         if current.log_level != settings.log_level {
@@ -193,6 +200,7 @@ impl Node {
         }
         Ok(Some(Node {
             programs: [from_pod, to_pod],
+            from_net,
         }))
     }
 
@@ -201,17 +209,7 @@ impl Node {
     /// there is replaced atomically, so a retried ADD or an upgrade never
     /// leaves the interface without a program.
     pub fn attach(&mut self, ifname: &str) -> Result<(), DataplaneError> {
-        if let Err(e) = qdisc_add_clsact(ifname) {
-            let exists =
-                matches!(&e, TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST));
-            if !exists {
-                return Err(DataplaneError::Attach {
-                    program: "clsact",
-                    ifname: ifname.to_string(),
-                    reason: e.to_string(),
-                });
-            }
-        }
+        ensure_clsact("clsact", ifname)?;
         for (prog, (name, kind)) in self.programs.iter_mut().zip(PROGRAMS) {
             attach_filter(prog, name, kind, ifname)?;
         }
@@ -221,21 +219,8 @@ impl Node {
     /// Removes the endpoint's filters when its interface still exists
     /// (when it is gone, they went with it).
     pub fn detach(ifname: &str) -> Result<(), DataplaneError> {
-        for (name, kind) in PROGRAMS {
-            match qdisc_detach_program(ifname, kind, name) {
-                Ok(()) => {}
-                // No filter of ours, or no interface at all (ENODEV).
-                Err(TcError::IoError(e))
-                    if e.kind() == std::io::ErrorKind::NotFound
-                        || e.raw_os_error() == Some(libc::ENODEV) => {}
-                Err(e) => {
-                    return Err(DataplaneError::Attach {
-                        program: name,
-                        ifname: ifname.to_string(),
-                        reason: format!("detaching: {e}"),
-                    });
-                }
-            }
+        for program in PROGRAMS {
+            detach_program(program, ifname)?;
         }
         Ok(())
     }
@@ -258,10 +243,122 @@ impl Node {
 
     /// The program named `name` (for tests and benchmarks: `TestRun`).
     pub fn program(&self, name: &str) -> Option<&SchedClassifier> {
+        if name == DATA_IFACE_PROGRAM.0 {
+            return Some(&self.from_net);
+        }
         PROGRAMS
             .iter()
             .position(|(n, _)| *n == name)
             .map(|i| &self.programs[i])
+    }
+
+    /// Makes `ifname` one of the node's data interfaces: `from_net` on its
+    /// ingress, and its IPv4 addresses recorded as where NodePorts answer
+    /// (services applied from now on open NodePorts on them). Returns the
+    /// addresses.
+    pub fn attach_data_iface(
+        &mut self,
+        root: &Path,
+        ifname: &str,
+    ) -> Result<Vec<Ipv4Addr>, DataplaneError> {
+        let ifindex = nix::net::if_::if_nametoindex(ifname).map_err(|e| DataplaneError::Attach {
+            program: DATA_IFACE_PROGRAM.0,
+            ifname: ifname.to_string(),
+            reason: format!("no such interface: {e}"),
+        })?;
+        let addrs = ipv4_addresses(ifname)?;
+        if addrs.is_empty() {
+            return Err(DataplaneError::Attach {
+                program: DATA_IFACE_PROGRAM.0,
+                ifname: ifname.to_string(),
+                reason: "it has no IPv4 address for NodePorts to answer on".into(),
+            });
+        }
+        ensure_clsact(DATA_IFACE_PROGRAM.0, ifname)?;
+        let (name, kind) = DATA_IFACE_PROGRAM;
+        attach_filter(&mut self.from_net, name, kind, ifname)?;
+        let mut map = maps::node_addrs(root)?;
+        for a in &addrs {
+            map.insert(a.octets(), ifindex, 0)
+                .map_err(|e| DataplaneError::map("node_addrs", e))?;
+        }
+        Ok(addrs)
+    }
+}
+
+/// Takes `from_net` off `ifname` and forgets its NodePort addresses.
+pub fn detach_data_iface(root: &Path, ifname: &str) -> Result<(), DataplaneError> {
+    detach_program(DATA_IFACE_PROGRAM, ifname)?;
+    let ifindex = nix::net::if_::if_nametoindex(ifname).ok();
+    let mut map = maps::node_addrs(root)?;
+    let theirs: Vec<[u8; 4]> = map
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(a, i)| Some(*i) == ifindex || ipv4_addresses(ifname).is_ok_and(|l| l.contains(&Ipv4Addr::from(*a))))
+        .map(|(a, _)| a)
+        .collect();
+    for a in theirs {
+        let _ = map.remove(&a);
+    }
+    Ok(())
+}
+
+/// The node's data interfaces and NodePort addresses: (address, ifindex).
+pub fn data_ifaces(root: &Path) -> Result<Vec<(Ipv4Addr, u32)>, DataplaneError> {
+    let map = maps::node_addrs(root)?;
+    let mut all: Vec<(Ipv4Addr, u32)> = map
+        .iter()
+        .map(|kv| kv.map(|(a, i)| (Ipv4Addr::from(a), i)))
+        .collect::<Result<_, _>>()
+        .map_err(|e| DataplaneError::map("node_addrs", e))?;
+    all.sort();
+    Ok(all)
+}
+
+fn ipv4_addresses(ifname: &str) -> Result<Vec<Ipv4Addr>, DataplaneError> {
+    let all = nix::ifaddrs::getifaddrs().map_err(|e| DataplaneError::Attach {
+        program: DATA_IFACE_PROGRAM.0,
+        ifname: ifname.to_string(),
+        reason: format!("listing addresses: {e}"),
+    })?;
+    Ok(all
+        .filter(|i| i.interface_name == ifname)
+        .filter_map(|i| i.address?.as_sockaddr_in().map(|s| s.ip()))
+        .collect())
+}
+
+/// Adds a clsact qdisc to `ifname`; one already there is fine.
+fn ensure_clsact(program: &'static str, ifname: &str) -> Result<(), DataplaneError> {
+    match qdisc_add_clsact(ifname) {
+        Err(TcError::NetlinkError(n)) if n.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        Err(e) => Err(DataplaneError::Attach {
+            program,
+            ifname: ifname.to_string(),
+            reason: e.to_string(),
+        }),
+        Ok(()) => Ok(()),
+    }
+}
+
+/// Removes our filter for `program` from `ifname`, when both still exist.
+fn detach_program(
+    (name, kind): (&'static str, TcAttachType),
+    ifname: &str,
+) -> Result<(), DataplaneError> {
+    match qdisc_detach_program(ifname, kind, name) {
+        Ok(()) => Ok(()),
+        // No filter of ours, or no interface at all (ENODEV).
+        Err(TcError::IoError(e))
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(libc::ENODEV) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(DataplaneError::Attach {
+            program: name,
+            ifname: ifname.to_string(),
+            reason: format!("detaching: {e}"),
+        }),
     }
 }
 
@@ -353,7 +450,7 @@ fn filters(ifname: &str, kind: TcAttachType) -> Result<Vec<u32>, String> {
 /// clearly rather than hand programs a map they would misread. Running
 /// endpoints' links are then switched atomically to the new programs.
 fn install(root: &Path, settings: &Settings) -> Result<(), DataplaneError> {
-    let object = aya_obj::Object::parse(ENDPOINT_OBJECT)
+    let object = aya_obj::Object::parse(DATAPLANE_OBJECT)
         .map_err(|e| DataplaneError::Object(e.to_string()))?;
     for dir in ["maps", "progs"] {
         std::fs::create_dir_all(root.join(dir)).map_err(|e| pin_error(&root.join(dir), e))?;
@@ -402,7 +499,7 @@ fn install(root: &Path, settings: &Settings) -> Result<(), DataplaneError> {
         }
         loader.map_pin_path(name, pin);
     }
-    let mut ebpf = match loader.load(ENDPOINT_OBJECT) {
+    let mut ebpf = match loader.load(DATAPLANE_OBJECT) {
         Ok(ebpf) => ebpf,
         Err(e) => {
             for (name, aside) in &carried {
@@ -420,7 +517,20 @@ fn install(root: &Path, settings: &Settings) -> Result<(), DataplaneError> {
         copy_entries(root, name, old)?;
         remove_pin(&aside)?;
     }
-    for (name, kind) in PROGRAMS {
+    let endpoints: Vec<String> = crate::registry::list(root)
+        .map(|l| l.iter().map(crate::abi::Endpoint::ifname).collect())
+        .unwrap_or_default();
+    let data_ifaces: Vec<String> = data_ifaces(root)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(_, i)| nix::net::if_::if_indextoname(i).ok())
+        .map(|n| n.to_string_lossy().into_owned())
+        .collect();
+    let all = PROGRAMS
+        .iter()
+        .map(|p| (*p, &endpoints))
+        .chain([(DATA_IFACE_PROGRAM, &data_ifaces)]);
+    for ((name, kind), running) in all {
         let prog: &mut SchedClassifier = ebpf
             .program_mut(name)
             .ok_or_else(|| DataplaneError::Object(format!("program {name} is missing")))?
@@ -428,7 +538,7 @@ fn install(root: &Path, settings: &Settings) -> Result<(), DataplaneError> {
             .map_err(|e: aya::programs::ProgramError| DataplaneError::Load(e.to_string()))?;
         prog.load()
             .map_err(|e| DataplaneError::Load(format!("{name}: {e:#}")))?;
-        relink(root, name, kind, prog)?;
+        relink(running, name, kind, prog)?;
         let pin = program_path(root, name);
         remove_pin(&pin)?;
         prog.pin(&pin).map_err(|e| pin_error(&pin, e))?;
@@ -437,33 +547,29 @@ fn install(root: &Path, settings: &Settings) -> Result<(), DataplaneError> {
     let mut config = maps::config(root)?;
     let config_value = Config {
         log_level: settings.log_level,
-        object_id: ENDPOINT_OBJECT_ID,
+        object_id: DATAPLANE_OBJECT_ID,
         ..Config::default()
     };
     config
         .set(0, config_value, 0)
         .map_err(|e| DataplaneError::map("config", e))?;
-    tracing::info!(root = %root.display(), object = format!("{ENDPOINT_OBJECT_ID:#x}"), "dataplane programs loaded and pinned");
+    tracing::info!(root = %root.display(), object = format!("{DATAPLANE_OBJECT_ID:#x}"), "dataplane programs loaded and pinned");
     Ok(())
 }
 
-/// Moves every registered endpoint whose interface still exists onto the
-/// freshly loaded `prog` (a filter replace: atomic, no packet sees no
+/// Moves every interface of `ifnames` that carries a filter of ours onto
+/// the freshly loaded `prog` (a filter replace: atomic, no packet sees no
 /// program).
 fn relink(
-    root: &Path,
+    ifnames: &[String],
     program: &'static str,
     kind: TcAttachType,
     prog: &mut SchedClassifier,
 ) -> Result<(), DataplaneError> {
-    let Ok(endpoints) = crate::registry::list(root) else {
-        return Ok(());
-    };
-    for ep in endpoints {
-        let ifname = ep.ifname();
-        if filters(&ifname, kind).is_ok_and(|ids| !ids.is_empty()) {
-            attach_filter(prog, program, kind, &ifname)?;
-            tracing::info!(%ifname, program, "moved a running endpoint onto the new program");
+    for ifname in ifnames {
+        if filters(ifname, kind).is_ok_and(|ids| !ids.is_empty()) {
+            attach_filter(prog, program, kind, ifname)?;
+            tracing::info!(%ifname, program, "moved a running interface onto the new program");
         }
     }
     Ok(())
@@ -479,6 +585,7 @@ fn copy_entries(root: &Path, name: &str, old: aya::maps::MapData) -> Result<(), 
         "svc_frontends" => copy(name, old, maps::frontends(root)?),
         "svc_backends" => copy(name, old, maps::backends(root)?),
         "svc_meta" => copy(name, old, maps::service_names(root)?),
+        "node_addrs" => copy(name, old, maps::node_addrs(root)?),
         _ => Err(DataplaneError::map(
             name,
             "no way to carry its entries over",

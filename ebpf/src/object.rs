@@ -3,6 +3,7 @@
 
 include!(concat!(env!("OUT_DIR"), "/object_ids.rs"));
 
-/// `bpf/endpoint.bpf.c`: `from_pod` and `to_pod` and their maps.
-pub static ENDPOINT_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/endpoint.bpf.o"));
+/// `bpf/dataplane.bpf.c`: `from_pod` and `to_pod` (every pod's host veth),
+/// `from_net` (the node's data interfaces) and their maps.
+pub static DATAPLANE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane.bpf.o"));

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
-/* Per-endpoint programs on a pod's host veth:
- *   from_pod: TC ingress, traffic leaving the pod;
- *   to_pod:   TC egress, traffic entering the pod.
+/* The dataplane's programs:
+ *   from_pod: TC ingress of a pod's host veth, traffic leaving the pod;
+ *   to_pod:   TC egress of a pod's host veth, traffic entering the pod;
+ *   from_net: TC ingress of a node's data interface (NodePorts).
  * In order: parse, anti-spoofing (from_pod), service translation (from_pod),
  * conntrack, policy, counters, reverse translation of service replies,
  * forwarding. Every drop carries a reason (abi.h). */
@@ -56,7 +57,11 @@ static __always_inline int ingress_verdict(struct __sk_buff *skb, struct packet 
 	if (!from_node &&
 	    policy_check(ifindex, DIR_INGRESS, p->saddr, p->proto, bpf_ntohs(p->dport)) != POLICY_ALLOW)
 		return drop(p, ifindex, DIR_INGRESS, DROP_POLICY_INGRESS);
-	ct_create(p, ifindex, path == VIA_LOCAL_POD ? CT_F_LOCAL_DELIVERY : 0);
+	__u8 flags = path == VIA_LOCAL_POD ? CT_F_LOCAL_DELIVERY : 0;
+	/* A NodePort flow: this backend's replies go back as the service. */
+	if (path == VIA_STACK && nat_reversed_at_backend(p))
+		flags |= CT_F_SERVICE;
+	ct_create(p, ifindex, flags);
 	trace_new_flow(p, ifindex, DIR_INGRESS);
 	count_allowed(ifindex, DIR_INGRESS, p->len);
 	return TC_ACT_OK;
@@ -107,10 +112,10 @@ int from_pod(struct __sk_buff *skb)
 	}
 
 	struct lb_flow flow = {};
-	int lb = lb_from_pod(skb, &p, &flow);
+	int lb = lb_translate(skb, &p, &flow);
 	if (lb == LB_NO_BACKEND) {
 		count_drop(&p, ifindex, DIR_EGRESS, DROP_NO_BACKEND);
-		return reject_port_unreachable(skb, &p);
+		return reject_port_unreachable(skb, &p, REJECT_INTO_POD);
 	}
 	if (lb == LB_FAILED)
 		return drop(&p, ifindex, DIR_EGRESS, DROP_NAT);
@@ -121,15 +126,18 @@ int from_pod(struct __sk_buff *skb)
 		if (lb == LB_TRANSLATED)
 			lb_record(&flow, p.proto);
 		count_allowed(ifindex, DIR_EGRESS, p.len);
-		/* A service reply sent by the client's own endpoint: the pod
-		 * reached itself through the service (hairpin). Translated back,
-		 * it goes straight into the pod that sent it. */
+		/* A backend's reply translated on its own side: to an external
+		 * client (NodePort), or to this very pod, which reached itself
+		 * through a service (hairpin) and takes it straight back. */
 		if (ct == CT_REPLY && (e->flags & CT_F_SERVICE)) {
 			int rev = nat_reverse(skb, &p);
 			if (rev == NAT_FAILED)
 				return drop(&p, ifindex, DIR_EGRESS, DROP_NAT);
-			if (rev == NAT_REVERSED && p.ttl > 1)
-				return redirect_to_pod(skb, &p, ep);
+			__u32 dst = local_endpoint_ifindex(p.daddr);
+			struct endpoint *client = dst ? endpoint_of(dst) : NULL;
+			if (rev == NAT_REVERSED && client && p.ttl > 1)
+				return redirect_to_pod(skb, &p, client);
+			return TC_ACT_OK;
 		}
 		__u32 dst = (e->flags & CT_F_LOCAL_DELIVERY) ? local_endpoint_ifindex(p.daddr) : 0;
 		return dst ? deliver_local(skb, &p, dst) : TC_ACT_OK;
@@ -169,6 +177,36 @@ int to_pod(struct __sk_buff *skb)
 	case PARSED_IPV4:
 		return ingress_verdict(skb, &p, ifindex, VIA_STACK);
 	default: /* ARP; IPv6 until it is handled */
+		count_allowed(ifindex, DIR_INGRESS, p.len);
+		return TC_ACT_OK;
+	}
+}
+
+/* NodePorts on a data interface: a connection from outside to the node's
+ * address and a NodePort gets a backend, as a pod's connection to a
+ * ClusterIP does, its source kept (the backend sees the real client); the
+ * kernel then routes it to the backend, whose to_pod applies its ingress
+ * policy and whose from_pod turns the replies back into the NodePort's.
+ * Everything else is the node's own traffic and passes untouched. */
+SEC("classifier")
+int from_net(struct __sk_buff *skb)
+{
+	struct packet p = {};
+	__u32 ifindex = skb->ifindex;
+	if (parse_packet(skb, &p) != PARSED_IPV4 || p.fragment)
+		return TC_ACT_OK;
+	struct lb_flow flow = {.external = true};
+	int lb = lb_translate(skb, &p, &flow);
+	switch (lb) {
+	case LB_NONE:
+		return TC_ACT_OK;
+	case LB_NO_BACKEND:
+		count_drop(&p, ifindex, DIR_INGRESS, DROP_NO_BACKEND);
+		return reject_port_unreachable(skb, &p, REJECT_BACK_OUT);
+	case LB_FAILED:
+		return drop(&p, ifindex, DIR_INGRESS, DROP_NAT);
+	default:
+		lb_record(&flow, p.proto);
 		count_allowed(ifindex, DIR_INGRESS, p.len);
 		return TC_ACT_OK;
 	}
