@@ -583,3 +583,61 @@ fn inspection_commands_list_pools_blocks_allocations_and_release_a_handle() {
     assert!(!ok && err.contains("no such handle"), "{err}");
     assert_eq!(ipam.allocations().len(), 1);
 }
+
+#[test]
+fn dotted_names_that_make_the_same_handle_never_share_an_allocation() {
+    // Network "a.b" with container "c" and network "a" with container
+    // "b.c" both make the handle "a.b.c.eth0".
+    let ipam = Ipam::new(&["10.233.1.0/24"]);
+    let mut net_ab = ipam.conf.clone();
+    net_ab["name"] = "a.b".into();
+    let mut net_a = ipam.conf.clone();
+    net_a["name"] = "a".into();
+
+    let first = ipam.call("ADD", "c", "", &net_ab);
+    assert!(first.success, "{}", first.stdout);
+    let first = first.json();
+
+    let clash = ipam.call("ADD", "b.c", "", &net_a);
+    assert_eq!(clash.error_code(), 4, "{}", clash.stdout);
+    let msg = clash.json()["msg"].as_str().unwrap().to_string();
+    for part in [
+        "a.b.c.eth0",
+        r#"network "a.b", container "c""#,
+        r#"network "a", container "b.c""#,
+    ] {
+        assert!(msg.contains(part), "{part} in {msg}");
+    }
+    let allocs = ipam.allocations();
+    assert_eq!(allocs.len(), 1);
+    assert_eq!(
+        (&allocs[0]["network"], &allocs[0]["container_id"]),
+        (&json!("a.b"), &json!("c"))
+    );
+
+    // The other attachment holds nothing, so its DEL releases nothing and
+    // its CHECK fails.
+    assert!(ipam.call("DEL", "b.c", "", &net_a).success);
+    assert_eq!(ipam.allocations().len(), 1, "a.b/c keeps its address");
+    let mut check = net_a.clone();
+    check["prevResult"] = first.clone();
+    let checked = ipam.call("CHECK", "b.c", "", &check);
+    assert_eq!(checked.error_code(), 107);
+    assert!(
+        checked.json()["msg"]
+            .as_str()
+            .unwrap()
+            .contains("belongs to"),
+        "{}",
+        checked.stdout
+    );
+
+    let again = ipam.call("ADD", "c", "", &net_ab).json();
+    assert_eq!(again["ips"], first["ips"], "a retried ADD still gets it");
+    assert!(ipam.call("DEL", "c", "", &net_ab).success);
+    assert!(ipam.allocations().is_empty());
+    assert!(
+        ipam.call("ADD", "b.c", "", &net_a).success,
+        "free once the holder is gone"
+    );
+}
