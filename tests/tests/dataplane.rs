@@ -239,9 +239,20 @@ fn programs_keep_enforcing_after_every_margay_process_exits() {
     assert_attached(root(&net), &b.host_ifname());
 }
 
+/// Whether any host interface has index `ifindex`.
+fn ifindex_in_use(ifindex: u32) -> bool {
+    std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .flatten()
+        .any(|e| {
+            std::fs::read_to_string(e.path().join("ifindex"))
+                .is_ok_and(|i| i.trim() == ifindex.to_string())
+        })
+}
+
 #[test]
-fn del_leaves_no_link_pin_or_map_entry() {
-    require_root!(del_leaves_no_link_pin_or_map_entry);
+fn del_leaves_no_link_pin_or_endpoint_entry() {
+    require_root!(del_leaves_no_link_pin_or_endpoint_entry);
     let net = Net::new(NetSpec::bpf("10.241.5.0/24"));
     let a = net.pod("a");
     let b = net.pod("b");
@@ -253,6 +264,16 @@ fn del_leaves_no_link_pin_or_map_entry() {
         !inspect::conntrack(root(&net), Some(a_if))
             .unwrap()
             .is_empty()
+    );
+    let dump = margayctl(&net, &["conntrack", "dump"]);
+    assert_eq!(
+        dump.lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["IFINDEX", "PROTO", "SRC", "DST", "STATE", "AGE", "IDLE"],
+        "{dump}"
     );
 
     net.del(&a).unwrap();
@@ -280,14 +301,30 @@ fn del_leaves_no_link_pin_or_map_entry() {
     assert_eq!(maps::policies(r).unwrap().keys().count(), 0, "no policies");
     for i in [a_if, b_if] {
         assert!(
-            inspect::conntrack(r, Some(i)).unwrap().is_empty(),
-            "no conntrack entries of {i}"
-        );
-        assert!(
             maps::counters(r).unwrap().get(&i, 0).is_err(),
             "no counters of {i}"
         );
     }
+    // DEL leaves conntrack alone: removing an endpoint's entries meant
+    // walking the whole table, one syscall per entry, on every DEL. What
+    // stays is keyed by ifindexes no interface has any more, and the kernel
+    // does not hand them out again, so no packet can match it: it is inert
+    // until the LRU ages it out, or an operator flushes it.
+    let left = inspect::conntrack(r, None).unwrap();
+    assert!(
+        left.iter().any(|(k, _)| k.ifindex == a_if),
+        "DEL did not walk conntrack"
+    );
+    for (k, _) in &left {
+        assert!([a_if, b_if].contains(&k.ifindex), "{k:?}");
+        assert!(!ifindex_in_use(k.ifindex), "ifindex {} is dead", k.ifindex);
+    }
+    let flushed = margayctl(&net, &["conntrack", "flush"]);
+    assert_eq!(
+        flushed.trim(),
+        format!("flushed {} conntrack entries", left.len())
+    );
+    assert!(inspect::conntrack(r, None).unwrap().is_empty());
     net.assert_nothing_left("10.241.5.");
 }
 
