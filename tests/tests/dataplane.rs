@@ -400,6 +400,63 @@ fn check_verifies_the_programs_and_gc_removes_stale_endpoints() {
 }
 
 #[test]
+fn gc_forgets_endpoints_whose_veth_vanished_without_del() {
+    require_root!(gc_forgets_endpoints_whose_veth_vanished_without_del);
+    let net = Net::new(NetSpec::bpf("10.232.1.0/24"));
+    let keep = net.pod("keep");
+    let gone = net.pod("gone");
+    set_policy(&net, &gone, r#"{"ingress": []}"#);
+    let gone_if = ifindex_of(&gone.host_ifname());
+    let listed = || -> Vec<String> {
+        let eps: serde_json::Value =
+            serde_json::from_str(&margayctl(&net, &["endpoints", "--json"])).unwrap();
+        let mut names: Vec<String> = eps
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["ifname"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    let mut both = vec![keep.host_ifname(), gone.host_ifname()];
+    both.sort();
+    assert_eq!(listed(), both);
+
+    // The veth goes without a DEL; the runtime still lists both pods.
+    margay_tests::netns::run_ok(Command::new("ip").args(["link", "del", &gone.host_ifname()]));
+    assert_eq!(listed(), both, "the registry still has it");
+    let valid: Vec<AttachmentId> = [&keep, &gone]
+        .iter()
+        .map(|p| AttachmentId {
+            container_id: p.cid.clone(),
+            ifname: "eth0".into(),
+        })
+        .collect();
+    net.rt.gc(&valid).unwrap();
+
+    assert_eq!(listed(), vec![keep.host_ifname()]);
+    let r = root(&net);
+    assert!(
+        maps::endpoints_by_ip(r)
+            .unwrap()
+            .get(&v4(&gone).octets(), 0)
+            .is_err(),
+        "no IP index entry"
+    );
+    assert_eq!(maps::policies(r).unwrap().keys().count(), 0, "no policy");
+    assert!(
+        maps::counters(r).unwrap().get(&gone_if, 0).is_err(),
+        "no counters"
+    );
+    assert_eq!(net.allocations(), 2, "IPAM follows the runtime's list");
+    net.check(&keep).unwrap();
+    net.del(&gone).unwrap();
+    net.del(&keep).unwrap();
+    net.assert_nothing_left("10.232.1.");
+}
+
+#[test]
 fn an_unusable_bpf_root_is_a_clear_error_and_leaks_nothing() {
     require_root!(an_unusable_bpf_root_is_a_clear_error_and_leaks_nothing);
     let not_bpffs = tempfile::tempdir().unwrap();
