@@ -456,3 +456,64 @@ fn gc_reports_try_again_later_when_ipam_is_busy() {
     net.del(&pod).unwrap();
     net.assert_nothing_left("10.231.2.");
 }
+
+#[test]
+fn host_local_ipam_adds_and_deletes_without_leftovers() {
+    require_root!(host_local_ipam_adds_and_deletes_without_leftovers);
+    // Declared before the network, so it outlives the network's cleanup.
+    let data_dir = tempfile::tempdir().unwrap();
+    // Debian's host-local (1.1.1) speaks CNI up to 1.0.0.
+    let net = Net::new(NetSpec {
+        version: "1.0.0",
+        extra: json!({"ipam": {"type": "host-local", "dataDir": data_dir.path(),
+                               "ranges": [[{"subnet": "10.231.3.0/24"}]]}}),
+        ..NetSpec::linux("10.231.3.0/24")
+    });
+    let a = net.pod("hla");
+    let b = net.pod("hlb");
+    for p in [&a, &b] {
+        assert!(p.ip().to_string().starts_with("10.231.3."), "{}", p.ip());
+    }
+    assert_ne!(a.ip(), b.ip());
+    let server = TcpServer::start(Some(&b.ns), "b");
+    assert_eq!(
+        tcp::request(Some(&a.ns), sock(b.ip(), server.port)).unwrap(),
+        format!("b {}", a.ip())
+    );
+    net.check(&a).unwrap();
+    let reserved = || -> Vec<IpAddr> {
+        std::fs::read_dir(data_dir.path().join(net.name()))
+            .unwrap()
+            .filter_map(|e| e.unwrap().file_name().to_str()?.parse().ok())
+            .collect()
+    };
+    let mut held = reserved();
+    held.sort();
+    let mut want = vec![a.ip(), b.ip()];
+    want.sort();
+    assert_eq!(held, want, "host-local holds the pods' addresses");
+
+    net.del(&a).unwrap();
+    net.del(&b).unwrap();
+    assert_eq!(reserved(), Vec::<IpAddr>::new(), "host-local released both");
+    net.assert_nothing_left("10.231.3.");
+}
+
+#[test]
+fn status_is_answered_by_ipam() {
+    require_root!(status_is_answered_by_ipam);
+    let net = Net::new(NetSpec::linux("10.231.4.0/31"));
+    net.rt.status().unwrap();
+    let p1 = net.pod("st1");
+    let p2 = net.pod("st2");
+    let err = net.rt.status().unwrap_err();
+    assert_eq!(err.code.number(), 50, "{err}");
+    assert!(
+        err.msg.contains("IPAM") && err.msg.contains("IPv4"),
+        "{err}"
+    );
+    net.del(&p1).unwrap();
+    net.rt.status().unwrap();
+    net.del(&p2).unwrap();
+    net.assert_nothing_left("10.231.4.");
+}
