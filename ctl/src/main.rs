@@ -253,7 +253,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     })
                     .collect();
                 table(
-                    &["IFINDEX", "PROTO", "SRC", "DST", "STATE", "PACKETS", "IDLE"],
+                    &["IFINDEX", "PROTO", "SRC", "DST", "STATE", "AGE", "IDLE"],
                     &cells,
                 )
             });

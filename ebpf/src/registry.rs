@@ -39,10 +39,9 @@ pub fn find(root: &Path, ifname: &str) -> Result<Option<Endpoint>, DataplaneErro
     Ok(list(root)?.into_iter().find(|e| e.ifname() == ifname))
 }
 
-/// Removes every entry about the endpoint on host veth `ifname`: registry,
-/// IP index, policies, counters and its conntrack entries. Works after the
-/// interface is gone (the registry remembers the name). Returns the
-/// endpoint that was registered, if any.
+/// Removes every entry about the endpoint on host veth `ifname` (see
+/// [`remove`]). Works after the interface is gone (the registry remembers
+/// the name). Returns the endpoint that was registered, if any.
 pub fn unregister(root: &Path, ifname: &str) -> Result<Option<Endpoint>, DataplaneError> {
     if !maps::map_path(root, "endpoints").exists() {
         return Ok(None); // Nothing was ever loaded here.
@@ -50,6 +49,19 @@ pub fn unregister(root: &Path, ifname: &str) -> Result<Option<Endpoint>, Datapla
     let Some(ep) = find(root, ifname)? else {
         return Ok(None);
     };
+    remove(root, &ep)?;
+    Ok(Some(ep))
+}
+
+/// Removes the entries keyed by `ep`'s ifindex: registry, IP index (when
+/// it still points there), policies and counters.
+///
+/// Its conntrack entries stay. They are keyed by that ifindex, which the
+/// kernel does not hand out again (it allocates them cyclically up to
+/// 2^31), so no later endpoint's packet can match them, and they age out
+/// of the LRU table. Deleting them here meant walking the whole table, one
+/// syscall per entry, on every DEL; [`flush_conntrack`] does that on demand.
+pub fn remove(root: &Path, ep: &Endpoint) -> Result<(), DataplaneError> {
     let mut by_ip = maps::endpoints_by_ip(root)?;
     // Only if the address still points here: it may already be a new pod's.
     if by_ip.get(&ep.ip, 0).ok() == Some(ep.ifindex) {
@@ -63,9 +75,8 @@ pub fn unregister(root: &Path, ifname: &str) -> Result<Option<Endpoint>, Datapla
         });
     }
     let _ = maps::counters(root)?.remove(&ep.ifindex);
-    flush_conntrack(root, Some(ep.ifindex))?;
     let _ = maps::endpoints(root)?.remove(&ep.ifindex);
-    Ok(Some(ep))
+    Ok(())
 }
 
 /// Deletes conntrack entries, of one endpoint or all; returns how many.

@@ -55,13 +55,17 @@ impl<'a> Allocator<'a> {
 
     /// Gives `record` its addresses: exactly `requested` when given, else one
     /// per configured family. A handle that already holds addresses gets
-    /// them back unchanged (a retried ADD must not allocate twice).
+    /// them back unchanged (a retried ADD must not allocate twice), unless
+    /// the record under it is another attachment's.
     pub fn assign(
         &mut self,
         mut record: HandleRecord,
         requested: &[IpAddr],
     ) -> Result<HandleRecord, IpamError> {
         if let Some(held) = self.store.handle(&record.handle)? {
+            if !held.same_attachment(&record) {
+                return Err(IpamError::handle_taken(&held, &record));
+            }
             return Ok(held);
         }
         let mut addresses = Vec::new();
@@ -83,7 +87,22 @@ impl<'a> Allocator<'a> {
         Ok(record)
     }
 
-    /// Frees what `handle` holds. `None` when it held nothing.
+    /// Frees what the attachment of `wanted` holds. `None` when it holds
+    /// nothing; an error when its handle is another attachment's.
+    pub fn release_attachment(
+        &mut self,
+        wanted: &HandleRecord,
+    ) -> Result<Option<HandleRecord>, IpamError> {
+        match self.store.handle(&wanted.handle)? {
+            Some(held) if !held.same_attachment(wanted) => {
+                Err(IpamError::handle_taken(&held, wanted))
+            }
+            Some(_) => self.release(&wanted.handle),
+            None => Ok(None),
+        }
+    }
+
+    /// Frees what `handle` holds, whoever it is. `None` when it held nothing.
     pub fn release(&mut self, handle: &str) -> Result<Option<HandleRecord>, IpamError> {
         let Some(record) = self.store.handle(handle)? else {
             return Ok(None);

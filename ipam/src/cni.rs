@@ -14,7 +14,7 @@ use margay_conf::{CniError, Code};
 use crate::allocator::Allocator;
 use crate::claim::{BlockClaimer, LocalClaimer};
 use crate::error::IpamError;
-use crate::handle::{HandleRecord, handle_id};
+use crate::handle::HandleRecord;
 use crate::store::Store;
 
 /// The IPAM plugin, with the block claimer it uses.
@@ -98,9 +98,18 @@ impl<C: BlockClaimer> Plugin for IpamPlugin<C> {
             return Ok(());
         };
         let mut alloc = Allocator::new(&store, &conf, &self.claimer);
-        let handle = handle_id(&inv.conf.name, &att.container_id, &att.ifname);
-        if let Some(released) = alloc.release(&handle)? {
-            tracing::info!(%handle, addresses = ?released.addresses, "released");
+        let wanted = HandleRecord::new(&inv.conf.name, att, &conf.nodename);
+        match alloc.release_attachment(&wanted) {
+            Ok(Some(released)) => {
+                tracing::info!(handle = %wanted.handle, addresses = ?released.addresses, "released")
+            }
+            Ok(None) => {}
+            // This attachment's ADD was refused for the same reason, so it
+            // holds nothing; the other attachment's address is not ours.
+            Err(e @ IpamError::HandleTaken { .. }) => {
+                tracing::warn!("nothing to release: {e}");
+            }
+            Err(e) => return Err(e.into()),
         }
         store.commit(alloc.into_changes())?;
         Ok(())
@@ -108,9 +117,10 @@ impl<C: BlockClaimer> Plugin for IpamPlugin<C> {
 
     fn check(&self, inv: &Invocation, att: &Attachment) -> Result<(), CniError> {
         let conf = IpamConf::from_conf(&inv.raw)?;
-        let handle = handle_id(&inv.conf.name, &att.container_id, &att.ifname);
+        let wanted = HandleRecord::new(&inv.conf.name, att, &conf.nodename);
+        let handle = &wanted.handle;
         let record = match Store::open_existing(&conf.data_dir, timeout(&conf))? {
-            Some(store) => store.handle(&handle)?,
+            Some(store) => store.handle(handle)?,
             None => None,
         };
         let record = record.ok_or_else(|| {
@@ -119,6 +129,16 @@ impl<C: BlockClaimer> Plugin for IpamPlugin<C> {
                 format!("IPAM holds no allocation for {handle}"),
             )
         })?;
+        if !record.same_attachment(&wanted) {
+            return Err(CniError::new(
+                Code::CheckFailed,
+                format!(
+                    "IPAM holds no allocation for {}: handle {handle} belongs to {}",
+                    wanted.attachment(),
+                    record.attachment()
+                ),
+            ));
+        }
         let prev =
             CniResult::from_value(inv.conf.prev_result.as_ref().expect("dispatch requires it"))?;
         for ip in &record.addresses {

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use margay_conf::lock::LockError;
 use margay_conf::{CniError, Code};
 
+use crate::handle::HandleRecord;
+
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {
     #[error(transparent)]
@@ -24,6 +26,23 @@ pub enum IpamError {
     OutsidePools { ip: IpAddr, pools: String },
     #[error("{field}: {value:?} is not an IP address")]
     BadRequest { field: String, value: String },
+    #[error("IPAM handle {handle:?} already belongs to {holder}, not to {wanted}")]
+    HandleTaken {
+        handle: String,
+        holder: String,
+        wanted: String,
+    },
+}
+
+impl IpamError {
+    /// `wanted`'s handle is held by `held`, another attachment.
+    pub fn handle_taken(held: &HandleRecord, wanted: &HandleRecord) -> IpamError {
+        IpamError::HandleTaken {
+            handle: wanted.handle.clone(),
+            holder: held.attachment(),
+            wanted: wanted.attachment(),
+        }
+    }
 }
 
 impl From<IpamError> for CniError {
@@ -39,12 +58,21 @@ impl From<IpamError> for CniError {
                 Code::InvalidEnvironment
             }
             IpamError::BadRequest { .. } => Code::InvalidNetworkConfig,
+            // The container ID (or the network name) makes the handle
+            // collide: retrying cannot help while the other attachment holds it.
+            IpamError::HandleTaken { .. } => Code::InvalidEnvironment,
         };
         let hint = match &e {
             IpamError::Corrupt { .. } => {
                 "Margay will not replace it with an empty store, which would hand out \
                  addresses that running pods hold. Restore it from a backup, or drain the \
                  node before moving it aside."
+            }
+            IpamError::HandleTaken { .. } => {
+                "The handle <network>.<CNI_CONTAINERID>.<CNI_IFNAME> cannot tell these \
+                 attachments apart because their network name or container ID contains \
+                 dots. The other attachment keeps its address; use a network name or \
+                 container ID that does not collide."
             }
             _ => "",
         };

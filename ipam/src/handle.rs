@@ -7,8 +7,11 @@ use margay_conf::env::Attachment;
 use serde::{Deserialize, Serialize};
 
 /// `<network>.<containerID>.<ifname>`: the spec's primary key for plugin
-/// state. Network names and container IDs may contain dots, so the parts are
-/// also kept separately in the record; the string is only an identifier.
+/// state. Network names and container IDs may contain dots, so two
+/// attachments can share a key (network `a.b`, container `c` and network
+/// `a`, container `b.c`): the parts are also kept separately in the record,
+/// and a record found under a key is only used after
+/// [`HandleRecord::same_attachment`] says it is the one asked for.
 pub fn handle_id(network: &str, container_id: &str, ifname: &str) -> String {
     format!("{network}.{container_id}.{ifname}")
 }
@@ -48,5 +51,20 @@ impl HandleRecord {
                 .unwrap_or(0),
             addresses: Vec::new(),
         }
+    }
+
+    /// Whether `self` and `other` are the same attachment, part by part
+    /// (their handles are equal whenever this is, but not only then).
+    pub fn same_attachment(&self, other: &HandleRecord) -> bool {
+        (&self.network, &self.container_id, &self.ifname)
+            == (&other.network, &other.container_id, &other.ifname)
+    }
+
+    /// The attachment, for messages: `network "n", container "c", ifname "eth0"`.
+    pub fn attachment(&self) -> String {
+        format!(
+            "network {:?}, container {:?}, ifname {:?}",
+            self.network, self.container_id, self.ifname
+        )
     }
 }

@@ -1,16 +1,19 @@
 //! The `margay` plugin's CNI verbs.
 
+use std::any::Any;
 use std::net::IpAddr;
+use std::panic::{self, AssertUnwindSafe};
 
 use ipnetwork::IpNetwork;
 use margay_conf::dispatch::{Invocation, Plugin};
 use margay_conf::env::{Attachment, Command};
+use margay_conf::error::panic_message;
 use margay_conf::margay::PluginConf;
 use margay_conf::netconf::AttachmentId;
 use margay_conf::result::{CniResult, Interface, IpConfig, Route};
 use margay_conf::{CniError, Code};
 
-use crate::dataplane;
+use crate::dataplane::{self, Dataplane};
 use crate::endpoint::{self, Endpoint, Existing};
 use crate::ipam;
 use crate::link::{self, HOST_MAC, format_mac};
@@ -83,6 +86,104 @@ fn build_result(
     result
 }
 
+/// What an ADD found and did, so that a failure undoes exactly its own
+/// part: a retried ADD of a working pod must leave that pod as it was.
+#[derive(Debug, Default)]
+struct Progress {
+    /// Whether a working pair of ours was there; `None` when looking failed.
+    found: Option<Existing>,
+    /// This ADD created the pair.
+    created: bool,
+}
+
+impl Progress {
+    /// What a failed ADD undoes: the pair (and its endpoint state) if it
+    /// created it; the allocation if no wired pod of this attachment was
+    /// there to use it and IPAM may hold one. A pair from an earlier ADD,
+    /// and the allocation it uses, stay: the pod is running on them.
+    fn undo(&self, ipam_refused: bool) -> Undo {
+        Undo {
+            pair: self.created,
+            allocation: self.found == Some(Existing::Nothing) && !ipam_refused,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Undo {
+    pair: bool,
+    allocation: bool,
+}
+
+/// A panic in ADD as the error it reports once it has rolled back (the
+/// dispatcher would report the same code, but after skipping the rollback).
+fn bug(panic: Box<dyn Any + Send>) -> CniError {
+    let what = panic_message(&*panic).unwrap_or_else(|| "unknown panic".into());
+    CniError::new(Code::Internal, "internal error in Margay (please report)").with_details(what)
+}
+
+/// Runs `f`, turning a panic into [`bug`] so that ADD can still roll back.
+fn catching<T>(f: impl FnOnce() -> Result<T, CniError>) -> Result<T, CniError> {
+    panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| Err(bug(panic)))
+}
+
+/// Undoes what [`Progress::undo`] says; failures to undo are logged, the
+/// ADD's own error is what the runtime hears.
+fn rollback(
+    progress: &Progress,
+    ipam_refused: bool,
+    dataplane: &dyn Dataplane,
+    host: &Netlink,
+    host_name: &str,
+    release: impl FnOnce() -> Result<(), CniError>,
+) {
+    let plan = progress.undo(ipam_refused);
+    if progress.found.is_none() && !ipam_refused {
+        tracing::warn!(
+            host = %host_name,
+            "ADD failed before it could tell whether the pod was already wired: \
+             its allocation is kept for the runtime's DEL to release"
+        );
+    }
+    let mut undo = Vec::new();
+    if plan.pair {
+        undo.push(dataplane.forget(host_name));
+        undo.push(endpoint::remove(host, host_name).map(drop));
+    }
+    if plan.allocation {
+        undo.push(release());
+    }
+    for failed in undo.into_iter().filter_map(Result::err) {
+        tracing::error!("rolling back a failed ADD: {failed}");
+    }
+}
+
+/// GC's reply from what failed: one failure as it is (code included);
+/// several under the code of the first, unless one of them says to try
+/// again later, which a retry may then clear altogether.
+fn gc_outcome(errors: Vec<CniError>) -> Result<(), CniError> {
+    let Some(first) = errors.first() else {
+        return Ok(());
+    };
+    if errors.len() == 1 {
+        return Err(first.clone().context("GC"));
+    }
+    let code = if errors.iter().any(|e| e.code == Code::TryAgainLater) {
+        Code::TryAgainLater
+    } else {
+        first.code
+    };
+    Err(
+        CniError::new(code, format!("GC finished with {} errors", errors.len())).with_details(
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+    )
+}
+
 impl Plugin for MargayPlugin {
     fn add(&self, inv: &Invocation, att: &Attachment) -> Result<CniResult, CniError> {
         let conf = PluginConf::from_conf(&inv.raw)?;
@@ -93,44 +194,60 @@ impl Plugin for MargayPlugin {
         let host_name = host_ifname(&inv.conf.name, &att.container_id, &att.ifname);
         let ipam_type = &conf.ipam.plugin_type;
         let alias = alias(&inv.conf.name, &att.container_id, &att.ifname);
+        let mut progress = Progress::default();
         // IPAM runs in its own process; meanwhile this one checks the pod,
         // creates the pair and attaches the dataplane (which may wait on
         // the kernel). Only the addresses wait for IPAM.
         let (linked, allocated) = std::thread::scope(|s| {
             let allocating = s.spawn(|| ipam::add(inv, att, ipam_type));
-            let linked =
-                endpoint::prepare(&host, &netns, &host_name, &att.ifname).and_then(|existing| {
-                    if existing == Existing::Nothing {
-                        endpoint::create(&host, &netns, &host_name, &att.ifname, conf.mtu)?;
-                    }
-                    dataplane.attach(&host_name).map(|()| existing)
-                });
-            let allocated = allocating
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            let linked = catching(|| {
+                let found = endpoint::survey(&host, &netns, &host_name, &att.ifname)?;
+                progress.found = Some(found.existing());
+                let existing = endpoint::prepare(&host, found, &att.ifname)?;
+                if existing == Existing::Nothing {
+                    endpoint::create(&host, &netns, &host_name, &att.ifname, conf.mtu)?;
+                    progress.created = true;
+                }
+                dataplane.attach(&host_name)?;
+                Ok(existing)
+            });
+            let allocated = allocating.join().unwrap_or_else(|panic| Err(bug(panic)));
             (linked, allocated)
         });
+        // IPAM commits only when it succeeds: an error it answered itself
+        // means it holds nothing new. When it could not be run or read, or
+        // something panicked, it may hold an allocation.
+        let ipam_refused = matches!(&allocated,
+            Err(e) if !matches!(e.code, Code::DelegateFailed | Code::Internal));
         let registered = linked.and_then(|existing| {
             let ipam_result = allocated?;
-            let addresses: Vec<IpAddr> = ipam_result.ips.iter().map(|c| c.address.ip()).collect();
-            let ep =
-                endpoint::configure(&host, &netns, &host_name, &att.ifname, &alias, &addresses)?;
-            dataplane.register(&ep)?;
-            Ok((existing, ipam_result, ep))
+            catching(|| {
+                let addresses: Vec<IpAddr> =
+                    ipam_result.ips.iter().map(|c| c.address.ip()).collect();
+                let ep = endpoint::configure(
+                    &host,
+                    &netns,
+                    &host_name,
+                    &att.ifname,
+                    &alias,
+                    &addresses,
+                )?;
+                dataplane.register(&ep)?;
+                Ok(ep)
+            })
+            .map(|ep| (existing, ipam_result, ep))
         });
         let (existing, ipam_result, ep) = match registered {
             Ok(done) => done,
             Err(e) => {
-                // Undo everything: no endpoint state, no veth (its programs
-                // and routes go with it), no allocation.
-                let undo = [
-                    dataplane.forget(&host_name),
-                    endpoint::remove(&host, &host_name).map(drop),
-                    ipam::del(inv, att, ipam_type),
-                ];
-                for failed in undo.into_iter().filter_map(Result::err) {
-                    tracing::error!("rolling back a failed ADD: {failed}");
-                }
+                rollback(
+                    &progress,
+                    ipam_refused,
+                    &*dataplane,
+                    &host,
+                    &host_name,
+                    || ipam::del(inv, att, ipam_type),
+                );
                 return Err(e);
             }
         };
@@ -195,6 +312,7 @@ impl Plugin for MargayPlugin {
 
     fn gc(&self, inv: &Invocation, valid: &[AttachmentId]) -> Result<(), CniError> {
         let conf = PluginConf::from_conf(&inv.raw)?;
+        let dataplane = dataplane::select(&conf)?;
         let host = Netlink::open()?;
         let mut errors = Vec::new();
         for l in host.run(link::list(&host.handle))? {
@@ -208,28 +326,28 @@ impl Plugin for MargayPlugin {
             if network != inv.conf.name || still_valid {
                 continue;
             }
-            let removed = dataplane::select(&conf)
-                .and_then(|dp| dp.forget(&l.name))
+            let removed = dataplane
+                .forget(&l.name)
                 .and_then(|()| host.run(link::delete(&host.handle, l.index)));
             match removed {
                 Ok(_) => {
                     tracing::info!(host = %l.name, container = container_id, "garbage-collected endpoint")
                 }
-                Err(e) => errors.push(format!("{}: {e}", l.name)),
+                Err(e) => errors.push(e.context(&l.name)),
             }
         }
+        match dataplane.forget_vanished(&host) {
+            Ok(forgotten) => {
+                for name in forgotten {
+                    tracing::info!(host = %name, "forgot an endpoint whose veth vanished");
+                }
+            }
+            Err(e) => errors.push(e.context("forgetting endpoints whose veth vanished")),
+        }
         if let Err(e) = ipam::network_call(inv, Command::Gc, &conf.ipam.plugin_type, Some(valid)) {
-            errors.push(e.to_string());
+            errors.push(e);
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(CniError::new(
-                Code::Kernel,
-                format!("GC finished with {} error(s)", errors.len()),
-            )
-            .with_details(errors.join("; ")))
-        }
+        gc_outcome(errors)
     }
 
     fn status(&self, inv: &Invocation) -> Result<(), CniError> {
@@ -237,5 +355,79 @@ impl Plugin for MargayPlugin {
         dataplane::select(&conf)
             .map_err(|e| CniError::new(Code::PluginNotAvailable, e.msg).with_details(e.details))?;
         ipam::network_call(inv, Command::Status, &conf.ipam.plugin_type, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(found: Option<Existing>, created: bool) -> Progress {
+        Progress { found, created }
+    }
+
+    #[test]
+    fn a_failed_add_undoes_only_its_own_part() {
+        let both = Undo {
+            pair: true,
+            allocation: true,
+        };
+        let nothing = Undo {
+            pair: false,
+            allocation: false,
+        };
+        // A first ADD that created the pair and got an address.
+        assert_eq!(progress(Some(Existing::Nothing), true).undo(false), both);
+        // A retried ADD of a working pod: neither its pair nor its address.
+        assert_eq!(
+            progress(Some(Existing::OurPair), false).undo(false),
+            nothing
+        );
+        assert_eq!(progress(Some(Existing::OurPair), false).undo(true), nothing);
+        // IPAM refused: it holds nothing new to release.
+        assert_eq!(
+            progress(Some(Existing::Nothing), true).undo(true),
+            Undo {
+                pair: true,
+                allocation: false
+            }
+        );
+        // The pod could not be looked at: its allocation may be in use.
+        assert_eq!(progress(None, false).undo(false), nothing);
+        // The pod's ifname was taken: no pair, but the address goes back.
+        assert_eq!(
+            progress(Some(Existing::Nothing), false).undo(false),
+            Undo {
+                pair: false,
+                allocation: true
+            }
+        );
+    }
+
+    #[test]
+    fn gc_keeps_the_code_of_what_failed() {
+        assert_eq!(gc_outcome(vec![]), Ok(()));
+        let busy = CniError::new(Code::TryAgainLater, "IPAM margay-ipam GC: lock busy");
+        let kernel = CniError::new(Code::Kernel, "mrg0: gone");
+        let alone = gc_outcome(vec![busy.clone()]).unwrap_err();
+        assert_eq!(alone.code, Code::TryAgainLater);
+        assert!(alone.msg.starts_with("GC: IPAM"), "{alone}");
+        let both = gc_outcome(vec![kernel.clone(), busy]).unwrap_err();
+        assert_eq!(both.code, Code::TryAgainLater, "a retry may clear both");
+        assert!(both.details.contains("mrg0: gone"), "{both}");
+        let corrupt = CniError::new(Code::StoreCorrupt, "store is corrupt");
+        assert_eq!(
+            gc_outcome(vec![corrupt, kernel]).unwrap_err().code,
+            Code::StoreCorrupt
+        );
+    }
+
+    #[test]
+    fn a_panic_becomes_code_199_with_its_message() {
+        let caught = catching::<()>(|| panic!("boom in ADD"));
+        let e = caught.unwrap_err();
+        assert_eq!(e.code, Code::Internal);
+        assert!(e.details.contains("boom in ADD"), "{e}");
+        assert_eq!(catching(|| Ok::<_, CniError>(7)).unwrap(), 7);
     }
 }

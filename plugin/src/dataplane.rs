@@ -1,14 +1,17 @@
 //! The hook where a dataplane programs an endpoint, chosen by `dataplane`.
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
 use margay_conf::margay::{Dataplane as Mode, PluginConf};
 use margay_conf::{CniError, Code};
 use margay_ebpf::node::{Node, Settings};
-use margay_ebpf::{DataplaneError, abi, registry};
+use margay_ebpf::{DataplaneError, abi, maps, registry};
 
 use crate::endpoint::Endpoint;
+use crate::link;
+use crate::netlink::Netlink;
 
 /// What a dataplane does beyond the Linux wiring every endpoint gets.
 /// Implementations must tolerate being asked to forget what is not there.
@@ -24,6 +27,11 @@ pub trait Dataplane: Sync {
     fn forget(&self, host_ifname: &str) -> Result<(), CniError>;
     /// Verifies what `attach` did.
     fn check(&self, ep: &Endpoint) -> Result<(), CniError>;
+    /// Forgets every endpoint whose host veth no longer exists (it vanished
+    /// without a DEL), whichever network it was on: it can never carry
+    /// traffic again, but it would hold a registry slot forever. Returns
+    /// the host veth names forgotten.
+    fn forget_vanished(&self, host: &Netlink) -> Result<Vec<String>, CniError>;
 }
 
 /// `"dataplane": "linux"`: routes and sysctls only; nothing more to do.
@@ -41,6 +49,9 @@ impl Dataplane for Routing {
     }
     fn check(&self, _: &Endpoint) -> Result<(), CniError> {
         Ok(())
+    }
+    fn forget_vanished(&self, _: &Netlink) -> Result<Vec<String>, CniError> {
+        Ok(Vec::new())
     }
 }
 
@@ -111,6 +122,29 @@ impl Dataplane for Ebpf {
                 format!("eBPF endpoint entry of {} is missing", ep.host.name),
             )),
         }
+    }
+
+    fn forget_vanished(&self, host: &Netlink) -> Result<Vec<String>, CniError> {
+        if !maps::map_path(&self.root, "endpoints").exists() {
+            return Ok(Vec::new()); // Nothing was ever loaded here.
+        }
+        // The registry before the links: an ADD registers only once its
+        // veth exists, so an endpoint registered meanwhile is in the
+        // listing, never mistaken for a vanished one.
+        let registered = registry::list(&self.root).map_err(dataplane_error)?;
+        let live: HashSet<u32> = host
+            .run(link::list(&host.handle))?
+            .iter()
+            .map(|l| l.index)
+            .collect();
+        let mut forgotten = Vec::new();
+        for ep in registered.iter().filter(|ep| !live.contains(&ep.ifindex)) {
+            // By ifindex, not name: the same attachment may have been
+            // added again since, on a new veth of the same name.
+            registry::remove(&self.root, ep).map_err(dataplane_error)?;
+            forgotten.push(ep.ifname());
+        }
+        Ok(forgotten)
     }
 }
 

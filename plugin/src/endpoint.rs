@@ -23,14 +23,37 @@ pub struct Endpoint {
     pub addresses: Vec<IpAddr>,
 }
 
-/// What ADD found before allocating anything.
+/// What ADD found of this attachment before changing anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Existing {
-    /// Nothing of ours: create the pair.
+    /// No pair of ours: create one. Whatever IPAM holds for the attachment
+    /// is not in use by a wired pod.
     Nothing,
     /// The pair from an earlier ADD of this attachment is intact: converge
-    /// it rather than tear it down (a retried ADD must not break the pod).
+    /// it rather than tear it down (a retried ADD must not break the pod),
+    /// and leave its allocation alone if this ADD fails.
     OurPair,
+}
+
+/// Both sides as [`survey`] saw them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Survey {
+    Nothing,
+    OurPair,
+    /// `ifname` exists in the pod but is not the peer of our host veth.
+    ForeignPodIfname,
+    /// Our host veth exists but its pod side is gone.
+    StaleHost(Link),
+}
+
+impl Survey {
+    /// Whether a working pair of ours was there (for rollback decisions).
+    pub fn existing(&self) -> Existing {
+        match self {
+            Survey::OurPair => Existing::OurPair,
+            _ => Existing::Nothing,
+        }
+    }
 }
 
 fn host_addr(ip: IpAddr) -> IpNetwork {
@@ -78,31 +101,41 @@ pub fn host_routes(host_index: u32, addresses: &[IpAddr]) -> Vec<RouteSpec> {
         .collect()
 }
 
-/// Looks at both sides before ADD allocates: a foreign `ifname` in the pod
-/// is an error; a stale host veth whose pod side is gone is removed.
-pub fn prepare(
+/// Looks at both sides without changing anything.
+pub fn survey(
     host: &Netlink,
     netns: &File,
     host_name: &str,
     ifname: &str,
-) -> Result<Existing, CniError> {
+) -> Result<Survey, CniError> {
     let host_link = host.run(link::find(&host.handle, host_name))?;
     let pod_link = in_netns(netns, |nl| nl.run(link::find(&nl.handle, ifname)))?;
-    match (host_link, pod_link) {
+    Ok(match (host_link, pod_link) {
         (Some(h), Some(p)) if p.peer_index == Some(h.index) && h.peer_index == Some(p.index) => {
-            Ok(Existing::OurPair)
+            Survey::OurPair
         }
-        (_, Some(_)) => Err(CniError::new(
+        (_, Some(_)) => Survey::ForeignPodIfname,
+        (Some(stale), None) => Survey::StaleHost(stale),
+        (None, None) => Survey::Nothing,
+    })
+}
+
+/// Acts on what [`survey`] found before ADD creates the pair: a foreign
+/// `ifname` in the pod is an error; a stale host veth is removed.
+pub fn prepare(host: &Netlink, found: Survey, ifname: &str) -> Result<Existing, CniError> {
+    match found {
+        Survey::ForeignPodIfname => Err(CniError::new(
             Code::InvalidEnvironment,
             format!("CNI_IFNAME {ifname} already exists in the pod's network namespace"),
         )
         .with_details("the runtime must name an interface that does not exist yet")),
-        (Some(stale), None) => {
+        Survey::StaleHost(stale) => {
             tracing::warn!(link = %stale.name, "removing a host veth whose pod side is gone");
             host.run(link::delete(&host.handle, stale.index))?;
             Ok(Existing::Nothing)
         }
-        (None, None) => Ok(Existing::Nothing),
+        Survey::Nothing => Ok(Existing::Nothing),
+        Survey::OurPair => Ok(Existing::OurPair),
     }
 }
 

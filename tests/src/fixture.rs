@@ -22,8 +22,11 @@ pub struct NetSpec<'a> {
     pub pools: Vec<&'a str>,
     /// `"linux"` or `"bpf"`.
     pub dataplane: &'a str,
-    /// Extra keys of the margay plugin's configuration.
+    /// Extra keys of the margay plugin's configuration (an `ipam` key
+    /// replaces the whole section).
     pub extra: Value,
+    /// Extra keys of the margay-ipam section (`lock_timeout_ms`, ...).
+    pub ipam_extra: Value,
     /// Plugins chained after margay.
     pub chained: Vec<Value>,
 }
@@ -35,6 +38,7 @@ impl<'a> NetSpec<'a> {
             pools: vec![pool],
             dataplane: "linux",
             extra: json!({}),
+            ipam_extra: json!({}),
             chained: vec![],
         }
     }
@@ -81,6 +85,10 @@ impl Net {
         let mut margay = json!({"type": "margay", "dataplane": spec.dataplane, "nodename": "test-node",
             "ipam": {"type": "margay-ipam", "pools": spec.pools,
                      "data_dir": dir.path().join("ipam"), "lock_timeout_ms": 30000}});
+        margay["ipam"]
+            .as_object_mut()
+            .unwrap()
+            .extend(spec.ipam_extra.as_object().cloned().unwrap_or_default());
         if let Some(root) = &bpf_root {
             margay["bpf_root"] = root.path().to_str().unwrap().into();
         }

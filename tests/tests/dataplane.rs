@@ -239,9 +239,20 @@ fn programs_keep_enforcing_after_every_margay_process_exits() {
     assert_attached(root(&net), &b.host_ifname());
 }
 
+/// Whether any host interface has index `ifindex`.
+fn ifindex_in_use(ifindex: u32) -> bool {
+    std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .flatten()
+        .any(|e| {
+            std::fs::read_to_string(e.path().join("ifindex"))
+                .is_ok_and(|i| i.trim() == ifindex.to_string())
+        })
+}
+
 #[test]
-fn del_leaves_no_link_pin_or_map_entry() {
-    require_root!(del_leaves_no_link_pin_or_map_entry);
+fn del_leaves_no_link_pin_or_endpoint_entry() {
+    require_root!(del_leaves_no_link_pin_or_endpoint_entry);
     let net = Net::new(NetSpec::bpf("10.241.5.0/24"));
     let a = net.pod("a");
     let b = net.pod("b");
@@ -253,6 +264,16 @@ fn del_leaves_no_link_pin_or_map_entry() {
         !inspect::conntrack(root(&net), Some(a_if))
             .unwrap()
             .is_empty()
+    );
+    let dump = margayctl(&net, &["conntrack", "dump"]);
+    assert_eq!(
+        dump.lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["IFINDEX", "PROTO", "SRC", "DST", "STATE", "AGE", "IDLE"],
+        "{dump}"
     );
 
     net.del(&a).unwrap();
@@ -280,14 +301,30 @@ fn del_leaves_no_link_pin_or_map_entry() {
     assert_eq!(maps::policies(r).unwrap().keys().count(), 0, "no policies");
     for i in [a_if, b_if] {
         assert!(
-            inspect::conntrack(r, Some(i)).unwrap().is_empty(),
-            "no conntrack entries of {i}"
-        );
-        assert!(
             maps::counters(r).unwrap().get(&i, 0).is_err(),
             "no counters of {i}"
         );
     }
+    // DEL leaves conntrack alone: removing an endpoint's entries meant
+    // walking the whole table, one syscall per entry, on every DEL. What
+    // stays is keyed by ifindexes no interface has any more, and the kernel
+    // does not hand them out again, so no packet can match it: it is inert
+    // until the LRU ages it out, or an operator flushes it.
+    let left = inspect::conntrack(r, None).unwrap();
+    assert!(
+        left.iter().any(|(k, _)| k.ifindex == a_if),
+        "DEL did not walk conntrack"
+    );
+    for (k, _) in &left {
+        assert!([a_if, b_if].contains(&k.ifindex), "{k:?}");
+        assert!(!ifindex_in_use(k.ifindex), "ifindex {} is dead", k.ifindex);
+    }
+    let flushed = margayctl(&net, &["conntrack", "flush"]);
+    assert_eq!(
+        flushed.trim(),
+        format!("flushed {} conntrack entries", left.len())
+    );
+    assert!(inspect::conntrack(r, None).unwrap().is_empty());
     net.assert_nothing_left("10.241.5.");
 }
 
@@ -360,6 +397,63 @@ fn check_verifies_the_programs_and_gc_removes_stale_endpoints() {
         net.host_veths().iter().all(|v| *v != stale.host_ifname()),
         "and removed its veth"
     );
+}
+
+#[test]
+fn gc_forgets_endpoints_whose_veth_vanished_without_del() {
+    require_root!(gc_forgets_endpoints_whose_veth_vanished_without_del);
+    let net = Net::new(NetSpec::bpf("10.232.1.0/24"));
+    let keep = net.pod("keep");
+    let gone = net.pod("gone");
+    set_policy(&net, &gone, r#"{"ingress": []}"#);
+    let gone_if = ifindex_of(&gone.host_ifname());
+    let listed = || -> Vec<String> {
+        let eps: serde_json::Value =
+            serde_json::from_str(&margayctl(&net, &["endpoints", "--json"])).unwrap();
+        let mut names: Vec<String> = eps
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["ifname"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    let mut both = vec![keep.host_ifname(), gone.host_ifname()];
+    both.sort();
+    assert_eq!(listed(), both);
+
+    // The veth goes without a DEL; the runtime still lists both pods.
+    margay_tests::netns::run_ok(Command::new("ip").args(["link", "del", &gone.host_ifname()]));
+    assert_eq!(listed(), both, "the registry still has it");
+    let valid: Vec<AttachmentId> = [&keep, &gone]
+        .iter()
+        .map(|p| AttachmentId {
+            container_id: p.cid.clone(),
+            ifname: "eth0".into(),
+        })
+        .collect();
+    net.rt.gc(&valid).unwrap();
+
+    assert_eq!(listed(), vec![keep.host_ifname()]);
+    let r = root(&net);
+    assert!(
+        maps::endpoints_by_ip(r)
+            .unwrap()
+            .get(&v4(&gone).octets(), 0)
+            .is_err(),
+        "no IP index entry"
+    );
+    assert_eq!(maps::policies(r).unwrap().keys().count(), 0, "no policy");
+    assert!(
+        maps::counters(r).unwrap().get(&gone_if, 0).is_err(),
+        "no counters"
+    );
+    assert_eq!(net.allocations(), 2, "IPAM follows the runtime's list");
+    net.check(&keep).unwrap();
+    net.del(&gone).unwrap();
+    net.del(&keep).unwrap();
+    net.assert_nothing_left("10.232.1.");
 }
 
 #[test]

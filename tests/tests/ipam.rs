@@ -583,3 +583,137 @@ fn inspection_commands_list_pools_blocks_allocations_and_release_a_handle() {
     assert!(!ok && err.contains("no such handle"), "{err}");
     assert_eq!(ipam.allocations().len(), 1);
 }
+
+#[test]
+fn dotted_names_that_make_the_same_handle_never_share_an_allocation() {
+    // Network "a.b" with container "c" and network "a" with container
+    // "b.c" both make the handle "a.b.c.eth0".
+    let ipam = Ipam::new(&["10.233.1.0/24"]);
+    let mut net_ab = ipam.conf.clone();
+    net_ab["name"] = "a.b".into();
+    let mut net_a = ipam.conf.clone();
+    net_a["name"] = "a".into();
+
+    let first = ipam.call("ADD", "c", "", &net_ab);
+    assert!(first.success, "{}", first.stdout);
+    let first = first.json();
+
+    let clash = ipam.call("ADD", "b.c", "", &net_a);
+    assert_eq!(clash.error_code(), 4, "{}", clash.stdout);
+    let msg = clash.json()["msg"].as_str().unwrap().to_string();
+    for part in [
+        "a.b.c.eth0",
+        r#"network "a.b", container "c""#,
+        r#"network "a", container "b.c""#,
+    ] {
+        assert!(msg.contains(part), "{part} in {msg}");
+    }
+    let allocs = ipam.allocations();
+    assert_eq!(allocs.len(), 1);
+    assert_eq!(
+        (&allocs[0]["network"], &allocs[0]["container_id"]),
+        (&json!("a.b"), &json!("c"))
+    );
+
+    // The other attachment holds nothing, so its DEL releases nothing and
+    // its CHECK fails.
+    assert!(ipam.call("DEL", "b.c", "", &net_a).success);
+    assert_eq!(ipam.allocations().len(), 1, "a.b/c keeps its address");
+    let mut check = net_a.clone();
+    check["prevResult"] = first.clone();
+    let checked = ipam.call("CHECK", "b.c", "", &check);
+    assert_eq!(checked.error_code(), 107);
+    assert!(
+        checked.json()["msg"]
+            .as_str()
+            .unwrap()
+            .contains("belongs to"),
+        "{}",
+        checked.stdout
+    );
+
+    let again = ipam.call("ADD", "c", "", &net_ab).json();
+    assert_eq!(again["ips"], first["ips"], "a retried ADD still gets it");
+    assert!(ipam.call("DEL", "c", "", &net_ab).success);
+    assert!(ipam.allocations().is_empty());
+    assert!(
+        ipam.call("ADD", "b.c", "", &net_a).success,
+        "free once the holder is gone"
+    );
+}
+
+#[test]
+fn two_nodes_on_one_store_never_allocate_from_each_others_blocks() {
+    // Two /28 blocks in the pool: each node claims one.
+    let ipam = Ipam::with(&["10.233.2.0/27"], json!({"block_size": 28}));
+    let mut node_b = ipam.conf.clone();
+    node_b["nodename"] = "node-b".into();
+    let add_b = |cid: &str| ipam.call("ADD", cid, "", &node_b);
+    let ip_of = |out: &Output| -> String {
+        assert!(out.success, "{} {}", out.stdout, out.stderr);
+        out.json()["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let in_block = |ip: &str, last_octets: std::ops::Range<u8>| {
+        let last: u8 = ip
+            .trim_end_matches("/32")
+            .rsplit('.')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        last_octets.contains(&last)
+    };
+
+    assert_eq!(ipam.add_ip("a0"), "10.233.2.1/32");
+    assert_eq!(ip_of(&add_b("b0")), "10.233.2.16/32");
+    // node-a fills its block (.0 is the pool's network address).
+    for i in 1..15 {
+        let ip = ipam.add_ip(&format!("a{i}"));
+        assert!(in_block(&ip, 1..16), "node-a got {ip}");
+    }
+    // node-b's block has 14 free addresses; node-a takes none of them.
+    assert_eq!(ipam.add("a15").error_code(), 101);
+    assert_eq!(ipam.status().error_code(), 50);
+    assert!(ipam.call("STATUS", "", "", &node_b).success);
+    let asked = ipam.call("ADD", "a16", "IP=10.233.2.20", &ipam.conf);
+    assert_eq!(asked.error_code(), 102);
+    assert!(
+        asked.json()["msg"].as_str().unwrap().contains("node-b"),
+        "{}",
+        asked.stdout
+    );
+
+    // Addresses node-a frees stay node-a's: node-b fills its own block
+    // (.31 is the pool's broadcast address) and then has nothing.
+    assert!(ipam.del("a3").success);
+    for i in 1..15 {
+        let ip = ip_of(&add_b(&format!("b{i}")));
+        assert!(in_block(&ip, 16..31), "node-b got {ip}");
+    }
+    assert_eq!(add_b("b15").error_code(), 101);
+    assert_eq!(ipam.add_ip("a3"), "10.233.2.4/32", "node-a's freed address");
+
+    let out = Command::new(bin("margay-ipam"))
+        .arg("--data-dir")
+        .arg(ipam.data_dir())
+        .args(["blocks", "--json"])
+        .output()
+        .unwrap();
+    let blocks: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let owners: Vec<(&str, &str)> = blocks
+        .iter()
+        .map(|b| (b["cidr"].as_str().unwrap(), b["node"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        owners,
+        [("10.233.2.0/28", "node-a"), ("10.233.2.16/28", "node-b")]
+    );
+    for a in ipam.allocations() {
+        let ip = a["addresses"][0].as_str().unwrap();
+        let range = if a["node"] == "node-a" { 1..16 } else { 16..31 };
+        assert!(in_block(ip, range), "{a}");
+    }
+}

@@ -4,7 +4,9 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
+use std::time::Duration;
 
+use margay_conf::lock::FileLock;
 use margay_conf::netconf::AttachmentId;
 use margay_tests::bins::bin;
 use margay_tests::driver::first_ipv4;
@@ -380,4 +382,138 @@ fn chains_with_the_reference_tuning_and_bandwidth_plugins() {
     );
     net.del(&pod).unwrap();
     net.assert_nothing_left("10.240.12.");
+}
+
+/// Holds the network's IPAM lock, as a slow IPAM call of another pod would.
+fn hold_ipam_lock(net: &Net) -> FileLock {
+    FileLock::acquire(
+        &net.dir.path().join("ipam").join("ipam.lock"),
+        Duration::from_secs(5),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_failed_repeated_add_leaves_the_running_pod_alone() {
+    require_root!(a_failed_repeated_add_leaves_the_running_pod_alone);
+    let net = Net::new(NetSpec {
+        pools: vec!["10.231.1.0/24", "fd00:231:1::/64"],
+        ipam_extra: json!({"lock_timeout_ms": 300}),
+        ..NetSpec::linux("")
+    });
+    let pod = net.pod("again");
+    let host_name = pod.host_ifname();
+    let server = TcpServer::start(Some(&pod.ns), "pod");
+    let reachable = || tcp::request(None, sock(pod.ip(), server.port)).is_ok();
+    assert!(reachable());
+
+    // IPAM answers "try again later" (another pod holds its lock): the
+    // retried ADD fails, and the pod it was retried for keeps running.
+    {
+        let _held = hold_ipam_lock(&net);
+        let err = net.add(&pod.ns, &pod.cid).unwrap_err();
+        assert_eq!(err.code.number(), 11, "{err}");
+    }
+    assert_eq!(net.host_veths(), vec![host_name.clone()], "the veth stays");
+    assert_eq!(net.allocations(), 1, "the allocation stays");
+    net.check(&pod).unwrap();
+    assert!(reachable(), "the pod still answers");
+
+    // IPAM answers with the pod's addresses, then the kernel refuses the
+    // IPv6 one (IPv6 is now off on the pod's eth0): neither the veth nor
+    // the allocation the pod runs on is rolled back.
+    pod.ns
+        .run_ok(&["sysctl", "-q", "-w", "net.ipv6.conf.eth0.disable_ipv6=1"]);
+    let err = net.add(&pod.ns, &pod.cid).unwrap_err();
+    assert_eq!(err.code.number(), 104, "{err}");
+    assert_eq!(net.host_veths(), vec![host_name], "the veth stays");
+    assert_eq!(net.allocations(), 1, "the allocation stays");
+    assert!(reachable(), "the pod still answers over IPv4");
+
+    net.del(&pod).unwrap();
+    net.assert_nothing_left("10.231.1.");
+}
+
+#[test]
+fn gc_reports_try_again_later_when_ipam_is_busy() {
+    require_root!(gc_reports_try_again_later_when_ipam_is_busy);
+    let net = Net::new(NetSpec {
+        ipam_extra: json!({"lock_timeout_ms": 300}),
+        ..NetSpec::linux("10.231.2.0/24")
+    });
+    let pod = net.pod("busy");
+    let valid = [AttachmentId {
+        container_id: pod.cid.clone(),
+        ifname: "eth0".into(),
+    }];
+    {
+        let _held = hold_ipam_lock(&net);
+        let err = net.rt.gc(&valid).unwrap_err();
+        assert_eq!(err.code.number(), 11, "a retry will do: {err}");
+    }
+    net.rt.gc(&valid).unwrap();
+    net.check(&pod).unwrap();
+    net.del(&pod).unwrap();
+    net.assert_nothing_left("10.231.2.");
+}
+
+#[test]
+fn host_local_ipam_adds_and_deletes_without_leftovers() {
+    require_root!(host_local_ipam_adds_and_deletes_without_leftovers);
+    // Declared before the network, so it outlives the network's cleanup.
+    let data_dir = tempfile::tempdir().unwrap();
+    // Debian's host-local (1.1.1) speaks CNI up to 1.0.0.
+    let net = Net::new(NetSpec {
+        version: "1.0.0",
+        extra: json!({"ipam": {"type": "host-local", "dataDir": data_dir.path(),
+                               "ranges": [[{"subnet": "10.231.3.0/24"}]]}}),
+        ..NetSpec::linux("10.231.3.0/24")
+    });
+    let a = net.pod("hla");
+    let b = net.pod("hlb");
+    for p in [&a, &b] {
+        assert!(p.ip().to_string().starts_with("10.231.3."), "{}", p.ip());
+    }
+    assert_ne!(a.ip(), b.ip());
+    let server = TcpServer::start(Some(&b.ns), "b");
+    assert_eq!(
+        tcp::request(Some(&a.ns), sock(b.ip(), server.port)).unwrap(),
+        format!("b {}", a.ip())
+    );
+    net.check(&a).unwrap();
+    let reserved = || -> Vec<IpAddr> {
+        std::fs::read_dir(data_dir.path().join(net.name()))
+            .unwrap()
+            .filter_map(|e| e.unwrap().file_name().to_str()?.parse().ok())
+            .collect()
+    };
+    let mut held = reserved();
+    held.sort();
+    let mut want = vec![a.ip(), b.ip()];
+    want.sort();
+    assert_eq!(held, want, "host-local holds the pods' addresses");
+
+    net.del(&a).unwrap();
+    net.del(&b).unwrap();
+    assert_eq!(reserved(), Vec::<IpAddr>::new(), "host-local released both");
+    net.assert_nothing_left("10.231.3.");
+}
+
+#[test]
+fn status_is_answered_by_ipam() {
+    require_root!(status_is_answered_by_ipam);
+    let net = Net::new(NetSpec::linux("10.231.4.0/31"));
+    net.rt.status().unwrap();
+    let p1 = net.pod("st1");
+    let p2 = net.pod("st2");
+    let err = net.rt.status().unwrap_err();
+    assert_eq!(err.code.number(), 50, "{err}");
+    assert!(
+        err.msg.contains("IPAM") && err.msg.contains("IPv4"),
+        "{err}"
+    );
+    net.del(&p1).unwrap();
+    net.rt.status().unwrap();
+    net.del(&p2).unwrap();
+    net.assert_nothing_left("10.231.4.");
 }
