@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use margay_ebpf::service::{self, Protocol, ServiceSpec};
+use margay_ebpf::service::{self, Protocol, ServiceSpec, TrafficPolicy};
 use margay_tests::netns::{NetNs, unique_name};
 use margay_tests::traffic::in_netns;
 use serde::Serialize;
@@ -51,6 +51,8 @@ fn service_set(count: usize, target: SocketAddrV4) -> Vec<ServiceSpec> {
                 SocketAddrV4::new(Ipv4Addr::new(10, 255, (i >> 8) as u8, i as u8), 8080)
             }],
             affinity_timeout: None,
+            node_port: None,
+            external_traffic_policy: TrafficPolicy::Cluster,
         })
         .collect()
 }

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use margay_conf::report::table;
 use margay_ctl::{policy_summary, read_policy, resolve};
 use margay_ebpf::inspect::{self, CtRecord, FlowRecord, NatRecord};
+use margay_ebpf::node::{self, Node};
 use margay_ebpf::{policy, registry, service};
 
 #[derive(Parser)]
@@ -64,6 +65,11 @@ enum Cmd {
         #[command(subcommand)]
         action: NatAction,
     },
+    /// The node's data interfaces, where NodePorts answer.
+    Node {
+        #[command(subcommand)]
+        action: NodeAction,
+    },
     /// Node-wide dataplane operations.
     Dataplane {
         #[command(subcommand)]
@@ -117,6 +123,23 @@ enum ServiceAction {
 enum NatAction {
     /// List translations (forward and reverse entries of each flow).
     Dump,
+}
+
+#[derive(Subcommand)]
+enum NodeAction {
+    /// Put `from_net` on a data interface and open NodePorts on its IPv4
+    /// addresses (re-apply the services afterwards).
+    Attach {
+        #[arg(long)]
+        iface: String,
+    },
+    /// Take `from_net` off a data interface and forget its addresses.
+    Detach {
+        #[arg(long)]
+        iface: String,
+    },
+    /// The data interfaces and NodePort addresses.
+    Show,
 }
 
 #[derive(Subcommand)]
@@ -367,26 +390,31 @@ fn run(cli: Cli) -> Result<(), String> {
                 let cells: Vec<Vec<String>> = rows
                     .iter()
                     .map(|r| {
-                        let s = &r.spec;
                         vec![
-                            s.name.clone(),
-                            format!("{}:{}/{}", s.vip, s.port, s.protocol),
-                            if s.backends.is_empty() {
+                            r.name.clone(),
+                            r.kind.to_string(),
+                            format!("{}:{}/{}", r.address, r.port, r.protocol),
+                            if r.backends.is_empty() {
                                 "- (rejects)".into()
                             } else {
-                                s.backends
+                                r.backends
                                     .iter()
                                     .map(ToString::to_string)
                                     .collect::<Vec<_>>()
                                     .join(",")
                             },
-                            s.affinity_timeout
-                                .map(|t| format!("client-ip {t}s"))
-                                .unwrap_or_else(|| "-".into()),
+                            [
+                                r.affinity_timeout.map(|t| format!("client-ip {t}s")),
+                                r.local_only.then(|| "local-only".to_string()),
+                            ]
+                            .into_iter()
+                            .flatten()
+                            .reduce(|a, b| format!("{a},{b}"))
+                            .unwrap_or_else(|| "-".into()),
                         ]
                     })
                     .collect();
-                table(&["NAME", "FRONTEND", "BACKENDS", "AFFINITY"], &cells)
+                table(&["NAME", "KIND", "FRONTEND", "BACKENDS", "OPTIONS"], &cells)
             });
         }
         Cmd::Nat {
@@ -437,6 +465,44 @@ fn run(cli: Cli) -> Result<(), String> {
                     ],
                     &cells,
                 )
+            });
+        }
+        Cmd::Node {
+            action: NodeAction::Attach { iface },
+        } => {
+            let addrs = Node::open_pinned_as_is(root)
+                .and_then(|mut node| node.attach_data_iface(root, &iface))
+                .map_err(err)?;
+            let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+            emit(format!(
+                "from_net attached to {iface}; NodePorts answer on {} once services are (re-)applied",
+                addrs.join(", ")
+            ));
+        }
+        Cmd::Node {
+            action: NodeAction::Detach { iface },
+        } => {
+            node::detach_data_iface(root, &iface).map_err(err)?;
+            emit(format!("from_net detached from {iface}"));
+        }
+        Cmd::Node {
+            action: NodeAction::Show,
+        } => {
+            let rows = node::data_ifaces(root).map_err(err)?;
+            emit(if cli.json {
+                json(&rows)
+            } else {
+                let cells: Vec<Vec<String>> = rows
+                    .iter()
+                    .map(|d| {
+                        vec![
+                            d.ifname.clone().unwrap_or_else(|| "(gone)".into()),
+                            d.ifindex.to_string(),
+                            d.address.to_string(),
+                        ]
+                    })
+                    .collect();
+                table(&["IFACE", "IFINDEX", "NODEPORT ADDRESS"], &cells)
             });
         }
         Cmd::Dataplane {

@@ -131,7 +131,8 @@ struct config {
  * update writes the next generation's slots and then flips the frontend,
  * and no packet sees half of one set and half of the other. */
 #define SVC_F_AFFINITY 0x1   /* sessionAffinity: ClientIP */
-#define SVC_F_LOCAL_ONLY 0x2 /* externalTrafficPolicy: Local */
+#define SVC_F_LOCAL_ONLY 0x2 /* externalTrafficPolicy: Local: local backends only */
+#define SVC_F_NODE_PORT 0x4  /* a NodePort on a node address (for listings) */
 
 struct svc_key {
 	__be32 addr;

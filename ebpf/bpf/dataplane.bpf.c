@@ -135,9 +135,11 @@ int from_pod(struct __sk_buff *skb)
 				return drop(&p, ifindex, DIR_EGRESS, DROP_NAT);
 			__u32 dst = local_endpoint_ifindex(p.daddr);
 			struct endpoint *client = dst ? endpoint_of(dst) : NULL;
-			if (rev == NAT_REVERSED && client && p.ttl > 1)
-				return redirect_to_pod(skb, &p, client);
-			return TC_ACT_OK;
+			if (rev != NAT_REVERSED)
+				return TC_ACT_OK;
+			if (client)
+				return p.ttl > 1 ? redirect_to_pod(skb, &p, client) : TC_ACT_OK;
+			return redirect_by_fib(skb, &p);
 		}
 		__u32 dst = (e->flags & CT_F_LOCAL_DELIVERY) ? local_endpoint_ifindex(p.daddr) : 0;
 		return dst ? deliver_local(skb, &p, dst) : TC_ACT_OK;

@@ -56,6 +56,7 @@ pub const CT_F_SERVICE: u8 = 0x10;
 
 pub const SVC_F_AFFINITY: u16 = 0x1;
 pub const SVC_F_LOCAL_ONLY: u16 = 0x2;
+pub const SVC_F_NODE_PORT: u16 = 0x4;
 pub const NAT_FWD: u8 = 1;
 pub const NAT_REV: u8 = 2;
 pub const NAT_F_AT_BACKEND: u32 = 0x1;

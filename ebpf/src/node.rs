@@ -167,6 +167,22 @@ impl Node {
         })
     }
 
+    /// The programs pinned at `root`, whatever settings they were loaded
+    /// with (for operators' tools, which do not know the network
+    /// configuration and must not reload anything).
+    pub fn open_pinned_as_is(root: &Path) -> Result<Node, DataplaneError> {
+        let open = |name: &str| {
+            SchedClassifier::from_pin(program_path(root, name)).map_err(|e| DataplaneError::Root {
+                path: root.to_owned(),
+                reason: format!("program {name} is not pinned here: {e}"),
+            })
+        };
+        Ok(Node {
+            programs: [open("from_pod")?, open("to_pod")?],
+            from_net: open(DATA_IFACE_PROGRAM.0)?,
+        })
+    }
+
     /// The pinned programs, if they are this build's with these settings.
     fn open_pinned(root: &Path, settings: &Settings) -> Result<Option<Node>, DataplaneError> {
         let Ok(mut config) = maps::config(root) else {
@@ -261,11 +277,12 @@ impl Node {
         root: &Path,
         ifname: &str,
     ) -> Result<Vec<Ipv4Addr>, DataplaneError> {
-        let ifindex = nix::net::if_::if_nametoindex(ifname).map_err(|e| DataplaneError::Attach {
-            program: DATA_IFACE_PROGRAM.0,
-            ifname: ifname.to_string(),
-            reason: format!("no such interface: {e}"),
-        })?;
+        let ifindex =
+            nix::net::if_::if_nametoindex(ifname).map_err(|e| DataplaneError::Attach {
+                program: DATA_IFACE_PROGRAM.0,
+                ifname: ifname.to_string(),
+                reason: format!("no such interface: {e}"),
+            })?;
         let addrs = ipv4_addresses(ifname)?;
         if addrs.is_empty() {
             return Err(DataplaneError::Attach {
@@ -294,7 +311,10 @@ pub fn detach_data_iface(root: &Path, ifname: &str) -> Result<(), DataplaneError
     let theirs: Vec<[u8; 4]> = map
         .iter()
         .filter_map(Result::ok)
-        .filter(|(a, i)| Some(*i) == ifindex || ipv4_addresses(ifname).is_ok_and(|l| l.contains(&Ipv4Addr::from(*a))))
+        .filter(|(a, i)| {
+            Some(*i) == ifindex
+                || ipv4_addresses(ifname).is_ok_and(|l| l.contains(&Ipv4Addr::from(*a)))
+        })
         .map(|(a, _)| a)
         .collect();
     for a in theirs {
@@ -303,12 +323,29 @@ pub fn detach_data_iface(root: &Path, ifname: &str) -> Result<(), DataplaneError
     Ok(())
 }
 
-/// The node's data interfaces and NodePort addresses: (address, ifindex).
-pub fn data_ifaces(root: &Path) -> Result<Vec<(Ipv4Addr, u32)>, DataplaneError> {
+/// A NodePort address of the node and the data interface it is on.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct DataIface {
+    pub address: Ipv4Addr,
+    pub ifindex: u32,
+    /// None when the interface is gone.
+    pub ifname: Option<String>,
+}
+
+/// The node's data interfaces and NodePort addresses.
+pub fn data_ifaces(root: &Path) -> Result<Vec<DataIface>, DataplaneError> {
     let map = maps::node_addrs(root)?;
-    let mut all: Vec<(Ipv4Addr, u32)> = map
+    let mut all: Vec<DataIface> = map
         .iter()
-        .map(|kv| kv.map(|(a, i)| (Ipv4Addr::from(a), i)))
+        .map(|kv| {
+            kv.map(|(a, ifindex)| DataIface {
+                address: Ipv4Addr::from(a),
+                ifindex,
+                ifname: nix::net::if_::if_indextoname(ifindex)
+                    .ok()
+                    .map(|n| n.to_string_lossy().into_owned()),
+            })
+        })
         .collect::<Result<_, _>>()
         .map_err(|e| DataplaneError::map("node_addrs", e))?;
     all.sort();
@@ -523,8 +560,7 @@ fn install(root: &Path, settings: &Settings) -> Result<(), DataplaneError> {
     let data_ifaces: Vec<String> = data_ifaces(root)
         .unwrap_or_default()
         .into_iter()
-        .filter_map(|(_, i)| nix::net::if_::if_indextoname(i).ok())
-        .map(|n| n.to_string_lossy().into_owned())
+        .filter_map(|d| d.ifname)
         .collect();
     let all = PROGRAMS
         .iter()

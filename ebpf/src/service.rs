@@ -9,7 +9,12 @@
 //!     protocol: tcp              # tcp (default) | udp
 //!     backends: ["10.244.0.5:8080", "10.244.1.7:8080"]
 //!     affinity_timeout: 10800    # sessionAffinity ClientIP, seconds; absent: none
+//!     node_port: 30080           # also on every node address (margayctl node attach)
+//!     external_traffic_policy: local  # cluster (default) | local: NodePort to local backends only
 //! ```
+//!
+//! Each service is one ClusterIP frontend, plus a NodePort frontend per
+//! node address when it has a `node_port`.
 //!
 //! [`apply`] makes the maps hold exactly the given set: unchanged services
 //! are not touched, a changed one gets its new backends in the other
@@ -34,7 +39,10 @@ use aya::maps::MapError;
 use margay_conf::lock::FileLock;
 use serde::{Deserialize, Serialize};
 
-use crate::abi::{Backend, BackendKey, SVC_F_AFFINITY, SvcKey, SvcMeta, SvcValue};
+use crate::abi::{
+    Backend, BackendKey, SVC_F_AFFINITY, SVC_F_LOCAL_ONLY, SVC_F_NODE_PORT, SvcKey, SvcMeta,
+    SvcValue,
+};
 use crate::error::DataplaneError;
 use crate::maps::{self, Layout, map_path};
 
@@ -59,6 +67,27 @@ pub struct ServiceSpec {
     /// ClientIP session affinity, for this many seconds since last use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity_timeout: Option<u32>,
+    /// Also reachable at this port on every node address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_port: Option<u16>,
+    /// Which backends NodePort traffic may reach.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub external_traffic_policy: TrafficPolicy,
+}
+
+/// `externalTrafficPolicy`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrafficPolicy {
+    /// Any backend.
+    #[default]
+    Cluster,
+    /// This node's backends only; a node without one refuses.
+    Local,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 #[derive(
@@ -141,22 +170,25 @@ pub struct ApplyReport {
     pub unchanged: usize,
 }
 
-/// A service as the maps hold it, for `margayctl service list`.
+/// A frontend as the maps hold it, for `margayctl service list`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ServiceRow {
+pub struct FrontendRow {
     pub id: u32,
-    #[serde(flatten)]
-    pub spec: ServiceSpec,
+    pub name: String,
+    /// `cluster-ip` or `node-port`.
+    pub kind: &'static str,
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub backends: Vec<SocketAddrV4>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub affinity_timeout: Option<u32>,
+    pub local_only: bool,
 }
 
 impl ServiceSpec {
     fn key(&self) -> SvcKey {
-        SvcKey {
-            addr: self.vip.octets(),
-            port: self.port.to_be_bytes(),
-            proto: self.protocol.number(),
-            pad: 0,
-        }
+        frontend_key(self.vip, self.port, self.protocol)
     }
 
     fn frontend(&self) -> String {
@@ -171,6 +203,35 @@ impl ServiceSpec {
         }
     }
 
+    /// The frontends this service makes on a node with `node_addrs`,
+    /// whose local pods are `local` (for `external_traffic_policy: local`).
+    fn frontends(&self, node_addrs: &[Ipv4Addr], local: &HashSet<Ipv4Addr>) -> Vec<Wanted<'_>> {
+        let cluster_ip = Wanted {
+            key: self.key(),
+            spec: self,
+            backends: self.backends.clone(),
+            flags: self.flags(),
+        };
+        let node_ports = self.node_port.into_iter().flat_map(|port| {
+            let local_only = self.external_traffic_policy == TrafficPolicy::Local;
+            let backends: Vec<SocketAddrV4> = self
+                .backends
+                .iter()
+                .filter(|b| !local_only || local.contains(b.ip()))
+                .copied()
+                .collect();
+            let flags =
+                self.flags() | SVC_F_NODE_PORT | if local_only { SVC_F_LOCAL_ONLY } else { 0 };
+            node_addrs.iter().map(move |addr| Wanted {
+                key: frontend_key(*addr, port, self.protocol),
+                spec: self,
+                backends: backends.clone(),
+                flags,
+            })
+        });
+        std::iter::once(cluster_ip).chain(node_ports).collect()
+    }
+
     fn check(&self) -> Result<(), String> {
         if self.name.is_empty() || self.name.len() > MAX_NAME {
             return Err(format!("name: must be 1..={MAX_NAME} bytes"));
@@ -180,6 +241,14 @@ impl ServiceSpec {
         }
         if self.port == 0 {
             return Err("port: 0 is not a port".into());
+        }
+        if self.node_port == Some(0) {
+            return Err("node_port: 0 is not a port".into());
+        }
+        if self.node_port.is_none() && self.external_traffic_policy == TrafficPolicy::Local {
+            return Err(
+                "external_traffic_policy: local applies to NodePorts; set node_port".into(),
+            );
         }
         if self.backends.len() > MAX_BACKENDS {
             return Err(format!(
@@ -207,9 +276,11 @@ impl ServiceSpec {
     }
 }
 
-/// Checks a whole set: every service valid, no frontend claimed twice.
+/// Checks a whole set: every service valid, no ClusterIP frontend or
+/// NodePort claimed twice.
 pub fn validate(specs: &[ServiceSpec]) -> Result<(), ServiceError> {
     let mut frontends: HashMap<SvcKey, usize> = HashMap::new();
+    let mut node_ports: HashMap<(u16, Protocol), usize> = HashMap::new();
     for (index, spec) in specs.iter().enumerate() {
         spec.check().map_err(|reason| ServiceError::Invalid {
             index,
@@ -223,8 +294,34 @@ pub fn validate(specs: &[ServiceSpec]) -> Result<(), ServiceError> {
                 frontend: spec.frontend(),
             });
         }
+        if let Some(port) = spec.node_port
+            && let Some(first) = node_ports.insert((port, spec.protocol), index)
+        {
+            return Err(ServiceError::Duplicate {
+                first,
+                second: index,
+                frontend: format!("node port {port}/{}", spec.protocol),
+            });
+        }
     }
     Ok(())
+}
+
+fn frontend_key(addr: Ipv4Addr, port: u16, protocol: Protocol) -> SvcKey {
+    SvcKey {
+        addr: addr.octets(),
+        port: port.to_be_bytes(),
+        proto: protocol.number(),
+        pad: 0,
+    }
+}
+
+/// A frontend the maps should hold.
+struct Wanted<'a> {
+    key: SvcKey,
+    spec: &'a ServiceSpec,
+    backends: Vec<SocketAddrV4>,
+    flags: u16,
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
@@ -388,13 +485,44 @@ fn lock_path(root: &Path) -> std::path::PathBuf {
     std::path::PathBuf::from("/run/margay/locks").join(format!("{flat}.services.lock"))
 }
 
-/// Makes the service maps of `root` hold exactly `specs`. Validates and
-/// checks capacity before writing anything; serialised with other applies
-/// on the node.
+/// Makes the service maps of `root` hold exactly `specs` (and their
+/// NodePorts on the node's data-interface addresses). Validates and checks
+/// capacity before writing anything; serialised with other applies on the
+/// node.
 pub fn apply(root: &Path, specs: &[ServiceSpec]) -> Result<ApplyReport, ServiceError> {
     validate(specs)?;
     let _lock = FileLock::acquire(&lock_path(root), Duration::from_secs(30))
         .map_err(DataplaneError::from)?;
+    let node_addrs: Vec<Ipv4Addr> = crate::node::data_ifaces(root)?
+        .into_iter()
+        .map(|d| d.address)
+        .collect();
+    let local: HashSet<Ipv4Addr> = crate::registry::list(root)?
+        .iter()
+        .map(crate::abi::Endpoint::ipv4)
+        .collect();
+    let wanted: Vec<Wanted> = specs
+        .iter()
+        .flat_map(|s| s.frontends(&node_addrs, &local))
+        .collect();
+    let mut seen = HashMap::new();
+    for w in &wanted {
+        if let Some(other) = seen.insert(w.key, &w.spec.name) {
+            return Err(ServiceError::Invalid {
+                index: specs
+                    .iter()
+                    .position(|s| s.name == w.spec.name)
+                    .unwrap_or(0),
+                name: w.spec.name.clone(),
+                reason: format!(
+                    "its frontend {}:{}/{} is also {other}'s",
+                    Ipv4Addr::from(w.key.addr),
+                    u16::from_be_bytes(w.key.port),
+                    w.spec.protocol
+                ),
+            });
+        }
+    }
     let mut maps = Maps::open(root)?;
     let mut installed = maps.installed()?;
 
@@ -402,23 +530,23 @@ pub fn apply(root: &Path, specs: &[ServiceSpec]) -> Result<ApplyReport, ServiceE
         Ok(Layout::of_pin(&map_path(root, name))?.max_entries)
     };
     let frontend_capacity = capacity("svc_frontends")?;
-    if specs.len() > frontend_capacity as usize {
+    if wanted.len() > frontend_capacity as usize {
         return Err(ServiceError::Full {
             map: "svc_frontends",
-            needed: specs.len(),
+            needed: wanted.len(),
             capacity: frontend_capacity,
             key: "bpf_service_frontends",
         });
     }
-    // A changed service briefly holds both generations' slots.
-    let in_flight = specs
+    // A changed frontend briefly holds both generations' slots.
+    let in_flight = wanted
         .iter()
-        .filter_map(|s| installed.get(&s.key()))
+        .filter_map(|w| installed.get(&w.key))
         .map(|i| i.backends.len())
         .max()
         .unwrap_or(0);
     let backend_capacity = capacity("svc_backends")?;
-    let needed = specs.iter().map(|s| s.backends.len()).sum::<usize>() + in_flight;
+    let needed = wanted.iter().map(|w| w.backends.len()).sum::<usize>() + in_flight;
     if needed > backend_capacity as usize {
         return Err(ServiceError::Full {
             map: "svc_backends",
@@ -429,11 +557,11 @@ pub fn apply(root: &Path, specs: &[ServiceSpec]) -> Result<ApplyReport, ServiceE
     }
 
     let mut report = ApplyReport::default();
-    let wanted: BTreeSet<SvcKey> = specs.iter().map(ServiceSpec::key).collect();
+    let keys: BTreeSet<SvcKey> = wanted.iter().map(|w| w.key).collect();
     // Removals first: they free the room the rest may need.
     let gone: Vec<SvcKey> = installed
         .keys()
-        .filter(|k| !wanted.contains(k))
+        .filter(|k| !keys.contains(k))
         .copied()
         .collect();
     for key in gone {
@@ -446,17 +574,17 @@ pub fn apply(root: &Path, specs: &[ServiceSpec]) -> Result<ApplyReport, ServiceE
 
     let mut used_ids: BTreeSet<u32> = installed.values().map(|i| i.value.id).collect();
     let mut next_id = 1u32;
-    for spec in specs {
-        let key = spec.key();
-        match installed.get(&key) {
+    for w in &wanted {
+        let timeout = w.spec.affinity_timeout.unwrap_or(0);
+        match installed.get(&w.key) {
             Some(old) => {
-                let slots = reslot(&old.backends, &spec.backends);
+                let slots = reslot(&old.backends, &w.backends);
                 let same_backends = slots == old.backends;
-                let same_settings = old.value.flags == spec.flags()
-                    && old.value.affinity_timeout_s == spec.affinity_timeout.unwrap_or(0);
-                if old.name != spec.name {
+                let same_settings =
+                    old.value.flags == w.flags && old.value.affinity_timeout_s == timeout;
+                if old.name != w.spec.name {
                     maps.names
-                        .insert(old.value.id, meta_of(&spec.name), 0)
+                        .insert(old.value.id, meta_of(&w.spec.name), 0)
                         .map_err(map_err("svc_meta"))?;
                 }
                 if same_backends && same_settings {
@@ -473,12 +601,12 @@ pub fn apply(root: &Path, specs: &[ServiceSpec]) -> Result<ApplyReport, ServiceE
                 let value = SvcValue {
                     count: slots.len() as u16,
                     generation,
-                    flags: spec.flags(),
-                    affinity_timeout_s: spec.affinity_timeout.unwrap_or(0),
+                    flags: w.flags,
+                    affinity_timeout_s: timeout,
                     ..old.value
                 };
                 maps.frontends
-                    .insert(key, value, 0)
+                    .insert(w.key, value, 0)
                     .map_err(map_err("svc_frontends"))?;
                 if !same_backends {
                     maps.remove_slots(old.value.id, old.value.generation, old.value.count)?;
@@ -491,19 +619,19 @@ pub fn apply(root: &Path, specs: &[ServiceSpec]) -> Result<ApplyReport, ServiceE
                 }
                 let id = next_id;
                 used_ids.insert(id);
-                maps.write_slots(id, 0, &spec.backends)?;
+                maps.write_slots(id, 0, &w.backends)?;
                 maps.names
-                    .insert(id, meta_of(&spec.name), 0)
+                    .insert(id, meta_of(&w.spec.name), 0)
                     .map_err(map_err("svc_meta"))?;
                 let value = SvcValue {
                     id,
-                    count: spec.backends.len() as u16,
-                    flags: spec.flags(),
-                    affinity_timeout_s: spec.affinity_timeout.unwrap_or(0),
+                    count: w.backends.len() as u16,
+                    flags: w.flags,
+                    affinity_timeout_s: timeout,
                     ..SvcValue::default()
                 };
                 maps.frontends
-                    .insert(key, value, 0)
+                    .insert(w.key, value, 0)
                     .map_err(map_err("svc_frontends"))?;
                 report.added += 1;
             }
@@ -512,24 +640,29 @@ pub fn apply(root: &Path, specs: &[ServiceSpec]) -> Result<ApplyReport, ServiceE
     Ok(report)
 }
 
-/// Every service the maps hold, by frontend.
-pub fn list(root: &Path) -> Result<Vec<ServiceRow>, DataplaneError> {
+/// Every frontend the maps hold.
+pub fn list(root: &Path) -> Result<Vec<FrontendRow>, DataplaneError> {
     let maps = Maps::open(root)?;
     Ok(maps
         .installed()?
         .into_iter()
         .filter_map(|(key, i)| {
-            Some(ServiceRow {
+            let flags = i.value.flags;
+            Some(FrontendRow {
                 id: i.value.id,
-                spec: ServiceSpec {
-                    name: i.name,
-                    vip: Ipv4Addr::from(key.addr),
-                    port: u16::from_be_bytes(key.port),
-                    protocol: Protocol::from_number(key.proto)?,
-                    backends: i.backends,
-                    affinity_timeout: (i.value.flags & SVC_F_AFFINITY != 0)
-                        .then_some(i.value.affinity_timeout_s),
+                name: i.name,
+                kind: if flags & SVC_F_NODE_PORT != 0 {
+                    "node-port"
+                } else {
+                    "cluster-ip"
                 },
+                address: Ipv4Addr::from(key.addr),
+                port: u16::from_be_bytes(key.port),
+                protocol: Protocol::from_number(key.proto)?,
+                backends: i.backends,
+                affinity_timeout: (flags & SVC_F_AFFINITY != 0)
+                    .then_some(i.value.affinity_timeout_s),
+                local_only: flags & SVC_F_LOCAL_ONLY != 0,
             })
         })
         .collect())
@@ -563,6 +696,8 @@ mod tests {
             protocol: Protocol::Tcp,
             backends: backends.iter().map(|s| b(s)).collect(),
             affinity_timeout: None,
+            node_port: None,
+            external_traffic_policy: TrafficPolicy::Cluster,
         }
     }
 
@@ -600,6 +735,16 @@ mod tests {
         let mut affinity = spec("a", 80, &[]);
         affinity.affinity_timeout = Some(0);
         assert!(err(&[affinity]).contains("affinity_timeout"));
+        let mut np = spec("a", 80, &[]);
+        np.node_port = Some(0);
+        assert!(err(&[np.clone()]).contains("node_port: 0"));
+        np.node_port = None;
+        np.external_traffic_policy = TrafficPolicy::Local;
+        assert!(err(&[np]).contains("set node_port"));
+        let (mut a, mut c) = (spec("a", 80, &[]), spec("c", 81, &[]));
+        a.node_port = Some(30080);
+        c.node_port = Some(30080);
+        assert!(err(&[a, c]).contains("node port 30080/tcp"));
         let dup = err(&[spec("a", 80, &[]), spec("b", 81, &[]), spec("c", 80, &[])]);
         assert!(dup.contains("services[0] and services[2]"), "{dup}");
         assert!(dup.contains("10.96.0.1:80/tcp"), "{dup}");
