@@ -170,6 +170,19 @@ pub struct PluginConf {
     /// Service backends the node can hold, over all services.
     #[serde(default = "default_service_backends")]
     pub bpf_service_backends: u32,
+    /// The node's data interfaces, where NodePorts answer: a regular
+    /// expression matching whole interface names (`eth0|ens.*`).
+    /// `margay-install` attaches `from_net` to every match.
+    #[serde(default)]
+    pub bpf_data_ifaces: Option<String>,
+}
+
+impl PluginConf {
+    /// `bpf_data_ifaces` as a whole-name matcher (validated at parse).
+    pub fn data_iface_pattern(&self) -> Option<regex::Regex> {
+        let pattern = self.bpf_data_ifaces.as_deref().filter(|p| !p.is_empty())?;
+        regex::Regex::new(&format!("^(?:{pattern})$")).ok()
+    }
 }
 
 /// `bpf_log_level`.
@@ -203,7 +216,7 @@ fn default_bpf_root() -> PathBuf {
 }
 
 impl PluginConf {
-    const KEYS: [&'static str; 11] = [
+    const KEYS: [&'static str; 12] = [
         "mtu",
         "dataplane",
         "bpf_root",
@@ -211,6 +224,7 @@ impl PluginConf {
         "bpf_conntrack_size",
         "bpf_service_frontends",
         "bpf_service_backends",
+        "bpf_data_ifaces",
         "nodename",
         "log_file",
         "log_level",
@@ -251,6 +265,13 @@ impl PluginConf {
                     "{key}: {value} is outside 16..={max}"
                 )));
             }
+        }
+        if let Some(pattern) = &conf.bpf_data_ifaces
+            && let Err(e) = regex::Regex::new(&format!("^(?:{pattern})$"))
+        {
+            return Err(CniError::invalid_config(format!(
+                "bpf_data_ifaces: {pattern:?} is not a regular expression: {e}"
+            )));
         }
         if !conf.bpf_root.is_absolute() {
             return Err(CniError::invalid_config(format!(

@@ -43,6 +43,74 @@ pub fn dataplane(root: &Path, settings: &Settings) -> Result<String> {
     }
 }
 
+/// Puts `from_net` on every interface whose name matches `pattern` (the
+/// conflist's `bpf_data_ifaces`) and takes it off data interfaces that no
+/// longer match. Pods' veths and loopback never count.
+pub fn data_ifaces(
+    root: &Path,
+    settings: &Settings,
+    pattern: Option<&regex::Regex>,
+    dry_run: bool,
+) -> Result<Vec<String>> {
+    let names: Vec<String> = std::fs::read_dir("/sys/class/net")?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "lo" && !n.starts_with("mrg"))
+        .collect();
+    let wanted: Vec<&String> = names
+        .iter()
+        .filter(|n| pattern.is_some_and(|p| p.is_match(n)))
+        .collect();
+    let mut log = Vec::new();
+    if let Some(p) = pattern
+        && wanted.is_empty()
+    {
+        log.push(format!(
+            "warning: bpf_data_ifaces {p} matches no interface here; NodePorts stay closed"
+        ));
+    }
+    let current: Vec<String> = if root.exists() {
+        margay_ebpf::node::data_ifaces(root)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|d| d.ifname)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for stale in current.iter().filter(|n| !wanted.contains(n)) {
+        if !dry_run {
+            margay_ebpf::node::detach_data_iface(root, stale)?;
+        }
+        log.push(format!(
+            "{stale} is no longer a data interface: from_net detached"
+        ));
+    }
+    if dry_run {
+        log.extend(
+            wanted
+                .iter()
+                .map(|n| format!("would attach from_net to {n}")),
+        );
+        return Ok(log);
+    }
+    if wanted.is_empty() {
+        return Ok(log);
+    }
+    let mut node = Node::open(root, settings)?;
+    for name in wanted {
+        let addrs = node
+            .attach_data_iface(root, name)
+            .map_err(|e| anyhow::anyhow!("bpf_data_ifaces: {e}"))?;
+        let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+        log.push(format!(
+            "from_net attached to {name}: NodePorts answer on {}",
+            addrs.join(", ")
+        ));
+    }
+    Ok(log)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -119,6 +119,12 @@ pub fn install(opts: &Options) -> Result<Vec<String>> {
                 &Settings::from_conf(&plugin),
             )?);
         }
+        log.extend(checks::data_ifaces(
+            &plugin.bpf_root,
+            &Settings::from_conf(&plugin),
+            plugin.data_iface_pattern().as_ref(),
+            opts.dry_run,
+        )?);
     }
     for (name, bytes) in &sources {
         let target = opts.cni_bin_dir.join(name);
@@ -215,9 +221,15 @@ pub fn uninstall(opts: &Options) -> Result<Vec<String>> {
 }
 
 fn remove_dataplane(root: &Path) -> Result<()> {
-    use margay_ebpf::{node::Node, registry};
+    use margay_ebpf::node::{self, Node};
+    use margay_ebpf::registry;
     for ep in registry::list(root).unwrap_or_default() {
         Node::detach(&ep.ifname())?;
+    }
+    for iface in node::data_ifaces(root).unwrap_or_default() {
+        if let Some(name) = iface.ifname {
+            node::detach_data_iface(root, &name)?;
+        }
     }
     std::fs::remove_dir_all(root).with_context(|| format!("removing {}", root.display()))
 }

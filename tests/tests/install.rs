@@ -477,3 +477,92 @@ fn addr_of(ns: &NetNs) -> String {
         .to_string();
     cidr.split('/').next().unwrap().to_string()
 }
+
+/// A veth pair on the host with an address on one end: a stand-in for a
+/// node's NIC, removed when dropped.
+struct FakeNic(String);
+
+impl FakeNic {
+    fn new(addr: &str) -> FakeNic {
+        let name = margay_tests::netns::unique_name("mgn");
+        let run = |args: &[&str]| {
+            assert!(
+                std::process::Command::new("ip")
+                    .args(args)
+                    .status()
+                    .unwrap()
+                    .success(),
+                "ip {args:?}"
+            )
+        };
+        run(&[
+            "link",
+            "add",
+            &name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("{name}p"),
+        ]);
+        run(&["addr", "add", addr, "dev", &name]);
+        run(&["link", "set", &name, "up"]);
+        FakeNic(name)
+    }
+}
+
+impl Drop for FakeNic {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.0])
+            .output();
+    }
+}
+
+#[test]
+fn data_interfaces_of_the_conflist_get_from_net_and_uninstall_takes_it_off() {
+    require_root!(data_interfaces_of_the_conflist_get_from_net_and_uninstall_takes_it_off);
+    let node = Node::new();
+    let root = BpfRoot::new();
+    let nic = FakeNic::new("10.245.121.1/32");
+    let template = watched_template().replace(
+        r#""dataplane": "__DATAPLANE__","#,
+        &format!(
+            r#""dataplane": "__DATAPLANE__", "bpf_root": "__BPF_ROOT__", "bpf_data_ifaces": "{}","#,
+            nic.0
+        ),
+    );
+    let out = ok(node.install(&[
+        ("MARGAY_DATAPLANE", "bpf"),
+        ("MARGAY_BPF_ROOT", root.path().to_str().unwrap()),
+        ("CNI_NETWORK_CONFIG", &template),
+    ]));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!(
+            "from_net attached to {}: NodePorts answer on 10.245.121.1",
+            nic.0
+        )),
+        "{said}"
+    );
+    let ifaces = margay_ebpf::node::data_ifaces(root.path()).unwrap();
+    assert_eq!(ifaces.len(), 1);
+    assert_eq!(ifaces[0].ifname.as_deref(), Some(nic.0.as_str()));
+    assert!(!margay_ebpf::node::attached(&nic.0, aya::programs::TcAttachType::Ingress).is_empty());
+
+    let bad = template.replace(&nic.0, "eth(");
+    let out = node.install(&[
+        ("MARGAY_DATAPLANE", "bpf"),
+        ("MARGAY_BPF_ROOT", root.path().to_str().unwrap()),
+        ("CNI_NETWORK_CONFIG", &bad),
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("bpf_data_ifaces"), "{}", stderr(&out));
+
+    ok(node.install(&[("MARGAY_UNINSTALL", "true")]));
+    assert!(!root.path().exists(), "no pins left");
+    assert!(
+        margay_ebpf::node::attached(&nic.0, aya::programs::TcAttachType::Ingress).is_empty(),
+        "from_net is off the NIC"
+    );
+}
