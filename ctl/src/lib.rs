@@ -114,18 +114,11 @@ pub fn counters(root: &Path, only: Option<&Endpoint>) -> Result<Vec<CounterRow>,
         .collect()
 }
 
-/// Reads a policy file: YAML or JSON (JSON is YAML).
-pub fn read_policy(path: &Path) -> Result<PolicySpec, String> {
+/// Reads a YAML or JSON file (JSON is YAML) of the schema `T`: a policy,
+/// a service set, a peer set.
+pub fn read_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// Reads a service file (`services: [...]`): YAML or JSON.
-pub fn read_services(path: &Path) -> Result<Vec<margay_ebpf::service::ServiceSpec>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    serde_yaml_ng::from_str::<margay_ebpf::service::ServiceFile>(&text)
-        .map(|f| f.services)
-        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Detaches and unregisters every endpoint of the root: what switching a

@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use margay_conf::report::table;
-use margay_ctl::{policy_summary, read_policy, resolve};
+use margay_ctl::{policy_summary, read_yaml, resolve};
 use margay_ebpf::inspect::{self, CtRecord, FlowRecord, NatRecord};
 use margay_ebpf::node::{self, Node};
-use margay_ebpf::{policy, registry, service};
+use margay_ebpf::{cluster, policy, registry, service};
 
 #[derive(Parser)]
 #[command(version, about = "Inspect and program Margay's eBPF dataplane")]
@@ -128,10 +128,20 @@ enum NatAction {
 #[derive(Subcommand)]
 enum NodeAction {
     /// Put `from_net` on a data interface and open NodePorts on its IPv4
-    /// addresses (re-apply the services afterwards).
+    /// addresses (re-apply the services afterwards); set up the tunnel to
+    /// other nodes.
     Attach {
         #[arg(long)]
         iface: String,
+        /// How NodePort traffic reaches backends on other nodes.
+        #[arg(long, default_value = "tunnel")]
+        external_mode: cluster::ExternalMode,
+    },
+    /// Make the node know exactly the other nodes of a YAML or JSON file
+    /// (`peers: [...]`): where their pods are, routes to them.
+    Peers {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
     },
     /// Take `from_net` off a data interface and forget its addresses.
     Detach {
@@ -296,7 +306,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 },
         } => {
             let ep = resolve(root, &which)?;
-            let spec = read_policy(&file)?;
+            let spec: policy::PolicySpec = read_yaml(&file)?;
             policy::set(root, ep.ifindex, &spec).map_err(err)?;
             emit(format!(
                 "policy of {} ({}): ingress {}, egress {}",
@@ -369,7 +379,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::Service {
             action: ServiceAction::Apply { file },
         } => {
-            let specs = margay_ctl::read_services(&file)?;
+            let specs = read_yaml::<service::ServiceFile>(&file)?.services;
             let report = service::apply(root, &specs).map_err(|e| e.to_string())?;
             emit(if cli.json {
                 json(&report)
@@ -468,16 +478,36 @@ fn run(cli: Cli) -> Result<(), String> {
             });
         }
         Cmd::Node {
-            action: NodeAction::Attach { iface },
+            action:
+                NodeAction::Attach {
+                    iface,
+                    external_mode,
+                },
         } => {
-            let addrs = Node::open_pinned_as_is(root)
-                .and_then(|mut node| node.attach_data_iface(root, &iface))
-                .map_err(err)?;
+            let mut node = Node::open_pinned_as_is(root).map_err(err)?;
+            let addrs = node.attach_data_iface(root, &iface).map_err(err)?;
+            cluster::setup_tunnel(&mut node, root, external_mode).map_err(err)?;
             let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
             emit(format!(
-                "from_net attached to {iface}; NodePorts answer on {} once services are (re-)applied",
-                addrs.join(", ")
+                "from_net attached to {iface}; NodePorts answer on {} once services are (re-)applied; \
+                 backends on other nodes through {} ({external_mode:?})",
+                addrs.join(", "),
+                cluster::TUNNEL_DEVICE
             ));
+        }
+        Cmd::Node {
+            action: NodeAction::Peers { file },
+        } => {
+            let peers = read_yaml::<cluster::PeerFile>(&file)?.peers;
+            let report = cluster::apply_peers(root, &peers).map_err(err)?;
+            emit(if cli.json {
+                json(&report)
+            } else {
+                format!(
+                    "peers: {} pod CIDRs known, {} routes, {} CIDRs removed",
+                    report.cidrs, report.routes, report.removed
+                )
+            });
         }
         Cmd::Node {
             action: NodeAction::Detach { iface },
@@ -489,8 +519,15 @@ fn run(cli: Cli) -> Result<(), String> {
             action: NodeAction::Show,
         } => {
             let rows = node::data_ifaces(root).map_err(err)?;
+            let peers = cluster::peers(root).map_err(err)?;
+            let tunnel = cluster::tunnel_settings(root).map_err(err)?;
             emit(if cli.json {
-                json(&rows)
+                json(&serde_json::json!({
+                    "data_ifaces": rows,
+                    "tunnel_ifindex": tunnel.tunnel_ifindex,
+                    "external_mode": if tunnel.external_mode == 1 { "dsr" } else { "tunnel" },
+                    "peers": peers.iter().map(|(c, n, e)| serde_json::json!({"pod_cidr": c, "node": n, "encap": e})).collect::<Vec<_>>(),
+                }))
             } else {
                 let cells: Vec<Vec<String>> = rows
                     .iter()
@@ -502,7 +539,27 @@ fn run(cli: Cli) -> Result<(), String> {
                         ]
                     })
                     .collect();
-                table(&["IFACE", "IFINDEX", "NODEPORT ADDRESS"], &cells)
+                let peer_cells: Vec<Vec<String>> = peers
+                    .iter()
+                    .map(|(c, n, e)| {
+                        vec![
+                            c.to_string(),
+                            n.to_string(),
+                            if *e { "tunnel" } else { "route" }.into(),
+                        ]
+                    })
+                    .collect();
+                format!(
+                    "{}\nexternal mode: {}, tunnel ifindex {}\n{}",
+                    table(&["IFACE", "IFINDEX", "NODEPORT ADDRESS"], &cells),
+                    if tunnel.external_mode == 1 {
+                        "dsr"
+                    } else {
+                        "tunnel"
+                    },
+                    tunnel.tunnel_ifindex,
+                    table(&["PEER POD CIDR", "NODE", "REACHED BY"], &peer_cells)
+                )
             });
         }
         Cmd::Dataplane {

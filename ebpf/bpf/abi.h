@@ -94,8 +94,9 @@ enum ct_state {
 #define CT_F_FIN_A 0x2
 #define CT_F_FIN_B 0x4
 #define CT_F_LOCAL_DELIVERY 0x8 /* FIB-checked: redirect to a local pod */
-#define CT_F_SERVICE 0x10       /* the client's side of a service flow: its
-				 * replies are reverse-translated (nat.h) */
+#define CT_F_SERVICE 0x10       /* its replies are reverse-translated (nat.h) */
+#define CT_F_TUNNEL 0x20        /* came through the tunnel from tunnel_peer:
+				 * replies go back the same way */
 
 /* No per-flow packet or byte counts: updating them on every packet bounces
  * the entry's cache line between the CPUs of the two directions (measured:
@@ -106,7 +107,7 @@ struct ct_entry {
 	__u8 state;
 	__u8 flags;
 	__u8 pad[2];
-	__u32 reserved;
+	__be32 tunnel_peer; /* CT_F_TUNNEL: the node the flow came from */
 };
 
 struct counters {
@@ -217,6 +218,40 @@ struct nat_entry {
  * (key: the address; value: the interface's ifindex). */
 #define MAX_NODE_ADDRS 64
 
+/* How NodePort traffic reaches a backend on another node
+ * (`bpf_external_service_mode`). */
+#define EXT_MODE_TUNNEL 0 /* there and back through the ingress node */
+#define EXT_MODE_DSR 1    /* there through the tunnel, back directly */
+
+struct node_config {
+	__u32 tunnel_ifindex; /* the VXLAN device (external mode); 0: none */
+	__u32 external_mode;  /* EXT_MODE_* */
+	__u32 reserved[6];
+};
+
+/* Other nodes: their pods' CIDRs (LPM) -> the node's address. */
+#define MAX_NODE_PEERS 4096
+
+struct peer_key {
+	__u32 prefixlen;
+	__be32 addr;
+};
+
+struct peer {
+	__be32 node;  /* the node's address, the tunnel's far end */
+	__u32 flags;  /* PEER_F_* */
+};
+
+#define PEER_F_ENCAP 0x1 /* pod traffic to it goes through the tunnel (not
+			  * on one L2 with this node) */
+
+/* VXLAN network identifiers: what a tunnelled packet is. DSR packets
+ * carry the NodePort they were sent to (port and protocol), so that the
+ * backend's node can answer as the ingress node's NodePort. */
+#define VNI_POD 1
+#define VNI_DSR 0x800000
+#define VNI_DSR_UDP 0x10000
+
 struct flow_event {
 	__u64 ts_ns;
 	__u32 ifindex;
@@ -246,4 +281,7 @@ _Static_assert(sizeof(struct svc_meta) == 64, "svc_meta layout");
 _Static_assert(sizeof(struct affinity_key) == 8, "affinity_key layout");
 _Static_assert(sizeof(struct affinity_value) == 16, "affinity_value layout");
 _Static_assert(sizeof(struct nat_key) == 16, "nat_key layout");
+_Static_assert(sizeof(struct node_config) == 32, "node_config layout");
+_Static_assert(sizeof(struct peer_key) == 8, "peer_key layout");
+_Static_assert(sizeof(struct peer) == 8, "peer layout");
 _Static_assert(sizeof(struct nat_entry) == 32, "nat_entry layout");

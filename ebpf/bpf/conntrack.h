@@ -122,8 +122,10 @@ static __always_inline int ct_lookup(const struct packet *p, __u32 ifindex, stru
 	return original ? CT_ORIGINAL : CT_REPLY;
 }
 
-/* Records a new flow, the packet's sender being its initiator. */
-static __always_inline void ct_create(const struct packet *p, __u32 ifindex, __u8 flags)
+/* Records a new flow, the packet's sender being its initiator;
+ * `tunnel_peer` for CT_F_TUNNEL. */
+static __always_inline void ct_create(const struct packet *p, __u32 ifindex, __u8 flags,
+				      __be32 tunnel_peer)
 {
 	struct ct_key k;
 	bool src_is_a = ct_key_fill(&k, p->saddr, p->daddr, p->sport, p->dport, p->proto, ifindex);
@@ -133,6 +135,7 @@ static __always_inline void ct_create(const struct packet *p, __u32 ifindex, __u
 		.last_seen_ns = now,
 		.state = CT_NEW,
 		.flags = flags | (src_is_a ? CT_F_ORIGIN_IS_A : 0),
+		.tunnel_peer = tunnel_peer,
 	};
 	if (p->proto == IPPROTO_TCP) {
 		if (p->tcp_flags & TCPF_RST)

@@ -2,7 +2,8 @@
 /* The dataplane's programs:
  *   from_pod: TC ingress of a pod's host veth, traffic leaving the pod;
  *   to_pod:   TC egress of a pod's host veth, traffic entering the pod;
- *   from_net: TC ingress of a node's data interface (NodePorts).
+ *   from_net: TC ingress of a node's data interface (NodePorts);
+ *   from_tunnel: TC ingress of the node's VXLAN device (other nodes).
  * In order: parse, anti-spoofing (from_pod), service translation (from_pod),
  * conntrack, policy, counters, reverse translation of service replies,
  * forwarding. Every drop carries a reason (abi.h). */
@@ -17,6 +18,7 @@
 #include "nat.h"
 #include "lb.h"
 #include "reject.h"
+#include "tunnel.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -24,12 +26,16 @@ char LICENSE[] SEC("license") = "GPL";
 enum ingress_path {
 	VIA_STACK = 0,       /* routed by the kernel to the host veth */
 	VIA_LOCAL_POD = 1,   /* redirected by the sending pod's from_pod */
+	VIA_TUNNEL = 2,      /* from another node, through the tunnel */
 };
 
 /* The destination pod's side of a packet: conntrack, then its ingress
- * policy for a new flow. TC_ACT_OK to deliver, TC_ACT_SHOT when dropped. */
+ * policy for a new flow. TC_ACT_OK to deliver, TC_ACT_SHOT when dropped.
+ * `tunnel_peer`: the node a tunnelled flow's replies go back to (0: they
+ * take the usual way). */
 static __always_inline int ingress_verdict(struct __sk_buff *skb, struct packet *p,
-					   __u32 ifindex, enum ingress_path path)
+					   __u32 ifindex, enum ingress_path path,
+					   __be32 tunnel_peer)
 {
 	if (p->fragment) {
 		if (policy_of(ifindex, DIR_INGRESS))
@@ -59,9 +65,11 @@ static __always_inline int ingress_verdict(struct __sk_buff *skb, struct packet 
 		return drop(p, ifindex, DIR_INGRESS, DROP_POLICY_INGRESS);
 	__u8 flags = path == VIA_LOCAL_POD ? CT_F_LOCAL_DELIVERY : 0;
 	/* A NodePort flow: this backend's replies go back as the service. */
-	if (path == VIA_STACK && nat_reversed_at_backend(p))
+	if (path != VIA_LOCAL_POD && nat_reversed_at_backend(p))
 		flags |= CT_F_SERVICE;
-	ct_create(p, ifindex, flags);
+	if (tunnel_peer)
+		flags |= CT_F_TUNNEL;
+	ct_create(p, ifindex, flags, tunnel_peer);
 	trace_new_flow(p, ifindex, DIR_INGRESS);
 	count_allowed(ifindex, DIR_INGRESS, p->len);
 	return TC_ACT_OK;
@@ -75,10 +83,20 @@ static __always_inline int deliver_local(struct __sk_buff *skb, struct packet *p
 	struct endpoint *dst = endpoint_of(dst_ifindex);
 	if (!dst || p->ttl <= 1) /* the stack sends time-exceeded */
 		return TC_ACT_OK;
-	int verdict = ingress_verdict(skb, p, dst_ifindex, VIA_LOCAL_POD);
+	int verdict = ingress_verdict(skb, p, dst_ifindex, VIA_LOCAL_POD, 0);
 	if (verdict != TC_ACT_OK)
 		return verdict;
 	return redirect_to_pod(skb, p, dst);
+}
+
+/* A pod's packet for somewhere off this node: through the tunnel when it
+ * is for the pods of a node that is not on our L2, else the stack. */
+static __always_inline int to_elsewhere(struct __sk_buff *skb, const struct packet *p)
+{
+	struct peer *peer = peer_of(p->daddr);
+	if (peer && (peer->flags & PEER_F_ENCAP))
+		return tunnel_send(skb, peer->node, VNI_POD);
+	return TC_ACT_OK;
 }
 
 SEC("classifier")
@@ -141,8 +159,11 @@ int from_pod(struct __sk_buff *skb)
 				return p.ttl > 1 ? redirect_to_pod(skb, &p, client) : TC_ACT_OK;
 			return redirect_by_fib(skb, &p);
 		}
+		/* A reply to a flow another node sent through the tunnel. */
+		if (ct == CT_REPLY && (e->flags & CT_F_TUNNEL))
+			return tunnel_send(skb, e->tunnel_peer, VNI_POD);
 		__u32 dst = (e->flags & CT_F_LOCAL_DELIVERY) ? local_endpoint_ifindex(p.daddr) : 0;
-		return dst ? deliver_local(skb, &p, dst) : TC_ACT_OK;
+		return dst ? deliver_local(skb, &p, dst) : to_elsewhere(skb, &p);
 	}
 	if (!ct_related(skb, &p, ifindex) &&
 	    policy_check(ifindex, DIR_EGRESS, p.daddr, p.proto, bpf_ntohs(p.dport)) != POLICY_ALLOW)
@@ -156,10 +177,10 @@ int from_pod(struct __sk_buff *skb)
 		lb_record(&flow, p.proto);
 		ct_flags |= CT_F_SERVICE;
 	}
-	ct_create(&p, ifindex, ct_flags);
+	ct_create(&p, ifindex, ct_flags, 0);
 	trace_new_flow(&p, ifindex, DIR_EGRESS);
 	count_allowed(ifindex, DIR_EGRESS, p.len);
-	return dst ? deliver_local(skb, &p, dst) : TC_ACT_OK;
+	return dst ? deliver_local(skb, &p, dst) : to_elsewhere(skb, &p);
 }
 
 SEC("classifier")
@@ -177,7 +198,7 @@ int to_pod(struct __sk_buff *skb)
 	case PARSE_UNSUPPORTED:
 		return drop(&p, ifindex, DIR_INGRESS, DROP_UNSUPPORTED_L3);
 	case PARSED_IPV4:
-		return ingress_verdict(skb, &p, ifindex, VIA_STACK);
+		return ingress_verdict(skb, &p, ifindex, VIA_STACK, 0);
 	default: /* ARP; IPv6 until it is handled */
 		count_allowed(ifindex, DIR_INGRESS, p.len);
 		return TC_ACT_OK;
@@ -208,8 +229,51 @@ int from_net(struct __sk_buff *skb)
 	case LB_FAILED:
 		return drop(&p, ifindex, DIR_INGRESS, DROP_NAT);
 	default:
-		lb_record(&flow, p.proto);
-		count_allowed(ifindex, DIR_INGRESS, p.len);
-		return TC_ACT_OK;
+		break;
 	}
+	lb_record(&flow, p.proto);
+	count_allowed(ifindex, DIR_INGRESS, p.len);
+	if (local_endpoint_ifindex(p.daddr))
+		return TC_ACT_OK;
+	/* A backend on another node: through the tunnel, to come back the
+	 * same way (tunnel) or to be answered from there (DSR). */
+	struct peer *peer = peer_of(p.daddr);
+	struct node_config *cfg = node_settings();
+	if (!peer || !cfg)
+		return TC_ACT_OK;
+	if (cfg->external_mode == EXT_MODE_DSR)
+		return tunnel_send(skb, peer->node, vni_dsr(flow.frontend_port, p.proto));
+	return tunnel_send(skb, peer->node, VNI_POD);
+}
+
+/* What comes out of the tunnel: packets for this node's pods (from
+ * another node's pods, or NodePort traffic another node took in), and in
+ * tunnel mode the replies to NodePort flows this node took in. */
+SEC("classifier")
+int from_tunnel(struct __sk_buff *skb)
+{
+	struct bpf_tunnel_key key = {};
+	struct packet p = {};
+	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0 ||
+	    parse_packet(skb, &p) != PARSED_IPV4)
+		return TC_ACT_OK;
+	__be32 from_node = bpf_htonl(key.remote_ipv4);
+	__u32 dst = local_endpoint_ifindex(p.daddr);
+	struct endpoint *ep = dst ? endpoint_of(dst) : NULL;
+	if (ep) {
+		bool dsr = key.tunnel_id & VNI_DSR;
+		/* DSR: this node answers as the ingress node's NodePort. */
+		if (dsr)
+			nat_record_dsr(&p, from_node, bpf_htons(key.tunnel_id & 0xffff));
+		if (p.ttl <= 1)
+			return TC_ACT_OK;
+		int verdict = ingress_verdict(skb, &p, dst, VIA_TUNNEL, dsr ? 0 : from_node);
+		if (verdict != TC_ACT_OK)
+			return verdict;
+		return redirect_to_pod(skb, &p, ep);
+	}
+	int rev = nat_reverse(skb, &p);
+	if (rev == NAT_FAILED)
+		return drop(&p, skb->ifindex, DIR_INGRESS, DROP_NAT);
+	return rev == NAT_REVERSED ? redirect_by_fib(skb, &p) : TC_ACT_OK;
 }

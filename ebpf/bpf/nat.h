@@ -125,6 +125,26 @@ static __always_inline bool nat_reversed_at_backend(const struct packet *p)
 	return rev && (rev->flags & NAT_F_AT_BACKEND);
 }
 
+/* DSR on the backend's node: the flow client -> backend came through the
+ * tunnel from the node that took it in on `node`:`node_port`; the
+ * backend's replies leave from here as that NodePort's. */
+static __always_inline void nat_record_dsr(const struct packet *p, __be32 node, __be16 node_port)
+{
+	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
+		return;
+	struct nat_key k;
+	nat_key_fill(&k, p->daddr, p->saddr, p->dport, p->sport, p->proto, NAT_REV);
+	if (bpf_map_lookup_elem(&nat, &k))
+		return;
+	struct nat_entry rev = {
+		.last_seen_ns = bpf_ktime_get_ns(),
+		.addr = node,
+		.port = node_port,
+		.flags = NAT_F_AT_BACKEND,
+	};
+	bpf_map_update_elem(&nat, &k, &rev, BPF_ANY);
+}
+
 enum nat_reverse_result {
 	NAT_REVERSED = 0,
 	NAT_NO_ENTRY,

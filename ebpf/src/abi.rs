@@ -53,6 +53,11 @@ pub const CT_CLOSED: u8 = 5;
 pub const CT_F_ORIGIN_IS_A: u8 = 0x1;
 pub const CT_F_LOCAL_DELIVERY: u8 = 0x8;
 pub const CT_F_SERVICE: u8 = 0x10;
+pub const CT_F_TUNNEL: u8 = 0x20;
+
+pub const EXT_MODE_TUNNEL: u32 = 0;
+pub const EXT_MODE_DSR: u32 = 1;
+pub const PEER_F_ENCAP: u32 = 0x1;
 
 pub const SVC_F_AFFINITY: u16 = 0x1;
 pub const SVC_F_LOCAL_ONLY: u16 = 0x2;
@@ -157,7 +162,8 @@ pub struct CtEntry {
     pub state: u8,
     pub flags: u8,
     pub pad: [u8; 2],
-    pub reserved: u32,
+    /// `CT_F_TUNNEL`: the node the flow came from (network order).
+    pub tunnel_peer: [u8; 4],
 }
 
 #[repr(C)]
@@ -264,6 +270,22 @@ pub struct NatEntry {
     pub reserved: u32,
 }
 
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub tunnel_ifindex: u32,
+    pub external_mode: u32,
+    pub reserved: [u32; 6],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Peer {
+    /// Network byte order, as `Ipv4Addr::octets`.
+    pub node: [u8; 4],
+    pub flags: u32,
+}
+
 const _: () = {
     use std::mem::size_of;
     assert!(size_of::<Endpoint>() == 36);
@@ -281,6 +303,8 @@ const _: () = {
     assert!(size_of::<SvcMeta>() == 64);
     assert!(size_of::<NatKey>() == 16);
     assert!(size_of::<NatEntry>() == 32);
+    assert!(size_of::<NodeConfig>() == 32);
+    assert!(size_of::<Peer>() == 8);
 };
 
 // SAFETY: all of these are repr(C) plain data with no padding that the
@@ -301,3 +325,5 @@ unsafe impl aya::Pod for Backend {}
 unsafe impl aya::Pod for SvcMeta {}
 unsafe impl aya::Pod for NatKey {}
 unsafe impl aya::Pod for NatEntry {}
+unsafe impl aya::Pod for NodeConfig {}
+unsafe impl aya::Pod for Peer {}

@@ -5,15 +5,15 @@ use std::path::{Path, PathBuf};
 use aya::maps::{HashMap, Map, MapData, MapInfo, PerCpuHashMap, RingBuf};
 
 use crate::abi::{
-    Backend, BackendKey, Config, Counters, CtEntry, CtKey, Endpoint, NatEntry, NatKey, Policy,
-    PolicyKey, SvcKey, SvcMeta, SvcValue,
+    Backend, BackendKey, Config, Counters, CtEntry, CtKey, Endpoint, NatEntry, NatKey, NodeConfig,
+    Peer, Policy, PolicyKey, SvcKey, SvcMeta, SvcValue,
 };
 use crate::error::DataplaneError;
 
 /// Every map the object defines and Margay pins, with what losing its
 /// contents costs. "Durable" maps describe running endpoints and must be
 /// carried over an upgrade; "rebuildable" ones refill by themselves.
-pub const PINNED_MAPS: [(&str, Durability); 13] = [
+pub const PINNED_MAPS: [(&str, Durability); 15] = [
     ("endpoints", Durability::Durable),
     ("endpoints_by_ip", Durability::Durable),
     ("policies", Durability::Durable),
@@ -21,6 +21,8 @@ pub const PINNED_MAPS: [(&str, Durability); 13] = [
     ("svc_backends", Durability::Durable),
     ("svc_meta", Durability::Durable),
     ("node_addrs", Durability::Durable),
+    ("node_config", Durability::Durable),
+    ("node_peers", Durability::Durable),
     // Losing translations breaks the replies of running service flows
     // until their next forward packet; they are carried over whenever the
     // layout allows, like every map.
@@ -58,6 +60,8 @@ pub type Backends = HashMap<MapData, BackendKey, Backend>;
 pub type ServiceNames = HashMap<MapData, u32, SvcMeta>;
 pub type Nat = HashMap<MapData, NatKey, NatEntry>;
 pub type NodeAddrs = HashMap<MapData, [u8; 4], u32>;
+pub type NodeConfigMap = aya::maps::Array<MapData, NodeConfig>;
+pub type NodePeers = aya::maps::lpm_trie::LpmTrie<MapData, [u8; 4], Peer>;
 
 macro_rules! opener {
     ($fn:ident, $ty:ty, $name:literal) => {
@@ -79,6 +83,8 @@ opener!(backends, Backends, "svc_backends");
 opener!(service_names, ServiceNames, "svc_meta");
 opener!(nat, Nat, "nat");
 opener!(node_addrs, NodeAddrs, "node_addrs");
+opener!(node_config, NodeConfigMap, "node_config");
+opener!(node_peers, NodePeers, "node_peers");
 
 /// A map's identity as the kernel checks it: what must match for programs
 /// built against one definition to use a map made from another.

@@ -104,11 +104,15 @@ pub const PROGRAMS: [(&str, TcAttachType); 2] = [
 
 /// The program of the node's data interfaces (NodePorts).
 pub const DATA_IFACE_PROGRAM: (&str, TcAttachType) = ("from_net", TcAttachType::Ingress);
+/// The program of the node's tunnel device (traffic from other nodes).
+pub const TUNNEL_PROGRAM: (&str, TcAttachType) = ("from_tunnel", TcAttachType::Ingress);
+/// The node's own programs, in `Node::node_programs` order.
+const NODE_PROGRAMS: [(&str, TcAttachType); 2] = [DATA_IFACE_PROGRAM, TUNNEL_PROGRAM];
 
 /// The pinned dataplane of one BPF root.
 pub struct Node {
     programs: [SchedClassifier; 2],
-    from_net: SchedClassifier,
+    node_programs: [SchedClassifier; 2],
 }
 
 /// Where a durable map waits while its resized replacement is loaded.
@@ -179,7 +183,7 @@ impl Node {
         };
         Ok(Node {
             programs: [open("from_pod")?, open("to_pod")?],
-            from_net: open(DATA_IFACE_PROGRAM.0)?,
+            node_programs: [open(DATA_IFACE_PROGRAM.0)?, open(TUNNEL_PROGRAM.0)?],
         })
     }
 
@@ -200,9 +204,12 @@ impl Node {
             return Ok(None);
         }
         let open = |name: &str| SchedClassifier::from_pin(program_path(root, name)).ok();
-        let (Some(from_pod), Some(to_pod), Some(from_net)) =
-            (open("from_pod"), open("to_pod"), open(DATA_IFACE_PROGRAM.0))
-        else {
+        let (Some(from_pod), Some(to_pod), Some(from_net), Some(from_tunnel)) = (
+            open("from_pod"),
+            open("to_pod"),
+            open(DATA_IFACE_PROGRAM.0),
+            open(TUNNEL_PROGRAM.0),
+        ) else {
             return Ok(None);
         };
         if current.log_level != settings.log_level {
@@ -216,7 +223,7 @@ impl Node {
         }
         Ok(Some(Node {
             programs: [from_pod, to_pod],
-            from_net,
+            node_programs: [from_net, from_tunnel],
         }))
     }
 
@@ -259,13 +266,11 @@ impl Node {
 
     /// The program named `name` (for tests and benchmarks: `TestRun`).
     pub fn program(&self, name: &str) -> Option<&SchedClassifier> {
-        if name == DATA_IFACE_PROGRAM.0 {
-            return Some(&self.from_net);
-        }
-        PROGRAMS
-            .iter()
-            .position(|(n, _)| *n == name)
-            .map(|i| &self.programs[i])
+        let all = PROGRAMS.iter().chain(&NODE_PROGRAMS);
+        let programs = self.programs.iter().chain(&self.node_programs);
+        all.zip(programs)
+            .find(|((n, _), _)| *n == name)
+            .map(|(_, p)| p)
     }
 
     /// Makes `ifname` one of the node's data interfaces: `from_net` on its
@@ -293,13 +298,22 @@ impl Node {
         }
         ensure_clsact(DATA_IFACE_PROGRAM.0, ifname)?;
         let (name, kind) = DATA_IFACE_PROGRAM;
-        attach_filter(&mut self.from_net, name, kind, ifname)?;
+        attach_filter(&mut self.node_programs[0], name, kind, ifname)?;
         let mut map = maps::node_addrs(root)?;
         for a in &addrs {
             map.insert(a.octets(), ifindex, 0)
                 .map_err(|e| DataplaneError::map("node_addrs", e))?;
         }
         Ok(addrs)
+    }
+}
+
+impl Node {
+    /// Puts `from_tunnel` on the node's tunnel device `ifname`.
+    pub fn attach_tunnel(&mut self, ifname: &str) -> Result<(), DataplaneError> {
+        let (name, kind) = TUNNEL_PROGRAM;
+        ensure_clsact(name, ifname)?;
+        attach_filter(&mut self.node_programs[1], name, kind, ifname)
     }
 }
 
@@ -562,10 +576,13 @@ fn install(root: &Path, settings: &Settings) -> Result<(), DataplaneError> {
         .into_iter()
         .filter_map(|d| d.ifname)
         .collect();
-    let all = PROGRAMS
-        .iter()
-        .map(|p| (*p, &endpoints))
-        .chain([(DATA_IFACE_PROGRAM, &data_ifaces)]);
+    let tunnel: Vec<String> = nix::net::if_::if_nametoindex(crate::cluster::TUNNEL_DEVICE)
+        .map(|_| vec![crate::cluster::TUNNEL_DEVICE.to_string()])
+        .unwrap_or_default();
+    let all = PROGRAMS.iter().map(|p| (*p, &endpoints)).chain([
+        (DATA_IFACE_PROGRAM, &data_ifaces),
+        (TUNNEL_PROGRAM, &tunnel),
+    ]);
     for ((name, kind), running) in all {
         let prog: &mut SchedClassifier = ebpf
             .program_mut(name)

@@ -1,0 +1,62 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Other nodes: where their pods live, and the VXLAN tunnel to them. The
+ * tunnel is one kernel VXLAN device in external (metadata) mode per node;
+ * the programs choose each packet's far end and network identifier and
+ * redirect it there, and the device's own ingress program (from_tunnel)
+ * sees what arrives with the identifier and the sender's address. */
+#pragma once
+
+#include "common.h"
+#include "parse.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct node_config);
+} node_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MAX_NODE_PEERS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct peer_key);
+	__type(value, struct peer);
+} node_peers SEC(".maps");
+
+static __always_inline struct node_config *node_settings(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&node_config, &zero);
+}
+
+/* The node whose pods' CIDR holds `addr`, or NULL. */
+static __always_inline struct peer *peer_of(__be32 addr)
+{
+	struct peer_key k = {.prefixlen = 32, .addr = addr};
+	return bpf_map_lookup_elem(&node_peers, &k);
+}
+
+/* Sends the packet (its Ethernet frame, as is) through the tunnel to
+ * `node` with identifier `vni`. TC_ACT_SHOT when the node has no tunnel:
+ * callers only choose the tunnel once a peer or a tunnel flow says so. */
+static __always_inline int tunnel_send(struct __sk_buff *skb, __be32 node, __u32 vni)
+{
+	struct node_config *cfg = node_settings();
+	if (!cfg || !cfg->tunnel_ifindex)
+		return TC_ACT_SHOT;
+	struct bpf_tunnel_key key = {
+		.remote_ipv4 = bpf_ntohl(node),
+		.tunnel_id = vni,
+		.tunnel_ttl = 64,
+	};
+	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0)
+		return TC_ACT_SHOT;
+	return bpf_redirect(cfg->tunnel_ifindex, 0);
+}
+
+/* What a DSR packet's identifier says: the NodePort it was sent to. */
+static __always_inline __u32 vni_dsr(__be16 node_port, __u8 proto)
+{
+	return VNI_DSR | (proto == IPPROTO_UDP ? VNI_DSR_UDP : 0) | bpf_ntohs(node_port);
+}

@@ -1,0 +1,346 @@
+//! The node among others: the VXLAN tunnel device, the other nodes (peers)
+//! with their pods' CIDRs, and the routes to those pods.
+//!
+//! ```yaml
+//! peers:
+//!   - name: node-b
+//!     address: 192.168.0.12       # the node's address, the tunnel's far end
+//!     pod_cidrs: [10.244.1.0/26]  # its IPAM blocks
+//!     encap: false                # true: not on one L2 with us, pods' traffic tunnels
+//! ```
+//!
+//! [`apply_peers`] makes the node know exactly these peers: the LPM map the
+//! programs find a backend's node in, and for peers on the same L2 a host
+//! route to each of their CIDRs via the peer (pods' traffic to an `encap`
+//! peer goes through the tunnel, chosen by `from_pod`). Routes are marked
+//! with Margay's route protocol, so those of a removed peer are found and
+//! removed and nobody else's are touched.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use aya::maps::lpm_trie::Key;
+use futures::TryStreamExt;
+use ipnetwork::Ipv4Network;
+use rtnetlink::packet_route::route::{RouteAttribute, RouteProtocol};
+use rtnetlink::{LinkMessageBuilder, LinkVxlan, RouteMessageBuilder};
+use serde::{Deserialize, Serialize};
+
+use crate::abi::{EXT_MODE_DSR, EXT_MODE_TUNNEL, NodeConfig, PEER_F_ENCAP, Peer};
+use crate::error::DataplaneError;
+use crate::maps;
+use crate::node::Node;
+
+/// The tunnel device every node has (VXLAN, external mode: the programs
+/// set each packet's far end).
+pub const TUNNEL_DEVICE: &str = "margay-vx";
+/// IANA's VXLAN port.
+pub const VXLAN_PORT: u16 = 4789;
+/// How Margay's routes are marked (`ip route show proto 77`).
+pub const ROUTE_PROTOCOL: u8 = 77;
+
+/// `bpf_external_service_mode`: how NodePort traffic reaches a backend on
+/// another node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExternalMode {
+    /// Through the tunnel, the reply back through it and out of the node
+    /// that took the connection in.
+    #[default]
+    Tunnel,
+    /// Through the tunnel; the backend's node answers the client itself,
+    /// as the NodePort.
+    Dsr,
+}
+
+impl std::str::FromStr for ExternalMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tunnel" => Ok(ExternalMode::Tunnel),
+            "dsr" => Ok(ExternalMode::Dsr),
+            other => Err(format!("{other:?} is not tunnel or dsr")),
+        }
+    }
+}
+
+/// What `margayctl node peers -f` reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerFile {
+    pub peers: Vec<PeerSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSpec {
+    pub name: String,
+    pub address: Ipv4Addr,
+    pub pod_cidrs: Vec<Ipv4Network>,
+    /// Not on one L2 with this node: pods' traffic to it tunnels.
+    #[serde(default)]
+    pub encap: bool,
+}
+
+fn net_error(what: impl std::fmt::Display, e: impl std::fmt::Display) -> DataplaneError {
+    DataplaneError::Attach {
+        program: "from_tunnel",
+        ifname: TUNNEL_DEVICE.to_string(),
+        reason: format!("{what}: {e}"),
+    }
+}
+
+/// Runs netlink work on a connection of the current namespace.
+fn netlink<T>(
+    work: impl AsyncFnOnce(&rtnetlink::Handle) -> Result<T, DataplaneError>,
+) -> Result<T, DataplaneError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| net_error("netlink runtime", e))?;
+    rt.block_on(async {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| net_error("netlink", e))?;
+        tokio::spawn(conn);
+        work(&handle).await
+    })
+}
+
+/// Creates the tunnel device when missing, brings it up with forwarding
+/// on, puts `from_tunnel` on it and records it with `mode` in the node's
+/// settings. Returns its ifindex.
+pub fn setup_tunnel(
+    node: &mut Node,
+    root: &Path,
+    mode: ExternalMode,
+) -> Result<u32, DataplaneError> {
+    if nix::net::if_::if_nametoindex(TUNNEL_DEVICE).is_err() {
+        netlink(async |h| {
+            let link = LinkMessageBuilder::<LinkVxlan>::new(TUNNEL_DEVICE)
+                .port(VXLAN_PORT)
+                .collect_metadata(true)
+                .learning(false)
+                .up()
+                .build();
+            match h.link().add(link).execute().await {
+                Ok(()) => Ok(()),
+                // Another caller made it meanwhile.
+                Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code().abs() == libc::EEXIST => {
+                    Ok(())
+                }
+                Err(e) => Err(net_error("creating the VXLAN device", e)),
+            }
+        })?;
+    }
+    let ifindex =
+        nix::net::if_::if_nametoindex(TUNNEL_DEVICE).map_err(|e| net_error("finding it", e))?;
+    netlink(async |h| {
+        h.link()
+            .set(
+                LinkMessageBuilder::<LinkVxlan>::new(TUNNEL_DEVICE)
+                    .index(ifindex)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|e| net_error("bringing it up", e))
+    })?;
+    // Replies to external clients are forwarded from it (redirect_by_fib).
+    let forwarding = format!("/proc/sys/net/ipv4/conf/{TUNNEL_DEVICE}/forwarding");
+    std::fs::write(&forwarding, "1").map_err(|e| net_error(&forwarding, e))?;
+    node.attach_tunnel(TUNNEL_DEVICE)?;
+    let config = NodeConfig {
+        tunnel_ifindex: ifindex,
+        external_mode: match mode {
+            ExternalMode::Tunnel => EXT_MODE_TUNNEL,
+            ExternalMode::Dsr => EXT_MODE_DSR,
+        },
+        ..NodeConfig::default()
+    };
+    maps::node_config(root)?
+        .set(0, config, 0)
+        .map_err(|e| DataplaneError::map("node_config", e))?;
+    Ok(ifindex)
+}
+
+/// Removes the tunnel device (its filter goes with it) and forgets it.
+pub fn teardown_tunnel(root: &Path) -> Result<(), DataplaneError> {
+    if let Ok(index) = nix::net::if_::if_nametoindex(TUNNEL_DEVICE) {
+        netlink(async |h| match h.link().del(index).execute().await {
+            Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code().abs() == libc::ENODEV => Ok(()),
+            other => other.map_err(|e| net_error("deleting it", e)),
+        })?;
+    }
+    if root.exists() {
+        maps::node_config(root)?
+            .set(0, NodeConfig::default(), 0)
+            .map_err(|e| DataplaneError::map("node_config", e))?;
+    }
+    Ok(())
+}
+
+/// The node's external mode and tunnel device index (0: no tunnel).
+pub fn tunnel_settings(root: &Path) -> Result<NodeConfig, DataplaneError> {
+    maps::node_config(root)?
+        .get(&0, 0)
+        .map_err(|e| DataplaneError::map("node_config", e))
+}
+
+/// What [`apply_peers`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PeersReport {
+    pub cidrs: usize,
+    pub routes: usize,
+    pub removed: usize,
+}
+
+fn check_peers(peers: &[PeerSpec]) -> Result<(), DataplaneError> {
+    let invalid = |i: usize, p: &PeerSpec, why: String| {
+        DataplaneError::Check(format!("peers[{i}] ({}): {why}", p.name))
+    };
+    let mut all: Vec<(Ipv4Network, usize)> = Vec::new();
+    for (i, p) in peers.iter().enumerate() {
+        if p.address.is_unspecified() || p.address.is_broadcast() {
+            return Err(invalid(
+                i,
+                p,
+                format!("address: {} is not a node", p.address),
+            ));
+        }
+        for c in &p.pod_cidrs {
+            if let Some((other, j)) = all.iter().find(|(o, _)| o.overlaps(*c)) {
+                return Err(invalid(
+                    i,
+                    p,
+                    format!("pod_cidrs: {c} overlaps {other} of peers[{j}]"),
+                ));
+            }
+            all.push((*c, i));
+        }
+    }
+    Ok(())
+}
+
+/// Makes the node know exactly `peers` (see the module's documentation).
+pub fn apply_peers(root: &Path, peers: &[PeerSpec]) -> Result<PeersReport, DataplaneError> {
+    check_peers(peers)?;
+    let mut map = maps::node_peers(root)?;
+    let fail = |e: aya::maps::MapError| DataplaneError::map("node_peers", e);
+    let wanted: Vec<(Key<[u8; 4]>, Peer)> = peers
+        .iter()
+        .flat_map(|p| {
+            p.pod_cidrs.iter().map(move |c| {
+                (
+                    Key::new(u32::from(c.prefix()), c.network().octets()),
+                    Peer {
+                        node: p.address.octets(),
+                        flags: if p.encap { PEER_F_ENCAP } else { 0 },
+                    },
+                )
+            })
+        })
+        .collect();
+    let keep: BTreeSet<(u32, [u8; 4])> = wanted
+        .iter()
+        .map(|(k, _)| (k.prefix_len(), k.data()))
+        .collect();
+    let stale: Vec<Key<[u8; 4]>> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !keep.contains(&(k.prefix_len(), k.data())))
+        .collect();
+    let mut report = PeersReport::default();
+    for k in &stale {
+        map.remove(k).map_err(fail)?;
+        report.removed += 1;
+    }
+    for (k, v) in &wanted {
+        map.insert(k, *v, 0).map_err(fail)?;
+        report.cidrs += 1;
+    }
+    let routes: Vec<(Ipv4Network, Ipv4Addr)> = peers
+        .iter()
+        .filter(|p| !p.encap)
+        .flat_map(|p| p.pod_cidrs.iter().map(move |c| (*c, p.address)))
+        .collect();
+    report.routes = routes.len();
+    sync_routes(&routes)?;
+    Ok(report)
+}
+
+/// Makes Margay's routes (by protocol) exactly `routes`: CIDR via node.
+fn sync_routes(routes: &[(Ipv4Network, Ipv4Addr)]) -> Result<(), DataplaneError> {
+    let route_error =
+        |what: String, e: rtnetlink::Error| DataplaneError::Check(format!("{what}: {e}"));
+    netlink(async |h| {
+        let ours: Vec<_> = h
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute()
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(|e| route_error("listing routes".into(), e))?
+            .into_iter()
+            .filter(|m| m.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL))
+            .collect();
+        for m in ours {
+            let dst = m.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Destination(
+                    rtnetlink::packet_route::route::RouteAddress::Inet(d),
+                ) => Some(*d),
+                _ => None,
+            });
+            let wanted = dst.is_some_and(|d| {
+                routes.iter().any(|(c, _)| {
+                    c.network() == d && c.prefix() == m.header.destination_prefix_length
+                })
+            });
+            if !wanted {
+                h.route()
+                    .del(m)
+                    .execute()
+                    .await
+                    .map_err(|e| route_error("removing a stale peer route".into(), e))?;
+            }
+        }
+        for (cidr, via) in routes {
+            let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(cidr.network(), cidr.prefix())
+                .gateway(*via)
+                .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+                .build();
+            h.route()
+                .add(msg)
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| route_error(format!("route to {cidr} via {via}"), e))?;
+        }
+        Ok(())
+    })
+}
+
+/// The peers' CIDRs the programs know: (CIDR, node, encap).
+pub fn peers(root: &Path) -> Result<Vec<(Ipv4Network, Ipv4Addr, bool)>, DataplaneError> {
+    let map = maps::node_peers(root)?;
+    let mut all = Vec::new();
+    for kv in map.iter() {
+        let (k, v) = kv.map_err(|e| DataplaneError::map("node_peers", e))?;
+        let cidr = Ipv4Network::new(Ipv4Addr::from(k.data()), k.prefix_len() as u8)
+            .map_err(|e| DataplaneError::map("node_peers", e))?;
+        all.push((cidr, Ipv4Addr::from(v.node), v.flags & PEER_F_ENCAP != 0));
+    }
+    all.sort();
+    Ok(all)
+}
+
+/// Removes the peers, their routes and the tunnel (uninstall).
+pub fn forget_all(root: &Path) -> Result<(), DataplaneError> {
+    if root.exists() {
+        apply_peers(root, &[])?;
+    } else {
+        sync_routes(&[])?;
+    }
+    teardown_tunnel(root)
+}
