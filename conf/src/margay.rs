@@ -175,6 +175,35 @@ pub struct PluginConf {
     /// `margay-install` attaches `from_net` to every match.
     #[serde(default)]
     pub bpf_data_ifaces: Option<String>,
+    /// How NodePort traffic reaches a backend on another node: `tunnel`
+    /// (there and back through the node that took it in) or `dsr` (the
+    /// backend's node answers the client directly).
+    #[serde(default)]
+    pub bpf_external_service_mode: ExternalServiceMode,
+}
+
+/// `bpf_external_service_mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExternalServiceMode {
+    /// Through the tunnel, the reply back through it and out of the node
+    /// that took the connection in.
+    #[default]
+    Tunnel,
+    /// Through the tunnel; the backend's node answers the client itself,
+    /// as the NodePort.
+    Dsr,
+}
+
+impl std::str::FromStr for ExternalServiceMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tunnel" => Ok(ExternalServiceMode::Tunnel),
+            "dsr" => Ok(ExternalServiceMode::Dsr),
+            other => Err(format!("{other:?} is not tunnel or dsr")),
+        }
+    }
 }
 
 impl PluginConf {
@@ -216,7 +245,7 @@ fn default_bpf_root() -> PathBuf {
 }
 
 impl PluginConf {
-    const KEYS: [&'static str; 12] = [
+    const KEYS: [&'static str; 13] = [
         "mtu",
         "dataplane",
         "bpf_root",
@@ -225,6 +254,7 @@ impl PluginConf {
         "bpf_service_frontends",
         "bpf_service_backends",
         "bpf_data_ifaces",
+        "bpf_external_service_mode",
         "nodename",
         "log_file",
         "log_level",

@@ -40,30 +40,7 @@ pub const VXLAN_PORT: u16 = 4789;
 /// How Margay's routes are marked (`ip route show proto 77`).
 pub const ROUTE_PROTOCOL: u8 = 77;
 
-/// `bpf_external_service_mode`: how NodePort traffic reaches a backend on
-/// another node.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ExternalMode {
-    /// Through the tunnel, the reply back through it and out of the node
-    /// that took the connection in.
-    #[default]
-    Tunnel,
-    /// Through the tunnel; the backend's node answers the client itself,
-    /// as the NodePort.
-    Dsr,
-}
-
-impl std::str::FromStr for ExternalMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "tunnel" => Ok(ExternalMode::Tunnel),
-            "dsr" => Ok(ExternalMode::Dsr),
-            other => Err(format!("{other:?} is not tunnel or dsr")),
-        }
-    }
-}
+pub use margay_conf::margay::ExternalServiceMode as ExternalMode;
 
 /// What `margayctl node peers -f` reads.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -335,12 +312,17 @@ pub fn peers(root: &Path) -> Result<Vec<(Ipv4Network, Ipv4Addr, bool)>, Dataplan
     Ok(all)
 }
 
-/// Removes the peers, their routes and the tunnel (uninstall).
+/// Removes what this root set up: its peers and their routes, and the
+/// tunnel device when this root's node settings name it (uninstall).
 pub fn forget_all(root: &Path) -> Result<(), DataplaneError> {
-    if root.exists() {
-        apply_peers(root, &[])?;
-    } else {
-        sync_routes(&[])?;
+    if !root.exists() {
+        return Ok(());
     }
-    teardown_tunnel(root)
+    if !peers(root)?.is_empty() {
+        apply_peers(root, &[])?;
+    }
+    if tunnel_settings(root)?.tunnel_ifindex != 0 {
+        teardown_tunnel(root)?;
+    }
+    Ok(())
 }

@@ -50,6 +50,7 @@ pub fn data_ifaces(
     root: &Path,
     settings: &Settings,
     pattern: Option<&regex::Regex>,
+    mode: margay_ebpf::cluster::ExternalMode,
     dry_run: bool,
 ) -> Result<Vec<String>> {
     let names: Vec<String> = std::fs::read_dir("/sys/class/net")?
@@ -92,6 +93,12 @@ pub fn data_ifaces(
                 .iter()
                 .map(|n| format!("would attach from_net to {n}")),
         );
+        if !wanted.is_empty() {
+            log.push(format!(
+                "would set up {} for other nodes ({mode:?})",
+                margay_ebpf::cluster::TUNNEL_DEVICE
+            ));
+        }
         return Ok(log);
     }
     if wanted.is_empty() {
@@ -108,6 +115,12 @@ pub fn data_ifaces(
             addrs.join(", ")
         ));
     }
+    margay_ebpf::cluster::setup_tunnel(&mut node, root, mode)
+        .map_err(|e| anyhow::anyhow!("bpf_external_service_mode: {e}"))?;
+    log.push(format!(
+        "{} up: backends on other nodes are reached in {mode:?} mode",
+        margay_ebpf::cluster::TUNNEL_DEVICE
+    ));
     Ok(log)
 }
 

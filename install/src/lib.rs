@@ -123,6 +123,7 @@ pub fn install(opts: &Options) -> Result<Vec<String>> {
             &plugin.bpf_root,
             &Settings::from_conf(&plugin),
             plugin.data_iface_pattern().as_ref(),
+            plugin.bpf_external_service_mode,
             opts.dry_run,
         )?);
     }
@@ -231,6 +232,7 @@ fn remove_dataplane(root: &Path) -> Result<()> {
             node::detach_data_iface(root, &name)?;
         }
     }
+    margay_ebpf::cluster::forget_all(root)?;
     std::fs::remove_dir_all(root).with_context(|| format!("removing {}", root.display()))
 }
 

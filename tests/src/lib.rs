@@ -9,10 +9,12 @@
 //! - [`bpf`]: private BPF roots and running programs on crafted packets;
 //! - [`packet`]: crafted Ethernet/IPv4 frames;
 //! - [`fixture`]: a test network and its pods, cleaned up on drop;
+//! - [`cluster`]: nodes as namespaces on one LAN, with an external client;
 //! - [`driver`]: a runtime over a conflist (prevResult chaining, result cache).
 
 pub mod bins;
 pub mod bpf;
+pub mod cluster;
 pub mod driver;
 pub mod fixture;
 pub mod netns;

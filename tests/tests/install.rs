@@ -545,6 +545,7 @@ fn data_interfaces_of_the_conflist_get_from_net_and_uninstall_takes_it_off() {
         )),
         "{said}"
     );
+    assert!(said.contains("margay-vx up"), "{said}");
     let ifaces = margay_ebpf::node::data_ifaces(root.path()).unwrap();
     assert_eq!(ifaces.len(), 1);
     assert_eq!(ifaces[0].ifname.as_deref(), Some(nic.0.as_str()));
@@ -564,5 +565,9 @@ fn data_interfaces_of_the_conflist_get_from_net_and_uninstall_takes_it_off() {
     assert!(
         margay_ebpf::node::attached(&nic.0, aya::programs::TcAttachType::Ingress).is_empty(),
         "from_net is off the NIC"
+    );
+    assert!(
+        nix::net::if_::if_nametoindex(margay_ebpf::cluster::TUNNEL_DEVICE).is_err(),
+        "the tunnel device is gone"
     );
 }

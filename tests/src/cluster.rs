@@ -1,0 +1,223 @@
+//! A small cluster on one machine: nodes are network namespaces, each with
+//! its own Margay (the CNI plugin run inside it, a BPF root, an IPAM
+//! store), on one L2 segment (a bridge in a namespace of its own), with an
+//! external client beside them. For the multi-node tests, the demo and the
+//! benchmarks.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+use crate::bins::bin;
+use crate::bpf::BpfRoot;
+use crate::driver::{Runtime, first_ipv4};
+use crate::netns::{NetNs, unique_name};
+
+/// One L2 segment: a bridge in a namespace of its own.
+pub struct Lan {
+    pub ns: NetNs,
+}
+
+impl Lan {
+    pub fn new() -> Lan {
+        let ns = NetNs::new("lan");
+        ns.run_ok(&["ip", "link", "add", "br0", "type", "bridge"]);
+        ns.run_ok(&["ip", "link", "set", "br0", "up"]);
+        Lan { ns }
+    }
+
+    /// Plugs `host` into the bridge as its `eth0` with `addr`/24.
+    pub fn plug(&self, host: &NetNs, addr: Ipv4Addr) {
+        let port = unique_name("p");
+        self.ns.run_ok(&[
+            "ip",
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            host.name(),
+        ]);
+        self.ns
+            .run_ok(&["ip", "link", "set", &port, "master", "br0", "up"]);
+        host.run_ok(&["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+        host.run_ok(&["ip", "link", "set", "eth0", "up"]);
+    }
+}
+
+/// A node: a namespace where Margay's CNI plugin runs, as kubelet would
+/// run it on that machine.
+pub struct ClusterNode {
+    pub ns: NetNs,
+    pub addr: Ipv4Addr,
+    pub pool: &'static str,
+    pub dir: TempDir,
+    pub bpf: BpfRoot,
+    pub rt: Runtime,
+}
+
+impl ClusterNode {
+    pub fn new(lan: &Lan, addr: Ipv4Addr, pool: &'static str) -> ClusterNode {
+        let ns = NetNs::new("node");
+        lan.plug(&ns, addr);
+        // Like any node, a default route: the pods' gateway 169.254.1.1 is
+        // answered by proxy ARP only for addresses the node can route.
+        ns.run_ok(&["ip", "route", "add", "default", "dev", "eth0"]);
+        for sysctl in [
+            "net.ipv4.ip_forward=1",
+            "net.ipv4.conf.all.rp_filter=0",
+            "net.ipv4.conf.default.rp_filter=0",
+        ] {
+            ns.run_ok(&["sysctl", "-qw", sysctl]);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let bpf = BpfRoot::new();
+        // The plugin runs inside the node's namespace; `nsenter`, unlike
+        // `ip netns exec`, keeps /sys (and the BPF filesystem under it).
+        let bin_dir = dir.path().join("bin");
+        std::fs::create_dir_all(&bin_dir).unwrap();
+        let wrapper = bin_dir.join("margay");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nexec nsenter --net=/var/run/netns/{} {} \"$@\"\n",
+                ns.name(),
+                bin("margay").display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink(bin("margay-ipam"), bin_dir.join("margay-ipam")).unwrap();
+        let conflist = json!({"cniVersion": "1.1.0", "name": unique_name("mgcl"), "plugins": [{
+            "type": "margay", "dataplane": "bpf", "nodename": ns.name(),
+            "bpf_root": bpf.path(), "bpf_log_level": "debug",
+            "ipam": {"type": "margay-ipam", "pools": [pool],
+                     "data_dir": dir.path().join("ipam")}}]});
+        let rt = Runtime::new(&conflist, vec![bin_dir], &dir.path().join("cache"));
+        ClusterNode {
+            ns,
+            addr,
+            pool,
+            dir,
+            bpf,
+            rt,
+        }
+    }
+
+    /// A pod on this node: its namespace and address.
+    pub fn pod(&self, tag: &str) -> Result<(NetNs, Ipv4Addr), String> {
+        let pod = NetNs::new(tag);
+        let result = self
+            .rt
+            .add(&unique_name("cid"), &pod.path(), "eth0", "")
+            .map_err(|e| format!("ADD on {}: {e}", self.ns.name()))?;
+        let ip = first_ipv4(&result).ok_or("the ADD result has no IPv4 address")?;
+        Ok((pod, ip))
+    }
+
+    /// `margayctl` inside the node's namespace; its stdout.
+    pub fn ctl(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", self.ns.name()))
+            .arg(bin("margayctl"))
+            .arg("--bpf-root")
+            .arg(self.bpf.path())
+            .args(args)
+            .output()
+            .map_err(|e| format!("nsenter: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "margayctl {args:?} on {}: {}",
+                self.ns.name(),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `margayctl service apply` (`what` "services") or `node peers`
+    /// ("peers") of `value`, written to a file.
+    pub fn apply(&self, what: &str, value: Value) -> Result<String, String> {
+        let file = self.dir.path().join(format!("{}.json", unique_name(what)));
+        std::fs::write(&file, value.to_string()).unwrap();
+        let sub = if what == "peers" { "node" } else { "service" };
+        let verb = if what == "peers" { "peers" } else { "apply" };
+        self.ctl(&[sub, verb, "-f", file.to_str().unwrap()])
+    }
+
+    /// The reverse translations this node holds, as `nat dump` lists them.
+    pub fn reverse_translations(&self) -> Result<Vec<Value>, String> {
+        let all: Vec<Value> = serde_json::from_str(&self.ctl(&["--json", "nat", "dump"])?)
+            .map_err(|e| e.to_string())?;
+        Ok(all
+            .into_iter()
+            .filter(|r| r["direction"] == "reverse")
+            .collect())
+    }
+}
+
+impl Drop for ClusterNode {
+    fn drop(&mut self) {
+        for cid in self.rt.cached_container_ids("eth0") {
+            let _ = self.rt.del(&cid, None, "eth0", "");
+        }
+    }
+}
+
+/// `node` as a peer entry of a peers file.
+pub fn peer(node: &ClusterNode, encap: bool) -> Value {
+    json!({"name": node.ns.name(), "address": node.addr, "pod_cidrs": [node.pool], "encap": encap})
+}
+
+/// Two nodes on one LAN with a pod each, knowing each other; an external
+/// client on the LAN.
+pub struct Cluster {
+    pub a: ClusterNode,
+    pub b: ClusterNode,
+    pub client: NetNs,
+    pub client_addr: Ipv4Addr,
+    _lan: Lan,
+}
+
+impl Cluster {
+    /// Nodes at 10.247.`subnet`.1 and .2, the client at .100; each node's
+    /// pods from a /24 of 10.248 of its own.
+    pub fn new(subnet: u8) -> Cluster {
+        let lan = Lan::new();
+        let at = |host: u8| Ipv4Addr::new(10, 247, subnet, host);
+        let pools: [&'static str; 2] = match subnet {
+            1 => ["10.248.1.0/24", "10.248.2.0/24"],
+            2 => ["10.248.3.0/24", "10.248.4.0/24"],
+            3 => ["10.248.5.0/24", "10.248.6.0/24"],
+            4 => ["10.248.7.0/24", "10.248.8.0/24"],
+            _ => ["10.248.9.0/24", "10.248.10.0/24"],
+        };
+        let a = ClusterNode::new(&lan, at(1), pools[0]);
+        let b = ClusterNode::new(&lan, at(2), pools[1]);
+        let client = NetNs::new("ext");
+        lan.plug(&client, at(100));
+        Cluster {
+            a,
+            b,
+            client,
+            client_addr: at(100),
+            _lan: lan,
+        }
+    }
+
+    /// Each node told of the other (`encap`: through the tunnel).
+    pub fn know_each_other(&self, encap: bool) -> Result<(), String> {
+        self.a
+            .apply("peers", json!({"peers": [peer(&self.b, encap)]}))?;
+        self.b
+            .apply("peers", json!({"peers": [peer(&self.a, encap)]}))?;
+        Ok(())
+    }
+}
