@@ -20,6 +20,12 @@ pub struct Lan {
     pub ns: NetNs,
 }
 
+impl Default for Lan {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Lan {
     pub fn new() -> Lan {
         let ns = NetNs::new("lan");
