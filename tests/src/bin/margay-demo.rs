@@ -3,7 +3,8 @@
 //! eBPF dataplane: a TCP connectivity matrix, the programs and counters, a
 //! forged packet dropped with its reason, a deny policy blocking one pair,
 //! a ClusterIP service balanced by the programs, then everything removed
-//! and shown to be gone.
+//! and shown to be gone; then two nodes and an external client, a NodePort
+//! reaching a backend on the other node in tunnel and in DSR mode.
 #![allow(clippy::print_stdout)] // A demo's job is to print.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -378,5 +379,52 @@ fn run() -> Result<(), String> {
     println!(
         "\nnothing left behind (the node's programs stay pinned for the next pod; the demo's BPF root goes now)."
     );
+    two_nodes()
+}
+
+/// Two nodes and an external client (namespaces on one LAN): a NodePort on
+/// node A whose only backend is on node B, reached in tunnel mode and in
+/// DSR mode; the backend prints the address it sees: the client's own.
+fn two_nodes() -> Result<(), String> {
+    use margay_tests::cluster::Cluster;
+    section("two nodes and an external client (network namespaces on one LAN)");
+    let c = Cluster::new(9);
+    let (_pod_a, ip_a) = c.a.pod("demo-a")?;
+    let (pod_b, ip_b) = c.b.pod("demo-b")?;
+    println!(
+        "node A {} (pod {ip_a}), node B {} (pod {ip_b}), client {}",
+        c.a.addr, c.b.addr, c.client_addr
+    );
+    let server = TcpServer::start(Some(&pod_b), "pod-on-B");
+    let services = json!({"services": [{"name": "demo/nodeport", "vip": "10.96.0.20", "port": 80,
+        "node_port": 30080, "backends": [format!("{ip_b}:{}", server.port)]}]});
+    for mode in ["tunnel", "dsr"] {
+        for node in [&c.a, &c.b] {
+            node.ctl(&["node", "attach", "--iface", "eth0", "--external-mode", mode])?;
+        }
+        c.know_each_other(false)?;
+        c.a.apply("services", services.clone())?;
+        c.b.apply("services", services.clone())?;
+        let answer = traffic::request(Some(&c.client), SocketAddr::from((c.a.addr, 30080)))
+            .map_err(|e| format!("client -> A:30080 ({mode}): {e}"))?;
+        println!(
+            "[{mode}] client -> {}:30080 (node A) -> backend on node B: \"{answer}\"",
+            c.a.addr
+        );
+        if !answer.ends_with(&c.client_addr.to_string()) {
+            return Err(format!("the backend saw another address: {answer}"));
+        }
+        let answered_by_b = c
+            .b
+            .reverse_translations()?
+            .iter()
+            .any(|r| r["translated"] == format!("{}:30080", c.a.addr));
+        println!(
+            "[{mode}] the reply left from {} as {}:30080",
+            if answered_by_b { "node B, straight to the client," } else { "node A, back through the tunnel," },
+            c.a.addr
+        );
+    }
+    println!("$ margayctl node show   (on node A)\n{}", c.a.ctl(&["node", "show"])?);
     Ok(())
 }
