@@ -7,6 +7,7 @@
 pub mod exec;
 pub mod ipam;
 pub mod network;
+pub mod nodeport;
 pub mod packets;
 pub mod pods;
 pub mod report;

@@ -73,6 +73,15 @@ enum Cmd {
         #[arg(long, default_value = "/usr/lib/cni")]
         peer_dir: PathBuf,
     },
+    /// NodePort throughput (iperf3), external client -> node A -> backend
+    /// on node B: tunnel vs DSR mode, interleaved rounds. Needs root.
+    Nodeport {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 3)]
+        seconds: u32,
+    },
     /// Pod-to-pod TCP throughput with iperf3: margay bpf vs margay linux vs
     /// ptp+host-local, interleaved rounds, medians. Needs root and iperf3.
     Throughput {
@@ -161,6 +170,11 @@ fn run(cli: Cli) -> Result<()> {
                 "{rounds} interleaved rounds of {per_round} connections per side; {}",
                 report.iptables_version
             );
+            print_report(cli.json, &report, info.header(&what), report.table())
+        }
+        Cmd::Nodeport { rounds, seconds } => {
+            let report = margay_bench::nodeport::run(rounds, seconds)?;
+            let what = format!("{rounds} interleaved rounds of {seconds} s");
             print_report(cli.json, &report, info.header(&what), report.table())
         }
         Cmd::Throughput {

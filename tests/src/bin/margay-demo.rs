@@ -414,17 +414,23 @@ fn two_nodes() -> Result<(), String> {
         if !answer.ends_with(&c.client_addr.to_string()) {
             return Err(format!("the backend saw another address: {answer}"));
         }
-        let answered_by_b = c
-            .b
-            .reverse_translations()?
-            .iter()
-            .any(|r| r["translated"] == format!("{}:30080", c.a.addr));
+        let answered_by_b =
+            c.b.reverse_translations()?
+                .iter()
+                .any(|r| r["translated"] == format!("{}:30080", c.a.addr));
         println!(
             "[{mode}] the reply left from {} as {}:30080",
-            if answered_by_b { "node B, straight to the client," } else { "node A, back through the tunnel," },
+            if answered_by_b {
+                "node B, straight to the client,"
+            } else {
+                "node A, back through the tunnel,"
+            },
             c.a.addr
         );
     }
-    println!("$ margayctl node show   (on node A)\n{}", c.a.ctl(&["node", "show"])?);
+    println!(
+        "$ margayctl node show   (on node A)\n{}",
+        c.a.ctl(&["node", "show"])?
+    );
     Ok(())
 }
