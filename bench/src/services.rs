@@ -240,6 +240,13 @@ fn exchanges(ns: &NetNs, addr: SocketAddr, n: usize) -> Result<Vec<Duration>> {
                 let started = Instant::now();
                 let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
                 conn.set_nodelay(true)?;
+                // Closed by RST: thousands of connections leave no
+                // TIME_WAIT behind to slow later connects down.
+                let abort = libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                };
+                nix::sys::socket::setsockopt(&conn, nix::sys::socket::sockopt::Linger, &abort)?;
                 conn.set_read_timeout(Some(Duration::from_secs(2)))?;
                 conn.write_all(b"GET\n")?;
                 let mut answer = String::new();
@@ -366,25 +373,36 @@ pub fn run(
     let mut rules = IptablesServices::new();
     let clear_margay = || service::apply(root, &[]).map(|_| ());
 
-    let mut latency = Vec::new();
-    for count in SERVICE_COUNTS {
-        service::apply(root, &service_set(count, margay.target()))?;
-        rules.load(&service_set(count, peer.target()))?;
-        let last = SocketAddr::from((vip(count - 1), PORT));
-        // Warm up both paths (ARP, caches) before counting.
-        exchanges(&margay.client.ns, last, 20)?;
-        exchanges(&peer.client.ns, last, 20)?;
-        let (mut m, mut i) = (Vec::new(), Vec::new());
-        for _ in 0..rounds {
+    // Counts interleave too: every round programs each count in turn, so
+    // that what accumulates over a run (conntrack, translations, the
+    // client's closed sockets) weighs on every row alike.
+    let mut samples: Vec<(Vec<Duration>, Vec<Duration>)> =
+        SERVICE_COUNTS.iter().map(|_| (Vec::new(), Vec::new())).collect();
+    for round in 0..rounds {
+        for (count, (m, i)) in SERVICE_COUNTS.iter().zip(samples.iter_mut()) {
+            service::apply(root, &service_set(*count, margay.target()))?;
+            rules.load(&service_set(*count, peer.target()))?;
+            let last = SocketAddr::from((vip(count - 1), PORT));
+            if round == 0 {
+                // Warm up both paths (ARP, caches) before counting.
+                exchanges(&margay.client.ns, last, 20)?;
+                exchanges(&peer.client.ns, last, 20)?;
+            }
             m.extend(exchanges(&margay.client.ns, last, per_round)?);
             i.extend(exchanges(&peer.client.ns, last, per_round)?);
         }
-        latency.push(LatencyRow {
-            services: count,
-            margay: Summary::of(&m).context("samples")?,
-            iptables: Summary::of(&i).context("samples")?,
-        });
     }
+    let latency = SERVICE_COUNTS
+        .iter()
+        .zip(&samples)
+        .map(|(count, (m, i))| {
+            Ok(LatencyRow {
+                services: *count,
+                margay: Summary::of(m).context("samples")?,
+                iptables: Summary::of(i).context("samples")?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
 
     let big = service_set(10_000, margay.target());
     let (mut program_margay_s, mut program_iptables_s) = (Vec::new(), Vec::new());
