@@ -606,7 +606,7 @@ fn node_ports_reach_local_backends_with_the_client_address_kept() {
     assert!(attached.contains("10.245.110.1"), "{attached}");
     let shown: Value =
         serde_json::from_str(&margayctl_ok(&net, &["--json", "node", "show"])).unwrap();
-    assert_eq!(shown[0]["ifname"], client.link.as_str());
+    assert_eq!(shown["data_ifaces"][0]["ifname"], client.link.as_str());
 
     let vip = Ipv4Addr::new(10, 96, 10, 10);
     let far = "10.245.210.9:8080"; // not on this node
