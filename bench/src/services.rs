@@ -308,12 +308,6 @@ pub struct ServicesReport {
     pub iptables_version: String,
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    crate::stats::median(&v).unwrap_or(f64::NAN)
-}
-
 impl ServicesReport {
     pub fn table(&self) -> Table {
         let mut t = Table::new([
@@ -343,8 +337,8 @@ impl ServicesReport {
             ]);
         }
         let (m, i) = (
-            median(&self.program_margay_s),
-            median(&self.program_iptables_s),
+            crate::stats::median_of(&self.program_margay_s),
+            crate::stats::median_of(&self.program_iptables_s),
         );
         t.row([
             "program 10,000 services (median s)".to_string(),
@@ -376,8 +370,10 @@ pub fn run(
     // Counts interleave too: every round programs each count in turn, so
     // that what accumulates over a run (conntrack, translations, the
     // client's closed sockets) weighs on every row alike.
-    let mut samples: Vec<(Vec<Duration>, Vec<Duration>)> =
-        SERVICE_COUNTS.iter().map(|_| (Vec::new(), Vec::new())).collect();
+    let mut samples: Vec<(Vec<Duration>, Vec<Duration>)> = SERVICE_COUNTS
+        .iter()
+        .map(|_| (Vec::new(), Vec::new()))
+        .collect();
     for round in 0..rounds {
         for (count, (m, i)) in SERVICE_COUNTS.iter().zip(samples.iter_mut()) {
             service::apply(root, &service_set(*count, margay.target()))?;

@@ -62,6 +62,13 @@ impl Summary {
     }
 }
 
+/// The median of `values` (any order); NaN when empty.
+pub fn median_of(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    median(&v).unwrap_or(f64::NAN)
+}
+
 /// `a / b`, the "times" factor shown in reports (`0.62x` means `a` takes 62%
 /// of `b`'s time).
 pub fn ratio(a: f64, b: f64) -> f64 {

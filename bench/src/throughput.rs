@@ -87,14 +87,13 @@ pub struct ThroughputReport {
 
 impl ThroughputReport {
     pub fn median(&self, name: &str) -> f64 {
-        let mut v = self
+        let v = self
             .gbits
             .iter()
             .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| v.as_slice())
             .unwrap_or_default();
-        v.sort_by(f64::total_cmp);
-        stats::median(&v).unwrap_or(f64::NAN)
+        stats::median_of(v)
     }
 
     pub fn table(&self) -> Table {

@@ -133,6 +133,32 @@ impl Net {
         self.rt.check(&pod.cid, &pod.ns.path(), "eth0", "")
     }
 
+    /// The network's BPF root (bpf mode).
+    pub fn bpf_root(&self) -> &std::path::Path {
+        self.bpf_root.as_ref().expect("a bpf network").path()
+    }
+
+    /// `margayctl --bpf-root <this network's>` with `args`.
+    pub fn margayctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin("margayctl"))
+            .arg("--bpf-root")
+            .arg(self.bpf_root())
+            .args(args)
+            .output()
+            .expect("margayctl runs")
+    }
+
+    /// `margayctl` that must succeed; its stdout.
+    pub fn margayctl_ok(&self, args: &[&str]) -> String {
+        let out = self.margayctl(args);
+        assert!(
+            out.status.success(),
+            "margayctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Number of IPAM allocations in the network's store.
     pub fn allocations(&self) -> usize {
         let out = Command::new(bin("margay-ipam"))

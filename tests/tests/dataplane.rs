@@ -18,10 +18,6 @@ use margay_tests::require_root;
 use margay_tests::traffic::{self, EchoServer, TcpServer, UdpServer};
 use serde_json::json;
 
-fn root(net: &Net) -> &Path {
-    net.bpf_root.as_ref().expect("a bpf network").path()
-}
-
 fn v4(pod: &Pod) -> Ipv4Addr {
     match pod.ip() {
         IpAddr::V4(a) => a,
@@ -52,26 +48,11 @@ fn assert_attached(root: &Path, ifname: &str) {
 }
 
 fn set_policy(net: &Net, pod: &Pod, spec: &str) {
-    let ep = registry::find(root(net), &pod.host_ifname())
+    let ep = registry::find(net.bpf_root(), &pod.host_ifname())
         .unwrap()
         .expect("registered");
     let spec: PolicySpec = serde_json::from_str(spec).unwrap();
-    policy::set(root(net), ep.ifindex, &spec).unwrap();
-}
-
-fn margayctl(net: &Net, args: &[&str]) -> String {
-    let out = Command::new(bin("margayctl"))
-        .arg("--bpf-root")
-        .arg(root(net))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "margayctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    policy::set(net.bpf_root(), ep.ifindex, &spec).unwrap();
 }
 
 #[test]
@@ -81,7 +62,7 @@ fn pods_with_programs_reach_each_other_over_tcp_udp_and_icmp() {
     let a = net.pod("a");
     let b = net.pod("b");
     for p in [&a, &b] {
-        assert_attached(root(&net), &p.host_ifname());
+        assert_attached(net.bpf_root(), &p.host_ifname());
     }
     let tcp_b = TcpServer::start(Some(&b.ns), "b");
     assert_eq!(
@@ -108,23 +89,20 @@ fn pods_with_programs_reach_each_other_over_tcp_udp_and_icmp() {
     );
 
     // Pod to pod took the redirect: conntrack marks the flow as delivered locally.
-    let flows = inspect::conntrack(root(&net), None).unwrap();
+    let flows = inspect::conntrack(net.bpf_root(), None).unwrap();
     assert!(
         flows
             .iter()
             .any(|(k, e)| k.proto == 6 && e.flags & abi::CT_F_LOCAL_DELIVERY != 0),
         "a TCP flow was delivered by bpf_redirect_peer"
     );
-    let listing = margayctl(&net, &["endpoints", "--json"]);
+    let listing = net.margayctl_ok(&["endpoints", "--json"]);
     let eps: serde_json::Value = serde_json::from_str(&listing).unwrap();
     assert_eq!(eps.as_array().unwrap().len(), 2);
     for ep in eps.as_array().unwrap() {
         assert_eq!(ep["programs"], json!(["from_pod", "to_pod"]), "{listing}");
     }
-    let counters = margayctl(
-        &net,
-        &["counters", "--endpoint", &a.ip().to_string(), "--json"],
-    );
+    let counters = net.margayctl_ok(&["counters", "--endpoint", &a.ip().to_string(), "--json"]);
     let c: serde_json::Value = serde_json::from_str(&counters).unwrap();
     assert!(
         c[0]["from_pod_packets"].as_u64().unwrap() >= 6,
@@ -148,12 +126,12 @@ fn a_pod_forging_its_source_address_is_blocked_and_counted() {
     assert!(traffic::udp_request(Some(&a.ns), SocketAddr::new(b.ip(), server.port)).is_ok());
     let seen = server.received.lock().unwrap().clone();
     assert_eq!(seen, vec![a.ip()], "only the honest datagram arrived");
-    let ep = registry::find(root(&net), &a.host_ifname())
+    let ep = registry::find(net.bpf_root(), &a.host_ifname())
         .unwrap()
         .unwrap();
-    let counters = inspect::counters(root(&net), ep.ifindex).unwrap();
+    let counters = inspect::counters(net.bpf_root(), ep.ifindex).unwrap();
     assert_eq!(counters.drops[abi::DROP_SPOOF_IP], 3);
-    let drops = margayctl(&net, &["drops"]);
+    let drops = net.margayctl_ok(&["drops"]);
     assert!(
         drops.contains("spoofed-ip") && drops.contains("10.241.2.200"),
         "{drops}"
@@ -187,11 +165,11 @@ fn a_deny_policy_blocks_new_connections_while_an_allowed_one_flows() {
         "two",
         "the established one flows"
     );
-    let ep = registry::find(root(&net), &server.host_ifname())
+    let ep = registry::find(net.bpf_root(), &server.host_ifname())
         .unwrap()
         .unwrap();
     assert!(
-        inspect::counters(root(&net), ep.ifindex).unwrap().drops[abi::DROP_POLICY_INGRESS] >= 1
+        inspect::counters(net.bpf_root(), ep.ifindex).unwrap().drops[abi::DROP_POLICY_INGRESS] >= 1
     );
 
     // Policies through margayctl, from a YAML file.
@@ -201,25 +179,19 @@ fn a_deny_policy_blocks_new_connections_while_an_allowed_one_flows() {
         "ingress:\n  - action: allow\n    protocol: tcp\n    ports: \"1-65535\"\n",
     )
     .unwrap();
-    margayctl(
-        &net,
-        &[
-            "policy",
-            "set",
-            "--endpoint",
-            &server.ip().to_string(),
-            "-f",
-            file.to_str().unwrap(),
-        ],
-    );
+    net.margayctl_ok(&[
+        "policy",
+        "set",
+        "--endpoint",
+        &server.ip().to_string(),
+        "-f",
+        file.to_str().unwrap(),
+    ]);
     assert!(
         traffic::connect(Some(&client.ns), addr).is_ok(),
         "allowed again, without re-attaching"
     );
-    let shown = margayctl(
-        &net,
-        &["policy", "show", "--endpoint", &server.host_ifname()],
-    );
+    let shown = net.margayctl_ok(&["policy", "show", "--endpoint", &server.host_ifname()]);
     assert!(
         shown.contains("ports: 1-65535") || shown.contains("ports: '1-65535'"),
         "{shown}"
@@ -236,7 +208,7 @@ fn programs_keep_enforcing_after_every_margay_process_exits() {
     let server = TcpServer::start(Some(&b.ns), "b");
     set_policy(&net, &b, r#"{"ingress": []}"#);
     assert!(traffic::request(Some(&a.ns), SocketAddr::new(b.ip(), server.port)).is_err());
-    assert_attached(root(&net), &b.host_ifname());
+    assert_attached(net.bpf_root(), &b.host_ifname());
 }
 
 /// Whether any host interface has index `ifindex`.
@@ -261,11 +233,11 @@ fn del_leaves_no_link_pin_or_endpoint_entry() {
     set_policy(&net, &a, r#"{"egress": [{"action": "allow"}]}"#);
     let (a_if, b_if) = (ifindex_of(&a.host_ifname()), ifindex_of(&b.host_ifname()));
     assert!(
-        !inspect::conntrack(root(&net), Some(a_if))
+        !inspect::conntrack(net.bpf_root(), Some(a_if))
             .unwrap()
             .is_empty()
     );
-    let dump = margayctl(&net, &["conntrack", "dump"]);
+    let dump = net.margayctl_ok(&["conntrack", "dump"]);
     assert_eq!(
         dump.lines()
             .next()
@@ -282,7 +254,7 @@ fn del_leaves_no_link_pin_or_endpoint_entry() {
     drop(b.ns);
     net.rt.del(&b_cid, None, "eth0", "").unwrap();
 
-    let r = root(&net);
+    let r = net.bpf_root();
     let pins: Vec<_> = std::fs::read_dir(r)
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -319,7 +291,7 @@ fn del_leaves_no_link_pin_or_endpoint_entry() {
         assert!([a_if, b_if].contains(&k.ifindex), "{k:?}");
         assert!(!ifindex_in_use(k.ifindex), "ifindex {} is dead", k.ifindex);
     }
-    let flushed = margayctl(&net, &["conntrack", "flush"]);
+    let flushed = net.margayctl_ok(&["conntrack", "flush"]);
     assert_eq!(
         flushed.trim(),
         format!("flushed {} conntrack entries", left.len())
@@ -348,9 +320,9 @@ fn thirty_two_concurrent_adds_all_get_programs() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     for r in &results {
-        assert_attached(root(&net), r["interfaces"][0]["name"].as_str().unwrap());
+        assert_attached(net.bpf_root(), r["interfaces"][0]["name"].as_str().unwrap());
     }
-    assert_eq!(registry::list(root(&net)).unwrap().len(), 32);
+    assert_eq!(registry::list(net.bpf_root()).unwrap().len(), 32);
     std::thread::scope(|s| {
         for (i, ns) in nss.iter().enumerate() {
             let net = &net;
@@ -361,7 +333,7 @@ fn thirty_two_concurrent_adds_all_get_programs() {
             });
         }
     });
-    assert!(registry::list(root(&net)).unwrap().is_empty());
+    assert!(registry::list(net.bpf_root()).unwrap().is_empty());
     net.assert_nothing_left("10.241.6.");
 }
 
@@ -383,7 +355,7 @@ fn check_verifies_the_programs_and_gc_removes_stale_endpoints() {
             ifname: "eth0".into(),
         }])
         .unwrap();
-    let left: Vec<String> = registry::list(root(&net))
+    let left: Vec<String> = registry::list(net.bpf_root())
         .unwrap()
         .iter()
         .map(|e| e.ifname())
@@ -409,7 +381,7 @@ fn gc_forgets_endpoints_whose_veth_vanished_without_del() {
     let gone_if = ifindex_of(&gone.host_ifname());
     let listed = || -> Vec<String> {
         let eps: serde_json::Value =
-            serde_json::from_str(&margayctl(&net, &["endpoints", "--json"])).unwrap();
+            serde_json::from_str(&net.margayctl_ok(&["endpoints", "--json"])).unwrap();
         let mut names: Vec<String> = eps
             .as_array()
             .unwrap()
@@ -436,7 +408,7 @@ fn gc_forgets_endpoints_whose_veth_vanished_without_del() {
     net.rt.gc(&valid).unwrap();
 
     assert_eq!(listed(), vec![keep.host_ifname()]);
-    let r = root(&net);
+    let r = net.bpf_root();
     assert!(
         maps::endpoints_by_ip(r)
             .unwrap()
@@ -480,7 +452,7 @@ fn upgrades_reuse_compatible_maps_and_move_running_endpoints() {
     let server = EchoServer::start(Some(&b.ns));
     let mut conn = traffic::connect(Some(&a.ns), SocketAddr::new(b.ip(), server.port())).unwrap();
     assert_eq!(traffic::round_trip(&mut conn, "before").unwrap(), "before");
-    let r = root(&net);
+    let r = net.bpf_root();
     let prog_id = |name: &str| {
         aya::programs::ProgramInfo::from_pin(r.join("progs").join(name))
             .unwrap()
@@ -598,7 +570,8 @@ fn a_bulk_transfer_between_local_pods_stays_on_the_redirect_path() {
         via_stack < 1 << 20,
         "{via_stack} bytes reached the server through the host stack"
     );
-    let flows = inspect::conntrack(root(&net), Some(ifindex_of(&client.host_ifname()))).unwrap();
+    let flows =
+        inspect::conntrack(net.bpf_root(), Some(ifindex_of(&client.host_ifname()))).unwrap();
     assert!(
         flows
             .iter()

@@ -4,8 +4,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -13,16 +12,11 @@ use std::time::{Duration, Instant};
 use margay_ebpf::abi::DROP_NO_BACKEND;
 use margay_ebpf::service::{self, Protocol, ServiceSpec, TrafficPolicy};
 use margay_ebpf::{inspect, registry};
-use margay_tests::bins::bin;
 use margay_tests::fixture::{Net, NetSpec, Pod};
 use margay_tests::netns::{NetNs, run_ok, unique_name};
 use margay_tests::require_root;
 use margay_tests::traffic::{self, TcpServer, UdpServer, in_netns};
 use serde_json::{Value, json};
-
-fn root(net: &Net) -> &Path {
-    net.bpf_root.as_ref().expect("a bpf network").path()
-}
 
 fn v4(pod: &Pod) -> Ipv4Addr {
     match pod.ip() {
@@ -31,24 +25,12 @@ fn v4(pod: &Pod) -> Ipv4Addr {
     }
 }
 
-fn margayctl(net: &Net, args: &[&str]) -> Output {
-    Command::new(bin("margayctl"))
-        .arg("--bpf-root")
-        .arg(root(net))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 /// Applies `services` (the `services:` list of a service file) through
 /// `margayctl service apply -f`, as an operator or controller would.
 fn apply(net: &Net, services: Value) -> Value {
     let file = net.dir.path().join(format!("{}.json", unique_name("svc")));
     std::fs::write(&file, json!({ "services": services }).to_string()).unwrap();
-    let out = margayctl(
-        net,
-        &["--json", "service", "apply", "-f", file.to_str().unwrap()],
-    );
+    let out = net.margayctl(&["--json", "service", "apply", "-f", file.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "service apply: {}",
@@ -110,6 +92,18 @@ impl Drop for NameServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// `n` pods of `net`, `b0`, `b1`, …, each running the server `start`
+/// makes for it under its name.
+fn backends<S>(net: &Net, n: usize, start: impl Fn(&NetNs, &str) -> S) -> (Vec<Pod>, Vec<S>) {
+    let pods: Vec<Pod> = (0..n).map(|i| net.pod(&format!("b{i}"))).collect();
+    let servers = pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| start(&p.ns, &format!("b{i}")))
+        .collect();
+    (pods, servers)
 }
 
 /// Sends a line on `conn` and reads the answering line.
@@ -189,10 +183,10 @@ fn cluster_ip_balances_tcp_and_udp_and_replies_come_from_the_service() {
         );
     }
 
-    let listed = margayctl(&net, &["--json", "service", "list"]);
+    let listed = net.margayctl(&["--json", "service", "list"]);
     let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 2);
-    let nat = margayctl(&net, &["--json", "nat", "dump"]);
+    let nat = net.margayctl(&["--json", "nat", "dump"]);
     let nat: Vec<Value> = serde_json::from_slice(&nat.stdout).unwrap();
     assert!(
         nat.iter().any(|r| r["direction"] == "forward"
@@ -207,12 +201,7 @@ fn each_connection_keeps_its_backend_and_connections_spread() {
     require_root!(each_connection_keeps_its_backend_and_connections_spread);
     let net = Net::new(NetSpec::bpf("10.245.2.0/24"));
     let client = net.pod("cli");
-    let pods: Vec<Pod> = (0..3).map(|i| net.pod(&format!("b{i}"))).collect();
-    let servers: Vec<NameServer> = pods
-        .iter()
-        .enumerate()
-        .map(|(i, p)| NameServer::start(&p.ns, &format!("b{i}")))
-        .collect();
+    let (pods, servers) = backends(&net, 3, NameServer::start);
     let vip = Ipv4Addr::new(10, 96, 2, 10);
     let backends: Vec<String> = pods
         .iter()
@@ -249,12 +238,7 @@ fn client_ip_affinity_keeps_new_connections_on_one_backend() {
     require_root!(client_ip_affinity_keeps_new_connections_on_one_backend);
     let net = Net::new(NetSpec::bpf("10.245.3.0/24"));
     let client = net.pod("cli");
-    let pods: Vec<Pod> = (0..3).map(|i| net.pod(&format!("b{i}"))).collect();
-    let servers: Vec<TcpServer> = pods
-        .iter()
-        .enumerate()
-        .map(|(i, p)| TcpServer::start(Some(&p.ns), &format!("b{i}")))
-        .collect();
+    let (pods, servers) = backends(&net, 3, |ns, name| TcpServer::start(Some(ns), name));
     let vip = Ipv4Addr::new(10, 96, 3, 10);
     let backends: Vec<String> = pods
         .iter()
@@ -313,14 +297,14 @@ fn a_service_without_backends_refuses_at_once_and_says_why() {
         std::io::ErrorKind::ConnectionRefused
     );
 
-    let ep = registry::find(root(&net), &client.host_ifname())
+    let ep = registry::find(net.bpf_root(), &client.host_ifname())
         .unwrap()
         .unwrap();
     assert_eq!(
-        inspect::counters(root(&net), ep.ifindex).unwrap().drops[DROP_NO_BACKEND],
+        inspect::counters(net.bpf_root(), ep.ifindex).unwrap().drops[DROP_NO_BACKEND],
         2
     );
-    let drops = margayctl(&net, &["drops"]);
+    let drops = net.margayctl(&["drops"]);
     let drops = String::from_utf8_lossy(&drops.stdout);
     assert!(
         drops.contains("service-no-backend") && drops.contains(&format!("{vip}:80")),
@@ -441,12 +425,7 @@ fn service_changes_keep_running_connections_and_move_new_ones() {
     require_root!(service_changes_keep_running_connections_and_move_new_ones);
     let net = Net::new(NetSpec::bpf("10.245.7.0/24"));
     let client = net.pod("cli");
-    let pods: Vec<Pod> = (0..3).map(|i| net.pod(&format!("b{i}"))).collect();
-    let servers: Vec<NameServer> = pods
-        .iter()
-        .enumerate()
-        .map(|(i, p)| NameServer::start(&p.ns, &format!("b{i}")))
-        .collect();
+    let (pods, servers) = backends(&net, 3, NameServer::start);
     let at = |i: usize| backend(v4(&pods[i]), servers[i].port);
     let vip = Ipv4Addr::new(10, 96, 7, 10);
     let svc = |backends: Vec<String>| {
@@ -485,7 +464,7 @@ fn service_changes_keep_running_connections_and_move_new_ones() {
 
     // The service goes: new connections are no longer translated.
     apply(&net, json!([]));
-    assert_eq!(service::list(root(&net)).unwrap(), vec![]);
+    assert_eq!(service::list(net.bpf_root()).unwrap(), vec![]);
     assert!(traffic::connect(Some(&client.ns), SocketAddr::from((vip, 80))).is_err());
 }
 
@@ -509,7 +488,7 @@ fn ten_thousand_services_apply_at_once_and_the_last_one_answers() {
         })
         .collect();
     let started = Instant::now();
-    let report = service::apply(root(&net), &specs).unwrap();
+    let report = service::apply(net.bpf_root(), &specs).unwrap();
     let took = started.elapsed();
     eprintln!("applied 10,000 services in {took:?}");
     assert_eq!(report.added, 10_000);
@@ -518,7 +497,7 @@ fn ten_thousand_services_apply_at_once_and_the_last_one_answers() {
         traffic::request(Some(&client.ns), SocketAddr::from((last, 80))).unwrap(),
         format!("last {}", v4(&client))
     );
-    let again = service::apply(root(&net), &specs).unwrap();
+    let again = service::apply(net.bpf_root(), &specs).unwrap();
     assert_eq!(
         again.unchanged, 10_000,
         "a re-apply of the same set writes nothing"
@@ -541,7 +520,7 @@ fn a_set_larger_than_the_maps_is_refused_whole_and_bad_files_are_named() {
     apply(&net, some(3));
     let file = net.dir.path().join("too-many.json");
     std::fs::write(&file, json!({"services": some(17)}).to_string()).unwrap();
-    let out = margayctl(&net, &["service", "apply", "-f", file.to_str().unwrap()]);
+    let out = net.margayctl(&["service", "apply", "-f", file.to_str().unwrap()]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -549,7 +528,7 @@ fn a_set_larger_than_the_maps_is_refused_whole_and_bad_files_are_named() {
         "{stderr}"
     );
     assert_eq!(
-        service::list(root(&net)).unwrap().len(),
+        service::list(net.bpf_root()).unwrap().len(),
         3,
         "nothing changed"
     );
@@ -559,7 +538,7 @@ fn a_set_larger_than_the_maps_is_refused_whole_and_bad_files_are_named() {
         r#"{"services": [{"name": "a", "vip": "10.97.0.1", "port": 80, "backends": ["10.0.0.1:0"]}]}"#,
     )
     .unwrap();
-    let out = margayctl(&net, &["service", "apply", "-f", file.to_str().unwrap()]);
+    let out = net.margayctl(&["service", "apply", "-f", file.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("services[0] (a): backends[0]"));
     std::fs::write(
@@ -567,25 +546,14 @@ fn a_set_larger_than_the_maps_is_refused_whole_and_bad_files_are_named() {
         r#"{"services": [{"name": "a", "vip": "10.97.0.1", "prot": 80}]}"#,
     )
     .unwrap();
-    let out = margayctl(&net, &["service", "apply", "-f", file.to_str().unwrap()]);
+    let out = net.margayctl(&["service", "apply", "-f", file.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("prot"));
     assert_eq!(
-        service::list(root(&net)).unwrap().len(),
+        service::list(net.bpf_root()).unwrap().len(),
         3,
         "still nothing changed"
     );
-}
-
-/// `margayctl` that must succeed; its stdout.
-fn margayctl_ok(net: &Net, args: &[&str]) -> String {
-    let out = margayctl(net, args);
-    assert!(
-        out.status.success(),
-        "margayctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -602,10 +570,10 @@ fn node_ports_reach_local_backends_with_the_client_address_kept() {
         Ipv4Addr::new(10, 245, 110, 1),
         Ipv4Addr::new(10, 245, 110, 2),
     );
-    let attached = margayctl_ok(&net, &["node", "attach", "--iface", &client.link]);
+    let attached = net.margayctl_ok(&["node", "attach", "--iface", &client.link]);
     assert!(attached.contains("10.245.110.1"), "{attached}");
     let shown: Value =
-        serde_json::from_str(&margayctl_ok(&net, &["--json", "node", "show"])).unwrap();
+        serde_json::from_str(&net.margayctl_ok(&["--json", "node", "show"])).unwrap();
     assert_eq!(shown["data_ifaces"][0]["ifname"], client.link.as_str());
 
     let vip = Ipv4Addr::new(10, 96, 10, 10);
@@ -623,7 +591,7 @@ fn node_ports_reach_local_backends_with_the_client_address_kept() {
              "external_traffic_policy": "local", "backends": [far]},
         ]),
     );
-    let listed = service::list(root(&net)).unwrap();
+    let listed = service::list(net.bpf_root()).unwrap();
     assert_eq!(listed.iter().filter(|r| r.kind == "node-port").count(), 4);
 
     let node = client.host_side;
@@ -662,8 +630,11 @@ fn node_ports_reach_local_backends_with_the_client_address_kept() {
     );
 
     // Detached, the interface is the node's own again.
-    margayctl_ok(&net, &["node", "detach", "--iface", &client.link]);
-    assert_eq!(margay_ebpf::node::data_ifaces(root(&net)).unwrap(), vec![]);
+    net.margayctl_ok(&["node", "detach", "--iface", &client.link]);
+    assert_eq!(
+        margay_ebpf::node::data_ifaces(net.bpf_root()).unwrap(),
+        vec![]
+    );
     assert!(
         margay_ebpf::node::attached(&client.link, aya::programs::TcAttachType::Ingress).is_empty()
     );
