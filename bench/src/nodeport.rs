@@ -8,58 +8,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use margay_tests::cluster::Cluster;
 use margay_tests::netns::ChildGuard;
-use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::report::Table;
-use crate::stats;
+use crate::throughput::ThroughputReport;
 
 const NODE_PORT: u16 = 30201;
 const MODES: [&str; 2] = ["tunnel", "dsr"];
-
-#[derive(Debug, Serialize)]
-pub struct NodePortReport {
-    pub rounds: usize,
-    pub seconds: u32,
-    /// Mode -> Gbit/s of every round.
-    pub gbits: Vec<(&'static str, Vec<f64>)>,
-}
-
-impl NodePortReport {
-    fn median(&self, mode: &str) -> f64 {
-        let v = self
-            .gbits
-            .iter()
-            .find(|(m, _)| *m == mode)
-            .map(|(_, v)| v.as_slice())
-            .unwrap_or_default();
-        stats::median_of(v)
-    }
-
-    pub fn table(&self) -> Table {
-        let base = self.median("tunnel");
-        let mut t = Table::new([
-            "client -> NodePort -> other node",
-            "median Gbit/s",
-            "min",
-            "max",
-            "vs tunnel",
-        ]);
-        for (mode, v) in &self.gbits {
-            let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-            let max = v.iter().copied().fold(0.0, f64::max);
-            let m = self.median(mode);
-            t.row([
-                mode.to_string(),
-                format!("{m:.2}"),
-                format!("{min:.2}"),
-                format!("{max:.2}"),
-                format!("{:.2}x", m / base),
-            ]);
-        }
-        t
-    }
-}
 
 fn iperf(c: &Cluster, seconds: u32) -> Result<f64> {
     for _ in 0..50 {
@@ -87,7 +41,7 @@ fn iperf(c: &Cluster, seconds: u32) -> Result<f64> {
     bail!("iperf3 through the NodePort never completed")
 }
 
-pub fn run(rounds: usize, seconds: u32) -> Result<NodePortReport> {
+pub fn run(rounds: usize, seconds: u32) -> Result<ThroughputReport> {
     let c = Cluster::new(5);
     // The forward direction is tunnelled: leave room for VXLAN's 50 bytes.
     c.client
@@ -119,7 +73,9 @@ pub fn run(rounds: usize, seconds: u32) -> Result<NodePortReport> {
             samples.push(iperf(&c, seconds)?);
         }
     }
-    Ok(NodePortReport {
+    Ok(ThroughputReport {
+        what: "client -> NodePort -> other node",
+        baseline: "tunnel",
         rounds,
         seconds,
         gbits,

@@ -77,8 +77,13 @@ impl<'n> Setup<'n> {
     }
 }
 
+/// Gbit/s of interleaved iperf3 rounds per setup, compared with one of
+/// them (`baseline`).
 #[derive(Debug, Serialize)]
 pub struct ThroughputReport {
+    /// What was measured (the table's first header).
+    pub what: &'static str,
+    pub baseline: &'static str,
     pub rounds: usize,
     pub seconds: u32,
     /// Setup name -> Gbit/s of every round.
@@ -97,13 +102,13 @@ impl ThroughputReport {
     }
 
     pub fn table(&self) -> Table {
-        let peer = self.median("ptp+host-local");
+        let base = self.median(self.baseline);
         let mut t = Table::new([
-            "pod -> pod TCP (iperf3)",
-            "median Gbit/s",
-            "min",
-            "max",
-            "vs ptp+host-local",
+            self.what.to_string(),
+            "median Gbit/s".into(),
+            "min".into(),
+            "max".into(),
+            format!("vs {}", self.baseline),
         ]);
         for (name, v) in &self.gbits {
             let min = v.iter().copied().fold(f64::INFINITY, f64::min);
@@ -114,7 +119,7 @@ impl ThroughputReport {
                 format!("{m:.2}"),
                 format!("{min:.2}"),
                 format!("{max:.2}"),
-                format!("{:.2}x", m / peer),
+                format!("{:.2}x", m / base),
             ]);
         }
         t
@@ -142,6 +147,8 @@ pub fn run(
         }
     }
     Ok(ThroughputReport {
+        what: "pod -> pod TCP (iperf3)",
+        baseline: "ptp+host-local",
         rounds,
         seconds,
         gbits,
