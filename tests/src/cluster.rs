@@ -75,12 +75,12 @@ impl ClusterNode {
         // Like any node, a default route: the pods' gateway 169.254.1.1 is
         // answered by proxy ARP only for addresses the node can route.
         ns.run_ok(&["ip", "route", "add", "default", "dev", "eth0"]);
-        for sysctl in [
-            "net.ipv4.ip_forward=1",
-            "net.ipv4.conf.all.rp_filter=0",
-            "net.ipv4.conf.default.rp_filter=0",
+        for (key, value) in [
+            ("net/ipv4/ip_forward", "1"),
+            ("net/ipv4/conf/all/rp_filter", "0"),
+            ("net/ipv4/conf/default/rp_filter", "0"),
         ] {
-            ns.run_ok(&["sysctl", "-qw", sysctl]);
+            ns.run_ok(&["sh", "-c", &format!("echo {value} > /proc/sys/{key}")]);
         }
         let dir = tempfile::tempdir().unwrap();
         let bpf = BpfRoot::new();

@@ -7,8 +7,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use margay_tests::cluster::Cluster;
 use margay_tests::require_root;
-use margay_tests::traffic::{self, TcpServer};
-use serde_json::json;
+use margay_tests::traffic::{self, TcpServer, UdpServer};
+use serde_json::{Value, json};
 
 #[test]
 fn pods_reach_pods_and_cluster_ips_on_the_other_node_routed_or_tunnelled() {
@@ -119,4 +119,96 @@ fn node_ports_reach_a_backend_on_another_node_through_the_tunnel() {
 fn node_ports_reach_a_backend_on_another_node_which_answers_directly_in_dsr_mode() {
     require_root!(node_ports_reach_a_backend_on_another_node_which_answers_directly_in_dsr_mode);
     node_port_to_the_other_node("dsr", 3);
+}
+
+#[test]
+fn node_ports_reach_local_backends_with_the_client_address_kept() {
+    require_root!(node_ports_reach_local_backends_with_the_client_address_kept);
+    let c = Cluster::new(4);
+    let ((b1, ip1), (b2, ip2)) = (c.a.pod("b1").unwrap(), c.a.pod("b2").unwrap());
+    let (t1, t2) = (
+        TcpServer::start(Some(&b1), "b1"),
+        TcpServer::start(Some(&b2), "b2"),
+    );
+    let u1 = UdpServer::start(Some(&b1), "b1");
+    let attached = c.a.ctl(&["node", "attach", "--iface", "eth0"]).unwrap();
+    assert!(attached.contains(&c.a.addr.to_string()), "{attached}");
+    let shown: Value =
+        serde_json::from_str(&c.a.ctl(&["--json", "node", "show"]).unwrap()).unwrap();
+    assert_eq!(shown["data_ifaces"][0]["ifname"], "eth0");
+
+    let vip = "10.96.10.10";
+    let far = "10.245.210.9:8080"; // on no node
+    c.a.apply(
+        "services",
+        json!({"services": [
+            {"name": "default/web", "vip": vip, "port": 80, "node_port": 30080,
+             "backends": [format!("{ip1}:{}", t1.port), format!("{ip2}:{}", t2.port)]},
+            {"name": "default/dns", "vip": vip, "port": 53, "protocol": "udp", "node_port": 30053,
+             "backends": [format!("{ip1}:{}", u1.port)]},
+            {"name": "default/local", "vip": vip, "port": 81, "node_port": 30081,
+             "external_traffic_policy": "local", "backends": [format!("{ip2}:{}", t2.port), far]},
+            {"name": "default/elsewhere", "vip": vip, "port": 82, "node_port": 30082,
+             "external_traffic_policy": "local", "backends": [far]},
+        ]}),
+    )
+    .unwrap();
+    let listed = margay_ebpf::service::list(c.a.bpf.path()).unwrap();
+    assert_eq!(listed.iter().filter(|r| r.kind == "node-port").count(), 4);
+
+    let node = c.a.addr;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let answer = traffic::request(Some(&c.client), SocketAddr::from((node, 30080)))
+            .expect("the NodePort answers");
+        let (who, peer) = answer.split_once(' ').unwrap();
+        assert_eq!(
+            peer,
+            c.client_addr.to_string(),
+            "the backend sees the client's own address"
+        );
+        seen.insert(who.to_string());
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let (answer, from) = traffic::in_netns(Some(&c.client), move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+        s.send_to(b"hello", SocketAddr::from((node, 30053)))?;
+        let mut buf = [0u8; 256];
+        let (n, from) = s.recv_from(&mut buf)?;
+        Ok::<_, std::io::Error>((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
+    })
+    .unwrap();
+    assert_eq!(answer, format!("b1 {}", c.client_addr));
+    assert_eq!(
+        from,
+        SocketAddr::from((node, 30053)),
+        "the reply comes from the NodePort"
+    );
+
+    // externalTrafficPolicy: Local: only this node's backend, never the far one.
+    for _ in 0..10 {
+        let answer = traffic::request(Some(&c.client), SocketAddr::from((node, 30081))).unwrap();
+        assert_eq!(answer, format!("b2 {}", c.client_addr));
+    }
+    let refused = traffic::request(Some(&c.client), SocketAddr::from((node, 30082)))
+        .expect_err("no local backend");
+    assert_eq!(
+        refused.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "{refused}"
+    );
+
+    // Detached, the interface is the node's own again.
+    c.a.ctl(&["node", "detach", "--iface", "eth0"]).unwrap();
+    assert_eq!(
+        margay_ebpf::node::data_ifaces(c.a.bpf.path()).unwrap(),
+        vec![]
+    );
+    let filters =
+        c.a.ns
+            .run_ok(&["tc", "filter", "show", "dev", "eth0", "ingress"]);
+    assert!(!filters.contains("from_net"), "{filters}");
+    c.a.apply("services", json!({"services": []})).unwrap();
+    assert!(traffic::request(Some(&c.client), SocketAddr::from((node, 30080))).is_err());
 }

@@ -516,6 +516,11 @@ impl Drop for FakeNic {
         let _ = std::process::Command::new("ip")
             .args(["link", "del", &self.0])
             .output();
+        // The install with a data interface set up the node's tunnel; its
+        // uninstall removes it, but not when the test failed before that.
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", margay_ebpf::cluster::TUNNEL_DEVICE])
+            .output();
     }
 }
 

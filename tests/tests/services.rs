@@ -339,9 +339,6 @@ fn a_pod_reaches_itself_through_its_own_service() {
 struct RemoteHost {
     ns: NetNs,
     addr: Ipv4Addr,
-    /// The host's end of the link, with the host's address on this link.
-    link: String,
-    host_side: Ipv4Addr,
 }
 
 impl RemoteHost {
@@ -382,12 +379,7 @@ impl RemoteHost {
             &host_side.to_string(),
         ]);
         // Dropping the namespace removes the veth pair and its route.
-        RemoteHost {
-            ns,
-            addr,
-            link,
-            host_side,
-        }
+        RemoteHost { ns, addr }
     }
 }
 
@@ -554,90 +546,4 @@ fn a_set_larger_than_the_maps_is_refused_whole_and_bad_files_are_named() {
         3,
         "still nothing changed"
     );
-}
-
-#[test]
-fn node_ports_reach_local_backends_with_the_client_address_kept() {
-    require_root!(node_ports_reach_local_backends_with_the_client_address_kept);
-    let net = Net::new(NetSpec::bpf("10.245.10.0/24"));
-    let (b1, b2) = (net.pod("b1"), net.pod("b2"));
-    let (t1, t2) = (
-        TcpServer::start(Some(&b1.ns), "b1"),
-        TcpServer::start(Some(&b2.ns), "b2"),
-    );
-    let u1 = UdpServer::start(Some(&b1.ns), "b1");
-    let client = RemoteHost::new(
-        Ipv4Addr::new(10, 245, 110, 1),
-        Ipv4Addr::new(10, 245, 110, 2),
-    );
-    let attached = net.margayctl_ok(&["node", "attach", "--iface", &client.link]);
-    assert!(attached.contains("10.245.110.1"), "{attached}");
-    let shown: Value =
-        serde_json::from_str(&net.margayctl_ok(&["--json", "node", "show"])).unwrap();
-    assert_eq!(shown["data_ifaces"][0]["ifname"], client.link.as_str());
-
-    let vip = Ipv4Addr::new(10, 96, 10, 10);
-    let far = "10.245.210.9:8080"; // not on this node
-    apply(
-        &net,
-        json!([
-            {"name": "default/web", "vip": vip, "port": 80, "node_port": 30080,
-             "backends": [backend(v4(&b1), t1.port), backend(v4(&b2), t2.port)]},
-            {"name": "default/dns", "vip": vip, "port": 53, "protocol": "udp", "node_port": 30053,
-             "backends": [backend(v4(&b1), u1.port)]},
-            {"name": "default/local", "vip": vip, "port": 81, "node_port": 30081,
-             "external_traffic_policy": "local", "backends": [backend(v4(&b2), t2.port), far]},
-            {"name": "default/elsewhere", "vip": vip, "port": 82, "node_port": 30082,
-             "external_traffic_policy": "local", "backends": [far]},
-        ]),
-    );
-    let listed = service::list(net.bpf_root()).unwrap();
-    assert_eq!(listed.iter().filter(|r| r.kind == "node-port").count(), 4);
-
-    let node = client.host_side;
-    let mut seen = std::collections::BTreeSet::new();
-    for _ in 0..20 {
-        let answer = traffic::request(Some(&client.ns), SocketAddr::from((node, 30080)))
-            .expect("the NodePort answers");
-        let (who, peer) = answer.split_once(' ').unwrap();
-        assert_eq!(
-            peer,
-            client.addr.to_string(),
-            "the backend sees the client's own address"
-        );
-        seen.insert(who.to_string());
-    }
-    assert_eq!(seen.len(), 2, "{seen:?}");
-    let (answer, from) = udp_exchange(&client.ns, SocketAddr::from((node, 30053))).unwrap();
-    assert_eq!(answer, format!("b1 {}", client.addr));
-    assert_eq!(
-        from,
-        SocketAddr::from((node, 30053)),
-        "the reply comes from the NodePort"
-    );
-
-    // externalTrafficPolicy: Local: only this node's backend, never the far one.
-    for _ in 0..10 {
-        let answer = traffic::request(Some(&client.ns), SocketAddr::from((node, 30081))).unwrap();
-        assert_eq!(answer, format!("b2 {}", client.addr));
-    }
-    let refused = traffic::request(Some(&client.ns), SocketAddr::from((node, 30082)))
-        .expect_err("no local backend");
-    assert_eq!(
-        refused.kind(),
-        std::io::ErrorKind::ConnectionRefused,
-        "{refused}"
-    );
-
-    // Detached, the interface is the node's own again.
-    net.margayctl_ok(&["node", "detach", "--iface", &client.link]);
-    assert_eq!(
-        margay_ebpf::node::data_ifaces(net.bpf_root()).unwrap(),
-        vec![]
-    );
-    assert!(
-        margay_ebpf::node::attached(&client.link, aya::programs::TcAttachType::Ingress).is_empty()
-    );
-    apply(&net, json!([]));
-    assert!(traffic::request(Some(&client.ns), SocketAddr::from((node, 30080))).is_err());
 }
