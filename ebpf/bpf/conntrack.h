@@ -81,6 +81,10 @@ static __always_inline void tcp_advance(struct ct_entry *e, const struct packet 
 			e->state = CT_CLOSED;
 		return;
 	}
+	/* A reset flow stays reset: a FIN after the RST must not stretch its
+	 * timeout back to FIN_WAIT's. */
+	if (e->state == CT_CLOSED)
+		return;
 	if (p->tcp_flags & TCPF_FIN) {
 		__u8 flags = e->flags | (src_is_a ? CT_F_FIN_A : CT_F_FIN_B);
 		bool both = (flags & (CT_F_FIN_A | CT_F_FIN_B)) == (CT_F_FIN_A | CT_F_FIN_B);

@@ -165,7 +165,11 @@ int from_pod(struct __sk_buff *skb)
 		__u32 dst = (e->flags & CT_F_LOCAL_DELIVERY) ? local_endpoint_ifindex(p.daddr) : 0;
 		return dst ? deliver_local(skb, &p, dst) : to_elsewhere(skb, &p);
 	}
-	if (!ct_related(skb, &p, ifindex) &&
+	/* An ICMP error about a tracked flow passes as part of that flow and
+	 * is not a flow of its own: tracking it (ports 0/0) would let every
+	 * other ICMP error between the two addresses past policy. */
+	bool related = ct_related(skb, &p, ifindex);
+	if (!related &&
 	    policy_check(ifindex, DIR_EGRESS, p.daddr, p.proto, bpf_ntohs(p.dport)) != POLICY_ALLOW)
 		return drop(&p, ifindex, DIR_EGRESS, DROP_POLICY_EGRESS);
 
@@ -177,8 +181,10 @@ int from_pod(struct __sk_buff *skb)
 		lb_record(&flow, p.proto);
 		ct_flags |= CT_F_SERVICE;
 	}
-	ct_create(&p, ifindex, ct_flags, 0);
-	trace_new_flow(&p, ifindex, DIR_EGRESS);
+	if (!related) {
+		ct_create(&p, ifindex, ct_flags, 0);
+		trace_new_flow(&p, ifindex, DIR_EGRESS);
+	}
 	count_allowed(ifindex, DIR_EGRESS, p.len);
 	return dst ? deliver_local(skb, &p, dst) : to_elsewhere(skb, &p);
 }

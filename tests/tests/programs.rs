@@ -258,6 +258,20 @@ fn replies_of_allowed_flows_pass_by_conntrack_and_policy_changes_hit_new_flows()
         f.inbound(unrelated, Ipv4Addr::new(10, 9, 9, 9)),
         TC_ACT_SHOT
     );
+    // The pod's own ICMP error about the flow passes as well, and is not
+    // tracked as a flow of its own (which would let other errors by).
+    let pod_error = L4::IcmpError {
+        kind: 3,
+        quoted: packet::quote(PEER, POD, 6, 443, 5000),
+    };
+    assert_eq!(f.out(pod_error, PEER), TC_ACT_OK);
+    assert!(
+        inspect::conntrack(f.root.path(), Some(IFINDEX))
+            .unwrap()
+            .iter()
+            .all(|(k, _)| k.proto != 1),
+        "ICMP errors are not tracked"
+    );
 
     // Policy is data: a change applies to the next new flow, no re-attach.
     f.policy(r#"{"egress": [{"action": "deny"}], "ingress": []}"#);
@@ -298,6 +312,12 @@ fn tcp_state_follows_syn_fin_and_rst() {
     f.out(tcp(6001, 22, TCP_SYN), other);
     f.inbound(tcp(22, 6001, TCP_RST | TCP_ACK), other);
     assert_eq!(f.ct_state(other), [CT_CLOSED]);
+    f.out(tcp(6001, 22, TCP_FIN | TCP_ACK), other);
+    assert_eq!(
+        f.ct_state(other),
+        [CT_CLOSED],
+        "a FIN after the RST changes nothing"
+    );
     // A new SYN on the closed tuple is a new flow, judged by policy again.
     f.policy(r#"{"egress": [{"action": "deny", "cidr": "10.1.2.4/32"}, {"action": "allow"}]}"#);
     assert_eq!(f.out(tcp(6001, 22, TCP_SYN), other), TC_ACT_SHOT);
