@@ -430,7 +430,15 @@ fn attach_filter(
         reason,
     };
     let handle = TcHandle::new(0, FILTER_HANDLE);
-    let id = if filters(ifname, kind).map_err(attach_err)?.is_empty() {
+    // Ours is replaced in place; another tool's filters are left alone.
+    let ours_present = filter_messages(ifname, kind)
+        .map_err(attach_err)?
+        .iter()
+        .any(|m| {
+            m.header.info >> 16 == u32::from(FILTER_PRIORITY)
+                && m.header.handle.minor == FILTER_HANDLE
+        });
+    let id = if !ours_present {
         let options = NlOptions {
             priority: FILTER_PRIORITY,
             handle,
@@ -456,8 +464,29 @@ pub fn attached(ifname: &str, kind: TcAttachType) -> Vec<u32> {
 }
 
 fn filters(ifname: &str, kind: TcAttachType) -> Result<Vec<u32>, String> {
-    use futures::TryStreamExt;
     use rtnetlink::packet_route::tc::{TcAttribute, TcFilterBpfOption, TcOption};
+    Ok(filter_messages(ifname, kind)?
+        .into_iter()
+        .flat_map(|m| m.attributes)
+        .filter_map(|a| match a {
+            TcAttribute::Options(opts) => Some(opts),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|o| match o {
+            TcOption::Bpf(TcFilterBpfOption::ProgId(id)) => Some(id),
+            _ => None,
+        })
+        .collect())
+}
+
+/// The tc filters on `ifname`'s clsact in direction `kind`, as netlink
+/// gives them (none when the interface or the qdisc is gone).
+fn filter_messages(
+    ifname: &str,
+    kind: TcAttachType,
+) -> Result<Vec<rtnetlink::packet_route::tc::TcMessage>, String> {
+    use futures::TryStreamExt;
     let Ok(index) = nix::net::if_::if_nametoindex(ifname) else {
         return Ok(Vec::new());
     };
@@ -473,24 +502,8 @@ fn filters(ifname: &str, kind: TcAttachType) -> Result<Vec<u32>, String> {
             TcAttachType::Ingress => request.ingress(),
             _ => request.egress(),
         };
-        let msgs: Vec<_> = match request.execute().try_collect().await {
-            Ok(m) => m,
-            // No clsact (or no device any more): nothing attached.
-            Err(_) => return Ok(Vec::new()),
-        };
-        Ok(msgs
-            .into_iter()
-            .flat_map(|m| m.attributes)
-            .filter_map(|a| match a {
-                TcAttribute::Options(opts) => Some(opts),
-                _ => None,
-            })
-            .flatten()
-            .filter_map(|o| match o {
-                TcOption::Bpf(TcFilterBpfOption::ProgId(id)) => Some(id),
-                _ => None,
-            })
-            .collect())
+        // No clsact (or no device any more): nothing attached.
+        Ok(request.execute().try_collect().await.unwrap_or_default())
     })
 }
 

@@ -593,3 +593,54 @@ fn margayctl_says_plainly_when_nothing_is_loaded() {
     );
     assert!(msg.contains("--bpf-root"), "{msg}");
 }
+
+#[test]
+fn another_tools_filter_on_the_interface_is_left_alone() {
+    require_root!(another_tools_filter_on_the_interface_is_left_alone);
+    let root = margay_tests::bpf::BpfRoot::new();
+    let name = margay_tests::netns::unique_name("mgf");
+    let run = |args: &[&str]| margay_tests::netns::run_ok(Command::new(args[0]).args(&args[1..]));
+    run(&[
+        "ip",
+        "link",
+        "add",
+        &name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &format!("{name}p"),
+    ]);
+    struct Gone(String);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["link", "del", &self.0]).output();
+        }
+    }
+    let _gone = Gone(name.clone());
+    run(&["tc", "qdisc", "add", "dev", &name, "clsact"]);
+    // Another tool's BPF filter, at its own priority (any program will do).
+    let mut node = Node::open(root.path(), &Settings::default()).unwrap();
+    let mut foreign =
+        aya::programs::SchedClassifier::from_pin(root.path().join("progs/to_pod")).unwrap();
+    let options = aya::programs::tc::NlOptions {
+        priority: 5,
+        handle: aya::programs::tc::TcHandle::new(0, 7),
+        ..Default::default()
+    };
+    let id = foreign
+        .attach_with_options(
+            &name,
+            aya::programs::TcAttachType::Ingress,
+            aya::programs::tc::TcAttachOptions::Netlink(options),
+        )
+        .unwrap();
+    std::mem::forget(foreign.take_link(id).unwrap());
+    node.attach(&name)
+        .expect("attaches beside the other filter");
+    node.attach(&name)
+        .expect("and again, replacing only its own");
+    let filters = run(&["tc", "filter", "show", "dev", &name, "ingress"]);
+    assert_eq!(filters.matches("name to_pod").count(), 1, "{filters}");
+    assert_eq!(filters.matches("name from_pod").count(), 1, "{filters}");
+}
