@@ -122,7 +122,8 @@ static __always_inline bool lb_choose(const struct svc_value *svc, const struct 
 	bool affinity = svc->flags & SVC_F_AFFINITY;
 	if (affinity) {
 		struct affinity_value *a = bpf_map_lookup_elem(&svc_affinity, &ak);
-		if (a && (now - a->last_used_ns) <= svc->affinity_timeout_s * SEC_NS &&
+		/* Signed: another CPU may have used it after we read `now`. */
+		if (a && (__s64)(now - a->last_used_ns) <= (__s64)(svc->affinity_timeout_s * SEC_NS) &&
 		    backend_serves(svc, a->ordinal, a->addr, a->port)) {
 			out->addr = a->addr;
 			out->port = a->port;
