@@ -89,32 +89,41 @@ impl Plugin for MargayPlugin {
         let dataplane = dataplane::select(&conf)?;
         let prev = prev_result(inv)?;
         let netns = open_netns(netns_of(att))?;
-        let host = Netlink::open()?;
-        let host_name = host_ifname(&inv.conf.name, &att.container_id, &att.ifname);
         let ipam_type = &conf.ipam.plugin_type;
+        // IPAM runs in its own process and is the critical path, so it
+        // starts as soon as the request is known to be valid; meanwhile this
+        // one checks the pod, creates the pair, readies both ends and
+        // attaches the dataplane (which may wait on the kernel). Only
+        // addresses and routes wait for IPAM.
+        let allocating = ipam::start(inv, att, Command::Add, ipam_type);
+        let host_name = host_ifname(&inv.conf.name, &att.container_id, &att.ifname);
         let alias = alias(&inv.conf.name, &att.container_id, &att.ifname);
-        // IPAM runs in its own process; meanwhile this one checks the pod,
-        // creates the pair and attaches the dataplane (which may wait on
-        // the kernel). Only the addresses wait for IPAM.
-        let (linked, allocated) = std::thread::scope(|s| {
-            let allocating = s.spawn(|| ipam::add(inv, att, ipam_type));
-            let linked =
-                endpoint::prepare(&host, &netns, &host_name, &att.ifname).and_then(|existing| {
-                    if existing == Existing::Nothing {
-                        endpoint::create(&host, &netns, &host_name, &att.ifname, conf.mtu)?;
-                    }
-                    dataplane.attach(&host_name).map(|()| existing)
-                });
-            let allocated = allocating
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            (linked, allocated)
+        let host = match Netlink::open() {
+            Ok(host) => host,
+            Err(e) => {
+                // Nothing of ours exists yet but what IPAM may have given.
+                if allocating.finish_add().is_ok()
+                    && let Err(failed) = ipam::del(inv, att, ipam_type)
+                {
+                    tracing::error!("rolling back a failed ADD: {failed}");
+                }
+                return Err(e);
+            }
+        };
+        let linked = host.open_in(&netns).and_then(|pod| {
+            let existing = endpoint::prepare(&host, &pod, &host_name, &att.ifname)?;
+            if existing == Existing::Nothing {
+                endpoint::create(&host, &netns, &host_name, &att.ifname, conf.mtu)?;
+            }
+            let links = endpoint::ready(&host, &pod, &host_name, &att.ifname, &alias)?;
+            dataplane.attach(&host_name)?;
+            Ok((existing, pod, links))
         });
-        let registered = linked.and_then(|existing| {
+        let allocated = allocating.finish_add();
+        let registered = linked.and_then(|(existing, pod, links)| {
             let ipam_result = allocated?;
             let addresses: Vec<IpAddr> = ipam_result.ips.iter().map(|c| c.address.ip()).collect();
-            let ep =
-                endpoint::configure(&host, &netns, &host_name, &att.ifname, &alias, &addresses)?;
+            let ep = endpoint::configure(&host, &pod, links, &addresses)?;
             dataplane.register(&ep)?;
             Ok((existing, ipam_result, ep))
         });
@@ -141,24 +150,16 @@ impl Plugin for MargayPlugin {
 
     fn del(&self, inv: &Invocation, att: &Attachment) -> Result<(), CniError> {
         let conf = PluginConf::from_conf(&inv.raw)?;
-        let dataplane = dataplane::select(&conf)?;
-        let host_name = host_ifname(&inv.conf.name, &att.container_id, &att.ifname);
-        // The netns is not needed: the host side takes the pair with it.
-        let host = Netlink::open()?;
         // IPAM releases in its own process while the kernel unregisters the
-        // pair (which waits for RCU callbacks: the slow part of a DEL).
-        let (released, removed) = std::thread::scope(|s| {
-            let releasing = s.spawn(|| ipam::del(inv, att, &conf.ipam.plugin_type));
-            let removed = dataplane
-                .forget(&host_name)
-                .and_then(|()| endpoint::remove(&host, &host_name));
-            (
-                releasing
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-                removed,
-            )
+        // pair (which waits for RCU callbacks: the slow part of a DEL). The
+        // netns is not needed: the host side takes the pair with it.
+        let releasing = ipam::start(inv, att, Command::Del, &conf.ipam.plugin_type);
+        let host_name = host_ifname(&inv.conf.name, &att.container_id, &att.ifname);
+        let removed = dataplane::select(&conf).and_then(|dataplane| {
+            dataplane.forget(&host_name)?;
+            endpoint::remove(&Netlink::open()?, &host_name)
         });
+        let released = releasing.finish();
         if removed? {
             tracing::info!(host = %host_name, "endpoint removed");
         }
@@ -187,8 +188,9 @@ impl Plugin for MargayPlugin {
             .collect();
         let netns = open_netns(netns_of(att))?;
         let host = Netlink::open()?;
+        let pod = host.open_in(&netns)?;
         let host_name = host_ifname(&inv.conf.name, &att.container_id, &att.ifname);
-        let ep = endpoint::check(&host, &netns, &host_name, &att.ifname, &addresses)?;
+        let ep = endpoint::check(&host, &pod, &host_name, &att.ifname, &addresses)?;
         dataplane.check(&ep)?;
         ipam::check(inv, att, &conf.ipam.plugin_type)
     }
