@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command as Process, Stdio};
+use std::process::{Child, Command as Process, Stdio};
 
 use serde_json::Value;
 
@@ -51,6 +51,13 @@ impl<'a> PluginCall<'a> {
     /// success with nothing printed; an error the plugin printed is returned
     /// as is, code included.
     pub fn run(&self, plugin_type: &str, conf: &Value) -> Result<Option<Value>, CniError> {
+        self.start(plugin_type, conf)?.finish()
+    }
+
+    /// Starts plugin `plugin_type` with `conf` on stdin and returns at once,
+    /// so the caller can work while it runs; [`Running::finish`] collects
+    /// its reply. Every started plugin must be finished.
+    pub fn start(&self, plugin_type: &str, conf: &Value) -> Result<Running, CniError> {
         let exe = find_plugin(self.cni_path, plugin_type)?;
         let mut process = Process::new(&exe);
         // Our own CNI_* must not leak into the child's: it gets exactly this call's.
@@ -80,22 +87,53 @@ impl<'a> PluginCall<'a> {
         if let Some(ns) = self.netns {
             process.env("CNI_NETNS", ns);
         }
-        let failed = |e: &dyn std::fmt::Display| {
+        let mut child = process.spawn().map_err(|e| {
             CniError::new(
                 Code::DelegateFailed,
                 format!("plugin {plugin_type} ({}) could not be run", exe.display()),
             )
             .with_details(e)
-        };
-        let mut child = process.spawn().map_err(|e| failed(&e))?;
+        })?;
         let stdin = serde_json::to_vec(conf).expect("a JSON value serializes");
-        // A plugin may exit before reading stdin (bad env); its reply matters, not the broken pipe.
+        // A plugin may exit before reading stdin (bad env); its reply
+        // matters, not the broken pipe. Plugins read all of stdin before
+        // they answer, so this cannot wait on our reading their output.
         let _ = child
             .stdin
             .take()
             .expect("stdin is piped")
             .write_all(&stdin);
-        let out = child.wait_with_output().map_err(|e| failed(&e))?;
+        Ok(Running {
+            plugin_type: plugin_type.to_string(),
+            exe,
+            child,
+        })
+    }
+}
+
+/// A plugin [`PluginCall::start`] started.
+#[derive(Debug)]
+pub struct Running {
+    plugin_type: String,
+    exe: PathBuf,
+    child: Child,
+}
+
+impl Running {
+    /// Waits for the plugin and returns its reply, as [`PluginCall::run`].
+    pub fn finish(self) -> Result<Option<Value>, CniError> {
+        let Running {
+            plugin_type,
+            exe,
+            child,
+        } = self;
+        let out = child.wait_with_output().map_err(|e| {
+            CniError::new(
+                Code::DelegateFailed,
+                format!("plugin {plugin_type} ({}) could not be run", exe.display()),
+            )
+            .with_details(e)
+        })?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         if out.status.success() {

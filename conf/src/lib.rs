@@ -33,9 +33,11 @@
 //! - [`margay`]: the `margay`/`margay-ipam` configuration keys and their validation;
 //! - [`lock`]: node-wide exclusive file locks with a deadline;
 //! - [`report`]: plain-text tables for the operator commands;
-//! - [`logging`]: `tracing` to stderr or a log file, never stdout.
+//! - [`logging`]: `tracing` to stderr or a log file, never stdout;
+//! - [`entry`]: the lean process entry of the binaries a runtime execs.
 
 pub mod dispatch;
+pub mod entry;
 pub mod env;
 pub mod error;
 pub mod exec;

@@ -9,8 +9,15 @@
 //! twice per pod, serialising every ADD on the node behind it. A clsact
 //! filter is ~0.2 ms and takes no grace period.
 //!
+//! Attaching is a few netlink requests sent at once (the qdisc, then a
+//! create-or-replace of each filter at our priority/handle) on the pinned
+//! programs' ids. It does not go through aya's `SchedClassifier`: opening a
+//! pinned program that way makes aya probe the kernel's features first (a
+//! dozen BTF and program loads, ~0.5 ms of CPU per ADD, competing with IPAM
+//! on small nodes).
+//!
 //! ```text
-//! <root>/progs/{from_pod,to_pod}
+//! <root>/progs/{from_pod,to_pod,from_net,from_tunnel}
 //! <root>/maps/{endpoints,endpoints_by_ip,policies,conntrack,counters,flow_events,config,
 //!              svc_frontends,svc_backends,svc_meta,svc_affinity,nat}
 //! ```
@@ -22,17 +29,22 @@
 //! # Ok::<(), margay_ebpf::DataplaneError>(())
 //! ```
 
+use std::cell::OnceCell;
 use std::net::Ipv4Addr;
+use std::ops::Range;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aya::EbpfLoader;
-use aya::programs::tc::{
-    NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle, qdisc_add_clsact,
-    qdisc_detach_program,
-};
-use aya::programs::{SchedClassifier, TcAttachType};
+use aya::programs::tc::{TcError, qdisc_detach_program};
+use aya::programs::{ProgramInfo, SchedClassifier, TcAttachType};
 use margay_conf::lock::FileLock;
+use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage};
+use rtnetlink::packet_route::RouteNetlinkMessage;
+use rtnetlink::packet_route::tc::{
+    TcAttribute, TcBpfFlags, TcFilterBpfOption, TcHandle, TcMessage, TcOption,
+};
 
 use crate::abi::{Config, LOG_INFO};
 use crate::bpffs;
@@ -106,13 +118,24 @@ pub const PROGRAMS: [(&str, TcAttachType); 2] = [
 pub const DATA_IFACE_PROGRAM: (&str, TcAttachType) = ("from_net", TcAttachType::Ingress);
 /// The program of the node's tunnel device (traffic from other nodes).
 pub const TUNNEL_PROGRAM: (&str, TcAttachType) = ("from_tunnel", TcAttachType::Ingress);
-/// The node's own programs, in `Node::node_programs` order.
-const NODE_PROGRAMS: [(&str, TcAttachType); 2] = [DATA_IFACE_PROGRAM, TUNNEL_PROGRAM];
+/// Every program of a node, in `Node::programs` order: the endpoints' two,
+/// then the node's own.
+const ALL_PROGRAMS: [(&str, TcAttachType); 4] =
+    [PROGRAMS[0], PROGRAMS[1], DATA_IFACE_PROGRAM, TUNNEL_PROGRAM];
+/// Where those of an endpoint, a data interface and the tunnel device are
+/// in [`ALL_PROGRAMS`].
+const ENDPOINT: Range<usize> = 0..2;
+const DATA_IFACE: Range<usize> = 2..3;
+const TUNNEL: Range<usize> = 3..4;
 
 /// The pinned dataplane of one BPF root.
 pub struct Node {
-    programs: [SchedClassifier; 2],
-    node_programs: [SchedClassifier; 2],
+    root: PathBuf,
+    /// The pinned programs, in [`ALL_PROGRAMS`] order.
+    programs: [ProgramInfo; 4],
+    /// The same, opened as aya programs on first use by [`Node::program`]
+    /// (which probes kernel features; see the module documentation).
+    classifiers: [OnceCell<Option<SchedClassifier>>; 4],
 }
 
 /// Where a durable map waits while its resized replacement is loaded.
@@ -175,15 +198,22 @@ impl Node {
     /// with (for operators' tools, which do not know the network
     /// configuration and must not reload anything).
     pub fn open_pinned_as_is(root: &Path) -> Result<Node, DataplaneError> {
-        let open = |name: &str| {
-            SchedClassifier::from_pin(program_path(root, name)).map_err(|e| DataplaneError::Root {
+        let open = |(name, _): (&str, TcAttachType)| {
+            ProgramInfo::from_pin(program_path(root, name)).map_err(|e| DataplaneError::Root {
                 path: root.to_owned(),
                 reason: format!("program {name} is not pinned here: {e}"),
             })
         };
+        let [from_pod, to_pod, from_net, from_tunnel] = ALL_PROGRAMS;
         Ok(Node {
-            programs: [open("from_pod")?, open("to_pod")?],
-            node_programs: [open(DATA_IFACE_PROGRAM.0)?, open(TUNNEL_PROGRAM.0)?],
+            root: root.to_owned(),
+            programs: [
+                open(from_pod)?,
+                open(to_pod)?,
+                open(from_net)?,
+                open(from_tunnel)?,
+            ],
+            classifiers: Default::default(),
         })
     }
 
@@ -203,7 +233,7 @@ impl Node {
         if current.object_id != DATAPLANE_OBJECT_ID || !sized_as_configured {
             return Ok(None);
         }
-        let open = |name: &str| SchedClassifier::from_pin(program_path(root, name)).ok();
+        let open = |name: &str| ProgramInfo::from_pin(program_path(root, name)).ok();
         let (Some(from_pod), Some(to_pod), Some(from_net), Some(from_tunnel)) = (
             open("from_pod"),
             open("to_pod"),
@@ -222,8 +252,9 @@ impl Node {
                 .map_err(|e| DataplaneError::map("config", e))?;
         }
         Ok(Some(Node {
-            programs: [from_pod, to_pod],
-            node_programs: [from_net, from_tunnel],
+            root: root.to_owned(),
+            programs: [from_pod, to_pod, from_net, from_tunnel],
+            classifiers: Default::default(),
         }))
     }
 
@@ -232,11 +263,30 @@ impl Node {
     /// there is replaced atomically, so a retried ADD or an upgrade never
     /// leaves the interface without a program.
     pub fn attach(&mut self, ifname: &str) -> Result<(), DataplaneError> {
-        ensure_clsact("clsact", ifname)?;
-        for (prog, (name, kind)) in self.programs.iter_mut().zip(PROGRAMS) {
-            attach_filter(prog, name, kind, ifname)?;
-        }
-        Ok(())
+        self.attach_pinned(ENDPOINT, ifname)
+    }
+
+    /// Attaches the pinned programs `which` (of [`ALL_PROGRAMS`]) to
+    /// `ifname` by their ids, with its clsact qdisc, in one netlink batch.
+    fn attach_pinned(&self, which: Range<usize>, ifname: &str) -> Result<(), DataplaneError> {
+        let wanted = &ALL_PROGRAMS[which.clone()];
+        let fds = self.programs[which]
+            .iter()
+            .zip(wanted)
+            .map(|(info, (name, _))| {
+                info.fd().map_err(|e| DataplaneError::Attach {
+                    program: name,
+                    ifname: ifname.to_string(),
+                    reason: format!("the pinned program cannot be opened: {e}"),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let programs: Vec<_> = fds
+            .iter()
+            .zip(wanted)
+            .map(|(fd, (name, kind))| (fd.as_fd(), *name, *kind))
+            .collect();
+        attach_filters(ifname, &programs, true)
     }
 
     /// Removes the endpoint's filters when its interface still exists
@@ -250,12 +300,8 @@ impl Node {
 
     /// Verifies that both programs of this node are attached to `ifname`.
     pub fn verify_attached(&self, ifname: &str) -> Result<(), DataplaneError> {
-        for (prog, (name, kind)) in self.programs.iter().zip(PROGRAMS) {
-            let id = prog
-                .info()
-                .map_err(|e| DataplaneError::Check(e.to_string()))?
-                .id();
-            if !attached(ifname, kind).contains(&id) {
+        for (prog, (name, kind)) in self.programs[ENDPOINT].iter().zip(PROGRAMS) {
+            if !attached(ifname, kind).contains(&prog.id()) {
                 return Err(DataplaneError::Check(format!(
                     "program {name} is not attached to {ifname}"
                 )));
@@ -266,11 +312,10 @@ impl Node {
 
     /// The program named `name` (for tests and benchmarks: `TestRun`).
     pub fn program(&self, name: &str) -> Option<&SchedClassifier> {
-        let all = PROGRAMS.iter().chain(&NODE_PROGRAMS);
-        let programs = self.programs.iter().chain(&self.node_programs);
-        all.zip(programs)
-            .find(|((n, _), _)| *n == name)
-            .map(|(_, p)| p)
+        let i = ALL_PROGRAMS.iter().position(|(n, _)| *n == name)?;
+        self.classifiers[i]
+            .get_or_init(|| SchedClassifier::from_pin(program_path(&self.root, name)).ok())
+            .as_ref()
     }
 
     /// Makes `ifname` one of the node's data interfaces: `from_net` on its
@@ -296,9 +341,7 @@ impl Node {
                 reason: "it has no IPv4 address for NodePorts to answer on".into(),
             });
         }
-        ensure_clsact(DATA_IFACE_PROGRAM.0, ifname)?;
-        let (name, kind) = DATA_IFACE_PROGRAM;
-        attach_filter(&mut self.node_programs[0], name, kind, ifname)?;
+        self.attach_pinned(DATA_IFACE, ifname)?;
         let mut map = maps::node_addrs(root)?;
         for a in &addrs {
             map.insert(a.octets(), ifindex, 0)
@@ -311,9 +354,7 @@ impl Node {
 impl Node {
     /// Puts `from_tunnel` on the node's tunnel device `ifname`.
     pub fn attach_tunnel(&mut self, ifname: &str) -> Result<(), DataplaneError> {
-        let (name, kind) = TUNNEL_PROGRAM;
-        ensure_clsact(name, ifname)?;
-        attach_filter(&mut self.node_programs[1], name, kind, ifname)
+        self.attach_pinned(TUNNEL, ifname)
     }
 }
 
@@ -378,19 +419,6 @@ fn ipv4_addresses(ifname: &str) -> Result<Vec<Ipv4Addr>, DataplaneError> {
         .collect())
 }
 
-/// Adds a clsact qdisc to `ifname`; one already there is fine.
-fn ensure_clsact(program: &'static str, ifname: &str) -> Result<(), DataplaneError> {
-    match qdisc_add_clsact(ifname) {
-        Err(TcError::NetlinkError(n)) if n.raw_os_error() == Some(libc::EEXIST) => Ok(()),
-        Err(e) => Err(DataplaneError::Attach {
-            program,
-            ifname: ifname.to_string(),
-            reason: e.to_string(),
-        }),
-        Ok(()) => Ok(()),
-    }
-}
-
 /// Removes our filter for `program` from `ifname`, when both still exist.
 fn detach_program(
     (name, kind): (&'static str, TcAttachType),
@@ -418,43 +446,124 @@ fn detach_program(
 const FILTER_PRIORITY: u16 = 1;
 const FILTER_HANDLE: u16 = 1;
 
-fn attach_filter(
-    prog: &mut SchedClassifier,
-    name: &'static str,
-    kind: TcAttachType,
+/// Attaches each `(program, name, direction)` as our direct-action cls_bpf
+/// filter on `ifname`, creating the clsact qdisc first when `with_qdisc`.
+/// Every request goes out at once on one socket (the kernel handles them in
+/// order); a filter already at our place is replaced atomically.
+fn attach_filters(
     ifname: &str,
+    programs: &[(BorrowedFd<'_>, &'static str, TcAttachType)],
+    with_qdisc: bool,
 ) -> Result<(), DataplaneError> {
-    let attach_err = |reason: String| DataplaneError::Attach {
-        program: name,
+    let failed = |program: &'static str, reason: String| DataplaneError::Attach {
+        program,
         ifname: ifname.to_string(),
         reason,
     };
-    let handle = TcHandle::new(0, FILTER_HANDLE);
-    // Ours is replaced in place; another tool's filters are left alone.
-    let ours_present = filter_messages(ifname, kind)
-        .map_err(attach_err)?
-        .iter()
-        .any(|m| {
-            m.header.info >> 16 == u32::from(FILTER_PRIORITY)
-                && m.header.handle.minor == FILTER_HANDLE
-        });
-    let id = if !ours_present {
-        let options = NlOptions {
-            priority: FILTER_PRIORITY,
-            handle,
-            ..NlOptions::default()
+    let index = nix::net::if_::if_nametoindex(ifname)
+        .map_err(|e| failed("clsact", format!("no such interface: {e}")))? as i32;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| failed("clsact", e.to_string()))?;
+    rt.block_on(async {
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(|e| failed("clsact", e.to_string()))?;
+        tokio::spawn(conn);
+        let qdisc = async {
+            if !with_qdisc {
+                return Ok(());
+            }
+            match request(&handle, clsact_message(index), NLM_F_CREATE | NLM_F_EXCL).await {
+                Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
+                other => other.map_err(|e| failed("clsact", e.to_string())),
+            }
         };
-        prog.attach_with_options(ifname, kind, TcAttachOptions::Netlink(options))
+        let handle = &handle;
+        let filters = futures::future::try_join_all(programs.iter().map(|(fd, name, kind)| {
+            let msg = filter_message(index, *kind, fd.as_raw_fd(), name);
+            async move {
+                // NLM_F_CREATE without NLM_F_EXCL: create, or replace ours.
+                request(handle, msg, NLM_F_CREATE)
+                    .await
+                    .map_err(|e| failed(name, e.to_string()))
+            }
+        }));
+        futures::future::try_join(qdisc, filters).await.map(drop)
+    })
+}
+
+/// A clsact qdisc on link `index`.
+fn clsact_message(index: i32) -> TcMessage {
+    let mut msg = TcMessage::with_index(index);
+    msg.header.parent = TcHandle::CLSACT;
+    msg.header.handle = TcHandle {
+        major: 0xffff,
+        minor: 0,
+    };
+    msg.attributes.push(TcAttribute::Kind("clsact".into()));
+    msg
+}
+
+/// Our direct-action filter running program `fd` on link `index`, at
+/// [`FILTER_PRIORITY`]/[`FILTER_HANDLE`] of the `kind` side of its clsact.
+fn filter_message(index: i32, kind: TcAttachType, fd: i32, name: &str) -> TcMessage {
+    let mut msg = TcMessage::with_index(index);
+    msg.header.parent = TcHandle {
+        major: 0xffff,
+        minor: match kind {
+            TcAttachType::Ingress => TcHandle::MIN_INGRESS,
+            _ => TcHandle::MIN_EGRESS,
+        },
+    };
+    msg.header.handle = TcHandle {
+        major: 0,
+        minor: FILTER_HANDLE,
+    };
+    // Priority in the upper half, protocol ETH_P_ALL (network order) below.
+    msg.header.info =
+        (u32::from(FILTER_PRIORITY) << 16) | u32::from((libc::ETH_P_ALL as u16).to_be());
+    msg.attributes.push(TcAttribute::Kind("bpf".into()));
+    msg.attributes.push(TcAttribute::Options(vec![
+        TcOption::Bpf(TcFilterBpfOption::ProgFd(fd as u32)),
+        TcOption::Bpf(TcFilterBpfOption::ProgName(name.into())),
+        TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
+    ]));
+    msg
+}
+
+/// Sends one tc request (a new qdisc or a new filter) and waits for its ack.
+async fn request(
+    handle: &rtnetlink::Handle,
+    msg: TcMessage,
+    flags: u16,
+) -> Result<(), rtnetlink::Error> {
+    let is_qdisc = msg
+        .attributes
+        .iter()
+        .any(|a| matches!(a, TcAttribute::Kind(k) if k == "clsact"));
+    let mut req = NetlinkMessage::from(if is_qdisc {
+        RouteNetlinkMessage::NewQueueDiscipline(msg)
     } else {
-        let ours = SchedClassifierLink::attached(ifname, kind, FILTER_PRIORITY, handle, None)
-            .map_err(|e| attach_err(e.to_string()))?;
-        prog.attach_to_link(ours)
+        RouteNetlinkMessage::NewTrafficFilter(msg)
+    });
+    req.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+    let mut response = handle.clone().request(req)?;
+    while let Some(reply) = futures::StreamExt::next(&mut response).await {
+        if let rtnetlink::packet_core::NetlinkPayload::Error(e) = reply.payload
+            && e.code.is_some()
+        {
+            return Err(rtnetlink::Error::NetlinkError(e));
+        }
     }
-    .map_err(|e| attach_err(e.to_string()))?;
-    let link = prog.take_link(id).map_err(|e| attach_err(e.to_string()))?;
-    // The filter belongs to the device; dropping our handle would detach it.
-    std::mem::forget(link);
     Ok(())
+}
+
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(msg) => Some(-msg.raw_code()),
+        _ => None,
+    }
 }
 
 /// IDs of the programs of the cls_bpf filters on `ifname`'s clsact in
@@ -464,7 +573,6 @@ pub fn attached(ifname: &str, kind: TcAttachType) -> Vec<u32> {
 }
 
 fn filters(ifname: &str, kind: TcAttachType) -> Result<Vec<u32>, String> {
-    use rtnetlink::packet_route::tc::{TcAttribute, TcFilterBpfOption, TcOption};
     Ok(filter_messages(ifname, kind)?
         .into_iter()
         .flat_map(|m| m.attributes)
@@ -482,10 +590,7 @@ fn filters(ifname: &str, kind: TcAttachType) -> Result<Vec<u32>, String> {
 
 /// The tc filters on `ifname`'s clsact in direction `kind`, as netlink
 /// gives them (none when the interface or the qdisc is gone).
-fn filter_messages(
-    ifname: &str,
-    kind: TcAttachType,
-) -> Result<Vec<rtnetlink::packet_route::tc::TcMessage>, String> {
+fn filter_messages(ifname: &str, kind: TcAttachType) -> Result<Vec<TcMessage>, String> {
     use futures::TryStreamExt;
     let Ok(index) = nix::net::if_::if_nametoindex(ifname) else {
         return Ok(Vec::new());
@@ -630,11 +735,12 @@ fn relink(
     ifnames: &[String],
     program: &'static str,
     kind: TcAttachType,
-    prog: &mut SchedClassifier,
+    prog: &SchedClassifier,
 ) -> Result<(), DataplaneError> {
     for ifname in ifnames {
         if filters(ifname, kind).is_ok_and(|ids| !ids.is_empty()) {
-            attach_filter(prog, program, kind, ifname)?;
+            let fd = prog.fd().map_err(|e| DataplaneError::Load(e.to_string()))?;
+            attach_filters(ifname, &[(fd.as_fd(), program, kind)], false)?;
             tracing::info!(%ifname, program, "moved a running interface onto the new program");
         }
     }

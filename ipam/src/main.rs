@@ -1,5 +1,6 @@
 //! `margay-ipam`: a CNI IPAM plugin when `CNI_COMMAND` is set, an inspection
 //! tool otherwise.
+#![no_main]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,7 +53,17 @@ enum Cmd {
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-fn main() -> ExitCode {
+/// Entered without Rust's runtime start, which costs every call time
+/// (see `margay_conf::entry`).
+#[unsafe(no_mangle)]
+extern "C" fn main(
+    _argc: std::ffi::c_int,
+    _argv: *const *const std::ffi::c_char,
+) -> std::ffi::c_int {
+    margay_conf::entry::run(plugin_or_tool)
+}
+
+fn plugin_or_tool() -> ExitCode {
     if std::env::var_os("CNI_COMMAND").is_some() {
         return margay_conf::dispatch::run(&IpamPlugin::default());
     }

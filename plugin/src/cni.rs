@@ -127,13 +127,23 @@ fn catching<T>(f: impl FnOnce() -> Result<T, CniError>) -> Result<T, CniError> {
     panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| Err(bug(panic)))
 }
 
+/// IPAM commits only when it succeeds: an error it answered itself means
+/// it holds nothing new. When it could not be run or read, or something
+/// panicked, it may hold an allocation.
+fn refused<T>(allocated: &Result<T, CniError>) -> bool {
+    matches!(allocated,
+        Err(e) if !matches!(e.code, Code::DelegateFailed | Code::Internal))
+}
+
 /// Undoes what [`Progress::undo`] says; failures to undo are logged, the
-/// ADD's own error is what the runtime hears.
+/// ADD's own error is what the runtime hears. `host` is `None` when ADD
+/// could not open its netlink connection, before it looked at or created
+/// anything.
 fn rollback(
     progress: &Progress,
     ipam_refused: bool,
     dataplane: &dyn Dataplane,
-    host: &Netlink,
+    host: Option<&Netlink>,
     host_name: &str,
     release: impl FnOnce() -> Result<(), CniError>,
 ) {
@@ -148,7 +158,10 @@ fn rollback(
     let mut undo = Vec::new();
     if plan.pair {
         undo.push(dataplane.forget(host_name));
-        undo.push(endpoint::remove(host, host_name).map(drop));
+        // A pair is only ever created over the host connection.
+        if let Some(host) = host {
+            undo.push(endpoint::remove(host, host_name).map(drop));
+        }
     }
     if plan.allocation {
         undo.push(release());
@@ -190,48 +203,57 @@ impl Plugin for MargayPlugin {
         let dataplane = dataplane::select(&conf)?;
         let prev = prev_result(inv)?;
         let netns = open_netns(netns_of(att))?;
-        let host = Netlink::open()?;
-        let host_name = host_ifname(&inv.conf.name, &att.container_id, &att.ifname);
         let ipam_type = &conf.ipam.plugin_type;
+        // IPAM runs in its own process and is the critical path, so it
+        // starts as soon as the request is known to be valid; meanwhile this
+        // one checks the pod, creates the pair, readies both ends and
+        // attaches the dataplane (which may wait on the kernel). Only
+        // addresses and routes wait for IPAM.
+        let allocating = ipam::start(inv, att, Command::Add, ipam_type);
+        let host_name = host_ifname(&inv.conf.name, &att.container_id, &att.ifname);
         let alias = alias(&inv.conf.name, &att.container_id, &att.ifname);
         let mut progress = Progress::default();
-        // IPAM runs in its own process; meanwhile this one checks the pod,
-        // creates the pair and attaches the dataplane (which may wait on
-        // the kernel). Only the addresses wait for IPAM.
-        let (linked, allocated) = std::thread::scope(|s| {
-            let allocating = s.spawn(|| ipam::add(inv, att, ipam_type));
-            let linked = catching(|| {
-                let found = endpoint::survey(&host, &netns, &host_name, &att.ifname)?;
-                progress.found = Some(found.existing());
-                let existing = endpoint::prepare(&host, found, &att.ifname)?;
-                if existing == Existing::Nothing {
-                    endpoint::create(&host, &netns, &host_name, &att.ifname, conf.mtu)?;
-                    progress.created = true;
-                }
-                dataplane.attach(&host_name)?;
-                Ok(existing)
-            });
-            let allocated = allocating.join().unwrap_or_else(|panic| Err(bug(panic)));
-            (linked, allocated)
+        let host = match Netlink::open() {
+            Ok(host) => host,
+            Err(e) => {
+                // Nothing looked at, nothing created: IPAM is waited for and
+                // whatever it gave is kept for the runtime's DEL (the pod
+                // may be running on it), as `Progress::undo` says.
+                let allocated = catching(|| allocating.finish_add());
+                rollback(
+                    &progress,
+                    refused(&allocated),
+                    &*dataplane,
+                    None,
+                    &host_name,
+                    || ipam::del(inv, att, ipam_type),
+                );
+                return Err(e);
+            }
+        };
+        let linked = catching(|| {
+            let pod = host.open_in(&netns)?;
+            let found = endpoint::survey(&host, &pod, &host_name, &att.ifname)?;
+            progress.found = Some(found.existing());
+            let existing = endpoint::prepare(&host, found, &att.ifname)?;
+            if existing == Existing::Nothing {
+                endpoint::create(&host, &netns, &host_name, &att.ifname, conf.mtu)?;
+                progress.created = true;
+            }
+            let links = endpoint::ready(&host, &pod, &host_name, &att.ifname, &alias)?;
+            dataplane.attach(&host_name)?;
+            Ok((existing, pod, links))
         });
-        // IPAM commits only when it succeeds: an error it answered itself
-        // means it holds nothing new. When it could not be run or read, or
-        // something panicked, it may hold an allocation.
-        let ipam_refused = matches!(&allocated,
-            Err(e) if !matches!(e.code, Code::DelegateFailed | Code::Internal));
-        let registered = linked.and_then(|existing| {
+        // Always waited for, also when linking failed: the rollback needs
+        // to know what IPAM holds.
+        let allocated = catching(|| allocating.finish_add());
+        let ipam_refused = refused(&allocated);
+        let registered = linked.and_then(|(existing, pod, links)| {
             let ipam_result = allocated?;
             catching(|| {
                 let addresses: Vec<IpAddr> =
                     ipam_result.ips.iter().map(|c| c.address.ip()).collect();
-                let ep = endpoint::configure(
-                    &host,
-                    &netns,
-                    &host_name,
-                    &att.ifname,
-                    &alias,
-                    &addresses,
-                )?;
+                let ep = endpoint::configure(&host, &pod, links, &addresses)?;
                 dataplane.register(&ep)?;
                 Ok(ep)
             })
@@ -244,7 +266,7 @@ impl Plugin for MargayPlugin {
                     &progress,
                     ipam_refused,
                     &*dataplane,
-                    &host,
+                    Some(&host),
                     &host_name,
                     || ipam::del(inv, att, ipam_type),
                 );
@@ -258,24 +280,16 @@ impl Plugin for MargayPlugin {
 
     fn del(&self, inv: &Invocation, att: &Attachment) -> Result<(), CniError> {
         let conf = PluginConf::from_conf(&inv.raw)?;
-        let dataplane = dataplane::select(&conf)?;
-        let host_name = host_ifname(&inv.conf.name, &att.container_id, &att.ifname);
-        // The netns is not needed: the host side takes the pair with it.
-        let host = Netlink::open()?;
         // IPAM releases in its own process while the kernel unregisters the
-        // pair (which waits for RCU callbacks: the slow part of a DEL).
-        let (released, removed) = std::thread::scope(|s| {
-            let releasing = s.spawn(|| ipam::del(inv, att, &conf.ipam.plugin_type));
-            let removed = dataplane
-                .forget(&host_name)
-                .and_then(|()| endpoint::remove(&host, &host_name));
-            (
-                releasing
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-                removed,
-            )
+        // pair (which waits for RCU callbacks: the slow part of a DEL). The
+        // netns is not needed: the host side takes the pair with it.
+        let releasing = ipam::start(inv, att, Command::Del, &conf.ipam.plugin_type);
+        let host_name = host_ifname(&inv.conf.name, &att.container_id, &att.ifname);
+        let removed = dataplane::select(&conf).and_then(|dataplane| {
+            dataplane.forget(&host_name)?;
+            endpoint::remove(&Netlink::open()?, &host_name)
         });
+        let released = releasing.finish();
         if removed? {
             tracing::info!(host = %host_name, "endpoint removed");
         }
@@ -304,8 +318,9 @@ impl Plugin for MargayPlugin {
             .collect();
         let netns = open_netns(netns_of(att))?;
         let host = Netlink::open()?;
+        let pod = host.open_in(&netns)?;
         let host_name = host_ifname(&inv.conf.name, &att.container_id, &att.ifname);
-        let ep = endpoint::check(&host, &netns, &host_name, &att.ifname, &addresses)?;
+        let ep = endpoint::check(&host, &pod, &host_name, &att.ifname, &addresses)?;
         dataplane.check(&ep)?;
         ipam::check(inv, att, &conf.ipam.plugin_type)
     }

@@ -7,11 +7,13 @@
 use std::fs::File;
 use std::net::IpAddr;
 
+use futures::future::{try_join, try_join_all};
 use ipnetwork::IpNetwork;
 use margay_conf::{CniError, Code};
+use rtnetlink::Handle;
 
 use crate::link::{self, Link};
-use crate::netlink::{Netlink, in_netns};
+use crate::netlink::Netlink;
 use crate::route::{self, GATEWAY_V4, GATEWAY_V6, RouteSpec};
 use crate::sysctl;
 
@@ -101,15 +103,18 @@ pub fn host_routes(host_index: u32, addresses: &[IpAddr]) -> Vec<RouteSpec> {
         .collect()
 }
 
-/// Looks at both sides without changing anything.
+/// Looks at both sides (`pod` is the connection in the pod's namespace)
+/// without changing anything; ADD does it while IPAM allocates.
 pub fn survey(
     host: &Netlink,
-    netns: &File,
+    pod: &Handle,
     host_name: &str,
     ifname: &str,
 ) -> Result<Survey, CniError> {
-    let host_link = host.run(link::find(&host.handle, host_name))?;
-    let pod_link = in_netns(netns, |nl| nl.run(link::find(&nl.handle, ifname)))?;
+    let (host_link, pod_link) = host.run(try_join(
+        link::find(&host.handle, host_name),
+        link::find(pod, ifname),
+    ))?;
     Ok(match (host_link, pod_link) {
         (Some(h), Some(p)) if p.peer_index == Some(h.index) && h.peer_index == Some(p.index) => {
             Survey::OurPair
@@ -156,44 +161,83 @@ pub fn create(
     ))
 }
 
-/// Configures both sides of an existing pair for `addresses`; converges
-/// what is already there.
-pub fn configure(
+/// Both ends of an existing pair, readied with what does not depend on the
+/// addresses, so that ADD does it while IPAM allocates: the pod end up, the
+/// host end's alias and IPv4 sysctls. Converges what is already there.
+pub fn ready(
     host: &Netlink,
-    netns: &File,
+    pod: &Handle,
     host_name: &str,
     ifname: &str,
     alias: &str,
-    addresses: &[IpAddr],
-) -> Result<Endpoint, CniError> {
-    let pod = in_netns(netns, |nl| {
-        let h = &nl.handle;
-        let pod = nl.run(link::find(h, ifname))?.ok_or_else(|| {
+) -> Result<(Link, Link), CniError> {
+    let pod_end = async {
+        let mut p = link::find(pod, ifname).await?.ok_or_else(|| {
             CniError::kernel(format!("{ifname} vanished from the pod"), "not found")
         })?;
-        if !pod.up {
-            nl.run(link::set_up(h, pod.index))?;
+        if !p.up {
+            link::set_up(pod, p.index).await?;
+            p.up = true;
         }
-        for ip in addresses {
-            let a = host_addr(*ip);
-            nl.run(route::ensure_address(h, pod.index, a.ip(), a.prefix()))?;
+        Ok(p)
+    };
+    let host_end = async {
+        let h = link::find(&host.handle, host_name)
+            .await?
+            .ok_or_else(|| CniError::kernel(format!("{host_name} vanished"), "not found"))?;
+        if h.alias.as_deref() != Some(alias) {
+            link::set_alias(&host.handle, h.index, alias).await?;
         }
-        for r in pod_routes(pod.index, addresses) {
-            nl.run(route::ensure_route(h, &r))?;
-        }
-        Ok(pod)
-    })?;
-    let host_link = host
-        .run(link::find(&host.handle, host_name))?
-        .ok_or_else(|| CniError::kernel(format!("{host_name} vanished"), "not found"))?;
-    host.run(link::set_alias(&host.handle, host_link.index, alias))?;
-    sysctl::apply(host_name, addresses.iter().any(IpAddr::is_ipv6))?;
-    for r in host_routes(host_link.index, addresses) {
-        host.run(route::ensure_route(&host.handle, &r))?;
+        Ok::<_, CniError>(h)
+    };
+    let (host_link, pod_link) = host.run(try_join(host_end, pod_end))?;
+    sysctl::apply_v4(host_name)?;
+    Ok((host_link, pod_link))
+}
+
+/// Gives a [`ready`] pair its `addresses`: on the pod end the addresses,
+/// the gateway's link route and the default routes; on the host end a route
+/// per address (and the IPv6 sysctls when there is one). Every request goes
+/// out at once, the pod's in order (the kernel handles a socket's requests
+/// in order, so the gateway route exists before the default route needs
+/// it): one round trip, not one per object. Converges what is already
+/// there.
+pub fn configure(
+    host: &Netlink,
+    pod: &Handle,
+    (host_link, pod_link): (Link, Link),
+    addresses: &[IpAddr],
+) -> Result<Endpoint, CniError> {
+    if addresses.iter().any(IpAddr::is_ipv6) {
+        sysctl::apply_v6(&host_link.name)?;
     }
+    let pod_side = try_join_all(
+        addresses
+            .iter()
+            .map(|ip| {
+                let a = host_addr(*ip);
+                Box::pin(route::ensure_address(
+                    pod,
+                    pod_link.index,
+                    a.ip(),
+                    a.prefix(),
+                )) as std::pin::Pin<Box<dyn std::future::Future<Output = _>>>
+            })
+            .chain(
+                pod_routes(pod_link.index, addresses)
+                    .into_iter()
+                    .map(|r| Box::pin(async move { route::ensure_route(pod, &r).await }) as _),
+            ),
+    );
+    let host_side = try_join_all(
+        host_routes(host_link.index, addresses)
+            .into_iter()
+            .map(|r| async move { route::ensure_route(&host.handle, &r).await }),
+    );
+    host.run(try_join(pod_side, host_side))?;
     Ok(Endpoint {
         host: host_link,
-        pod,
+        pod: pod_link,
         addresses: addresses.to_vec(),
     })
 }
@@ -206,46 +250,43 @@ fn missing(what: String) -> CniError {
 /// thing missing. Extra routes or addresses (a later plugin's) are fine.
 pub fn check(
     host: &Netlink,
-    netns: &File,
+    pod: &Handle,
     host_name: &str,
     ifname: &str,
     addresses: &[IpAddr],
 ) -> Result<Endpoint, CniError> {
-    let pod = in_netns(netns, |nl| {
-        let h = &nl.handle;
-        let pod = nl
-            .run(link::find(h, ifname))?
-            .ok_or_else(|| missing(format!("interface {ifname} is missing from the pod")))?;
-        if !pod.up {
-            return Err(missing(format!("interface {ifname} in the pod is down")));
+    let pod_link = host
+        .run(link::find(pod, ifname))?
+        .ok_or_else(|| missing(format!("interface {ifname} is missing from the pod")))?;
+    if !pod_link.up {
+        return Err(missing(format!("interface {ifname} in the pod is down")));
+    }
+    let have = host.run(route::addresses(pod, pod_link.index))?;
+    for ip in addresses {
+        if !have.contains(&host_addr(*ip)) {
+            return Err(missing(format!(
+                "address {} is missing from {ifname} in the pod",
+                host_addr(*ip)
+            )));
         }
-        let have = nl.run(route::addresses(h, pod.index))?;
-        for ip in addresses {
-            if !have.contains(&host_addr(*ip)) {
-                return Err(missing(format!(
-                    "address {} is missing from {ifname} in the pod",
-                    host_addr(*ip)
-                )));
-            }
+    }
+    let routes = [
+        host.run(route::routes(pod, false))?,
+        host.run(route::routes(pod, true))?,
+    ]
+    .concat();
+    for r in pod_routes(pod_link.index, addresses) {
+        if !routes
+            .iter()
+            .any(|have| have.dst == r.dst && have.gw == r.gw && have.oif == r.oif)
+        {
+            return Err(missing(format!(
+                "pod route to {} via {ifname} is missing",
+                r.dst
+            )));
         }
-        let routes = [
-            nl.run(route::routes(h, false))?,
-            nl.run(route::routes(h, true))?,
-        ]
-        .concat();
-        for r in pod_routes(pod.index, addresses) {
-            if !routes
-                .iter()
-                .any(|have| have.dst == r.dst && have.gw == r.gw && have.oif == r.oif)
-            {
-                return Err(missing(format!(
-                    "pod route to {} via {ifname} is missing",
-                    r.dst
-                )));
-            }
-        }
-        Ok(pod)
-    })?;
+    }
+    let pod = pod_link;
     let host_link = host
         .run(link::find(&host.handle, host_name))?
         .ok_or_else(|| missing(format!("host veth {host_name} is missing")))?;

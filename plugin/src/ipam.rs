@@ -3,41 +3,68 @@
 
 use margay_conf::dispatch::Invocation;
 use margay_conf::env::{Attachment, Command};
-use margay_conf::exec::PluginCall;
+use margay_conf::exec::{PluginCall, Running};
 use margay_conf::netconf::AttachmentId;
 use margay_conf::result::CniResult;
 use margay_conf::{CniError, Code};
 
-/// Delegates one verb for `att` (ADD, DEL, CHECK); `Some` result for ADD.
-fn call(
-    inv: &Invocation,
-    att: &Attachment,
+/// One verb for `att` (ADD, DEL, CHECK) delegated and running; [`Call::finish`]
+/// waits for it. Starting IPAM before anything else and finishing it last
+/// lets the plugin's own work overlap it: IPAM is an ADD's critical path.
+pub struct Call<'a> {
+    running: Result<Running, CniError>,
     command: Command,
-    ipam: &str,
-) -> Result<Option<CniResult>, CniError> {
-    let reply = PluginCall::attachment(command, att, &inv.cni_path)
-        .run(ipam, &inv.raw)
-        .map_err(|e| e.context(format!("IPAM {ipam} {}", command.as_str())))?;
-    reply.map(|v| CniResult::from_value(&v)).transpose()
+    ipam: &'a str,
+}
+
+impl Call<'_> {
+    fn finish_reply(self) -> Result<Option<CniResult>, CniError> {
+        let ipam = self.ipam;
+        let command = self.command;
+        let reply = self
+            .running
+            .and_then(Running::finish)
+            .map_err(|e| e.context(format!("IPAM {ipam} {}", command.as_str())))?;
+        reply.map(|v| CniResult::from_value(&v)).transpose()
+    }
+
+    /// The ADD's result, which must hold an address.
+    pub fn finish_add(self) -> Result<CniResult, CniError> {
+        let ipam = self.ipam;
+        let result = self.finish_reply()?.unwrap_or_default();
+        if result.ips.is_empty() {
+            return Err(CniError::new(
+                Code::DelegateFailed,
+                format!("IPAM {ipam} ADD returned no address"),
+            ));
+        }
+        Ok(result)
+    }
+
+    pub fn finish(self) -> Result<(), CniError> {
+        self.finish_reply().map(drop)
+    }
+}
+
+/// Starts IPAM for `att`; a failure to start is reported by `finish`.
+pub fn start<'a>(inv: &Invocation, att: &Attachment, command: Command, ipam: &'a str) -> Call<'a> {
+    Call {
+        running: PluginCall::attachment(command, att, &inv.cni_path).start(ipam, &inv.raw),
+        command,
+        ipam,
+    }
 }
 
 pub fn add(inv: &Invocation, att: &Attachment, ipam: &str) -> Result<CniResult, CniError> {
-    let result = call(inv, att, Command::Add, ipam)?.unwrap_or_default();
-    if result.ips.is_empty() {
-        return Err(CniError::new(
-            Code::DelegateFailed,
-            format!("IPAM {ipam} ADD returned no address"),
-        ));
-    }
-    Ok(result)
+    start(inv, att, Command::Add, ipam).finish_add()
 }
 
 pub fn del(inv: &Invocation, att: &Attachment, ipam: &str) -> Result<(), CniError> {
-    call(inv, att, Command::Del, ipam).map(drop)
+    start(inv, att, Command::Del, ipam).finish()
 }
 
 pub fn check(inv: &Invocation, att: &Attachment, ipam: &str) -> Result<(), CniError> {
-    call(inv, att, Command::Check, ipam).map(drop)
+    start(inv, att, Command::Check, ipam).finish()
 }
 
 /// GC and STATUS take the network's whole configuration as it came to us.

@@ -1,17 +1,20 @@
-//! A netlink connection bound to one network namespace, driven by its own
-//! current-thread runtime, and the way into a pod's namespace.
+//! Netlink connections, each bound to one network namespace, all driven by
+//! one current-thread runtime, and the way into a pod's namespace.
 
 use std::fs::File;
 use std::future::Future;
+use std::os::fd::{FromRawFd, IntoRawFd};
 use std::path::Path;
 
 use margay_conf::{CniError, Code};
 use nix::sched::{CloneFlags, setns};
 use rtnetlink::Handle;
+use rtnetlink::sys::{Socket, TokioSocket, protocols::NETLINK_ROUTE};
 use tokio::runtime::Runtime;
 
 /// A netlink socket in the namespace of the thread that opened it (sockets
-/// stay in the namespace they were created in).
+/// stay in the namespace they were created in), and the runtime that drives
+/// it and any connection [`Netlink::open_in`] adds.
 pub struct Netlink {
     rt: Runtime,
     pub handle: Handle,
@@ -33,7 +36,32 @@ impl Netlink {
         Ok(Netlink { rt, handle })
     }
 
-    /// Runs one netlink exchange to completion.
+    /// A second connection, whose socket lives in `netns`, driven by this
+    /// one's runtime, so that one `run` can issue requests on both sides at
+    /// once (and pipeline several on each) instead of a thread, a runtime
+    /// and a socket per step in the pod. Only the socket is made inside the
+    /// namespace, by a thread that enters it, makes it and ends there: no
+    /// other code of ours ever runs in the pod's namespace by accident.
+    pub fn open_in(&self, netns: &File) -> Result<Handle, CniError> {
+        let socket = std::thread::scope(|s| {
+            s.spawn(|| {
+                setns(netns, CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| CniError::kernel("cannot enter the pod's network namespace", e))?;
+                Socket::new(NETLINK_ROUTE)
+                    .map_err(|e| CniError::kernel("cannot open a netlink socket in the pod", e))
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })?;
+        let _entered = self.rt.enter();
+        // SAFETY: the descriptor is a netlink socket we own and give away.
+        let socket = unsafe { TokioSocket::from_raw_fd(socket.into_raw_fd()) };
+        let (conn, handle, _) = rtnetlink::from_socket(socket);
+        self.rt.spawn(conn);
+        Ok(handle)
+    }
+
+    /// Runs netlink exchanges to completion.
     pub fn run<T>(&self, work: impl Future<Output = T>) -> T {
         self.rt.block_on(work)
     }
@@ -52,24 +80,6 @@ pub fn open_netns(path: &Path) -> Result<File, CniError> {
             format!("CNI_NETNS {} cannot be opened", path.display()),
         )
         .with_details(e)
-    })
-}
-
-/// Runs `work` with a netlink connection inside the namespace `netns`, on a
-/// thread that enters it and ends there: no other code of ours ever runs
-/// in the pod's namespace by accident.
-pub fn in_netns<T: Send>(
-    netns: &File,
-    work: impl FnOnce(&Netlink) -> Result<T, CniError> + Send,
-) -> Result<T, CniError> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            setns(netns, CloneFlags::CLONE_NEWNET)
-                .map_err(|e| CniError::kernel("cannot enter the pod's network namespace", e))?;
-            work(&Netlink::open()?)
-        })
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
 }
 

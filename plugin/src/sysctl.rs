@@ -25,9 +25,19 @@ fn wanted(v6: bool) -> impl Iterator<Item = &'static (&'static str, &'static str
     IPV4.iter().chain(IPV6.iter().filter(move |_| v6))
 }
 
-/// Writes the host veth's sysctls (IPv6 ones only when the pod has IPv6).
-pub fn apply(ifname: &str, v6: bool) -> Result<(), CniError> {
-    for (template, value) in wanted(v6) {
+/// Writes the host veth's IPv4 sysctls, which every pod needs (ADD writes
+/// them while IPAM allocates).
+pub fn apply_v4(ifname: &str) -> Result<(), CniError> {
+    write(ifname, &IPV4)
+}
+
+/// Writes the host veth's IPv6 sysctls, for a pod that got an IPv6 address.
+pub fn apply_v6(ifname: &str) -> Result<(), CniError> {
+    write(ifname, &IPV6)
+}
+
+fn write(ifname: &str, wanted: &[(&str, &str)]) -> Result<(), CniError> {
+    for (template, value) in wanted {
         let p = path(template, ifname);
         std::fs::write(&p, value)
             .map_err(|e| CniError::kernel(format!("cannot set {p} to {value}"), e))?;

@@ -27,6 +27,10 @@ static WAITING_THREAD_COUNT: AtomicUsize = AtomicUsize::new(0);
 static TOTAL_THREAD_COUNT: AtomicUsize = AtomicUsize::new(0);
 static SPAWNS: AtomicUsize = AtomicUsize::new(0);
 static SPAWNING: AtomicBool = AtomicBool::new(false);
+// MARGAY PATCH: threads blocked waiting for work, counted under the queue's
+// mutex so that `send` can compare it with the queue's length exactly.
+// (`WAITING_THREAD_COUNT` is also lowered around each task and wraps.)
+static IDLE_THREADS: AtomicUsize = AtomicUsize::new(0);
 
 type Work = Box<dyn FnOnce() + Send + 'static>;
 
@@ -43,7 +47,9 @@ impl Queue {
 
         while queue.is_empty() {
             WAITING_THREAD_COUNT.fetch_add(1, SeqCst);
+            IDLE_THREADS.fetch_add(1, SeqCst);
             let res = self.cv.wait_until(&mut queue, cutoff);
+            IDLE_THREADS.fetch_sub(1, SeqCst);
             WAITING_THREAD_COUNT.fetch_sub(1, SeqCst);
             if res.timed_out() {
                 break;
@@ -58,11 +64,12 @@ impl Queue {
         queue.pop_front()
     }
 
-    fn send(&self, work: Work) -> usize {
+    /// Queues `work`; true when fewer threads wait than tasks are queued.
+    fn send(&self, work: Work) -> bool {
         let mut queue = self.mu.lock();
         queue.push_back(work);
 
-        let len = queue.len();
+        let short_of_threads = queue.len() > IDLE_THREADS.load(SeqCst);
 
         // having held the mutex makes this linearized
         // with the notify below.
@@ -70,21 +77,21 @@ impl Queue {
 
         self.cv.notify_all();
 
-        len
+        short_of_threads
     }
 }
 
 static QUEUE: Lazy<Queue, fn() -> Queue> = Lazy::new(init_queue);
 static BROKEN: AtomicBool = AtomicBool::new(false);
 
+// MARGAY PATCH: no threads up front. Upstream starts 7 here, on first use;
+// every margay-ipam call is a new process that opens the store once and
+// has at most a few tasks in flight, so creating and scheduling 7 threads
+// was a measurable share of each call on a 2-core node. `spawn` starts a
+// thread whenever fewer threads wait than tasks are queued, so a queued
+// task never waits for one that is busy (a task may block on another,
+// e.g. a segment write on a truncation); threads then stay for later work.
 fn init_queue() -> Queue {
-    debug_delay();
-    for _ in 0..DESIRED_WAITING_THREADS {
-        debug_delay();
-        if let Err(e) = spawn_new_thread(true) {
-            log::error!("failed to initialize threadpool: {:?}", e);
-        }
-    }
     Queue { cv: Condvar::new(), mu: Mutex::new(VecDeque::new()) }
 }
 
@@ -206,10 +213,13 @@ where
         promise_filler.fill(result);
     };
 
-    let depth = QUEUE.send(Box::new(task));
-
-    if depth > DESIRED_WAITING_THREADS {
-        maybe_spawn_new_thread()?;
+    // MARGAY PATCH: see `init_queue`.
+    if QUEUE.send(Box::new(task)) {
+        if TOTAL_THREAD_COUNT.load(Acquire) < MAX_THREADS {
+            spawn_new_thread(true)?;
+        } else {
+            maybe_spawn_new_thread()?;
+        }
     }
 
     Ok(promise)

@@ -23,6 +23,22 @@ mod snapshot;
 
 use std::{collections::BinaryHeap, ops::Deref};
 
+/// MARGAY PATCH: whether the `len` bytes at `at` in `file` all equal `byte`
+/// (false when they cannot be read). Recovery rewrites regions with a fixed
+/// pattern on every open; a process per IPAM call made each such rewrite,
+/// and the write-back it adds to the closing fsync, a per-call cost, though
+/// after a clean close the pattern is already there.
+pub(crate) fn region_holds(
+    file: &std::fs::File,
+    at: LogOffset,
+    len: usize,
+    byte: u8,
+) -> bool {
+    let mut current = vec![0; len];
+    pread_exact(file, &mut current, at).is_ok()
+        && current.iter().all(|b| *b == byte)
+}
+
 use crate::*;
 
 #[cfg(any(all(not(unix), not(windows)), miri))]

@@ -635,11 +635,22 @@ impl SegmentAccountant {
         for segment_base in to_free {
             self.free_segment(segment_base)?;
             io_fail!(self.config, "zero garbage segment SA");
-            pwrite_all(
+            // MARGAY PATCH: a free segment that already holds only the
+            // pattern (as after every clean close) is not rewritten; see
+            // `region_holds`. Upstream does not sync this write either.
+            let pattern = MessageKind::Corrupted.into();
+            if !super::region_holds(
                 &self.config.file,
-                &*vec![MessageKind::Corrupted.into(); self.config.segment_size],
                 segment_base,
-            )?;
+                self.config.segment_size,
+                pattern,
+            ) {
+                pwrite_all(
+                    &self.config.file,
+                    &*vec![pattern; self.config.segment_size],
+                    segment_base,
+                )?;
+            }
         }
 
         // we want to complete all truncations because

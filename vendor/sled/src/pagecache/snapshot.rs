@@ -332,8 +332,20 @@ fn advance_snapshot(
                     shred_base,
                     shred_base + shred_len as LogOffset
                 );
-                pwrite_all(&config.file, &shred_zone, shred_base)?;
-                config.file.sync_all()?;
+                // MARGAY PATCH: skip the write and the fsync when the zone
+                // already holds the shred pattern, as it does whenever the
+                // last process to open the store shut down cleanly (each
+                // open zeroed it, and writes since went before the tip).
+                // Upstream rewrites 64 KiB and fsyncs on every open; with
+                // one short-lived process per IPAM call that was a disk
+                // flush per call. `sync_file_range` still pushes out any
+                // zeros a crashed shredder left unwritten (a no-op when
+                // they are clean), the stability level sled uses for its
+                // own log writes; the commit's fsync then covers them.
+                if !already_shredded(&config.file, &shred_zone, shred_base) {
+                    pwrite_all(&config.file, &shred_zone, shred_base)?;
+                    config.file.sync_all()?;
+                }
             }
             (iterated_lsn, iter.segment_base.map(|bb| bb.offset))
         };
@@ -435,6 +447,34 @@ fn advance_snapshot(
     config.event_log.recovered_lsn(snapshot.stable_lsn.unwrap_or(0));
 
     Ok(snapshot)
+}
+
+/// MARGAY PATCH (see the shred in `advance_snapshot`): whether the `zone.len()`
+/// bytes at `at` already hold `zone`, written out to the device.
+fn already_shredded(file: &std::fs::File, zone: &[u8], at: LogOffset) -> bool {
+    if zone.is_empty() || !super::region_holds(file, at, zone.len(), zone[0]) {
+        return false;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::io::AsRawFd;
+        #[allow(unsafe_code)]
+        let ret = unsafe {
+            libc::sync_file_range(
+                file.as_raw_fd(),
+                i64::try_from(at).unwrap(),
+                i64::try_from(zone.len()).unwrap(),
+                libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                    | libc::SYNC_FILE_RANGE_WRITE
+                    | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+            )
+        };
+        ret == 0
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        false
+    }
 }
 
 /// Read a `Snapshot` or generate a default, then advance it to
