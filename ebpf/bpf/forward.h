@@ -32,10 +32,11 @@ static __always_inline bool fib_routes_to(struct __sk_buff *skb, const struct pa
 	       f.ifindex == dst_ifindex;
 }
 
-/* Rewrites L2 as the host would (gateway MAC to pod MAC), decrements the
- * TTL, and hands the packet to the destination pod's interface. */
+/* Rewrites L2 as the host would (gateway MAC to the pod's `mac`),
+ * decrements the TTL, and hands the packet to the pod behind host veth
+ * `ifindex`. */
 static __always_inline int redirect_to_pod(struct __sk_buff *skb, const struct packet *p,
-					   const struct endpoint *dst)
+					   __u32 ifindex, const __u8 *mac)
 {
 	__u32 ttl_off = ETH_HLEN + __builtin_offsetof(struct iphdr, ttl);
 	__u32 csum_off = ETH_HLEN + __builtin_offsetof(struct iphdr, check);
@@ -46,8 +47,8 @@ static __always_inline int redirect_to_pod(struct __sk_buff *skb, const struct p
 
 	if (bpf_l3_csum_replace(skb, csum_off, old_word, new_word, sizeof(new_word)) < 0 ||
 	    bpf_skb_store_bytes(skb, ttl_off, &ttl, 1, 0) < 0 ||
-	    bpf_skb_store_bytes(skb, 0, dst->mac, ETH_ALEN, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, 0, mac, ETH_ALEN, 0) < 0 ||
 	    bpf_skb_store_bytes(skb, ETH_ALEN, gateway_mac, ETH_ALEN, 0) < 0)
 		return TC_ACT_SHOT;
-	return bpf_redirect_peer(dst->ifindex, 0);
+	return bpf_redirect_peer(ifindex, 0);
 }
