@@ -32,7 +32,10 @@ fn main() {
             .to_string();
         let obj = out.join(format!("{stem}.bpf.o"));
         let status = Command::new(CLANG)
-            .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
+            // -mcpu=v3: 32-bit ALU and jumps (kernel >= 5.1) spare the
+            // zero-extending shifts of every 32-bit compare, ~20% of a
+            // policy rule's instructions.
+            .args(["-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror"])
             .arg("-I/usr/include/x86_64-linux-gnu")
             .arg("-c")
             .arg(path)

@@ -40,7 +40,7 @@ struct endpoint {
 	__u32 ifindex;   /* the host veth; also the key */
 	char ifname[16]; /* the host veth's name: DEL finds entries by it
 			  * after the interface is gone */
-	__u32 reserved;
+	__u32 slot;      /* its counters' index, 1..MAX_ENDPOINTS (0: none) */
 };
 
 #define POLICY_ALLOW 1
@@ -100,14 +100,24 @@ enum ct_state {
 
 /* No per-flow packet or byte counts: updating them on every packet bounces
  * the entry's cache line between the CPUs of the two directions (measured:
- * ~5% of pod-to-pod throughput). Per-endpoint counters are per-CPU. */
+ * ~5% of pod-to-pod throughput). Per-endpoint counters are per-CPU.
+ *
+ * An entry carries what an established packet needs of its endpoint (the
+ * pod's addresses, to check that a packet from the pod is really its, and
+ * the counters slot), so that it costs one map lookup, not three: on
+ * guests that mitigate SRSO every helper call costs ~20 ns. Its creation
+ * time is kept in seconds, which is all `margayctl` shows, so that the
+ * tunnel peer fits in the same 32 bytes (half a cache line). */
 struct ct_entry {
-	__u64 created_ns;
 	__u64 last_seen_ns; /* refreshed at most once per CT_REFRESH_NS */
+	__u32 created_s;    /* flow clock, in seconds: only shown (AGE) */
+	__be32 tunnel_peer; /* CT_F_TUNNEL: the node the flow came from */
 	__u8 state;
 	__u8 flags;
+	__u16 slot;         /* the endpoint's counters slot */
+	__be32 pod_ip;      /* the endpoint's pod, as registered */
+	__u8 pod_mac[6];
 	__u8 pad[2];
-	__be32 tunnel_peer; /* CT_F_TUNNEL: the node the flow came from */
 };
 
 struct counters {
@@ -123,8 +133,19 @@ struct counters {
 
 struct config {
 	__u32 log_level;
-	__u32 reserved[5];
+	__u32 jiffy_ns;      /* nanoseconds per kernel tick (0: not known) */
+	__u64 jiffies_at_0;  /* jiffies when CLOCK_MONOTONIC read 0 */
+	__u32 reserved[2];
 	__u64 object_id; /* which build's programs are pinned */
+};
+
+/* Which frontends may exist, by a hash of (address, port, protocol): a
+ * packet whose bit is clear is not to a service and skips the frontend
+ * lookup. `margayctl service apply` and the loader keep it a superset of
+ * the frontends. */
+#define SVC_FILTER_BITS 65536
+struct svc_filter {
+	__u64 bits[SVC_FILTER_BITS / 64];
 };
 
 /* Services (lb.h). A frontend is what clients connect to (a ClusterIP and
@@ -269,7 +290,7 @@ _Static_assert(sizeof(struct endpoint) == 36, "endpoint layout");
 _Static_assert(sizeof(struct policy_rule) == 16, "policy_rule layout");
 _Static_assert(sizeof(struct policy) == 8 + 16 * MAX_POLICY_RULES, "policy layout");
 _Static_assert(sizeof(struct ct_key) == 20, "ct_key layout");
-_Static_assert(sizeof(struct ct_entry) == 24, "ct_entry layout");
+_Static_assert(sizeof(struct ct_entry) == 32, "ct_entry layout");
 _Static_assert(sizeof(struct counters) == 8 * 16, "counters layout");
 _Static_assert(sizeof(struct config) == 32, "config layout");
 _Static_assert(sizeof(struct flow_event) == 32, "flow_event layout");
@@ -285,3 +306,4 @@ _Static_assert(sizeof(struct node_config) == 32, "node_config layout");
 _Static_assert(sizeof(struct peer_key) == 8, "peer_key layout");
 _Static_assert(sizeof(struct peer) == 8, "peer layout");
 _Static_assert(sizeof(struct nat_entry) == 32, "nat_entry layout");
+_Static_assert(sizeof(struct svc_filter) == SVC_FILTER_BITS / 8, "svc_filter layout");

@@ -6,6 +6,7 @@
 
 #include "common.h"
 #include "parse.h"
+#include "events.h"
 
 /* One LRU list for the map: per-CPU lists (BPF_F_NO_COMMON_LRU) measured
  * no faster here, and would evict early on a CPU that carries most flows. */
@@ -20,6 +21,21 @@ struct {
 /* How stale last_seen may get: timeouts are seconds to hours, and writing
  * the entry less often keeps it in both directions' CPU caches. */
 #define CT_REFRESH_NS SEC_NS
+
+/* The clock of flow timestamps: CLOCK_MONOTONIC to a kernel tick (what
+ * userspace compares them with, ebpf/src/inspect.rs). From jiffies, which
+ * the verifier turns into a memory load, scaled by the tick length the
+ * loader measured (clock_getres of CLOCK_MONOTONIC_COARSE); the exact clock
+ * is a helper call reading the TSC, ~45 ns on a guest, a quarter of an
+ * established packet's cost. Timeouts and refreshes are seconds. */
+static __always_inline __u64 flow_clock(void)
+{
+	__u32 zero = 0;
+	struct config *c = bpf_map_lookup_elem(&config, &zero);
+	if (c && c->jiffy_ns)
+		return (bpf_jiffies64() - c->jiffies_at_0) * c->jiffy_ns;
+	return bpf_ktime_get_ns();
+}
 
 /* Idle timeouts, refreshed by every packet of the flow. */
 static __always_inline __u64 ct_timeout(const struct ct_entry *e, __u8 proto)
@@ -99,22 +115,29 @@ static __always_inline void tcp_advance(struct ct_entry *e, const struct packet 
 		e->state = CT_ESTABLISHED;
 }
 
-/* Looks the packet's flow up on `ifindex` and advances its state. A stale
- * entry, or a closed TCP flow seeing a new SYN, is a miss: the new flow is
- * judged by policy again. */
-static __always_inline int ct_lookup(const struct packet *p, __u32 ifindex, struct ct_entry **out)
+/* The packet's flow on `ifindex`, live, or NULL: a stale entry, or a
+ * closed TCP flow seeing a new SYN, is a miss (the new flow is judged by
+ * policy again). Nothing is written; ct_update does that once the caller
+ * has accepted the packet. */
+static __always_inline struct ct_entry *ct_find(const struct packet *p, __u32 ifindex, __u64 now,
+						bool *src_is_a)
 {
 	struct ct_key k;
-	bool src_is_a = ct_key_fill(&k, p->saddr, p->daddr, p->sport, p->dport, p->proto, ifindex);
+	*src_is_a = ct_key_fill(&k, p->saddr, p->daddr, p->sport, p->dport, p->proto, ifindex);
 	struct ct_entry *e = bpf_map_lookup_elem(&conntrack, &k);
-	if (!e)
-		return CT_MISS;
-	__u64 now = bpf_ktime_get_ns();
-	if (ct_expired(e, now, p->proto))
-		return CT_MISS;
+	if (!e || ct_expired(e, now, p->proto))
+		return NULL;
 	bool syn_only = (p->tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN;
 	if (p->proto == IPPROTO_TCP && syn_only && e->state >= CT_CLOSING)
-		return CT_MISS;
+		return NULL;
+	return e;
+}
+
+/* Refreshes `e` for the packet and advances its state; CT_ORIGINAL or
+ * CT_REPLY. */
+static __always_inline int ct_update(struct ct_entry *e, const struct packet *p, bool src_is_a,
+				     __u64 now)
+{
 	bool original = src_is_a == !!(e->flags & CT_F_ORIGIN_IS_A);
 	if ((__s64)(now - e->last_seen_ns) > (__s64)CT_REFRESH_NS)
 		e->last_seen_ns = now;
@@ -122,25 +145,40 @@ static __always_inline int ct_lookup(const struct packet *p, __u32 ifindex, stru
 		tcp_advance(e, p, src_is_a, original);
 	else if (!original && e->state != CT_ESTABLISHED)
 		e->state = CT_ESTABLISHED;
-	*out = e;
 	return original ? CT_ORIGINAL : CT_REPLY;
 }
 
-/* Records a new flow, the packet's sender being its initiator;
- * `tunnel_peer` for CT_F_TUNNEL. */
-static __always_inline void ct_create(const struct packet *p, __u32 ifindex, __u8 flags,
+/* Looks the packet's flow up on `ifindex` and advances its state. */
+static __always_inline int ct_lookup(const struct packet *p, __u32 ifindex, struct ct_entry **out)
+{
+	__u64 now = flow_clock();
+	bool src_is_a;
+	struct ct_entry *e = ct_find(p, ifindex, now, &src_is_a);
+	if (!e)
+		return CT_MISS;
+	*out = e;
+	return ct_update(e, p, src_is_a, now);
+}
+
+/* Records a new flow of endpoint `ep` (on its host veth), the packet's
+ * sender being its initiator; `tunnel_peer` for CT_F_TUNNEL. */
+static __always_inline void ct_create(const struct packet *p, const struct endpoint *ep, __u8 flags,
 				      __be32 tunnel_peer)
 {
 	struct ct_key k;
-	bool src_is_a = ct_key_fill(&k, p->saddr, p->daddr, p->sport, p->dport, p->proto, ifindex);
-	__u64 now = bpf_ktime_get_ns();
+	bool src_is_a =
+		ct_key_fill(&k, p->saddr, p->daddr, p->sport, p->dport, p->proto, ep->ifindex);
+	__u64 now = flow_clock();
 	struct ct_entry e = {
-		.created_ns = now,
 		.last_seen_ns = now,
+		.created_s = now / SEC_NS,
 		.state = CT_NEW,
 		.flags = flags | (src_is_a ? CT_F_ORIGIN_IS_A : 0),
 		.tunnel_peer = tunnel_peer,
+		.slot = ep->slot,
+		.pod_ip = ep->ip,
 	};
+	__builtin_memcpy(e.pod_mac, ep->mac, ETH_ALEN);
 	if (p->proto == IPPROTO_TCP) {
 		if (p->tcp_flags & TCPF_RST)
 			e.state = CT_CLOSED;
@@ -175,5 +213,5 @@ static __always_inline bool ct_related(struct __sk_buff *skb, const struct packe
 	ct_key_fill(&k, inner.ip.saddr, inner.ip.daddr, inner.sport, inner.dport, inner.ip.protocol,
 		    ifindex);
 	struct ct_entry *e = bpf_map_lookup_elem(&conntrack, &k);
-	return e && !ct_expired(e, bpf_ktime_get_ns(), inner.ip.protocol);
+	return e && !ct_expired(e, flow_clock(), inner.ip.protocol);
 }

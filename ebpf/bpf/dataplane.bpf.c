@@ -6,7 +6,18 @@
  *   from_tunnel: TC ingress of the node's VXLAN device (other nodes).
  * In order: parse, anti-spoofing (from_pod), service translation (from_pod),
  * conntrack, policy, counters, reverse translation of service replies,
- * forwarding. Every drop carries a reason (abi.h). */
+ * forwarding. Every drop carries a reason (abi.h).
+ *
+ * An established flow's packet on a pod's veth takes a short path first:
+ * one conntrack lookup, whose entry carries what it needs of the endpoint
+ * (its addresses, for the anti-spoofing check, and its counters slot).
+ * from_pod takes it only for a packet that cannot be to a service (its
+ * svc_filter bit is clear: a ClusterIP or NodePort packet is translated
+ * before its flow is looked up). Every other packet takes the full path.
+ *
+ * Counters are by slot: an endpoint's own, or slot 0 for the node's
+ * interfaces (data interfaces, the tunnel) and veths with no endpoint;
+ * flow events still name the interface. */
 
 #include "common.h"
 #include "parse.h"
@@ -29,32 +40,41 @@ enum ingress_path {
 	VIA_TUNNEL = 2,      /* from another node, through the tunnel */
 };
 
-/* The destination pod's side of a packet: conntrack, then its ingress
- * policy for a new flow. TC_ACT_OK to deliver, TC_ACT_SHOT when dropped.
- * `tunnel_peer`: the node a tunnelled flow's replies go back to (0: they
- * take the usual way). */
-static __always_inline int ingress_verdict(struct __sk_buff *skb, struct packet *p,
-					   __u32 ifindex, enum ingress_path path,
-					   __be32 tunnel_peer)
+/* A packet to a pod on a flow its conntrack holds (`ct` from ct_lookup). */
+static __always_inline int ingress_established(struct __sk_buff *skb, struct packet *p,
+					       __u32 ifindex, struct ct_entry *e, int ct)
 {
+	/* A reply to this pod's own service connection: the backend's
+	 * address becomes the service's again. */
+	if (ct == CT_REPLY && (e->flags & CT_F_SERVICE) && nat_reverse(skb, p) == NAT_FAILED)
+		return drop(p, e->slot, ifindex, DIR_INGRESS, DROP_NAT);
+	count_allowed(e->slot, DIR_INGRESS, p->len);
+	return TC_ACT_OK;
+}
+
+/* The destination pod's side of a packet: conntrack (unless the caller
+ * already found no entry), then its ingress policy for a new flow.
+ * TC_ACT_OK to deliver, TC_ACT_SHOT when dropped. `tunnel_peer`: the node
+ * a tunnelled flow's replies go back to (0: they take the usual way). */
+static __always_inline int ingress_verdict(struct __sk_buff *skb, struct packet *p,
+					   const struct endpoint *ep, enum ingress_path path,
+					   __be32 tunnel_peer, bool ct_missed)
+{
+	__u32 ifindex = ep->ifindex;
 	if (p->fragment) {
 		if (policy_of(ifindex, DIR_INGRESS))
-			return drop(p, ifindex, DIR_INGRESS, DROP_FRAGMENT);
-		count_allowed(ifindex, DIR_INGRESS, p->len);
+			return drop(p, ep->slot, ifindex, DIR_INGRESS, DROP_FRAGMENT);
+		count_allowed(ep->slot, DIR_INGRESS, p->len);
 		return TC_ACT_OK;
 	}
-	struct ct_entry *e;
-	int ct = ct_lookup(p, ifindex, &e);
-	if (ct != CT_MISS) {
-		/* A reply to this pod's own service connection: the backend's
-		 * address becomes the service's again. */
-		if (ct == CT_REPLY && (e->flags & CT_F_SERVICE) && nat_reverse(skb, p) == NAT_FAILED)
-			return drop(p, ifindex, DIR_INGRESS, DROP_NAT);
-		count_allowed(ifindex, DIR_INGRESS, p->len);
-		return TC_ACT_OK;
+	if (!ct_missed) {
+		struct ct_entry *e;
+		int ct = ct_lookup(p, ifindex, &e);
+		if (ct != CT_MISS)
+			return ingress_established(skb, p, ifindex, e, ct);
 	}
 	if (ct_related(skb, p, ifindex)) {
-		count_allowed(ifindex, DIR_INGRESS, p->len);
+		count_allowed(ep->slot, DIR_INGRESS, p->len);
 		return TC_ACT_OK;
 	}
 	/* The node itself (kubelet probes, host-network pods) is always let
@@ -62,16 +82,16 @@ static __always_inline int ingress_verdict(struct __sk_buff *skb, struct packet 
 	bool from_node = path == VIA_STACK && skb->ingress_ifindex == 0;
 	if (!from_node &&
 	    policy_check(ifindex, DIR_INGRESS, p->saddr, p->proto, bpf_ntohs(p->dport)) != POLICY_ALLOW)
-		return drop(p, ifindex, DIR_INGRESS, DROP_POLICY_INGRESS);
+		return drop(p, ep->slot, ifindex, DIR_INGRESS, DROP_POLICY_INGRESS);
 	__u8 flags = path == VIA_LOCAL_POD ? CT_F_LOCAL_DELIVERY : 0;
 	/* A NodePort flow: this backend's replies go back as the service. */
 	if (path != VIA_LOCAL_POD && nat_reversed_at_backend(p))
 		flags |= CT_F_SERVICE;
 	if (tunnel_peer)
 		flags |= CT_F_TUNNEL;
-	ct_create(p, ifindex, flags, tunnel_peer);
+	ct_create(p, ep, flags, tunnel_peer);
 	trace_new_flow(p, ifindex, DIR_INGRESS);
-	count_allowed(ifindex, DIR_INGRESS, p->len);
+	count_allowed(ep->slot, DIR_INGRESS, p->len);
 	return TC_ACT_OK;
 }
 
@@ -83,20 +103,56 @@ static __always_inline int deliver_local(struct __sk_buff *skb, struct packet *p
 	struct endpoint *dst = endpoint_of(dst_ifindex);
 	if (!dst || p->ttl <= 1) /* the stack sends time-exceeded */
 		return TC_ACT_OK;
-	int verdict = ingress_verdict(skb, p, dst_ifindex, VIA_LOCAL_POD, 0);
+	int verdict = ingress_verdict(skb, p, dst, VIA_LOCAL_POD, 0, false);
 	if (verdict != TC_ACT_OK)
 		return verdict;
-	return redirect_to_pod(skb, p, dst);
+	return redirect_to_pod(skb, p, dst->ifindex, dst->mac);
 }
 
 /* A pod's packet for somewhere off this node: through the tunnel when it
- * is for the pods of a node that is not on our L2, else the stack. */
+ * is for the pods of a node that is not on our L2, else the stack. A node
+ * with no tunnel device has no one to encapsulate to, and skips the peer
+ * lookup (a helper call on every established packet leaving the node). */
 static __always_inline int to_elsewhere(struct __sk_buff *skb, const struct packet *p)
 {
+	struct node_config *cfg = node_settings();
+	if (!cfg || !cfg->tunnel_ifindex)
+		return TC_ACT_OK;
 	struct peer *peer = peer_of(p->daddr);
 	if (peer && (peer->flags & PEER_F_ENCAP))
 		return tunnel_send(skb, peer->node, VNI_POD);
 	return TC_ACT_OK;
+}
+
+/* A pod's packet on a flow its conntrack holds (`ct` from ct_lookup or
+ * ct_update), already checked to be the pod's own. */
+static __always_inline int egress_established(struct __sk_buff *skb, struct packet *p,
+					      __u32 ifindex, struct ct_entry *e, int ct)
+{
+	count_allowed(e->slot, DIR_EGRESS, p->len);
+	/* A backend's reply translated on its own side: to an external
+	 * client (NodePort), or to this very pod, which reached itself
+	 * through a service (hairpin) and takes it straight back. */
+	if (ct == CT_REPLY && (e->flags & CT_F_SERVICE)) {
+		int rev = nat_reverse(skb, p);
+		if (rev == NAT_FAILED)
+			return drop(p, e->slot, ifindex, DIR_EGRESS, DROP_NAT);
+		if (rev != NAT_REVERSED)
+			return TC_ACT_OK;
+		if (p->daddr == e->pod_ip) /* hairpin: the entry knows the pod */
+			return p->ttl > 1 ? redirect_to_pod(skb, p, ifindex, e->pod_mac) : TC_ACT_OK;
+		__u32 dst = local_endpoint_ifindex(p->daddr);
+		struct endpoint *client = dst ? endpoint_of(dst) : NULL;
+		if (client)
+			return p->ttl > 1 ? redirect_to_pod(skb, p, client->ifindex, client->mac)
+					  : TC_ACT_OK;
+		return redirect_by_fib(skb, p);
+	}
+	/* A reply to a flow another node sent through the tunnel. */
+	if (ct == CT_REPLY && (e->flags & CT_F_TUNNEL))
+		return tunnel_send(skb, e->tunnel_peer, VNI_POD);
+	__u32 dst = (e->flags & CT_F_LOCAL_DELIVERY) ? local_endpoint_ifindex(p->daddr) : 0;
+	return dst ? deliver_local(skb, p, dst) : to_elsewhere(skb, p);
 }
 
 SEC("classifier")
@@ -105,65 +161,65 @@ int from_pod(struct __sk_buff *skb)
 	struct packet p = {};
 	__u32 ifindex = skb->ifindex;
 	int parsed = parse_packet(skb, &p);
-	struct endpoint *ep = endpoint_of(ifindex);
 
+	/* Short path: a packet of an established flow, not to a service,
+	 * carrying the addresses the flow's entry recorded for the pod (so it
+	 * passes the anti-spoofing checks below). Nothing is written before
+	 * that is known. */
+	bool ct_missed = false;
+	if (parsed == PARSED_IPV4 && !p.fragment && !maybe_service(&p)) {
+		__u64 now = flow_clock();
+		bool src_is_a;
+		struct ct_entry *e = ct_find(&p, ifindex, now, &src_is_a);
+		if (e && e->pod_ip == p.saddr &&
+		    __builtin_memcmp(p.src_mac, e->pod_mac, ETH_ALEN) == 0)
+			return egress_established(skb, &p, ifindex, e,
+						  ct_update(e, &p, src_is_a, now));
+		ct_missed = !e;
+	}
+
+	struct endpoint *ep = endpoint_of(ifindex);
 	if (!ep)
-		return drop(&p, 0, DIR_EGRESS, DROP_NO_ENDPOINT);
+		return drop(&p, 0, 0, DIR_EGRESS, DROP_NO_ENDPOINT);
+	__u32 slot = ep->slot;
 	if (parsed == PARSE_FAILED)
-		return drop(&p, ifindex, DIR_EGRESS, DROP_PARSE);
+		return drop(&p, slot, ifindex, DIR_EGRESS, DROP_PARSE);
 	if (__builtin_memcmp(p.src_mac, ep->mac, ETH_ALEN) != 0)
-		return drop(&p, ifindex, DIR_EGRESS, DROP_SPOOF_MAC);
+		return drop(&p, slot, ifindex, DIR_EGRESS, DROP_SPOOF_MAC);
 	if (parsed == PARSE_UNSUPPORTED)
-		return drop(&p, ifindex, DIR_EGRESS, DROP_UNSUPPORTED_L3);
+		return drop(&p, slot, ifindex, DIR_EGRESS, DROP_UNSUPPORTED_L3);
 	if (parsed != PARSED_IPV4) { /* ARP; IPv6 until it is handled */
-		count_allowed(ifindex, DIR_EGRESS, p.len);
+		count_allowed(slot, DIR_EGRESS, p.len);
 		return TC_ACT_OK;
 	}
 	if (p.saddr != ep->ip)
-		return drop(&p, ifindex, DIR_EGRESS, DROP_SPOOF_IP);
+		return drop(&p, slot, ifindex, DIR_EGRESS, DROP_SPOOF_IP);
 
 	if (p.fragment) {
 		if (policy_of(ifindex, DIR_EGRESS))
-			return drop(&p, ifindex, DIR_EGRESS, DROP_FRAGMENT);
-		count_allowed(ifindex, DIR_EGRESS, p.len);
+			return drop(&p, slot, ifindex, DIR_EGRESS, DROP_FRAGMENT);
+		count_allowed(slot, DIR_EGRESS, p.len);
 		return TC_ACT_OK;
 	}
 
 	struct lb_flow flow = {};
 	int lb = lb_translate(skb, &p, &flow);
 	if (lb == LB_NO_BACKEND) {
-		count_drop(&p, ifindex, DIR_EGRESS, DROP_NO_BACKEND);
+		count_drop(&p, slot, ifindex, DIR_EGRESS, DROP_NO_BACKEND);
 		return reject_port_unreachable(skb, &p, REJECT_INTO_POD);
 	}
 	if (lb == LB_FAILED)
-		return drop(&p, ifindex, DIR_EGRESS, DROP_NAT);
+		return drop(&p, slot, ifindex, DIR_EGRESS, DROP_NAT);
 
-	struct ct_entry *e;
-	int ct = ct_lookup(&p, ifindex, &e);
-	if (ct != CT_MISS) {
-		if (lb == LB_TRANSLATED)
-			lb_record(&flow, p.proto);
-		count_allowed(ifindex, DIR_EGRESS, p.len);
-		/* A backend's reply translated on its own side: to an external
-		 * client (NodePort), or to this very pod, which reached itself
-		 * through a service (hairpin) and takes it straight back. */
-		if (ct == CT_REPLY && (e->flags & CT_F_SERVICE)) {
-			int rev = nat_reverse(skb, &p);
-			if (rev == NAT_FAILED)
-				return drop(&p, ifindex, DIR_EGRESS, DROP_NAT);
-			__u32 dst = local_endpoint_ifindex(p.daddr);
-			struct endpoint *client = dst ? endpoint_of(dst) : NULL;
-			if (rev != NAT_REVERSED)
-				return TC_ACT_OK;
-			if (client)
-				return p.ttl > 1 ? redirect_to_pod(skb, &p, client) : TC_ACT_OK;
-			return redirect_by_fib(skb, &p);
+	/* The short path looked this very tuple up unless it was translated. */
+	if (!ct_missed || lb == LB_TRANSLATED) {
+		struct ct_entry *e;
+		int ct = ct_lookup(&p, ifindex, &e);
+		if (ct != CT_MISS) {
+			if (lb == LB_TRANSLATED)
+				lb_record(&flow, p.proto);
+			return egress_established(skb, &p, ifindex, e, ct);
 		}
-		/* A reply to a flow another node sent through the tunnel. */
-		if (ct == CT_REPLY && (e->flags & CT_F_TUNNEL))
-			return tunnel_send(skb, e->tunnel_peer, VNI_POD);
-		__u32 dst = (e->flags & CT_F_LOCAL_DELIVERY) ? local_endpoint_ifindex(p.daddr) : 0;
-		return dst ? deliver_local(skb, &p, dst) : to_elsewhere(skb, &p);
 	}
 	/* An ICMP error about a tracked flow passes as part of that flow and
 	 * is not a flow of its own: tracking it (ports 0/0) would let every
@@ -171,7 +227,7 @@ int from_pod(struct __sk_buff *skb)
 	bool related = ct_related(skb, &p, ifindex);
 	if (!related &&
 	    policy_check(ifindex, DIR_EGRESS, p.daddr, p.proto, bpf_ntohs(p.dport)) != POLICY_ALLOW)
-		return drop(&p, ifindex, DIR_EGRESS, DROP_POLICY_EGRESS);
+		return drop(&p, slot, ifindex, DIR_EGRESS, DROP_POLICY_EGRESS);
 
 	__u32 dst = local_endpoint_ifindex(p.daddr);
 	if (dst && !fib_routes_to(skb, &p, dst))
@@ -182,10 +238,10 @@ int from_pod(struct __sk_buff *skb)
 		ct_flags |= CT_F_SERVICE;
 	}
 	if (!related) {
-		ct_create(&p, ifindex, ct_flags, 0);
+		ct_create(&p, ep, ct_flags, 0);
 		trace_new_flow(&p, ifindex, DIR_EGRESS);
 	}
-	count_allowed(ifindex, DIR_EGRESS, p.len);
+	count_allowed(slot, DIR_EGRESS, p.len);
 	return dst ? deliver_local(skb, &p, dst) : to_elsewhere(skb, &p);
 }
 
@@ -196,17 +252,30 @@ int to_pod(struct __sk_buff *skb)
 	__u32 ifindex = skb->ifindex;
 	int parsed = parse_packet(skb, &p);
 
-	if (!endpoint_of(ifindex))
-		return drop(&p, 0, DIR_INGRESS, DROP_NO_ENDPOINT);
+	/* Short path: a packet of an established flow (its entry stands for
+	 * the endpoint: an endpoint's entries name its slot, and no packet
+	 * meets them once the endpoint is gone, its programs detached). */
+	bool ct_missed = false;
+	if (parsed == PARSED_IPV4 && !p.fragment) {
+		struct ct_entry *e;
+		int ct = ct_lookup(&p, ifindex, &e);
+		if (ct != CT_MISS)
+			return ingress_established(skb, &p, ifindex, e, ct);
+		ct_missed = true;
+	}
+
+	struct endpoint *ep = endpoint_of(ifindex);
+	if (!ep)
+		return drop(&p, 0, 0, DIR_INGRESS, DROP_NO_ENDPOINT);
 	switch (parsed) {
 	case PARSE_FAILED:
-		return drop(&p, ifindex, DIR_INGRESS, DROP_PARSE);
+		return drop(&p, ep->slot, ifindex, DIR_INGRESS, DROP_PARSE);
 	case PARSE_UNSUPPORTED:
-		return drop(&p, ifindex, DIR_INGRESS, DROP_UNSUPPORTED_L3);
+		return drop(&p, ep->slot, ifindex, DIR_INGRESS, DROP_UNSUPPORTED_L3);
 	case PARSED_IPV4:
-		return ingress_verdict(skb, &p, ifindex, VIA_STACK, 0);
+		return ingress_verdict(skb, &p, ep, VIA_STACK, 0, ct_missed);
 	default: /* ARP; IPv6 until it is handled */
-		count_allowed(ifindex, DIR_INGRESS, p.len);
+		count_allowed(ep->slot, DIR_INGRESS, p.len);
 		return TC_ACT_OK;
 	}
 }
@@ -230,15 +299,15 @@ int from_net(struct __sk_buff *skb)
 	case LB_NONE:
 		return TC_ACT_OK;
 	case LB_NO_BACKEND:
-		count_drop(&p, ifindex, DIR_INGRESS, DROP_NO_BACKEND);
+		count_drop(&p, NODE_SLOT, ifindex, DIR_INGRESS, DROP_NO_BACKEND);
 		return reject_port_unreachable(skb, &p, REJECT_BACK_OUT);
 	case LB_FAILED:
-		return drop(&p, ifindex, DIR_INGRESS, DROP_NAT);
+		return drop(&p, NODE_SLOT, ifindex, DIR_INGRESS, DROP_NAT);
 	default:
 		break;
 	}
 	lb_record(&flow, p.proto);
-	count_allowed(ifindex, DIR_INGRESS, p.len);
+	count_allowed(NODE_SLOT, DIR_INGRESS, p.len);
 	if (local_endpoint_ifindex(p.daddr))
 		return TC_ACT_OK;
 	/* A backend on another node: through the tunnel, to come back the
@@ -273,13 +342,13 @@ int from_tunnel(struct __sk_buff *skb)
 			nat_record_dsr(&p, from_node, bpf_htons(key.tunnel_id & 0xffff));
 		if (p.ttl <= 1)
 			return TC_ACT_OK;
-		int verdict = ingress_verdict(skb, &p, dst, VIA_TUNNEL, dsr ? 0 : from_node);
+		int verdict = ingress_verdict(skb, &p, ep, VIA_TUNNEL, dsr ? 0 : from_node, false);
 		if (verdict != TC_ACT_OK)
 			return verdict;
-		return redirect_to_pod(skb, &p, ep);
+		return redirect_to_pod(skb, &p, ep->ifindex, ep->mac);
 	}
 	int rev = nat_reverse(skb, &p);
 	if (rev == NAT_FAILED)
-		return drop(&p, skb->ifindex, DIR_INGRESS, DROP_NAT);
+		return drop(&p, NODE_SLOT, skb->ifindex, DIR_INGRESS, DROP_NAT);
 	return rev == NAT_REVERSED ? redirect_by_fib(skb, &p) : TC_ACT_OK;
 }

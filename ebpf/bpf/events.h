@@ -6,12 +6,28 @@
 #include "common.h"
 #include "parse.h"
 
+/* Slot 0: the node's. It counts the packets of the node's own interfaces
+ * (data interfaces' NodePorts, the tunnel) and of veths with no endpoint;
+ * endpoints hold slots 1..MAX_ENDPOINTS. */
+#define NODE_SLOT 0
+
+/* By the endpoint's slot (struct endpoint), or NODE_SLOT. An array: the verifier inlines its lookups,
+ * where a hash lookup is a helper call. */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, MAX_ENDPOINTS + 1); /* +1: ifindex 0, no endpoint */
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_ENDPOINTS + 1);
 	__type(key, __u32);
 	__type(value, struct counters);
 } counters SEC(".maps");
+
+/* Which endpoint holds which slot (slot -> ifindex); only userspace uses
+ * it, to hand out slots (ebpf/src/registry.rs). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_ENDPOINTS + 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} counter_slots SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -32,14 +48,9 @@ static __always_inline __u32 log_level(void)
 	return c ? c->log_level : LOG_OFF;
 }
 
-static __always_inline struct counters *counters_of(__u32 ifindex)
+static __always_inline struct counters *counters_of(__u32 slot)
 {
-	struct counters *c = bpf_map_lookup_elem(&counters, &ifindex);
-	if (c)
-		return c;
-	struct counters zero = {};
-	bpf_map_update_elem(&counters, &ifindex, &zero, BPF_NOEXIST);
-	return bpf_map_lookup_elem(&counters, &ifindex);
+	return bpf_map_lookup_elem(&counters, &slot);
 }
 
 static __always_inline void emit(const struct packet *p, __u32 ifindex, __u8 dir, __u8 reason)
@@ -60,20 +71,22 @@ static __always_inline void emit(const struct packet *p, __u32 ifindex, __u8 dir
 	bpf_ringbuf_submit(e, 0);
 }
 
-static __always_inline void count_allowed(__u32 ifindex, __u8 dir, __u32 len)
+static __always_inline void count_allowed(__u32 slot, __u8 dir, __u32 len)
 {
-	struct counters *c = counters_of(ifindex);
+	struct counters *c = counters_of(slot);
 	if (c) {
 		c->packets[dir & 1] += 1;
 		c->bytes[dir & 1] += len;
 	}
 }
 
-/* Counts and reports a packet that will not reach its destination, for
- * `reason`; the caller drops it or answers it (reject.h). */
-static __always_inline void count_drop(const struct packet *p, __u32 ifindex, __u8 dir, __u8 reason)
+/* Counts (in `slot`) and reports (as on `ifindex`) a packet that will not
+ * reach its destination, for `reason`; the caller drops it or answers it
+ * (reject.h). */
+static __always_inline void count_drop(const struct packet *p, __u32 slot, __u32 ifindex, __u8 dir,
+				       __u8 reason)
 {
-	struct counters *c = counters_of(ifindex);
+	struct counters *c = counters_of(slot);
 	if (c && reason < DROP_REASON_MAX)
 		c->drops[reason] += 1;
 	if (log_level() >= LOG_INFO)
@@ -81,9 +94,10 @@ static __always_inline void count_drop(const struct packet *p, __u32 ifindex, __
 }
 
 /* Counts, reports and drops. */
-static __always_inline int drop(const struct packet *p, __u32 ifindex, __u8 dir, __u8 reason)
+static __always_inline int drop(const struct packet *p, __u32 slot, __u32 ifindex, __u8 dir,
+				__u8 reason)
 {
-	count_drop(p, ifindex, dir, reason);
+	count_drop(p, slot, ifindex, dir, reason);
 	return TC_ACT_SHOT;
 }
 

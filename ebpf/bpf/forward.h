@@ -55,16 +55,17 @@ static __always_inline int ttl_decrement(struct __sk_buff *skb, const struct pac
 	return 0;
 }
 
-/* Rewrites L2 as the host would (gateway MAC to pod MAC), decrements the
- * TTL, and hands the packet to the destination pod's interface. */
+/* Rewrites L2 as the host would (gateway MAC to the pod's `mac`),
+ * decrements the TTL, and hands the packet to the pod behind host veth
+ * `ifindex`. */
 static __always_inline int redirect_to_pod(struct __sk_buff *skb, const struct packet *p,
-					   const struct endpoint *dst)
+					   __u32 ifindex, const __u8 *mac)
 {
 	if (ttl_decrement(skb, p) < 0 ||
-	    bpf_skb_store_bytes(skb, 0, dst->mac, ETH_ALEN, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, 0, mac, ETH_ALEN, 0) < 0 ||
 	    bpf_skb_store_bytes(skb, ETH_ALEN, gateway_mac, ETH_ALEN, 0) < 0)
 		return TC_ACT_SHOT;
-	return bpf_redirect_peer(dst->ifindex, 0);
+	return bpf_redirect_peer(ifindex, 0);
 }
 
 /* Routes the packet itself, by the FIB, out of the interface it names.

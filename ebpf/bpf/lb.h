@@ -56,6 +56,35 @@ struct {
 	__type(value, __u32);
 } node_addrs SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct svc_filter);
+} svc_filter SEC(".maps");
+
+/* The frontend's bit in svc_filter; ebpf/src/service.rs computes the same
+ * (`filter_bit`) from the same bytes, read as native-endian integers. */
+static __always_inline __u32 svc_filter_bit(__be32 addr, __be16 port, __u8 proto)
+{
+	__u32 h = ((__u32)addr ^ ((__u32)port << 16) ^ proto) * 0x9e3779b1u;
+	return h >> 16;
+}
+
+/* Whether the packet may be to a service (a TCP or UDP frontend): false
+ * skips the frontend lookup, a helper call, for most packets. */
+static __always_inline bool maybe_service(const struct packet *p)
+{
+	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
+		return false;
+	__u32 zero = 0;
+	struct svc_filter *f = bpf_map_lookup_elem(&svc_filter, &zero);
+	if (!f)
+		return true;
+	__u32 bit = svc_filter_bit(p->daddr, p->dport, p->proto);
+	return (f->bits[(bit / 64) & (SVC_FILTER_BITS / 64 - 1)] >> (bit % 64)) & 1;
+}
+
 enum lb_result {
 	LB_NONE = 0,    /* not to a frontend */
 	LB_TRANSLATED,  /* rewritten to a backend */
@@ -158,7 +187,7 @@ static __always_inline bool lb_choose(const struct svc_value *svc, const struct 
 static __always_inline int lb_translate(struct __sk_buff *skb, struct packet *p,
 					struct lb_flow *flow)
 {
-	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
+	if (!maybe_service(p))
 		return LB_NONE;
 	struct svc_key sk = {.addr = p->daddr, .port = p->dport, .proto = p->proto};
 	struct svc_value *svc = bpf_map_lookup_elem(&svc_frontends, &sk);
@@ -172,7 +201,7 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct packet *p,
 	struct nat_key fk;
 	nat_key_fill(&fk, p->saddr, p->daddr, p->sport, p->dport, p->proto, NAT_FWD);
 	struct nat_entry *fwd = bpf_map_lookup_elem(&nat, &fk);
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = flow_clock();
 	bool syn_only = p->proto == IPPROTO_TCP &&
 			(p->tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN;
 	/* A SYN on a known tuple is a retransmission or a reused port: keep

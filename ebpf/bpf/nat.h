@@ -137,7 +137,7 @@ static __always_inline void nat_record_dsr(const struct packet *p, __be32 node, 
 	if (bpf_map_lookup_elem(&nat, &k))
 		return;
 	struct nat_entry rev = {
-		.last_seen_ns = bpf_ktime_get_ns(),
+		.last_seen_ns = flow_clock(),
 		.addr = node,
 		.port = node_port,
 		.flags = NAT_F_AT_BACKEND,

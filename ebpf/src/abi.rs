@@ -4,6 +4,7 @@
 use std::net::Ipv4Addr;
 
 pub const MAX_POLICY_RULES: usize = 256;
+pub const MAX_ENDPOINTS: u32 = 1024;
 
 pub const DIR_EGRESS: u32 = 0;
 pub const DIR_INGRESS: u32 = 1;
@@ -75,7 +76,9 @@ pub struct Endpoint {
     pub flags: u16,
     pub ifindex: u32,
     pub ifname: [u8; 16],
-    pub reserved: u32,
+    /// Its counters' index in the `counters` map, 1..=MAX_ENDPOINTS; 0
+    /// until registration hands one out (registry.rs).
+    pub slot: u32,
 }
 
 impl Endpoint {
@@ -89,7 +92,7 @@ impl Endpoint {
             flags: 0,
             ifindex,
             ifname: name,
-            reserved: 0,
+            slot: 0,
         }
     }
 
@@ -156,14 +159,20 @@ pub struct CtKey {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CtEntry {
-    pub created_ns: u64,
     /// Refreshed at most once a second.
     pub last_seen_ns: u64,
-    pub state: u8,
-    pub flags: u8,
-    pub pad: [u8; 2],
+    /// The flow clock at creation, in seconds (only shown: the age).
+    pub created_s: u32,
     /// `CT_F_TUNNEL`: the node the flow came from (network order).
     pub tunnel_peer: [u8; 4],
+    pub state: u8,
+    pub flags: u8,
+    /// The endpoint's counters slot.
+    pub slot: u16,
+    /// The endpoint's pod, as it was registered.
+    pub pod_ip: [u8; 4],
+    pub pod_mac: [u8; 6],
+    pub pad: [u8; 2],
 }
 
 #[repr(C)]
@@ -179,8 +188,83 @@ pub struct Counters {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Config {
     pub log_level: u32,
-    pub reserved: [u32; 5],
+    /// Nanoseconds per kernel tick; 0 when unknown (the programs then read
+    /// the exact clock).
+    pub jiffy_ns: u32,
+    /// The kernel's jiffies when CLOCK_MONOTONIC read 0.
+    pub jiffies_at_0: u64,
+    pub reserved: [u32; 2],
     pub object_id: u64,
+}
+
+impl Config {
+    /// The flow clock's calibration for this kernel: the tick length is the
+    /// resolution of CLOCK_MONOTONIC_COARSE, and jiffies start 300 s of
+    /// ticks before 2^32 (the kernel's INITIAL_JIFFIES, so that 32-bit
+    /// jiffies wrap early) when the monotonic clock starts at 0. Flow
+    /// timestamps then read as CLOCK_MONOTONIC to within a tick or so.
+    pub fn with_flow_clock(self) -> Config {
+        let tick = nix::time::clock_getres(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
+            .ok()
+            .map(|r| r.tv_sec() as u64 * 1_000_000_000 + r.tv_nsec() as u64)
+            .filter(|ns| (1_000_000..=100_000_000).contains(ns));
+        match tick {
+            Some(ns) => {
+                let hz = 1_000_000_000 / ns;
+                Config {
+                    jiffy_ns: ns as u32,
+                    jiffies_at_0: (1u64 << 32).wrapping_sub(300 * hz),
+                    ..self
+                }
+            }
+            None => Config {
+                jiffy_ns: 0,
+                jiffies_at_0: 0,
+                ..self
+            },
+        }
+    }
+}
+
+/// Bits of the service filter (`struct svc_filter`).
+pub const SVC_FILTER_BITS: usize = 65536;
+
+/// Which frontends may exist, by [`svc_filter_bit`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SvcFilter {
+    pub bits: [u64; SVC_FILTER_BITS / 64],
+}
+
+impl Default for SvcFilter {
+    fn default() -> Self {
+        SvcFilter {
+            bits: [0; SVC_FILTER_BITS / 64],
+        }
+    }
+}
+
+impl SvcFilter {
+    pub fn set(&mut self, key: &SvcKey) {
+        let bit = svc_filter_bit(key) as usize % SVC_FILTER_BITS;
+        self.bits[bit / 64] |= 1 << (bit % 64);
+    }
+
+    pub fn union(&self, other: &SvcFilter) -> SvcFilter {
+        let mut out = *self;
+        for (o, b) in out.bits.iter_mut().zip(other.bits) {
+            *o |= b;
+        }
+        out
+    }
+}
+
+/// A frontend's bit, as `svc_filter_bit` in lb.h computes it: the address
+/// and port as the packet carries them, read as native-endian integers.
+pub fn svc_filter_bit(key: &SvcKey) -> u32 {
+    let addr = u32::from_ne_bytes(key.addr);
+    let port = u32::from(u16::from_ne_bytes(key.port));
+    (addr ^ (port << 16) ^ u32::from(key.proto)).wrapping_mul(0x9e37_79b1) >> 16
 }
 
 #[repr(C)]
@@ -292,7 +376,7 @@ const _: () = {
     assert!(size_of::<PolicyRule>() == 16);
     assert!(size_of::<Policy>() == 8 + 16 * MAX_POLICY_RULES);
     assert!(size_of::<CtKey>() == 20);
-    assert!(size_of::<CtEntry>() == 24);
+    assert!(size_of::<CtEntry>() == 32);
     assert!(size_of::<Counters>() == 8 * 16);
     assert!(size_of::<Config>() == 32);
     assert!(size_of::<FlowEvent>() == 32);
@@ -305,6 +389,7 @@ const _: () = {
     assert!(size_of::<NatEntry>() == 32);
     assert!(size_of::<NodeConfig>() == 32);
     assert!(size_of::<Peer>() == 8);
+    assert!(size_of::<SvcFilter>() == SVC_FILTER_BITS / 8);
 };
 
 // SAFETY: all of these are repr(C) plain data with no padding that the
@@ -327,3 +412,4 @@ unsafe impl aya::Pod for NatKey {}
 unsafe impl aya::Pod for NatEntry {}
 unsafe impl aya::Pod for NodeConfig {}
 unsafe impl aya::Pod for Peer {}
+unsafe impl aya::Pod for SvcFilter {}

@@ -15,11 +15,22 @@ use crate::abi::{
 use crate::error::DataplaneError;
 use crate::maps;
 
-/// An endpoint's counters, summed over CPUs.
+/// An endpoint's counters, summed over CPUs; ifindex 0: the node's slot
+/// (slot 0), which counts packets on interfaces with no endpoint: the data
+/// interfaces' NodePorts, the tunnel, unregistered veths. An endpoint not
+/// registered has none.
 pub fn counters(root: &Path, ifindex: u32) -> Result<Counters, DataplaneError> {
+    let slot = match ifindex {
+        0 => Some(0),
+        _ => maps::endpoints(root)?
+            .get(&ifindex, 0)
+            .ok()
+            .map(|ep| ep.slot)
+            .filter(|&slot| slot != 0),
+    };
     let map = maps::counters(root)?;
     let mut total = Counters::default();
-    if let Ok(per_cpu) = map.get(&ifindex, 0) {
+    if let Some(Ok(per_cpu)) = slot.map(|slot| map.get(&slot, 0)) {
         for c in per_cpu.iter() {
             for d in 0..2 {
                 total.packets[d] += c.packets[d];
@@ -33,7 +44,7 @@ pub fn counters(root: &Path, ifindex: u32) -> Result<Counters, DataplaneError> {
     Ok(total)
 }
 
-/// Monotonic nanoseconds, the clock `bpf_ktime_get_ns` reads.
+/// Monotonic nanoseconds, the clock flow timestamps follow (to a tick).
 pub fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
@@ -73,7 +84,7 @@ impl CtRecord {
             src,
             dst,
             state: CT_STATES.get(e.state as usize).copied().unwrap_or("?"),
-            age_s: now_ns.saturating_sub(e.created_ns) / 1_000_000_000,
+            age_s: (now_ns / 1_000_000_000).saturating_sub(u64::from(e.created_s)),
             idle_s: now_ns.saturating_sub(e.last_seen_ns) / 1_000_000_000,
             local_delivery: e.flags & crate::abi::CT_F_LOCAL_DELIVERY != 0,
         }

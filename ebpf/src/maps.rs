@@ -2,18 +2,18 @@
 
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, Map, MapData, MapInfo, PerCpuHashMap, RingBuf};
+use aya::maps::{HashMap, Map, MapData, MapInfo, PerCpuArray, RingBuf};
 
 use crate::abi::{
     Backend, BackendKey, Config, Counters, CtEntry, CtKey, Endpoint, NatEntry, NatKey, NodeConfig,
-    Peer, Policy, PolicyKey, SvcKey, SvcMeta, SvcValue,
+    Peer, Policy, PolicyKey, SvcFilter, SvcKey, SvcMeta, SvcValue,
 };
 use crate::error::DataplaneError;
 
 /// Every map the object defines and Margay pins, with what losing its
 /// contents costs. "Durable" maps describe running endpoints and must be
 /// carried over an upgrade; "rebuildable" ones refill by themselves.
-pub const PINNED_MAPS: [(&str, Durability); 15] = [
+pub const PINNED_MAPS: [(&str, Durability); 17] = [
     ("endpoints", Durability::Durable),
     ("endpoints_by_ip", Durability::Durable),
     ("policies", Durability::Durable),
@@ -30,6 +30,11 @@ pub const PINNED_MAPS: [(&str, Durability); 15] = [
     ("svc_affinity", Durability::Rebuildable),
     ("conntrack", Durability::Rebuildable),
     ("counters", Durability::Rebuildable),
+    // Which endpoint holds which counters slot: endpoints' entries name
+    // their slots, so this is as durable as they are.
+    ("counter_slots", Durability::Durable),
+    // Rebuilt from svc_frontends by the loader.
+    ("svc_filter", Durability::Rebuildable),
     ("flow_events", Durability::Rebuildable),
     ("config", Durability::Rebuildable),
 ];
@@ -53,7 +58,9 @@ pub type Endpoints = HashMap<MapData, u32, Endpoint>;
 pub type EndpointsByIp = HashMap<MapData, [u8; 4], u32>;
 pub type Policies = HashMap<MapData, PolicyKey, Policy>;
 pub type Conntrack = HashMap<MapData, CtKey, CtEntry>;
-pub type CountersMap = PerCpuHashMap<MapData, u32, Counters>;
+pub type CountersMap = PerCpuArray<MapData, Counters>;
+pub type CounterSlots = HashMap<MapData, u32, u32>;
+pub type SvcFilterMap = aya::maps::Array<MapData, SvcFilter>;
 pub type ConfigMap = aya::maps::Array<MapData, Config>;
 pub type Frontends = HashMap<MapData, SvcKey, SvcValue>;
 pub type Backends = HashMap<MapData, BackendKey, Backend>;
@@ -76,6 +83,8 @@ opener!(endpoints_by_ip, EndpointsByIp, "endpoints_by_ip");
 opener!(policies, Policies, "policies");
 opener!(conntrack, Conntrack, "conntrack");
 opener!(counters, CountersMap, "counters");
+opener!(counter_slots, CounterSlots, "counter_slots");
+opener!(svc_filter, SvcFilterMap, "svc_filter");
 opener!(config, ConfigMap, "config");
 opener!(flow_events, RingBuf<MapData>, "flow_events");
 opener!(frontends, Frontends, "svc_frontends");

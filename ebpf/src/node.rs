@@ -686,6 +686,10 @@ fn install(root: &Path, settings: &Settings) -> Result<(), DataplaneError> {
         copy_entries(root, name, old)?;
         remove_pin(&aside)?;
     }
+    // What the programs read beside the durable maps, before any runs:
+    // running endpoints' counters slots, and the frontend filter.
+    crate::registry::assign_slots(root)?;
+    crate::service::rebuild_filter(root)?;
     let endpoints: Vec<String> = crate::registry::list(root)
         .map(|l| l.iter().map(crate::abi::Endpoint::ifname).collect())
         .unwrap_or_default();
@@ -720,7 +724,8 @@ fn install(root: &Path, settings: &Settings) -> Result<(), DataplaneError> {
         log_level: settings.log_level,
         object_id: DATAPLANE_OBJECT_ID,
         ..Config::default()
-    };
+    }
+    .with_flow_clock();
     config
         .set(0, config_value, 0)
         .map_err(|e| DataplaneError::map("config", e))?;

@@ -3,23 +3,98 @@
 
 use std::path::Path;
 
-use crate::abi::{CtKey, DIR_EGRESS, DIR_INGRESS, Endpoint, PolicyKey};
+use crate::abi::{Counters, CtKey, DIR_EGRESS, DIR_INGRESS, Endpoint, MAX_ENDPOINTS, PolicyKey};
 use crate::error::DataplaneError;
 use crate::maps;
 
-/// Writes `ep` (keyed by its host veth ifindex) and its IP index.
+/// Writes `ep` (keyed by its host veth ifindex) with a counters slot of its
+/// own, and its IP index. The slot's counters start at zero: a recycled
+/// slot or ifindex must not inherit a predecessor's counts.
 pub fn register(root: &Path, ep: &Endpoint) -> Result<(), DataplaneError> {
     let mut endpoints = maps::endpoints(root)?;
     let mut by_ip = maps::endpoints_by_ip(root)?;
-    // A recycled ifindex must not inherit a predecessor's counters.
-    let mut counters = maps::counters(root)?;
-    let _ = counters.remove(&ep.ifindex);
+    let mut slots = maps::counter_slots(root)?;
+    let mut ep = *ep;
+    // A retried ADD keeps the slot it holds.
+    let held = endpoints
+        .get(&ep.ifindex, 0)
+        .ok()
+        .map(|old| old.slot)
+        .filter(|&slot| slot != 0 && slots.get(&slot, 0).ok() == Some(ep.ifindex));
+    ep.slot = match held {
+        Some(slot) => slot,
+        None => claim_slot(&mut slots, ep.ifindex)?,
+    };
+    zero_counters(root, ep.slot)?;
     endpoints
-        .insert(ep.ifindex, *ep, 0)
+        .insert(ep.ifindex, ep, 0)
         .map_err(|e| DataplaneError::map("endpoints", e))?;
     by_ip
         .insert(ep.ip, ep.ifindex, 0)
         .map_err(|e| DataplaneError::map("endpoints_by_ip", e))
+}
+
+/// Gives every registered endpoint that holds none a counters slot (those
+/// an older build registered); the loader runs it under the node lock.
+pub fn assign_slots(root: &Path) -> Result<(), DataplaneError> {
+    let mut endpoints = maps::endpoints(root)?;
+    let mut slots = maps::counter_slots(root)?;
+    for mut ep in list(root)? {
+        if ep.slot != 0 && slots.get(&ep.slot, 0).ok() == Some(ep.ifindex) {
+            continue;
+        }
+        ep.slot = claim_slot(&mut slots, ep.ifindex)?;
+        zero_counters(root, ep.slot)?;
+        endpoints
+            .insert(ep.ifindex, ep, 0)
+            .map_err(|e| DataplaneError::map("endpoints", e))?;
+    }
+    Ok(())
+}
+
+/// BPF_NOEXIST: an insert that fails when the key is there, so that two
+/// concurrent registrations cannot take one slot.
+const NOEXIST: u64 = 1;
+
+/// Takes a free counters slot for `ifindex`, probing from a hash of it. A
+/// slot whose holder's interface is gone (its DEL never ran) is taken back.
+fn claim_slot(slots: &mut maps::CounterSlots, ifindex: u32) -> Result<u32, DataplaneError> {
+    for i in 0..MAX_ENDPOINTS {
+        let slot = (ifindex.wrapping_add(i)) % MAX_ENDPOINTS + 1;
+        if slots.insert(slot, ifindex, NOEXIST).is_ok() {
+            return Ok(slot);
+        }
+        match slots.get(&slot, 0) {
+            Ok(holder) if holder == ifindex => return Ok(slot),
+            Ok(holder) if !interface_exists(holder) => {
+                let _ = slots.remove(&slot);
+                if slots.insert(slot, ifindex, NOEXIST).is_ok() {
+                    return Ok(slot);
+                }
+            }
+            _ => {}
+        }
+    }
+    Err(DataplaneError::map(
+        "counter_slots",
+        "every counters slot is taken (more endpoints than the node holds)",
+    ))
+}
+
+fn interface_exists(ifindex: u32) -> bool {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `name` has room for IF_NAMESIZE bytes, as if_indextoname needs.
+    !unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) }.is_null()
+}
+
+fn zero_counters(root: &Path, slot: u32) -> Result<(), DataplaneError> {
+    let fail = |e: String| DataplaneError::map("counters", e);
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| fail(e.to_string()))?;
+    let zero = aya::maps::PerCpuValues::try_from(vec![Counters::default(); cpus])
+        .map_err(|e| fail(e.to_string()))?;
+    maps::counters(root)?
+        .set(slot, zero, 0)
+        .map_err(|e| fail(e.to_string()))
 }
 
 /// All registered endpoints.
@@ -54,12 +129,14 @@ pub fn unregister(root: &Path, ifname: &str) -> Result<Option<Endpoint>, Datapla
 }
 
 /// Removes the entries keyed by `ep`'s ifindex: registry, IP index (when
-/// it still points there), policies and counters.
+/// it still points there), policies, and frees its counters slot.
 ///
-/// Its conntrack entries stay. They are keyed by that ifindex, which the
+/// Its conntrack entries stay, although they name the slot, which a later
+/// endpoint may be given. They are keyed by that ifindex, which the
 /// kernel does not hand out again (it allocates them cyclically up to
 /// 2^31), so no later endpoint's packet can match them, and they age out
-/// of the LRU table. Deleting them here meant walking the whole table, one
+/// of the LRU table (the programs are detached before this runs, or the
+/// interface is gone). Deleting them here meant walking the whole table, one
 /// syscall per entry, on every DEL; [`flush_conntrack`] does that on demand.
 pub fn remove(root: &Path, ep: &Endpoint) -> Result<(), DataplaneError> {
     let mut by_ip = maps::endpoints_by_ip(root)?;
@@ -74,8 +151,11 @@ pub fn remove(root: &Path, ep: &Endpoint) -> Result<(), DataplaneError> {
             direction,
         });
     }
-    let _ = maps::counters(root)?.remove(&ep.ifindex);
     let _ = maps::endpoints(root)?.remove(&ep.ifindex);
+    let mut slots = maps::counter_slots(root)?;
+    if ep.slot != 0 && slots.get(&ep.slot, 0).ok() == Some(ep.ifindex) {
+        let _ = slots.remove(&ep.slot);
+    }
     Ok(())
 }
 

@@ -40,8 +40,8 @@ use margay_conf::lock::FileLock;
 use serde::{Deserialize, Serialize};
 
 use crate::abi::{
-    Backend, BackendKey, SVC_F_AFFINITY, SVC_F_LOCAL_ONLY, SVC_F_NODE_PORT, SvcKey, SvcMeta,
-    SvcValue,
+    Backend, BackendKey, SVC_F_AFFINITY, SVC_F_LOCAL_ONLY, SVC_F_NODE_PORT, SvcFilter, SvcKey,
+    SvcMeta, SvcValue,
 };
 use crate::error::DataplaneError;
 use crate::maps::{self, Layout, map_path};
@@ -558,6 +558,12 @@ pub fn apply(root: &Path, specs: &[ServiceSpec]) -> Result<ApplyReport, ServiceE
 
     let mut report = ApplyReport::default();
     let keys: BTreeSet<SvcKey> = wanted.iter().map(|w| w.key).collect();
+    // The programs skip the frontend lookup for a packet whose filter bit
+    // is clear, so the filter covers the old and the new frontends (ClusterIP
+    // and NodePort alike) while they change, and only the new ones after.
+    let old_filter = filter_of(installed.keys());
+    let new_filter = filter_of(keys.iter());
+    write_filter(root, &old_filter.union(&new_filter))?;
     // Removals first: they free the room the rest may need.
     let gone: Vec<SvcKey> = installed
         .keys()
@@ -637,7 +643,36 @@ pub fn apply(root: &Path, specs: &[ServiceSpec]) -> Result<ApplyReport, ServiceE
             }
         }
     }
+    write_filter(root, &new_filter)?;
     Ok(report)
+}
+
+fn filter_of<'a>(keys: impl Iterator<Item = &'a SvcKey>) -> SvcFilter {
+    let mut filter = SvcFilter::default();
+    for key in keys {
+        filter.set(key);
+    }
+    filter
+}
+
+/// Writes the frontend filter. Readers may see a mix of the old and the new
+/// words, so a bit set in both stays set throughout.
+fn write_filter(root: &Path, filter: &SvcFilter) -> Result<(), DataplaneError> {
+    maps::svc_filter(root)?
+        .set(0, *filter, 0)
+        .map_err(|e| DataplaneError::map("svc_filter", e))
+}
+
+/// Sets the frontend filter from the frontends the maps hold: the loader
+/// does it for a new filter map before any program reads it (the caller
+/// holds the node lock).
+pub fn rebuild_filter(root: &Path) -> Result<(), DataplaneError> {
+    let frontends = maps::frontends(root)?;
+    let keys = frontends
+        .keys()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| DataplaneError::map("svc_frontends", e))?;
+    write_filter(root, &filter_of(keys.iter()))
 }
 
 /// Every frontend the maps hold.
