@@ -210,6 +210,11 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct packet *p,
 	 * removed backend drain rather than break. */
 	if (fwd && fwd->svc_id == svc->id && !nat_expired(fwd, now, p->proto) &&
 	    (!syn_only || backend_serves(svc, fwd->ordinal, fwd->addr, fwd->port))) {
+		/* A SYN on a known tuple (a retransmission, a reused port) makes
+		 * sure the reverse entry is there too: its reply must not wait
+		 * for the once-a-second refresh. */
+		if (syn_only)
+			flow->refreshing = true;
 		if ((__s64)(now - fwd->last_seen_ns) > (__s64)CT_REFRESH_NS) {
 			fwd->last_seen_ns = now;
 			flow->refreshing = true;
