@@ -381,11 +381,17 @@ pub fn run(
             let last = SocketAddr::from((vip(count - 1), PORT));
             if round == 0 {
                 // Warm up both paths (ARP, caches) before counting.
-                exchanges(&margay.client.ns, last, 20)?;
-                exchanges(&peer.client.ns, last, 20)?;
+                exchanges(&margay.client.ns, last, 20).context("margay warm-up")?;
+                exchanges(&peer.client.ns, last, 20).context("iptables warm-up")?;
             }
-            m.extend(exchanges(&margay.client.ns, last, per_round)?);
-            i.extend(exchanges(&peer.client.ns, last, per_round)?);
+            m.extend(
+                exchanges(&margay.client.ns, last, per_round)
+                    .with_context(|| format!("margay, {count} services"))?,
+            );
+            i.extend(
+                exchanges(&peer.client.ns, last, per_round)
+                    .with_context(|| format!("iptables, {count} services"))?,
+            );
         }
     }
     let latency = SERVICE_COUNTS
