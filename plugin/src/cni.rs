@@ -95,7 +95,7 @@ impl Plugin for MargayPlugin {
         // one checks the pod, creates the pair, readies both ends and
         // attaches the dataplane (which may wait on the kernel). Only
         // addresses and routes wait for IPAM.
-        let allocating = ipam::start(inv, att, Command::Add, ipam_type);
+        let mut allocating = ipam::start(inv, att, Command::Add, ipam_type);
         let host_name = host_ifname(&inv.conf.name, &att.container_id, &att.ifname);
         let alias = alias(&inv.conf.name, &att.container_id, &att.ifname);
         let host = match Netlink::open() {
@@ -119,7 +119,10 @@ impl Plugin for MargayPlugin {
             dataplane.attach(&host_name)?;
             Ok((existing, pod, links))
         });
-        let allocated = allocating.finish_add();
+        // IPAM's reply is read as soon as it is printed; its process exits
+        // while the addresses are configured, and its exit status then
+        // confirms the reply before anything is reported.
+        let allocated = allocating.early_add();
         let registered = linked.and_then(|(existing, pod, links)| {
             let ipam_result = allocated?;
             let addresses: Vec<IpAddr> = ipam_result.ips.iter().map(|c| c.address.ip()).collect();
@@ -127,6 +130,8 @@ impl Plugin for MargayPlugin {
             dataplane.register(&ep)?;
             Ok((existing, ipam_result, ep))
         });
+        let confirmed = allocating.finish_add();
+        let registered = registered.and_then(|done| confirmed.map(|_| done));
         let (existing, ipam_result, ep) = match registered {
             Ok(done) => done,
             Err(e) => {
