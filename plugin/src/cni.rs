@@ -160,9 +160,21 @@ impl Plugin for MargayPlugin {
         // netns is not needed: the host side takes the pair with it.
         let releasing = ipam::start(inv, att, Command::Del, &conf.ipam.plugin_type);
         let host_name = host_ifname(&inv.conf.name, &att.container_id, &att.ifname);
+        // The dataplane forgets the endpoint (map entries, conntrack, which
+        // grow with the node's endpoints and flows) while the kernel
+        // unregisters the pair: neither needs the other, and forgetting
+        // works by name once the interface is gone.
         let removed = dataplane::select(&conf).and_then(|dataplane| {
-            dataplane.forget(&host_name)?;
-            endpoint::remove(&Netlink::open()?, &host_name)
+            let (forgotten, removed) = std::thread::scope(|s| {
+                let forgetting = s.spawn(|| dataplane.forget(&host_name));
+                let removed = Netlink::open().and_then(|nl| endpoint::remove(&nl, &host_name));
+                let forgotten = forgetting
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                (forgotten, removed)
+            });
+            forgotten?;
+            removed
         });
         let released = releasing.finish();
         if removed? {
