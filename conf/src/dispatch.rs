@@ -82,7 +82,21 @@ pub fn run(plugin: &impl Plugin) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    drop(out);
+    release_stdio();
     code
+}
+
+/// Lets go of the caller's pipes once the reply is out: a caller reading
+/// them to their end can go on while this process exits (its teardown takes
+/// a few tenths of a millisecond; Margay reads IPAM's reply so, see
+/// `exec::Running::early_reply`). Nothing is written after the reply; a
+/// late log line would go to /dev/null rather than to a reused descriptor.
+fn release_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2_stdout(&null);
+        let _ = nix::unistd::dup2_stderr(&null);
+    }
 }
 
 /// The whole protocol, without touching the process's stdio: testable.

@@ -109,8 +109,15 @@ pub fn list(root: &Path) -> Result<Vec<Endpoint>, DataplaneError> {
         .collect()
 }
 
-/// The endpoint whose host veth is `ifname`.
+/// The endpoint whose host veth is `ifname`: by its ifindex while the
+/// interface exists (one lookup), else by name over every entry.
 pub fn find(root: &Path, ifname: &str) -> Result<Option<Endpoint>, DataplaneError> {
+    if let Ok(ifindex) = nix::net::if_::if_nametoindex(ifname)
+        && let Ok(ep) = maps::endpoints(root)?.get(&ifindex, 0)
+        && ep.ifname() == ifname
+    {
+        return Ok(Some(ep));
+    }
     Ok(list(root)?.into_iter().find(|e| e.ifname() == ifname))
 }
 

@@ -209,7 +209,7 @@ impl Plugin for MargayPlugin {
         // one checks the pod, creates the pair, readies both ends and
         // attaches the dataplane (which may wait on the kernel). Only
         // addresses and routes wait for IPAM.
-        let allocating = ipam::start(inv, att, Command::Add, ipam_type);
+        let mut allocating = ipam::start(inv, att, Command::Add, ipam_type);
         let host_name = host_ifname(&inv.conf.name, &att.container_id, &att.ifname);
         let alias = alias(&inv.conf.name, &att.container_id, &att.ifname);
         let mut progress = Progress::default();
@@ -244,9 +244,11 @@ impl Plugin for MargayPlugin {
             dataplane.attach(&host_name)?;
             Ok((existing, pod, links))
         });
-        // Always waited for, also when linking failed: the rollback needs
-        // to know what IPAM holds.
-        let allocated = catching(|| allocating.finish_add());
+        // IPAM's reply is read as soon as it is printed; its process exits
+        // while the addresses are configured, and its exit status then
+        // confirms the reply before anything is reported. An error IPAM
+        // printed itself means it holds nothing new (for the rollback).
+        let allocated = catching(|| allocating.early_add());
         let ipam_refused = refused(&allocated);
         let registered = linked.and_then(|(existing, pod, links)| {
             let ipam_result = allocated?;
@@ -259,6 +261,10 @@ impl Plugin for MargayPlugin {
             })
             .map(|ep| (existing, ipam_result, ep))
         });
+        // Always waited for, also when something failed: the process is
+        // reaped and a nonzero exit after a printed result fails the ADD.
+        let confirmed = catching(|| allocating.finish_add());
+        let registered = registered.and_then(|done| confirmed.map(|_| done));
         let (existing, ipam_result, ep) = match registered {
             Ok(done) => done,
             Err(e) => {
@@ -285,9 +291,21 @@ impl Plugin for MargayPlugin {
         // netns is not needed: the host side takes the pair with it.
         let releasing = ipam::start(inv, att, Command::Del, &conf.ipam.plugin_type);
         let host_name = host_ifname(&inv.conf.name, &att.container_id, &att.ifname);
+        // The dataplane forgets the endpoint (map entries, conntrack, which
+        // grow with the node's endpoints and flows) while the kernel
+        // unregisters the pair: neither needs the other, and forgetting
+        // works by name once the interface is gone.
         let removed = dataplane::select(&conf).and_then(|dataplane| {
-            dataplane.forget(&host_name)?;
-            endpoint::remove(&Netlink::open()?, &host_name)
+            let (forgotten, removed) = std::thread::scope(|s| {
+                let forgetting = s.spawn(|| dataplane.forget(&host_name));
+                let removed = Netlink::open().and_then(|nl| endpoint::remove(&nl, &host_name));
+                let forgotten = forgetting
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                (forgotten, removed)
+            });
+            forgotten?;
+            removed
         });
         let released = releasing.finish();
         if removed? {

@@ -44,6 +44,29 @@ impl Call<'_> {
     pub fn finish(self) -> Result<(), CniError> {
         self.finish_reply().map(drop)
     }
+
+    /// The ADD's result as soon as IPAM has printed it, while its process
+    /// may still be exiting; [`Call::finish_add`] must confirm it.
+    pub fn early_add(&mut self) -> Result<CniResult, CniError> {
+        let ipam = self.ipam;
+        let command = self.command;
+        let reply = match &mut self.running {
+            Ok(running) => running.early_reply(),
+            Err(e) => Err(e.clone()),
+        }
+        .map_err(|e| e.context(format!("IPAM {ipam} {}", command.as_str())))?;
+        let result = reply
+            .map(|v| CniResult::from_value(&v))
+            .transpose()?
+            .unwrap_or_default();
+        if result.ips.is_empty() {
+            return Err(CniError::new(
+                Code::DelegateFailed,
+                format!("IPAM {ipam} ADD returned no address"),
+            ));
+        }
+        Ok(result)
+    }
 }
 
 /// Starts IPAM for `att`; a failure to start is reported by `finish`.
