@@ -79,6 +79,38 @@ impl Drop for NetNs {
     }
 }
 
+/// A veth pair in the host's namespace, `<name>` and `<name>p`, deleted
+/// (both ends) when dropped.
+#[derive(Debug)]
+pub struct HostVeth {
+    pub name: String,
+}
+
+impl HostVeth {
+    pub fn new(prefix: &str) -> HostVeth {
+        let name = unique_name(prefix);
+        run_ok(Command::new("ip").args([
+            "link",
+            "add",
+            &name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("{name}p"),
+        ]));
+        HostVeth { name }
+    }
+}
+
+impl Drop for HostVeth {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.name])
+            .output();
+    }
+}
+
 /// A child process killed and reaped when dropped.
 #[derive(Debug)]
 pub struct ChildGuard(pub Child);

@@ -601,26 +601,9 @@ fn margayctl_says_plainly_when_nothing_is_loaded() {
 fn another_tools_filter_on_the_interface_is_left_alone() {
     require_root!(another_tools_filter_on_the_interface_is_left_alone);
     let root = margay_tests::bpf::BpfRoot::new();
-    let name = margay_tests::netns::unique_name("mgf");
+    let veth = margay_tests::netns::HostVeth::new("mgf");
+    let name = veth.name.clone();
     let run = |args: &[&str]| margay_tests::netns::run_ok(Command::new(args[0]).args(&args[1..]));
-    run(&[
-        "ip",
-        "link",
-        "add",
-        &name,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &format!("{name}p"),
-    ]);
-    struct Gone(String);
-    impl Drop for Gone {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["link", "del", &self.0]).output();
-        }
-    }
-    let _gone = Gone(name.clone());
     run(&["tc", "qdisc", "add", "dev", &name, "clsact"]);
     // Another tool's BPF filter, at its own priority (any program will do).
     let mut node = Node::open(root.path(), &Settings::default()).unwrap();

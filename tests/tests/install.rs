@@ -480,42 +480,22 @@ fn addr_of(ns: &NetNs) -> String {
 
 /// A veth pair on the host with an address on one end: a stand-in for a
 /// node's NIC, removed when dropped.
-struct FakeNic(String);
+struct FakeNic(margay_tests::netns::HostVeth);
 
 impl FakeNic {
     fn new(addr: &str) -> FakeNic {
-        let name = margay_tests::netns::unique_name("mgn");
-        let run = |args: &[&str]| {
-            assert!(
-                std::process::Command::new("ip")
-                    .args(args)
-                    .status()
-                    .unwrap()
-                    .success(),
-                "ip {args:?}"
-            )
+        let veth = margay_tests::netns::HostVeth::new("mgn");
+        let ip = |args: &[&str]| {
+            margay_tests::netns::run_ok(std::process::Command::new("ip").args(args));
         };
-        run(&[
-            "link",
-            "add",
-            &name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &format!("{name}p"),
-        ]);
-        run(&["addr", "add", addr, "dev", &name]);
-        run(&["link", "set", &name, "up"]);
-        FakeNic(name)
+        ip(&["addr", "add", addr, "dev", &veth.name]);
+        ip(&["link", "set", &veth.name, "up"]);
+        FakeNic(veth)
     }
 }
 
 impl Drop for FakeNic {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["link", "del", &self.0])
-            .output();
         // The install with a data interface set up the node's tunnel; its
         // uninstall removes it, but not when the test failed before that.
         let _ = std::process::Command::new("ip")
@@ -534,7 +514,7 @@ fn data_interfaces_of_the_conflist_get_from_net_and_uninstall_takes_it_off() {
         r#""dataplane": "__DATAPLANE__","#,
         &format!(
             r#""dataplane": "__DATAPLANE__", "bpf_root": "__BPF_ROOT__", "bpf_data_ifaces": "{}","#,
-            nic.0
+            nic.0.name
         ),
     );
     let out = ok(node.install(&[
@@ -546,17 +526,19 @@ fn data_interfaces_of_the_conflist_get_from_net_and_uninstall_takes_it_off() {
     assert!(
         said.contains(&format!(
             "from_net attached to {}: NodePorts answer on 10.245.121.1",
-            nic.0
+            nic.0.name
         )),
         "{said}"
     );
     assert!(said.contains("margay-vx up"), "{said}");
     let ifaces = margay_ebpf::node::data_ifaces(root.path()).unwrap();
     assert_eq!(ifaces.len(), 1);
-    assert_eq!(ifaces[0].ifname.as_deref(), Some(nic.0.as_str()));
-    assert!(!margay_ebpf::node::attached(&nic.0, aya::programs::TcAttachType::Ingress).is_empty());
+    assert_eq!(ifaces[0].ifname.as_deref(), Some(nic.0.name.as_str()));
+    assert!(
+        !margay_ebpf::node::attached(&nic.0.name, aya::programs::TcAttachType::Ingress).is_empty()
+    );
 
-    let bad = template.replace(&nic.0, "eth(");
+    let bad = template.replace(&nic.0.name, "eth(");
     let out = node.install(&[
         ("MARGAY_DATAPLANE", "bpf"),
         ("MARGAY_BPF_ROOT", root.path().to_str().unwrap()),
@@ -568,7 +550,7 @@ fn data_interfaces_of_the_conflist_get_from_net_and_uninstall_takes_it_off() {
     ok(node.install(&[("MARGAY_UNINSTALL", "true")]));
     assert!(!root.path().exists(), "no pins left");
     assert!(
-        margay_ebpf::node::attached(&nic.0, aya::programs::TcAttachType::Ingress).is_empty(),
+        margay_ebpf::node::attached(&nic.0.name, aya::programs::TcAttachType::Ingress).is_empty(),
         "from_net is off the NIC"
     );
     assert!(
