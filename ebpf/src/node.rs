@@ -148,13 +148,19 @@ fn program_path(root: &Path, name: &str) -> PathBuf {
 }
 
 /// Lock files cannot live on bpffs; one per root, under /run.
-fn lock_path(root: &Path) -> PathBuf {
+/// `what` names the lock ("" for loading, "services" for service applies).
+pub(crate) fn lock_path(root: &Path, what: &str) -> PathBuf {
     let flat: String = root
         .to_string_lossy()
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
-    PathBuf::from("/run/margay/locks").join(format!("{flat}.lock"))
+    let name = if what.is_empty() {
+        format!("{flat}.lock")
+    } else {
+        format!("{flat}.{what}.lock")
+    };
+    PathBuf::from("/run/margay/locks").join(name)
 }
 
 fn pin_error(path: &Path, e: impl std::fmt::Display) -> DataplaneError {
@@ -182,7 +188,7 @@ impl Node {
         if let Some(node) = Self::open_pinned(root, settings)? {
             return Ok(node);
         }
-        let _lock = FileLock::acquire(&lock_path(root), Duration::from_secs(60))?;
+        let _lock = FileLock::acquire(&lock_path(root, ""), Duration::from_secs(60))?;
         // Someone may have installed them while we waited.
         if let Some(node) = Self::open_pinned(root, settings)? {
             return Ok(node);

@@ -475,24 +475,17 @@ fn reslot(current: &[SocketAddrV4], desired: &[SocketAddrV4]) -> Vec<SocketAddrV
     slots.into_iter().flatten().collect()
 }
 
-/// Lock files cannot live on bpffs: one per root, under /run.
-fn lock_path(root: &Path) -> std::path::PathBuf {
-    let flat: String = root
-        .to_string_lossy()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    std::path::PathBuf::from("/run/margay/locks").join(format!("{flat}.services.lock"))
-}
-
 /// Makes the service maps of `root` hold exactly `specs` (and their
 /// NodePorts on the node's data-interface addresses). Validates and checks
 /// capacity before writing anything; serialised with other applies on the
 /// node.
 pub fn apply(root: &Path, specs: &[ServiceSpec]) -> Result<ApplyReport, ServiceError> {
     validate(specs)?;
-    let _lock = FileLock::acquire(&lock_path(root), Duration::from_secs(30))
-        .map_err(DataplaneError::from)?;
+    let _lock = FileLock::acquire(
+        &crate::node::lock_path(root, "services"),
+        Duration::from_secs(30),
+    )
+    .map_err(DataplaneError::from)?;
     let node_addrs: Vec<Ipv4Addr> = crate::node::data_ifaces(root)?
         .into_iter()
         .map(|d| d.address)
