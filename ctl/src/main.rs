@@ -169,9 +169,18 @@ fn main() -> ExitCode {
     }
 }
 
-#[allow(clippy::print_stdout)] // The binary's own output.
+/// Writes the binary's output. A reader that went away (`| head`) ends
+/// the program quietly, as it does for the standard tools.
 fn emit(text: String) {
-    println!("{text}");
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{text}").and_then(|()| out.flush()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("margayctl: writing the output: {e}");
+            std::process::exit(1);
+        }
+        std::process::exit(0);
+    }
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {
@@ -458,7 +467,9 @@ fn run(cli: Cli) -> Result<(), String> {
                                 .map(|a| a.to_string())
                                 .unwrap_or_else(|| "-".into()),
                             r.service.clone(),
-                            format!("{}s", r.idle_s),
+                            r.idle_s
+                                .map(|s| format!("{s}s"))
+                                .unwrap_or_else(|| "-".into()),
                         ]
                     })
                     .collect();

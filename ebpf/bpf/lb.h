@@ -100,8 +100,8 @@ struct lb_flow {
 	__be32 frontend;
 	__be16 client_port;
 	__be16 frontend_port;
-	bool is_new;     /* no live translation: record both entries */
-	bool refreshing; /* a live one, refreshed: re-write a lost reverse */
+	bool is_new;        /* no live translation: record both entries */
+	bool check_reverse; /* a live one: make sure its reverse entry names it */
 	bool external;   /* the client is not a local pod (NodePort) */
 };
 
@@ -210,14 +210,16 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct packet *p,
 	 * removed backend drain rather than break. */
 	if (fwd && fwd->svc_id == svc->id && !nat_expired(fwd, now, p->proto) &&
 	    (!syn_only || backend_serves(svc, fwd->ordinal, fwd->addr, fwd->port))) {
-		/* A SYN on a known tuple (a retransmission, a reused port) makes
-		 * sure the reverse entry is there too: its reply must not wait
-		 * for the once-a-second refresh. */
-		if (syn_only)
-			flow->refreshing = true;
+		/* The reverse entry may have been lost to LRU, or taken by
+		 * another frontend's flow from this client port to the same
+		 * backend (nat_write_reverse): checked at a connection's first
+		 * packet (a reused port, a retransmission), on every UDP
+		 * datagram (UDP has no first packet), and once a second. */
+		if (syn_only || p->proto == IPPROTO_UDP)
+			flow->check_reverse = true;
 		if ((__s64)(now - fwd->last_seen_ns) > (__s64)CT_REFRESH_NS) {
 			fwd->last_seen_ns = now;
-			flow->refreshing = true;
+			flow->check_reverse = true;
 		}
 		flow->fwd = *fwd;
 	} else {
@@ -235,8 +237,8 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct packet *p,
 	return LB_TRANSLATED;
 }
 
-/* Records an allowed flow's translation (both entries), or re-writes a
- * refreshed one's reverse entry should LRU have taken it. */
+/* Records an allowed flow's translation (both entries), or makes sure a
+ * known one's reverse entry is still its own. */
 static __always_inline void lb_record(const struct lb_flow *flow, __u8 proto)
 {
 	if (flow->is_new) {
@@ -245,8 +247,8 @@ static __always_inline void lb_record(const struct lb_flow *flow, __u8 proto)
 			     flow->frontend_port, proto, NAT_FWD);
 		bpf_map_update_elem(&nat, &fk, &flow->fwd, BPF_ANY);
 	}
-	if (flow->is_new || flow->refreshing)
+	if (flow->is_new || flow->check_reverse)
 		nat_write_reverse(&flow->fwd, flow->client, flow->client_port, flow->frontend,
 				  flow->frontend_port, proto, flow->external ? NAT_F_AT_BACKEND : 0,
-				  flow->is_new ? BPF_ANY : BPF_NOEXIST);
+				  !flow->is_new);
 }

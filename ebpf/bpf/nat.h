@@ -92,12 +92,18 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, struct packet *p, 
 
 /* Writes the reverse entry of a translated flow: what the backend's reply
  * carries (backend -> client, or -> the hairpin address) maps back to the
- * frontend, and for a hairpin to the client's own address. `flags` is
- * BPF_ANY for a new flow, BPF_NOEXIST when refreshing a known one. */
+ * frontend, and for a hairpin to the client's own address.
+ *
+ * The key is what the backend sees, and two frontends served by one
+ * backend (two Services selecting the same pods) share it whenever a
+ * client reuses a source port for the other one: the entry is last
+ * writer's. `check_first` looks before writing, for a known flow making
+ * sure the entry still names its frontend, at the cost of a lookup instead
+ * of an update. */
 static __always_inline void nat_write_reverse(const struct nat_entry *fwd, __be32 client,
 					      __be16 client_port, __be32 frontend,
 					      __be16 frontend_port, __u8 proto, __u32 nat_flags,
-					      __u64 flags)
+					      bool check_first)
 {
 	struct nat_key k;
 	nat_key_fill(&k, fwd->addr, fwd->peer ? fwd->peer : client, fwd->port, client_port, proto,
@@ -110,7 +116,13 @@ static __always_inline void nat_write_reverse(const struct nat_entry *fwd, __be3
 		.svc_id = fwd->svc_id,
 		.flags = nat_flags,
 	};
-	bpf_map_update_elem(&nat, &k, &rev, flags);
+	if (check_first) {
+		struct nat_entry *cur = bpf_map_lookup_elem(&nat, &k);
+		if (cur && cur->addr == rev.addr && cur->port == rev.port && cur->peer == rev.peer &&
+		    cur->flags == rev.flags)
+			return;
+	}
+	bpf_map_update_elem(&nat, &k, &rev, BPF_ANY);
 }
 
 /* Whether a new flow arriving at a local backend (packet: client ->
@@ -134,7 +146,10 @@ static __always_inline void nat_record_dsr(const struct packet *p, __be32 node, 
 		return;
 	struct nat_key k;
 	nat_key_fill(&k, p->daddr, p->saddr, p->dport, p->sport, p->proto, NAT_REV);
-	if (bpf_map_lookup_elem(&nat, &k))
+	/* Kept while it names this ingress: the same client port may reach
+	 * the backend through another node or NodePort later (nat_write_reverse). */
+	struct nat_entry *cur = bpf_map_lookup_elem(&nat, &k);
+	if (cur && cur->addr == node && cur->port == node_port)
 		return;
 	struct nat_entry rev = {
 		.last_seen_ns = flow_clock(),

@@ -120,7 +120,10 @@ pub struct NatRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hairpin: Option<Ipv4Addr>,
     pub service: String,
-    pub idle_s: u64,
+    /// Forward entries only: reverse entries are not refreshed (LRU keeps
+    /// them by use), so their timestamp says nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_s: Option<u64>,
 }
 
 impl NatRecord {
@@ -137,12 +140,8 @@ impl NatRecord {
             translated: endpoint_str(e.addr, e.port),
             hairpin: (e.peer != [0; 4]).then(|| Ipv4Addr::from(e.peer)),
             service,
-            // Reverse entries are not refreshed (LRU keeps them by use).
-            idle_s: if k.kind == NAT_FWD {
-                now_ns.saturating_sub(e.last_seen_ns) / 1_000_000_000
-            } else {
-                0
-            },
+            idle_s: (k.kind == NAT_FWD)
+                .then(|| now_ns.saturating_sub(e.last_seen_ns) / 1_000_000_000),
         }
     }
 }

@@ -83,6 +83,52 @@ pub fn request(ns: Option<&NetNs>, addr: SocketAddr) -> std::io::Result<String> 
     })
 }
 
+/// Connects from `ns` to `addr` from local port `port` (0: any) and
+/// returns what the server said and the port used. The connection ends
+/// with a reset, leaving no TIME_WAIT behind, so the port can be used again
+/// at once, as a busy client reuses its ports.
+pub fn request_from_port(
+    ns: Option<&NetNs>,
+    port: u16,
+    addr: std::net::SocketAddrV4,
+) -> std::io::Result<(String, u16)> {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket, sockopt,
+    };
+    let timeout = nix::sys::time::TimeVal::new(2, 0);
+    in_netns(ns, move || {
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+        // connect() gives up after the send timeout.
+        setsockopt(&fd, sockopt::SendTimeout, &timeout)?;
+        setsockopt(&fd, sockopt::ReceiveTimeout, &timeout)?;
+        bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &SockaddrIn::new(0, 0, 0, 0, port),
+        )?;
+        let local: SockaddrIn =
+            nix::sys::socket::getsockname(std::os::fd::AsRawFd::as_raw_fd(&fd))?;
+        connect(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &SockaddrIn::from(addr),
+        )?;
+        let abort = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        setsockopt(&fd, sockopt::Linger, &abort)?;
+        let mut s = TcpStream::from(fd);
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok((out.trim().to_string(), local.port()))
+    })
+}
+
 /// An IPv4 address of the host that pods can reach: the source address of
 /// the host's route towards the outside, else any global address.
 pub fn host_address() -> std::net::Ipv4Addr {

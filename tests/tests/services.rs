@@ -263,6 +263,58 @@ fn client_ip_affinity_keeps_new_connections_on_one_backend() {
     assert_eq!(answers.len(), 1, "one client, one backend: {answers:?}");
 }
 
+/// Two Services selecting the same pod: from one client port, flows to
+/// either frontend become the same flow at the backend, so the translation
+/// back must follow whichever frontend the client's newest flow used. A
+/// busy client reuses its ports like this all the time.
+#[test]
+fn a_client_port_reused_across_services_of_one_backend_gets_each_services_replies() {
+    require_root!(a_client_port_reused_across_services_of_one_backend_gets_each_services_replies);
+    let net = Net::new(NetSpec::bpf("10.245.10.0/24"));
+    let (client, b) = (net.pod("cli"), net.pod("b"));
+    let (tcp, udp) = (
+        TcpServer::start(Some(&b.ns), "b"),
+        UdpServer::start(Some(&b.ns), "b"),
+    );
+    let (a_vip, b_vip) = (Ipv4Addr::new(10, 96, 10, 10), Ipv4Addr::new(10, 96, 10, 11));
+    let services: Vec<Value> = [a_vip, b_vip]
+        .iter()
+        .enumerate()
+        .flat_map(|(i, vip)| {
+            [
+                json!({"name": format!("default/web{i}"), "vip": vip, "port": 80,
+                       "backends": [backend(v4(&b), tcp.port)]}),
+                json!({"name": format!("default/dns{i}"), "vip": vip, "port": 53,
+                       "protocol": "udp", "backends": [backend(v4(&b), udp.port)]}),
+            ]
+        })
+        .collect();
+    apply(&net, Value::Array(services));
+
+    let mut port = 0;
+    for (round, vip) in [a_vip, b_vip, a_vip, b_vip].into_iter().enumerate() {
+        let (answer, used) =
+            traffic::request_from_port(Some(&client.ns), port, SocketAddrV4::new(vip, 80))
+                .unwrap_or_else(|e| panic!("TCP to {vip} from port {port}, round {round}: {e}"));
+        assert_eq!(answer, format!("b {}", v4(&client)));
+        port = used;
+    }
+
+    let sock = in_netns(Some(&client.ns), || {
+        std::net::UdpSocket::bind("0.0.0.0:0").unwrap()
+    });
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    for vip in [a_vip, b_vip, a_vip, b_vip] {
+        let to = SocketAddr::from((vip, 53));
+        sock.send_to(b"hello", to).unwrap();
+        let mut buf = [0u8; 256];
+        let (_, from) = sock
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("UDP to {to}: {e}"));
+        assert_eq!(from, to, "the answer comes from the service asked");
+    }
+}
+
 #[test]
 fn a_service_without_backends_refuses_at_once_and_says_why() {
     require_root!(a_service_without_backends_refuses_at_once_and_says_why);
