@@ -360,8 +360,8 @@ pub fn run(
     rounds: usize,
     per_round: usize,
 ) -> Result<ServicesReport> {
-    let bpf = Network::new(Kind::MargayBpf, "10.217.0.0/24", &bin_dir, &peer_dir)?;
-    let linux = Network::new(Kind::MargayLinux, "10.218.0.0/24", &bin_dir, &peer_dir)?;
+    let bpf = Network::new(Kind::MargayBpf, "10.212.0.0/24", &bin_dir, &peer_dir)?;
+    let linux = Network::new(Kind::MargayLinux, "10.213.0.0/24", &bin_dir, &peer_dir)?;
     let root = bpf.bpf_root().context("a bpf network has a BPF root")?;
     let (margay, peer) = (Side::new(&bpf)?, Side::new(&linux)?);
     let mut rules = IptablesServices::new();
