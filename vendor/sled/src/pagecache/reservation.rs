@@ -20,7 +20,7 @@ impl<'a> Drop for Reservation<'a> {
     fn drop(&mut self) {
         // We auto-abort if the user never uses a reservation.
         if !self.flushed {
-            if let Err(e) = self.flush(false) {
+            if let Err(e) = self.flush(false, false) {
                 self.log.config.set_global_error(e);
             }
         }
@@ -43,13 +43,13 @@ impl<'a> Reservation<'a> {
             remove_blob(self.pointer.blob().1, &self.log.config)?;
         }
 
-        self.flush(false)
+        self.flush(false, false)
     }
 
     /// Complete the reservation, placing the buffer on disk. returns
     /// the log sequence number of the write, and the file offset.
     pub fn complete(mut self) -> Result<(Lsn, DiskPtr)> {
-        self.flush(true)
+        self.flush(true, false)
     }
 
     /// Get the log sequence number for this update.
@@ -79,7 +79,15 @@ impl<'a> Reservation<'a> {
     /// Will panic if the reservation is not the correct
     /// size to hold a serialized Lsn.
     #[doc(hidden)]
-    pub fn mark_writebatch(self, peg_lsn: Lsn) -> Result<(Lsn, DiskPtr)> {
+    ///
+    /// MARGAY PATCH: the batch manifest's buffer was sealed when the batch
+    /// began (`pin_log`), so releasing this reservation is what makes it
+    /// writable; it is written in this thread (`flush(_, true)`) rather
+    /// than on an IO thread. `seal_batch`, the only caller, runs at the
+    /// end of a transaction, which holds none of the locks a write takes
+    /// (the segment accountant's, `intervals`). The manifest is never a
+    /// blob, so not going through `abort` skips nothing.
+    pub fn mark_writebatch(mut self, peg_lsn: Lsn) -> Result<(Lsn, DiskPtr)> {
         trace!(
             "writing batch required stable lsn {} into \
              BatchManifest at lid {} peg_lsn {}",
@@ -91,7 +99,7 @@ impl<'a> Reservation<'a> {
         if self.lsn == peg_lsn {
             // this can happen because high-level tree updates
             // may result in no work happening.
-            self.abort()
+            self.flush(false, true)
         } else {
             self.buf[4] = MessageKind::BatchManifest.into();
 
@@ -105,11 +113,15 @@ impl<'a> Reservation<'a> {
             intervals.mark_batch((self.lsn, peg_lsn));
             drop(intervals);
 
-            self.complete()
+            self.flush(true, true)
         }
     }
 
-    fn flush(&mut self, valid: bool) -> Result<(Lsn, DiskPtr)> {
+    fn flush(
+        &mut self,
+        valid: bool,
+        write_inline: bool,
+    ) -> Result<(Lsn, DiskPtr)> {
         if self.flushed {
             panic!("flushing already-flushed reservation!");
         }
@@ -136,7 +148,7 @@ impl<'a> Reservation<'a> {
                 std::mem::size_of::<u32>(),
             );
         }
-        self.log.exit_reservation(&self.iobuf)?;
+        self.log.exit_reservation(&self.iobuf, write_inline)?;
 
         Ok((self.lsn(), self.pointer()))
     }

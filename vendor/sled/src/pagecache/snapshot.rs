@@ -1,6 +1,9 @@
 #[cfg(feature = "zstd")]
 use zstd::block::{compress, decompress};
 
+use std::io;
+use std::path::{Path, PathBuf};
+
 use crate::*;
 
 use super::{
@@ -495,17 +498,157 @@ pub fn read_snapshot_or_default(config: &RunningConfig) -> Result<Snapshot> {
 /// Read a `Snapshot` from disk.
 /// Returns an error if the read snapshot was corrupted.
 /// Returns `Ok(Some(snapshot))` if there was nothing written.
+///
+/// MARGAY PATCH: snapshots live in two slot files rewritten in place
+/// (`SLOTS`, see `write_snapshot`); the newest valid slot wins, and a slot
+/// that a crash left torn or empty is passed over for the other one. A
+/// store written by upstream's scheme (`snap.<lsn>` files) is still read,
+/// and converted at its next snapshot.
 fn read_snapshot(config: &RunningConfig) -> Result<Option<Snapshot>> {
-    let mut candidates = config.get_snapshot_files()?;
-    if candidates.is_empty() {
-        debug!("no previous snapshot found");
-        return Ok(None);
+    let (slots, mut legacy): (Vec<PathBuf>, Vec<PathBuf>) = config
+        .get_snapshot_files()?
+        .into_iter()
+        .partition(|p| is_slot(p));
+
+    let mut best: Option<Snapshot> = None;
+    let mut torn = false;
+    for path in &slots {
+        match read_slot(config, path)? {
+            SlotRead::Valid(snap) => {
+                if best.as_ref().map_or(true, |b| b.stable_lsn < snap.stable_lsn)
+                {
+                    best = Some(snap);
+                }
+            }
+            SlotRead::Empty => {}
+            SlotRead::Torn => torn = true,
+        }
     }
 
-    candidates.sort();
-    let path = candidates.pop().unwrap();
+    if !legacy.is_empty() {
+        legacy.sort();
+        let path = legacy.pop().unwrap();
+        match read_legacy_snapshot(config, &path) {
+            Ok(snap) => {
+                if best.as_ref().map_or(true, |b| b.stable_lsn < snap.stable_lsn)
+                {
+                    best = Some(snap);
+                }
+            }
+            Err(e) if best.is_none() => return Err(e),
+            Err(_) => warn!("ignoring corrupt legacy snapshot {:?}", path),
+        }
+    }
 
-    let mut f = std::fs::OpenOptions::new().read(true).open(&path)?;
+    if best.is_none() && torn {
+        warn!("every snapshot slot is corrupt");
+        return Err(Error::corruption(None));
+    }
+    if best.is_none() {
+        debug!("no previous snapshot found");
+    }
+    Ok(best)
+}
+
+/// MARGAY PATCH: the two snapshot slots, under the store's directory.
+const SLOTS: [&str; 2] = ["snap.slot.0", "snap.slot.1"];
+
+/// MARGAY PATCH: a slot file starts with this, then the payload's length
+/// (u64), its decompressed length (u64), the crc32 of those two lengths
+/// and the payload (u32), then the payload; bytes after it are leftovers
+/// of a longer earlier snapshot.
+const SLOT_MAGIC: [u8; 4] = *b"MSN1";
+const SLOT_HEADER_LEN: usize = 4 + 8 + 8 + 4;
+
+fn is_slot(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .map_or(false, |n| SLOTS.contains(&n))
+}
+
+enum SlotRead {
+    Valid(Snapshot),
+    /// Missing, or created but never written (a crash before the first
+    /// write reached the disk).
+    Empty,
+    /// Partly written: a crash tore the write.
+    Torn,
+}
+
+fn read_slot(config: &RunningConfig, path: &Path) -> Result<SlotRead> {
+    let buf = match std::fs::read(path) {
+        Ok(buf) => buf,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Ok(SlotRead::Empty)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if buf.iter().all(|b| *b == 0) {
+        return Ok(SlotRead::Empty);
+    }
+    if buf.len() < SLOT_HEADER_LEN || buf[..4] != SLOT_MAGIC {
+        warn!("torn snapshot slot {:?}: bad header", path);
+        return Ok(SlotRead::Torn);
+    }
+    let mut len = [0; 8];
+    len.copy_from_slice(&buf[4..12]);
+    let len = u64::from_le_bytes(len);
+    let mut decompressed_len = [0; 8];
+    decompressed_len.copy_from_slice(&buf[12..20]);
+    let crc_expected = arr_to_u32(&buf[20..24]);
+    let end = usize::try_from(len)
+        .ok()
+        .and_then(|l| l.checked_add(SLOT_HEADER_LEN))
+        .filter(|end| *end <= buf.len());
+    let end = match end {
+        Some(end) => end,
+        None => {
+            warn!("torn snapshot slot {:?}: short payload", path);
+            return Ok(SlotRead::Torn);
+        }
+    };
+    let payload = &buf[SLOT_HEADER_LEN..end];
+    if slot_crc(&buf[4..20], payload) != crc_expected {
+        warn!("torn snapshot slot {:?}: crc does not match", path);
+        return Ok(SlotRead::Torn);
+    }
+    decode_snapshot(config, payload.to_vec(), decompressed_len).map(SlotRead::Valid)
+}
+
+fn slot_crc(lens: &[u8], payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(lens);
+    hasher.update(payload);
+    hasher.finalize()
+}
+
+#[allow(unused_variables)]
+fn decode_snapshot(
+    config: &RunningConfig,
+    buf: Vec<u8>,
+    len_expected_bytes: [u8; 8],
+) -> Result<Snapshot> {
+    #[cfg(feature = "zstd")]
+    let bytes = if config.use_compression {
+        use std::convert::TryInto;
+
+        let len_expected: u64 =
+            u64::from_le_bytes(len_expected_bytes.as_ref().try_into().unwrap());
+
+        decompress(&*buf, usize::try_from(len_expected).unwrap()).unwrap()
+    } else {
+        buf
+    };
+
+    #[cfg(not(feature = "zstd"))]
+    let bytes = buf;
+
+    Snapshot::deserialize(&mut bytes.as_slice())
+}
+
+/// Upstream's reader, for a `snap.<lsn>` file.
+fn read_legacy_snapshot(config: &RunningConfig, path: &Path) -> Result<Snapshot> {
+    let mut f = std::fs::OpenOptions::new().read(true).open(path)?;
 
     let mut buf = vec![];
     let _read = f.read_to_end(&mut buf)?;
@@ -531,22 +674,7 @@ fn read_snapshot(config: &RunningConfig) -> Result<Option<Snapshot>> {
         return Err(Error::corruption(None));
     }
 
-    #[cfg(feature = "zstd")]
-    let bytes = if config.use_compression {
-        use std::convert::TryInto;
-
-        let len_expected: u64 =
-            u64::from_le_bytes(len_expected_bytes.as_ref().try_into().unwrap());
-
-        decompress(&*buf, usize::try_from(len_expected).unwrap()).unwrap()
-    } else {
-        buf
-    };
-
-    #[cfg(not(feature = "zstd"))]
-    let bytes = buf;
-
-    Snapshot::deserialize(&mut bytes.as_slice()).map(Some)
+    decode_snapshot(config, buf, len_expected_bytes)
 }
 
 fn write_snapshot(config: &RunningConfig, snapshot: &Snapshot) -> Result<()> {
@@ -565,60 +693,82 @@ fn write_snapshot(config: &RunningConfig, snapshot: &Snapshot) -> Result<()> {
     #[cfg(not(feature = "zstd"))]
     let bytes = raw_bytes;
 
-    let crc32: [u8; 4] = u32_to_arr(crc32(&bytes));
-    let len_bytes: [u8; 8] = u64_to_arr(decompressed_len as u64);
+    // MARGAY PATCH: upstream wrote every snapshot to a new file
+    // (`snap.<lsn>.generating`), fsynced it, renamed it to `snap.<lsn>`
+    // and unlinked the previous one. sled writes a snapshot at every open
+    // that finds the log advanced, i.e. at every IPAM call, and on ext4
+    // that file creation cost two synchronous metadata writes (inode and
+    // parent directory) besides the data, then an inode eviction for the
+    // unlink: about 1 ms per call here. Instead the snapshot overwrites
+    // the older of two slot files in place and `fdatasync`s it (the first
+    // write of a slot is an `fsync`, which covers its directory entry on
+    // ext4, as upstream's rename relied on). The newer slot is never
+    // touched, so a crash that tears the write leaves the previous
+    // snapshot valid, and the reader passes over the torn slot (crc) to
+    // it: the same state as upstream's crash before its rename, since
+    // nothing that depends on the new snapshot happens before the sync
+    // returns.
+    let len_bytes: [u8; 8] = u64_to_arr(bytes.len() as u64);
+    let decompressed_len_bytes: [u8; 8] = u64_to_arr(decompressed_len as u64);
 
-    let path_1_suffix =
-        format!("snap.{:016X}.generating", snapshot.stable_lsn.unwrap_or(0));
+    let mut out = Vec::with_capacity(SLOT_HEADER_LEN + bytes.len());
+    out.extend_from_slice(&SLOT_MAGIC);
+    out.extend_from_slice(&len_bytes);
+    out.extend_from_slice(&decompressed_len_bytes);
+    let crc = slot_crc(&out[4..20], &bytes);
+    out.extend_from_slice(&u32_to_arr(crc));
+    out.extend_from_slice(&bytes);
+    // whole pages, so that the slot's size (inode metadata the sync would
+    // have to write) changes only when the snapshot outgrows it
+    let padded = (out.len() + 4095) / 4096 * 4096;
+    out.resize(padded, 0);
 
-    let mut path_1 = config.get_path();
-    path_1.push(path_1_suffix);
+    let dir = config.get_path();
+    std::fs::create_dir_all(&dir)?;
 
-    let path_2_suffix =
-        format!("snap.{:016X}", snapshot.stable_lsn.unwrap_or(0));
+    // the slot to overwrite: not the one holding the newest valid snapshot
+    let stable = |slot: &str| match read_slot(config, &dir.join(slot)) {
+        Ok(SlotRead::Valid(snap)) => Some(snap.stable_lsn),
+        _ => None,
+    };
+    let target = match (stable(SLOTS[0]), stable(SLOTS[1])) {
+        (Some(a), Some(b)) if a > b => SLOTS[1],
+        (Some(_), None) => SLOTS[1],
+        _ => SLOTS[0],
+    };
+    let path = dir.join(target);
 
-    let mut path_2 = config.get_path();
-    path_2.push(path_2_suffix);
+    let created = !path.exists();
+    let f = std::fs::OpenOptions::new().write(true).create(true).open(&path)?;
 
-    let parent = path_1.parent().unwrap();
-    std::fs::create_dir_all(parent)?;
-    let mut f =
-        std::fs::OpenOptions::new().write(true).create(true).open(&path_1)?;
-
-    // write the snapshot bytes, followed by a crc64 checksum at the end
     io_fail!(config, "snap write");
-    f.write_all(&*bytes)?;
-    io_fail!(config, "snap write len");
-    f.write_all(&len_bytes)?;
-    io_fail!(config, "snap write crc");
-    f.write_all(&crc32)?;
+    {
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(&out, 0)?;
+    }
     io_fail!(config, "snap write post");
-    f.sync_all()?;
+    if created {
+        f.sync_all()?;
+    } else {
+        f.sync_data()?;
+    }
 
-    trace!("wrote snapshot to {}", path_1.to_string_lossy());
+    trace!("wrote snapshot to {}", path.to_string_lossy());
 
-    io_fail!(config, "snap write mv");
-    std::fs::rename(&path_1, &path_2)?;
-    io_fail!(config, "snap write mv post");
+    // clean up upstream-style snapshots of a store written before slots
+    for old in config.get_snapshot_files()? {
+        if is_slot(&old) {
+            continue;
+        }
+        debug!("removing old snapshot file {:?}", old);
 
-    trace!("renamed snapshot to {}", path_2.to_string_lossy());
+        io_fail!(config, "snap write rm old");
 
-    // clean up any old snapshots
-    let candidates = config.get_snapshot_files()?;
-    for path in candidates {
-        let path_str = path.file_name().unwrap().to_str().unwrap();
-        if !path_2.to_string_lossy().ends_with(&*path_str) {
-            debug!("removing old snapshot file {:?}", path);
-
-            io_fail!(config, "snap write rm old");
-
-            if let Err(e) = std::fs::remove_file(&path) {
-                // TODO should this just be a try return?
-                warn!(
-                    "failed to remove old snapshot file, maybe snapshot race? {}",
-                    e
-                );
-            }
+        if let Err(e) = std::fs::remove_file(&old) {
+            warn!(
+                "failed to remove old snapshot file, maybe snapshot race? {}",
+                e
+            );
         }
     }
     Ok(())
