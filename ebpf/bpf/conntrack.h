@@ -190,28 +190,30 @@ static __always_inline void ct_create(const struct packet *p, const struct endpo
 	bpf_map_update_elem(&conntrack, &k, &e, BPF_ANY);
 }
 
-/* An ICMP error (unreachable, time exceeded, parameter problem) quoting a
- * flow tracked on `ifindex`: path MTU discovery must keep working for pods
- * whose policy would not admit ICMP on its own. */
-static __always_inline bool ct_related(struct __sk_buff *skb, const struct packet *p, __u32 ifindex)
+/* The entry of the flow tracked on `ifindex` that an ICMP error
+ * (unreachable, time exceeded, parameter problem) quotes, or NULL. Such an
+ * error passes as part of its flow: path MTU discovery must keep working
+ * for pods whose policy would not admit ICMP on its own. */
+static __always_inline struct ct_entry *ct_related(struct __sk_buff *skb, const struct packet *p,
+						   __u32 ifindex)
 {
 	if (p->proto != IPPROTO_ICMP || p->fragment)
-		return false;
+		return NULL;
 	if (p->icmp_type != ICMP_DEST_UNREACH && p->icmp_type != ICMP_TIME_EXCEEDED &&
 	    p->icmp_type != ICMP_PARAMETERPROB)
-		return false;
+		return NULL;
 	struct {
 		struct iphdr ip;
 		__be16 sport;
 		__be16 dport;
 	} inner;
 	if (bpf_skb_load_bytes(skb, p->l4_off + sizeof(struct icmphdr), &inner, sizeof(inner)) < 0)
-		return false;
+		return NULL;
 	if (inner.ip.ihl != 5) /* options in the quote: not worth chasing */
-		return false;
+		return NULL;
 	struct ct_key k;
 	ct_key_fill(&k, inner.ip.saddr, inner.ip.daddr, inner.sport, inner.dport, inner.ip.protocol,
 		    ifindex);
 	struct ct_entry *e = bpf_map_lookup_elem(&conntrack, &k);
-	return e && !ct_expired(e, flow_clock(), inner.ip.protocol);
+	return e && !ct_expired(e, flow_clock(), inner.ip.protocol) ? e : NULL;
 }

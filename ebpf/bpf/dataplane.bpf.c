@@ -74,6 +74,9 @@ static __always_inline int ingress_verdict(struct __sk_buff *skb, struct packet 
 			return ingress_established(skb, p, ifindex, e, ct);
 	}
 	if (ct_related(skb, p, ifindex)) {
+		/* About this pod's service connection: it must name the service. */
+		if (nat_reverse_icmp_error(skb, p) == NAT_FAILED)
+			return drop(p, ep->slot, ifindex, DIR_INGRESS, DROP_NAT);
 		count_allowed(ep->slot, DIR_INGRESS, p->len);
 		return TC_ACT_OK;
 	}
@@ -224,7 +227,7 @@ int from_pod(struct __sk_buff *skb)
 	/* An ICMP error about a tracked flow passes as part of that flow and
 	 * is not a flow of its own: tracking it (ports 0/0) would let every
 	 * other ICMP error between the two addresses past policy. */
-	bool related = ct_related(skb, &p, ifindex);
+	struct ct_entry *related = ct_related(skb, &p, ifindex);
 	if (!related &&
 	    policy_check(ifindex, DIR_EGRESS, p.daddr, p.proto, bpf_ntohs(p.dport)) != POLICY_ALLOW)
 		return drop(&p, slot, ifindex, DIR_EGRESS, DROP_POLICY_EGRESS);
@@ -232,6 +235,22 @@ int from_pod(struct __sk_buff *skb)
 	__u32 dst = local_endpoint_ifindex(p.daddr);
 	if (dst && !fib_routes_to(skb, &p, dst))
 		dst = 0;
+	/* An error about a NodePort flow this pod serves, for the client
+	 * outside, goes the way the flow's replies go (egress_established):
+	 * back through the tunnel to the node that took the flow in, which
+	 * turns it; or turned here (DSR, a local backend) and routed by us.
+	 * A local client's own ingress turns it. */
+	if (related && !dst) {
+		count_allowed(slot, DIR_EGRESS, p.len);
+		if (related->flags & CT_F_TUNNEL)
+			return tunnel_send(skb, related->tunnel_peer, VNI_POD);
+		int rev = nat_reverse_icmp_error(skb, &p);
+		if (rev == NAT_FAILED)
+			return drop(&p, slot, ifindex, DIR_EGRESS, DROP_NAT);
+		if (rev == NAT_REVERSED)
+			return redirect_by_fib(skb, &p);
+		return to_elsewhere(skb, &p);
+	}
 	__u8 ct_flags = dst ? CT_F_LOCAL_DELIVERY : 0;
 	if (lb == LB_TRANSLATED) {
 		lb_record(&flow, p.proto);

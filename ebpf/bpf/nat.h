@@ -166,10 +166,85 @@ enum nat_reverse_result {
 	NAT_FAILED,
 };
 
+/* Writes `len` (2 or 4) bytes at `off` of an ICMP error's quote, fixing
+ * the checksum at `csum_off`: the quoted IP header's own for an address
+ * (which keeps the ICMP checksum right, the header's sum being unchanged),
+ * the ICMP checksum for a port. */
+static __always_inline int icmp_quote_store(struct __sk_buff *skb, __u32 off, __u32 csum_off,
+					    __be32 from, __be32 to, __u32 len)
+{
+	if (from == to)
+		return 0;
+	if (bpf_l3_csum_replace(skb, csum_off, from, to, len) < 0)
+		return -1;
+	return bpf_skb_store_bytes(skb, off, &to, len, 0);
+}
+
+/* An ICMP error quoting a translated flow's packet (client -> backend),
+ * from the backend or from a router on the way (port unreachable, needs
+ * fragmentation): the client's kernel matches it to a socket by the quote,
+ * so the quote must show the frontend the client spoke to, and an error
+ * the backend itself sent must come from the frontend. Without this, UDP
+ * to a service whose backend has no listener waits for a timeout instead
+ * of failing at once, and path MTU discovery through a service breaks.
+ * The quote's own L4 checksum is left alone: nobody checks it, and the
+ * quote may not even reach it (8 bytes are all a router must return). */
+static __always_inline int nat_reverse_icmp_error(struct __sk_buff *skb, struct packet *p)
+{
+	if (p->proto != IPPROTO_ICMP || p->fragment ||
+	    (p->icmp_type != ICMP_DEST_UNREACH && p->icmp_type != ICMP_TIME_EXCEEDED &&
+	     p->icmp_type != ICMP_PARAMETERPROB))
+		return NAT_NO_ENTRY;
+	__u32 quote = p->l4_off + sizeof(struct icmphdr);
+	struct {
+		struct iphdr ip;
+		__be16 sport;
+		__be16 dport;
+	} in;
+	if (bpf_skb_load_bytes(skb, quote, &in, sizeof(in)) < 0 || in.ip.ihl != 5 ||
+	    (in.ip.protocol != IPPROTO_TCP && in.ip.protocol != IPPROTO_UDP))
+		return NAT_NO_ENTRY;
+	struct nat_key k;
+	nat_key_fill(&k, in.ip.daddr, in.ip.saddr, in.dport, in.sport, in.ip.protocol, NAT_REV);
+	struct nat_entry *rev = bpf_map_lookup_elem(&nat, &k);
+	if (!rev)
+		return NAT_NO_ENTRY;
+	__be32 frontend = rev->addr, client = rev->peer;
+	__be16 frontend_port = rev->port;
+	__u32 quote_csum = quote + __builtin_offsetof(struct iphdr, check);
+	__u32 ip_csum = ETH_HLEN + __builtin_offsetof(struct iphdr, check);
+	__u32 icmp_csum = p->l4_off + __builtin_offsetof(struct icmphdr, checksum);
+	if (icmp_quote_store(skb, quote + __builtin_offsetof(struct iphdr, daddr), quote_csum,
+			     in.ip.daddr, frontend, 4) < 0 ||
+	    icmp_quote_store(skb, quote + sizeof(struct iphdr) + 2, icmp_csum, in.dport,
+			     frontend_port, 2) < 0)
+		return NAT_FAILED;
+	/* A hairpin: the quote's source and the error's destination are the
+	 * hairpin address, the client's own to the client. */
+	if (client &&
+	    (icmp_quote_store(skb, quote + __builtin_offsetof(struct iphdr, saddr), quote_csum,
+			      in.ip.saddr, client, 4) < 0 ||
+	     icmp_quote_store(skb, ETH_HLEN + __builtin_offsetof(struct iphdr, daddr), ip_csum,
+			      p->daddr, client, 4) < 0))
+		return NAT_FAILED;
+	if (client)
+		p->daddr = client;
+	if (p->saddr == in.ip.daddr) {
+		if (icmp_quote_store(skb, ETH_HLEN + __builtin_offsetof(struct iphdr, saddr), ip_csum,
+				     p->saddr, frontend, 4) < 0)
+			return NAT_FAILED;
+		p->saddr = frontend;
+	}
+	return NAT_REVERSED;
+}
+
 /* Turns a backend's reply back into the frontend's: source := frontend,
- * and for a hairpin, destination := the client's own address. */
+ * and for a hairpin, destination := the client's own address. An ICMP
+ * error about the flow is turned likewise (nat_reverse_icmp_error). */
 static __always_inline int nat_reverse(struct __sk_buff *skb, struct packet *p)
 {
+	if (p->proto == IPPROTO_ICMP)
+		return nat_reverse_icmp_error(skb, p);
 	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
 		return NAT_NO_ENTRY;
 	struct nat_key k;

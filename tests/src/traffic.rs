@@ -255,12 +255,16 @@ impl Drop for UdpServer {
     }
 }
 
-/// Sends one datagram from `ns` to `addr` and returns the answer.
+/// Sends one datagram from `ns` to `addr` and returns the answer. The
+/// socket is connected: only an answer from `addr` counts, and an ICMP
+/// error about the datagram fails the call (port unreachable:
+/// `ConnectionRefused`), as for a real client.
 pub fn udp_request(ns: Option<&NetNs>, addr: SocketAddr) -> std::io::Result<String> {
     in_netns(ns, move || {
         let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
         s.set_read_timeout(Some(Duration::from_secs(2)))?;
-        s.send_to(b"hello", addr)?;
+        s.connect(addr)?;
+        s.send(b"hello")?;
         let mut buf = [0u8; 256];
         let n = s.recv(&mut buf)?;
         Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())

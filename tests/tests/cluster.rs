@@ -73,6 +73,9 @@ fn node_port_to_the_other_node(mode: &str, subnet: u8) {
          "backends": [format!("{ip_b}:{}", server.port)]},
         {"name": "x/local", "vip": "10.96.31.10", "port": 81, "node_port": 30081,
          "external_traffic_policy": "local", "backends": [format!("{ip_b}:{}", server.port)]},
+        // Nothing listens on port 9: the backend answers port unreachable.
+        {"name": "x/closed", "vip": "10.96.31.10", "port": 82, "protocol": "udp",
+         "node_port": 30082, "backends": [format!("{ip_b}:9")]},
     ]});
     c.a.apply("services", services.clone()).unwrap();
     c.b.apply("services", services).unwrap();
@@ -97,6 +100,13 @@ fn node_port_to_the_other_node(mode: &str, subnet: u8) {
         mode == "dsr",
         "{mode}: {:?}",
         c.b.reverse_translations().unwrap()
+    );
+    let refused = traffic::udp_request(Some(&c.client), SocketAddr::from((c.a.addr, 30082)))
+        .expect_err("nothing listens");
+    assert_eq!(
+        refused.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "{mode}: the backend's port unreachable reaches the client as the NodePort's ({refused})"
     );
     assert!(
         traffic::request(Some(&c.client), SocketAddr::from((c.a.addr, 30081))).is_err(),
@@ -150,11 +160,13 @@ fn node_ports_reach_local_backends_with_the_client_address_kept() {
              "external_traffic_policy": "local", "backends": [format!("{ip2}:{}", t2.port), far]},
             {"name": "default/elsewhere", "vip": vip, "port": 82, "node_port": 30082,
              "external_traffic_policy": "local", "backends": [far]},
+            {"name": "default/closed", "vip": vip, "port": 54, "protocol": "udp", "node_port": 30054,
+             "backends": [format!("{ip1}:9")]},
         ]}),
     )
     .unwrap();
     let listed = margay_ebpf::service::list(c.a.bpf.path()).unwrap();
-    assert_eq!(listed.iter().filter(|r| r.kind == "node-port").count(), 4);
+    assert_eq!(listed.iter().filter(|r| r.kind == "node-port").count(), 5);
 
     let node = c.a.addr;
     let mut seen = std::collections::BTreeSet::new();
@@ -184,6 +196,14 @@ fn node_ports_reach_local_backends_with_the_client_address_kept() {
         from,
         SocketAddr::from((node, 30053)),
         "the reply comes from the NodePort"
+    );
+
+    let refused = traffic::udp_request(Some(&c.client), SocketAddr::from((node, 30054)))
+        .expect_err("nothing listens");
+    assert_eq!(
+        refused.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "the backend's port unreachable reaches the client as the NodePort's ({refused})"
     );
 
     // externalTrafficPolicy: Local: only this node's backend, never the far one.

@@ -315,6 +315,34 @@ fn a_client_port_reused_across_services_of_one_backend_gets_each_services_replie
     }
 }
 
+/// A backend with nothing listening on the port answers UDP with an ICMP
+/// port unreachable quoting the translated packet: the client's kernel
+/// must see it as being about the service, or the client waits for a
+/// timeout instead of failing at once.
+#[test]
+fn an_icmp_error_from_a_backend_reaches_the_client_as_the_services() {
+    require_root!(an_icmp_error_from_a_backend_reaches_the_client_as_the_services);
+    let net = Net::new(NetSpec::bpf("10.245.11.0/24"));
+    let (client, b) = (net.pod("cli"), net.pod("b"));
+    let vip = Ipv4Addr::new(10, 96, 11, 10);
+    // A port nothing in the backend's namespace listens on.
+    let closed = 9;
+    apply(
+        &net,
+        json!([{"name": "default/closed", "vip": vip, "port": 53, "protocol": "udp",
+                "backends": [backend(v4(&b), closed)]}]),
+    );
+    let started = Instant::now();
+    let err = traffic::udp_request(Some(&client.ns), SocketAddr::from((vip, 53)))
+        .expect_err("nothing answers");
+    let took = started.elapsed();
+    assert_eq!(
+        err.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "the backend's port unreachable reaches the client's socket ({err}, after {took:?})"
+    );
+}
+
 #[test]
 fn a_service_without_backends_refuses_at_once_and_says_why() {
     require_root!(a_service_without_backends_refuses_at_once_and_says_why);
