@@ -28,15 +28,32 @@ use std::{collections::BinaryHeap, ops::Deref};
 /// pattern on every open; a process per IPAM call made each such rewrite,
 /// and the write-back it adds to the closing fsync, a per-call cost, though
 /// after a clean close the pattern is already there.
+///
+/// It reads through an 8 KiB stack buffer and folds each chunk with `|`
+/// over `^ byte`, which vectorizes (a loop with an early exit does not).
+/// The first version allocated and zeroed a `len` buffer (64 KiB: calloc's
+/// memset and page faults at every call) and compared byte by byte, ~2% of
+/// a call's CPU.
 pub(crate) fn region_holds(
     file: &std::fs::File,
     at: LogOffset,
     len: usize,
     byte: u8,
 ) -> bool {
-    let mut current = vec![0; len];
-    pread_exact(file, &mut current, at).is_ok()
-        && current.iter().all(|b| *b == byte)
+    const CHUNK: usize = 8 << 10;
+    let mut current = [0_u8; CHUNK];
+    let mut done = 0;
+    while done < len {
+        let n = CHUNK.min(len - done);
+        let chunk = &mut current[..n];
+        if pread_exact(file, chunk, at + done as LogOffset).is_err()
+            || chunk.iter().fold(0, |acc, b| acc | (b ^ byte)) != 0
+        {
+            return false;
+        }
+        done += n;
+    }
+    true
 }
 
 use crate::*;

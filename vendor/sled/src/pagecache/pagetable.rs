@@ -20,22 +20,34 @@ use crate::{
 #[doc(hidden)]
 pub const PAGETABLE_NODE_SZ: usize = size_of::<Node1>();
 
-const NODE2_FAN_FACTOR: usize = 18;
-const NODE1_FAN_OUT: usize = 1 << (MAX_PID_BITS - NODE2_FAN_FACTOR);
-const NODE2_FAN_OUT: usize = 1 << NODE2_FAN_FACTOR;
-const FAN_MASK: u64 = (NODE2_FAN_OUT - 1) as u64;
+// MARGAY PATCH: four levels of 2^10, 2^9, 2^9 and 2^9 children (an 8 KiB
+// root and 4 KiB nodes) instead of upstream's two of 2^19 and 2^18 (a
+// 4 MiB root and 2 MiB leaves). Same 37-bit page id space, two more
+// pointer hops per lookup. Upstream's nodes are above malloc's mmap
+// threshold: every open mmapped 6 MiB and every close munmapped it again
+// (with a TLB shootdown on each CPU the process's threads ran on), for a
+// store of a few dozen pages; nodes of 64 KiB or so came from the heap but
+// were `calloc`ed over recycled memory, i.e. memset, page faults included.
+// Small nodes cost one page each at most, and a small store has one per
+// level.
+const NODE1_FAN_FACTOR: usize = MAX_PID_BITS - 3 * LOWER_FAN_FACTOR;
+const LOWER_FAN_FACTOR: usize = 9;
+const NODE1_FAN_OUT: usize = 1 << NODE1_FAN_FACTOR;
+const LOWER_FAN_OUT: usize = 1 << LOWER_FAN_FACTOR;
+const LOWER_MASK: u64 = (LOWER_FAN_OUT - 1) as u64;
 
 pub type PageId = u64;
 
-struct Node1 {
-    children: [Atomic<Node2>; NODE1_FAN_OUT],
+type Node1 = Node<Node2, NODE1_FAN_OUT>;
+type Node2 = Node<Node3, LOWER_FAN_OUT>;
+type Node3 = Node<Node4, LOWER_FAN_OUT>;
+type Node4 = Node<Page, LOWER_FAN_OUT>;
+
+struct Node<T, const N: usize> {
+    children: [Atomic<T>; N],
 }
 
-struct Node2 {
-    children: [Atomic<Page>; NODE2_FAN_OUT],
-}
-
-impl Node1 {
+impl<T, const N: usize> Node<T, N> {
     fn new() -> Owned<Self> {
         let size = size_of::<Self>();
         let align = align_of::<Self>();
@@ -51,29 +63,7 @@ impl Node1 {
     }
 }
 
-impl Node2 {
-    fn new() -> Owned<Node2> {
-        let size = size_of::<Self>();
-        let align = align_of::<Self>();
-
-        unsafe {
-            let layout = Layout::from_size_align_unchecked(size, align);
-
-            #[allow(clippy::cast_ptr_alignment)]
-            let ptr = alloc_zeroed(layout) as *mut Self;
-
-            Owned::from_raw(ptr)
-        }
-    }
-}
-
-impl Drop for Node1 {
-    fn drop(&mut self) {
-        drop_iter(self.children.iter());
-    }
-}
-
-impl Drop for Node2 {
+impl<T, const N: usize> Drop for Node<T, N> {
     fn drop(&mut self) {
         drop_iter(self.children.iter());
     }
@@ -151,7 +141,7 @@ impl PageTable {
     }
 
     fn traverse<'g>(&self, k: PageId, guard: &'g Guard) -> &'g Atomic<Page> {
-        let (l1k, l2k) = split_fanout(k);
+        let (l1k, l2k, l3k, l4k) = split_fanout(k);
 
         debug_delay();
         let head = self.head.load(Acquire, guard);
@@ -159,38 +149,38 @@ impl PageTable {
         debug_delay();
         let l1 = unsafe { &head.deref().children };
 
-        debug_delay();
-        let mut l2_ptr = l1[l1k].load(Acquire, guard);
+        let l2 = unsafe { &child_or_insert(&l1[l1k], guard).deref().children };
+        let l3 = unsafe { &child_or_insert(&l2[l2k], guard).deref().children };
+        let l4 = unsafe { &child_or_insert(&l3[l3k], guard).deref().children };
 
-        if l2_ptr.is_null() {
-            let next_child = Node2::new();
+        &l4[l4k]
+    }
+}
 
-            debug_delay();
-            let ret = l1[l1k].compare_and_set(
-                Shared::null(),
-                next_child,
-                Release,
-                guard,
-            );
+/// MARGAY PATCH: upstream's installation of a missing node, inline in
+/// `traverse` for its one inner level, shared by the three.
+fn child_or_insert<'g, T, const N: usize>(
+    slot: &Atomic<Node<T, N>>,
+    guard: &'g Guard,
+) -> Shared<'g, Node<T, N>> {
+    debug_delay();
+    let ptr = slot.load(Acquire, guard);
+    if !ptr.is_null() {
+        return ptr;
+    }
 
-            l2_ptr = match ret {
-                Ok(next_child) => next_child,
-                Err(returned) => {
-                    drop(returned.new);
-                    returned.current
-                }
-            };
+    debug_delay();
+    match slot.compare_and_set(Shared::null(), Node::new(), Release, guard) {
+        Ok(next_child) => next_child,
+        Err(returned) => {
+            drop(returned.new);
+            returned.current
         }
-
-        debug_delay();
-        let l2 = unsafe { &l2_ptr.deref().children };
-
-        &l2[l2k]
     }
 }
 
 #[inline]
-fn split_fanout(id: PageId) -> (usize, usize) {
+fn split_fanout(id: PageId) -> (usize, usize, usize, usize) {
     // right shift 32 on 32-bit pointer systems panics
     #[cfg(target_pointer_width = "64")]
     assert!(
@@ -201,10 +191,11 @@ fn split_fanout(id: PageId) -> (usize, usize) {
         MAX_PID_BITS,
     );
 
-    let left = id >> NODE2_FAN_FACTOR;
-    let right = id & FAN_MASK;
+    let level = |n: usize| {
+        safe_usize((id >> (n * LOWER_FAN_FACTOR)) & LOWER_MASK)
+    };
 
-    (safe_usize(left), safe_usize(right))
+    (safe_usize(id >> (3 * LOWER_FAN_FACTOR)), level(2), level(1), level(0))
 }
 
 #[inline]
@@ -224,12 +215,11 @@ impl Drop for PageTable {
 
 #[test]
 fn test_split_fanout() {
+    assert_eq!(split_fanout(0b1_1111_1111), (0, 0, 0, 0b1_1111_1111));
+    assert_eq!(split_fanout(0b10_0000_0001), (0, 0, 1, 1));
     assert_eq!(
-        split_fanout(0b11_1111_1111_1111_1111),
-        (0, 0b11_1111_1111_1111_1111)
+        split_fanout((0b101 << 27) | (0b100 << 18) | (0b11 << 9) | 0b111),
+        (0b101, 0b100, 0b11, 0b111)
     );
-    assert_eq!(
-        split_fanout(0b111_1111_1111_1111_1111),
-        (0b1, 0b11_1111_1111_1111_1111)
-    );
+    assert_eq!(split_fanout(1 << 36), (1 << 9, 0, 0, 0));
 }

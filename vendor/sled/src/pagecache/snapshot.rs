@@ -320,7 +320,7 @@ fn advance_snapshot(
                 let shred_len = config.segment_size
                     - usize::try_from(segment_progress).unwrap()
                     - 1;
-                let shred_zone = vec![MessageKind::Corrupted.into(); shred_len];
+                let shred_byte: u8 = MessageKind::Corrupted.into();
                 let shred_base =
                     offset + LogOffset::try_from(segment_progress).unwrap();
 
@@ -345,7 +345,15 @@ fn advance_snapshot(
                 // zeros a crashed shredder left unwritten (a no-op when
                 // they are clean), the stability level sled uses for its
                 // own log writes; the commit's fsync then covers them.
-                if !already_shredded(&config.file, &shred_zone, shred_base) {
+                // The zone is only allocated when it is written (upstream
+                // allocated and filled it, ~60 KiB, at every open).
+                if !already_shredded(
+                    &config.file,
+                    shred_len,
+                    shred_byte,
+                    shred_base,
+                ) {
+                    let shred_zone = vec![shred_byte; shred_len];
                     pwrite_all(&config.file, &shred_zone, shred_base)?;
                     config.file.sync_all()?;
                 }
@@ -452,10 +460,15 @@ fn advance_snapshot(
     Ok(snapshot)
 }
 
-/// MARGAY PATCH (see the shred in `advance_snapshot`): whether the `zone.len()`
-/// bytes at `at` already hold `zone`, written out to the device.
-fn already_shredded(file: &std::fs::File, zone: &[u8], at: LogOffset) -> bool {
-    if zone.is_empty() || !super::region_holds(file, at, zone.len(), zone[0]) {
+/// MARGAY PATCH (see the shred in `advance_snapshot`): whether the `len`
+/// bytes at `at` already all hold `byte`, written out to the device.
+fn already_shredded(
+    file: &std::fs::File,
+    len: usize,
+    byte: u8,
+    at: LogOffset,
+) -> bool {
+    if len == 0 || !super::region_holds(file, at, len, byte) {
         return false;
     }
     #[cfg(target_os = "linux")]
@@ -466,7 +479,7 @@ fn already_shredded(file: &std::fs::File, zone: &[u8], at: LogOffset) -> bool {
             libc::sync_file_range(
                 file.as_raw_fd(),
                 i64::try_from(at).unwrap(),
-                i64::try_from(zone.len()).unwrap(),
+                i64::try_from(len).unwrap(),
                 libc::SYNC_FILE_RANGE_WAIT_BEFORE
                     | libc::SYNC_FILE_RANGE_WRITE
                     | libc::SYNC_FILE_RANGE_WAIT_AFTER,
