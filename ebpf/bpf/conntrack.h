@@ -197,23 +197,11 @@ static __always_inline void ct_create(const struct packet *p, const struct endpo
 static __always_inline struct ct_entry *ct_related(struct __sk_buff *skb, const struct packet *p,
 						   __u32 ifindex)
 {
-	if (p->proto != IPPROTO_ICMP || p->fragment)
-		return NULL;
-	if (p->icmp_type != ICMP_DEST_UNREACH && p->icmp_type != ICMP_TIME_EXCEEDED &&
-	    p->icmp_type != ICMP_PARAMETERPROB)
-		return NULL;
-	struct {
-		struct iphdr ip;
-		__be16 sport;
-		__be16 dport;
-	} inner;
-	if (bpf_skb_load_bytes(skb, p->l4_off + sizeof(struct icmphdr), &inner, sizeof(inner)) < 0)
-		return NULL;
-	if (inner.ip.ihl != 5) /* options in the quote: not worth chasing */
+	struct icmp_quote q;
+	if (!icmp_error_quote(skb, p, &q))
 		return NULL;
 	struct ct_key k;
-	ct_key_fill(&k, inner.ip.saddr, inner.ip.daddr, inner.sport, inner.dport, inner.ip.protocol,
-		    ifindex);
+	ct_key_fill(&k, q.ip.saddr, q.ip.daddr, q.sport, q.dport, q.ip.protocol, ifindex);
 	struct ct_entry *e = bpf_map_lookup_elem(&conntrack, &k);
-	return e && !ct_expired(e, flow_clock(), inner.ip.protocol) ? e : NULL;
+	return e && !ct_expired(e, flow_clock(), q.ip.protocol) ? e : NULL;
 }

@@ -140,7 +140,7 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 		int rev = nat_reverse(skb, p);
 		if (rev == NAT_FAILED)
 			return drop(p, e->slot, ifindex, DIR_EGRESS, DROP_NAT);
-		if (rev != NAT_REVERSED)
+		if (rev != NAT_TRANSLATED)
 			return TC_ACT_OK;
 		if (p->daddr == e->pod_ip) /* hairpin: the entry knows the pod */
 			return p->ttl > 1 ? redirect_to_pod(skb, p, ifindex, e->pod_mac) : TC_ACT_OK;
@@ -213,6 +213,10 @@ int from_pod(struct __sk_buff *skb)
 	}
 	if (lb == LB_FAILED)
 		return drop(&p, slot, ifindex, DIR_EGRESS, DROP_NAT);
+	/* An error this pod's kernel sends about a service's reply is the
+	 * backend's to hear (its own ingress then passes it as related). */
+	if (lb == LB_NONE && nat_forward_icmp_error(skb, &p) == NAT_FAILED)
+		return drop(&p, slot, ifindex, DIR_EGRESS, DROP_NAT);
 
 	/* The short path looked this very tuple up unless it was translated. */
 	if (!ct_missed || lb == LB_TRANSLATED) {
@@ -247,7 +251,7 @@ int from_pod(struct __sk_buff *skb)
 		int rev = nat_reverse_icmp_error(skb, &p);
 		if (rev == NAT_FAILED)
 			return drop(&p, slot, ifindex, DIR_EGRESS, DROP_NAT);
-		if (rev == NAT_REVERSED)
+		if (rev == NAT_TRANSLATED)
 			return redirect_by_fib(skb, &p);
 		return to_elsewhere(skb, &p);
 	}
@@ -304,7 +308,8 @@ int to_pod(struct __sk_buff *skb)
  * ClusterIP does, its source kept (the backend sees the real client); the
  * kernel then routes it to the backend, whose to_pod applies its ingress
  * policy and whose from_pod turns the replies back into the NodePort's.
- * Everything else is the node's own traffic and passes untouched. */
+ * ICMP errors about such a flow follow it to the backend. Everything else
+ * is the node's own traffic and passes untouched. */
 SEC("classifier")
 int from_net(struct __sk_buff *skb)
 {
@@ -315,17 +320,25 @@ int from_net(struct __sk_buff *skb)
 	struct lb_flow flow = {.external = true};
 	int lb = lb_translate(skb, &p, &flow);
 	switch (lb) {
-	case LB_NONE:
-		return TC_ACT_OK;
+	case LB_NONE: {
+		/* An error the client's kernel sends about a NodePort's reply
+		 * goes to the backend, as the rest of its flow does. */
+		int fwd = nat_forward_icmp_error(skb, &p);
+		if (fwd == NAT_FAILED)
+			return drop(&p, NODE_SLOT, ifindex, DIR_INGRESS, DROP_NAT);
+		if (fwd != NAT_TRANSLATED)
+			return TC_ACT_OK;
+		break;
+	}
 	case LB_NO_BACKEND:
 		count_drop(&p, NODE_SLOT, ifindex, DIR_INGRESS, DROP_NO_BACKEND);
 		return reject_port_unreachable(skb, &p, REJECT_BACK_OUT);
 	case LB_FAILED:
 		return drop(&p, NODE_SLOT, ifindex, DIR_INGRESS, DROP_NAT);
 	default:
+		lb_record(&flow, p.proto);
 		break;
 	}
-	lb_record(&flow, p.proto);
 	count_allowed(NODE_SLOT, DIR_INGRESS, p.len);
 	if (local_endpoint_ifindex(p.daddr))
 		return TC_ACT_OK;
@@ -335,7 +348,7 @@ int from_net(struct __sk_buff *skb)
 	struct node_config *cfg = node_settings();
 	if (!peer || !cfg)
 		return TC_ACT_OK;
-	if (cfg->external_mode == EXT_MODE_DSR)
+	if (cfg->external_mode == EXT_MODE_DSR && lb == LB_TRANSLATED)
 		return tunnel_send(skb, peer->node, vni_dsr(flow.frontend_port, p.proto));
 	return tunnel_send(skb, peer->node, VNI_POD);
 }
@@ -369,5 +382,5 @@ int from_tunnel(struct __sk_buff *skb)
 	int rev = nat_reverse(skb, &p);
 	if (rev == NAT_FAILED)
 		return drop(&p, NODE_SLOT, skb->ifindex, DIR_INGRESS, DROP_NAT);
-	return rev == NAT_REVERSED ? redirect_by_fib(skb, &p) : TC_ACT_OK;
+	return rev == NAT_TRANSLATED ? redirect_by_fib(skb, &p) : TC_ACT_OK;
 }

@@ -160,18 +160,19 @@ static __always_inline void nat_record_dsr(const struct packet *p, __be32 node, 
 	bpf_map_update_elem(&nat, &k, &rev, BPF_ANY);
 }
 
-enum nat_reverse_result {
-	NAT_REVERSED = 0,
+enum nat_result {
+	NAT_TRANSLATED = 0,
 	NAT_NO_ENTRY,
 	NAT_FAILED,
 };
 
-/* Writes `len` (2 or 4) bytes at `off` of an ICMP error's quote, fixing
- * the checksum at `csum_off`: the quoted IP header's own for an address
+/* Writes `len` (2 or 4) bytes at `off` of an ICMP error, fixing the
+ * checksum at `csum_off`: the quoted IP header's own for a quoted address
  * (which keeps the ICMP checksum right, the header's sum being unchanged),
- * the ICMP checksum for a port. */
-static __always_inline int icmp_quote_store(struct __sk_buff *skb, __u32 off, __u32 csum_off,
-					    __be32 from, __be32 to, __u32 len)
+ * the ICMP checksum for a quoted port, the outer IP header's for an outer
+ * address (ICMP has no pseudo-header). All sum-neutral over the packet. */
+static __always_inline int icmp_store(struct __sk_buff *skb, __u32 off, __u32 csum_off,
+				      __be32 from, __be32 to, __u32 len)
 {
 	if (from == to)
 		return 0;
@@ -179,6 +180,16 @@ static __always_inline int icmp_quote_store(struct __sk_buff *skb, __u32 off, __
 		return -1;
 	return bpf_skb_store_bytes(skb, off, &to, len, 0);
 }
+
+#define QUOTE_SADDR(p) (icmp_quote_off(p) + __builtin_offsetof(struct iphdr, saddr))
+#define QUOTE_DADDR(p) (icmp_quote_off(p) + __builtin_offsetof(struct iphdr, daddr))
+#define QUOTE_CSUM(p) (icmp_quote_off(p) + __builtin_offsetof(struct iphdr, check))
+#define QUOTE_SPORT(p) (icmp_quote_off(p) + sizeof(struct iphdr))
+#define QUOTE_DPORT(p) (icmp_quote_off(p) + sizeof(struct iphdr) + 2)
+#define ICMP_CSUM(p) ((p)->l4_off + __builtin_offsetof(struct icmphdr, checksum))
+#define OUTER_SADDR (ETH_HLEN + __builtin_offsetof(struct iphdr, saddr))
+#define OUTER_DADDR (ETH_HLEN + __builtin_offsetof(struct iphdr, daddr))
+#define OUTER_CSUM (ETH_HLEN + __builtin_offsetof(struct iphdr, check))
 
 /* An ICMP error quoting a translated flow's packet (client -> backend),
  * from the backend or from a router on the way (port unreachable, needs
@@ -191,51 +202,59 @@ static __always_inline int icmp_quote_store(struct __sk_buff *skb, __u32 off, __
  * quote may not even reach it (8 bytes are all a router must return). */
 static __always_inline int nat_reverse_icmp_error(struct __sk_buff *skb, struct packet *p)
 {
-	if (p->proto != IPPROTO_ICMP || p->fragment ||
-	    (p->icmp_type != ICMP_DEST_UNREACH && p->icmp_type != ICMP_TIME_EXCEEDED &&
-	     p->icmp_type != ICMP_PARAMETERPROB))
-		return NAT_NO_ENTRY;
-	__u32 quote = p->l4_off + sizeof(struct icmphdr);
-	struct {
-		struct iphdr ip;
-		__be16 sport;
-		__be16 dport;
-	} in;
-	if (bpf_skb_load_bytes(skb, quote, &in, sizeof(in)) < 0 || in.ip.ihl != 5 ||
-	    (in.ip.protocol != IPPROTO_TCP && in.ip.protocol != IPPROTO_UDP))
+	struct icmp_quote q;
+	if (!icmp_error_quote(skb, p, &q) ||
+	    (q.ip.protocol != IPPROTO_TCP && q.ip.protocol != IPPROTO_UDP))
 		return NAT_NO_ENTRY;
 	struct nat_key k;
-	nat_key_fill(&k, in.ip.daddr, in.ip.saddr, in.dport, in.sport, in.ip.protocol, NAT_REV);
+	nat_key_fill(&k, q.ip.daddr, q.ip.saddr, q.dport, q.sport, q.ip.protocol, NAT_REV);
 	struct nat_entry *rev = bpf_map_lookup_elem(&nat, &k);
 	if (!rev)
 		return NAT_NO_ENTRY;
 	__be32 frontend = rev->addr, client = rev->peer;
 	__be16 frontend_port = rev->port;
-	__u32 quote_csum = quote + __builtin_offsetof(struct iphdr, check);
-	__u32 ip_csum = ETH_HLEN + __builtin_offsetof(struct iphdr, check);
-	__u32 icmp_csum = p->l4_off + __builtin_offsetof(struct icmphdr, checksum);
-	if (icmp_quote_store(skb, quote + __builtin_offsetof(struct iphdr, daddr), quote_csum,
-			     in.ip.daddr, frontend, 4) < 0 ||
-	    icmp_quote_store(skb, quote + sizeof(struct iphdr) + 2, icmp_csum, in.dport,
-			     frontend_port, 2) < 0)
+	if (icmp_store(skb, QUOTE_DADDR(p), QUOTE_CSUM(p), q.ip.daddr, frontend, 4) < 0 ||
+	    icmp_store(skb, QUOTE_DPORT(p), ICMP_CSUM(p), q.dport, frontend_port, 2) < 0)
 		return NAT_FAILED;
 	/* A hairpin: the quote's source and the error's destination are the
 	 * hairpin address, the client's own to the client. */
-	if (client &&
-	    (icmp_quote_store(skb, quote + __builtin_offsetof(struct iphdr, saddr), quote_csum,
-			      in.ip.saddr, client, 4) < 0 ||
-	     icmp_quote_store(skb, ETH_HLEN + __builtin_offsetof(struct iphdr, daddr), ip_csum,
-			      p->daddr, client, 4) < 0))
-		return NAT_FAILED;
-	if (client)
+	if (client) {
+		if (icmp_store(skb, QUOTE_SADDR(p), QUOTE_CSUM(p), q.ip.saddr, client, 4) < 0 ||
+		    icmp_store(skb, OUTER_DADDR, OUTER_CSUM, p->daddr, client, 4) < 0)
+			return NAT_FAILED;
 		p->daddr = client;
-	if (p->saddr == in.ip.daddr) {
-		if (icmp_quote_store(skb, ETH_HLEN + __builtin_offsetof(struct iphdr, saddr), ip_csum,
-				     p->saddr, frontend, 4) < 0)
+	}
+	if (p->saddr == q.ip.daddr) {
+		if (icmp_store(skb, OUTER_SADDR, OUTER_CSUM, p->saddr, frontend, 4) < 0)
 			return NAT_FAILED;
 		p->saddr = frontend;
 	}
-	return NAT_REVERSED;
+	return NAT_TRANSLATED;
+}
+
+/* The other way: an ICMP error a client sends about a service's reply
+ * (frontend -> client, as the client saw it; its socket had gone, say) is
+ * about the backend's flow, and goes to the backend, quoting it as the
+ * backend sent it. A hairpin's is left as it is. */
+static __always_inline int nat_forward_icmp_error(struct __sk_buff *skb, struct packet *p)
+{
+	struct icmp_quote q;
+	if (!icmp_error_quote(skb, p, &q) ||
+	    (q.ip.protocol != IPPROTO_TCP && q.ip.protocol != IPPROTO_UDP))
+		return NAT_NO_ENTRY;
+	struct nat_key k;
+	nat_key_fill(&k, q.ip.daddr, q.ip.saddr, q.dport, q.sport, q.ip.protocol, NAT_FWD);
+	struct nat_entry *fwd = bpf_map_lookup_elem(&nat, &k);
+	if (!fwd || fwd->peer || p->daddr != q.ip.saddr)
+		return NAT_NO_ENTRY;
+	__be32 backend = fwd->addr;
+	__be16 backend_port = fwd->port;
+	if (icmp_store(skb, QUOTE_SADDR(p), QUOTE_CSUM(p), q.ip.saddr, backend, 4) < 0 ||
+	    icmp_store(skb, QUOTE_SPORT(p), ICMP_CSUM(p), q.sport, backend_port, 2) < 0 ||
+	    icmp_store(skb, OUTER_DADDR, OUTER_CSUM, p->daddr, backend, 4) < 0)
+		return NAT_FAILED;
+	p->daddr = backend;
+	return NAT_TRANSLATED;
 }
 
 /* Turns a backend's reply back into the frontend's: source := frontend,
@@ -258,5 +277,5 @@ static __always_inline int nat_reverse(struct __sk_buff *skb, struct packet *p)
 		return NAT_FAILED;
 	if (nat_rewrite(skb, p, true, frontend, frontend_port) < 0)
 		return NAT_FAILED;
-	return NAT_REVERSED;
+	return NAT_TRANSLATED;
 }

@@ -114,3 +114,31 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct packet *p)
 	}
 	return PARSED_IPV4;
 }
+
+/* The header an ICMP error quotes: the packet it is about, as that packet
+ * was when the error's sender saw it, and its ports. */
+struct icmp_quote {
+	struct iphdr ip;
+	__be16 sport;
+	__be16 dport;
+};
+
+/* Offset of an ICMP error's quoted IP header, from the frame's start. */
+static __always_inline __u32 icmp_quote_off(const struct packet *p)
+{
+	return p->l4_off + sizeof(struct icmphdr);
+}
+
+/* Loads the quote of an ICMP error (destination unreachable, time
+ * exceeded, parameter problem) into `q`; false for any other packet, and
+ * for a quote with IP options (not worth chasing). */
+static __always_inline bool icmp_error_quote(struct __sk_buff *skb, const struct packet *p,
+					     struct icmp_quote *q)
+{
+	if (p->proto != IPPROTO_ICMP || p->fragment)
+		return false;
+	if (p->icmp_type != ICMP_DEST_UNREACH && p->icmp_type != ICMP_TIME_EXCEEDED &&
+	    p->icmp_type != ICMP_PARAMETERPROB)
+		return false;
+	return bpf_skb_load_bytes(skb, icmp_quote_off(p), q, sizeof(*q)) == 0 && q->ip.ihl == 5;
+}

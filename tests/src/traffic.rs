@@ -271,6 +271,36 @@ pub fn udp_request(ns: Option<&NetNs>, addr: SocketAddr) -> std::io::Result<Stri
     })
 }
 
+/// A UDP exchange between a client in `client_ns` and `backend` (a bound
+/// socket in its pod), reached through `addr` (a service): the client asks,
+/// the backend answers, then the client's socket goes and the backend
+/// sends again. Returns what the backend's socket then says: the client's
+/// kernel answers port unreachable, which a backend hearing of it as
+/// being about its own flow turns into `ConnectionRefused`.
+pub fn backend_talks_after_the_client_left(
+    backend: &std::net::UdpSocket,
+    client_ns: Option<&NetNs>,
+    addr: SocketAddr,
+) -> std::io::Result<()> {
+    backend.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let client = in_netns(client_ns, move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        s.connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        Ok::<_, std::io::Error>(s)
+    })?;
+    client.send(b"hello")?;
+    let mut buf = [0u8; 64];
+    let (_, from) = backend.recv_from(&mut buf)?;
+    backend.connect(from)?;
+    backend.send(b"one")?;
+    let n = client.recv(&mut buf)?;
+    assert_eq!(&buf[..n], b"one", "the backend's answer reaches the client");
+    drop(client);
+    backend.send(b"two")?;
+    backend.recv(&mut buf).map(|_| ())
+}
+
 /// Sends, from inside `ns`, a UDP datagram whose IPv4 source address is
 /// forged to `src` (a raw socket with our own IP header), as a pod trying
 /// to spoof would.

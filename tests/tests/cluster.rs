@@ -232,3 +232,45 @@ fn node_ports_reach_local_backends_with_the_client_address_kept() {
     c.a.apply("services", json!({"services": []})).unwrap();
     assert!(traffic::request(Some(&c.client), SocketAddr::from((node, 30080))).is_err());
 }
+
+/// An external client's kernel answering a NodePort's reply with port
+/// unreachable (its socket gone): the error follows the flow to the
+/// backend, on this node and, through the tunnel, on the other one.
+#[test]
+fn an_icmp_error_from_an_external_client_reaches_the_backend() {
+    require_root!(an_icmp_error_from_an_external_client_reaches_the_backend);
+    let c = Cluster::new(6);
+    let (pod_a, ip_a) = c.a.pod("pa").unwrap();
+    let (pod_b, ip_b) = c.b.pod("pb").unwrap();
+    for node in [&c.a, &c.b] {
+        node.ctl(&["node", "attach", "--iface", "eth0"]).unwrap();
+    }
+    c.know_each_other(false).unwrap();
+    let bind = |ns| traffic::in_netns(Some(ns), || std::net::UdpSocket::bind("0.0.0.0:0").unwrap());
+    let (local, remote) = (bind(&pod_a), bind(&pod_b));
+    let port = |s: &std::net::UdpSocket| s.local_addr().unwrap().port();
+    let services = json!({"services": [
+        {"name": "x/here", "vip": "10.96.36.10", "port": 53, "protocol": "udp",
+         "node_port": 30053, "backends": [format!("{ip_a}:{}", port(&local))]},
+        {"name": "x/there", "vip": "10.96.36.10", "port": 54, "protocol": "udp",
+         "node_port": 30054, "backends": [format!("{ip_b}:{}", port(&remote))]},
+    ]});
+    c.a.apply("services", services.clone()).unwrap();
+    c.b.apply("services", services).unwrap();
+    for (backend, node_port, where_) in [
+        (&local, 30053, "this node"),
+        (&remote, 30054, "the other node"),
+    ] {
+        let err = traffic::backend_talks_after_the_client_left(
+            backend,
+            Some(&c.client),
+            SocketAddr::from((c.a.addr, node_port)),
+        )
+        .expect_err("the client's socket is gone");
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "backend on {where_}: the client's port unreachable reaches it ({err})"
+        );
+    }
+}

@@ -343,6 +343,38 @@ fn an_icmp_error_from_a_backend_reaches_the_client_as_the_services() {
     );
 }
 
+/// The other way: a service's reply finding the client's socket gone is
+/// answered by the client's kernel with port unreachable quoting the reply
+/// as it saw it (from the service); the backend must hear of it as being
+/// about its own flow.
+#[test]
+fn an_icmp_error_from_the_client_reaches_the_backend_as_its_own_flows() {
+    require_root!(an_icmp_error_from_the_client_reaches_the_backend_as_its_own_flows);
+    let net = Net::new(NetSpec::bpf("10.245.12.0/24"));
+    let (client, b) = (net.pod("cli"), net.pod("b"));
+    let server = in_netns(Some(&b.ns), || {
+        std::net::UdpSocket::bind("0.0.0.0:0").unwrap()
+    });
+    let vip = Ipv4Addr::new(10, 96, 12, 10);
+    let port = server.local_addr().unwrap().port();
+    apply(
+        &net,
+        json!([{"name": "default/talk", "vip": vip, "port": 53, "protocol": "udp",
+                "backends": [backend(v4(&b), port)]}]),
+    );
+    let err = traffic::backend_talks_after_the_client_left(
+        &server,
+        Some(&client.ns),
+        SocketAddr::from((vip, 53)),
+    )
+    .expect_err("the client's socket is gone");
+    assert_eq!(
+        err.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "the client's port unreachable reaches the backend's socket ({err})"
+    );
+}
+
 #[test]
 fn a_service_without_backends_refuses_at_once_and_says_why() {
     require_root!(a_service_without_backends_refuses_at_once_and_says_why);
