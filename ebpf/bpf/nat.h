@@ -191,6 +191,20 @@ static __always_inline int icmp_store(struct __sk_buff *skb, __u32 off, __u32 cs
 #define OUTER_DADDR (ETH_HLEN + __builtin_offsetof(struct iphdr, daddr))
 #define OUTER_CSUM (ETH_HLEN + __builtin_offsetof(struct iphdr, check))
 
+/* The translation of `kind` (NAT_REV, NAT_FWD) whose key is the reply to
+ * the packet an ICMP error quotes (loaded into `q`), or NULL. */
+static __always_inline struct nat_entry *icmp_quote_translation(struct __sk_buff *skb,
+								const struct packet *p,
+								struct icmp_quote *q, __u8 kind)
+{
+	if (!icmp_error_quote(skb, p, q) ||
+	    (q->ip.protocol != IPPROTO_TCP && q->ip.protocol != IPPROTO_UDP))
+		return NULL;
+	struct nat_key k;
+	nat_key_fill(&k, q->ip.daddr, q->ip.saddr, q->dport, q->sport, q->ip.protocol, kind);
+	return bpf_map_lookup_elem(&nat, &k);
+}
+
 /* An ICMP error quoting a translated flow's packet (client -> backend),
  * from the backend or from a router on the way (port unreachable, needs
  * fragmentation): the client's kernel matches it to a socket by the quote,
@@ -203,12 +217,7 @@ static __always_inline int icmp_store(struct __sk_buff *skb, __u32 off, __u32 cs
 static __always_inline int nat_reverse_icmp_error(struct __sk_buff *skb, struct packet *p)
 {
 	struct icmp_quote q;
-	if (!icmp_error_quote(skb, p, &q) ||
-	    (q.ip.protocol != IPPROTO_TCP && q.ip.protocol != IPPROTO_UDP))
-		return NAT_NO_ENTRY;
-	struct nat_key k;
-	nat_key_fill(&k, q.ip.daddr, q.ip.saddr, q.dport, q.sport, q.ip.protocol, NAT_REV);
-	struct nat_entry *rev = bpf_map_lookup_elem(&nat, &k);
+	struct nat_entry *rev = icmp_quote_translation(skb, p, &q, NAT_REV);
 	if (!rev)
 		return NAT_NO_ENTRY;
 	__be32 frontend = rev->addr, client = rev->peer;
@@ -239,12 +248,7 @@ static __always_inline int nat_reverse_icmp_error(struct __sk_buff *skb, struct 
 static __always_inline int nat_forward_icmp_error(struct __sk_buff *skb, struct packet *p)
 {
 	struct icmp_quote q;
-	if (!icmp_error_quote(skb, p, &q) ||
-	    (q.ip.protocol != IPPROTO_TCP && q.ip.protocol != IPPROTO_UDP))
-		return NAT_NO_ENTRY;
-	struct nat_key k;
-	nat_key_fill(&k, q.ip.daddr, q.ip.saddr, q.dport, q.sport, q.ip.protocol, NAT_FWD);
-	struct nat_entry *fwd = bpf_map_lookup_elem(&nat, &k);
+	struct nat_entry *fwd = icmp_quote_translation(skb, p, &q, NAT_FWD);
 	if (!fwd || fwd->peer || p->daddr != q.ip.saddr)
 		return NAT_NO_ENTRY;
 	__be32 backend = fwd->addr;
