@@ -128,8 +128,8 @@ enum NatAction {
 #[derive(Subcommand)]
 enum NodeAction {
     /// Put `from_net` on a data interface and open NodePorts on its IPv4
-    /// addresses (re-apply the services afterwards); set up the tunnel to
-    /// other nodes.
+    /// addresses (those of services applied already too); set up the
+    /// tunnel to other nodes.
     Attach {
         #[arg(long)]
         iface: String,
@@ -498,11 +498,13 @@ fn run(cli: Cli) -> Result<(), String> {
             let mut node = Node::open_pinned_as_is(root).map_err(err)?;
             let addrs = node.attach_data_iface(root, &iface).map_err(err)?;
             cluster::setup_tunnel(&mut node, root, external_mode).map_err(err)?;
+            let opened = service::refresh_node_ports(root).map_err(|e| e.to_string())?;
             let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
             emit(format!(
-                "from_net attached to {iface}; NodePorts answer on {} once services are (re-)applied; \
-                 backends on other nodes through {} ({external_mode:?})",
+                "from_net attached to {iface}; NodePorts answer on {} ({} frontends of applied \
+                 services opened); backends on other nodes through {} ({external_mode:?})",
                 addrs.join(", "),
+                opened.added,
                 cluster::TUNNEL_DEVICE
             ));
         }
@@ -524,7 +526,11 @@ fn run(cli: Cli) -> Result<(), String> {
             action: NodeAction::Detach { iface },
         } => {
             node::detach_data_iface(root, &iface).map_err(err)?;
-            emit(format!("from_net detached from {iface}"));
+            let closed = service::refresh_node_ports(root).map_err(|e| e.to_string())?;
+            emit(format!(
+                "from_net detached from {iface} ({} NodePort frontends closed)",
+                closed.removed
+            ));
         }
         Cmd::Node {
             action: NodeAction::Show,

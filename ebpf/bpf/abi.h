@@ -155,6 +155,9 @@ struct svc_filter {
 #define SVC_F_AFFINITY 0x1   /* sessionAffinity: ClientIP */
 #define SVC_F_LOCAL_ONLY 0x2 /* externalTrafficPolicy: Local: local backends only */
 #define SVC_F_NODE_PORT 0x4  /* a NodePort on a node address (for listings) */
+/* On a ClusterIP frontend: its service's NodePorts are
+ * externalTrafficPolicy: Local (userspace's record, as node_port is). */
+#define SVC_F_EXTERNAL_LOCAL 0x8
 
 struct svc_key {
 	__be32 addr;
@@ -168,7 +171,9 @@ struct svc_value {
 	__u16 count;      /* backends in the current generation */
 	__u16 generation; /* 0 or 1 */
 	__u16 flags;      /* SVC_F_* */
-	__u16 reserved16;
+	/* On a ClusterIP frontend: its service's NodePort (0: none), so that
+	 * userspace can open it on node addresses attached later. */
+	__u16 node_port;
 	__u32 affinity_timeout_s;
 	__u32 reserved[2];
 };

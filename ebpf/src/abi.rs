@@ -63,6 +63,7 @@ pub const PEER_F_ENCAP: u32 = 0x1;
 pub const SVC_F_AFFINITY: u16 = 0x1;
 pub const SVC_F_LOCAL_ONLY: u16 = 0x2;
 pub const SVC_F_NODE_PORT: u16 = 0x4;
+pub const SVC_F_EXTERNAL_LOCAL: u16 = 0x8;
 pub const NAT_FWD: u8 = 1;
 pub const NAT_REV: u8 = 2;
 pub const NAT_F_AT_BACKEND: u32 = 0x1;
@@ -300,7 +301,8 @@ pub struct SvcValue {
     pub count: u16,
     pub generation: u16,
     pub flags: u16,
-    pub reserved16: u16,
+    /// On a ClusterIP frontend: its service's NodePort (0: none).
+    pub node_port: u16,
     pub affinity_timeout_s: u32,
     pub reserved: [u32; 2],
 }

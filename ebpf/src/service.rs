@@ -40,8 +40,8 @@ use margay_conf::lock::FileLock;
 use serde::{Deserialize, Serialize};
 
 use crate::abi::{
-    Backend, BackendKey, SVC_F_AFFINITY, SVC_F_LOCAL_ONLY, SVC_F_NODE_PORT, SvcFilter, SvcKey,
-    SvcMeta, SvcValue,
+    Backend, BackendKey, SVC_F_AFFINITY, SVC_F_EXTERNAL_LOCAL, SVC_F_LOCAL_ONLY, SVC_F_NODE_PORT,
+    SvcFilter, SvcKey, SvcMeta, SvcValue,
 };
 use crate::error::DataplaneError;
 use crate::maps::{self, Layout, map_path};
@@ -206,14 +206,20 @@ impl ServiceSpec {
     /// The frontends this service makes on a node with `node_addrs`,
     /// whose local pods are `local` (for `external_traffic_policy: local`).
     fn frontends(&self, node_addrs: &[Ipv4Addr], local: &HashSet<Ipv4Addr>) -> Vec<Wanted<'_>> {
+        let local_only = self.external_traffic_policy == TrafficPolicy::Local;
         let cluster_ip = Wanted {
             key: self.key(),
             spec: self,
             backends: self.backends.clone(),
-            flags: self.flags(),
+            flags: self.flags()
+                | if local_only && self.node_port.is_some() {
+                    SVC_F_EXTERNAL_LOCAL
+                } else {
+                    0
+                },
+            node_port: self.node_port.unwrap_or(0),
         };
-        let node_ports = self.node_port.into_iter().flat_map(|port| {
-            let local_only = self.external_traffic_policy == TrafficPolicy::Local;
+        let node_ports = self.node_port.into_iter().flat_map(move |port| {
             let backends: Vec<SocketAddrV4> = self
                 .backends
                 .iter()
@@ -227,6 +233,7 @@ impl ServiceSpec {
                 spec: self,
                 backends: backends.clone(),
                 flags,
+                node_port: 0,
             })
         });
         std::iter::once(cluster_ip).chain(node_ports).collect()
@@ -322,6 +329,8 @@ struct Wanted<'a> {
     spec: &'a ServiceSpec,
     backends: Vec<SocketAddrV4>,
     flags: u16,
+    /// The ClusterIP frontend's record of the service's NodePort.
+    node_port: u16,
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
@@ -481,11 +490,68 @@ fn reslot(current: &[SocketAddrV4], desired: &[SocketAddrV4]) -> Vec<SocketAddrV
 /// node.
 pub fn apply(root: &Path, specs: &[ServiceSpec]) -> Result<ApplyReport, ServiceError> {
     validate(specs)?;
-    let _lock = FileLock::acquire(
+    let _lock = services_lock(root)?;
+    apply_locked(root, specs)
+}
+
+/// Re-applies the installed services for the node's current NodePort
+/// addresses (after `node attach` or `detach`): NodePorts open on an
+/// address attached after the services were applied, and close on one
+/// detached. Everything else is left as it is.
+pub fn refresh_node_ports(root: &Path) -> Result<ApplyReport, ServiceError> {
+    let _lock = services_lock(root)?;
+    let specs = installed_specs(&Maps::open(root)?)?;
+    apply_locked(root, &specs)
+}
+
+fn services_lock(root: &Path) -> Result<FileLock, DataplaneError> {
+    Ok(FileLock::acquire(
         &crate::node::lock_path(root, "services"),
         Duration::from_secs(30),
-    )
-    .map_err(DataplaneError::from)?;
+    )?)
+}
+
+/// The services the maps hold, as specs: one per ClusterIP frontend, its
+/// NodePort from the frontend's record or, for frontends written before
+/// that record existed, from a NodePort frontend of the same name.
+fn installed_specs(maps: &Maps) -> Result<Vec<ServiceSpec>, DataplaneError> {
+    let installed = maps.installed()?;
+    let node_ports: HashMap<(&str, u8), u16> = installed
+        .iter()
+        .filter(|(_, i)| i.value.flags & SVC_F_NODE_PORT != 0)
+        .map(|(k, i)| ((i.name.as_str(), k.proto), u16::from_be_bytes(k.port)))
+        .collect();
+    let mut specs = Vec::new();
+    for (key, i) in installed.iter() {
+        let flags = i.value.flags;
+        if flags & SVC_F_NODE_PORT != 0 {
+            continue;
+        }
+        let Some(protocol) = Protocol::from_number(key.proto) else {
+            continue;
+        };
+        let node_port = Some(i.value.node_port)
+            .filter(|p| *p != 0)
+            .or_else(|| node_ports.get(&(i.name.as_str(), key.proto)).copied());
+        specs.push(ServiceSpec {
+            name: i.name.clone(),
+            vip: Ipv4Addr::from(key.addr),
+            port: u16::from_be_bytes(key.port),
+            protocol,
+            backends: i.backends.clone(),
+            affinity_timeout: (flags & SVC_F_AFFINITY != 0).then_some(i.value.affinity_timeout_s),
+            node_port,
+            external_traffic_policy: if flags & SVC_F_EXTERNAL_LOCAL != 0 {
+                TrafficPolicy::Local
+            } else {
+                TrafficPolicy::Cluster
+            },
+        });
+    }
+    Ok(specs)
+}
+
+fn apply_locked(root: &Path, specs: &[ServiceSpec]) -> Result<ApplyReport, ServiceError> {
     let node_addrs: Vec<Ipv4Addr> = crate::node::data_ifaces(root)?
         .into_iter()
         .map(|d| d.address)
@@ -579,8 +645,9 @@ pub fn apply(root: &Path, specs: &[ServiceSpec]) -> Result<ApplyReport, ServiceE
             Some(old) => {
                 let slots = reslot(&old.backends, &w.backends);
                 let same_backends = slots == old.backends;
-                let same_settings =
-                    old.value.flags == w.flags && old.value.affinity_timeout_s == timeout;
+                let same_settings = old.value.flags == w.flags
+                    && old.value.affinity_timeout_s == timeout
+                    && old.value.node_port == w.node_port;
                 if old.name != w.spec.name {
                     maps.names
                         .insert(old.value.id, meta_of(&w.spec.name), 0)
@@ -602,6 +669,7 @@ pub fn apply(root: &Path, specs: &[ServiceSpec]) -> Result<ApplyReport, ServiceE
                     generation,
                     flags: w.flags,
                     affinity_timeout_s: timeout,
+                    node_port: w.node_port,
                     ..old.value
                 };
                 maps.frontends
@@ -627,6 +695,7 @@ pub fn apply(root: &Path, specs: &[ServiceSpec]) -> Result<ApplyReport, ServiceE
                     count: w.backends.len() as u16,
                     flags: w.flags,
                     affinity_timeout_s: timeout,
+                    node_port: w.node_port,
                     ..SvcValue::default()
                 };
                 maps.frontends

@@ -79,9 +79,11 @@ pub fn data_ifaces(
     } else {
         Vec::new()
     };
+    let mut detached = false;
     for stale in current.iter().filter(|n| !wanted.contains(n)) {
         if !dry_run {
             margay_ebpf::node::detach_data_iface(root, stale)?;
+            detached = true;
         }
         log.push(format!(
             "{stale} is no longer a data interface: from_net detached"
@@ -102,6 +104,9 @@ pub fn data_ifaces(
         return Ok(log);
     }
     if wanted.is_empty() {
+        if detached {
+            refresh_node_ports(root, &mut log)?;
+        }
         return Ok(log);
     }
     let mut node = Node::open(root, settings)?;
@@ -121,7 +126,22 @@ pub fn data_ifaces(
         "{} up: backends on other nodes are reached in {mode:?} mode",
         margay_ebpf::cluster::TUNNEL_DEVICE
     ));
+    refresh_node_ports(root, &mut log)?;
     Ok(log)
+}
+
+/// Opens (and closes) the NodePorts of services already applied on the
+/// node's data interfaces as they are now.
+fn refresh_node_ports(root: &Path, log: &mut Vec<String>) -> anyhow::Result<()> {
+    let report = margay_ebpf::service::refresh_node_ports(root)
+        .map_err(|e| anyhow::anyhow!("opening the NodePorts of applied services: {e}"))?;
+    if report.added + report.removed > 0 {
+        log.push(format!(
+            "services already applied: {} NodePort frontends opened, {} closed",
+            report.added, report.removed
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

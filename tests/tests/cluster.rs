@@ -141,12 +141,6 @@ fn node_ports_reach_local_backends_with_the_client_address_kept() {
         TcpServer::start(Some(&b2), "b2"),
     );
     let u1 = UdpServer::start(Some(&b1), "b1");
-    let attached = c.a.ctl(&["node", "attach", "--iface", "eth0"]).unwrap();
-    assert!(attached.contains(&c.a.addr.to_string()), "{attached}");
-    let shown: Value =
-        serde_json::from_str(&c.a.ctl(&["--json", "node", "show"]).unwrap()).unwrap();
-    assert_eq!(shown["data_ifaces"][0]["ifname"], "eth0");
-
     let vip = "10.96.10.10";
     let far = "10.245.210.9:8080"; // on no node
     c.a.apply(
@@ -165,8 +159,21 @@ fn node_ports_reach_local_backends_with_the_client_address_kept() {
         ]}),
     )
     .unwrap();
-    let listed = margay_ebpf::service::list(c.a.bpf.path()).unwrap();
-    assert_eq!(listed.iter().filter(|r| r.kind == "node-port").count(), 5);
+    let node_ports = || {
+        margay_ebpf::service::list(c.a.bpf.path())
+            .unwrap()
+            .iter()
+            .filter(|r| r.kind == "node-port")
+            .count()
+    };
+    assert_eq!(node_ports(), 0, "no data interface yet");
+    // Attached after the services were applied: their NodePorts open.
+    let attached = c.a.ctl(&["node", "attach", "--iface", "eth0"]).unwrap();
+    assert!(attached.contains(&c.a.addr.to_string()), "{attached}");
+    let shown: Value =
+        serde_json::from_str(&c.a.ctl(&["--json", "node", "show"]).unwrap()).unwrap();
+    assert_eq!(shown["data_ifaces"][0]["ifname"], "eth0");
+    assert_eq!(node_ports(), 5);
 
     let node = c.a.addr;
     let mut seen = std::collections::BTreeSet::new();
@@ -229,7 +236,9 @@ fn node_ports_reach_local_backends_with_the_client_address_kept() {
         c.a.ns
             .run_ok(&["tc", "filter", "show", "dev", "eth0", "ingress"]);
     assert!(!filters.contains("from_net"), "{filters}");
-    c.a.apply("services", json!({"services": []})).unwrap();
+    assert_eq!(node_ports(), 0, "the NodePorts closed with it");
+    let services = margay_ebpf::service::list(c.a.bpf.path()).unwrap();
+    assert_eq!(services.len(), 5, "the ClusterIPs stay: {services:?}");
     assert!(traffic::request(Some(&c.client), SocketAddr::from((node, 30080))).is_err());
 }
 
