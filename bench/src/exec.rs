@@ -80,6 +80,7 @@ where
     K: AsRef<OsStr>,
     V: AsRef<OsStr>,
 {
+    crate::interrupt::check()?;
     let mut cmd = Command::new(bin);
     cmd.envs(env)
         .stdin(Stdio::piped())

@@ -5,6 +5,7 @@
 //! nothing here prints: the binary decides between a table and JSON.
 
 pub mod exec;
+pub mod interrupt;
 pub mod ipam;
 pub mod network;
 pub mod nodeport;

@@ -112,7 +112,12 @@ struct IpamArgs {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    if let Err(e) = margay_bench::interrupt::install() {
+        eprintln!("bench: taking SIGINT/SIGTERM over: {e}");
+        return ExitCode::FAILURE;
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bench: {e:#}");

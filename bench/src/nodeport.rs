@@ -16,6 +16,7 @@ const NODE_PORT: u16 = 30201;
 const MODES: [&str; 2] = ["tunnel", "dsr"];
 
 fn iperf(c: &Cluster, seconds: u32) -> Result<f64> {
+    crate::interrupt::check()?;
     for _ in 0..50 {
         let out = Command::new("ip")
             .args(["netns", "exec", c.client.name(), "iperf3", "-c"])

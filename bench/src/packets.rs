@@ -131,6 +131,7 @@ pub fn run(repeat: u32, rules: usize) -> Result<PacketReport> {
     let fresh = 20_000u16;
     let mut total = 0.0;
     for sport in 0..fresh {
+        crate::interrupt::check()?;
         let (verdict, ns) = run_repeat(&node, "from_pod", &frame(10_000 + sport, TCP_SYN), 0, 1);
         anyhow::ensure!(
             verdict == TC_ACT_OK,

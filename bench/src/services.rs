@@ -236,6 +236,7 @@ fn exchanges(ns: &NetNs, addr: SocketAddr, n: usize) -> Result<Vec<Duration>> {
     in_netns(Some(ns), move || {
         (0..n)
             .map(|_| {
+                crate::interrupt::check()?;
                 let started = Instant::now();
                 let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
                 conn.set_nodelay(true)?;

@@ -31,6 +31,7 @@ impl<'n> Setup<'n> {
 
     /// One iperf3 run client -> server; bits per second received.
     fn iperf(&self, seconds: u32) -> Result<f64> {
+        crate::interrupt::check()?;
         let [client, server] = &self.pods;
         let server_ip = server.ip.context("the server pod has an address")?;
         let port = "5201";
