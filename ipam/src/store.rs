@@ -393,4 +393,41 @@ mod tests {
         let e = keys(&copy).unwrap_err();
         assert!(matches!(e, IpamError::Corrupt { .. }), "{e}");
     }
+
+    // The vendored sled's page table is four levels of 512-way nodes
+    // (vendor/sled/PATCHES.md): a store of many thousands of pages spans
+    // several nodes at every level but the root, and must come back whole
+    // after a reopen, across several calls that grow and shrink it.
+    #[test]
+    fn a_store_of_many_pages_survives_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let key = |i: u32| i.to_be_bytes();
+        for round in 0..3u32 {
+            let db = open_sled(&path, Duration::ZERO).unwrap();
+            for i in 0..60_000u32 {
+                db.insert(key(i), vec![round as u8; 48]).unwrap();
+            }
+            // Shrink and grow again: page ids are freed and reused.
+            for i in (0..60_000u32).step_by(3) {
+                db.remove(key(i)).unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let db = open_sled(&path, Duration::ZERO).unwrap();
+        assert!(db.was_recovered(), "the store was reopened, not created");
+        let mut count = 0;
+        for kv in db.iter() {
+            let (k, v) = kv.unwrap();
+            let i = u32::from_be_bytes(k.as_ref().try_into().unwrap());
+            assert_ne!(i % 3, 0, "{i} was removed");
+            assert_eq!(
+                v.as_ref(),
+                &[2u8; 48][..],
+                "{i} holds the last round's value"
+            );
+            count += 1;
+        }
+        assert_eq!(count, 40_000);
+    }
 }
