@@ -382,5 +382,11 @@ int from_tunnel(struct __sk_buff *skb)
 	int rev = nat_reverse(skb, &p);
 	if (rev == NAT_FAILED)
 		return drop(&p, NODE_SLOT, skb->ifindex, DIR_INGRESS, DROP_NAT);
-	return rev == NAT_TRANSLATED ? redirect_by_fib(skb, &p) : TC_ACT_OK;
+	if (rev == NAT_TRANSLATED)
+		return redirect_by_fib(skb, &p);
+	/* For the node itself (a pod's reply to the node's own traffic): the
+	 * frame is addressed to the sending pod's gateway MAC, not to this
+	 * device, and the stack would drop it as another host's. */
+	bpf_skb_change_type(skb, PACKET_HOST);
+	return TC_ACT_OK;
 }

@@ -10,10 +10,11 @@
 //! ```
 //!
 //! [`apply_peers`] makes the node know exactly these peers: the LPM map the
-//! programs find a backend's node in, and for peers on the same L2 a host
-//! route to each of their CIDRs via the peer (pods' traffic to an `encap`
-//! peer goes through the tunnel, chosen by `from_pod`). Routes are marked
-//! with Margay's route protocol, so those of a removed peer are found and
+//! programs find a backend's node in, and a host route to each of their
+//! CIDRs, via the peer for peers on the same L2, through the tunnel device
+//! for `encap` peers (pods' own traffic to those is tunnelled by
+//! `from_pod`; the routes are for the node's). Routes are marked with
+//! Margay's route protocol, so those of a removed peer are found and
 //! removed and nobody else's are touched.
 
 use std::collections::BTreeSet;
@@ -23,7 +24,9 @@ use std::path::Path;
 use aya::maps::lpm_trie::Key;
 use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
-use rtnetlink::packet_route::route::{RouteAttribute, RouteProtocol};
+use rtnetlink::packet_route::route::{
+    RouteAttribute, RouteIpTunnel, RouteLwEnCapType, RouteLwTunnelEncap, RouteProtocol,
+};
 use rtnetlink::{LinkMessageBuilder, LinkVxlan, RouteMessageBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -97,6 +100,7 @@ pub fn setup_tunnel(
                 .port(VXLAN_PORT)
                 .collect_metadata(true)
                 .learning(false)
+                .arp(false)
                 .up()
                 .build();
             match h.link().add(link).execute().await {
@@ -114,8 +118,13 @@ pub fn setup_tunnel(
     netlink(async |h| {
         h.link()
             .set(
+                // No ARP: the node's routes through it carry the far end
+                // (sync_routes), and an ARP request would carry none, so
+                // the device could not send it and the route would never
+                // resolve (an older Margay's device gets the flag here).
                 LinkMessageBuilder::<LinkVxlan>::new(TUNNEL_DEVICE)
                     .index(ifindex)
+                    .arp(false)
                     .up()
                     .build(),
             )
@@ -138,6 +147,8 @@ pub fn setup_tunnel(
     maps::node_config(root)?
         .set(0, config, 0)
         .map_err(|e| DataplaneError::map("node_config", e))?;
+    // Peers told of before the device existed get their routes now.
+    sync_routes(root)?;
     Ok(ifindex)
 }
 
@@ -236,18 +247,72 @@ pub fn apply_peers(root: &Path, peers: &[PeerSpec]) -> Result<PeersReport, Datap
         map.insert(k, *v, 0).map_err(fail)?;
         report.cidrs += 1;
     }
-    let routes: Vec<(Ipv4Network, Ipv4Addr)> = peers
-        .iter()
-        .filter(|p| !p.encap)
-        .flat_map(|p| p.pod_cidrs.iter().map(move |c| (*c, p.address)))
-        .collect();
-    report.routes = routes.len();
-    sync_routes(&routes)?;
+    report.routes = sync_routes(root)?;
     Ok(report)
 }
 
-/// Makes Margay's routes (by protocol) exactly `routes`: CIDR via node.
-fn sync_routes(routes: &[(Ipv4Network, Ipv4Addr)]) -> Result<(), DataplaneError> {
+/// The network identifier of pod traffic in the tunnel (abi.h `VNI_POD`).
+const VNI_POD: u64 = 1;
+
+/// Makes Margay's routes (by protocol) exactly those the known peers
+/// need, so that the node's own traffic (host-network pods, the API
+/// server calling a webhook pod) reaches their pods as the pods' does:
+/// a peer on our L2 by a route via the node; an `encap` peer through the
+/// tunnel device, each route carrying the far end and identifier the
+/// device needs (it is in external mode), once the device exists
+/// (`setup_tunnel` syncs again). Returns how many routes there are.
+fn sync_routes(root: &Path) -> Result<usize, DataplaneError> {
+    let tunnel = nix::net::if_::if_nametoindex(TUNNEL_DEVICE).ok();
+    let routes: Vec<PeerRoute> = peers(root)?
+        .into_iter()
+        .filter_map(|(cidr, node, encap)| match (encap, tunnel) {
+            (false, _) => Some(PeerRoute::Via(cidr, node)),
+            (true, Some(dev)) => Some(PeerRoute::Tunnel(cidr, node, dev)),
+            (true, None) => None,
+        })
+        .collect();
+    sync_kernel_routes(&routes)?;
+    Ok(routes.len())
+}
+
+enum PeerRoute {
+    /// The CIDR via the node, on our L2.
+    Via(Ipv4Network, Ipv4Addr),
+    /// The CIDR through the tunnel device (its ifindex) to the node.
+    Tunnel(Ipv4Network, Ipv4Addr, u32),
+}
+
+impl PeerRoute {
+    fn cidr(&self) -> Ipv4Network {
+        match self {
+            PeerRoute::Via(c, _) | PeerRoute::Tunnel(c, _, _) => *c,
+        }
+    }
+
+    fn message(&self) -> rtnetlink::packet_route::route::RouteMessage {
+        let cidr = self.cidr();
+        let builder = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(cidr.network(), cidr.prefix())
+            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
+        match self {
+            PeerRoute::Via(_, node) => builder.gateway(*node).build(),
+            PeerRoute::Tunnel(_, node, dev) => {
+                let mut msg = builder.output_interface(*dev).build();
+                msg.attributes
+                    .push(RouteAttribute::EncapType(RouteLwEnCapType::Ip));
+                msg.attributes.push(RouteAttribute::Encap(vec![
+                    RouteLwTunnelEncap::Ip(RouteIpTunnel::Id(VNI_POD)),
+                    RouteLwTunnelEncap::Ip(RouteIpTunnel::Destination(*node)),
+                    RouteLwTunnelEncap::Ip(RouteIpTunnel::Ttl(64)),
+                ]));
+                msg
+            }
+        }
+    }
+}
+
+/// Makes Margay's routes (by protocol) exactly `routes`.
+fn sync_kernel_routes(routes: &[PeerRoute]) -> Result<(), DataplaneError> {
     let route_error =
         |what: String, e: rtnetlink::Error| DataplaneError::Check(format!("{what}: {e}"));
     netlink(async |h| {
@@ -269,9 +334,10 @@ fn sync_routes(routes: &[(Ipv4Network, Ipv4Addr)]) -> Result<(), DataplaneError>
                 _ => None,
             });
             let wanted = dst.is_some_and(|d| {
-                routes.iter().any(|(c, _)| {
-                    c.network() == d && c.prefix() == m.header.destination_prefix_length
-                })
+                routes
+                    .iter()
+                    .map(PeerRoute::cidr)
+                    .any(|c| c.network() == d && c.prefix() == m.header.destination_prefix_length)
             });
             if !wanted {
                 h.route()
@@ -281,18 +347,13 @@ fn sync_routes(routes: &[(Ipv4Network, Ipv4Addr)]) -> Result<(), DataplaneError>
                     .map_err(|e| route_error("removing a stale peer route".into(), e))?;
             }
         }
-        for (cidr, via) in routes {
-            let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(cidr.network(), cidr.prefix())
-                .gateway(*via)
-                .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
-                .build();
+        for r in routes {
             h.route()
-                .add(msg)
+                .add(r.message())
                 .replace()
                 .execute()
                 .await
-                .map_err(|e| route_error(format!("route to {cidr} via {via}"), e))?;
+                .map_err(|e| route_error(format!("route to {}", r.cidr()), e))?;
         }
         Ok(())
     })

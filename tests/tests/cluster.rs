@@ -35,12 +35,19 @@ fn pods_reach_pods_and_cluster_ips_on_the_other_node_routed_or_tunnelled() {
         let via_service = traffic::request(Some(&pod_a), SocketAddr::from((vip, 80)))
             .unwrap_or_else(|e| panic!("ClusterIP to the other node (encap {encap}): {e}"));
         assert_eq!(via_service, format!("b {ip_a}"));
+        // The node itself (host-network pods, an API server calling a
+        // webhook) reaches the other node's pods too.
+        let from_node = traffic::request(Some(&c.a.ns), SocketAddr::from((ip_b, server.port)))
+            .unwrap_or_else(|e| panic!("node A to a pod on node B (encap {encap}): {e}"));
+        assert_eq!(from_node, format!("b {}", c.a.addr));
     }
     let routes = c.a.ns.run_ok(&["ip", "route", "show", "proto", "77"]);
-    assert_eq!(
-        routes.trim(),
-        "",
-        "tunnelled peers need no routes: {routes}"
+    assert!(
+        routes.contains(&format!("{} ", c.b.pool))
+            && routes.contains("encap ip id 1")
+            && routes.contains(&format!("dst {}", c.b.addr))
+            && routes.contains("dev margay-vx"),
+        "a tunnelled peer's pods are routed through the tunnel: {routes}"
     );
     c.know_each_other(false).unwrap();
     let routes = c.a.ns.run_ok(&["ip", "route", "show", "proto", "77"]);
