@@ -236,20 +236,31 @@ fn remove_dataplane(root: &Path) -> Result<()> {
     std::fs::remove_dir_all(root).with_context(|| format!("removing {}", root.display()))
 }
 
-/// What `--watch` compares between rounds: the template and whether the
-/// installed files are still there.
-fn fingerprint(opts: &Options) -> (Option<String>, bool, Vec<bool>) {
+/// What `--watch` compares between rounds: the template, the installed
+/// conflist's text, and each installed binary's size and modification
+/// time (reading the binaries whole every interval would cost too much;
+/// one replaced or removed by hand changes these).
+type Fingerprint = (
+    Option<String>,
+    Option<String>,
+    Vec<Option<(u64, std::time::SystemTime)>>,
+);
+
+fn fingerprint(opts: &Options) -> Fingerprint {
     (
         opts.template.read().ok(),
-        opts.conf_path().exists(),
+        std::fs::read_to_string(opts.conf_path()).ok(),
         opts.binaries()
-            .map(|b| opts.cni_bin_dir.join(b).exists())
+            .map(|b| {
+                let m = std::fs::metadata(opts.cni_bin_dir.join(b)).ok()?;
+                Some((m.len(), m.modified().ok()?))
+            })
             .collect(),
     )
 }
 
 /// Installs, then stays: re-installs whenever the template changes or an
-/// installed file disappears, until SIGTERM or SIGINT. `report` gets each
+/// installed file is edited, replaced or removed, until SIGTERM or SIGINT. `report` gets each
 /// round's lines, and each error once (a failed round is retried every
 /// interval, as the failure may be passing, but not reported again until it
 /// changes).

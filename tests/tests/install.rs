@@ -324,6 +324,19 @@ fn watch_reinstalls_on_change_and_stops_on_sigterm() {
     );
     std::fs::remove_file(node.conf()).unwrap();
     wait_for(|| node.conf().exists(), "the conflist restored");
+    // Edited by hand (or by another tool): put back as rendered.
+    std::fs::write(node.conf(), "{}").unwrap();
+    wait_for(
+        || std::fs::read_to_string(node.conf()).is_ok_and(|t| t.contains("renamed-network")),
+        "the edited conflist restored",
+    );
+    // A binary replaced by another: put back too.
+    let plugin = node.bin().join("margay");
+    std::fs::write(&plugin, "#!/bin/sh\nexit 1\n").unwrap();
+    wait_for(
+        || std::fs::metadata(&plugin).is_ok_and(|m| m.len() > 1000),
+        "the replaced binary restored",
+    );
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = wait_exit(&mut child, Duration::from_secs(5)).expect("exits on SIGTERM");
