@@ -75,15 +75,7 @@ fn net_error(what: impl std::fmt::Display, e: impl std::fmt::Display) -> Datapla
 fn netlink<T>(
     work: impl AsyncFnOnce(&rtnetlink::Handle) -> Result<T, DataplaneError>,
 ) -> Result<T, DataplaneError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .map_err(|e| net_error("netlink runtime", e))?;
-    rt.block_on(async {
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| net_error("netlink", e))?;
-        tokio::spawn(conn);
-        work(&handle).await
-    })
+    crate::netlink::with_netlink(work, |reason| net_error("the tunnel", reason))
 }
 
 /// Creates the tunnel device when missing, brings it up with forwarding

@@ -18,6 +18,7 @@ pub mod cluster;
 pub mod error;
 pub mod inspect;
 pub mod maps;
+mod netlink;
 pub mod node;
 pub mod object;
 pub mod policy;

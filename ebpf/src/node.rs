@@ -468,24 +468,16 @@ fn attach_filters(
     };
     let index = nix::net::if_::if_nametoindex(ifname)
         .map_err(|e| failed("clsact", format!("no such interface: {e}")))? as i32;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .map_err(|e| failed("clsact", e.to_string()))?;
-    rt.block_on(async {
-        let (conn, handle, _) =
-            rtnetlink::new_connection().map_err(|e| failed("clsact", e.to_string()))?;
-        tokio::spawn(conn);
+    let work = async |handle: &rtnetlink::Handle| {
         let qdisc = async {
             if !with_qdisc {
                 return Ok(());
             }
-            match request(&handle, clsact_message(index), NLM_F_CREATE | NLM_F_EXCL).await {
+            match request(handle, clsact_message(index), NLM_F_CREATE | NLM_F_EXCL).await {
                 Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
                 other => other.map_err(|e| failed("clsact", e.to_string())),
             }
         };
-        let handle = &handle;
         let filters = futures::future::try_join_all(programs.iter().map(|(fd, name, kind)| {
             let msg = filter_message(index, *kind, fd.as_raw_fd(), name);
             async move {
@@ -496,7 +488,8 @@ fn attach_filters(
             }
         }));
         futures::future::try_join(qdisc, filters).await.map(drop)
-    })
+    };
+    crate::netlink::with_netlink(work, |reason| failed("clsact", reason))
 }
 
 /// A clsact qdisc on link `index`.
@@ -601,21 +594,18 @@ fn filter_messages(ifname: &str, kind: TcAttachType) -> Result<Vec<TcMessage>, S
     let Ok(index) = nix::net::if_::if_nametoindex(ifname) else {
         return Ok(Vec::new());
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .map_err(|e| e.to_string())?;
-    rt.block_on(async {
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let mut request = handle.traffic_filter(index as i32).get();
-        request = match kind {
-            TcAttachType::Ingress => request.ingress(),
-            _ => request.egress(),
-        };
-        // No clsact (or no device any more): nothing attached.
-        Ok(request.execute().try_collect().await.unwrap_or_default())
-    })
+    crate::netlink::with_netlink(
+        async |handle| {
+            let mut request = handle.traffic_filter(index as i32).get();
+            request = match kind {
+                TcAttachType::Ingress => request.ingress(),
+                _ => request.egress(),
+            };
+            // No clsact (or no device any more): nothing attached.
+            Ok(request.execute().try_collect().await.unwrap_or_default())
+        },
+        |reason| reason,
+    )
 }
 
 /// Loads the object and pins programs and maps. Pinned maps of a matching
