@@ -183,6 +183,21 @@ fn emit(text: String) {
     }
 }
 
+/// Prints `rows` as JSON, or as a table of `header` with a row of `cells`
+/// for each.
+fn emit_rows<T: serde::Serialize>(
+    as_json: bool,
+    rows: &[T],
+    header: &[&str],
+    cells: impl Fn(&T) -> Vec<String>,
+) {
+    emit(if as_json {
+        json(&rows)
+    } else {
+        table(header, &rows.iter().map(cells).collect::<Vec<_>>())
+    });
+}
+
 fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).expect("records serialize")
 }
@@ -202,70 +217,58 @@ fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Cmd::Endpoints => {
             let rows = margay_ctl::endpoints(root).map_err(err)?;
-            emit(if cli.json {
-                json(&rows)
-            } else {
-                let cells: Vec<Vec<String>> = rows
-                    .iter()
-                    .map(|r| {
-                        vec![
-                            r.ifname.clone(),
-                            r.ifindex.to_string(),
-                            r.ip.to_string(),
-                            r.mac.clone(),
-                            if r.programs.is_empty() {
-                                "-".into()
-                            } else {
-                                r.programs.join(",")
-                            },
-                            policy_summary(&r.policy.ingress),
-                            policy_summary(&r.policy.egress),
-                        ]
-                    })
-                    .collect();
-                table(
-                    &[
-                        "IFNAME", "IFINDEX", "IP", "POD-MAC", "PROGRAMS", "INGRESS", "EGRESS",
-                    ],
-                    &cells,
-                )
-            });
+            emit_rows(
+                cli.json,
+                &rows,
+                &[
+                    "IFNAME", "IFINDEX", "IP", "POD-MAC", "PROGRAMS", "INGRESS", "EGRESS",
+                ],
+                |r| {
+                    vec![
+                        r.ifname.clone(),
+                        r.ifindex.to_string(),
+                        r.ip.to_string(),
+                        r.mac.clone(),
+                        if r.programs.is_empty() {
+                            "-".into()
+                        } else {
+                            r.programs.join(",")
+                        },
+                        policy_summary(&r.policy.ingress),
+                        policy_summary(&r.policy.egress),
+                    ]
+                },
+            );
         }
         Cmd::Counters { endpoint: which } => {
             let only = endpoint(&which)?;
             let rows = margay_ctl::counters(root, only.as_ref()).map_err(err)?;
-            emit(if cli.json {
-                json(&rows)
-            } else {
-                let cells: Vec<Vec<String>> = rows
-                    .iter()
-                    .map(|r| {
-                        let drops = r
-                            .drops
-                            .iter()
-                            .map(|(k, v)| format!("{k}={v}"))
-                            .collect::<Vec<_>>()
-                            .join(",");
-                        vec![
-                            r.ifname.clone(),
-                            r.ip.to_string(),
-                            format!("{}/{}", r.from_pod_packets, r.from_pod_bytes),
-                            format!("{}/{}", r.to_pod_packets, r.to_pod_bytes),
-                            if drops.is_empty() { "-".into() } else { drops },
-                        ]
-                    })
-                    .collect();
-                table(
-                    &[
-                        "IFNAME",
-                        "IP",
-                        "FROM-POD PKTS/BYTES",
-                        "TO-POD PKTS/BYTES",
-                        "DROPS",
-                    ],
-                    &cells,
-                )
-            });
+            emit_rows(
+                cli.json,
+                &rows,
+                &[
+                    "IFNAME",
+                    "IP",
+                    "FROM-POD PKTS/BYTES",
+                    "TO-POD PKTS/BYTES",
+                    "DROPS",
+                ],
+                |r| {
+                    let drops = r
+                        .drops
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    vec![
+                        r.ifname.clone(),
+                        r.ip.to_string(),
+                        format!("{}/{}", r.from_pod_packets, r.from_pod_bytes),
+                        format!("{}/{}", r.to_pod_packets, r.to_pod_bytes),
+                        if drops.is_empty() { "-".into() } else { drops },
+                    ]
+                },
+            );
         }
         Cmd::Conntrack {
             action: CtAction::Dump { endpoint: which },
@@ -277,28 +280,22 @@ fn run(cli: Cli) -> Result<(), String> {
                 .iter()
                 .map(|(k, v)| CtRecord::new(k, v, now))
                 .collect();
-            emit(if cli.json {
-                json(&records)
-            } else {
-                let cells: Vec<Vec<String>> = records
-                    .iter()
-                    .map(|r| {
-                        vec![
-                            r.ifindex.to_string(),
-                            r.protocol.to_string(),
-                            r.src.clone(),
-                            r.dst.clone(),
-                            r.state.to_string(),
-                            format!("{}s", r.age_s),
-                            format!("{}s", r.idle_s),
-                        ]
-                    })
-                    .collect();
-                table(
-                    &["IFINDEX", "PROTO", "SRC", "DST", "STATE", "AGE", "IDLE"],
-                    &cells,
-                )
-            });
+            emit_rows(
+                cli.json,
+                &records,
+                &["IFINDEX", "PROTO", "SRC", "DST", "STATE", "AGE", "IDLE"],
+                |r| {
+                    vec![
+                        r.ifindex.to_string(),
+                        r.protocol.to_string(),
+                        r.src.clone(),
+                        r.dst.clone(),
+                        r.state.to_string(),
+                        format!("{}s", r.age_s),
+                        format!("{}s", r.idle_s),
+                    ]
+                },
+            );
         }
         Cmd::Conntrack {
             action: CtAction::Flush { endpoint: which },
@@ -403,38 +400,35 @@ fn run(cli: Cli) -> Result<(), String> {
             action: ServiceAction::List,
         } => {
             let rows = service::list(root).map_err(err)?;
-            emit(if cli.json {
-                json(&rows)
-            } else {
-                let cells: Vec<Vec<String>> = rows
-                    .iter()
-                    .map(|r| {
-                        vec![
-                            r.name.clone(),
-                            r.kind.to_string(),
-                            format!("{}:{}/{}", r.address, r.port, r.protocol),
-                            if r.backends.is_empty() {
-                                "- (rejects)".into()
-                            } else {
-                                r.backends
-                                    .iter()
-                                    .map(ToString::to_string)
-                                    .collect::<Vec<_>>()
-                                    .join(",")
-                            },
-                            [
-                                r.affinity_timeout.map(|t| format!("client-ip {t}s")),
-                                r.local_only.then(|| "local-only".to_string()),
-                            ]
-                            .into_iter()
-                            .flatten()
-                            .reduce(|a, b| format!("{a},{b}"))
-                            .unwrap_or_else(|| "-".into()),
+            emit_rows(
+                cli.json,
+                &rows,
+                &["NAME", "KIND", "FRONTEND", "BACKENDS", "OPTIONS"],
+                |r| {
+                    vec![
+                        r.name.clone(),
+                        r.kind.to_string(),
+                        format!("{}:{}/{}", r.address, r.port, r.protocol),
+                        if r.backends.is_empty() {
+                            "- (rejects)".into()
+                        } else {
+                            r.backends
+                                .iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        },
+                        [
+                            r.affinity_timeout.map(|t| format!("client-ip {t}s")),
+                            r.local_only.then(|| "local-only".to_string()),
                         ]
-                    })
-                    .collect();
-                table(&["NAME", "KIND", "FRONTEND", "BACKENDS", "OPTIONS"], &cells)
-            });
+                        .into_iter()
+                        .flatten()
+                        .reduce(|a, b| format!("{a},{b}"))
+                        .unwrap_or_else(|| "-".into()),
+                    ]
+                },
+            );
         }
         Cmd::Nat {
             action: NatAction::Dump,
@@ -451,42 +445,36 @@ fn run(cli: Cli) -> Result<(), String> {
                 .collect();
             records
                 .sort_by(|a, b| (a.direction, &a.src, &a.dst).cmp(&(b.direction, &b.src, &b.dst)));
-            emit(if cli.json {
-                json(&records)
-            } else {
-                let cells: Vec<Vec<String>> = records
-                    .iter()
-                    .map(|r| {
-                        vec![
-                            r.direction.to_string(),
-                            r.protocol.to_string(),
-                            r.src.clone(),
-                            r.dst.clone(),
-                            r.translated.clone(),
-                            r.hairpin
-                                .map(|a| a.to_string())
-                                .unwrap_or_else(|| "-".into()),
-                            r.service.clone(),
-                            r.idle_s
-                                .map(|s| format!("{s}s"))
-                                .unwrap_or_else(|| "-".into()),
-                        ]
-                    })
-                    .collect();
-                table(
-                    &[
-                        "DIRECTION",
-                        "PROTO",
-                        "SRC",
-                        "DST",
-                        "TRANSLATED",
-                        "HAIRPIN",
-                        "SERVICE",
-                        "IDLE",
-                    ],
-                    &cells,
-                )
-            });
+            emit_rows(
+                cli.json,
+                &records,
+                &[
+                    "DIRECTION",
+                    "PROTO",
+                    "SRC",
+                    "DST",
+                    "TRANSLATED",
+                    "HAIRPIN",
+                    "SERVICE",
+                    "IDLE",
+                ],
+                |r| {
+                    vec![
+                        r.direction.to_string(),
+                        r.protocol.to_string(),
+                        r.src.clone(),
+                        r.dst.clone(),
+                        r.translated.clone(),
+                        r.hairpin
+                            .map(|a| a.to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        r.service.clone(),
+                        r.idle_s
+                            .map(|s| format!("{s}s"))
+                            .unwrap_or_else(|| "-".into()),
+                    ]
+                },
+            );
         }
         Cmd::Node {
             action:
