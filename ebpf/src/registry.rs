@@ -19,8 +19,8 @@ pub fn register(root: &Path, ep: &Endpoint) -> Result<(), DataplaneError> {
     let held = endpoints
         .get(&ep.ifindex, 0)
         .ok()
-        .map(|old| old.slot)
-        .filter(|&slot| slot != 0 && slots.get(&slot, 0).ok() == Some(ep.ifindex));
+        .filter(|old| holds_slot(&slots, old))
+        .map(|old| old.slot);
     ep.slot = match held {
         Some(slot) => slot,
         None => claim_slot(&mut slots, ep.ifindex)?,
@@ -40,7 +40,7 @@ pub fn assign_slots(root: &Path) -> Result<(), DataplaneError> {
     let mut endpoints = maps::endpoints(root)?;
     let mut slots = maps::counter_slots(root)?;
     for mut ep in list(root)? {
-        if ep.slot != 0 && slots.get(&ep.slot, 0).ok() == Some(ep.ifindex) {
+        if holds_slot(&slots, &ep) {
             continue;
         }
         ep.slot = claim_slot(&mut slots, ep.ifindex)?;
@@ -50,6 +50,11 @@ pub fn assign_slots(root: &Path) -> Result<(), DataplaneError> {
             .map_err(|e| DataplaneError::map("endpoints", e))?;
     }
     Ok(())
+}
+
+/// Whether `ep` holds the counters slot it names (the slots map agrees).
+fn holds_slot(slots: &maps::CounterSlots, ep: &Endpoint) -> bool {
+    ep.slot != 0 && slots.get(&ep.slot, 0).ok() == Some(ep.ifindex)
 }
 
 /// BPF_NOEXIST: an insert that fails when the key is there, so that two
@@ -66,7 +71,7 @@ fn claim_slot(slots: &mut maps::CounterSlots, ifindex: u32) -> Result<u32, Datap
         }
         match slots.get(&slot, 0) {
             Ok(holder) if holder == ifindex => return Ok(slot),
-            Ok(holder) if !interface_exists(holder) => {
+            Ok(holder) if nix::net::if_::if_indextoname(holder).is_err() => {
                 let _ = slots.remove(&slot);
                 if slots.insert(slot, ifindex, NOEXIST).is_ok() {
                     return Ok(slot);
@@ -79,12 +84,6 @@ fn claim_slot(slots: &mut maps::CounterSlots, ifindex: u32) -> Result<u32, Datap
         "counter_slots",
         "every counters slot is taken (more endpoints than the node holds)",
     ))
-}
-
-fn interface_exists(ifindex: u32) -> bool {
-    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: `name` has room for IF_NAMESIZE bytes, as if_indextoname needs.
-    !unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) }.is_null()
 }
 
 fn zero_counters(root: &Path, slot: u32) -> Result<(), DataplaneError> {
@@ -160,7 +159,7 @@ pub fn remove(root: &Path, ep: &Endpoint) -> Result<(), DataplaneError> {
     }
     let _ = maps::endpoints(root)?.remove(&ep.ifindex);
     let mut slots = maps::counter_slots(root)?;
-    if ep.slot != 0 && slots.get(&ep.slot, 0).ok() == Some(ep.ifindex) {
+    if holds_slot(&slots, ep) {
         let _ = slots.remove(&ep.slot);
     }
     Ok(())
