@@ -147,6 +147,23 @@ fn program_path(root: &Path, name: &str) -> PathBuf {
     root.join("progs").join(name)
 }
 
+/// The programs pinned at `root`, in [`ALL_PROGRAMS`] order.
+fn pinned_programs(root: &Path) -> Result<[ProgramInfo; 4], DataplaneError> {
+    let open = |(name, _): (&str, TcAttachType)| {
+        ProgramInfo::from_pin(program_path(root, name)).map_err(|e| DataplaneError::Root {
+            path: root.to_owned(),
+            reason: format!("program {name} is not pinned here: {e}"),
+        })
+    };
+    let [from_pod, to_pod, from_net, from_tunnel] = ALL_PROGRAMS;
+    Ok([
+        open(from_pod)?,
+        open(to_pod)?,
+        open(from_net)?,
+        open(from_tunnel)?,
+    ])
+}
+
 /// Lock files cannot live on bpffs; one per root, under /run.
 /// `what` names the lock ("" for loading, "services" for service applies).
 pub(crate) fn lock_path(root: &Path, what: &str) -> PathBuf {
@@ -204,21 +221,9 @@ impl Node {
     /// with (for operators' tools, which do not know the network
     /// configuration and must not reload anything).
     pub fn open_pinned_as_is(root: &Path) -> Result<Node, DataplaneError> {
-        let open = |(name, _): (&str, TcAttachType)| {
-            ProgramInfo::from_pin(program_path(root, name)).map_err(|e| DataplaneError::Root {
-                path: root.to_owned(),
-                reason: format!("program {name} is not pinned here: {e}"),
-            })
-        };
-        let [from_pod, to_pod, from_net, from_tunnel] = ALL_PROGRAMS;
         Ok(Node {
             root: root.to_owned(),
-            programs: [
-                open(from_pod)?,
-                open(to_pod)?,
-                open(from_net)?,
-                open(from_tunnel)?,
-            ],
+            programs: pinned_programs(root)?,
             classifiers: Default::default(),
         })
     }
@@ -239,13 +244,7 @@ impl Node {
         if current.object_id != DATAPLANE_OBJECT_ID || !sized_as_configured {
             return Ok(None);
         }
-        let open = |name: &str| ProgramInfo::from_pin(program_path(root, name)).ok();
-        let (Some(from_pod), Some(to_pod), Some(from_net), Some(from_tunnel)) = (
-            open("from_pod"),
-            open("to_pod"),
-            open(DATA_IFACE_PROGRAM.0),
-            open(TUNNEL_PROGRAM.0),
-        ) else {
+        let Ok(programs) = pinned_programs(root) else {
             return Ok(None);
         };
         if current.log_level != settings.log_level {
@@ -259,7 +258,7 @@ impl Node {
         }
         Ok(Some(Node {
             root: root.to_owned(),
-            programs: [from_pod, to_pod, from_net, from_tunnel],
+            programs,
             classifiers: Default::default(),
         }))
     }
@@ -355,9 +354,7 @@ impl Node {
         }
         Ok(addrs)
     }
-}
 
-impl Node {
     /// Puts `from_tunnel` on the node's tunnel device `ifname`.
     pub fn attach_tunnel(&mut self, ifname: &str) -> Result<(), DataplaneError> {
         self.attach_pinned(TUNNEL, ifname)
@@ -473,13 +470,19 @@ fn attach_filters(
             if !with_qdisc {
                 return Ok(());
             }
-            match request(handle, clsact_message(index), NLM_F_CREATE | NLM_F_EXCL).await {
+            let qdisc = RouteNetlinkMessage::NewQueueDiscipline(clsact_message(index));
+            match request(handle, qdisc, NLM_F_CREATE | NLM_F_EXCL).await {
                 Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
                 other => other.map_err(|e| failed("clsact", e.to_string())),
             }
         };
         let filters = futures::future::try_join_all(programs.iter().map(|(fd, name, kind)| {
-            let msg = filter_message(index, *kind, fd.as_raw_fd(), name);
+            let msg = RouteNetlinkMessage::NewTrafficFilter(filter_message(
+                index,
+                *kind,
+                fd.as_raw_fd(),
+                name,
+            ));
             async move {
                 // NLM_F_CREATE without NLM_F_EXCL: create, or replace ours.
                 request(handle, msg, NLM_F_CREATE)
@@ -534,18 +537,10 @@ fn filter_message(index: i32, kind: TcAttachType, fd: i32, name: &str) -> TcMess
 /// Sends one tc request (a new qdisc or a new filter) and waits for its ack.
 async fn request(
     handle: &rtnetlink::Handle,
-    msg: TcMessage,
+    msg: RouteNetlinkMessage,
     flags: u16,
 ) -> Result<(), rtnetlink::Error> {
-    let is_qdisc = msg
-        .attributes
-        .iter()
-        .any(|a| matches!(a, TcAttribute::Kind(k) if k == "clsact"));
-    let mut req = NetlinkMessage::from(if is_qdisc {
-        RouteNetlinkMessage::NewQueueDiscipline(msg)
-    } else {
-        RouteNetlinkMessage::NewTrafficFilter(msg)
-    });
+    let mut req = NetlinkMessage::from(msg);
     req.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
     let mut response = handle.clone().request(req)?;
     while let Some(reply) = futures::StreamExt::next(&mut response).await {
