@@ -491,7 +491,9 @@ fn reslot(current: &[SocketAddrV4], desired: &[SocketAddrV4]) -> Vec<SocketAddrV
 pub fn apply(root: &Path, specs: &[ServiceSpec]) -> Result<ApplyReport, ServiceError> {
     validate(specs)?;
     let _lock = services_lock(root)?;
-    apply_locked(root, specs)
+    let mut maps = Maps::open(root)?;
+    let installed = maps.installed()?;
+    apply_locked(root, &mut maps, installed, specs)
 }
 
 /// Re-applies the installed services for the node's current NodePort
@@ -500,8 +502,10 @@ pub fn apply(root: &Path, specs: &[ServiceSpec]) -> Result<ApplyReport, ServiceE
 /// detached. Everything else is left as it is.
 pub fn refresh_node_ports(root: &Path) -> Result<ApplyReport, ServiceError> {
     let _lock = services_lock(root)?;
-    let specs = installed_specs(&Maps::open(root)?)?;
-    apply_locked(root, &specs)
+    let mut maps = Maps::open(root)?;
+    let installed = maps.installed()?;
+    let specs = installed_specs(&installed);
+    apply_locked(root, &mut maps, installed, &specs)
 }
 
 fn services_lock(root: &Path) -> Result<FileLock, DataplaneError> {
@@ -514,8 +518,7 @@ fn services_lock(root: &Path) -> Result<FileLock, DataplaneError> {
 /// The services the maps hold, as specs: one per ClusterIP frontend, its
 /// NodePort from the frontend's record or, for frontends written before
 /// that record existed, from a NodePort frontend of the same name.
-fn installed_specs(maps: &Maps) -> Result<Vec<ServiceSpec>, DataplaneError> {
-    let installed = maps.installed()?;
+fn installed_specs(installed: &BTreeMap<SvcKey, Installed>) -> Vec<ServiceSpec> {
     let node_ports: HashMap<(&str, u8), u16> = installed
         .iter()
         .filter(|(_, i)| i.value.flags & SVC_F_NODE_PORT != 0)
@@ -548,10 +551,17 @@ fn installed_specs(maps: &Maps) -> Result<Vec<ServiceSpec>, DataplaneError> {
             },
         });
     }
-    Ok(specs)
+    specs
 }
 
-fn apply_locked(root: &Path, specs: &[ServiceSpec]) -> Result<ApplyReport, ServiceError> {
+/// [`apply`] once the lock is held and the maps' contents (`installed`)
+/// read.
+fn apply_locked(
+    root: &Path,
+    maps: &mut Maps,
+    mut installed: BTreeMap<SvcKey, Installed>,
+    specs: &[ServiceSpec],
+) -> Result<ApplyReport, ServiceError> {
     let node_addrs: Vec<Ipv4Addr> = crate::node::data_ifaces(root)?
         .into_iter()
         .map(|d| d.address)
@@ -582,9 +592,6 @@ fn apply_locked(root: &Path, specs: &[ServiceSpec]) -> Result<ApplyReport, Servi
             });
         }
     }
-    let mut maps = Maps::open(root)?;
-    let mut installed = maps.installed()?;
-
     let capacity = |name: &'static str| -> Result<u32, DataplaneError> {
         Ok(Layout::of_pin(&map_path(root, name))?.max_entries)
     };
