@@ -90,6 +90,16 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, struct packet *p, 
 	return 0;
 }
 
+/* Whether the reverse entry at `k` already says what `rev` says: a known
+ * flow's check costs a lookup instead of an update. */
+static __always_inline bool nat_reverse_current(const struct nat_key *k,
+						const struct nat_entry *rev)
+{
+	struct nat_entry *cur = bpf_map_lookup_elem(&nat, k);
+	return cur && cur->addr == rev->addr && cur->port == rev->port && cur->peer == rev->peer &&
+	       cur->flags == rev->flags;
+}
+
 /* Writes the reverse entry of a translated flow: what the backend's reply
  * carries (backend -> client, or -> the hairpin address) maps back to the
  * frontend, and for a hairpin to the client's own address.
@@ -97,9 +107,8 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, struct packet *p, 
  * The key is what the backend sees, and two frontends served by one
  * backend (two Services selecting the same pods) share it whenever a
  * client reuses a source port for the other one: the entry is last
- * writer's. `check_first` looks before writing, for a known flow making
- * sure the entry still names its frontend, at the cost of a lookup instead
- * of an update. */
+ * writer's. `check_first` looks before writing (nat_reverse_current), for
+ * a known flow making sure the entry still names its frontend. */
 static __always_inline void nat_write_reverse(const struct nat_entry *fwd, __be32 client,
 					      __be16 client_port, __be32 frontend,
 					      __be16 frontend_port, __u8 proto, __u32 nat_flags,
@@ -116,12 +125,8 @@ static __always_inline void nat_write_reverse(const struct nat_entry *fwd, __be3
 		.svc_id = fwd->svc_id,
 		.flags = nat_flags,
 	};
-	if (check_first) {
-		struct nat_entry *cur = bpf_map_lookup_elem(&nat, &k);
-		if (cur && cur->addr == rev.addr && cur->port == rev.port && cur->peer == rev.peer &&
-		    cur->flags == rev.flags)
-			return;
-	}
+	if (check_first && nat_reverse_current(&k, &rev))
+		return;
 	bpf_map_update_elem(&nat, &k, &rev, BPF_ANY);
 }
 
@@ -146,17 +151,16 @@ static __always_inline void nat_record_dsr(const struct packet *p, __be32 node, 
 		return;
 	struct nat_key k;
 	nat_key_fill(&k, p->daddr, p->saddr, p->dport, p->sport, p->proto, NAT_REV);
-	/* Kept while it names this ingress: the same client port may reach
-	 * the backend through another node or NodePort later (nat_write_reverse). */
-	struct nat_entry *cur = bpf_map_lookup_elem(&nat, &k);
-	if (cur && cur->addr == node && cur->port == node_port)
-		return;
 	struct nat_entry rev = {
-		.last_seen_ns = flow_clock(),
 		.addr = node,
 		.port = node_port,
 		.flags = NAT_F_AT_BACKEND,
 	};
+	/* Kept while it names this ingress: the same client port may reach
+	 * the backend through another node or NodePort later (nat_write_reverse). */
+	if (nat_reverse_current(&k, &rev))
+		return;
+	rev.last_seen_ns = flow_clock();
 	bpf_map_update_elem(&nat, &k, &rev, BPF_ANY);
 }
 
