@@ -260,10 +260,10 @@ fn fingerprint(opts: &Options) -> Fingerprint {
 }
 
 /// Installs, then stays: re-installs whenever the template changes or an
-/// installed file is edited, replaced or removed, until SIGTERM or SIGINT. `report` gets each
-/// round's lines, and each error once (a failed round is retried every
-/// interval, as the failure may be passing, but not reported again until it
-/// changes).
+/// installed file is edited, replaced or removed, until SIGTERM or SIGINT.
+/// `report` gets each round's lines, and each error once (a failed round is
+/// retried every interval, as the failure may be passing, but not reported
+/// again until it changes).
 pub fn watch(
     opts: &Options,
     interval: Duration,

@@ -45,19 +45,7 @@ impl Lan {
     /// Plugs `host` into the bridge as its `eth0` with `addr`/24.
     pub fn plug(&self, host: &NetNs, addr: Ipv4Addr) {
         let port = unique_name("p");
-        self.ns.run_ok(&[
-            "ip",
-            "link",
-            "add",
-            &port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            host.name(),
-        ]);
+        host.add_eth0(Some(&self.ns), &port);
         self.ns
             .run_ok(&["ip", "link", "set", &port, "master", "br0", "up"]);
         host.run_ok(&["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);

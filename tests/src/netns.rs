@@ -42,6 +42,22 @@ impl NetNs {
         PathBuf::from("/var/run/netns").join(&self.name)
     }
 
+    /// Gives the namespace an `eth0`: one end of a veth pair whose other
+    /// end, `name`, is in `from` (the host's namespace for `None`).
+    pub fn add_eth0(&self, from: Option<&NetNs>, name: &str) {
+        let args = [
+            "ip", "link", "add", name, "type", "veth", "peer", "name", "eth0", "netns", &self.name,
+        ];
+        match from {
+            Some(ns) => {
+                ns.run_ok(&args);
+            }
+            None => {
+                run_ok(Command::new(args[0]).args(&args[1..]));
+            }
+        }
+    }
+
     /// Runs a command inside the namespace.
     pub fn run(&self, args: &[&str]) -> Output {
         self.command(args).output().expect("ip netns exec runs")

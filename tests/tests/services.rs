@@ -457,18 +457,7 @@ impl RemoteHost {
     fn new(host_side: Ipv4Addr, addr: Ipv4Addr) -> RemoteHost {
         let ns = NetNs::new("rem");
         let link = unique_name("mgr");
-        run_ok(Command::new("ip").args([
-            "link",
-            "add",
-            &link,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns.name(),
-        ]));
+        ns.add_eth0(None, &link);
         run_ok(Command::new("ip").args(["addr", "add", &format!("{host_side}/32"), "dev", &link]));
         run_ok(Command::new("ip").args(["link", "set", &link, "up"]));
         run_ok(Command::new("ip").args(["route", "add", &format!("{addr}/32"), "dev", &link]));
