@@ -62,14 +62,9 @@ pub fn run(rounds: usize, seconds: u32) -> Result<ThroughputReport> {
     let mut gbits: Vec<(&'static str, Vec<f64>)> = MODES.iter().map(|m| (*m, Vec::new())).collect();
     for _ in 0..rounds {
         for (mode, samples) in gbits.iter_mut() {
-            for node in [&c.a, &c.b] {
-                node.ctl(&["node", "attach", "--iface", "eth0", "--external-mode", mode])
-                    .map_err(|e| anyhow!(e))?;
-            }
+            c.attach_data_ifaces(mode).map_err(|e| anyhow!(e))?;
             c.know_each_other(false).map_err(|e| anyhow!(e))?;
-            c.a.apply("services", services.clone())
-                .map_err(|e| anyhow!(e))?;
-            c.b.apply("services", services.clone())
+            c.apply_on_both("services", services.clone())
                 .map_err(|e| anyhow!(e))?;
             samples.push(iperf(&c, seconds)?);
         }

@@ -215,6 +215,23 @@ impl Cluster {
     }
 
     /// Each node told of the other (`encap`: through the tunnel).
+    /// Makes `eth0` each node's data interface (`margayctl node attach`),
+    /// NodePorts reaching other nodes in `mode` (`tunnel` or `dsr`).
+    pub fn attach_data_ifaces(&self, mode: &str) -> Result<(), String> {
+        for node in [&self.a, &self.b] {
+            node.ctl(&["node", "attach", "--iface", "eth0", "--external-mode", mode])?;
+        }
+        Ok(())
+    }
+
+    /// Applies `value` as `what` (services, peers) on both nodes, as a
+    /// controller running on each would.
+    pub fn apply_on_both(&self, what: &str, value: Value) -> Result<(), String> {
+        self.a.apply(what, value.clone())?;
+        self.b.apply(what, value)?;
+        Ok(())
+    }
+
     pub fn know_each_other(&self, encap: bool) -> Result<(), String> {
         self.a
             .apply("peers", json!({"peers": [peer(&self.b, encap)]}))?;

@@ -16,16 +16,13 @@ fn pods_reach_pods_and_cluster_ips_on_the_other_node_routed_or_tunnelled() {
     let c = Cluster::new(1);
     let (pod_a, ip_a) = c.a.pod("pa").unwrap();
     let (pod_b, ip_b) = c.b.pod("pb").unwrap();
-    for node in [&c.a, &c.b] {
-        // Pods' first ADD loaded the programs; now the node-level part.
-        node.ctl(&["node", "attach", "--iface", "eth0"]).unwrap();
-    }
+    // Pods' first ADD loaded the programs; now the node-level part.
+    c.attach_data_ifaces("tunnel").unwrap();
     let server = TcpServer::start(Some(&pod_b), "b");
     let vip = Ipv4Addr::new(10, 96, 30, 10);
     let services = json!({"services": [{"name": "x/web", "vip": vip, "port": 80,
         "backends": [format!("{ip_b}:{}", server.port)]}]});
-    c.a.apply("services", services.clone()).unwrap();
-    c.b.apply("services", services).unwrap();
+    c.apply_on_both("services", services).unwrap();
 
     for encap in [false, true] {
         c.know_each_other(encap).unwrap();
@@ -69,10 +66,7 @@ fn node_port_to_the_other_node(mode: &str, subnet: u8) {
     let c = Cluster::new(subnet);
     let (_pod_a, _) = c.a.pod("pa").unwrap();
     let (pod_b, ip_b) = c.b.pod("pb").unwrap();
-    for node in [&c.a, &c.b] {
-        node.ctl(&["node", "attach", "--iface", "eth0", "--external-mode", mode])
-            .unwrap();
-    }
+    c.attach_data_ifaces(mode).unwrap();
     c.know_each_other(false).unwrap();
     let server = TcpServer::start(Some(&pod_b), "b");
     let services = json!({"services": [
@@ -84,8 +78,7 @@ fn node_port_to_the_other_node(mode: &str, subnet: u8) {
         {"name": "x/closed", "vip": "10.96.31.10", "port": 82, "protocol": "udp",
          "node_port": 30082, "backends": [format!("{ip_b}:9")]},
     ]});
-    c.a.apply("services", services.clone()).unwrap();
-    c.b.apply("services", services).unwrap();
+    c.apply_on_both("services", services).unwrap();
 
     for _ in 0..5 {
         let answer = traffic::request(Some(&c.client), SocketAddr::from((c.a.addr, 30080)))
@@ -258,9 +251,7 @@ fn an_icmp_error_from_an_external_client_reaches_the_backend() {
     let c = Cluster::new(6);
     let (pod_a, ip_a) = c.a.pod("pa").unwrap();
     let (pod_b, ip_b) = c.b.pod("pb").unwrap();
-    for node in [&c.a, &c.b] {
-        node.ctl(&["node", "attach", "--iface", "eth0"]).unwrap();
-    }
+    c.attach_data_ifaces("tunnel").unwrap();
     c.know_each_other(false).unwrap();
     let bind = |ns| traffic::in_netns(Some(ns), || std::net::UdpSocket::bind("0.0.0.0:0").unwrap());
     let (local, remote) = (bind(&pod_a), bind(&pod_b));
@@ -271,8 +262,7 @@ fn an_icmp_error_from_an_external_client_reaches_the_backend() {
         {"name": "x/there", "vip": "10.96.36.10", "port": 54, "protocol": "udp",
          "node_port": 30054, "backends": [format!("{ip_b}:{}", port(&remote))]},
     ]});
-    c.a.apply("services", services.clone()).unwrap();
-    c.b.apply("services", services).unwrap();
+    c.apply_on_both("services", services).unwrap();
     for (backend, node_port, where_) in [
         (&local, 30053, "this node"),
         (&remote, 30054, "the other node"),

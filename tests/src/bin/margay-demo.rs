@@ -399,12 +399,9 @@ fn two_nodes() -> Result<(), String> {
     let services = json!({"services": [{"name": "demo/nodeport", "vip": "10.96.0.20", "port": 80,
         "node_port": 30080, "backends": [format!("{ip_b}:{}", server.port)]}]});
     for mode in ["tunnel", "dsr"] {
-        for node in [&c.a, &c.b] {
-            node.ctl(&["node", "attach", "--iface", "eth0", "--external-mode", mode])?;
-        }
+        c.attach_data_ifaces(mode)?;
         c.know_each_other(false)?;
-        c.a.apply("services", services.clone())?;
-        c.b.apply("services", services.clone())?;
+        c.apply_on_both("services", services.clone())?;
         let answer = traffic::request(Some(&c.client), SocketAddr::from((c.a.addr, 30080)))
             .map_err(|e| format!("client -> A:30080 ({mode}): {e}"))?;
         println!(
