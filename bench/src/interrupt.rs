@@ -4,25 +4,25 @@
 //! behind. A second signal ends the process at once.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use anyhow::{Result, bail};
-use nix::sys::signal::{SigSet, Signal};
+use anyhow::{Context, Result, bail};
+use margay_conf::signals::TermSignals;
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
 /// Takes SIGINT and SIGTERM over. Call first thing in `main`, before any
-/// thread starts: the signals are blocked in this thread, so in every
-/// thread it starts, and only the watcher waits for them. (Children start
-/// with no signal blocked: Rust's `Command` resets the mask.)
+/// thread starts (see [`TermSignals::block`]): only the watcher waits for
+/// them. (Children start with no signal blocked: Rust's `Command` resets
+/// the mask.)
 pub fn install() -> Result<()> {
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGINT);
-    set.add(Signal::SIGTERM);
-    set.thread_block()?;
+    let signals = TermSignals::block().context("blocking SIGINT and SIGTERM")?;
     std::thread::spawn(move || {
-        while let Ok(signal) = set.wait() {
-            if STOP.swap(true, Ordering::Relaxed) {
-                std::process::exit(128 + signal as i32);
+        while let Ok(came) = signals.wait(Duration::from_secs(3600)) {
+            if let Some(signal) = came
+                && STOP.swap(true, Ordering::Relaxed)
+            {
+                std::process::exit(128 + signal);
             }
         }
     });

@@ -47,6 +47,7 @@ pub mod margay;
 pub mod netconf;
 pub mod report;
 pub mod result;
+pub mod signals;
 pub mod version;
 
 pub use error::{CniError, Code};

@@ -16,8 +16,9 @@ pub mod validate;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use margay_conf::margay::{Dataplane, PluginConf};
+use margay_conf::signals::TermSignals;
 use margay_ebpf::node::Settings;
 
 use crate::files::Outcome;
@@ -269,7 +270,7 @@ pub fn watch(
     interval: Duration,
     mut report: impl FnMut(Result<Vec<String>>),
 ) -> Result<()> {
-    let stop = TermSignals::block()?;
+    let stop = TermSignals::block().context("blocking SIGTERM")?;
     let mut seen = None;
     let mut last_error = None;
     loop {
@@ -294,45 +295,12 @@ pub fn watch(
                 }
             }
         }
-        if stop.wait(interval)? {
+        if stop
+            .wait(interval)
+            .context("waiting for signals")?
+            .is_some()
+        {
             return Ok(());
-        }
-    }
-}
-
-/// SIGTERM and SIGINT, blocked and taken synchronously: the watch loop's
-/// sleep is the wait for them.
-struct TermSignals(libc::sigset_t);
-
-impl TermSignals {
-    fn block() -> Result<TermSignals> {
-        // SAFETY: sigset_t is plain data; the libc calls fill and apply it.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGTERM);
-            libc::sigaddset(&mut set, libc::SIGINT);
-            if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-                bail!("cannot block SIGTERM: {}", std::io::Error::last_os_error());
-            }
-            Ok(TermSignals(set))
-        }
-    }
-
-    /// Waits up to `timeout`; true when a termination signal came.
-    fn wait(&self, timeout: Duration) -> Result<bool> {
-        let ts = libc::timespec {
-            tv_sec: timeout.as_secs() as libc::time_t,
-            tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
-        };
-        // SAFETY: a valid set and timespec; no siginfo wanted.
-        let rc = unsafe { libc::sigtimedwait(&self.0, std::ptr::null_mut(), &ts) };
-        if rc > 0 {
-            return Ok(true);
-        }
-        match std::io::Error::last_os_error().raw_os_error() {
-            Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(false),
-            _ => bail!("waiting for signals: {}", std::io::Error::last_os_error()),
         }
     }
 }
