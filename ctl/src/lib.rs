@@ -1,7 +1,7 @@
 //! What `margayctl` shows and does, as functions returning data; the
 //! binary parses arguments and prints.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use margay_ebpf::abi::{DROP_REASONS, Endpoint};
@@ -16,6 +16,8 @@ pub struct EndpointRow {
     pub ifname: String,
     pub ifindex: u32,
     pub ip: Ipv4Addr,
+    /// The pod's IPv6 address, when it has one.
+    pub ipv6: Option<Ipv6Addr>,
     pub mac: String,
     /// Margay programs attached right now (from the kernel, not the pins).
     pub programs: Vec<&'static str>,
@@ -56,6 +58,7 @@ pub fn endpoints(root: &Path) -> Result<Vec<EndpointRow>, DataplaneError> {
             ifname,
             ifindex: ep.ifindex,
             ip: ep.ipv4(),
+            ipv6: registry::ipv6_of(root, ep.ifindex)?,
             mac: mac(&ep.mac),
             programs,
         });
@@ -64,14 +67,22 @@ pub fn endpoints(root: &Path) -> Result<Vec<EndpointRow>, DataplaneError> {
     Ok(rows)
 }
 
-/// Finds an endpoint by host veth name, ifindex or pod IP.
+/// Finds an endpoint by host veth name, ifindex or pod IP (of either
+/// family).
 pub fn resolve(root: &Path, which: &str) -> Result<Endpoint, String> {
     let all = registry::list(root).map_err(|e| e.to_string())?;
+    let ip = which.parse::<IpAddr>().ok();
     all.into_iter()
         .find(|e| {
             e.ifname() == which
                 || e.ifindex.to_string() == which
-                || which.parse::<Ipv4Addr>().is_ok_and(|ip| ip == e.ipv4())
+                || match ip {
+                    Some(IpAddr::V4(ip)) => ip == e.ipv4(),
+                    Some(IpAddr::V6(ip)) => {
+                        registry::ipv6_of(root, e.ifindex).is_ok_and(|a| a == Some(ip))
+                    }
+                    None => false,
+                }
         })
         .ok_or_else(|| format!("no endpoint {which:?} (give a host veth name, ifindex or pod IP)"))
 }

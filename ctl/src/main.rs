@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use margay_conf::report::table;
 use margay_ctl::{policy_summary, read_yaml, resolve};
-use margay_ebpf::inspect::{self, CtRecord, FlowRecord, NatRecord};
+use margay_ebpf::inspect::{self, CtRecord, NatRecord};
 use margay_ebpf::node::{self, Node};
 use margay_ebpf::{cluster, policy, registry, service};
 
@@ -221,13 +221,14 @@ fn run(cli: Cli) -> Result<(), String> {
                 cli.json,
                 &rows,
                 &[
-                    "IFNAME", "IFINDEX", "IP", "POD-MAC", "PROGRAMS", "INGRESS", "EGRESS",
+                    "IFNAME", "IFINDEX", "IP", "IPV6", "POD-MAC", "PROGRAMS", "INGRESS", "EGRESS",
                 ],
                 |r| {
                     vec![
                         r.ifname.clone(),
                         r.ifindex.to_string(),
                         r.ip.to_string(),
+                        r.ipv6.map_or("-".into(), |a| a.to_string()),
                         r.mac.clone(),
                         if r.programs.is_empty() {
                             "-".into()
@@ -274,12 +275,8 @@ fn run(cli: Cli) -> Result<(), String> {
             action: CtAction::Dump { endpoint: which },
         } => {
             let only = endpoint(&which)?;
-            let now = inspect::monotonic_ns();
-            let records: Vec<CtRecord> = inspect::conntrack(root, only.map(|e| e.ifindex))
-                .map_err(err)?
-                .iter()
-                .map(|(k, v)| CtRecord::new(k, v, now))
-                .collect();
+            let records: Vec<CtRecord> =
+                inspect::conntrack_records(root, only.map(|e| e.ifindex)).map_err(err)?;
             emit_rows(
                 cli.json,
                 &records,
@@ -362,8 +359,7 @@ fn run(cli: Cli) -> Result<(), String> {
             } else {
                 Some(std::time::Duration::ZERO)
             };
-            inspect::follow_events(root, timeout, |e| {
-                let r = FlowRecord::from(&e);
+            inspect::follow_events(root, timeout, |r| {
                 let name = registry::list(root)
                     .ok()
                     .and_then(|l| l.into_iter().find(|ep| ep.ifindex == r.ifindex))

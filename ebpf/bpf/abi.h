@@ -30,7 +30,15 @@ enum drop_reason {
 	DROP_NO_BACKEND = 9,       /* a service with no backend: rejected with
 				    * ICMP port unreachable */
 	DROP_NAT = 10,             /* a service translation could not be written */
-	DROP_REASON_MAX = 11,
+	DROP_IPV6_EXT = 11,        /* an IPv6 extension header chain longer than
+				    * the programs walk (IPV6_MAX_EXT_HEADERS) */
+	DROP_REASON_MAX = 12,
+};
+
+/* An IPv6 address as the programs compare it: four words. */
+union v6addr {
+	__be32 w[4];
+	__u8 b[16];
 };
 
 struct endpoint {
@@ -43,6 +51,17 @@ struct endpoint {
 	__u32 slot;      /* its counters' index, 1..MAX_ENDPOINTS (0: none) */
 };
 
+/* A pod's IPv6 address (map endpoints6, keyed like endpoints by the host
+ * veth's ifindex). Beside struct endpoint rather than in it, so that the
+ * records of endpoints registered by an IPv4-only build keep their layout
+ * across an upgrade. No entry: the pod has no IPv6 address and sends no
+ * IPv6 but neighbour discovery. */
+struct endpoint6 {
+	union v6addr ip;
+	__u32 flags; /* none defined yet */
+	__u32 reserved[3];
+};
+
 #define POLICY_ALLOW 1
 #define POLICY_DENY 2
 
@@ -53,8 +72,13 @@ struct policy_rule {
 	__u16 port_hi;
 	__u8 proto;    /* IPPROTO_*, 0 = any */
 	__u8 action;   /* POLICY_ALLOW or POLICY_DENY */
-	__u8 pad[2];
+	__u8 flags;    /* RULE_F_* */
+	__u8 pad;
 };
+
+/* The rule was written without a CIDR, so it is in both families' lists;
+ * only `margayctl policy show` reads it, to show it once. */
+#define RULE_F_ANY_FAMILY 0x1
 
 struct policy_key {
 	__u32 ifindex;
@@ -67,6 +91,27 @@ struct policy {
 	struct policy_rule rules[MAX_POLICY_RULES];
 };
 
+/* A direction's IPv6 rules (map policies6, keyed like policies). A
+ * direction has a policy when it has an entry in policies (userspace writes
+ * one for every direction with rules, of whichever family); the IPv6 rules
+ * of such a direction are here, and when there are none, no IPv6 passes. */
+struct policy_rule6 {
+	union v6addr addr; /* masked network address */
+	union v6addr mask;
+	__u16 port_lo; /* host order; 0..65535 matches any port */
+	__u16 port_hi;
+	__u8 proto;    /* IPPROTO_*, 0 = any */
+	__u8 action;   /* POLICY_ALLOW or POLICY_DENY */
+	__u8 flags;    /* RULE_F_* */
+	__u8 pad;
+};
+
+struct policy6 {
+	__u32 count;
+	__u32 reserved;
+	struct policy_rule6 rules[MAX_POLICY_RULES];
+};
+
 /* Conntrack key, normalised: side a is the lower (address, port), so both
  * directions of a flow share one entry. Per endpoint (ifindex): a flow
  * between two local pods has one entry for each, each pod's policy being
@@ -74,6 +119,18 @@ struct policy {
 struct ct_key {
 	__be32 addr_a;
 	__be32 addr_b;
+	__be16 port_a;
+	__be16 port_b;
+	__u8 proto;
+	__u8 pad[3];
+	__u32 ifindex;
+};
+
+/* The same for IPv6 flows (map conntrack6), whose entries are struct
+ * ct_entry with CT_F_POD_IS_A telling which side is the pod. */
+struct ct_key6 {
+	union v6addr addr_a;
+	union v6addr addr_b;
 	__be16 port_a;
 	__be16 port_b;
 	__u8 proto;
@@ -97,6 +154,9 @@ enum ct_state {
 #define CT_F_SERVICE 0x10       /* its replies are reverse-translated (nat.h) */
 #define CT_F_TUNNEL 0x20        /* came through the tunnel from tunnel_peer:
 				 * replies go back the same way */
+#define CT_F_POD_IS_A 0x40      /* IPv6: the endpoint's pod is side a (its
+				 * packets are those sent from side a); an
+				 * IPv6 entry's pod_ip is unused */
 
 /* No per-flow packet or byte counts: updating them on every packet bounces
  * the entry's cache line between the CPUs of the two directions (measured:
@@ -124,7 +184,6 @@ struct counters {
 	__u64 packets[2]; /* by enum direction, allowed */
 	__u64 bytes[2];
 	__u64 drops[DROP_REASON_MAX];
-	__u64 reserved[1];
 };
 
 #define LOG_OFF 0
@@ -278,20 +337,44 @@ struct peer {
 #define VNI_DSR 0x800000
 #define VNI_DSR_UDP 0x10000
 
+/* Flow events in the ring: a record is struct flow_event or, when its
+ * family says so, struct flow_event6; both begin alike. */
+#define FLOW_EVENT_IPV4 0
+#define FLOW_EVENT_IPV6 6
+
 struct flow_event {
 	__u64 ts_ns;
 	__u32 ifindex;
 	__u8 reason; /* enum drop_reason; REASON_ALLOWED for traces */
 	__u8 direction;
 	__u8 proto;
-	__u8 pad;
+	__u8 family; /* FLOW_EVENT_IPV4 */
 	__be32 saddr;
 	__be32 daddr;
 	__be16 sport;
 	__be16 dport;
 };
 
+struct flow_event6 {
+	__u64 ts_ns;
+	__u32 ifindex;
+	__u8 reason;
+	__u8 direction;
+	__u8 proto;
+	__u8 family; /* FLOW_EVENT_IPV6 */
+	union v6addr saddr;
+	union v6addr daddr;
+	__be16 sport;
+	__be16 dport;
+	__u32 pad;
+};
+
 _Static_assert(sizeof(struct endpoint) == 36, "endpoint layout");
+_Static_assert(sizeof(struct endpoint6) == 32, "endpoint6 layout");
+_Static_assert(sizeof(struct policy_rule6) == 40, "policy_rule6 layout");
+_Static_assert(sizeof(struct policy6) == 8 + 40 * MAX_POLICY_RULES, "policy6 layout");
+_Static_assert(sizeof(struct ct_key6) == 44, "ct_key6 layout");
+_Static_assert(sizeof(struct flow_event6) == 56, "flow_event6 layout");
 _Static_assert(sizeof(struct policy_rule) == 16, "policy_rule layout");
 _Static_assert(sizeof(struct policy) == 8 + 16 * MAX_POLICY_RULES, "policy layout");
 _Static_assert(sizeof(struct ct_key) == 20, "ct_key layout");

@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /* Connection tracking: one LRU entry per flow and endpoint, TCP state by
  * flags, idle timeouts by state. Replies of a tracked flow pass without a
- * policy lookup; ICMP errors about a tracked flow pass as related. */
+ * policy lookup; ICMP errors about a tracked flow pass as related. IPv6
+ * flows have a table of their own (conntrack6), so that IPv4's keys stay
+ * 20 bytes; entries, states and timeouts are the same. */
 #pragma once
 
 #include "common.h"
@@ -16,6 +18,14 @@ struct {
 	__type(key, struct ct_key);
 	__type(value, struct ct_entry);
 } conntrack SEC(".maps");
+
+/* The loader sizes it as conntrack (bpf_conntrack_size, per family). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ct_key6);
+	__type(value, struct ct_entry);
+} conntrack6 SEC(".maps");
 
 #define SEC_NS 1000000000ULL
 /* How stale last_seen may get: timeouts are seconds to hours, and writing
@@ -115,22 +125,66 @@ static __always_inline void tcp_advance(struct ct_entry *e, const struct packet 
 		e->state = CT_ESTABLISHED;
 }
 
-/* The packet's flow on `ifindex`, live, or NULL: a stale entry, or a
- * closed TCP flow seeing a new SYN, is a miss (the new flow is judged by
- * policy again). Nothing is written; ct_update does that once the caller
- * has accepted the packet. */
-static __always_inline struct ct_entry *ct_find(const struct packet *p, __u32 ifindex, __u64 now,
-						bool *src_is_a)
+/* Whether entry `e` (or none) stands for the packet's flow at `now`: a
+ * stale entry, or a closed TCP flow seeing a new SYN, does not (the new
+ * flow is judged by policy again). */
+static __always_inline struct ct_entry *ct_live(struct ct_entry *e, const struct packet *p,
+						__u64 now)
 {
-	struct ct_key k;
-	*src_is_a = ct_key_fill(&k, p->saddr, p->daddr, p->sport, p->dport, p->proto, ifindex);
-	struct ct_entry *e = bpf_map_lookup_elem(&conntrack, &k);
 	if (!e || ct_expired(e, now, p->proto))
 		return NULL;
 	bool syn_only = (p->tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN;
 	if (p->proto == IPPROTO_TCP && syn_only && e->state >= CT_CLOSING)
 		return NULL;
 	return e;
+}
+
+/* The packet's flow on `ifindex`, live, or NULL (ct_live). Nothing is
+ * written; ct_update does that once the caller has accepted the packet. */
+static __always_inline struct ct_entry *ct_find(const struct packet *p, __u32 ifindex, __u64 now,
+						bool *src_is_a)
+{
+	struct ct_key k;
+	*src_is_a = ct_key_fill(&k, p->saddr, p->daddr, p->sport, p->dport, p->proto, ifindex);
+	return ct_live(bpf_map_lookup_elem(&conntrack, &k), p, now);
+}
+
+/* Whether (a, pa) sorts before (b, pb): side a of an IPv6 flow. Any
+ * total order does, so words are compared as they are stored. */
+static __always_inline bool v6_side_a(const union v6addr *a, __be16 pa, const union v6addr *b,
+				      __be16 pb)
+{
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		if (a->w[i] != b->w[i])
+			return a->w[i] < b->w[i];
+	}
+	return pa <= pb;
+}
+
+/* ct_key_fill for IPv6. */
+static __always_inline bool ct_key6_fill(struct ct_key6 *k, const union v6addr *saddr,
+					 const union v6addr *daddr, __be16 sport, __be16 dport,
+					 __u8 proto, __u32 ifindex)
+{
+	bool src_is_a = v6_side_a(saddr, sport, daddr, dport);
+	__builtin_memcpy(&k->addr_a, src_is_a ? saddr : daddr, sizeof(k->addr_a));
+	__builtin_memcpy(&k->addr_b, src_is_a ? daddr : saddr, sizeof(k->addr_b));
+	k->port_a = src_is_a ? sport : dport;
+	k->port_b = src_is_a ? dport : sport;
+	k->proto = proto;
+	k->pad[0] = k->pad[1] = k->pad[2] = 0;
+	k->ifindex = ifindex;
+	return src_is_a;
+}
+
+/* ct_find for IPv6. */
+static __always_inline struct ct_entry *ct6_find(const struct packet *p, __u32 ifindex, __u64 now,
+						 bool *src_is_a)
+{
+	struct ct_key6 k;
+	*src_is_a = ct_key6_fill(&k, &p->saddr6, &p->daddr6, p->sport, p->dport, p->proto, ifindex);
+	return ct_live(bpf_map_lookup_elem(&conntrack6, &k), p, now);
 }
 
 /* Refreshes `e` for the packet and advances its state; CT_ORIGINAL or
@@ -148,46 +202,66 @@ static __always_inline int ct_update(struct ct_entry *e, const struct packet *p,
 	return original ? CT_ORIGINAL : CT_REPLY;
 }
 
-/* Looks the packet's flow up on `ifindex` and advances its state. */
+/* Looks the packet's flow up on `ifindex` (in the table of its family)
+ * and advances its state. */
 static __always_inline int ct_lookup(const struct packet *p, __u32 ifindex, struct ct_entry **out)
 {
 	__u64 now = flow_clock();
 	bool src_is_a;
-	struct ct_entry *e = ct_find(p, ifindex, now, &src_is_a);
+	struct ct_entry *e = p->ipv6 ? ct6_find(p, ifindex, now, &src_is_a)
+				     : ct_find(p, ifindex, now, &src_is_a);
 	if (!e)
 		return CT_MISS;
 	*out = e;
 	return ct_update(e, p, src_is_a, now);
 }
 
-/* Records a new flow of endpoint `ep` (on its host veth), the packet's
- * sender being its initiator; `tunnel_peer` for CT_F_TUNNEL. */
+/* A new flow's entry for endpoint `ep`, the packet's sender (side a when
+ * `src_is_a`) being its initiator. */
+static __always_inline void ct_entry_init(struct ct_entry *e, const struct packet *p,
+					  const struct endpoint *ep, __u8 flags, bool src_is_a)
+{
+	__u64 now = flow_clock();
+	e->last_seen_ns = now;
+	e->created_s = now / SEC_NS;
+	e->state = CT_NEW;
+	e->flags = flags | (src_is_a ? CT_F_ORIGIN_IS_A : 0);
+	e->slot = ep->slot;
+	__builtin_memcpy(e->pod_mac, ep->mac, ETH_ALEN);
+	if (p->proto == IPPROTO_TCP) {
+		if (p->tcp_flags & TCPF_RST)
+			e->state = CT_CLOSED;
+		else if ((p->tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN)
+			e->state = CT_SYN_SENT;
+		else /* picked up mid-stream (after a flush or an upgrade) */
+			e->state = CT_ESTABLISHED;
+	}
+}
+
+/* Records a new IPv4 flow of endpoint `ep` (on its host veth), the
+ * packet's sender being its initiator; `tunnel_peer` for CT_F_TUNNEL. */
 static __always_inline void ct_create(const struct packet *p, const struct endpoint *ep, __u8 flags,
 				      __be32 tunnel_peer)
 {
 	struct ct_key k;
 	bool src_is_a =
 		ct_key_fill(&k, p->saddr, p->daddr, p->sport, p->dport, p->proto, ep->ifindex);
-	__u64 now = flow_clock();
-	struct ct_entry e = {
-		.last_seen_ns = now,
-		.created_s = now / SEC_NS,
-		.state = CT_NEW,
-		.flags = flags | (src_is_a ? CT_F_ORIGIN_IS_A : 0),
-		.tunnel_peer = tunnel_peer,
-		.slot = ep->slot,
-		.pod_ip = ep->ip,
-	};
-	__builtin_memcpy(e.pod_mac, ep->mac, ETH_ALEN);
-	if (p->proto == IPPROTO_TCP) {
-		if (p->tcp_flags & TCPF_RST)
-			e.state = CT_CLOSED;
-		else if ((p->tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN)
-			e.state = CT_SYN_SENT;
-		else /* picked up mid-stream (after a flush or an upgrade) */
-			e.state = CT_ESTABLISHED;
-	}
+	struct ct_entry e = {.tunnel_peer = tunnel_peer, .pod_ip = ep->ip};
+	ct_entry_init(&e, p, ep, flags, src_is_a);
 	bpf_map_update_elem(&conntrack, &k, &e, BPF_ANY);
+}
+
+/* Records a new IPv6 flow of endpoint `ep`, the packet's sender being its
+ * initiator; `from_pod`: the sender is the pod (else it is the receiver). */
+static __always_inline void ct6_create(const struct packet *p, const struct endpoint *ep,
+				       bool from_pod)
+{
+	struct ct_key6 k;
+	bool src_is_a = ct_key6_fill(&k, &p->saddr6, &p->daddr6, p->sport, p->dport, p->proto,
+				     ep->ifindex);
+	struct ct_entry e = {};
+	ct_entry_init(&e, p, ep, src_is_a == from_pod ? CT_F_POD_IS_A : 0, src_is_a);
+	bpf_map_update_elem(&conntrack6, &k, &e, BPF_ANY);
 }
 
 /* The entry of the flow tracked on `ifindex` that an ICMP error
@@ -204,4 +278,19 @@ static __always_inline struct ct_entry *ct_related(struct __sk_buff *skb, const 
 	ct_key_fill(&k, q.ip.saddr, q.ip.daddr, q.sport, q.dport, q.ip.protocol, ifindex);
 	struct ct_entry *e = bpf_map_lookup_elem(&conntrack, &k);
 	return e && !ct_expired(e, flow_clock(), q.ip.protocol) ? e : NULL;
+}
+
+/* ct_related for ICMPv6 errors, in conntrack6. */
+static __always_inline struct ct_entry *ct6_related(struct __sk_buff *skb, const struct packet *p,
+						    __u32 ifindex)
+{
+	struct icmp6_quote q;
+	__be16 sport, dport;
+	if (!icmp6_error_quote(skb, p, &q, &sport, &dport))
+		return NULL;
+	struct ct_key6 k;
+	ct_key6_fill(&k, (union v6addr *)&q.ip.saddr, (union v6addr *)&q.ip.daddr, sport, dport,
+		     q.ip.nexthdr, ifindex);
+	struct ct_entry *e = bpf_map_lookup_elem(&conntrack6, &k);
+	return e && !ct_expired(e, flow_clock(), q.ip.nexthdr) ? e : NULL;
 }

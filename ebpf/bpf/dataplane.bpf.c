@@ -15,6 +15,10 @@
  * svc_filter bit is clear: a ClusterIP or NodePort packet is translated
  * before its flow is looked up). Every other packet takes the full path.
  *
+ * IPv6 takes the kernel stack after the pod's own verdict (anti-spoofing,
+ * conntrack, policy): services, local redirects and the tunnel are IPv4's
+ * so far. Neighbour discovery passes like ARP (ndisc.h).
+ *
  * Counters are by slot: an endpoint's own, or slot 0 for the node's
  * interfaces (data interfaces, the tunnel) and veths with no endpoint;
  * flow events still name the interface. */
@@ -30,6 +34,7 @@
 #include "lb.h"
 #include "reject.h"
 #include "tunnel.h"
+#include "ndisc.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -158,6 +163,81 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 	return dst ? deliver_local(skb, p, dst) : to_elsewhere(skb, p);
 }
 
+/* What an IPv6 packet on endpoint `ep`'s `dir` side needs no flow for:
+ * link control passes, a later fragment passes unless a policy applies
+ * (it carries no ports to judge). TC_ACT_OK or TC_ACT_SHOT (counted) for
+ * those; V6_JUDGE for the rest. */
+#define V6_JUDGE -1
+static __always_inline int v6_flowless(const struct packet *p, const struct endpoint *ep, __u8 dir)
+{
+	if (v6_link_control(p))
+		return TC_ACT_OK;
+	if (!p->fragment)
+		return V6_JUDGE;
+	if (policy_of(ep->ifindex, dir))
+		return drop(p, ep->slot, ep->ifindex, dir, DROP_FRAGMENT);
+	return TC_ACT_OK;
+}
+
+/* An IPv6 packet from the pod, once its MAC is known to be the pod's:
+ * its source must be the pod's address (or, for neighbour discovery, a
+ * link-local or unspecified one); then what needs no flow (v6_flowless),
+ * tracked flows and errors about them pass, and a new flow needs the
+ * egress policy's leave. `ct_missed`: the short
+ * path looked the flow up and found none. */
+static __always_inline int from_pod_v6(struct __sk_buff *skb, struct packet *p,
+				       const struct endpoint *ep, int parsed, bool ct_missed)
+{
+	__u32 ifindex = ep->ifindex, slot = ep->slot;
+	if (!endpoint6_owns(ifindex, &p->saddr6) && !v6_pod_link_source_ok(p))
+		return drop(p, slot, ifindex, DIR_EGRESS, DROP_SPOOF_IP);
+	if (parsed == PARSE_IPV6_EXT)
+		return drop(p, slot, ifindex, DIR_EGRESS, DROP_IPV6_EXT);
+	int flowless = v6_flowless(p, ep, DIR_EGRESS);
+	if (flowless == TC_ACT_SHOT)
+		return flowless;
+	if (flowless == TC_ACT_OK)
+		goto allowed;
+	struct ct_entry *e;
+	if (!ct_missed && ct_lookup(p, ifindex, &e) != CT_MISS)
+		goto allowed;
+	/* An error about a tracked flow passes as part of it, untracked. */
+	if (ct6_related(skb, p, ifindex))
+		goto allowed;
+	if (policy_judge6(ifindex, DIR_EGRESS, &p->daddr6, p) != POLICY_ALLOW)
+		return drop(p, slot, ifindex, DIR_EGRESS, DROP_POLICY_EGRESS);
+	ct6_create(p, ep, true);
+	trace_new_flow(p, ifindex, DIR_EGRESS);
+allowed:
+	count_allowed(slot, DIR_EGRESS, p->len);
+	return TC_ACT_OK;
+}
+
+/* An IPv6 packet to the pod whose flow the short path did not find: what
+ * needs no flow (v6_flowless) and errors about a tracked flow pass, the
+ * node is let in, and a new flow needs the ingress policy's leave. */
+static __always_inline int to_pod_v6(struct __sk_buff *skb, struct packet *p,
+				     const struct endpoint *ep)
+{
+	__u32 ifindex = ep->ifindex, slot = ep->slot;
+	int flowless = v6_flowless(p, ep, DIR_INGRESS);
+	if (flowless == TC_ACT_SHOT)
+		return flowless;
+	if (flowless == TC_ACT_OK)
+		goto allowed;
+	if (ct6_related(skb, p, ifindex))
+		goto allowed;
+	/* The node itself is let in, as for IPv4 (ingress_verdict). */
+	bool from_node = skb->ingress_ifindex == 0;
+	if (!from_node && policy_judge6(ifindex, DIR_INGRESS, &p->saddr6, p) != POLICY_ALLOW)
+		return drop(p, slot, ifindex, DIR_INGRESS, DROP_POLICY_INGRESS);
+	ct6_create(p, ep, false);
+	trace_new_flow(p, ifindex, DIR_INGRESS);
+allowed:
+	count_allowed(slot, DIR_INGRESS, p->len);
+	return TC_ACT_OK;
+}
+
 SEC("classifier")
 int from_pod(struct __sk_buff *skb)
 {
@@ -179,6 +259,18 @@ int from_pod(struct __sk_buff *skb)
 			return egress_established(skb, &p, ifindex, e,
 						  ct_update(e, &p, src_is_a, now));
 		ct_missed = !e;
+	} else if (parsed == PARSED_IPV6 && !p.fragment) {
+		/* The entry says which side is the pod: the sender must be. */
+		__u64 now = flow_clock();
+		bool src_is_a;
+		struct ct_entry *e = ct6_find(&p, ifindex, now, &src_is_a);
+		if (e && src_is_a == !!(e->flags & CT_F_POD_IS_A) &&
+		    __builtin_memcmp(p.src_mac, e->pod_mac, ETH_ALEN) == 0) {
+			ct_update(e, &p, src_is_a, now);
+			count_allowed(e->slot, DIR_EGRESS, p.len);
+			return TC_ACT_OK;
+		}
+		ct_missed = !e;
 	}
 
 	struct endpoint *ep = endpoint_of(ifindex);
@@ -191,7 +283,9 @@ int from_pod(struct __sk_buff *skb)
 		return drop(&p, slot, ifindex, DIR_EGRESS, DROP_SPOOF_MAC);
 	if (parsed == PARSE_UNSUPPORTED)
 		return drop(&p, slot, ifindex, DIR_EGRESS, DROP_UNSUPPORTED_L3);
-	if (parsed != PARSED_IPV4) { /* ARP; IPv6 until it is handled */
+	if (parsed == PARSED_IPV6 || parsed == PARSE_IPV6_EXT)
+		return from_pod_v6(skb, &p, ep, parsed, ct_missed);
+	if (parsed == PARSED_ARP) {
 		count_allowed(slot, DIR_EGRESS, p.len);
 		return TC_ACT_OK;
 	}
@@ -285,6 +379,12 @@ int to_pod(struct __sk_buff *skb)
 		if (ct != CT_MISS)
 			return ingress_established(skb, &p, ifindex, e, ct);
 		ct_missed = true;
+	} else if (parsed == PARSED_IPV6 && !p.fragment) {
+		struct ct_entry *e;
+		if (ct_lookup(&p, ifindex, &e) != CT_MISS) {
+			count_allowed(e->slot, DIR_INGRESS, p.len);
+			return TC_ACT_OK;
+		}
 	}
 
 	struct endpoint *ep = endpoint_of(ifindex);
@@ -295,9 +395,13 @@ int to_pod(struct __sk_buff *skb)
 		return drop(&p, ep->slot, ifindex, DIR_INGRESS, DROP_PARSE);
 	case PARSE_UNSUPPORTED:
 		return drop(&p, ep->slot, ifindex, DIR_INGRESS, DROP_UNSUPPORTED_L3);
+	case PARSE_IPV6_EXT:
+		return drop(&p, ep->slot, ifindex, DIR_INGRESS, DROP_IPV6_EXT);
 	case PARSED_IPV4:
 		return ingress_verdict(skb, &p, ep, VIA_STACK, 0, ct_missed);
-	default: /* ARP; IPv6 until it is handled */
+	case PARSED_IPV6:
+		return to_pod_v6(skb, &p, ep);
+	default: /* ARP */
 		count_allowed(ep->slot, DIR_INGRESS, p.len);
 		return TC_ACT_OK;
 	}

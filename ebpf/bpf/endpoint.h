@@ -29,3 +29,23 @@ static __always_inline __u32 local_endpoint_ifindex(__be32 ip)
 	__u32 *ifindex = bpf_map_lookup_elem(&endpoints_by_ip, &ip);
 	return ifindex ? *ifindex : 0;
 }
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_ENDPOINTS);
+	__type(key, __u32);
+	__type(value, struct endpoint6);
+} endpoints6 SEC(".maps");
+
+static __always_inline bool v6addr_equal(const union v6addr *a, const union v6addr *b)
+{
+	return ((a->w[0] ^ b->w[0]) | (a->w[1] ^ b->w[1]) | (a->w[2] ^ b->w[2]) |
+		(a->w[3] ^ b->w[3])) == 0;
+}
+
+/* Whether `addr` is the IPv6 address of the pod behind host veth `ifindex`. */
+static __always_inline bool endpoint6_owns(__u32 ifindex, const union v6addr *addr)
+{
+	struct endpoint6 *ep6 = bpf_map_lookup_elem(&endpoints6, &ifindex);
+	return ep6 && v6addr_equal(&ep6->ip, addr);
+}

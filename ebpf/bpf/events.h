@@ -53,8 +53,31 @@ static __always_inline struct counters *counters_of(__u32 slot)
 	return bpf_map_lookup_elem(&counters, &slot);
 }
 
+static __always_inline void emit6(const struct packet *p, __u32 ifindex, __u8 dir, __u8 reason)
+{
+	struct flow_event6 *e = bpf_ringbuf_reserve(&flow_events, sizeof(*e), 0);
+	if (!e)
+		return; /* full: the counters still have it */
+	e->ts_ns = bpf_ktime_get_ns();
+	e->ifindex = ifindex;
+	e->reason = reason;
+	e->direction = dir;
+	e->proto = p->proto;
+	e->family = FLOW_EVENT_IPV6;
+	__builtin_memcpy(&e->saddr, &p->saddr6, sizeof(e->saddr));
+	__builtin_memcpy(&e->daddr, &p->daddr6, sizeof(e->daddr));
+	e->sport = p->sport;
+	e->dport = p->dport;
+	e->pad = 0;
+	bpf_ringbuf_submit(e, 0);
+}
+
 static __always_inline void emit(const struct packet *p, __u32 ifindex, __u8 dir, __u8 reason)
 {
+	if (p->ipv6) {
+		emit6(p, ifindex, dir, reason);
+		return;
+	}
 	struct flow_event *e = bpf_ringbuf_reserve(&flow_events, sizeof(*e), 0);
 	if (!e)
 		return; /* full: the counters still have it */
@@ -63,7 +86,7 @@ static __always_inline void emit(const struct packet *p, __u32 ifindex, __u8 dir
 	e->reason = reason;
 	e->direction = dir;
 	e->proto = p->proto;
-	e->pad = 0;
+	e->family = FLOW_EVENT_IPV4;
 	e->saddr = p->saddr;
 	e->daddr = p->daddr;
 	e->sport = p->sport;

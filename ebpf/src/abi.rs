@@ -1,7 +1,7 @@
 //! Rust mirrors of `bpf/abi.h`. Sizes are asserted here and there, so a
 //! change on one side that is not made on the other fails the build.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub const MAX_POLICY_RULES: usize = 256;
 pub const MAX_ENDPOINTS: u32 = 1024;
@@ -17,7 +17,7 @@ pub const LOG_INFO: u32 = 1;
 pub const LOG_DEBUG: u32 = 2;
 
 /// Why a packet was dropped (`enum drop_reason`).
-pub const DROP_REASONS: [&str; 11] = [
+pub const DROP_REASONS: [&str; DROP_REASON_MAX] = [
     "allowed",
     "parse",
     "unsupported-l3",
@@ -29,13 +29,17 @@ pub const DROP_REASONS: [&str; 11] = [
     "no-endpoint",
     "service-no-backend",
     "nat-failed",
+    "ipv6-ext-headers",
 ];
+pub const DROP_REASON_MAX: usize = 12;
 pub const DROP_PARSE: usize = 1;
 pub const DROP_SPOOF_MAC: usize = 3;
 pub const DROP_SPOOF_IP: usize = 4;
 pub const DROP_POLICY_EGRESS: usize = 5;
 pub const DROP_POLICY_INGRESS: usize = 6;
 pub const DROP_NO_BACKEND: usize = 9;
+pub const DROP_FRAGMENT: usize = 7;
+pub const DROP_IPV6_EXT: usize = 11;
 
 /// TCP states of a conntrack entry (`enum ct_state`).
 pub const CT_STATES: [&str; 6] = [
@@ -55,6 +59,15 @@ pub const CT_F_ORIGIN_IS_A: u8 = 0x1;
 pub const CT_F_LOCAL_DELIVERY: u8 = 0x8;
 pub const CT_F_SERVICE: u8 = 0x10;
 pub const CT_F_TUNNEL: u8 = 0x20;
+pub const CT_F_POD_IS_A: u8 = 0x40;
+
+/// On a rule of either family: it was written without a CIDR (both lists
+/// hold it), so `policy show` shows it once.
+pub const RULE_F_ANY_FAMILY: u8 = 0x1;
+
+/// `flow_event.family`: which record a flow event is.
+pub const FLOW_EVENT_IPV4: u8 = 0;
+pub const FLOW_EVENT_IPV6: u8 = 6;
 
 pub const EXT_MODE_TUNNEL: u32 = 0;
 pub const EXT_MODE_DSR: u32 = 1;
@@ -107,6 +120,30 @@ impl Endpoint {
     }
 }
 
+/// A pod's IPv6 address (`struct endpoint6`), keyed by its host veth's
+/// ifindex like [`Endpoint`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Endpoint6 {
+    /// Network byte order, as `Ipv6Addr::octets`.
+    pub ip: [u8; 16],
+    pub flags: u32,
+    pub reserved: [u32; 3],
+}
+
+impl Endpoint6 {
+    pub fn new(ip: Ipv6Addr) -> Endpoint6 {
+        Endpoint6 {
+            ip: ip.octets(),
+            ..Endpoint6::default()
+        }
+    }
+
+    pub fn ipv6(&self) -> Ipv6Addr {
+        Ipv6Addr::from(self.ip)
+    }
+}
+
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PolicyRule {
@@ -116,7 +153,22 @@ pub struct PolicyRule {
     pub port_hi: u16,
     pub proto: u8,
     pub action: u8,
-    pub pad: [u8; 2],
+    /// `RULE_F_*`.
+    pub flags: u8,
+    pub pad: u8,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyRule6 {
+    pub addr: [u8; 16],
+    pub mask: [u8; 16],
+    pub port_lo: u16,
+    pub port_hi: u16,
+    pub proto: u8,
+    pub action: u8,
+    pub flags: u8,
+    pub pad: u8,
 }
 
 #[repr(C)]
@@ -144,11 +196,44 @@ impl Default for Policy {
     }
 }
 
+/// A direction's IPv6 rules (`struct policy6`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Policy6 {
+    pub count: u32,
+    pub reserved: u32,
+    pub rules: [PolicyRule6; MAX_POLICY_RULES],
+}
+
+impl Default for Policy6 {
+    fn default() -> Self {
+        Policy6 {
+            count: 0,
+            reserved: 0,
+            rules: [PolicyRule6::default(); MAX_POLICY_RULES],
+        }
+    }
+}
+
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct CtKey {
     pub addr_a: [u8; 4],
     pub addr_b: [u8; 4],
+    /// Network byte order.
+    pub port_a: [u8; 2],
+    pub port_b: [u8; 2],
+    pub proto: u8,
+    pub pad: [u8; 3],
+    pub ifindex: u32,
+}
+
+/// `struct ct_key6`: an IPv6 flow of an endpoint.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct CtKey6 {
+    pub addr_a: [u8; 16],
+    pub addr_b: [u8; 16],
     /// Network byte order.
     pub port_a: [u8; 2],
     pub port_b: [u8; 2],
@@ -181,8 +266,7 @@ pub struct CtEntry {
 pub struct Counters {
     pub packets: [u64; 2],
     pub bytes: [u64; 2],
-    pub drops: [u64; 11],
-    pub reserved: [u64; 1],
+    pub drops: [u64; DROP_REASON_MAX],
 }
 
 #[repr(C)]
@@ -276,11 +360,31 @@ pub struct FlowEvent {
     pub reason: u8,
     pub direction: u8,
     pub proto: u8,
-    pub pad: u8,
+    /// `FLOW_EVENT_IPV4`.
+    pub family: u8,
     pub saddr: [u8; 4],
     pub daddr: [u8; 4],
     pub sport: [u8; 2],
     pub dport: [u8; 2],
+}
+
+/// An IPv6 flow event (`struct flow_event6`): begins as [`FlowEvent`] does,
+/// `family` telling them apart.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlowEvent6 {
+    pub ts_ns: u64,
+    pub ifindex: u32,
+    pub reason: u8,
+    pub direction: u8,
+    pub proto: u8,
+    /// `FLOW_EVENT_IPV6`.
+    pub family: u8,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub pad: u32,
 }
 
 /// A service frontend: address, port and protocol, as clients reach it.
@@ -375,6 +479,11 @@ pub struct Peer {
 const _: () = {
     use std::mem::size_of;
     assert!(size_of::<Endpoint>() == 36);
+    assert!(size_of::<Endpoint6>() == 32);
+    assert!(size_of::<PolicyRule6>() == 40);
+    assert!(size_of::<Policy6>() == 8 + 40 * MAX_POLICY_RULES);
+    assert!(size_of::<CtKey6>() == 44);
+    assert!(size_of::<FlowEvent6>() == 56);
     assert!(size_of::<PolicyRule>() == 16);
     assert!(size_of::<Policy>() == 8 + 16 * MAX_POLICY_RULES);
     assert!(size_of::<CtKey>() == 20);
@@ -397,6 +506,11 @@ const _: () = {
 // SAFETY: all of these are repr(C) plain data with no padding that the
 // kernel could not have written (every hole is an explicit field).
 unsafe impl aya::Pod for Endpoint {}
+unsafe impl aya::Pod for Endpoint6 {}
+unsafe impl aya::Pod for PolicyRule6 {}
+unsafe impl aya::Pod for Policy6 {}
+unsafe impl aya::Pod for CtKey6 {}
+unsafe impl aya::Pod for FlowEvent6 {}
 unsafe impl aya::Pod for PolicyRule {}
 unsafe impl aya::Pod for PolicyKey {}
 unsafe impl aya::Pod for Policy {}

@@ -1,7 +1,7 @@
 //! Reading the dataplane's state for operators: counters, conntrack and
 //! the flow-event ring, as plain records.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::Duration;
@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::abi::{
-    CT_F_ORIGIN_IS_A, CT_STATES, Counters, CtEntry, CtKey, DROP_REASONS, FlowEvent, NAT_FWD,
-    NatEntry, NatKey,
+    CT_F_ORIGIN_IS_A, CT_STATES, Counters, CtEntry, CtKey, CtKey6, DROP_REASONS, FLOW_EVENT_IPV6,
+    FlowEvent, FlowEvent6, NAT_FWD, NatEntry, NatKey,
 };
 use crate::error::DataplaneError;
 use crate::maps;
@@ -65,22 +65,60 @@ pub struct CtRecord {
     pub local_delivery: bool,
 }
 
-fn endpoint_str(addr: [u8; 4], port: [u8; 2]) -> String {
-    format!("{}:{}", Ipv4Addr::from(addr), u16::from_be_bytes(port))
+/// `address:port`, IPv6 in brackets.
+fn endpoint_str(addr: impl Into<IpAddr>, port: [u8; 2]) -> String {
+    SocketAddr::new(addr.into(), u16::from_be_bytes(port)).to_string()
+}
+
+/// A conntrack key of either family, as a record needs it.
+pub trait FlowKey {
+    fn ifindex(&self) -> u32;
+    fn proto(&self) -> u8;
+    /// Side a and side b, as `address:port`.
+    fn sides(&self) -> (String, String);
+}
+
+impl FlowKey for CtKey {
+    fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+    fn sides(&self) -> (String, String) {
+        (
+            endpoint_str(Ipv4Addr::from(self.addr_a), self.port_a),
+            endpoint_str(Ipv4Addr::from(self.addr_b), self.port_b),
+        )
+    }
+}
+
+impl FlowKey for CtKey6 {
+    fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+    fn sides(&self) -> (String, String) {
+        (
+            endpoint_str(Ipv6Addr::from(self.addr_a), self.port_a),
+            endpoint_str(Ipv6Addr::from(self.addr_b), self.port_b),
+        )
+    }
 }
 
 impl CtRecord {
-    pub fn new(k: &CtKey, e: &CtEntry, now_ns: u64) -> CtRecord {
-        let a = endpoint_str(k.addr_a, k.port_a);
-        let b = endpoint_str(k.addr_b, k.port_b);
+    pub fn new(k: &impl FlowKey, e: &CtEntry, now_ns: u64) -> CtRecord {
+        let (a, b) = k.sides();
         let (src, dst) = if e.flags & CT_F_ORIGIN_IS_A != 0 {
             (a, b)
         } else {
             (b, a)
         };
         CtRecord {
-            ifindex: k.ifindex,
-            protocol: k.proto,
+            ifindex: k.ifindex(),
+            protocol: k.proto(),
             src,
             dst,
             state: CT_STATES.get(e.state as usize).copied().unwrap_or("?"),
@@ -91,16 +129,44 @@ impl CtRecord {
     }
 }
 
-/// Every conntrack entry (of one endpoint, when given).
+/// Every IPv4 conntrack entry (of one endpoint, when given).
 pub fn conntrack(
     root: &Path,
     ifindex: Option<u32>,
 ) -> Result<Vec<(CtKey, CtEntry)>, DataplaneError> {
-    let ct = maps::conntrack(root)?;
-    Ok(ct
-        .iter()
+    Ok(entries(maps::conntrack(root)?, ifindex))
+}
+
+/// Every IPv6 conntrack entry (of one endpoint, when given).
+pub fn conntrack6(
+    root: &Path,
+    ifindex: Option<u32>,
+) -> Result<Vec<(CtKey6, CtEntry)>, DataplaneError> {
+    Ok(entries(maps::conntrack6(root)?, ifindex))
+}
+
+fn entries<K: aya::Pod + FlowKey>(
+    map: aya::maps::HashMap<aya::maps::MapData, K, CtEntry>,
+    ifindex: Option<u32>,
+) -> Vec<(K, CtEntry)> {
+    map.iter()
         .filter_map(Result::ok)
-        .filter(|(k, _)| ifindex.is_none_or(|i| k.ifindex == i))
+        .filter(|(k, _)| ifindex.is_none_or(|i| k.ifindex() == i))
+        .collect()
+}
+
+/// Every conntrack entry of both families as records, IPv4's first.
+pub fn conntrack_records(
+    root: &Path,
+    ifindex: Option<u32>,
+) -> Result<Vec<CtRecord>, DataplaneError> {
+    let now = monotonic_ns();
+    let v4 = conntrack(root, ifindex)?;
+    let v6 = conntrack6(root, ifindex)?;
+    Ok(v4
+        .iter()
+        .map(|(k, e)| CtRecord::new(k, e, now))
+        .chain(v6.iter().map(|(k, e)| CtRecord::new(k, e, now)))
         .collect())
 }
 
@@ -135,9 +201,9 @@ impl NatRecord {
                 "reverse"
             },
             protocol: k.proto,
-            src: endpoint_str(k.saddr, k.sport),
-            dst: endpoint_str(k.daddr, k.dport),
-            translated: endpoint_str(e.addr, e.port),
+            src: endpoint_str(Ipv4Addr::from(k.saddr), k.sport),
+            dst: endpoint_str(Ipv4Addr::from(k.daddr), k.dport),
+            translated: endpoint_str(Ipv4Addr::from(e.addr), e.port),
             hairpin: (e.peer != [0; 4]).then(|| Ipv4Addr::from(e.peer)),
             service,
             idle_s: (k.kind == NAT_FWD)
@@ -162,20 +228,60 @@ pub struct FlowRecord {
     pub dst: String,
 }
 
-impl From<&FlowEvent> for FlowRecord {
-    fn from(e: &FlowEvent) -> FlowRecord {
+impl FlowRecord {
+    fn new(
+        ifindex: u32,
+        direction: u8,
+        reason: u8,
+        protocol: u8,
+        src: String,
+        dst: String,
+    ) -> FlowRecord {
         FlowRecord {
-            ifindex: e.ifindex,
-            direction: if e.direction == 0 {
-                "from-pod"
-            } else {
-                "to-pod"
-            },
-            verdict: DROP_REASONS.get(e.reason as usize).copied().unwrap_or("?"),
-            protocol: e.proto,
-            src: endpoint_str(e.saddr, e.sport),
-            dst: endpoint_str(e.daddr, e.dport),
+            ifindex,
+            direction: if direction == 0 { "from-pod" } else { "to-pod" },
+            verdict: DROP_REASONS.get(reason as usize).copied().unwrap_or("?"),
+            protocol,
+            src,
+            dst,
         }
+    }
+
+    /// The record of one item of the ring (a `FlowEvent` or, as its family
+    /// says, a `FlowEvent6`); None for one too short to be either.
+    fn from_ring(item: &[u8]) -> Option<FlowRecord> {
+        // SAFETY (both reads): the ring holds events written by the
+        // programs; the length is checked first and read_unaligned copes
+        // with alignment.
+        if item.len() >= std::mem::size_of::<FlowEvent6>()
+            && item[std::mem::offset_of!(FlowEvent, family)] == FLOW_EVENT_IPV6
+        {
+            let e = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEvent6>()) };
+            let src = endpoint_str(Ipv6Addr::from(e.saddr), e.sport);
+            let dst = endpoint_str(Ipv6Addr::from(e.daddr), e.dport);
+            return Some(Self::new(
+                e.ifindex,
+                e.direction,
+                e.reason,
+                e.proto,
+                src,
+                dst,
+            ));
+        }
+        if item.len() < std::mem::size_of::<FlowEvent>() {
+            return None;
+        }
+        let e = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEvent>()) };
+        let src = endpoint_str(Ipv4Addr::from(e.saddr), e.sport);
+        let dst = endpoint_str(Ipv4Addr::from(e.daddr), e.dport);
+        Some(Self::new(
+            e.ifindex,
+            e.direction,
+            e.reason,
+            e.proto,
+            src,
+            dst,
+        ))
     }
 }
 
@@ -184,19 +290,16 @@ impl From<&FlowEvent> for FlowRecord {
 pub fn follow_events(
     root: &Path,
     timeout: Option<Duration>,
-    mut each: impl FnMut(FlowEvent) -> bool,
+    mut each: impl FnMut(FlowRecord) -> bool,
 ) -> Result<(), DataplaneError> {
     let mut ring = maps::flow_events(root)?;
     loop {
         while let Some(item) = ring.next() {
-            if item.len() < std::mem::size_of::<FlowEvent>() {
-                continue;
-            }
-            // SAFETY: the ring holds FlowEvents written by the programs; the
-            // length was checked and read_unaligned copes with alignment.
-            let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEvent>()) };
+            let record = FlowRecord::from_ring(&item);
             drop(item);
-            if !each(event) {
+            if let Some(record) = record
+                && !each(record)
+            {
                 return Ok(());
             }
         }

@@ -5,18 +5,20 @@ use std::path::{Path, PathBuf};
 use aya::maps::{HashMap, Map, MapData, MapInfo, PerCpuArray, RingBuf};
 
 use crate::abi::{
-    Backend, BackendKey, Config, Counters, CtEntry, CtKey, Endpoint, NatEntry, NatKey, NodeConfig,
-    Peer, Policy, PolicyKey, SvcFilter, SvcKey, SvcMeta, SvcValue,
+    Backend, BackendKey, Config, Counters, CtEntry, CtKey, CtKey6, Endpoint, Endpoint6, NatEntry,
+    NatKey, NodeConfig, Peer, Policy, Policy6, PolicyKey, SvcFilter, SvcKey, SvcMeta, SvcValue,
 };
 use crate::error::DataplaneError;
 
 /// Every map the object defines and Margay pins, with what losing its
 /// contents costs. "Durable" maps describe running endpoints and must be
 /// carried over an upgrade; "rebuildable" ones refill by themselves.
-pub const PINNED_MAPS: [(&str, Durability); 17] = [
+pub const PINNED_MAPS: [(&str, Durability); 20] = [
     ("endpoints", Durability::Durable),
+    ("endpoints6", Durability::Durable),
     ("endpoints_by_ip", Durability::Durable),
     ("policies", Durability::Durable),
+    ("policies6", Durability::Durable),
     ("svc_frontends", Durability::Durable),
     ("svc_backends", Durability::Durable),
     ("svc_meta", Durability::Durable),
@@ -29,6 +31,7 @@ pub const PINNED_MAPS: [(&str, Durability); 17] = [
     ("nat", Durability::Rebuildable),
     ("svc_affinity", Durability::Rebuildable),
     ("conntrack", Durability::Rebuildable),
+    ("conntrack6", Durability::Rebuildable),
     ("counters", Durability::Rebuildable),
     // Which endpoint holds which counters slot: endpoints' entries name
     // their slots, so this is as durable as they are.
@@ -55,9 +58,12 @@ fn open(root: &Path, name: &str) -> Result<Map, DataplaneError> {
 }
 
 pub type Endpoints = HashMap<MapData, u32, Endpoint>;
+pub type Endpoints6 = HashMap<MapData, u32, Endpoint6>;
 pub type EndpointsByIp = HashMap<MapData, [u8; 4], u32>;
 pub type Policies = HashMap<MapData, PolicyKey, Policy>;
+pub type Policies6 = HashMap<MapData, PolicyKey, Policy6>;
 pub type Conntrack = HashMap<MapData, CtKey, CtEntry>;
+pub type Conntrack6 = HashMap<MapData, CtKey6, CtEntry>;
 pub type CountersMap = PerCpuArray<MapData, Counters>;
 pub type CounterSlots = HashMap<MapData, u32, u32>;
 pub type SvcFilterMap = aya::maps::Array<MapData, SvcFilter>;
@@ -79,9 +85,12 @@ macro_rules! opener {
 }
 
 opener!(endpoints, Endpoints, "endpoints");
+opener!(endpoints6, Endpoints6, "endpoints6");
 opener!(endpoints_by_ip, EndpointsByIp, "endpoints_by_ip");
 opener!(policies, Policies, "policies");
+opener!(policies6, Policies6, "policies6");
 opener!(conntrack, Conntrack, "conntrack");
+opener!(conntrack6, Conntrack6, "conntrack6");
 opener!(counters, CountersMap, "counters");
 opener!(counter_slots, CounterSlots, "counter_slots");
 opener!(svc_filter, SvcFilterMap, "svc_filter");

@@ -18,8 +18,8 @@
 //!
 //! ```text
 //! <root>/progs/{from_pod,to_pod,from_net,from_tunnel}
-//! <root>/maps/{endpoints,endpoints_by_ip,policies,conntrack,counters,flow_events,config,
-//!              svc_frontends,svc_backends,svc_meta,svc_affinity,nat}
+//! <root>/maps/{endpoints,endpoints6,endpoints_by_ip,policies,policies6,conntrack,conntrack6,
+//!              counters,flow_events,config,svc_frontends,svc_backends,svc_meta,svc_affinity,nat,…}
 //! ```
 //!
 //! ```no_run
@@ -87,7 +87,8 @@ impl Settings {
     /// size is configured (the others keep the object's).
     pub fn map_size(&self, name: &str) -> Option<u32> {
         match name {
-            "conntrack" => Some(self.conntrack_size),
+            // Per family.
+            "conntrack" | "conntrack6" => Some(self.conntrack_size),
             // Two translations a flow: forward and reverse.
             "nat" => Some(self.conntrack_size.saturating_mul(2)),
             "svc_frontends" | "svc_meta" => Some(self.service_frontends),
@@ -678,8 +679,16 @@ fn install(root: &Path, settings: &Settings) -> Result<(), DataplaneError> {
         remove_pin(&aside)?;
     }
     // What the programs read beside the durable maps, before any runs:
-    // running endpoints' counters slots, and the frontend filter.
+    // running endpoints' counters slots and IPv6 addresses (older builds
+    // recorded neither), and the frontend filter.
     crate::registry::assign_slots(root)?;
+    let adopted = crate::registry::adopt_ipv6_routes(root)?;
+    if adopted > 0 {
+        tracing::info!(
+            endpoints = adopted,
+            "recorded running endpoints' IPv6 addresses"
+        );
+    }
     crate::service::rebuild_filter(root)?;
     let endpoints: Vec<String> = crate::registry::list(root)
         .map(|l| l.iter().map(crate::abi::Endpoint::ifname).collect())
@@ -748,6 +757,8 @@ fn copy_entries(root: &Path, name: &str, old: aya::maps::MapData) -> Result<(), 
     let old = aya::maps::Map::from_map_data(old).map_err(|e| DataplaneError::map(name, e))?;
     match name {
         "endpoints" => copy(name, old, maps::endpoints(root)?),
+        "endpoints6" => copy(name, old, maps::endpoints6(root)?),
+        "policies6" => copy(name, old, maps::policies6(root)?),
         "endpoints_by_ip" => copy(name, old, maps::endpoints_by_ip(root)?),
         "policies" => copy(name, old, maps::policies(root)?),
         "svc_frontends" => copy(name, old, maps::frontends(root)?),

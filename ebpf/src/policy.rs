@@ -4,7 +4,7 @@
 //! ```yaml
 //! ingress:                 # absent: allow all; [] denies all
 //!   - action: allow
-//!     cidr: 10.244.0.0/16  # default 0.0.0.0/0
+//!     cidr: 10.244.0.0/16  # IPv4 or IPv6; default: any address of both
 //!     protocol: tcp        # any (default) | tcp | udp | icmp | <number>
 //!     ports: "80-443"      # tcp/udp only; default all
 //! egress:
@@ -12,17 +12,22 @@
 //!     cidr: 10.0.0.0/8
 //! ```
 //! Rules are evaluated in order; the first match decides; a direction with
-//! rules denies what none allows.
+//! rules denies what none allows, of either family: a direction whose rules
+//! are all IPv4 denies all IPv6.
+//!
+//! The programs keep each family's rules in a list of its own (a rule
+//! without a CIDR is in both), in the operator's order: rules of different
+//! families never match the same packet, so the split changes no verdict.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
 
 use crate::abi::{
     self, DIR_EGRESS, DIR_INGRESS, MAX_POLICY_RULES, POLICY_ALLOW, POLICY_DENY, PolicyKey,
-    PolicyRule,
+    PolicyRule, PolicyRule6, RULE_F_ANY_FAMILY,
 };
 use crate::error::DataplaneError;
 use crate::maps;
@@ -40,16 +45,13 @@ pub struct PolicySpec {
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     pub action: Action,
-    #[serde(default = "any_address")]
-    pub cidr: Ipv4Network,
+    /// None: any address, of both families.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<IpNetwork>,
     #[serde(default)]
     pub protocol: Protocol,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports: Option<Ports>,
-}
-
-fn any_address() -> Ipv4Network {
-    Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).expect("/0 is valid")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,7 +61,7 @@ pub enum Action {
     Deny,
 }
 
-/// `any`, `tcp`, `udp`, `icmp` or an IP protocol number.
+/// `any`, `tcp`, `udp`, `icmp`, `icmpv6` or an IP protocol number.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Protocol {
     #[default]
@@ -68,7 +70,7 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    const NAMED: [(&'static str, u8); 3] = [("tcp", 6), ("udp", 17), ("icmp", 1)];
+    const NAMED: [(&'static str, u8); 4] = [("tcp", 6), ("udp", 17), ("icmp", 1), ("icmpv6", 58)];
 
     fn number(self) -> u8 {
         match self {
@@ -108,7 +110,7 @@ impl<'de> Deserialize<'de> for Protocol {
                 .map(|(_, v)| Protocol::Number(*v))
                 .ok_or_else(|| {
                     serde::de::Error::custom(format!(
-                        "protocol {name:?}: use any, tcp, udp, icmp or a number"
+                        "protocol {name:?}: use any, tcp, udp, icmp, icmpv6 or a number"
                     ))
                 }),
         }
@@ -179,19 +181,15 @@ pub enum PolicyError {
     },
 }
 
-/// The programs' form of one direction's rules.
-pub fn compile(direction: &'static str, rules: &[Rule]) -> Result<abi::Policy, PolicyError> {
-    if rules.len() > MAX_POLICY_RULES {
-        return Err(PolicyError::TooManyRules {
-            direction,
-            count: rules.len(),
-        });
-    }
-    let mut policy = abi::Policy {
-        count: rules.len() as u32,
-        ..abi::Policy::default()
-    };
-    for (index, (rule, slot)) in rules.iter().zip(policy.rules.iter_mut()).enumerate() {
+/// The programs' form of one direction's rules: its IPv4 and its IPv6
+/// list.
+pub fn compile(
+    direction: &'static str,
+    rules: &[Rule],
+) -> Result<(abi::Policy, abi::Policy6), PolicyError> {
+    let mut v4 = abi::Policy::default();
+    let mut v6 = abi::Policy6::default();
+    for (index, rule) in rules.iter().enumerate() {
         let proto = rule.protocol.number();
         if rule.ports.is_some() && proto != 6 && proto != 17 {
             return Err(PolicyError::PortsNeedTcpOrUdp { direction, index });
@@ -200,51 +198,143 @@ pub fn compile(direction: &'static str, rules: &[Rule]) -> Result<abi::Policy, P
             lo: 0,
             hi: u16::MAX,
         });
-        *slot = PolicyRule {
-            addr: rule.cidr.network().octets(),
-            mask: rule.cidr.mask().octets(),
-            port_lo: ports.lo,
-            port_hi: ports.hi,
-            proto,
-            action: match rule.action {
-                Action::Allow => POLICY_ALLOW,
-                Action::Deny => POLICY_DENY,
-            },
-            pad: [0; 2],
+        let action = match rule.action {
+            Action::Allow => POLICY_ALLOW,
+            Action::Deny => POLICY_DENY,
         };
+        let flags = if rule.cidr.is_none() {
+            RULE_F_ANY_FAMILY
+        } else {
+            0
+        };
+        let too_many = |_| PolicyError::TooManyRules {
+            direction,
+            count: rules.len(),
+        };
+        let (cidr4, cidr6) = match rule.cidr {
+            None => (
+                Some(Ipv4Network::from(Ipv4Addr::UNSPECIFIED)),
+                Some(Ipv6Network::from(Ipv6Addr::UNSPECIFIED)),
+            ),
+            Some(IpNetwork::V4(n)) => (Some(n), None),
+            Some(IpNetwork::V6(n)) => (None, Some(n)),
+        };
+        if let Some(n) = cidr4 {
+            let slot = v4
+                .rules
+                .get_mut(v4.count as usize)
+                .ok_or(())
+                .map_err(too_many)?;
+            *slot = PolicyRule {
+                addr: n.network().octets(),
+                mask: if rule.cidr.is_none() {
+                    [0; 4]
+                } else {
+                    n.mask().octets()
+                },
+                port_lo: ports.lo,
+                port_hi: ports.hi,
+                proto,
+                action,
+                flags,
+                pad: 0,
+            };
+            v4.count += 1;
+        }
+        if let Some(n) = cidr6 {
+            let slot = v6
+                .rules
+                .get_mut(v6.count as usize)
+                .ok_or(())
+                .map_err(too_many)?;
+            *slot = PolicyRule6 {
+                addr: n.network().octets(),
+                mask: if rule.cidr.is_none() {
+                    [0; 16]
+                } else {
+                    n.mask().octets()
+                },
+                port_lo: ports.lo,
+                port_hi: ports.hi,
+                proto,
+                action,
+                flags,
+                pad: 0,
+            };
+            v6.count += 1;
+        }
     }
-    Ok(policy)
+    Ok((v4, v6))
 }
 
-/// The operator's form of the programs' rules (for `policy show`).
-pub fn decompile(policy: &abi::Policy) -> Vec<Rule> {
-    policy.rules[..(policy.count as usize).min(MAX_POLICY_RULES)]
+/// One compiled rule, of either family, as the operator wrote it.
+fn rule_of(cidr: Option<IpNetwork>, action: u8, proto: u8, (lo, hi): (u16, u16)) -> Rule {
+    Rule {
+        action: if action == POLICY_ALLOW {
+            Action::Allow
+        } else {
+            Action::Deny
+        },
+        cidr,
+        protocol: if proto == 0 {
+            Protocol::Any
+        } else {
+            Protocol::Number(proto)
+        },
+        ports: (lo != 0 || hi != u16::MAX).then_some(Ports { lo, hi }),
+    }
+}
+
+/// The operator's form of the programs' rules (for `policy show`). A rule
+/// written without a CIDR is in both lists and shown once; between two
+/// such rules, IPv4's rules come before IPv6's, which may reorder rules of
+/// the two families but never changes a verdict (no packet matches both).
+pub fn decompile(v4: &abi::Policy, v6: &abi::Policy6) -> Vec<Rule> {
+    let any = |flags: u8| flags & RULE_F_ANY_FAMILY != 0;
+    let mut v4_rules = v4.rules[..(v4.count as usize).min(MAX_POLICY_RULES)]
         .iter()
-        .map(|r| Rule {
-            action: if r.action == POLICY_ALLOW {
-                Action::Allow
-            } else {
-                Action::Deny
-            },
-            cidr: Ipv4Network::with_netmask(Ipv4Addr::from(r.addr), Ipv4Addr::from(r.mask))
-                .unwrap_or_else(|_| any_address()),
-            protocol: if r.proto == 0 {
-                Protocol::Any
-            } else {
-                Protocol::Number(r.proto)
-            },
-            ports: (r.port_lo != 0 || r.port_hi != u16::MAX).then_some(Ports {
-                lo: r.port_lo,
-                hi: r.port_hi,
-            }),
-        })
-        .collect()
+        .peekable();
+    let mut v6_rules = v6.rules[..(v6.count as usize).min(MAX_POLICY_RULES)]
+        .iter()
+        .peekable();
+    let rule4 = |r: &PolicyRule| {
+        let cidr = Ipv4Network::with_netmask(Ipv4Addr::from(r.addr), Ipv4Addr::from(r.mask))
+            .unwrap_or_else(|_| Ipv4Network::from(Ipv4Addr::UNSPECIFIED));
+        let cidr = (!any(r.flags)).then_some(IpNetwork::V4(cidr));
+        rule_of(cidr, r.action, r.proto, (r.port_lo, r.port_hi))
+    };
+    let rule6 = |r: &PolicyRule6| {
+        let prefix = r.mask.iter().map(|b| b.count_ones()).sum::<u32>() as u8;
+        let cidr = Ipv6Network::new(Ipv6Addr::from(r.addr), prefix)
+            .unwrap_or_else(|_| Ipv6Network::from(Ipv6Addr::UNSPECIFIED));
+        rule_of(
+            Some(IpNetwork::V6(cidr)),
+            r.action,
+            r.proto,
+            (r.port_lo, r.port_hi),
+        )
+    };
+    let mut out = Vec::new();
+    loop {
+        out.extend(std::iter::from_fn(|| v4_rules.next_if(|r| !any(r.flags))).map(rule4));
+        out.extend(std::iter::from_fn(|| v6_rules.next_if(|r| !any(r.flags))).map(rule6));
+        // Both lists are at the same CIDR-less rule now, or both ended.
+        match (v4_rules.next(), v6_rules.next()) {
+            (Some(r), _) => out.push(rule4(r)),
+            (None, Some(r)) => out.push(rule6(r)),
+            (None, None) => return out,
+        }
+    }
 }
 
-/// Replaces the endpoint's policy. Each direction is one map update, in
-/// force for the next new flow; established flows keep going.
+/// Replaces the endpoint's policy. Each direction is one map update per
+/// family, in force for the next new flow; established flows keep going.
+/// The IPv6 list is written before the entry that makes the direction a
+/// policy's, and removed after it, so that no moment judges IPv6 by a
+/// stale list (a direction with a policy and no IPv6 list denies IPv6).
 pub fn set(root: &Path, ifindex: u32, spec: &PolicySpec) -> Result<(), DataplaneError> {
     let mut policies = maps::policies(root)?;
+    let mut policies6 = maps::policies6(root)?;
     for (direction, name, rules) in [
         (DIR_INGRESS, "ingress", &spec.ingress),
         (DIR_EGRESS, "egress", &spec.egress),
@@ -252,14 +342,18 @@ pub fn set(root: &Path, ifindex: u32, spec: &PolicySpec) -> Result<(), Dataplane
         let key = PolicyKey { ifindex, direction };
         match rules {
             Some(rules) => {
-                let compiled =
+                let (v4, v6) =
                     compile(name, rules).map_err(|e| DataplaneError::map("policies", e))?;
+                policies6
+                    .insert(key, v6, 0)
+                    .map_err(|e| DataplaneError::map("policies6", e))?;
                 policies
-                    .insert(key, compiled, 0)
+                    .insert(key, v4, 0)
                     .map_err(|e| DataplaneError::map("policies", e))?;
             }
             None => {
                 let _ = policies.remove(&key);
+                let _ = policies6.remove(&key);
             }
         }
     }
@@ -269,11 +363,12 @@ pub fn set(root: &Path, ifindex: u32, spec: &PolicySpec) -> Result<(), Dataplane
 /// The endpoint's policy as set.
 pub fn get(root: &Path, ifindex: u32) -> Result<PolicySpec, DataplaneError> {
     let policies = maps::policies(root)?;
+    let policies6 = maps::policies6(root)?;
     let read = |direction| {
-        policies
-            .get(&PolicyKey { ifindex, direction }, 0)
-            .ok()
-            .map(|p| decompile(&p))
+        let key = PolicyKey { ifindex, direction };
+        let v4 = policies.get(&key, 0).ok()?;
+        let v6 = policies6.get(&key, 0).unwrap_or_default();
+        Some(decompile(&v4, &v6))
     };
     Ok(PolicySpec {
         ingress: read(DIR_INGRESS),
@@ -296,15 +391,56 @@ mod tests {
                 {"action": "deny", "protocol": 1},
                 {"action": "allow", "ports": 53, "protocol": "udp"}]"#,
         );
-        let p = compile("ingress", &r).unwrap();
+        let (p, v6) = compile("ingress", &r).unwrap();
         assert_eq!(p.count, 3);
+        assert_eq!(v6.count, 2, "the rules without a CIDR are IPv6's too");
         assert_eq!(p.rules[0].addr, [10, 1, 0, 0]);
         assert_eq!(p.rules[0].mask, [255, 255, 0, 0]);
         assert_eq!((p.rules[0].port_lo, p.rules[0].port_hi), (80, 443));
         assert_eq!(p.rules[1].proto, 1);
         assert_eq!((p.rules[1].port_lo, p.rules[1].port_hi), (0, 65535));
         assert_eq!(p.rules[1].mask, [0; 4]);
-        assert_eq!(decompile(&p), r);
+        assert_eq!(p.rules[1].flags, RULE_F_ANY_FAMILY);
+        assert_eq!(decompile(&p, &v6), r);
+    }
+
+    #[test]
+    fn ipv6_rules_go_to_their_own_list_in_order() {
+        let r = rules(
+            r#"[{"action": "deny", "cidr": "fd00:1::/64", "protocol": "tcp", "ports": 22},
+                {"action": "allow", "cidr": "10.0.0.0/8"},
+                {"action": "allow", "cidr": "fd00::/16", "protocol": "icmpv6"},
+                {"action": "allow", "protocol": "udp"}]"#,
+        );
+        let (v4, v6) = compile("egress", &r).unwrap();
+        assert_eq!(v4.count, 2);
+        assert_eq!(v6.count, 3);
+        assert_eq!(v6.rules[0].addr[..4], [0xfd, 0, 0, 1]);
+        assert_eq!(v6.rules[0].mask, {
+            let mut m = [0u8; 16];
+            m[..8].fill(0xff);
+            m
+        });
+        assert_eq!((v6.rules[0].action, v6.rules[0].port_lo), (POLICY_DENY, 22));
+        assert_eq!((v6.rules[1].proto, v6.rules[2].proto), (58, 17));
+        assert_eq!(v6.rules[2].mask, [0; 16], "no CIDR: any address");
+        // Shown: up to the CIDR-less rule, IPv4's then IPv6's; that rule once.
+        let shown = decompile(&v4, &v6);
+        assert_eq!(
+            shown,
+            vec![r[1].clone(), r[0].clone(), r[2].clone(), r[3].clone()]
+        );
+        // The same verdicts: the set shown compiles to the same lists.
+        let (v4_again, v6_again) = compile("egress", &shown).unwrap();
+        assert!(v4_again.rules == v4.rules, "the same IPv4 list");
+        assert!(v6_again.rules == v6.rules, "the same IPv6 list");
+        // A CIDR-less rule keeps its place among the IPv6 rules.
+        let r = rules(
+            r#"[{"action": "deny", "cidr": "fd00::/8"}, {"action": "allow"},
+                {"action": "deny", "cidr": "10.0.0.0/8"}]"#,
+        );
+        let (v4, v6) = compile("egress", &r).unwrap();
+        assert_eq!(decompile(&v4, &v6), r);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The hook where a dataplane programs an endpoint, chosen by `dataplane`.
 
 use std::collections::HashSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use margay_conf::margay::{Dataplane as Mode, PluginConf};
@@ -74,18 +74,14 @@ impl Dataplane for Ebpf {
     }
 
     fn register(&self, ep: &Endpoint) -> Result<(), CniError> {
-        let Some(IpAddr::V4(ip)) = ep.addresses.iter().find(|a| a.is_ipv4()).copied() else {
-            return Err(CniError::new(
-                Code::Dataplane,
-                "the eBPF dataplane needs an IPv4 address on the pod",
-            ));
-        };
+        let (v4, v6) = pod_addresses(&ep.addresses)?;
         let mac = ep.pod.mac.ok_or_else(|| {
             CniError::new(Code::Dataplane, "the pod interface has no MAC address")
         })?;
         registry::register(
             &self.root,
-            &abi::Endpoint::new(ep.host.index, &ep.host.name, ip, mac),
+            &abi::Endpoint::new(ep.host.index, &ep.host.name, v4, mac),
+            v6,
         )
         .map_err(dataplane_error)
     }
@@ -101,12 +97,25 @@ impl Dataplane for Ebpf {
             |e: DataplaneError| CniError::new(Code::CheckFailed, format!("eBPF dataplane: {e}"));
         let node = Node::open(&self.root, &self.settings).map_err(checked)?;
         node.verify_attached(&ep.host.name).map_err(checked)?;
+        let (_, v6) = pod_addresses(&ep.addresses)?;
         match registry::find(&self.root, &ep.host.name).map_err(checked)? {
             Some(entry)
                 if entry.ifindex == ep.host.index
                     && ep.addresses.contains(&IpAddr::V4(entry.ipv4())) =>
             {
-                Ok(())
+                let registered = registry::ipv6_of(&self.root, entry.ifindex).map_err(checked)?;
+                if registered == v6 {
+                    return Ok(());
+                }
+                Err(CniError::new(
+                    Code::CheckFailed,
+                    format!(
+                        "eBPF endpoint entry of {} has IPv6 address {} where the pod has {}",
+                        ep.host.name,
+                        registered.map_or("none".into(), |a| a.to_string()),
+                        v6.map_or("none".into(), |a| a.to_string()),
+                    ),
+                ))
             }
             Some(entry) => Err(CniError::new(
                 Code::CheckFailed,
@@ -145,6 +154,41 @@ impl Dataplane for Ebpf {
             forgotten.push(ep.ifname());
         }
         Ok(forgotten)
+    }
+}
+
+/// The pod's IPv4 address and its IPv6 one, if any: the programs check a
+/// pod's packets against one address of each family, so a pod given more
+/// is refused rather than have the others' traffic dropped as spoofed.
+fn pod_addresses(addresses: &[IpAddr]) -> Result<(Ipv4Addr, Option<Ipv6Addr>), CniError> {
+    let too_many = |family| {
+        CniError::new(
+            Code::Dataplane,
+            format!(
+                "the eBPF dataplane gives a pod at most one {family} address, and IPAM gave {}",
+                addresses
+                    .iter()
+                    .map(IpAddr::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+    };
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
+    for a in addresses {
+        match a {
+            IpAddr::V4(a) => v4.push(*a),
+            IpAddr::V6(a) => v6.push(*a),
+        }
+    }
+    match (v4.as_slice(), v6.as_slice()) {
+        ([], _) => Err(CniError::new(
+            Code::Dataplane,
+            "the eBPF dataplane needs an IPv4 address on the pod",
+        )),
+        ([_, _, ..], _) => Err(too_many("IPv4")),
+        (_, [_, _, ..]) => Err(too_many("IPv6")),
+        ([v4], v6) => Ok((*v4, v6.first().copied())),
     }
 }
 

@@ -66,6 +66,14 @@ pub struct ClusterNode {
 
 impl ClusterNode {
     pub fn new(lan: &Lan, addr: Ipv4Addr, pool: &'static str) -> ClusterNode {
+        Self::with_pools(lan, addr, &[pool])
+    }
+
+    /// A node whose pods get an address from each of `pools` (the first
+    /// is its IPv4 pod CIDR, `pool`); IPv6 forwarding is on, as on every
+    /// dual-stack node.
+    pub fn with_pools(lan: &Lan, addr: Ipv4Addr, pools: &[&'static str]) -> ClusterNode {
+        let pool = pools[0];
         let ns = NetNs::new("node");
         lan.plug(&ns, addr);
         // Like any node, a default route: the pods' gateway 169.254.1.1 is
@@ -75,6 +83,7 @@ impl ClusterNode {
             ("net/ipv4/ip_forward", "1"),
             ("net/ipv4/conf/all/rp_filter", "0"),
             ("net/ipv4/conf/default/rp_filter", "0"),
+            ("net/ipv6/conf/all/forwarding", "1"),
         ] {
             ns.run_ok(&["sh", "-c", &format!("echo {value} > /proc/sys/{key}")]);
         }
@@ -100,7 +109,7 @@ impl ClusterNode {
         let conflist = json!({"cniVersion": "1.1.0", "name": unique_name("mgcl"), "plugins": [{
             "type": "margay", "dataplane": "bpf", "nodename": ns.name(),
             "bpf_root": bpf.path(), "bpf_log_level": "debug",
-            "ipam": {"type": "margay-ipam", "pools": [pool],
+            "ipam": {"type": "margay-ipam", "pools": pools,
                      "data_dir": dir.path().join("ipam")}}]});
         let rt = Runtime::new(&conflist, vec![bin_dir], &dir.path().join("cache"));
         ClusterNode {
@@ -115,13 +124,19 @@ impl ClusterNode {
 
     /// A pod on this node: its namespace and address.
     pub fn pod(&self, tag: &str) -> Result<(NetNs, Ipv4Addr), String> {
+        let (pod, result) = self.add_pod(tag)?;
+        let ip = first_ipv4(&result).ok_or("the ADD result has no IPv4 address")?;
+        Ok((pod, ip))
+    }
+
+    /// A pod on this node: its namespace and the ADD result.
+    pub fn add_pod(&self, tag: &str) -> Result<(NetNs, Value), String> {
         let pod = NetNs::new(tag);
         let result = self
             .rt
             .add(&unique_name("cid"), &pod.path(), "eth0", "")
             .map_err(|e| format!("ADD on {}: {e}", self.ns.name()))?;
-        let ip = first_ipv4(&result).ok_or("the ADD result has no IPv4 address")?;
-        Ok((pod, ip))
+        Ok((pod, result))
     }
 
     /// `margayctl` inside the node's namespace; its stdout.

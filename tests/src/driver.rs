@@ -188,3 +188,12 @@ pub fn first_ipv4(result: &Value) -> Option<Ipv4Addr> {
         .parse()
         .ok()
 }
+
+/// The first IPv6 address of an ADD result.
+pub fn first_ipv6(result: &Value) -> Option<std::net::Ipv6Addr> {
+    result["ips"]
+        .as_array()?
+        .iter()
+        .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
+        .next()
+}

@@ -1,6 +1,6 @@
-//! Crafted Ethernet/IPv4 frames for program tests and benchmarks.
+//! Crafted Ethernet/IPv4 and IPv6 frames for program tests and benchmarks.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
 pub const GATEWAY_MAC: [u8; 6] = [0xee; 6];
@@ -27,16 +27,22 @@ pub enum L4 {
         kind: u8,
         id: u16,
     },
-    /// An ICMP error (type 3, 11, 12) quoting `quoted` (IP header + 8 bytes).
+    /// An ICMP error (type 3, 11, 12; ICMPv6 1..=4) quoting `quoted` (IP
+    /// header + 8 bytes).
     IcmpError {
         kind: u8,
         quoted: Vec<u8>,
     },
+    /// Any other ICMP or ICMPv6 message (neighbour discovery, …): its type
+    /// and 16 bytes of zeros.
+    IcmpOther {
+        kind: u8,
+    },
 }
 
-/// An Ethernet + IPv4 frame from `src_mac`.
-pub fn ipv4(src_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, l4: &L4) -> Vec<u8> {
-    let (proto, payload) = match l4 {
+/// The L4 protocol number (ICMP's as IPv4 has it) and header of `l4`.
+fn l4_bytes(l4: &L4) -> (u8, Vec<u8>) {
+    match l4 {
         L4::Tcp {
             sport,
             dport,
@@ -69,7 +75,17 @@ pub fn ipv4(src_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, l4: &L4) -> Vec<u8> 
             h.extend_from_slice(quoted);
             (1u8, h)
         }
-    };
+        L4::IcmpOther { kind } => {
+            let mut h = vec![0u8; 24];
+            h[0] = *kind;
+            (1u8, h)
+        }
+    }
+}
+
+/// An Ethernet + IPv4 frame from `src_mac`.
+pub fn ipv4(src_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, l4: &L4) -> Vec<u8> {
+    let (proto, payload) = l4_bytes(l4);
     let mut frame = Vec::with_capacity(14 + 20 + payload.len());
     frame.extend_from_slice(&GATEWAY_MAC);
     frame.extend_from_slice(&src_mac);
@@ -79,6 +95,83 @@ pub fn ipv4(src_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, l4: &L4) -> Vec<u8> 
     debug_assert_eq!(frame.len() - ip_start, 20);
     frame.extend_from_slice(&payload);
     frame
+}
+
+/// An IPv6 extension header before the L4 one.
+#[derive(Debug, Clone, Copy)]
+pub enum Ext {
+    /// Hop-by-hop (0), routing (43) or destination options (60), 8 bytes.
+    Options(u8),
+    /// A fragment header: `offset` in 8-byte units, `more` fragments.
+    Fragment { offset: u16, more: bool },
+}
+
+/// An Ethernet + IPv6 frame from `src_mac`, with extension headers `exts`
+/// (in order) before `l4`; ICMP messages are ICMPv6's (58).
+pub fn ipv6_ext(src_mac: [u8; 6], src: Ipv6Addr, dst: Ipv6Addr, exts: &[Ext], l4: &L4) -> Vec<u8> {
+    let (proto, l4) = l4_bytes(l4);
+    let proto = if proto == 1 { 58 } else { proto };
+    let kind = |e: &Ext| match e {
+        Ext::Options(k) => *k,
+        Ext::Fragment { .. } => 44,
+    };
+    let mut payload = Vec::new();
+    for (i, e) in exts.iter().enumerate() {
+        let next = exts.get(i + 1).map_or(proto, kind);
+        let mut h = [0u8; 8];
+        h[0] = next;
+        if let Ext::Fragment { offset, more } = e {
+            h[2..4].copy_from_slice(&((offset << 3) | u16::from(*more)).to_be_bytes());
+        }
+        payload.extend_from_slice(&h);
+    }
+    payload.extend_from_slice(&l4);
+    let mut frame = Vec::with_capacity(14 + 40 + payload.len());
+    frame.extend_from_slice(&GATEWAY_MAC);
+    frame.extend_from_slice(&src_mac);
+    frame.extend_from_slice(&0x86ddu16.to_be_bytes());
+    frame.extend_from_slice(&ipv6_header(
+        src,
+        dst,
+        exts.first().map_or(proto, kind),
+        payload.len(),
+        64,
+    ));
+    frame.extend_from_slice(&payload);
+    frame
+}
+
+/// An Ethernet + IPv6 frame from `src_mac`.
+pub fn ipv6(src_mac: [u8; 6], src: Ipv6Addr, dst: Ipv6Addr, l4: &L4) -> Vec<u8> {
+    ipv6_ext(src_mac, src, dst, &[], l4)
+}
+
+/// A 40-byte IPv6 header.
+pub fn ipv6_header(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    next: u8,
+    payload_len: usize,
+    hop_limit: u8,
+) -> [u8; 40] {
+    let mut h = [0u8; 40];
+    h[0] = 0x60;
+    h[4..6].copy_from_slice(&(payload_len as u16).to_be_bytes());
+    h[6] = next;
+    h[7] = hop_limit;
+    h[8..24].copy_from_slice(&src.octets());
+    h[24..40].copy_from_slice(&dst.octets());
+    h
+}
+
+/// What an ICMPv6 error quotes of a TCP or UDP packet: its IPv6 header
+/// and the ports.
+pub fn quote6(src: Ipv6Addr, dst: Ipv6Addr, proto: u8, sport: u16, dport: u16) -> Vec<u8> {
+    let mut q = ipv6_header(src, dst, proto, 20, 64).to_vec();
+    q.extend_from_slice(&sport.to_be_bytes());
+    q.extend_from_slice(&dport.to_be_bytes());
+    q.extend_from_slice(&[0; 4]);
+    q
 }
 
 /// A 20-byte IPv4 header with a valid checksum.

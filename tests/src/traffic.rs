@@ -2,7 +2,7 @@
 //! namespace (and ends there), so tests need no external tools.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -38,7 +38,12 @@ pub struct TcpServer {
 
 impl TcpServer {
     pub fn start(ns: Option<&NetNs>, greeting: &str) -> TcpServer {
-        let listener = in_netns(ns, || TcpListener::bind("0.0.0.0:0").expect("bind"));
+        Self::start_on(ns, IpAddr::V4(Ipv4Addr::UNSPECIFIED), greeting)
+    }
+
+    /// Listening on `ip` (`::` for IPv6).
+    pub fn start_on(ns: Option<&NetNs>, ip: IpAddr, greeting: &str) -> TcpServer {
+        let listener = in_netns(ns, move || TcpListener::bind((ip, 0)).expect("bind"));
         listener.set_nonblocking(true).expect("nonblocking");
         let port = listener.local_addr().expect("addr").port();
         let stop = Arc::new(AtomicBool::new(false));
@@ -221,7 +226,14 @@ pub struct UdpServer {
 
 impl UdpServer {
     pub fn start(ns: Option<&NetNs>, greeting: &str) -> UdpServer {
-        let sock = in_netns(ns, || std::net::UdpSocket::bind("0.0.0.0:0").expect("bind"));
+        Self::start_on(ns, IpAddr::V4(Ipv4Addr::UNSPECIFIED), greeting)
+    }
+
+    /// Bound to `ip` (`::` for IPv6).
+    pub fn start_on(ns: Option<&NetNs>, ip: IpAddr, greeting: &str) -> UdpServer {
+        let sock = in_netns(ns, move || {
+            std::net::UdpSocket::bind((ip, 0)).expect("bind")
+        });
         sock.set_read_timeout(Some(Duration::from_millis(20)))
             .expect("timeout");
         let port = sock.local_addr().expect("addr").port();
@@ -260,8 +272,22 @@ impl Drop for UdpServer {
 /// error about the datagram fails the call (port unreachable:
 /// `ConnectionRefused`), as for a real client.
 pub fn udp_request(ns: Option<&NetNs>, addr: SocketAddr) -> std::io::Result<String> {
+    let any = match addr {
+        SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        SocketAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    };
+    udp_request_from(ns, any, addr)
+}
+
+/// [`udp_request`] from source address `src` (one of the namespace's
+/// addresses, or the unspecified one).
+pub fn udp_request_from(
+    ns: Option<&NetNs>,
+    src: IpAddr,
+    addr: SocketAddr,
+) -> std::io::Result<String> {
     in_netns(ns, move || {
-        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        let s = std::net::UdpSocket::bind((src, 0))?;
         s.set_read_timeout(Some(Duration::from_secs(2)))?;
         s.connect(addr)?;
         s.send(b"hello")?;

@@ -381,7 +381,12 @@ fn gc_forgets_endpoints_whose_veth_vanished_without_del() {
     let keep = net.pod("keep");
     let gone = net.pod("gone");
     set_policy(&net, &gone, r#"{"ingress": []}"#);
-    let gone_if = ifindex_of(&gone.host_ifname());
+    // Counters live in an array by slot, so "gone's counters" are its
+    // slot's: what GC must free is the slot, for the next endpoint to zero.
+    let gone_slot = registry::find(net.bpf_root(), &gone.host_ifname())
+        .unwrap()
+        .expect("registered")
+        .slot;
     let listed = || -> Vec<String> {
         let eps: serde_json::Value =
             serde_json::from_str(&net.margayctl_ok(&["endpoints", "--json"])).unwrap();
@@ -421,8 +426,8 @@ fn gc_forgets_endpoints_whose_veth_vanished_without_del() {
     );
     assert_eq!(maps::policies(r).unwrap().keys().count(), 0, "no policy");
     assert!(
-        maps::counters(r).unwrap().get(&gone_if, 0).is_err(),
-        "no counters"
+        maps::counter_slots(r).unwrap().get(&gone_slot, 0).is_err(),
+        "its counters slot is free"
     );
     assert_eq!(net.allocations(), 2, "IPAM follows the runtime's list");
     net.check(&keep).unwrap();

@@ -1,7 +1,7 @@
 //! The eBPF programs run in-process on crafted frames (BPF_PROG_TEST_RUN),
 //! loaded and pinned exactly as on a node, each test under its own root.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use margay_ebpf::abi::{
@@ -11,11 +11,26 @@ use margay_ebpf::node::{Node, Settings};
 use margay_ebpf::policy::{self, PolicySpec};
 use margay_ebpf::{inspect, registry};
 use margay_tests::bpf::{BpfRoot, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, run, run_output};
-use margay_tests::packet::{self, L4, POD_MAC, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, ipv4};
+use margay_tests::packet::{
+    self, Ext, L4, POD_MAC, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, ipv4, ipv6, ipv6_ext,
+};
 use margay_tests::require_root;
 
 const POD: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 5);
 const PEER: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 3);
+const POD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 5);
+const PEER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x1, 0, 0, 0, 0, 0, 3);
+/// The pod's link-local address and the gateway's (the host veth's).
+const POD_LL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x0a);
+const GATEWAY_LL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0xecee, 0xeeff, 0xfeee, 0xeeee);
+/// ff02::1:ff00:5, the pod's solicited-node group; ff02::16, MLDv2 routers.
+const SOLICITED: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00, 5);
+const MLD_ROUTERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x16);
+const RS: u8 = 133;
+const RA: u8 = 134;
+const NS: u8 = 135;
+const NA: u8 = 136;
+const MLD2_REPORT: u8 = 143;
 /// TestRun puts the packet on loopback: the endpoint under test is ifindex 1.
 const IFINDEX: u32 = 1;
 /// A forwarded packet's ingress device (not 0, which means "from the node").
@@ -34,7 +49,12 @@ impl Fixture {
     fn with(settings: Settings) -> Fixture {
         let root = BpfRoot::new();
         let node = Node::open(root.path(), &settings).unwrap_or_else(|e| panic!("load: {e}"));
-        registry::register(root.path(), &Endpoint::new(IFINDEX, "lo", POD, POD_MAC)).unwrap();
+        registry::register(
+            root.path(),
+            &Endpoint::new(IFINDEX, "lo", POD, POD_MAC),
+            Some(POD6),
+        )
+        .unwrap();
         Fixture { root, node }
     }
 
@@ -47,6 +67,19 @@ impl Fixture {
             &self.node,
             "to_pod",
             &ipv4([2, 0, 0, 0, 0, 0x99], src, POD, &l4),
+            FORWARDED,
+        )
+    }
+
+    fn out6(&self, l4: L4, dst: Ipv6Addr) -> u32 {
+        run(&self.node, "from_pod", &ipv6(POD_MAC, POD6, dst, &l4), 0)
+    }
+
+    fn inbound6(&self, l4: L4, src: Ipv6Addr) -> u32 {
+        run(
+            &self.node,
+            "to_pod",
+            &ipv6([2, 0, 0, 0, 0, 0x99], src, POD6, &l4),
             FORWARDED,
         )
     }
@@ -99,26 +132,26 @@ fn spoofed_source_ip_and_mac_are_dropped_and_counted() {
 }
 
 #[test]
-fn arp_and_ipv6_pass_and_garbage_is_dropped_as_unparseable() {
-    require_root!(arp_and_ipv6_pass_and_garbage_is_dropped_as_unparseable);
+fn arp_passes_and_garbage_is_dropped_as_unparseable() {
+    require_root!(arp_passes_and_garbage_is_dropped_as_unparseable);
     let f = Fixture::new();
     assert_eq!(
         run(&f.node, "from_pod", &packet::ether(POD_MAC, 0x0806, 28), 0),
         TC_ACT_OK
     );
-    assert_eq!(
-        run(&f.node, "from_pod", &packet::ether(POD_MAC, 0x86dd, 40), 0),
-        TC_ACT_OK
-    );
-    assert_eq!(
-        run(
-            &f.node,
-            "to_pod",
-            &packet::ether(POD_MAC, 0x86dd, 40),
-            FORWARDED
-        ),
-        TC_ACT_OK
-    );
+    // An IPv6 ethertype over a header that is not IPv6's (version 0).
+    for prog in ["from_pod", "to_pod"] {
+        assert_eq!(
+            run(
+                &f.node,
+                prog,
+                &packet::ether(POD_MAC, 0x86dd, 40),
+                FORWARDED
+            ),
+            TC_ACT_SHOT,
+            "{prog}"
+        );
+    }
     let mut truncated = ipv4(POD_MAC, POD, PEER, &tcp(1, 2, TCP_SYN));
     truncated.truncate(14 + 20 + 10); // half a TCP header
     assert_eq!(run(&f.node, "from_pod", &truncated, 0), TC_ACT_SHOT);
@@ -129,7 +162,7 @@ fn arp_and_ipv6_pass_and_garbage_is_dropped_as_unparseable() {
         run(&f.node, "from_pod", &packet::ether(POD_MAC, 0x88cc, 40), 0),
         TC_ACT_SHOT
     );
-    assert_eq!(f.drops(abi::DROP_PARSE), 2);
+    assert_eq!(f.drops(abi::DROP_PARSE), 4);
     assert_eq!(f.drops(2), 1, "unsupported-l3");
 }
 
@@ -388,7 +421,7 @@ fn drops_are_reported_with_reason_and_tuple() {
     assert_eq!(f.out(tcp(8000, 25, TCP_SYN), PEER), TC_ACT_SHOT);
     let mut seen = Vec::new();
     inspect::follow_events(f.root.path(), Some(Duration::from_millis(200)), |e| {
-        seen.push(inspect::FlowRecord::from(&e));
+        seen.push(e);
         false
     })
     .unwrap();
@@ -523,4 +556,404 @@ fn a_service_without_backends_is_answered_with_port_unreachable() {
     );
     assert!(packet::checksums_ok(&out), "{out:02x?}");
     assert_eq!(f.drops(abi::DROP_NO_BACKEND), 1);
+}
+
+fn icmp6(kind: u8) -> L4 {
+    L4::IcmpOther { kind }
+}
+
+#[test]
+fn ipv6_from_a_pod_needs_its_own_source_but_for_neighbour_discovery() {
+    require_root!(ipv6_from_a_pod_needs_its_own_source_but_for_neighbour_discovery);
+    let f = Fixture::new();
+    let udp = L4::Udp {
+        sport: 4321,
+        dport: 53,
+    };
+    assert_eq!(f.out6(udp.clone(), PEER6), TC_ACT_OK, "its own address");
+    let forged = Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 0x99);
+    let spoofed = ipv6(POD_MAC, forged, PEER6, &udp);
+    assert_eq!(run(&f.node, "from_pod", &spoofed, 0), TC_ACT_SHOT);
+    let forged_mac = ipv6([2, 0, 0, 0, 0, 0x0b], POD6, PEER6, &udp);
+    assert_eq!(run(&f.node, "from_pod", &forged_mac, 0), TC_ACT_SHOT);
+    assert_eq!(f.drops(abi::DROP_SPOOF_MAC), 1);
+
+    // What a host sends as it joins a link, from link-local or :: sources.
+    let from = |src: Ipv6Addr, dst: Ipv6Addr, l4: L4| {
+        run(&f.node, "from_pod", &ipv6(POD_MAC, src, dst, &l4), 0)
+    };
+    let unspecified = Ipv6Addr::UNSPECIFIED;
+    let joining = [
+        (
+            unspecified,
+            SOLICITED,
+            icmp6(NS),
+            "duplicate address detection",
+        ),
+        (
+            unspecified,
+            MLD_ROUTERS,
+            icmp6(MLD2_REPORT),
+            "MLD report before an address",
+        ),
+        (POD_LL, MLD_ROUTERS, icmp6(MLD2_REPORT), "MLD report"),
+        (POD_LL, GATEWAY_LL, icmp6(NS), "resolving the gateway"),
+        (POD_LL, GATEWAY_LL, icmp6(NA), "answering the gateway"),
+        (
+            POD_LL,
+            Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2),
+            icmp6(RS),
+            "router solicitation",
+        ),
+    ];
+    for (src, dst, l4, what) in joining {
+        assert_eq!(from(src, dst, l4), TC_ACT_OK, "{what}");
+    }
+    let forbidden = [
+        (POD_LL, GATEWAY_LL, tcp(1, 22, TCP_SYN), "link-local TCP"),
+        (
+            POD_LL,
+            PEER6,
+            icmp6(NS),
+            "a link-local source to a routed address",
+        ),
+        (
+            POD_LL,
+            Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1),
+            icmp6(RA),
+            "a router advertisement",
+        ),
+        (
+            unspecified,
+            PEER6,
+            L4::Udp { sport: 1, dport: 2 },
+            "UDP from ::",
+        ),
+    ];
+    let n_forbidden = forbidden.len() as u64;
+    for (src, dst, l4, what) in forbidden {
+        assert_eq!(from(src, dst, l4), TC_ACT_SHOT, "{what}");
+    }
+    assert_eq!(f.drops(abi::DROP_SPOOF_IP), 1 + n_forbidden);
+
+    // A pod without an IPv6 address sends neighbour discovery and nothing else.
+    registry::register(
+        f.root.path(),
+        &Endpoint::new(IFINDEX, "lo", POD, POD_MAC),
+        None,
+    )
+    .unwrap();
+    let new_flow = L4::Udp {
+        sport: 4322,
+        dport: 53,
+    };
+    assert_eq!(
+        f.out6(new_flow, PEER6),
+        TC_ACT_SHOT,
+        "no IPv6 address: no IPv6"
+    );
+    assert_eq!(from(unspecified, SOLICITED, icmp6(NS)), TC_ACT_OK);
+}
+
+#[test]
+fn ipv6_policy_denies_what_no_rule_allows() {
+    require_root!(ipv6_policy_denies_what_no_rule_allows);
+    let f = Fixture::new();
+    let other = Ipv6Addr::new(0xfd00, 0x2, 0, 0, 0, 0, 0, 7);
+    f.policy(
+        r#"{"egress": [
+            {"action": "allow", "cidr": "10.0.0.0/8"},
+            {"action": "deny", "cidr": "fd00:1::99/128"},
+            {"action": "allow", "cidr": "fd00:1::/64", "protocol": "tcp", "ports": "80-81"},
+            {"action": "allow", "protocol": "icmpv6"}
+        ]}"#,
+    );
+    let cases = [
+        (
+            tcp(2000, 80, TCP_SYN),
+            PEER6,
+            TC_ACT_OK,
+            "in the CIDR and the ports",
+        ),
+        (
+            tcp(2001, 82, TCP_SYN),
+            PEER6,
+            TC_ACT_SHOT,
+            "a port out of range",
+        ),
+        (
+            tcp(2002, 80, TCP_SYN),
+            other,
+            TC_ACT_SHOT,
+            "out of the CIDR",
+        ),
+        (
+            tcp(2003, 80, TCP_SYN),
+            Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 0x99),
+            TC_ACT_SHOT,
+            "an earlier deny wins",
+        ),
+        (
+            L4::IcmpEcho { kind: 128, id: 9 },
+            other,
+            TC_ACT_OK,
+            "icmpv6 anywhere",
+        ),
+        (
+            L4::Udp { sport: 1, dport: 2 },
+            PEER6,
+            TC_ACT_SHOT,
+            "no rule allows it",
+        ),
+    ];
+    for (l4, dst, want, what) in cases {
+        assert_eq!(f.out6(l4, dst), want, "{what}");
+    }
+    assert_eq!(
+        f.out(tcp(2004, 9, TCP_SYN), PEER),
+        TC_ACT_OK,
+        "IPv4 has its rule"
+    );
+
+    f.policy(r#"{"ingress": [{"action": "allow", "cidr": "10.0.0.0/8"}]}"#);
+    assert_eq!(
+        f.inbound6(tcp(3000, 80, TCP_SYN), PEER6),
+        TC_ACT_SHOT,
+        "a direction of IPv4 rules denies all IPv6"
+    );
+    f.policy(r#"{"ingress": [{"action": "allow", "protocol": "tcp", "ports": 80}]}"#);
+    assert_eq!(
+        f.inbound6(tcp(3001, 80, TCP_SYN), PEER6),
+        TC_ACT_OK,
+        "a rule without a CIDR is both families'"
+    );
+    assert_eq!(f.inbound(tcp(3002, 80, TCP_SYN), PEER), TC_ACT_OK);
+    f.policy(r#"{"ingress": []}"#);
+    assert_eq!(
+        f.inbound6(tcp(3003, 80, TCP_SYN), PEER6),
+        TC_ACT_SHOT,
+        "deny-all"
+    );
+    let node_probe = ipv6([2, 0, 0, 0, 0, 0x99], PEER6, POD6, &tcp(3004, 80, TCP_SYN));
+    assert_eq!(
+        run(&f.node, "to_pod", &node_probe, 0),
+        TC_ACT_OK,
+        "the node is let in"
+    );
+    assert_eq!(f.drops(abi::DROP_POLICY_EGRESS), 4);
+    assert_eq!(f.drops(abi::DROP_POLICY_INGRESS), 2);
+
+    // As set, the policy reads back with the IPv6 rules after IPv4's.
+    f.policy(r#"{"egress": [{"action": "deny", "cidr": "fd00::/8"}, {"action": "allow", "cidr": "10.0.0.0/8"}]}"#);
+    let shown = policy::get(f.root.path(), IFINDEX).unwrap();
+    let cidrs: Vec<String> = shown
+        .egress
+        .unwrap()
+        .iter()
+        .map(|r| r.cidr.unwrap().to_string())
+        .collect();
+    assert_eq!(cidrs, ["10.0.0.0/8", "fd00::/8"]);
+}
+
+#[test]
+fn ipv6_replies_and_errors_of_tracked_flows_pass_a_deny_all_policy() {
+    require_root!(ipv6_replies_and_errors_of_tracked_flows_pass_a_deny_all_policy);
+    let f = Fixture::new();
+    f.policy(r#"{"ingress": []}"#);
+    assert_eq!(f.out6(tcp(5000, 443, TCP_SYN), PEER6), TC_ACT_OK);
+    assert_eq!(
+        f.inbound6(tcp(443, 5000, TCP_SYN | TCP_ACK), PEER6),
+        TC_ACT_OK,
+        "the reply"
+    );
+    assert_eq!(
+        f.inbound6(tcp(443, 5001, TCP_SYN | TCP_ACK), PEER6),
+        TC_ACT_SHOT,
+        "not a reply"
+    );
+    let too_big = |quoted| L4::IcmpError { kind: 2, quoted };
+    let router = Ipv6Addr::new(0xfd00, 9, 0, 0, 0, 0, 0, 9);
+    assert_eq!(
+        f.inbound6(too_big(packet::quote6(POD6, PEER6, 6, 5000, 443)), router),
+        TC_ACT_OK,
+        "packet too big about the flow is related"
+    );
+    assert_eq!(
+        f.inbound6(too_big(packet::quote6(POD6, PEER6, 6, 5999, 443)), router),
+        TC_ACT_SHOT,
+        "about another flow"
+    );
+    // Echo: the reply passes by the identifier, an unasked one does not.
+    assert_eq!(f.out6(L4::IcmpEcho { kind: 128, id: 77 }, PEER6), TC_ACT_OK);
+    assert_eq!(
+        f.inbound6(L4::IcmpEcho { kind: 129, id: 77 }, PEER6),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        f.inbound6(L4::IcmpEcho { kind: 128, id: 78 }, PEER6),
+        TC_ACT_SHOT
+    );
+    // A pod's packet spoofed as its peer's half of the flow is no reply.
+    let reversed = ipv6(POD_MAC, PEER6, POD6, &tcp(443, 5000, TCP_ACK));
+    assert_eq!(run(&f.node, "from_pod", &reversed, 0), TC_ACT_SHOT);
+
+    let records = inspect::conntrack_records(f.root.path(), Some(IFINDEX)).unwrap();
+    let tcp_flow = records
+        .iter()
+        .find(|r| r.protocol == 6)
+        .expect("the TCP flow");
+    assert_eq!(
+        (tcp_flow.src.as_str(), tcp_flow.dst.as_str(), tcp_flow.state),
+        ("[fd00:200::5]:5000", "[fd00:1::3]:443", "established")
+    );
+    assert!(
+        records
+            .iter()
+            .all(|r| r.protocol != 58 || r.src.contains(":77"))
+    );
+    assert_eq!(
+        registry::flush_conntrack(f.root.path(), Some(IFINDEX)).unwrap(),
+        2
+    );
+    assert_eq!(
+        f.inbound6(tcp(443, 5000, TCP_ACK), PEER6),
+        TC_ACT_SHOT,
+        "flushed: the flow is new again"
+    );
+}
+
+#[test]
+fn ipv6_neighbour_discovery_passes_a_deny_all_policy() {
+    require_root!(ipv6_neighbour_discovery_passes_a_deny_all_policy);
+    let f = Fixture::new();
+    f.policy(r#"{"ingress": [], "egress": []}"#);
+    let pod = |src, dst, kind| {
+        run(
+            &f.node,
+            "from_pod",
+            &ipv6(POD_MAC, src, dst, &icmp6(kind)),
+            0,
+        )
+    };
+    assert_eq!(pod(POD6, GATEWAY_LL, NS), TC_ACT_OK);
+    assert_eq!(pod(POD_LL, GATEWAY_LL, NA), TC_ACT_OK);
+    assert_eq!(
+        pod(POD6, PEER6, NS),
+        TC_ACT_SHOT,
+        "to a routed address: judged"
+    );
+    let host = |src, dst, kind| {
+        let frame = ipv6([2, 0, 0, 0, 0, 0x99], src, dst, &icmp6(kind));
+        run(&f.node, "to_pod", &frame, FORWARDED)
+    };
+    assert_eq!(host(GATEWAY_LL, SOLICITED, NS), TC_ACT_OK);
+    assert_eq!(host(GATEWAY_LL, POD_LL, NA), TC_ACT_OK);
+    assert_eq!(
+        host(PEER6, POD6, NS),
+        TC_ACT_SHOT,
+        "from a routed address: judged"
+    );
+    assert!(
+        inspect::conntrack6(f.root.path(), None).unwrap().is_empty(),
+        "link control is not tracked"
+    );
+}
+
+#[test]
+fn unparseable_ipv6_is_dropped_with_a_reason() {
+    require_root!(unparseable_ipv6_is_dropped_with_a_reason);
+    let f = Fixture::new();
+    let syn = tcp(6000, 80, TCP_SYN);
+    let hbh = Ext::Options(0);
+    let dst_opts = Ext::Options(60);
+    let frame = |exts: &[Ext], l4: &L4| ipv6_ext(POD_MAC, POD6, PEER6, exts, l4);
+    // Walked: the L4 header after two extension headers is judged.
+    f.policy(r#"{"egress": [{"action": "allow", "protocol": "tcp", "ports": 80}]}"#);
+    assert_eq!(
+        run(&f.node, "from_pod", &frame(&[hbh, dst_opts], &syn), 0),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        run(
+            &f.node,
+            "from_pod",
+            &frame(&[hbh, dst_opts], &tcp(6001, 81, TCP_SYN)),
+            0
+        ),
+        TC_ACT_SHOT,
+        "judged by its real ports"
+    );
+    // The first fragment is judged by its L4 header; later ones carry none.
+    let first = Ext::Fragment {
+        offset: 0,
+        more: true,
+    };
+    assert_eq!(
+        run(
+            &f.node,
+            "from_pod",
+            &frame(&[first], &tcp(6002, 80, TCP_SYN)),
+            0
+        ),
+        TC_ACT_OK
+    );
+    let later = Ext::Fragment {
+        offset: 185,
+        more: false,
+    };
+    assert_eq!(
+        run(&f.node, "from_pod", &frame(&[later], &syn), 0),
+        TC_ACT_SHOT
+    );
+    assert_eq!(
+        f.drops(abi::DROP_FRAGMENT),
+        1,
+        "a later fragment under a policy"
+    );
+    // Longer chains than the programs walk, and truncated headers.
+    let five = [hbh, dst_opts, Ext::Options(43), dst_opts, dst_opts];
+    assert_eq!(
+        run(&f.node, "from_pod", &frame(&five, &syn), 0),
+        TC_ACT_SHOT
+    );
+    let inbound = ipv6_ext([2, 0, 0, 0, 0, 0x99], PEER6, POD6, &five, &syn);
+    assert_eq!(run(&f.node, "to_pod", &inbound, FORWARDED), TC_ACT_SHOT);
+    assert_eq!(f.drops(abi::DROP_IPV6_EXT), 2);
+    let mut truncated = frame(&[], &syn);
+    truncated.truncate(14 + 40 + 10);
+    assert_eq!(run(&f.node, "from_pod", &truncated, 0), TC_ACT_SHOT);
+    let mut cut_ext = frame(&[hbh], &syn);
+    cut_ext.truncate(14 + 40 + 4);
+    assert_eq!(run(&f.node, "from_pod", &cut_ext, 0), TC_ACT_SHOT);
+    assert_eq!(f.drops(abi::DROP_PARSE), 2);
+
+    // No policy: later fragments pass, as IPv4's do.
+    f.policy("{}");
+    assert_eq!(
+        run(&f.node, "from_pod", &frame(&[later], &syn), 0),
+        TC_ACT_OK
+    );
+}
+
+#[test]
+fn ipv6_drops_are_reported_with_their_tuple() {
+    require_root!(ipv6_drops_are_reported_with_their_tuple);
+    let f = Fixture::new();
+    f.policy(r#"{"ingress": []}"#);
+    assert_eq!(f.inbound6(tcp(8000, 22, TCP_SYN), PEER6), TC_ACT_SHOT);
+    let mut seen = Vec::new();
+    inspect::follow_events(f.root.path(), Some(Duration::from_millis(200)), |e| {
+        seen.push(e);
+        false
+    })
+    .unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        (seen[0].verdict, seen[0].direction, seen[0].protocol),
+        ("policy-ingress", "to-pod", 6)
+    );
+    assert_eq!(
+        (seen[0].src.as_str(), seen[0].dst.as_str()),
+        ("[fd00:1::3]:8000", "[fd00:200::5]:22")
+    );
 }

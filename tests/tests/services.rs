@@ -460,6 +460,12 @@ impl RemoteHost {
         ns.add_eth0(None, &link);
         run_ok(Command::new("ip").args(["addr", "add", &format!("{host_side}/32"), "dev", &link]));
         run_ok(Command::new("ip").args(["link", "set", &link, "up"]));
+        // The remote's replies enter the node by this link, which must
+        // forward them, as a node's uplink does. Only this link: the
+        // machine's own ip_forward is not the test's to set. (The test
+        // relied on it, and passed only where something else on the
+        // machine had turned it on.)
+        std::fs::write(format!("/proc/sys/net/ipv4/conf/{link}/forwarding"), "1").unwrap();
         run_ok(Command::new("ip").args(["route", "add", &format!("{addr}/32"), "dev", &link]));
         ns.run_ok(&["ip", "addr", "add", &format!("{addr}/32"), "dev", "eth0"]);
         ns.run_ok(&["ip", "link", "set", "eth0", "up"]);

@@ -1,0 +1,343 @@
+//! IPv6 in the bpf dataplane, end to end: dual-stack pods on a node (a
+//! namespace of its own, with IPv6 forwarding on as on every dual-stack
+//! node), real traffic between them, anti-spoofing, policy, neighbour
+//! discovery and duplicate address detection through the programs.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use margay_ebpf::abi;
+use margay_ebpf::{inspect, registry};
+use margay_tests::cluster::{ClusterNode, Lan};
+use margay_tests::driver::{first_ipv4, first_ipv6};
+use margay_tests::netns::NetNs;
+use margay_tests::require_root;
+use margay_tests::traffic::{self, TcpServer, UdpServer};
+use serde_json::Value;
+
+/// A dual-stack pod: its namespace and addresses.
+struct Pod {
+    ns: NetNs,
+    v4: Ipv4Addr,
+    v6: Ipv6Addr,
+    host_ifname: String,
+}
+
+/// One node with dual-stack pools `v4` and `v6` (unique to the test).
+struct Node {
+    node: ClusterNode,
+    _lan: Lan,
+}
+
+impl Node {
+    fn new(v4: &'static str, v6: &'static str) -> Node {
+        let lan = Lan::new();
+        let node = ClusterNode::with_pools(&lan, Ipv4Addr::new(10, 217, 100, 1), &[v4, v6]);
+        Node { node, _lan: lan }
+    }
+
+    fn pod(&self, tag: &str) -> Pod {
+        let (ns, result) = self.node.add_pod(tag).unwrap();
+        let pod = Pod {
+            v4: first_ipv4(&result).expect("an IPv4 address"),
+            v6: first_ipv6(&result).expect("an IPv6 address"),
+            host_ifname: host_ifname(&result),
+            ns,
+        };
+        wait_for_addresses(&pod.ns, "eth0");
+        // The gateway too: the host veth's link-local address, which the
+        // pod's default route goes via, is usable once its own detection
+        // is over.
+        wait_for_addresses(&self.node.ns, &pod.host_ifname);
+        pod
+    }
+
+    fn root(&self) -> &std::path::Path {
+        self.node.bpf.path()
+    }
+
+    fn ifindex(&self, pod: &Pod) -> u32 {
+        registry::find(self.root(), &pod.host_ifname)
+            .unwrap()
+            .expect("registered")
+            .ifindex
+    }
+
+    fn policy(&self, pod: &Pod, spec: &str) {
+        let spec: margay_ebpf::policy::PolicySpec = serde_json::from_str(spec).unwrap();
+        margay_ebpf::policy::set(self.root(), self.ifindex(pod), &spec).unwrap();
+    }
+
+    fn drops(&self, pod: &Pod, reason: usize) -> u64 {
+        inspect::counters(self.root(), self.ifindex(pod))
+            .unwrap()
+            .drops[reason]
+    }
+}
+
+fn host_ifname(result: &Value) -> String {
+    result["interfaces"][0]["name"]
+        .as_str()
+        .expect("a host interface")
+        .to_string()
+}
+
+/// Waits until duplicate address detection is over for every address of
+/// `dev` in `ns` (a tentative address cannot be used yet).
+fn wait_for_addresses(ns: &NetNs, dev: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ns
+        .run_ok(&["ip", "-6", "addr", "show", "dev", dev, "tentative"])
+        .trim()
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "{dev} stays tentative");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ping(from: &NetNs, to: IpAddr) -> bool {
+    from.run(&["ping", "-c", "1", "-W", "1", &to.to_string()])
+        .status
+        .success()
+}
+
+fn v6(ip: Ipv6Addr, port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V6(ip), port)
+}
+
+const ANY6: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+
+#[test]
+fn a_pod_forging_its_ipv6_source_is_blocked_and_reported() {
+    require_root!(a_pod_forging_its_ipv6_source_is_blocked_and_reported);
+    let node = Node::new("10.217.1.0/24", "fd00:217:1::/64");
+    let a = node.pod("spoof6");
+    let b = node.pod("victim6");
+    let server = UdpServer::start_on(Some(&b.ns), ANY6, "b");
+    // Honest first, so that A has resolved its gateway: the kernel would
+    // solicit it from the source of the packet waiting (the forged one),
+    // and those solicitations are dropped too.
+    assert_eq!(
+        traffic::udp_request(Some(&a.ns), v6(b.v6, server.port)).unwrap(),
+        format!("b {}", a.v6)
+    );
+    // The reproduction: A takes an address it was not given and uses it.
+    let forged: Ipv6Addr = "fd00:217:1::99".parse().unwrap();
+    a.ns.run_ok(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{forged}/128"),
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    let forged_request =
+        traffic::udp_request_from(Some(&a.ns), IpAddr::V6(forged), v6(b.v6, server.port));
+    assert!(forged_request.is_err(), "no answer to a forged source");
+    // An honest datagram after the forged ones: it arrives, so they had time to.
+    assert_eq!(
+        traffic::udp_request(Some(&a.ns), v6(b.v6, server.port)).unwrap(),
+        format!("b {}", a.v6)
+    );
+    let seen = server.received.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![IpAddr::V6(a.v6); 2],
+        "only the honest datagrams arrived"
+    );
+    assert!(node.drops(&a, abi::DROP_SPOOF_IP) >= 1);
+    let drops = node.node.ctl(&["--json", "drops"]).unwrap();
+    let forged_event = drops
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|e| {
+            e["event"]["protocol"] == 17
+                && e["event"]["src"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("[{forged}]:"))
+        })
+        .unwrap_or_else(|| panic!("a drop event of a forged datagram: {drops}"));
+    assert_eq!(forged_event["event"]["verdict"], "spoofed-ip");
+    assert_eq!(
+        forged_event["event"]["dst"],
+        format!("[{}]:{}", b.v6, server.port)
+    );
+}
+
+#[test]
+fn ipv6_between_pods_obeys_policy_as_ipv4_does() {
+    require_root!(ipv6_between_pods_obeys_policy_as_ipv4_does);
+    let node = Node::new("10.217.2.0/24", "fd00:217:2::/64");
+    let a = node.pod("a6");
+    let b = node.pod("b6");
+    let c = node.pod("c6");
+    let tcp_b = TcpServer::start_on(Some(&b.ns), ANY6, "b");
+    assert_eq!(
+        traffic::request(Some(&a.ns), v6(b.v6, tcp_b.port)).unwrap(),
+        format!("b {}", a.v6),
+        "B sees A's own IPv6 address"
+    );
+    assert!(ping(&a.ns, IpAddr::V6(b.v6)), "ping -6 without a policy");
+
+    // The reproduction: deny-all ingress on B stops IPv6 as it stops IPv4.
+    node.policy(&b, r#"{"ingress": []}"#);
+    assert!(!ping(&a.ns, IpAddr::V4(b.v4)), "IPv4 ping denied");
+    assert!(!ping(&a.ns, IpAddr::V6(b.v6)), "IPv6 ping denied");
+    assert!(traffic::request(Some(&a.ns), v6(b.v6, tcp_b.port)).is_err());
+    assert!(node.drops(&b, abi::DROP_POLICY_INGRESS) >= 3);
+    // B's own connections still get their replies.
+    let tcp_a = TcpServer::start_on(Some(&a.ns), ANY6, "a");
+    assert_eq!(
+        traffic::request(Some(&b.ns), v6(a.v6, tcp_a.port)).unwrap(),
+        format!("a {}", b.v6),
+        "a reply passes deny-all ingress"
+    );
+
+    // One IPv6 peer allowed: A's address, not C's.
+    node.policy(
+        &b,
+        &format!(
+            r#"{{"ingress": [{{"action": "allow", "cidr": "{}/128"}}]}}"#,
+            a.v6
+        ),
+    );
+    assert!(ping(&a.ns, IpAddr::V6(b.v6)), "A is allowed");
+    assert!(!ping(&c.ns, IpAddr::V6(b.v6)), "C is not");
+    assert!(
+        !ping(&a.ns, IpAddr::V4(b.v4)),
+        "nor is IPv4, which no rule allows"
+    );
+
+    // What operators see: the endpoints' IPv6 addresses and IPv6 flows.
+    let listing: Value =
+        serde_json::from_str(&node.node.ctl(&["--json", "endpoints"]).unwrap()).unwrap();
+    let b_row = listing
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["ifname"] == b.host_ifname.as_str())
+        .expect("B is listed");
+    assert_eq!(b_row["ipv6"], b.v6.to_string());
+    let dump = node
+        .node
+        .ctl(&["conntrack", "dump", "--endpoint", &b.v6.to_string()])
+        .unwrap();
+    assert!(
+        dump.contains(&format!("[{}]:", a.v6)) && dump.contains(&format!("[{}]:", b.v6)),
+        "{dump}"
+    );
+}
+
+#[test]
+fn neighbour_discovery_and_dad_work_through_the_programs() {
+    require_root!(neighbour_discovery_and_dad_work_through_the_programs);
+    let node = Node::new("10.217.3.0/24", "fd00:217:3::/64");
+    // A pod with a policy denying everything both ways still resolves its
+    // gateway and answers the node's neighbour probes: the node's ping
+    // (always let in) and its reply both need neighbour discovery.
+    let a = node.pod("nd6");
+    node.policy(&a, r#"{"ingress": [], "egress": []}"#);
+    a.ns.run_ok(&["ip", "-6", "neigh", "flush", "dev", "eth0"]);
+    node.node
+        .ns
+        .run_ok(&["ip", "-6", "neigh", "flush", "dev", &a.host_ifname]);
+    assert!(
+        ping(&node.node.ns, IpAddr::V6(a.v6)),
+        "the node reaches the pod"
+    );
+    let neighbours = a.ns.run_ok(&["ip", "-6", "neigh", "show", "dev", "eth0"]);
+    assert!(
+        neighbours.contains("fe80::ecee:eeff:feee:eeee") && !neighbours.contains("FAILED"),
+        "the pod resolved its gateway: {neighbours}"
+    );
+
+    // Duplicate address detection sees a duplicate: the gateway's own
+    // address, taken by the pod, is answered for by the host, so it fails.
+    a.ns.run_ok(&[
+        "ip",
+        "addr",
+        "add",
+        "fe80::ecee:eeff:feee:eeee/64",
+        "dev",
+        "eth0",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = a.ns.run_ok(&["ip", "-6", "addr", "show", "dev", "eth0"]);
+        let line = state
+            .lines()
+            .find(|l| l.contains("fe80::ecee:eeff:feee:eeee"))
+            .expect("the address is there")
+            .to_string();
+        if line.contains("dadfailed") {
+            break;
+        }
+        assert!(
+            line.contains("tentative") && Instant::now() < deadline,
+            "DAD did not detect the duplicate: {line}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // DEL forgets the pod's IPv6 address with the rest.
+    let ifindex = node.ifindex(&a);
+    assert_eq!(registry::ipv6_of(node.root(), ifindex).unwrap(), Some(a.v6));
+    for cid in node.node.rt.cached_container_ids("eth0") {
+        node.node.rt.del(&cid, None, "eth0", "").unwrap();
+    }
+    assert_eq!(registry::ipv6_of(node.root(), ifindex).unwrap(), None);
+    assert!(
+        margay_ebpf::maps::endpoints6(node.root())
+            .unwrap()
+            .keys()
+            .next()
+            .is_none()
+    );
+}
+
+#[test]
+fn an_upgrade_from_an_ipv4_only_build_keeps_running_pods_ipv6() {
+    require_root!(an_upgrade_from_an_ipv4_only_build_keeps_running_pods_ipv6);
+    let node = Node::new("10.217.4.0/24", "fd00:217:4::/64");
+    let a = node.pod("old6");
+    let b = node.pod("peer6");
+    assert!(ping(&a.ns, IpAddr::V6(b.v6)));
+    // As an IPv4-only build left them: no IPv6 addresses recorded, and
+    // another build's programs pinned.
+    let root = node.root();
+    let mut endpoints6 = margay_ebpf::maps::endpoints6(root).unwrap();
+    for ifindex in [node.ifindex(&a), node.ifindex(&b)] {
+        endpoints6.remove(&ifindex).unwrap();
+    }
+    assert!(
+        !ping(&a.ns, IpAddr::V6(b.v6)),
+        "without its address, A's IPv6 is dropped"
+    );
+    let mut config = margay_ebpf::maps::config(root).unwrap();
+    let current = config.get(&0, 0).unwrap();
+    config
+        .set(
+            0,
+            abi::Config {
+                object_id: 0xdead_beef,
+                ..current
+            },
+            0,
+        )
+        .unwrap();
+    // The next ADD on the node loads this build, which finds the running
+    // pods' addresses by their host routes.
+    let _c = node.pod("new6");
+    assert_eq!(
+        registry::ipv6_of(root, node.ifindex(&a)).unwrap(),
+        Some(a.v6)
+    );
+    assert_eq!(
+        registry::ipv6_of(root, node.ifindex(&b)).unwrap(),
+        Some(b.v6)
+    );
+    assert!(ping(&a.ns, IpAddr::V6(b.v6)), "A's IPv6 works again");
+}
