@@ -42,6 +42,12 @@ struct icmphdr {
 	} un;
 };
 
+static __always_inline bool v6addr_equal(const union v6addr *a, const union v6addr *b)
+{
+	return ((a->w[0] ^ b->w[0]) | (a->w[1] ^ b->w[1]) | (a->w[2] ^ b->w[2]) |
+		(a->w[3] ^ b->w[3])) == 0;
+}
+
 /* What we need of the kernel's own IPv6 headers (net/ipv6.h, net/ndisc.h),
  * which are not exported to userspace. */
 struct ipv6_frag_hdr {

@@ -288,6 +288,11 @@ static __always_inline struct ct_entry *ct6_related(struct __sk_buff *skb, const
 	__be16 sport, dport;
 	if (!icmp6_error_quote(skb, p, &q, &sport, &dport))
 		return NULL;
+	/* An error goes to the sender of the packet it quotes: one sent
+	 * anywhere else is no part of the flow (else a pod could send any
+	 * address anything, dressed as an error about a flow it has). */
+	if (!v6addr_equal(&p->daddr6, (union v6addr *)&q.ip.saddr))
+		return NULL;
 	struct ct_key6 k;
 	ct_key6_fill(&k, (union v6addr *)&q.ip.saddr, (union v6addr *)&q.ip.daddr, sport, dport,
 		     q.ip.nexthdr, ifindex);

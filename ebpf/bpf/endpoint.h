@@ -37,12 +37,6 @@ struct {
 	__type(value, struct endpoint6);
 } endpoints6 SEC(".maps");
 
-static __always_inline bool v6addr_equal(const union v6addr *a, const union v6addr *b)
-{
-	return ((a->w[0] ^ b->w[0]) | (a->w[1] ^ b->w[1]) | (a->w[2] ^ b->w[2]) |
-		(a->w[3] ^ b->w[3])) == 0;
-}
-
 /* Whether `addr` is the IPv6 address of the pod behind host veth `ifindex`. */
 static __always_inline bool endpoint6_owns(__u32 ifindex, const union v6addr *addr)
 {

@@ -783,6 +783,30 @@ fn ipv6_replies_and_errors_of_tracked_flows_pass_a_deny_all_policy() {
         TC_ACT_SHOT,
         "about another flow"
     );
+    // The pod's own error about the flow passes only to the flow's peer:
+    // sent anywhere else, it is not part of the flow.
+    let unreachable = |quoted| L4::IcmpError { kind: 1, quoted };
+    let quoted = || packet::quote6(PEER6, POD6, 6, 443, 5000);
+    assert_eq!(
+        f.out6(unreachable(quoted()), PEER6),
+        TC_ACT_OK,
+        "to the peer"
+    );
+    f.policy(r#"{"ingress": [], "egress": []}"#);
+    assert_eq!(
+        f.out6(
+            unreachable(quoted()),
+            Ipv6Addr::new(0xfd00, 7, 0, 0, 0, 0, 0, 7)
+        ),
+        TC_ACT_SHOT,
+        "to a third party"
+    );
+    assert_eq!(
+        f.out6(unreachable(quoted()), PEER6),
+        TC_ACT_OK,
+        "to the peer, under deny-all"
+    );
+    f.policy(r#"{"ingress": []}"#);
     // Echo: the reply passes by the identifier, an unasked one does not.
     assert_eq!(f.out6(L4::IcmpEcho { kind: 128, id: 77 }, PEER6), TC_ACT_OK);
     assert_eq!(
