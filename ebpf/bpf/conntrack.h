@@ -274,6 +274,10 @@ static __always_inline struct ct_entry *ct_related(struct __sk_buff *skb, const 
 	struct icmp_quote q;
 	if (!icmp_error_quote(skb, p, &q))
 		return NULL;
+	/* Sent to the quoted packet's sender, as every error is (see
+	 * ct6_related). */
+	if (p->daddr != q.ip.saddr)
+		return NULL;
 	struct ct_key k;
 	ct_key_fill(&k, q.ip.saddr, q.ip.daddr, q.sport, q.dport, q.ip.protocol, ifindex);
 	struct ct_entry *e = bpf_map_lookup_elem(&conntrack, &k);

@@ -297,7 +297,14 @@ fn replies_of_allowed_flows_pass_by_conntrack_and_policy_changes_hit_new_flows()
         kind: 3,
         quoted: packet::quote(PEER, POD, 6, 443, 5000),
     };
-    assert_eq!(f.out(pod_error, PEER), TC_ACT_OK);
+    assert_eq!(f.out(pod_error.clone(), PEER), TC_ACT_OK);
+    f.policy(r#"{"egress": [], "ingress": []}"#);
+    assert_eq!(
+        f.out(pod_error, Ipv4Addr::new(10, 7, 7, 7)),
+        TC_ACT_SHOT,
+        "the same error sent to a third party is no part of the flow"
+    );
+    f.policy(r#"{"ingress": []}"#);
     assert!(
         inspect::conntrack(f.root.path(), Some(IFINDEX))
             .unwrap()
