@@ -158,7 +158,12 @@ pub fn create(
         ifname,
         netns,
         mtu,
-    ))
+    ))?;
+    // Before the pod end comes up and gives the pair a carrier, which is
+    // when the host end's link-local address (the pod's IPv6 gateway)
+    // would start its second of duplicate address detection.
+    sysctl::skip_dad(host_name);
+    Ok(())
 }
 
 /// Both ends of an existing pair, readied with what does not depend on the

@@ -7,7 +7,7 @@ use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
 use margay_conf::CniError;
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope};
 use rtnetlink::{Handle, RouteMessageBuilder};
 
@@ -55,7 +55,17 @@ pub async fn ensure_address(
     ip: IpAddr,
     prefix: u8,
 ) -> Result<(), CniError> {
-    match h.address().add(index, ip, prefix).execute().await {
+    let mut request = h.address().add(index, ip, prefix);
+    // The pod's address is IPAM's alone on a link whose other end is the
+    // host: detecting duplicates would only keep the pod from using it for
+    // a second.
+    if ip.is_ipv6() {
+        let msg = request.message_mut();
+        msg.header.flags |= AddressHeaderFlags::Nodad;
+        msg.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    match request.execute().await {
         Ok(()) => Ok(()),
         Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
         Err(e) => Err(CniError::kernel(

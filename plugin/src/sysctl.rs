@@ -36,6 +36,15 @@ pub fn apply_v6(ifname: &str) -> Result<(), CniError> {
     write(ifname, &IPV6)
 }
 
+/// Turns duplicate address detection off on the host veth: its only
+/// neighbour is the pod, and its link-local address, the pod's IPv6
+/// gateway, would be unusable for the second detection takes, as would the
+/// pod's first IPv6 packets. Best effort: without IPv6 on the host there is
+/// nothing to detect.
+pub fn skip_dad(ifname: &str) {
+    let _ = std::fs::write(path("ipv6/conf/{if}/accept_dad", ifname), "0");
+}
+
 fn write(ifname: &str, wanted: &[(&str, &str)]) -> Result<(), CniError> {
     for (template, value) in wanted {
         let p = path(template, ifname);

@@ -44,11 +44,10 @@ impl Node {
             host_ifname: host_ifname(&result),
             ns,
         };
-        wait_for_addresses(&pod.ns, "eth0");
-        // The gateway too: the host veth's link-local address, which the
-        // pod's default route goes via, is usable once its own detection
-        // is over.
-        wait_for_addresses(&self.node.ns, &pod.host_ifname);
+        // Usable at once: no duplicate address detection holds the pod's
+        // address or its gateway (the host veth's link-local address).
+        assert_not_tentative(&pod.ns, &["dev", "eth0", "scope", "global"]);
+        assert_not_tentative(&self.node.ns, &["dev", &pod.host_ifname]);
         pod
     }
 
@@ -82,18 +81,13 @@ fn host_ifname(result: &Value) -> String {
         .to_string()
 }
 
-/// Waits until duplicate address detection is over for every address of
-/// `dev` in `ns` (a tentative address cannot be used yet).
-fn wait_for_addresses(ns: &NetNs, dev: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !ns
-        .run_ok(&["ip", "-6", "addr", "show", "dev", dev, "tentative"])
-        .trim()
-        .is_empty()
-    {
-        assert!(Instant::now() < deadline, "{dev} stays tentative");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// Asserts that no IPv6 address `filter` selects in `ns` is tentative.
+fn assert_not_tentative(ns: &NetNs, filter: &[&str]) {
+    let mut args = vec!["ip", "-6", "addr", "show"];
+    args.extend_from_slice(filter);
+    args.push("tentative");
+    let tentative = ns.run_ok(&args);
+    assert!(tentative.trim().is_empty(), "tentative: {tentative}");
 }
 
 fn ping(from: &NetNs, to: IpAddr) -> bool {
