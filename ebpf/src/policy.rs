@@ -213,25 +213,16 @@ pub fn compile(
         };
         let (cidr4, cidr6) = match rule.cidr {
             None => (
-                Some(Ipv4Network::from(Ipv4Addr::UNSPECIFIED)),
-                Some(Ipv6Network::from(Ipv6Addr::UNSPECIFIED)),
+                Some(Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).expect("/0 is valid")),
+                Some(Ipv6Network::new(Ipv6Addr::UNSPECIFIED, 0).expect("/0 is valid")),
             ),
             Some(IpNetwork::V4(n)) => (Some(n), None),
             Some(IpNetwork::V6(n)) => (None, Some(n)),
         };
         if let Some(n) = cidr4 {
-            let slot = v4
-                .rules
-                .get_mut(v4.count as usize)
-                .ok_or(())
-                .map_err(too_many)?;
-            *slot = PolicyRule {
+            let rule = PolicyRule {
                 addr: n.network().octets(),
-                mask: if rule.cidr.is_none() {
-                    [0; 4]
-                } else {
-                    n.mask().octets()
-                },
+                mask: n.mask().octets(),
                 port_lo: ports.lo,
                 port_hi: ports.hi,
                 proto,
@@ -239,21 +230,12 @@ pub fn compile(
                 flags,
                 pad: 0,
             };
-            v4.count += 1;
+            append(&mut v4.rules, &mut v4.count, rule).map_err(too_many)?;
         }
         if let Some(n) = cidr6 {
-            let slot = v6
-                .rules
-                .get_mut(v6.count as usize)
-                .ok_or(())
-                .map_err(too_many)?;
-            *slot = PolicyRule6 {
+            let rule = PolicyRule6 {
                 addr: n.network().octets(),
-                mask: if rule.cidr.is_none() {
-                    [0; 16]
-                } else {
-                    n.mask().octets()
-                },
+                mask: n.mask().octets(),
                 port_lo: ports.lo,
                 port_hi: ports.hi,
                 proto,
@@ -261,10 +243,17 @@ pub fn compile(
                 flags,
                 pad: 0,
             };
-            v6.count += 1;
+            append(&mut v6.rules, &mut v6.count, rule).map_err(too_many)?;
         }
     }
     Ok((v4, v6))
+}
+
+/// Puts `rule` after the `count` rules of `rules`; Err when they are full.
+fn append<T>(rules: &mut [T], count: &mut u32, rule: T) -> Result<(), ()> {
+    *rules.get_mut(*count as usize).ok_or(())? = rule;
+    *count += 1;
+    Ok(())
 }
 
 /// One compiled rule, of either family, as the operator wrote it.

@@ -1,50 +1,317 @@
-# The nodes and the external client: NOT WRITTEN YET (issue 10, the node
-# part). These are the places scripts/cluster already calls; today they
-# accept zero nodes only. Sourced by scripts/cluster.
+# The nodes and the external client, then Margay installed on them with
+# `kubectl apply -f deploy/margay.yaml`. Sourced by scripts/cluster.
 #
-# What the node part fills in (see DESIGN.md, "The local cluster"):
-#  - nodes_up N: for i in 0..N-1, node `$PREFIX-n$i` (name e.g.
-#    "$CLUSTER_NAME-n$i"): `ip netns add $PREFIX-n$i`, `lan_plug $PREFIX-n$i
-#    n$i $(node_ip $i)`, a mount and UTS namespace (hostname = node name)
-#    with per-node dirs under $NODES_DIR/<node>/ bind-mounted over
-#    /opt/cni/bin, /etc/cni/net.d, /var/lib/cni, /var/lib/kubelet,
-#    /run/containerd, /run/margay, a fresh bpffs at /sys/fs/bpf; containerd and
-#    kubelet started detached with their pids in $PIDS/<node>-containerd.pid
-#    and the like ("<pid> <starttime>", see spawn in lib.sh), so status, the
-#    no-op check and `down` work unchanged. Note spawn's `ip netns exec` gives
-#    every process a mount namespace of its own: containerd and kubelet must
-#    share the node's one, so they need a variant of spawn (e.g. enter, with
-#    nsenter, the mount and UTS namespaces of a holder process made once per
-#    node with `unshare --mount --uts`, itself inside the node's netns);
-#    `kubelet_kubeconfig <node> $NODES_DIR/<node>` (certs.sh) for its
-#    credentials; kubelet's `cgroupRoot` its own; images imported with
-#    `ctr -n k8s.io images import`. Then the external client `$PREFIX-ext` at
-#    $(external_ip), `kubectl apply -f deploy/margay.yaml`, and waiting for
-#    every node Ready.
-#    Keep every file of a node under $NODES_DIR (already one of the state
-#    dir's entries that `down` removes; a new top-level entry must be added to
-#    DEFAULT_STATE_ENTRIES in lib.sh).
-#  - nodes_running: true when every node's daemons run (the no-op check of `up`).
-#  - nodes_down: what the process sweep and namespace deletion do not cover:
-#    pods' own network namespaces and containers (containerd-shims leave the
-#    node's netns: kill them by their cgroup under the node's cgroupRoot, then
-#    remove those cgroups), mounts, pins, iptables rules. It must work from any
-#    state, like the rest of `down`: read what exists, ignore what doesn't.
-#  - nodes_env: NODE_NAME_i, NODE_NETNS_i, NODE_IP_i, EXTERNAL_NETNS,
-#    EXTERNAL_IP, POD_CIDR lines for the env file.
+# Node i is called "$CLUSTER_NAME-n$i" (its hostname and Node object) and
+# lives in network namespace $PREFIX-n$i, plugged into the LAN at
+# $(node_ip i) (bridge port n$i), default route via the host. Its containerd
+# and kubelet run there, in mount and UTS namespaces of their own
+# (node-run.sh): per-node directories ($NODES_DIR/<node>/fs/*) over
+# /opt/cni/bin, /etc/cni/net.d, /var/lib/cni, /var/lib/kubelet,
+# /run/containerd, /var/lib/containerd, /run/margay, /run/netns (pods'
+# network namespaces), /var/log/{pods,containers}, a sysfs of the node's
+# network namespace and a fresh bpffs at /sys/fs/bpf, so the DaemonSet's
+# hostPaths and default bpf_root are that node's own.
+#
+# cgroups (v1 here) are the machine's: kubelet's cgroupRoot is /$PREFIX-n$i
+# in every v1 hierarchy, and node-run.sh, containerd, its shims and kubelet
+# sit in /$PREFIX-n$i/node beside kubelet's kubepods: `down` kills every
+# process of a node by those cgroups (shims and pods leave the node's
+# network namespace) and removes them.
+#
+# The external client ($PREFIX-ext, at $(external_ip)) is a namespace on the
+# LAN with no Kubernetes in it.
+
+EXTERNAL_NETNS_NAME_SUFFIX=ext
+MAX_NODES=3
+DATAPLANE=${DATAPLANE:-bpf}
+IMAGES_DIR=$ROOT/target/images
+NODE_IMAGES=(pause busybox margay)
+
+node_name() { echo "$CLUSTER_NAME-n$1"; }
+node_netns() { echo "$PREFIX-n$1"; }
+node_cgroup() { echo "$PREFIX-n$1"; }
+
+# The pod pool: 10.251.<k>.0/24, k the LAN's.
+pod_cidr() { echo "10.251.$LAN_K.0/24"; }
 
 # Refuses, before anything is made, a node count this script cannot start.
 nodes_validate() {
-    (($1 == 0)) || die "--nodes $1: nodes are not implemented yet (only the control plane and the LAN are)"
+    [[ $1 =~ ^[0-9]+$ ]] && (($1 <= MAX_NODES)) || die "--nodes $1: 0 to $MAX_NODES nodes"
+    case $DATAPLANE in bpf | linux) ;; *) die "--dataplane $DATAPLANE: bpf or linux" ;; esac
+    local img
+    for img in "${NODE_IMAGES[@]}"; do
+        [[ -f $IMAGES_DIR/$img.tar ]] || die "$IMAGES_DIR/$img.tar is missing: run scripts/images first"
+    done
+    command -v containerd >/dev/null && command -v ctr >/dev/null && command -v runc >/dev/null ||
+        die "containerd, ctr and runc are needed (apt-get install containerd runc)"
+    [[ -x /usr/lib/cni/loopback ]] || die "/usr/lib/cni/loopback is missing (apt-get install containernetworking-plugins)"
 }
 
-nodes_up() { return 0; }
+# The machine's cgroup v1 hierarchies (mount points).
+cgroup_v1_mounts() { awk '$3 == "cgroup" { print $2 }' /proc/self/mounts; }
 
-nodes_running() { return 0; }
+# cgroup_make NAME : /NAME and /NAME/node in every v1 hierarchy (cpuset ones
+# get their parent's cpus and mems, or nothing can join them).
+cgroup_make() {
+    local name=$1 h d
+    for h in $(cgroup_v1_mounts); do
+        for d in "$h/$name" "$h/$name/node"; do
+            mkdir -p "$d"
+            if [[ -f $d/cpuset.cpus ]]; then
+                cat "$(dirname "$d")/cpuset.cpus" >"$d/cpuset.cpus"
+                cat "$(dirname "$d")/cpuset.mems" >"$d/cpuset.mems"
+            fi
+        done
+    done
+}
 
-# Runs after every process in the cluster's namespaces is stopped; the node
-# namespaces ($PREFIX-n<i>, $PREFIX-ext) are deleted after it by the generic
-# sweep in scripts/cluster (cluster_netns lists them).
-nodes_down() { return 0; }
+# This cluster's node cgroups that exist: "<hierarchy>/<name>" lines.
+node_cgroups() {
+    local h d
+    for h in $(cgroup_v1_mounts); do
+        for d in "$h/$PREFIX"-n*; do
+            [[ -d $d && ${d##*/} =~ ^$PREFIX-n[0-9]+$ ]] && echo "$d"
+        done
+    done
+    return 0
+}
 
-nodes_env() { return 0; }
+node_write_configs() {
+    local i=$1 node dir ip
+    node=$(node_name "$i") dir=$NODES_DIR/$(node_name "$i") ip=$(node_ip "$i")
+    mkdir -p "$dir/fs/cni-bin"
+    kubelet_kubeconfig "$node" "$dir"
+    kubelet_serving_cert "$node" "$ip" "$dir"
+    cp /usr/lib/cni/loopback "$dir/fs/cni-bin/"
+
+    local images=() img
+    for img in "${NODE_IMAGES[@]}"; do images+=("$IMAGES_DIR/$img.tar"); done
+    {
+        printf 'NODE=%q\n' "$node"
+        printf 'NODE_IP=%q\n' "$ip"
+        printf 'CGROUP_ROOT=%q\n' "$(node_cgroup "$i")"
+        printf 'LOGS=%q\n' "$LOGS"
+        printf 'PIDS=%q\n' "$PIDS"
+        printf 'K8S_BIN=%q\n' "$K8S_BIN"
+        printf 'IMAGES=%q\n' "${images[*]}"
+    } >"$dir/node.env"
+
+    # Paths are the node's own through its mount namespace.
+    cat >"$dir/containerd.toml" <<'EOF'
+version = 2
+root = "/var/lib/containerd"
+state = "/run/containerd"
+
+[grpc]
+  address = "/run/containerd/containerd.sock"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "localhost/pause:3.10"
+  # No CAP_SYS_RESOURCE here: without this runc fails with "can't get final
+  # child's PID from pipe: EOF".
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/opt/cni/bin"
+    conf_dir = "/etc/cni/net.d"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+EOF
+
+    cat >"$dir/kubelet.yaml" <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+cgroupDriver: cgroupfs
+cgroupRoot: /$(node_cgroup "$i")
+failCgroupV1: false
+failSwapOn: false
+containerRuntimeEndpoint: unix:///run/containerd/containerd.sock
+# containerd 1.6 does not protect the pause image from image GC.
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+# The disk and the memory are the machine's, shared by every node.
+evictionHard:
+  memory.available: 50Mi
+  nodefs.available: 1%
+  imagefs.available: 1%
+resolvConf: ""
+readOnlyPort: 0
+clusterDomain: cluster.local
+authentication:
+  anonymous:
+    enabled: false
+  webhook:
+    enabled: true
+  x509:
+    clientCAFile: $CERTS/ca.crt
+authorization:
+  mode: Webhook
+tlsCertFile: $dir/kubelet-serving.crt
+tlsPrivateKeyFile: $dir/kubelet-serving.key
+EOF
+}
+
+# spawn_node I : like spawn (lib.sh), but into the node's network namespace
+# and new mount and UTS namespaces, which containerd and kubelet share
+# (`ip netns exec` would give each its own, and remount /sys). nsenter and
+# unshare exec, so the recorded pid is node-run.sh's.
+spawn_node() {
+    local i=$1 node
+    node=$(node_name "$i")
+    (
+        if [[ -n ${CLUSTER_LOCK_FD:-} ]]; then exec {CLUSTER_LOCK_FD}>&-; fi
+        exec setsid nsenter --net="/run/netns/$(node_netns "$i")" \
+            unshare --mount --uts -- "$ROOT/scripts/cluster.d/node-run.sh" "$NODES_DIR/$node" \
+            </dev/null >>"$LOGS/$node.log" 2>&1
+    ) &
+    local pid=$!
+    echo "$pid $(pid_start "$pid")" >"$PIDS/$node.pid"
+}
+
+nodes_up() {
+    local n=$1 i ns
+    NODE_COUNT=$n
+    mkdir -p "$NODES_DIR"
+    echo "$n" >"$NODES_DIR/count"
+    ((n > 0)) || return 0
+    for ((i = 0; i < n; i++)); do
+        ns=$(node_netns "$i")
+        ip netns add "$ns"
+        ip -n "$ns" link set lo up
+        lan_plug "$ns" "n$i" "$(node_ip "$i")"
+        # kubelet picks the node's address from the default route.
+        ip -n "$ns" route add default via "$HOST_IP" dev eth0
+        node_write_configs "$i"
+        cgroup_make "$(node_cgroup "$i")"
+        spawn_node "$i"
+    done
+
+    ns=$PREFIX-$EXTERNAL_NETNS_NAME_SUFFIX
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+    lan_plug "$ns" ext "$(external_ip)"
+
+    wait_until 120 "$n nodes registered" nodes_registered_or_dead || nodes_explain
+    margay_install
+    wait_until 240 "every node Ready and the margay-node pods running" nodes_ready_or_dead || nodes_explain
+}
+
+# Fails, naming it and showing its logs' end, if a node's process died.
+nodes_alive() {
+    local i node c
+    for ((i = 0; i < NODE_COUNT; i++)); do
+        node=$(node_name "$i")
+        for c in "$node" "$node-containerd" "$node-kubelet"; do
+            [[ -f $PIDS/$c.pid ]] || continue # not started yet
+            component_pid "$c" >/dev/null && continue
+            err "$c exited; the end of $LOGS/$c.log:"
+            tail -n 20 "$LOGS/$c.log" >&2 || true
+            [[ $c == "$node" ]] || { err "and of $LOGS/$node.log:"; tail -n 5 "$LOGS/$node.log" >&2 || true; }
+            return 1
+        done
+    done
+}
+
+nodes_registered() { [[ $(kc get nodes -o name 2>/dev/null | wc -l) -ge $NODE_COUNT ]]; }
+nodes_registered_or_dead() { nodes_alive || exit 1; nodes_registered; }
+
+nodes_ready() {
+    local ready ds
+    ready=$(kc get nodes -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' 2>/dev/null | grep -c '^True$')
+    ((ready == NODE_COUNT)) || return 1
+    ds=$(kc -n margay-system get daemonset margay-node -o jsonpath='{.status.desiredNumberScheduled} {.status.numberReady}' 2>/dev/null)
+    [[ $ds == "$NODE_COUNT $NODE_COUNT" ]]
+}
+nodes_ready_or_dead() { nodes_alive || exit 1; nodes_ready; }
+
+# On a timeout: what is stuck, then fail.
+nodes_explain() {
+    local i node
+    err "nodes:"
+    kc get nodes -o wide >&2 || true
+    kc describe nodes 2>/dev/null | sed -n '/^Name:/p;/^Taints:/p;/^Conditions:/,/^Addresses:/p' >&2 || true
+    err "margay-system:"
+    kc -n margay-system get pods -o wide >&2 || true
+    kc -n margay-system describe pods 2>/dev/null | tail -n 40 >&2 || true
+    for ((i = 0; i < NODE_COUNT; i++)); do
+        node=$(node_name "$i")
+        err "the end of $LOGS/$node-kubelet.log:"
+        tail -n 15 "$LOGS/$node-kubelet.log" >&2 2>/dev/null || true
+    done
+    exit 1
+}
+
+# deploy/margay.yaml as the issue says, on a copy: the local image (never
+# pulled), the chosen dataplane, the cluster's pod pool.
+margay_install() {
+    local copy=$NODES_DIR/margay.yaml
+    sed -e "s#^\( *\)image: margay/margay:latest\$#\1image: localhost/margay:latest\n\1imagePullPolicy: Never#" \
+        -e "s#^  pools: .*#  pools: \"$(pod_cidr)\"#" \
+        -e "s#^  dataplane: .*#  dataplane: \"$DATAPLANE\"#" \
+        "$ROOT/deploy/margay.yaml" >"$copy"
+    [[ $(grep -c 'image: localhost/margay:latest' "$copy") -ge 2 &&
+        $(grep -c "^  pools: \"$(pod_cidr)\"" "$copy") == 1 &&
+        $(grep -c "^  dataplane: \"$DATAPLANE\"" "$copy") == 1 ]] ||
+        die "deploy/margay.yaml no longer has the image, pools and dataplane lines this script replaces"
+    kc apply -f "$copy" >/dev/null
+    say "margay applied (dataplane $DATAPLANE, pools $(pod_cidr))"
+}
+
+# Every node's daemons run (the no-op check of `up`).
+nodes_running() {
+    local n i node
+    [[ -f $NODES_DIR/count ]] || return 1
+    n=$(<"$NODES_DIR/count")
+    for ((i = 0; i < n; i++)); do
+        node=$(node_name "$i")
+        component_pid "$node-containerd" >/dev/null && component_pid "$node-kubelet" >/dev/null || return 1
+    done
+}
+
+# Runs after every process in the cluster's namespaces is stopped. What is
+# left of a node: its shims and pods (outside its network namespace), found
+# by the node's cgroups, killed, and the cgroups removed. The node's mount
+# namespace (its bind mounts, bpffs, pods' netns mounts) goes with its last
+# process; the network namespaces are deleted after this by the generic sweep.
+nodes_down() {
+    local cgs pids round
+    # shellcheck disable=SC2207
+    cgs=($(node_cgroups))
+    ((${#cgs[@]})) || return 0
+    for ((round = 0; round < 50; round++)); do
+        # shellcheck disable=SC2207
+        pids=($(find "${cgs[@]}" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -un))
+        ((${#pids[@]})) || break
+        ((round > 0)) || say "killing ${#pids[@]} processes of the nodes' cgroups"
+        kill -KILL "${pids[@]}" 2>/dev/null || true
+        sleep 0.2
+    done
+    ((${#pids[@]} == 0)) || { err "still in the nodes' cgroups: ${pids[*]}"; TEARDOWN_FAILED=1; }
+    local d ok
+    for ((round = 0; round < 25; round++)); do
+        ok=1
+        for d in "${cgs[@]}"; do
+            [[ -d $d ]] || continue
+            find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || ok=
+        done
+        [[ -n $ok ]] && return 0
+        sleep 0.2
+    done
+    for d in "${cgs[@]}"; do [[ ! -d $d ]] || try find "$d" -depth -type d -exec rmdir {} +; done
+}
+
+nodes_env() {
+    local i
+    for ((i = 0; i < ${NODE_COUNT:-0}; i++)); do
+        printf 'NODE_NAME_%d=%q\n' "$i" "$(node_name "$i")"
+        printf 'NODE_NETNS_%d=%q\n' "$i" "$(node_netns "$i")"
+        printf 'NODE_IP_%d=%q\n' "$i" "$(node_ip "$i")"
+    done
+    if ((${NODE_COUNT:-0} > 0)); then
+        printf 'EXTERNAL_NETNS=%q\n' "$PREFIX-$EXTERNAL_NETNS_NAME_SUFFIX"
+        printf 'EXTERNAL_IP=%q\n' "$(external_ip)"
+        printf 'POD_CIDR=%q\n' "$(pod_cidr)"
+        printf 'DATAPLANE=%q\n' "$DATAPLANE"
+    fi
+}
