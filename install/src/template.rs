@@ -33,7 +33,8 @@ pub fn placeholders(v: &Values) -> [(&'static str, String); 7] {
 
 /// The conflist installed when no template is given.
 pub const DEFAULT_TEMPLATE: &str = r#"{
-  "cniVersion": "1.1.0",
+  "cniVersion": "1.0.0",
+  "cniVersions": ["1.0.0", "1.1.0"],
   "name": "k8s-pod-network",
   "plugins": [
     {

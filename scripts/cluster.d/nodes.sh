@@ -65,10 +65,11 @@ cgroup_make() {
     done
 }
 
-# This cluster's node cgroups that exist: "<hierarchy>/<name>" lines.
+# This cluster's node cgroups that exist, "<hierarchy>/<name>" lines: in
+# the v1 hierarchies and the v2 one (runc and kubelet make them there too).
 node_cgroups() {
     local h d
-    for h in $(cgroup_v1_mounts); do
+    for h in $(awk '$3 == "cgroup" || $3 == "cgroup2" { print $2 }' /proc/self/mounts); do
         for d in "$h/$PREFIX"-n*; do
             [[ -d $d && ${d##*/} =~ ^$PREFIX-n[0-9]+$ ]] && echo "$d"
         done

@@ -11,12 +11,14 @@
 //! - [`fixture`]: a test network and its pods, cleaned up on drop;
 //! - [`cluster`]: nodes as namespaces on one LAN, with an external client;
 //! - [`driver`]: a runtime over a conflist (prevResult chaining, result cache).
+//! - [`kube`]: a real Kubernetes cluster (`scripts/cluster`), down on drop.
 
 pub mod bins;
 pub mod bpf;
 pub mod cluster;
 pub mod driver;
 pub mod fixture;
+pub mod kube;
 pub mod netns;
 pub mod packet;
 pub mod privilege;

@@ -2,9 +2,10 @@
 //! send what a well-behaved runtime never would (missing variables, bad
 //! JSON) and look at the raw reply.
 
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -61,5 +62,45 @@ pub fn run(exe: &Path, env: &[(&str, &str)], stdin: &[u8]) -> Output {
         success: out.status.success(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs `cmd` (stdin closed), killing it after `timeout` (noted in
+/// stderr). Output goes to anonymous files, not pipes: a daemon it leaves
+/// behind (conmon of `podman run -d`, a node's containerd) must not keep a
+/// reader waiting.
+pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Output {
+    let mut stdout = tempfile::tempfile().unwrap();
+    let mut stderr = tempfile::tempfile().unwrap();
+    cmd.stdin(Stdio::null())
+        .stdout(stdout.try_clone().unwrap())
+        .stderr(stderr.try_clone().unwrap());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let read = |f: &mut std::fs::File| {
+        let mut s = String::new();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        let _ = f.read_to_string(&mut s);
+        s
+    };
+    let (stdout, mut stderr) = (read(&mut stdout), read(&mut stderr));
+    if status.is_none() {
+        stderr.push_str(&format!("\n(killed after {timeout:?}: {cmd:?})"));
+    }
+    Output {
+        success: status.is_some_and(|s| s.success()),
+        stdout,
+        stderr,
     }
 }

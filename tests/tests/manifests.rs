@@ -449,7 +449,10 @@ fn configmap_template_renders_to_a_margay_conflist_without_portmap() {
     );
     let conf: Value = serde_json::from_str(&rendered)
         .unwrap_or_else(|e| panic!("the rendered template is not JSON ({e}):\n{rendered}"));
-    assert_eq!(conf["cniVersion"], "1.1.0");
+    // containerd 1.6 (Debian 12) takes no 1.1.0 result; newer runtimes
+    // pick 1.1.0 from cniVersions.
+    assert_eq!(conf["cniVersion"], "1.0.0");
+    assert_eq!(conf["cniVersions"], serde_json::json!(["1.0.0", "1.1.0"]));
     assert!(conf["name"].is_string());
     let plugins = list(&conf["plugins"], "plugins");
     let margay = plugins

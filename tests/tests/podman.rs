@@ -15,7 +15,7 @@
 //! `--ulimit nproc=4096:4096`.
 
 use std::ffi::OsString;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use margay_tests::bins::bin;
 use margay_tests::netns::unique_name;
+use margay_tests::process::{Output, run_bounded};
 use margay_tests::require_root;
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -33,13 +34,6 @@ const PODMAN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The port every test container serves on.
 const PORT: u16 = 8080;
-
-/// What a command printed and how it ended.
-struct Out {
-    success: bool,
-    stdout: String,
-    stderr: String,
-}
 
 /// A running container on the test's network.
 struct Container {
@@ -195,7 +189,7 @@ impl Podman {
     }
 
     /// Runs `podman <args>` within [`PODMAN_TIMEOUT`].
-    fn run(&self, args: &[&str]) -> Out {
+    fn run(&self, args: &[&str]) -> Output {
         let mut cmd = self.command();
         cmd.args(args);
         run_bounded(&mut cmd, PODMAN_TIMEOUT)
@@ -451,45 +445,6 @@ fn build_rootfs(rootfs: &Path) {
     }
     std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
     std::fs::write(rootfs.join("etc/group"), "root:x:0:\n").unwrap();
-}
-
-/// Runs `cmd` (stdin closed), killing it after `timeout`. Output goes to
-/// anonymous files, not pipes: conmon, daemonized by `podman run -d`, must
-/// not keep a reader waiting.
-fn run_bounded(cmd: &mut Command, timeout: Duration) -> Out {
-    let mut stdout = tempfile::tempfile().unwrap();
-    let mut stderr = tempfile::tempfile().unwrap();
-    cmd.stdin(Stdio::null())
-        .stdout(stdout.try_clone().unwrap())
-        .stderr(stderr.try_clone().unwrap());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let read = |f: &mut std::fs::File| {
-        let mut s = String::new();
-        f.seek(SeekFrom::Start(0)).unwrap();
-        let _ = f.read_to_string(&mut s);
-        s
-    };
-    let (stdout, mut stderr) = (read(&mut stdout), read(&mut stderr));
-    if status.is_none() {
-        stderr.push_str(&format!("\n(killed after {timeout:?}: {cmd:?})"));
-    }
-    Out {
-        success: status.is_some_and(|s| s.success()),
-        stdout,
-        stderr,
-    }
 }
 
 /// `ip -j <args>` as JSON objects.
