@@ -90,6 +90,8 @@ certs_make() {
     cert_issue "$CERTS/admin" "/O=system:masters/CN=admin" clientAuth
     cert_issue "$CERTS/controller-manager" "/CN=system:kube-controller-manager" clientAuth
     cert_issue "$CERTS/scheduler" "/CN=system:kube-scheduler" clientAuth
+    # Bound to system:node-proxier by RBAC's defaults; every node's kube-proxy.
+    cert_issue "$CERTS/kube-proxy" "/CN=system:kube-proxy" clientAuth
 
     # The front proxy (request-header) CA and the apiserver's client
     # certificate under it: what aggregated APIs (metrics-server and the
@@ -106,6 +108,7 @@ certs_make() {
     kubeconfig_write "$ADMIN_KUBECONFIG" admin "$CERTS/admin"
     kubeconfig_write "$CERTS/controller-manager.kubeconfig" system:kube-controller-manager "$CERTS/controller-manager"
     kubeconfig_write "$CERTS/scheduler.kubeconfig" system:kube-scheduler "$CERTS/scheduler"
+    kubeconfig_write "$CERTS/kube-proxy.kubeconfig" system:kube-proxy "$CERTS/kube-proxy"
     umask "$SAVED_UMASK"
 }
 

@@ -14,7 +14,7 @@ set -euo pipefail
 
 NODE_DIR=$1
 # shellcheck source=/dev/null
-. "$NODE_DIR/node.env" # NODE CGROUP_ROOT LOGS PIDS K8S_BIN IMAGES NODE_IP
+. "$NODE_DIR/node.env" # NODE CGROUP_ROOT LOGS PIDS K8S_BIN IMAGES NODE_IP KUBE_PROXY
 # shellcheck source=/dev/null
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh" # pid_start
 
@@ -99,4 +99,8 @@ supervise "$NODE-kubelet" "$K8S_BIN/kubelet" \
     --hostname-override="$NODE" \
     --node-ip="$NODE_IP" &
 say "kubelet started"
+if [[ $KUBE_PROXY != none ]]; then
+    supervise "$NODE-kube-proxy" "$K8S_BIN/kube-proxy" --config="$NODE_DIR/kube-proxy.yaml" &
+    say "kube-proxy ($KUBE_PROXY) started"
+fi
 wait

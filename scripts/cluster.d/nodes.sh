@@ -24,6 +24,12 @@
 EXTERNAL_NETNS_NAME_SUFFIX=ext
 MAX_NODES=3
 DATAPLANE=${DATAPLANE:-bpf}
+# Upstream kube-proxy on every node: none (Margay's programs, or nothing, do
+# Services), iptables or nftables.
+KUBE_PROXY=${KUBE_PROXY:-none}
+# How NodePort traffic reaches a backend on another node (Margay's
+# bpf_external_service_mode).
+EXTERNAL_SERVICE_MODE=${EXTERNAL_SERVICE_MODE:-tunnel}
 IMAGES_DIR=$ROOT/target/images
 NODE_IMAGES=(pause busybox margay)
 
@@ -38,6 +44,8 @@ pod_cidr() { echo "10.251.$LAN_K.0/24"; }
 nodes_validate() {
     [[ $1 =~ ^[0-9]+$ ]] && (($1 <= MAX_NODES)) || die "--nodes $1: 0 to $MAX_NODES nodes"
     case $DATAPLANE in bpf | linux) ;; *) die "--dataplane $DATAPLANE: bpf or linux" ;; esac
+    case $KUBE_PROXY in none | iptables | nftables) ;; *) die "--kube-proxy $KUBE_PROXY: none, iptables or nftables" ;; esac
+    case $EXTERNAL_SERVICE_MODE in tunnel | dsr) ;; *) die "--external-service-mode $EXTERNAL_SERVICE_MODE: tunnel or dsr" ;; esac
     local img
     for img in "${NODE_IMAGES[@]}"; do
         [[ -f $IMAGES_DIR/$img.tar ]] || die "$IMAGES_DIR/$img.tar is missing: run scripts/images first"
@@ -95,6 +103,7 @@ node_write_configs() {
         printf 'PIDS=%q\n' "$PIDS"
         printf 'K8S_BIN=%q\n' "$K8S_BIN"
         printf 'IMAGES=%q\n' "${images[*]}"
+        printf 'KUBE_PROXY=%q\n' "$KUBE_PROXY"
     } >"$dir/node.env"
 
     # Paths are the node's own through its mount namespace.
@@ -151,6 +160,28 @@ authorization:
 tlsCertFile: $dir/kubelet-serving.crt
 tlsPrivateKeyFile: $dir/kubelet-serving.key
 EOF
+
+    [[ $KUBE_PROXY != none ]] || return 0
+    cp "$CERTS/kube-proxy.kubeconfig" "$dir/kube-proxy.kubeconfig"
+    # Conntrack sizes and timeouts stay as they are (0 leaves them): the
+    # table is the machine's, shared with every other node and test.
+    cat >"$dir/kube-proxy.yaml" <<EOF
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: $KUBE_PROXY
+clientConnection:
+  kubeconfig: $dir/kube-proxy.kubeconfig
+hostnameOverride: $node
+clusterCIDR: $(pod_cidr)
+healthzBindAddress: $ip:10256
+metricsBindAddress: 127.0.0.1:10249
+# NodePorts on the node's LAN address only, not on pods' gateways.
+nodePortAddresses: [primary]
+conntrack:
+  maxPerCore: 0
+  tcpEstablishedTimeout: 0s
+  tcpCloseWaitTimeout: 0s
+EOF
 }
 
 # spawn_node I : like spawn (lib.sh), but into the node's network namespace
@@ -183,6 +214,9 @@ nodes_up() {
         lan_plug "$ns" "n$i" "$(node_ip "$i")"
         # kubelet picks the node's address from the default route.
         ip -n "$ns" route add default via "$HOST_IP" dev eth0
+        # Forwarding on, as on every Kubernetes node (kubeadm's preflight
+        # requires it): traffic from the LAN to a pod (NodePorts) is forwarded.
+        ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
         node_write_configs "$i"
         cgroup_make "$(node_cgroup "$i")"
         spawn_node "$i"
@@ -198,12 +232,18 @@ nodes_up() {
     wait_until 240 "every node Ready and the margay-node pods running" nodes_ready_or_dead || nodes_explain
 }
 
+# node_daemons NODE : the names (pid files, logs) of what node-run.sh supervises.
+node_daemons() {
+    echo "$1-containerd $1-kubelet"
+    [[ $KUBE_PROXY == none ]] || echo "$1-kube-proxy"
+}
+
 # Fails, naming it and showing its logs' end, if a node's process died.
 nodes_alive() {
     local i node c
     for ((i = 0; i < NODE_COUNT; i++)); do
         node=$(node_name "$i")
-        for c in "$node" "$node-containerd" "$node-kubelet"; do
+        for c in "$node" $(node_daemons "$node"); do
             [[ -f $PIDS/$c.pid ]] || continue # not started yet
             component_pid "$c" >/dev/null && continue
             err "$c exited; the end of $LOGS/$c.log:"
@@ -250,23 +290,25 @@ margay_install() {
     sed -e "s#^\( *\)image: margay/margay:latest\$#\1image: localhost/margay:latest\n\1imagePullPolicy: Never#" \
         -e "s#^  pools: .*#  pools: \"$(pod_cidr)\"#" \
         -e "s#^  dataplane: .*#  dataplane: \"$DATAPLANE\"#" \
+        -e "s#\"bpf_external_service_mode\": \"tunnel\",#\"bpf_external_service_mode\": \"$EXTERNAL_SERVICE_MODE\",#" \
         "$ROOT/deploy/margay.yaml" >"$copy"
     [[ $(grep -c 'image: localhost/margay:latest' "$copy") -ge 2 &&
         $(grep -c "^  pools: \"$(pod_cidr)\"" "$copy") == 1 &&
-        $(grep -c "^  dataplane: \"$DATAPLANE\"" "$copy") == 1 ]] ||
-        die "deploy/margay.yaml no longer has the image, pools and dataplane lines this script replaces"
+        $(grep -c "^  dataplane: \"$DATAPLANE\"" "$copy") == 1 &&
+        $(grep -c "\"bpf_external_service_mode\": \"$EXTERNAL_SERVICE_MODE\"," "$copy") == 1 ]] ||
+        die "deploy/margay.yaml no longer has the image, pools, dataplane and external service mode lines this script replaces"
     kc apply -f "$copy" >/dev/null
-    say "margay applied (dataplane $DATAPLANE, pools $(pod_cidr))"
+    say "margay applied (dataplane $DATAPLANE, pools $(pod_cidr), external service mode $EXTERNAL_SERVICE_MODE)"
 }
 
 # Every node's daemons run (the no-op check of `up`).
 nodes_running() {
-    local n i node
+    local n i node c
     [[ -f $NODES_DIR/count ]] || return 1
     n=$(<"$NODES_DIR/count")
     for ((i = 0; i < n; i++)); do
         node=$(node_name "$i")
-        component_pid "$node-containerd" >/dev/null && component_pid "$node-kubelet" >/dev/null || return 1
+        for c in $(node_daemons "$node"); do component_pid "$c" >/dev/null || return 1; done
     done
 }
 
@@ -314,5 +356,7 @@ nodes_env() {
         printf 'EXTERNAL_IP=%q\n' "$(external_ip)"
         printf 'POD_CIDR=%q\n' "$(pod_cidr)"
         printf 'DATAPLANE=%q\n' "$DATAPLANE"
+        printf 'KUBE_PROXY=%q\n' "$KUBE_PROXY"
+        printf 'EXTERNAL_SERVICE_MODE=%q\n' "$EXTERNAL_SERVICE_MODE"
     fi
 }

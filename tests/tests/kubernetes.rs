@@ -8,7 +8,7 @@
 //! drop); `scripts/test` builds the components and images first.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -81,9 +81,13 @@ fn running_pods(c: &KubeCluster, app: &str, count: usize) -> Vec<Pod> {
     })
 }
 
-/// What `to`'s echo CGI says `from`'s address is, or why none came.
-fn seen_address(c: &KubeCluster, from: &Pod, to: Ipv4Addr) -> Result<String, String> {
-    let request = format!("printf 'GET /cgi-bin/ip HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {to} {PORT}");
+/// What the echo CGI at `to` says `from`'s address is, or why none came.
+fn seen_address(c: &KubeCluster, from: &Pod, to: SocketAddrV4) -> Result<String, String> {
+    let request = format!(
+        "printf 'GET /cgi-bin/ip HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {} {}",
+        to.ip(),
+        to.port()
+    );
     let out = c.try_kubectl(&["exec", &from.name, "--", "sh", "-c", &request]);
     if !out.success {
         return Err(format!("kubectl exec {} → {to}: {}", from.name, out.stderr));
@@ -242,7 +246,7 @@ fn pods_on_one_node(dataplane: &str) {
     for from in &pods {
         for to in pods.iter().filter(|p| p.name != from.name) {
             assert_eq!(
-                seen_address(&c, from, to.ip).unwrap(),
+                seen_address(&c, from, SocketAddrV4::new(to.ip, PORT)).unwrap(),
                 from.ip.to_string(),
                 "{} → {}",
                 from.name,
@@ -280,7 +284,7 @@ fn pods_on_one_node(dataplane: &str) {
     );
     // The new kubelet serves `exec` once it has synced its pods again.
     let seen = wait_for("exec after the restart", POD_WAIT, || {
-        seen_address(&c, &pods[0], pods[1].ip)
+        seen_address(&c, &pods[0], SocketAddrV4::new(pods[1].ip, PORT))
     });
     assert_eq!(seen, pods[0].ip.to_string());
 
@@ -566,4 +570,82 @@ fn take_down(c: &KubeCluster) {
         .filter(|p| p.contains(&prefix.trim_end_matches('-').to_string()))
         .collect();
     assert!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
+}
+
+/// `--kube-proxy MODE` runs upstream kube-proxy on the node beside Margay's
+/// programs (the peer later issues measure against): a pod reaches a
+/// ClusterIP with its own address seen by the backend, and the external
+/// client reaches the Service's NodePort.
+fn kube_proxy_serves_services(mode: &str) {
+    let c = KubeCluster::up("k8skp", &["--nodes", "1", "--kube-proxy", mode]);
+    c.apply(&web("web", 1));
+    c.apply(&web("cli", 1));
+    c.kubectl(&[
+        "expose",
+        "deployment",
+        "web",
+        "--type=NodePort",
+        "--port=80",
+        "--target-port=8080",
+    ]);
+    let client = running_pods(&c, "cli", 1).remove(0);
+    running_pods(&c, "web", 1);
+    let svc = c.kubectl_json(&["get", "service", "web"]);
+    let cluster_ip: Ipv4Addr = svc["spec"]["clusterIP"].as_str().unwrap().parse().unwrap();
+    let node_port = svc["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
+
+    // kube-proxy programs the Service within a second or so of its creation.
+    let seen = wait_for("the ClusterIP to answer", POD_WAIT, || {
+        seen_address(&c, &client, SocketAddrV4::new(cluster_ip, 80)).and_then(|s| {
+            if s.is_empty() {
+                Err("empty answer".into())
+            } else {
+                Ok(s)
+            }
+        })
+    });
+    assert_eq!(
+        seen,
+        client.ip.to_string(),
+        "through {mode} kube-proxy's ClusterIP"
+    );
+
+    let request = format!(
+        "printf 'GET /cgi-bin/ip HTTP/1.0\\r\\n\\r\\n' | /bin/busybox nc -w 3 {} {node_port}",
+        c.env("NODE_IP_0")
+    );
+    wait_for(
+        "the NodePort to answer the external client",
+        POD_WAIT,
+        || {
+            let out = margay_tests::process::run_bounded(
+                Command::new("ip").args([
+                    "netns",
+                    "exec",
+                    c.env("EXTERNAL_NETNS"),
+                    "sh",
+                    "-c",
+                    &request,
+                ]),
+                Duration::from_secs(10),
+            );
+            if out.stdout.contains("200 OK") {
+                Ok(())
+            } else {
+                Err(format!("{}{}", out.stdout, out.stderr))
+            }
+        },
+    );
+}
+
+#[test]
+fn kube_proxy_iptables_serves_services() {
+    require_root!(kube_proxy_iptables_serves_services);
+    kube_proxy_serves_services("iptables");
+}
+
+#[test]
+fn kube_proxy_nftables_serves_services() {
+    require_root!(kube_proxy_nftables_serves_services);
+    kube_proxy_serves_services("nftables");
 }
