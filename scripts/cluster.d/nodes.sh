@@ -27,6 +27,10 @@ DATAPLANE=${DATAPLANE:-bpf}
 # Upstream kube-proxy on every node: none (Margay's programs, or nothing, do
 # Services), iptables or nftables.
 KUBE_PROXY=${KUBE_PROXY:-none}
+# The cluster's CNI: margay (deploy/margay.yaml's DaemonSet), or ptp, Debian's
+# ptp + host-local on the same pool, written to each node (the peer benchmarks
+# compare with; nothing of Margay runs then).
+CNI=${CNI:-margay}
 # How NodePort traffic reaches a backend on another node (Margay's
 # bpf_external_service_mode).
 EXTERNAL_SERVICE_MODE=${EXTERNAL_SERVICE_MODE:-tunnel}
@@ -44,6 +48,7 @@ pod_cidr() { echo "10.251.$LAN_K.0/24"; }
 nodes_validate() {
     [[ $1 =~ ^[0-9]+$ ]] && (($1 <= MAX_NODES)) || die "--nodes $1: 0 to $MAX_NODES nodes"
     case $DATAPLANE in bpf | linux) ;; *) die "--dataplane $DATAPLANE: bpf or linux" ;; esac
+    case $CNI in margay | ptp) ;; *) die "--cni $CNI: margay or ptp" ;; esac
     case $KUBE_PROXY in none | iptables | nftables) ;; *) die "--kube-proxy $KUBE_PROXY: none, iptables or nftables" ;; esac
     case $EXTERNAL_SERVICE_MODE in tunnel | dsr) ;; *) die "--external-service-mode $EXTERNAL_SERVICE_MODE: tunnel or dsr" ;; esac
     local img
@@ -161,6 +166,7 @@ tlsCertFile: $dir/kubelet-serving.crt
 tlsPrivateKeyFile: $dir/kubelet-serving.key
 EOF
 
+    [[ $CNI != ptp ]] || ptp_conflist "$dir"
     [[ $KUBE_PROXY != none ]] || return 0
     cp "$CERTS/kube-proxy.kubeconfig" "$dir/kube-proxy.kubeconfig"
     # Conntrack sizes and timeouts stay as they are (0 leaves them): the
@@ -181,6 +187,28 @@ conntrack:
   maxPerCore: 0
   tcpEstablishedTimeout: 0s
   tcpCloseWaitTimeout: 0s
+EOF
+}
+
+# ptp_conflist DIR : Debian's ptp and host-local as the node's CNI, on the
+# same pool Margay would use (IPAM node-local too).
+ptp_conflist() {
+    local dir=$1 p
+    for p in ptp host-local; do cp "/usr/lib/cni/$p" "$dir/fs/cni-bin/"; done
+    mkdir -p "$dir/fs/cni-conf"
+    cat >"$dir/fs/cni-conf/10-ptp.conflist" <<EOF
+{
+  "cniVersion": "1.0.0",
+  "name": "k8s-pod-network",
+  "plugins": [{
+    "type": "ptp",
+    "ipam": {
+      "type": "host-local",
+      "ranges": [[{"subnet": "$(pod_cidr)"}]],
+      "routes": [{"dst": "0.0.0.0/0"}]
+    }
+  }]
+}
 EOF
 }
 
@@ -228,7 +256,7 @@ nodes_up() {
     lan_plug "$ns" ext "$(external_ip)"
 
     wait_until 120 "$n nodes registered" nodes_registered_or_dead || nodes_explain
-    margay_install
+    [[ $CNI != margay ]] || margay_install
     wait_until 240 "every node Ready and the margay-node pods running" nodes_ready_or_dead || nodes_explain
 }
 
@@ -261,6 +289,7 @@ nodes_ready() {
     local ready ds
     ready=$(kc get nodes -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' 2>/dev/null | grep -c '^True$')
     ((ready == NODE_COUNT)) || return 1
+    [[ $CNI == margay ]] || return 0
     ds=$(kc -n margay-system get daemonset margay-node -o jsonpath='{.status.desiredNumberScheduled} {.status.numberReady}' 2>/dev/null)
     [[ $ds == "$NODE_COUNT $NODE_COUNT" ]]
 }
@@ -357,6 +386,7 @@ nodes_env() {
         printf 'POD_CIDR=%q\n' "$(pod_cidr)"
         printf 'DATAPLANE=%q\n' "$DATAPLANE"
         printf 'KUBE_PROXY=%q\n' "$KUBE_PROXY"
+        printf 'CNI=%q\n' "$CNI"
         printf 'EXTERNAL_SERVICE_MODE=%q\n' "$EXTERNAL_SERVICE_MODE"
     fi
 }

@@ -48,21 +48,26 @@ impl KubeCluster {
     /// Starts cluster `<tag><pid>x<n>` with `scripts/cluster up ARGS`, or
     /// panics with its output (having taken down what it made).
     pub fn up(tag: &str, args: &[&str]) -> KubeCluster {
-        let mut c = KubeCluster {
-            name: unique_name(tag),
-            env: HashMap::new(),
-        };
+        KubeCluster::try_up(tag, args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`up`](Self::up), with `up`'s output as the error when it fails.
+    ///
+    /// # Errors
+    /// `scripts/cluster up` failed or wrote no env file.
+    pub fn try_up(tag: &str, args: &[&str]) -> Result<KubeCluster, String> {
+        let mut c = KubeCluster::attach(&unique_name(tag));
         let out = c.script(&[&["up"], args].concat(), UP_TIMEOUT);
-        assert!(
-            out.success,
-            "scripts/cluster up {args:?} (cluster {}):\n{}{}",
-            c.name, out.stdout, out.stderr
-        );
+        if !out.success {
+            return Err(format!(
+                "scripts/cluster up {args:?} (cluster {}):\n{}{}",
+                c.name, out.stdout, out.stderr
+            ));
+        }
         let env = c.state_dir().join("env");
-        c.env = parse_env(
-            &std::fs::read_to_string(&env).unwrap_or_else(|e| panic!("{}: {e}", env.display())),
-        );
-        c
+        let text = std::fs::read_to_string(&env).map_err(|e| format!("{}: {e}", env.display()))?;
+        c.env = parse_env(&text);
+        Ok(c)
     }
 
     /// Owns cluster `name` as it is (started by someone else, perhaps
