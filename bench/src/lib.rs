@@ -7,6 +7,7 @@
 pub mod exec;
 pub mod interrupt;
 pub mod ipam;
+pub mod k8s_pods;
 pub mod network;
 pub mod nodeport;
 pub mod packets;

@@ -82,6 +82,21 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         seconds: u32,
     },
+    /// Pod start latency through kubelet (created -> Running with an
+    /// address) on three local clusters side by side: margay bpf vs margay
+    /// linux vs ptp+host-local; then `scripts/cluster up` for 1 and 3
+    /// nodes. Needs root and the built cluster components.
+    K8sPods {
+        /// Interleaved rounds (each side once per round).
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// Pods created at once per round and side.
+        #[arg(long, default_value_t = 5)]
+        per_round: usize,
+        /// Timed `up`s of each size, after the pods.
+        #[arg(long, default_value_t = 3)]
+        up_rounds: usize,
+    },
     /// Pod-to-pod TCP throughput with iperf3: margay bpf vs margay linux vs
     /// ptp+host-local, interleaved rounds, medians. Needs root and iperf3.
     Throughput {
@@ -180,6 +195,18 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Nodeport { rounds, seconds } => {
             let report = margay_bench::nodeport::run(rounds, seconds)?;
             let what = format!("{rounds} interleaved rounds of {seconds} s");
+            print_report(cli.json, &report, info.header(&what), report.table())
+        }
+        Cmd::K8sPods {
+            rounds,
+            per_round,
+            up_rounds,
+        } => {
+            let report = margay_bench::k8s_pods::run(rounds, per_round, up_rounds)?;
+            let what = format!(
+                "{rounds} interleaved rounds of {per_round} pods per side, {up_rounds} ups of each \
+                 size; ratios are margay/peer (lower is better)"
+            );
             print_report(cli.json, &report, info.header(&what), report.table())
         }
         Cmd::Throughput {

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use margay_tests::bins::{bin, bin_dir};
+use margay_tests::kube::repo_root;
 use serde_json::Value;
 
 /// The validator and the version it is pinned to (scripts/install-deps).
@@ -40,15 +41,8 @@ const HOST_PATHS: [&str; 5] = [
     "/run/margay",
 ];
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ lives in the workspace")
-        .to_path_buf()
-}
-
 fn deploy() -> PathBuf {
-    workspace().join("deploy")
+    repo_root().join("deploy")
 }
 
 /// Every manifest file in deploy/, sorted.
@@ -554,7 +548,7 @@ fn margay_install_accepts_the_daemonset_configuration() {
 #[test]
 fn dockerfile_builds_the_image_the_daemonset_runs() {
     let dockerfile = std::fs::read_to_string(deploy().join("Dockerfile")).unwrap();
-    let manifest = std::fs::read_to_string(workspace().join("Cargo.toml")).unwrap();
+    let manifest = std::fs::read_to_string(repo_root().join("Cargo.toml")).unwrap();
     let rust_version = manifest
         .lines()
         .find_map(|l| l.strip_prefix("rust-version = "))
