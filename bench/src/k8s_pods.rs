@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -101,8 +102,8 @@ impl K8sPodsReport {
 /// two pods of a round with one address.
 pub fn run(rounds: usize, per_round: usize, up_rounds: usize) -> Result<K8sPodsReport> {
     ensure!(
-        rounds > 0 && per_round > 0,
-        "rounds and pods per round must be positive"
+        rounds > 0 && per_round > 0 && up_rounds > 0,
+        "rounds, pods per round and ups must be positive"
     );
     let mut sides = Vec::new();
     for (cni, args) in SIDES {
@@ -143,7 +144,7 @@ pub fn run(rounds: usize, per_round: usize, up_rounds: usize) -> Result<K8sPodsR
     drop(sides);
 
     let (mut one, mut three) = (Vec::new(), Vec::new());
-    for _ in 0..up_rounds.max(1) {
+    for _ in 0..up_rounds {
         one.push(time_up(&["--nodes", "1"])?);
         three.push(time_up(&["--nodes", "3"])?);
     }
@@ -246,9 +247,8 @@ struct Started {
 
 /// What the watch saw of one pod: when it first appeared, and when it was
 /// first Running with an address.
-#[derive(Default)]
 struct Seen {
-    created: Option<Instant>,
+    created: Instant,
     running: Option<(Instant, String)>,
 }
 
@@ -257,7 +257,7 @@ struct Seen {
 struct PodWatch {
     child: Child,
     seen: Arc<Mutex<HashMap<String, Seen>>>,
-    ended: Arc<Mutex<Option<String>>>,
+    ended: Arc<AtomicBool>,
 }
 
 impl PodWatch {
@@ -279,7 +279,7 @@ impl PodWatch {
             .context("starting kubectl get pods --watch")?;
         let out = child.stdout.take().expect("stdout is piped");
         let seen = Arc::new(Mutex::new(HashMap::<String, Seen>::new()));
-        let ended = Arc::new(Mutex::new(None));
+        let ended = Arc::new(AtomicBool::new(false));
         let (seen_w, ended_w) = (seen.clone(), ended.clone());
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines() {
@@ -290,27 +290,29 @@ impl PodWatch {
                 let phase = fields.next().unwrap_or("");
                 let ip = fields.next().unwrap_or("");
                 let mut seen = seen_w.lock().expect("watch map");
-                let pod = seen.entry(name.to_string()).or_default();
-                pod.created.get_or_insert(now);
+                let pod = seen.entry(name.to_string()).or_insert(Seen {
+                    created: now,
+                    running: None,
+                });
                 if phase == "Running" && !ip.is_empty() && pod.running.is_none() {
                     pod.running = Some((now, ip.to_string()));
                 }
             }
-            *ended_w.lock().expect("watch end") = Some("kubectl's watch ended".into());
+            ended_w.store(true, Ordering::Relaxed);
         });
         Ok(PodWatch { child, seen, ended })
     }
 
     /// Each of `names` once all of them ran; `None` while some have not.
     fn all_running(&self, names: &[String]) -> Result<Option<Vec<Started>>> {
-        if let Some(why) = self.ended.lock().expect("watch end").as_ref() {
-            bail!("{why}");
+        if self.ended.load(Ordering::Relaxed) {
+            bail!("kubectl's watch of the pods ended");
         }
         let seen = self.seen.lock().expect("watch map");
         let mut started = Vec::with_capacity(names.len());
         for name in names {
             let Some(Seen {
-                created: Some(created),
+                created,
                 running: Some((running, ip)),
             }) = seen.get(name)
             else {
