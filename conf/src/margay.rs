@@ -330,6 +330,13 @@ pub struct IpamConf {
     /// How long to wait for another IPAM process before answering code 11.
     #[serde(default = "default_lock_timeout_ms")]
     pub lock_timeout_ms: u64,
+    /// Who decides which node owns which block.
+    #[serde(default)]
+    pub datastore: Datastore,
+    /// margay-agent's socket, asked for a block when the node's are full
+    /// (`datastore: kubernetes`).
+    #[serde(default = "default_agent_socket")]
+    pub agent_socket: PathBuf,
     /// Filled from the top-level `nodename`, else the hostname.
     #[serde(skip)]
     pub nodename: String,
@@ -347,14 +354,33 @@ fn default_data_dir() -> PathBuf {
 fn default_lock_timeout_ms() -> u64 {
     10_000
 }
+fn default_agent_socket() -> PathBuf {
+    PathBuf::from("/run/margay/agent.sock")
+}
+
+/// `ipam.datastore`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Datastore {
+    /// Blocks are claimed in the node's own store: right for one node, or
+    /// nodes given pools of their own.
+    #[default]
+    Local,
+    /// Blocks are claimed in the Kubernetes API (IPAMBlock objects) by
+    /// margay-agent; the store allocates only inside blocks the API says
+    /// the node holds.
+    Kubernetes,
+}
 
 impl IpamConf {
-    const KEYS: [&'static str; 6] = [
+    const KEYS: [&'static str; 8] = [
         "pools",
         "block_size",
         "block_size_v6",
         "data_dir",
         "lock_timeout_ms",
+        "datastore",
+        "agent_socket",
         "type",
     ];
 
@@ -387,6 +413,8 @@ impl IpamConf {
             block_size_v6: default_block_size_v6(),
             data_dir,
             lock_timeout_ms: default_lock_timeout_ms(),
+            datastore: Datastore::default(),
+            agent_socket: default_agent_socket(),
             nodename: String::new(),
         }
     }
@@ -432,11 +460,15 @@ impl IpamConf {
                 self.block_size_v6
             )));
         }
-        if !self.data_dir.is_absolute() {
-            return Err(CniError::invalid_config(format!(
-                "ipam.data_dir: {:?} is not an absolute path",
-                self.data_dir
-            )));
+        for (key, path) in [
+            ("ipam.data_dir", &self.data_dir),
+            ("ipam.agent_socket", &self.agent_socket),
+        ] {
+            if !path.is_absolute() {
+                return Err(CniError::invalid_config(format!(
+                    "{key}: {path:?} is not an absolute path"
+                )));
+            }
         }
         Ok(())
     }
@@ -574,6 +606,14 @@ mod tests {
             (
                 json!({"type": "margay-ipam", "pools": ["10.0.0.0/16"], "data_dir": "x"}),
                 "ipam.data_dir",
+            ),
+            (
+                json!({"type": "margay-ipam", "pools": ["10.0.0.0/16"], "datastore": "etcd"}),
+                "ipam.datastore",
+            ),
+            (
+                json!({"type": "margay-ipam", "pools": ["10.0.0.0/16"], "agent_socket": "a.sock"}),
+                "ipam.agent_socket",
             ),
         ];
         for (section, needle) in cases {

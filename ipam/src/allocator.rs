@@ -9,7 +9,7 @@ use ipnetwork::IpNetwork;
 use margay_conf::margay::IpamConf;
 
 use crate::block::Block;
-use crate::claim::BlockClaimer;
+use crate::claim::{BlockClaimer, claimer_for};
 use crate::error::IpamError;
 use crate::handle::HandleRecord;
 use crate::store::{Changes, Store, block_key};
@@ -24,7 +24,7 @@ pub struct Allocator<'a> {
 }
 
 /// IP families present in the configured pools, IPv4 first.
-fn families(pools: &[IpNetwork]) -> impl Iterator<Item = u8> + '_ {
+pub fn families(pools: &[IpNetwork]) -> impl Iterator<Item = u8> + '_ {
     [4u8, 6]
         .into_iter()
         .filter(|f| pools.iter().any(|p| family(p) == *f))
@@ -35,11 +35,12 @@ fn family(n: &IpNetwork) -> u8 {
 }
 
 impl<'a> Allocator<'a> {
-    pub fn new(store: &'a Store, conf: &'a IpamConf, claimer: &'a dyn BlockClaimer) -> Self {
+    /// An allocator over `store` that claims blocks as `conf.datastore` says.
+    pub fn new(store: &'a Store, conf: &'a IpamConf) -> Self {
         Allocator {
             store,
             conf,
-            claimer,
+            claimer: claimer_for(conf),
             blocks: BTreeMap::new(),
             handles: BTreeMap::new(),
         }
@@ -122,17 +123,13 @@ impl<'a> Allocator<'a> {
     pub fn can_allocate(&self, family_wanted: u8) -> Result<bool, IpamError> {
         for pool in self.pools(family_wanted) {
             let prefix = self.conf.block_prefix(pool);
-            if self.own_blocks(pool)?.iter().any(|b| b.free() > 0)
+            if self.own_blocks(pool)?.iter().any(|b| b.usable() > 0)
                 || self.claimer.can_claim(self.store, pool, prefix)?
             {
                 return Ok(true);
             }
         }
         Ok(false)
-    }
-
-    pub fn families(&self) -> Vec<u8> {
-        families(&self.conf.pools).collect()
     }
 
     fn pools(&self, f: u8) -> impl Iterator<Item = &'a IpNetwork> + 'a {
@@ -221,26 +218,20 @@ impl<'a> Allocator<'a> {
                 let cidr = IpNetwork::new(ip, prefix)
                     .and_then(|n| IpNetwork::new(n.network(), prefix))
                     .expect("block prefix fits the family");
-                if !self
-                    .claimer
-                    .claim_block(self.store, &cidr, &self.conf.nodename)?
+                if let Some(why) =
+                    self.claimer
+                        .claim_block(self.store, &cidr, &self.conf.nodename)?
                 {
-                    return Err(IpamError::Unavailable {
-                        ip,
-                        holder: format!("in {cidr}, which overlaps a block already claimed"),
-                    });
+                    return Err(IpamError::Unavailable { ip, holder: why });
                 }
                 Block::new(cidr, &self.conf.nodename, pool)
             }
         };
         block
             .assign(ip, handle)
-            .map_err(|holder| IpamError::Unavailable {
+            .map_err(|refusal| IpamError::Unavailable {
                 ip,
-                holder: match holder {
-                    Some(h) => format!("held by {h}"),
-                    None => "reserved (the pool's network or broadcast address)".into(),
-                },
+                holder: refusal.to_string(),
             })?;
         self.blocks.insert(block_key(&block.cidr), block);
         Ok(())

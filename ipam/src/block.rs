@@ -24,6 +24,38 @@ pub struct Block {
     /// addresses and an IPv6 pool's subnet-router anycast address (its
     /// first), which other software still treats specially.
     pub reserved: BTreeSet<u32>,
+    /// Why the node may hand out no new address from this block, when the
+    /// authority over block ownership (the Kubernetes API) does not give it
+    /// to this node. Addresses already held stay held until released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced: Option<String>,
+}
+
+/// Whether CIDRs `a` and `b` share an address: one contains the other's
+/// first address, as CIDRs are aligned.
+pub fn overlaps(a: &IpNetwork, b: &IpNetwork) -> bool {
+    a.is_ipv4() == b.is_ipv4() && (a.contains(b.network()) || b.contains(a.network()))
+}
+
+/// Why [`Block::assign`] refused an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The pool's network or broadcast address (or outside the block).
+    Reserved,
+    /// Held by this other handle.
+    HeldBy(String),
+    /// The block is fenced, for this reason.
+    Fenced(String),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Reserved => write!(f, "reserved (the pool's network or broadcast address)"),
+            Refusal::HeldBy(h) => write!(f, "held by {h}"),
+            Refusal::Fenced(why) => write!(f, "in a block this node may not use: {why}"),
+        }
+    }
 }
 
 impl Block {
@@ -35,6 +67,7 @@ impl Block {
             allocations: BTreeMap::new(),
             cursor: 0,
             reserved: BTreeSet::new(),
+            fenced: None,
         };
         let special = match pool {
             IpNetwork::V4(p) if p.prefix() < 31 => {
@@ -68,6 +101,19 @@ impl Block {
         self.capacity() - self.allocations.len() as u32
     }
 
+    /// Free addresses this node may hand out: none in a fenced block.
+    pub fn usable(&self) -> u32 {
+        if self.fenced.is_some() {
+            0
+        } else {
+            self.free()
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.allocations.is_empty()
+    }
+
     pub fn address(&self, ordinal: u32) -> IpAddr {
         match self.cidr {
             IpNetwork::V4(n) => IpAddr::V4(Ipv4Addr::from(u32::from(n.network()) + ordinal)),
@@ -90,8 +136,12 @@ impl Block {
         }
     }
 
-    /// Hands the next free address after the cursor to `handle`.
+    /// Hands the next free address after the cursor to `handle` (none
+    /// from a fenced block).
     pub fn allocate(&mut self, handle: &str) -> Option<IpAddr> {
+        if self.fenced.is_some() {
+            return None;
+        }
         let size = self.size();
         let ordinal = (0..size)
             .map(|step| (self.cursor + step) % size)
@@ -101,16 +151,20 @@ impl Block {
         Some(self.address(ordinal))
     }
 
-    /// Gives `ip` to `handle`. Fails with the current holder when taken
-    /// (by someone else) or with `None` when it is reserved.
-    pub fn assign(&mut self, ip: IpAddr, handle: &str) -> Result<(), Option<String>> {
-        let ordinal = self.ordinal(ip).ok_or(None)?;
+    /// Gives `ip` to `handle`, unless it is reserved, held by another
+    /// handle or in a fenced block.
+    pub fn assign(&mut self, ip: IpAddr, handle: &str) -> Result<(), Refusal> {
+        let ordinal = self.ordinal(ip).ok_or(Refusal::Reserved)?;
         if self.reserved.contains(&ordinal) {
-            return Err(None);
+            return Err(Refusal::Reserved);
         }
         match self.allocations.get(&ordinal) {
-            Some(holder) if holder != handle => Err(Some(holder.clone())),
-            _ => {
+            Some(holder) if holder != handle => Err(Refusal::HeldBy(holder.clone())),
+            Some(_) => Ok(()),
+            None if self.fenced.is_some() => {
+                Err(Refusal::Fenced(self.fenced.clone().unwrap_or_default()))
+            }
+            None => {
                 self.allocations.insert(ordinal, handle.to_string());
                 Ok(())
             }
@@ -167,7 +221,10 @@ mod tests {
             .map(|a| a.to_string())
             .collect();
         assert_eq!(got, ["10.0.0.1", "10.0.0.2"]);
-        assert_eq!(b.assign("10.0.0.0".parse().unwrap(), "x"), Err(None));
+        assert_eq!(
+            b.assign("10.0.0.0".parse().unwrap(), "x"),
+            Err(Refusal::Reserved)
+        );
         let whole_32 = net("10.9.9.9/32");
         assert_eq!(Block::new(whole_32, "n", &whole_32).capacity(), 1);
     }
@@ -187,10 +244,32 @@ mod tests {
         let ip: IpAddr = "fd00::45".parse().unwrap();
         b.assign(ip, "h1").unwrap();
         b.assign(ip, "h1").unwrap();
-        assert_eq!(b.assign(ip, "h2"), Err(Some("h1".into())));
+        assert_eq!(b.assign(ip, "h2"), Err(Refusal::HeldBy("h1".into())));
         assert!(!b.release(ip, "h2"));
         assert!(b.release(ip, "h1"));
         assert_eq!(b.ordinal("fd00::1".parse().unwrap()), None);
         assert_eq!(b.ordinal("10.0.0.1".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn a_fenced_block_hands_out_nothing_new_but_keeps_and_frees_what_is_held() {
+        let pool = net("10.0.0.0/16");
+        let mut b = Block::new(net("10.0.1.0/30"), "n", &pool);
+        let held = b.allocate("h1").unwrap();
+        b.fenced = Some("the API gives it to node m".into());
+        assert_eq!(b.usable(), 0);
+        assert_eq!(b.free(), 3);
+        assert_eq!(b.allocate("h2"), None);
+        assert_eq!(
+            b.assign("10.0.1.2".parse().unwrap(), "h2"),
+            Err(Refusal::Fenced("the API gives it to node m".into()))
+        );
+        assert_eq!(
+            b.assign(held, "h1"),
+            Ok(()),
+            "a retried ADD keeps its address"
+        );
+        assert!(b.release(held, "h1"));
+        assert!(b.is_empty());
     }
 }

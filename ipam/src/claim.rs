@@ -3,14 +3,26 @@
 //! Claims are behind [`BlockClaimer`] because they are the one step that
 //! must be agreed cluster-wide when several nodes share pools. The local
 //! claimer decides from this node's own store, which is right when each
-//! node is given its own pools (or runs alone); a cluster backend would
-//! compare-and-swap a claim object in the Kubernetes API or etcd, never a
-//! store of our own making.
+//! node is given its own pools (or runs alone). With `datastore:
+//! kubernetes` the Kubernetes API decides: margay-agent claims blocks there
+//! (creating an IPAMBlock object, whose name makes the claim atomic) and
+//! writes them into the store, so the store itself claims nothing
+//! ([`AgentClaims`]); a node out of addresses asks the agent
+//! ([`crate::agent`]).
 
 use ipnetwork::IpNetwork;
+use margay_conf::margay::{Datastore, IpamConf};
 
 use crate::error::IpamError;
 use crate::store::Store;
+
+/// The claimer `conf.datastore` names.
+pub fn claimer_for(conf: &IpamConf) -> &'static dyn BlockClaimer {
+    match conf.datastore {
+        Datastore::Local => &LocalClaimer,
+        Datastore::Kubernetes => &AgentClaims,
+    }
+}
 
 pub trait BlockClaimer {
     /// Claims for `node` the first block of `pool` (of prefix `prefix`) that
@@ -24,8 +36,13 @@ pub trait BlockClaimer {
     ) -> Result<Option<IpNetwork>, IpamError>;
 
     /// Claims exactly `block` for `node` (an address inside it was asked
-    /// for by name); false when it overlaps a block already held.
-    fn claim_block(&self, store: &Store, block: &IpNetwork, node: &str) -> Result<bool, IpamError>;
+    /// for by name). `Some(why)` when it cannot be had.
+    fn claim_block(
+        &self,
+        store: &Store,
+        block: &IpNetwork,
+        node: &str,
+    ) -> Result<Option<String>, IpamError>;
 
     /// Whether [`claim`](Self::claim) would find a block, without claiming it.
     fn can_claim(&self, store: &Store, pool: &IpNetwork, prefix: u8) -> Result<bool, IpamError>;
@@ -52,12 +69,45 @@ impl BlockClaimer for LocalClaimer {
         store: &Store,
         block: &IpNetwork,
         _node: &str,
-    ) -> Result<bool, IpamError> {
-        Ok(store.blocks_in(block)?.is_empty())
+    ) -> Result<Option<String>, IpamError> {
+        Ok((!store.blocks_in(block)?.is_empty())
+            .then(|| format!("in {block}, which overlaps a block already claimed")))
     }
 
     fn can_claim(&self, store: &Store, pool: &IpNetwork, prefix: u8) -> Result<bool, IpamError> {
         self.claim(store, pool, prefix, "").map(|b| b.is_some())
+    }
+}
+
+/// The store claims nothing: blocks are margay-agent's to claim in the
+/// Kubernetes API and to write into the store.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AgentClaims;
+
+impl BlockClaimer for AgentClaims {
+    fn claim(
+        &self,
+        _store: &Store,
+        _pool: &IpNetwork,
+        _prefix: u8,
+        _node: &str,
+    ) -> Result<Option<IpNetwork>, IpamError> {
+        Ok(None)
+    }
+
+    fn claim_block(
+        &self,
+        _store: &Store,
+        block: &IpNetwork,
+        _node: &str,
+    ) -> Result<Option<String>, IpamError> {
+        Ok(Some(format!(
+            "in {block}, which the Kubernetes API does not give this node"
+        )))
+    }
+
+    fn can_claim(&self, _: &Store, _: &IpNetwork, _: u8) -> Result<bool, IpamError> {
+        Ok(false)
     }
 }
 

@@ -6,29 +6,20 @@ use std::time::Duration;
 use ipnetwork::IpNetwork;
 use margay_conf::dispatch::{Invocation, Plugin};
 use margay_conf::env::Attachment;
-use margay_conf::margay::IpamConf;
+use margay_conf::margay::{Datastore, IpamConf};
 use margay_conf::netconf::AttachmentId;
 use margay_conf::result::{CniResult, IpConfig};
 use margay_conf::{CniError, Code};
 
-use crate::allocator::Allocator;
-use crate::claim::{BlockClaimer, LocalClaimer};
+use crate::agent::{self, Answer, Request};
+use crate::allocator::{Allocator, families};
 use crate::error::IpamError;
 use crate::handle::HandleRecord;
 use crate::store::Store;
 
-/// The IPAM plugin, with the block claimer it uses.
-pub struct IpamPlugin<C = LocalClaimer> {
-    pub claimer: C,
-}
-
-impl Default for IpamPlugin {
-    fn default() -> Self {
-        IpamPlugin {
-            claimer: LocalClaimer,
-        }
-    }
-}
+/// The IPAM plugin.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IpamPlugin;
 
 fn timeout(conf: &IpamConf) -> Duration {
     Duration::from_millis(conf.lock_timeout_ms)
@@ -62,20 +53,59 @@ fn requested_addresses(inv: &Invocation, att: &Attachment) -> Result<Vec<IpAddr>
         .collect()
 }
 
-impl<C: BlockClaimer> Plugin for IpamPlugin<C> {
+/// Assigns `record` its addresses in one transaction. The store is closed
+/// and unlocked when this returns.
+fn assign(
+    conf: &IpamConf,
+    record: HandleRecord,
+    requested: &[IpAddr],
+) -> Result<HandleRecord, IpamError> {
+    let store = Store::open(&conf.data_dir, timeout(conf))?;
+    let mut alloc = Allocator::new(&store, conf);
+    let record = alloc.assign(record, requested)?;
+    store.commit(alloc.into_changes())?;
+    Ok(record)
+}
+
+/// Asks margay-agent for a free IPv`family` address on the node (it claims
+/// a block in the Kubernetes API when the node has none).
+fn claim_through_agent(conf: &IpamConf, family: u8) -> Result<(), IpamError> {
+    let request = Request::Claim { family };
+    match agent::ask(&conf.agent_socket, &request, timeout(conf))? {
+        Answer::Ready { block } => {
+            tracing::info!(?block, family, "margay-agent made an address free");
+            Ok(())
+        }
+        Answer::Exhausted { pools } => Err(IpamError::Exhausted { family, pools }),
+        Answer::Unavailable { reason } => Err(IpamError::ClaimUnavailable { family, reason }),
+        other => Err(IpamError::Agent {
+            socket: conf.agent_socket.clone(),
+            reason: format!("it answered a claim with {other:?}"),
+        }),
+    }
+}
+
+impl Plugin for IpamPlugin {
     fn add(&self, inv: &Invocation, att: &Attachment) -> Result<CniResult, CniError> {
         let conf = IpamConf::from_conf(&inv.raw)?;
         let requested = requested_addresses(inv, att)?;
-        let record = {
-            let store = Store::open(&conf.data_dir, timeout(&conf))?;
-            let mut alloc = Allocator::new(&store, &conf, &self.claimer);
-            let record = alloc.assign(
-                HandleRecord::new(&inv.conf.name, att, &conf.nodename),
-                &requested,
-            )?;
-            store.commit(alloc.into_changes())?;
-            record
-        }; // The store is closed and unlocked before the reply is written.
+        let new_record = || HandleRecord::new(&inv.conf.name, att, &conf.nodename);
+        // With the Kubernetes datastore the agent keeps headroom, so the
+        // node is out of addresses only in a burst: then the store is
+        // closed, the agent claims a block and the ADD tries again, once
+        // per family the pod gets.
+        let mut claims_left = conf.pools.len();
+        let record = loop {
+            match assign(&conf, new_record(), &requested) {
+                Err(IpamError::Exhausted { family, .. })
+                    if conf.datastore == Datastore::Kubernetes && claims_left > 0 =>
+                {
+                    claims_left -= 1;
+                    claim_through_agent(&conf, family)?;
+                }
+                other => break other?,
+            }
+        };
         tracing::info!(handle = %record.handle, addresses = ?record.addresses, "assigned");
         Ok(CniResult {
             ips: record
@@ -97,7 +127,7 @@ impl<C: BlockClaimer> Plugin for IpamPlugin<C> {
         let Some(store) = Store::open_existing(&conf.data_dir, timeout(&conf))? else {
             return Ok(());
         };
-        let mut alloc = Allocator::new(&store, &conf, &self.claimer);
+        let mut alloc = Allocator::new(&store, &conf);
         let wanted = HandleRecord::new(&inv.conf.name, att, &conf.nodename);
         match alloc.release_attachment(&wanted) {
             Ok(Some(released)) => {
@@ -157,7 +187,7 @@ impl<C: BlockClaimer> Plugin for IpamPlugin<C> {
         let Some(store) = Store::open_existing(&conf.data_dir, timeout(&conf))? else {
             return Ok(());
         };
-        let mut alloc = Allocator::new(&store, &conf, &self.claimer);
+        let mut alloc = Allocator::new(&store, &conf);
         for record in store.handles()? {
             let keep = record.network != inv.conf.name
                 || valid
@@ -184,28 +214,43 @@ impl<C: BlockClaimer> Plugin for IpamPlugin<C> {
                 ),
             }
         };
-        let Some(store) =
-            Store::open_existing(&conf.data_dir, timeout(&conf)).map_err(unavailable)?
-        else {
-            return Ok(()); // Nothing allocated yet: every pool is whole.
-        };
-        let alloc = Allocator::new(&store, &conf, &self.claimer);
-        for family in alloc.families() {
-            if !alloc.can_allocate(family).map_err(unavailable)? {
-                return Err(CniError::new(
-                    Code::PluginNotAvailable,
-                    format!("no pool can supply an IPv{family} address"),
-                )
-                .with_details(format!(
-                    "pools: {}; node: {}",
-                    conf.pools
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    conf.nodename
-                )));
+        // Families the node has no free address of now.
+        let short: Vec<u8> =
+            match Store::open_existing(&conf.data_dir, timeout(&conf)).map_err(unavailable)? {
+                Some(store) => {
+                    let alloc = Allocator::new(&store, &conf);
+                    let mut short = Vec::new();
+                    for family in families(&conf.pools) {
+                        if !alloc.can_allocate(family).map_err(unavailable)? {
+                            short.push(family);
+                        }
+                    }
+                    short
+                }
+                // Nothing allocated yet: every pool is whole, but with the
+                // Kubernetes datastore the node holds no block yet either.
+                None if conf.datastore == Datastore::Kubernetes => families(&conf.pools).collect(),
+                None => Vec::new(),
+            };
+        for family in short {
+            if conf.datastore == Datastore::Kubernetes {
+                // The agent claims now what the next ADD would ask for.
+                claim_through_agent(&conf, family).map_err(unavailable)?;
+                continue;
             }
+            return Err(CniError::new(
+                Code::PluginNotAvailable,
+                format!("no pool can supply an IPv{family} address"),
+            )
+            .with_details(format!(
+                "pools: {}; node: {}",
+                conf.pools
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                conf.nodename
+            )));
         }
         Ok(())
     }

@@ -26,6 +26,10 @@ pub enum IpamError {
     OutsidePools { ip: IpAddr, pools: String },
     #[error("{field}: {value:?} is not an IP address")]
     BadRequest { field: String, value: String },
+    #[error("margay-agent at {socket} cannot be reached: {reason}")]
+    Agent { socket: PathBuf, reason: String },
+    #[error("no block of IPv{family} addresses could be claimed for this node: {reason}")]
+    ClaimUnavailable { family: u8, reason: String },
     #[error("IPAM handle {handle:?} already belongs to {holder}, not to {wanted}")]
     HandleTaken {
         handle: String,
@@ -48,7 +52,9 @@ impl IpamError {
 impl From<IpamError> for CniError {
     fn from(e: IpamError) -> CniError {
         let code = match &e {
-            IpamError::Lock(LockError::Timeout { .. }) => Code::TryAgainLater,
+            IpamError::Lock(LockError::Timeout { .. })
+            | IpamError::Agent { .. }
+            | IpamError::ClaimUnavailable { .. } => Code::TryAgainLater,
             IpamError::Lock(_) | IpamError::Io { .. } => Code::IoFailure,
             IpamError::Corrupt { .. } => Code::StoreCorrupt,
             IpamError::Exhausted { .. } => Code::PoolExhausted,
@@ -73,6 +79,11 @@ impl From<IpamError> for CniError {
                  attachments apart because their network name or container ID contains \
                  dots. The other attachment keeps its address; use a network name or \
                  container ID that does not collide."
+            }
+            IpamError::Agent { .. } => {
+                "With ipam.datastore kubernetes, the node's margay-agent claims address \
+                 blocks in the Kubernetes API; this node has no free address left and its \
+                 agent did not answer. Check the margay-node pod on this node."
             }
             _ => "",
         };

@@ -9,8 +9,8 @@ use margay_conf::margay::IpamConf;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::agent::ApiBlock;
 use crate::allocator::Allocator;
-use crate::claim::LocalClaimer;
 use crate::error::IpamError;
 use crate::handle::HandleRecord;
 use crate::store::Store;
@@ -31,6 +31,12 @@ pub struct BlockReport {
     pub node: String,
     pub used: u32,
     pub capacity: u32,
+    /// Why the node hands out no new address from it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fenced: Option<String>,
+    /// What the Kubernetes API says of the block (`datastore: kubernetes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
 }
 
 /// Reads the IPAM configuration out of a network configuration or conflist
@@ -63,7 +69,7 @@ pub fn pools(store: Option<&Store>, conf: &IpamConf) -> Result<Vec<PoolReport>, 
                 None => Vec::new(),
             };
             let can_allocate = match store {
-                Some(s) => Allocator::new(s, &single_pool(conf, pool), &LocalClaimer)
+                Some(s) => Allocator::new(s, &single_pool(conf, pool))
                     .can_allocate(if pool.is_ipv4() { 4 } else { 6 })?,
                 None => true,
             };
@@ -95,8 +101,54 @@ pub fn blocks(store: &Store) -> Result<Vec<BlockReport>, IpamError> {
             capacity: b.capacity(),
             cidr: b.cidr,
             node: b.node,
+            fenced: b.fenced,
+            api: None,
         })
         .collect())
+}
+
+/// `blocks` (the store's) beside what the API gives `node`, as margay-agent
+/// reports it (`Err`: why it could not be asked): each store block says
+/// whether the API gives it to this node, and blocks the API gives the
+/// node that the store lacks are listed too.
+pub fn with_api(
+    mut blocks: Vec<BlockReport>,
+    api: Result<Vec<ApiBlock>, String>,
+    node: &str,
+) -> Vec<BlockReport> {
+    let api = match api {
+        Ok(api) => api,
+        Err(why) => {
+            for b in &mut blocks {
+                b.api = Some(format!("unknown ({why})"));
+            }
+            return blocks;
+        }
+    };
+    let say = |a: &ApiBlock| match (&a.invalid, a.node == node) {
+        (Some(why), _) => format!("invalid: {why}"),
+        (None, true) => "held by this node".to_string(),
+        (None, false) => format!("given to node {}", a.node),
+    };
+    for b in &mut blocks {
+        b.api = Some(match api.iter().find(|a| a.cidr == b.cidr) {
+            Some(a) => say(a),
+            None => "no IPAMBlock".to_string(),
+        });
+    }
+    for a in api.iter().filter(|a| a.node == node) {
+        if !blocks.iter().any(|b| b.cidr == a.cidr) {
+            blocks.push(BlockReport {
+                cidr: a.cidr,
+                node: a.node.clone(),
+                used: 0,
+                capacity: 0,
+                fenced: None,
+                api: Some(format!("{}, not yet in the store", say(a))),
+            });
+        }
+    }
+    blocks
 }
 
 pub fn allocation_rows(records: &[HandleRecord]) -> Vec<Vec<String>> {

@@ -4,18 +4,23 @@
 //!
 //! - [`block`]: one block and the addresses in it (pure logic);
 //! - [`claim`]: which node owns which block, behind a trait;
+//! - [`holdings`]: the store's blocks made to agree with the Kubernetes API
+//!   (`datastore: kubernetes`, driven by margay-agent);
+//! - [`agent`]: what margay-ipam asks margay-agent over its socket;
 //! - [`store`]: sled, the lock, atomic commits, corruption checks;
 //! - [`allocator`]: assign/release/capacity over an open store;
 //! - [`handle`]: the per-attachment record;
 //! - [`cni`]: the CNI verbs;
 //! - [`inspect`]: what the operator commands report.
 
+pub mod agent;
 pub mod allocator;
 pub mod block;
 pub mod claim;
 pub mod cni;
 pub mod error;
 pub mod handle;
+pub mod holdings;
 pub mod inspect;
 pub mod store;
 

@@ -7,11 +7,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use margay_conf::margay::IpamConf;
+use margay_conf::margay::{Datastore, IpamConf};
 use margay_conf::report::table;
 use margay_ipam::IpamPlugin;
+use margay_ipam::agent::{self, Answer, Request};
 use margay_ipam::allocator::Allocator;
-use margay_ipam::claim::LocalClaimer;
 use margay_ipam::inspect::{self, allocation_rows};
 use margay_ipam::store::Store;
 
@@ -43,7 +43,8 @@ struct Cli {
 enum Cmd {
     /// Configured pools with their use on this node (needs --conf).
     Pools,
-    /// Blocks claimed in the store.
+    /// Blocks claimed in the store; with `datastore: kubernetes`, also
+    /// what the Kubernetes API says of each (asked of margay-agent).
     Blocks,
     /// Addresses held, by handle.
     Allocations,
@@ -65,7 +66,7 @@ extern "C" fn main(
 
 fn plugin_or_tool() -> ExitCode {
     if std::env::var_os("CNI_COMMAND").is_some() {
-        return margay_conf::dispatch::run(&IpamPlugin::default());
+        return margay_conf::dispatch::run(&IpamPlugin);
     }
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -118,24 +119,44 @@ fn run(cli: Cli) -> Result<(), String> {
             }
         }
         Cmd::Blocks => {
-            let blocks = match &store {
+            let mut blocks = match &store {
                 Some(s) => inspect::blocks(s).map_err(|e| e.to_string())?,
                 None => Vec::new(),
             };
+            let from_api = matches!(&conf, Ok(c) if c.datastore == Datastore::Kubernetes);
+            if let Ok(c) = &conf
+                && from_api
+            {
+                drop(store); // The agent may need the store to answer.
+                let api = match agent::ask(&c.agent_socket, &Request::Blocks, TIMEOUT) {
+                    Ok(Answer::Blocks { blocks }) => Ok(blocks),
+                    Ok(other) => Err(format!("margay-agent answered {other:?}")),
+                    Err(e) => Err(e.to_string()),
+                };
+                blocks = inspect::with_api(blocks, api, &c.nodename);
+            }
             if cli.json {
                 json(&blocks)
             } else {
                 let rows: Vec<Vec<String>> = blocks
                     .iter()
                     .map(|b| {
-                        vec![
+                        let mut row = vec![
                             b.cidr.to_string(),
                             b.node.clone(),
                             format!("{}/{}", b.used, b.capacity),
-                        ]
+                            b.fenced.clone().unwrap_or_else(|| "-".into()),
+                        ];
+                        row.extend(b.api.clone());
+                        row
                     })
                     .collect();
-                table(&["BLOCK", "NODE", "USED"], &rows)
+                let headers: &[&str] = if from_api {
+                    &["BLOCK", "NODE", "USED", "FENCED", "KUBERNETES API"]
+                } else {
+                    &["BLOCK", "NODE", "USED", "FENCED"]
+                };
+                table(headers, &rows)
             }
         }
         Cmd::Allocations => {
@@ -158,7 +179,7 @@ fn run(cli: Cli) -> Result<(), String> {
             })?;
             // Releasing needs no pools: the record names the addresses.
             let conf = conf.unwrap_or_else(|_| IpamConf::store_only(data_dir.clone()));
-            let mut alloc = Allocator::new(&store, &conf, &LocalClaimer);
+            let mut alloc = Allocator::new(&store, &conf);
             let released = alloc.release(&handle).map_err(|e| e.to_string())?;
             store
                 .commit(alloc.into_changes())
