@@ -8,8 +8,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use anyhow::{Context, Result};
 use margay_ebpf::abi::{Endpoint, LOG_OFF};
 use margay_ebpf::node::{Node, Settings};
-use margay_ebpf::policy::{self, Action, Ports, Protocol, Rule};
-use margay_ebpf::registry;
+use margay_ebpf::{policy, registry};
+use margay_model::policy::{Action, PolicySpec, Ports, Rule};
+use margay_model::protocol::Protocol;
 use margay_tests::bpf::{BpfRoot, TC_ACT_OK, TC_ACT_SHOT, run_repeat};
 use margay_tests::packet::{L4, POD_MAC, TCP_ACK, TCP_SYN, ipv4, ipv6};
 use serde::Serialize;
@@ -105,14 +106,14 @@ impl Family {
             .map(|i| Rule {
                 action: Action::Allow,
                 cidr: Some(never(i).parse().expect("valid")),
-                protocol: Protocol::Number(6),
+                protocol: Some(Protocol::TCP),
                 ports: Some(Ports { lo: 1, hi: 1 }),
             })
             .collect();
         list.push(Rule {
             action: last,
             cidr: Some(ipnetwork::IpNetwork::from(self.peer)),
-            protocol: Protocol::Any,
+            protocol: None,
             ports: None,
         });
         list
@@ -123,7 +124,7 @@ fn set_egress(root: &std::path::Path, rules: Vec<Rule>) -> Result<()> {
     policy::set(
         root,
         1,
-        &policy::PolicySpec {
+        &PolicySpec {
             ingress: None,
             egress: Some(rules),
         },

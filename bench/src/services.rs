@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use margay_ebpf::service::{self, Protocol, ServiceSpec, TrafficPolicy};
+use margay_ebpf::service;
+use margay_model::protocol::Protocol;
+use margay_model::service::{ServiceSpec, TrafficPolicy};
 use margay_tests::netns::{NetNs, unique_name};
 use margay_tests::traffic::in_netns;
 use serde::Serialize;
@@ -43,7 +45,7 @@ fn service_set(count: usize, target: SocketAddrV4) -> Vec<ServiceSpec> {
             name: format!("bench/svc-{i}"),
             vip: vip(i),
             port: PORT,
-            protocol: Protocol::Tcp,
+            protocol: Protocol::TCP,
             backends: vec![if i + 1 == count {
                 target
             } else {

@@ -6,8 +6,9 @@ use std::path::Path;
 
 use margay_ebpf::abi::{DROP_REASONS, Endpoint};
 use margay_ebpf::node::{self, Node, PROGRAMS};
-use margay_ebpf::policy::{self, PolicySpec};
-use margay_ebpf::{DataplaneError, inspect, registry};
+use margay_ebpf::paths::program_path;
+use margay_ebpf::{DataplaneError, inspect, policy, registry};
+use margay_model::policy::{PolicySpec, Rule};
 use serde::Serialize;
 
 /// An endpoint as `margayctl endpoints` lists it.
@@ -36,7 +37,7 @@ fn pinned_program_ids(root: &Path) -> Vec<(&'static str, u32)> {
     PROGRAMS
         .iter()
         .filter_map(|(name, _)| {
-            let info = aya::programs::ProgramInfo::from_pin(root.join("progs").join(name)).ok()?;
+            let info = aya::programs::ProgramInfo::from_pin(program_path(root, name)).ok()?;
             Some((*name, info.id()))
         })
         .collect()
@@ -144,7 +145,7 @@ pub fn detach_all(root: &Path) -> Result<Vec<String>, DataplaneError> {
 }
 
 /// "allow-all" / "3 rules" / "deny-all" for one direction.
-pub fn policy_summary(rules: &Option<Vec<policy::Rule>>) -> String {
+pub fn policy_summary(rules: &Option<Vec<Rule>>) -> String {
     match rules {
         None => "allow-all".into(),
         Some(r) if r.is_empty() => "deny-all".into(),

@@ -7,8 +7,11 @@ use clap::{Parser, Subcommand};
 use margay_conf::report::table;
 use margay_ctl::{policy_summary, read_yaml, resolve};
 use margay_ebpf::inspect::{self, CtRecord, NatRecord};
-use margay_ebpf::node::{self, Node};
-use margay_ebpf::{cluster, policy, registry, service};
+use margay_ebpf::node::Node;
+use margay_ebpf::{cluster, nodeport, policy, registry, service};
+use margay_model::peer::PeerFile;
+use margay_model::policy::PolicySpec;
+use margay_model::service::ServiceFile;
 
 #[derive(Parser)]
 #[command(version, about = "Inspect and program Margay's eBPF dataplane")]
@@ -204,7 +207,7 @@ fn json<T: serde::Serialize>(v: &T) -> String {
 
 fn run(cli: Cli) -> Result<(), String> {
     let root = cli.bpf_root.as_path();
-    if !margay_ebpf::maps::map_path(root, "endpoints").exists() {
+    if !margay_ebpf::paths::map_path(root, "endpoints").exists() {
         return Err(format!(
             "no Margay dataplane is loaded at {} (check --bpf-root / MARGAY_BPF_ROOT against the \
              network configuration's bpf_root; programs are loaded by margay-install or the first \
@@ -309,7 +312,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 },
         } => {
             let ep = resolve(root, &which)?;
-            let spec: policy::PolicySpec = read_yaml(&file)?;
+            let spec: PolicySpec = read_yaml(&file)?;
             policy::set(root, ep.ifindex, &spec).map_err(err)?;
             emit(format!(
                 "policy of {} ({}): ingress {}, egress {}",
@@ -381,7 +384,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::Service {
             action: ServiceAction::Apply { file },
         } => {
-            let specs = read_yaml::<service::ServiceFile>(&file)?.services;
+            let specs = read_yaml::<ServiceFile>(&file)?.services;
             let report = service::apply(root, &specs).map_err(|e| e.to_string())?;
             emit(if cli.json {
                 json(&report)
@@ -480,7 +483,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 },
         } => {
             let mut node = Node::open_pinned_as_is(root).map_err(err)?;
-            let addrs = node.attach_data_iface(root, &iface).map_err(err)?;
+            let addrs = nodeport::attach(&mut node, root, &iface).map_err(err)?;
             cluster::setup_tunnel(&mut node, root, external_mode).map_err(err)?;
             let opened = service::refresh_node_ports(root).map_err(|e| e.to_string())?;
             let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
@@ -495,8 +498,8 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::Node {
             action: NodeAction::Peers { file },
         } => {
-            let peers = read_yaml::<cluster::PeerFile>(&file)?.peers;
-            let report = cluster::apply_peers(root, &peers).map_err(err)?;
+            let peers = read_yaml::<PeerFile>(&file)?.peers;
+            let report = cluster::apply_peers(root, &peers).map_err(|e| e.to_string())?;
             emit(if cli.json {
                 json(&report)
             } else {
@@ -509,7 +512,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::Node {
             action: NodeAction::Detach { iface },
         } => {
-            node::detach_data_iface(root, &iface).map_err(err)?;
+            nodeport::detach(root, &iface).map_err(err)?;
             let closed = service::refresh_node_ports(root).map_err(|e| e.to_string())?;
             emit(format!(
                 "from_net detached from {iface} ({} NodePort frontends closed)",
@@ -519,7 +522,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::Node {
             action: NodeAction::Show,
         } => {
-            let rows = node::data_ifaces(root).map_err(err)?;
+            let rows = nodeport::data_ifaces(root).map_err(err)?;
             let peers = cluster::peers(root).map_err(err)?;
             let tunnel = cluster::tunnel_settings(root).map_err(err)?;
             emit(if cli.json {

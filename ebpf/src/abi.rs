@@ -344,6 +344,17 @@ impl SvcFilter {
     }
 }
 
+/// The filter with the bits of these frontends.
+impl<'a> FromIterator<&'a SvcKey> for SvcFilter {
+    fn from_iter<I: IntoIterator<Item = &'a SvcKey>>(keys: I) -> SvcFilter {
+        let mut filter = SvcFilter::default();
+        for key in keys {
+            filter.set(key);
+        }
+        filter
+    }
+}
+
 /// A frontend's bit, as `svc_filter_bit` in lb.h computes it: the address
 /// and port as the packet carries them, read as native-endian integers.
 pub fn svc_filter_bit(key: &SvcKey) -> u32 {

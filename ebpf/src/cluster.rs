@@ -1,13 +1,6 @@
-//! The node among others: the VXLAN tunnel device, the other nodes (peers)
-//! with their pods' CIDRs, and the routes to those pods.
-//!
-//! ```yaml
-//! peers:
-//!   - name: node-b
-//!     address: 192.168.0.12       # the node's address, the tunnel's far end
-//!     pod_cidrs: [10.244.1.0/26]  # its IPAM blocks
-//!     encap: false                # true: not on one L2 with us, pods' traffic tunnels
-//! ```
+//! The node among others: the VXLAN tunnel device, the other nodes (peers,
+//! `margay_model::peer`) with their pods' CIDRs, and the routes to those
+//! pods.
 //!
 //! [`apply_peers`] makes the node know exactly these peers: the LPM map the
 //! programs find a backend's node in, and a host route to each of their
@@ -24,11 +17,12 @@ use std::path::Path;
 use aya::maps::lpm_trie::Key;
 use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
+use margay_model::peer::{PeerSpec, PeerSpecError, check_peers};
 use rtnetlink::packet_route::route::{
     RouteAttribute, RouteIpTunnel, RouteLwEnCapType, RouteLwTunnelEncap, RouteProtocol,
 };
 use rtnetlink::{LinkMessageBuilder, LinkVxlan, RouteMessageBuilder};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::abi::{EXT_MODE_DSR, EXT_MODE_TUNNEL, NodeConfig, PEER_F_ENCAP, Peer};
 use crate::error::DataplaneError;
@@ -45,22 +39,12 @@ pub const ROUTE_PROTOCOL: u8 = 77;
 
 pub use margay_conf::margay::ExternalServiceMode as ExternalMode;
 
-/// What `margayctl node peers -f` reads.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PeerFile {
-    pub peers: Vec<PeerSpec>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PeerSpec {
-    pub name: String,
-    pub address: Ipv4Addr,
-    pub pod_cidrs: Vec<Ipv4Network>,
-    /// Not on one L2 with this node: pods' traffic to it tunnels.
-    #[serde(default)]
-    pub encap: bool,
+#[derive(Debug, thiserror::Error)]
+pub enum PeersError {
+    #[error(transparent)]
+    Invalid(#[from] PeerSpecError),
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
 }
 
 fn net_error(what: impl std::fmt::Display, e: impl std::fmt::Display) -> DataplaneError {
@@ -175,36 +159,14 @@ pub struct PeersReport {
     pub removed: usize,
 }
 
-fn check_peers(peers: &[PeerSpec]) -> Result<(), DataplaneError> {
-    let invalid = |i: usize, p: &PeerSpec, why: String| {
-        DataplaneError::Check(format!("peers[{i}] ({}): {why}", p.name))
-    };
-    let mut all: Vec<(Ipv4Network, usize)> = Vec::new();
-    for (i, p) in peers.iter().enumerate() {
-        if p.address.is_unspecified() || p.address.is_broadcast() {
-            return Err(invalid(
-                i,
-                p,
-                format!("address: {} is not a node", p.address),
-            ));
-        }
-        for c in &p.pod_cidrs {
-            if let Some((other, j)) = all.iter().find(|(o, _)| o.overlaps(*c)) {
-                return Err(invalid(
-                    i,
-                    p,
-                    format!("pod_cidrs: {c} overlaps {other} of peers[{j}]"),
-                ));
-            }
-            all.push((*c, i));
-        }
-    }
-    Ok(())
+/// Makes the node know exactly `peers` (see the module's documentation).
+pub fn apply_peers(root: &Path, peers: &[PeerSpec]) -> Result<PeersReport, PeersError> {
+    check_peers(peers)?;
+    Ok(sync_peers(root, peers)?)
 }
 
-/// Makes the node know exactly `peers` (see the module's documentation).
-pub fn apply_peers(root: &Path, peers: &[PeerSpec]) -> Result<PeersReport, DataplaneError> {
-    check_peers(peers)?;
+/// [`apply_peers`] once `peers` are checked.
+fn sync_peers(root: &Path, peers: &[PeerSpec]) -> Result<PeersReport, DataplaneError> {
     let mut map = maps::node_peers(root)?;
     let fail = |e: aya::maps::MapError| DataplaneError::map("node_peers", e);
     let wanted: Vec<(Key<[u8; 4]>, Peer)> = peers
@@ -372,7 +334,7 @@ pub fn forget_all(root: &Path) -> Result<(), DataplaneError> {
         return Ok(());
     }
     if !peers(root)?.is_empty() {
-        apply_peers(root, &[])?;
+        sync_peers(root, &[])?;
     }
     if tunnel_settings(root)?.tunnel_ifindex != 0 {
         teardown_tunnel(root)?;

@@ -1,15 +1,25 @@
 //! Margay's eBPF dataplane: the programs in `bpf/` (C, built by clang-19),
 //! loaded once per node and pinned, attached to every endpoint as clsact
-//! filters; per-endpoint state lives in maps keyed by ifindex.
+//! filters; per-endpoint state lives in maps keyed by ifindex. It applies
+//! the desired state of `margay_model`.
 //!
-//! - [`node`]: loading, pinning, upgrading, attaching, detaching;
+//! Layers, one way down: the cluster features use the kernel objects,
+//! never the reverse.
+//!
+//! Cluster features:
 //! - [`registry`]: endpoint entries an ADD writes and a DEL removes;
-//! - [`policy`]: the operator's rule schema and its compiled form;
+//! - [`policy`]: an endpoint's rules compiled into the programs' form;
 //! - [`service`]: services (frontends and backends) synced into the maps;
+//! - [`nodeport`]: the data interfaces and addresses NodePorts answer on;
 //! - [`cluster`]: the tunnel to other nodes, where their pods are, the routes;
-//! - [`inspect`]: counters, conntrack and flow events, for `margayctl`;
+//! - [`inspect`]: counters, conntrack and flow events, for `margayctl`.
+//!
+//! Kernel objects:
+//! - [`node`]: loading, pinning, upgrading, attaching, detaching;
 //! - [`maps`]: typed handles on the pinned maps and their layouts;
+//! - [`paths`]: where a BPF root keeps its pins and locks;
 //! - [`abi`]: Rust mirrors of `bpf/abi.h`;
+//! - [`object`]: the compiled programs, embedded;
 //! - [`bpffs`]: the filesystem pins live on.
 
 pub mod abi;
@@ -20,9 +30,13 @@ pub mod inspect;
 pub mod maps;
 mod netlink;
 pub mod node;
+pub mod nodeport;
 pub mod object;
+pub mod paths;
 pub mod policy;
 pub mod registry;
 pub mod service;
+mod slots;
+mod upgrade;
 
 pub use error::DataplaneError;

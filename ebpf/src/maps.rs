@@ -1,7 +1,9 @@
-//! Typed handles on the pinned maps, opened by path (no program load).
+//! Typed handles on the pinned maps, opened by path (no program load),
+//! and the one map written from others' contents: the frontend filter.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use aya::Pod;
 use aya::maps::{HashMap, Map, MapData, MapInfo, PerCpuArray, RingBuf};
 
 use crate::abi::{
@@ -9,6 +11,7 @@ use crate::abi::{
     NatKey, NodeConfig, Peer, Policy, Policy6, PolicyKey, SvcFilter, SvcKey, SvcMeta, SvcValue,
 };
 use crate::error::DataplaneError;
+use crate::paths::map_path;
 
 /// Every map the object defines and Margay pins, with what losing its
 /// contents costs. "Durable" maps describe running endpoints and must be
@@ -46,10 +49,6 @@ pub const PINNED_MAPS: [(&str, Durability); 20] = [
 pub enum Durability {
     Durable,
     Rebuildable,
-}
-
-pub fn map_path(root: &Path, name: &str) -> PathBuf {
-    root.join("maps").join(name)
 }
 
 fn open(root: &Path, name: &str) -> Result<Map, DataplaneError> {
@@ -103,6 +102,35 @@ opener!(nat, Nat, "nat");
 opener!(node_addrs, NodeAddrs, "node_addrs");
 opener!(node_config, NodeConfigMap, "node_config");
 opener!(node_peers, NodePeers, "node_peers");
+
+/// Every value of `map`, pinned as `name`.
+pub fn values<K: Pod, V: Pod>(
+    map: &HashMap<MapData, K, V>,
+    name: &str,
+) -> Result<Vec<V>, DataplaneError> {
+    map.iter()
+        .map(|kv| kv.map(|(_, v)| v).map_err(|e| DataplaneError::map(name, e)))
+        .collect()
+}
+
+/// Writes the frontend filter. Readers may see a mix of the old and the new
+/// words, so a bit set in both stays set throughout.
+pub fn write_svc_filter(root: &Path, filter: &SvcFilter) -> Result<(), DataplaneError> {
+    svc_filter(root)?
+        .set(0, *filter, 0)
+        .map_err(|e| DataplaneError::map("svc_filter", e))
+}
+
+/// Sets the frontend filter from the frontends the maps hold: the loader
+/// does it for a new filter map before any program reads it (the caller
+/// holds the node lock).
+pub fn rebuild_svc_filter(root: &Path) -> Result<(), DataplaneError> {
+    let keys = frontends(root)?
+        .keys()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| DataplaneError::map("svc_frontends", e))?;
+    write_svc_filter(root, &keys.iter().collect())
+}
 
 /// A map's identity as the kernel checks it: what must match for programs
 /// built against one definition to use a map made from another.

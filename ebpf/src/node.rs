@@ -16,11 +16,9 @@
 //! dozen BTF and program loads, ~0.5 ms of CPU per ADD, competing with IPAM
 //! on small nodes).
 //!
-//! ```text
-//! <root>/progs/{from_pod,to_pod,from_net,from_tunnel}
-//! <root>/maps/{endpoints,endpoints6,endpoints_by_ip,policies,policies6,conntrack,conntrack6,
-//!              counters,flow_events,config,svc_frontends,svc_backends,svc_meta,svc_affinity,nat,…}
-//! ```
+//! Where the pins are: [`crate::paths`]. This module knows programs and
+//! maps only; what the node's interfaces mean (NodePort addresses, the
+//! tunnel to other nodes) is the cluster features' above it.
 //!
 //! ```no_run
 //! # use margay_ebpf::node::{Node, Settings};
@@ -30,7 +28,7 @@
 //! ```
 
 use std::cell::OnceCell;
-use std::net::Ipv4Addr;
+use std::collections::BTreeSet;
 use std::ops::Range;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
@@ -46,11 +44,12 @@ use rtnetlink::packet_route::tc::{
     TcAttribute, TcBpfFlags, TcFilterBpfOption, TcHandle, TcMessage, TcOption,
 };
 
-use crate::abi::{Config, LOG_INFO};
-use crate::bpffs;
+use crate::abi::{Config, Endpoint, LOG_INFO};
 use crate::error::DataplaneError;
-use crate::maps::{self, Durability, Layout, PINNED_MAPS, map_path};
+use crate::maps::{self, Durability, Layout, PINNED_MAPS};
 use crate::object::{DATAPLANE_OBJECT, DATAPLANE_OBJECT_ID};
+use crate::paths::{lock_path, map_path, program_path, set_aside_path};
+use crate::{bpffs, upgrade};
 
 /// Node-wide settings from the network configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,15 +138,6 @@ pub struct Node {
     classifiers: [OnceCell<Option<SchedClassifier>>; 4],
 }
 
-/// Where a durable map waits while its resized replacement is loaded.
-fn set_aside_path(root: &Path, name: &str) -> PathBuf {
-    root.join("maps").join(format!(".{name}.previous"))
-}
-
-fn program_path(root: &Path, name: &str) -> PathBuf {
-    root.join("progs").join(name)
-}
-
 /// The programs pinned at `root`, in [`ALL_PROGRAMS`] order.
 fn pinned_programs(root: &Path) -> Result<[ProgramInfo; 4], DataplaneError> {
     let open = |(name, _): (&str, TcAttachType)| {
@@ -163,22 +153,6 @@ fn pinned_programs(root: &Path) -> Result<[ProgramInfo; 4], DataplaneError> {
         open(from_net)?,
         open(from_tunnel)?,
     ])
-}
-
-/// Lock files cannot live on bpffs; one per root, under /run.
-/// `what` names the lock ("" for loading, "services" for service applies).
-pub(crate) fn lock_path(root: &Path, what: &str) -> PathBuf {
-    let flat: String = root
-        .to_string_lossy()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    let name = if what.is_empty() {
-        format!("{flat}.lock")
-    } else {
-        format!("{flat}.{what}.lock")
-    };
-    PathBuf::from("/run/margay/locks").join(name)
 }
 
 fn pin_error(path: &Path, e: impl std::fmt::Display) -> DataplaneError {
@@ -304,6 +278,11 @@ impl Node {
         Ok(())
     }
 
+    /// Takes `from_net` off the data interface `ifname`, when both exist.
+    pub fn detach_data_iface(ifname: &str) -> Result<(), DataplaneError> {
+        detach_program(DATA_IFACE_PROGRAM, ifname)
+    }
+
     /// Verifies that both programs of this node are attached to `ifname`.
     pub fn verify_attached(&self, ifname: &str) -> Result<(), DataplaneError> {
         for (prog, (name, kind)) in self.programs[ENDPOINT].iter().zip(PROGRAMS) {
@@ -324,103 +303,16 @@ impl Node {
             .as_ref()
     }
 
-    /// Makes `ifname` one of the node's data interfaces: `from_net` on its
-    /// ingress, and its IPv4 addresses recorded as where NodePorts answer
-    /// (services applied from now on open NodePorts on them). Returns the
-    /// addresses.
-    pub fn attach_data_iface(
-        &mut self,
-        root: &Path,
-        ifname: &str,
-    ) -> Result<Vec<Ipv4Addr>, DataplaneError> {
-        let ifindex =
-            nix::net::if_::if_nametoindex(ifname).map_err(|e| DataplaneError::Attach {
-                program: DATA_IFACE_PROGRAM.0,
-                ifname: ifname.to_string(),
-                reason: format!("no such interface: {e}"),
-            })?;
-        let addrs = ipv4_addresses(ifname)?;
-        if addrs.is_empty() {
-            return Err(DataplaneError::Attach {
-                program: DATA_IFACE_PROGRAM.0,
-                ifname: ifname.to_string(),
-                reason: "it has no IPv4 address for NodePorts to answer on".into(),
-            });
-        }
-        self.attach_pinned(DATA_IFACE, ifname)?;
-        let mut map = maps::node_addrs(root)?;
-        for a in &addrs {
-            map.insert(a.octets(), ifindex, 0)
-                .map_err(|e| DataplaneError::map("node_addrs", e))?;
-        }
-        Ok(addrs)
+    /// Puts `from_net` on the data interface `ifname` (the NodePort
+    /// addresses on it are recorded above, by `nodeport`).
+    pub fn attach_data_iface(&mut self, ifname: &str) -> Result<(), DataplaneError> {
+        self.attach_pinned(DATA_IFACE, ifname)
     }
 
     /// Puts `from_tunnel` on the node's tunnel device `ifname`.
     pub fn attach_tunnel(&mut self, ifname: &str) -> Result<(), DataplaneError> {
         self.attach_pinned(TUNNEL, ifname)
     }
-}
-
-/// Takes `from_net` off `ifname` and forgets its NodePort addresses.
-pub fn detach_data_iface(root: &Path, ifname: &str) -> Result<(), DataplaneError> {
-    detach_program(DATA_IFACE_PROGRAM, ifname)?;
-    let ifindex = nix::net::if_::if_nametoindex(ifname).ok();
-    let mut map = maps::node_addrs(root)?;
-    let theirs: Vec<[u8; 4]> = map
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(a, i)| {
-            Some(*i) == ifindex
-                || ipv4_addresses(ifname).is_ok_and(|l| l.contains(&Ipv4Addr::from(*a)))
-        })
-        .map(|(a, _)| a)
-        .collect();
-    for a in theirs {
-        let _ = map.remove(&a);
-    }
-    Ok(())
-}
-
-/// A NodePort address of the node and the data interface it is on.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
-pub struct DataIface {
-    pub address: Ipv4Addr,
-    pub ifindex: u32,
-    /// None when the interface is gone.
-    pub ifname: Option<String>,
-}
-
-/// The node's data interfaces and NodePort addresses.
-pub fn data_ifaces(root: &Path) -> Result<Vec<DataIface>, DataplaneError> {
-    let map = maps::node_addrs(root)?;
-    let mut all: Vec<DataIface> = map
-        .iter()
-        .map(|kv| {
-            kv.map(|(a, ifindex)| DataIface {
-                address: Ipv4Addr::from(a),
-                ifindex,
-                ifname: nix::net::if_::if_indextoname(ifindex)
-                    .ok()
-                    .map(|n| n.to_string_lossy().into_owned()),
-            })
-        })
-        .collect::<Result<_, _>>()
-        .map_err(|e| DataplaneError::map("node_addrs", e))?;
-    all.sort();
-    Ok(all)
-}
-
-fn ipv4_addresses(ifname: &str) -> Result<Vec<Ipv4Addr>, DataplaneError> {
-    let all = nix::ifaddrs::getifaddrs().map_err(|e| DataplaneError::Attach {
-        program: DATA_IFACE_PROGRAM.0,
-        ifname: ifname.to_string(),
-        reason: format!("listing addresses: {e}"),
-    })?;
-    Ok(all
-        .filter(|i| i.interface_name == ifname)
-        .filter_map(|i| i.address?.as_sockaddr_in().map(|s| s.ip()))
-        .collect())
 }
 
 /// Removes our filter for `program` from `ifname`, when both still exist.
@@ -678,29 +570,13 @@ fn install(root: &Path, settings: &Settings) -> Result<(), DataplaneError> {
         copy_entries(root, name, old)?;
         remove_pin(&aside)?;
     }
-    // What the programs read beside the durable maps, before any runs:
-    // running endpoints' counters slots and IPv6 addresses (older builds
-    // recorded neither), and the frontend filter.
-    crate::registry::assign_slots(root)?;
-    let adopted = crate::registry::adopt_ipv6_routes(root)?;
-    if adopted > 0 {
-        tracing::info!(
-            endpoints = adopted,
-            "recorded running endpoints' IPv6 addresses"
-        );
-    }
-    crate::service::rebuild_filter(root)?;
-    let endpoints: Vec<String> = crate::registry::list(root)
-        .map(|l| l.iter().map(crate::abi::Endpoint::ifname).collect())
-        .unwrap_or_default();
-    let data_ifaces: Vec<String> = data_ifaces(root)
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|d| d.ifname)
-        .collect();
-    let tunnel: Vec<String> = nix::net::if_::if_nametoindex(crate::cluster::TUNNEL_DEVICE)
-        .map(|_| vec![crate::cluster::TUNNEL_DEVICE.to_string()])
-        .unwrap_or_default();
+    // What the programs read beside the durable maps, before any runs.
+    upgrade::fill_in(root)?;
+    let Running {
+        endpoints,
+        data_ifaces,
+        tunnel,
+    } = Running::recorded(root);
     let all = PROGRAMS.iter().map(|p| (*p, &endpoints)).chain([
         (DATA_IFACE_PROGRAM, &data_ifaces),
         (TUNNEL_PROGRAM, &tunnel),
@@ -731,6 +607,54 @@ fn install(root: &Path, settings: &Settings) -> Result<(), DataplaneError> {
         .map_err(|e| DataplaneError::map("config", e))?;
     tracing::info!(root = %root.display(), object = format!("{DATAPLANE_OBJECT_ID:#x}"), "dataplane programs loaded and pinned");
     Ok(())
+}
+
+/// The interfaces running each kind of program, as the maps record them.
+struct Running {
+    /// The endpoints' host veths.
+    endpoints: Vec<String>,
+    /// Those the NodePort addresses are on.
+    data_ifaces: Vec<String>,
+    /// The tunnel device the node settings name.
+    tunnel: Vec<String>,
+}
+
+impl Running {
+    /// What the maps of `root` record (a map that cannot be read records
+    /// none: there is nothing of it to move).
+    fn recorded(root: &Path) -> Running {
+        let endpoints = maps::endpoints(root)
+            .and_then(|m| maps::values(&m, "endpoints"))
+            .map(|l| l.iter().map(Endpoint::ifname).collect())
+            .unwrap_or_default();
+        let data_ifaces = maps::node_addrs(root)
+            .and_then(|m| maps::values(&m, "node_addrs"))
+            .map(names_of)
+            .unwrap_or_default();
+        let tunnel = maps::node_config(root)
+            .ok()
+            .and_then(|m| m.get(&0, 0).ok())
+            .map(|c| names_of(vec![c.tunnel_ifindex]))
+            .unwrap_or_default();
+        Running {
+            endpoints,
+            data_ifaces,
+            tunnel,
+        }
+    }
+}
+
+/// The names of the interfaces `ifindexes` that exist, each once (0 is
+/// none).
+fn names_of(ifindexes: Vec<u32>) -> Vec<String> {
+    ifindexes
+        .into_iter()
+        .filter(|&i| i != 0)
+        .collect::<BTreeSet<u32>>()
+        .into_iter()
+        .filter_map(|i| nix::net::if_::if_indextoname(i).ok())
+        .map(|n| n.to_string_lossy().into_owned())
+        .collect()
 }
 
 /// Moves every interface of `ifnames` that carries a filter of ours onto

@@ -1,19 +1,5 @@
-//! Policy as operators write it (a small declarative schema, YAML or JSON)
-//! and as the programs read it (`abi::Policy`).
-//!
-//! ```yaml
-//! ingress:                 # absent: allow all; [] denies all
-//!   - action: allow
-//!     cidr: 10.244.0.0/16  # IPv4 or IPv6; default: any address of both
-//!     protocol: tcp        # any (default) | tcp | udp | icmp | <number>
-//!     ports: "80-443"      # tcp/udp only; default all
-//! egress:
-//!   - action: deny
-//!     cidr: 10.0.0.0/8
-//! ```
-//! Rules are evaluated in order; the first match decides; a direction with
-//! rules denies what none allows, of either family: a direction whose rules
-//! are all IPv4 denies all IPv6.
+//! Policy (`margay_model::policy`) as the programs read it
+//! (`abi::Policy`, `abi::Policy6`), and the endpoint's entries holding it.
 //!
 //! The programs keep each family's rules in a list of its own (a rule
 //! without a CIDR is in both), in the operator's order: rules of different
@@ -23,7 +9,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
-use serde::{Deserialize, Serialize};
+use margay_model::policy::{Action, PolicySpec, Ports, Rule, RuleError};
+use margay_model::protocol::Protocol;
 
 use crate::abi::{
     self, DIR_EGRESS, DIR_INGRESS, MAX_POLICY_RULES, POLICY_ALLOW, POLICY_DENY, PolicyKey,
@@ -32,152 +19,14 @@ use crate::abi::{
 use crate::error::DataplaneError;
 use crate::maps;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicySpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ingress: Option<Vec<Rule>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub egress: Option<Vec<Rule>>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Rule {
-    pub action: Action,
-    /// None: any address, of both families.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cidr: Option<IpNetwork>,
-    #[serde(default)]
-    pub protocol: Protocol,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ports: Option<Ports>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    Allow,
-    Deny,
-}
-
-/// `any`, `tcp`, `udp`, `icmp`, `icmpv6` or an IP protocol number.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Protocol {
-    #[default]
-    Any,
-    Number(u8),
-}
-
-impl Protocol {
-    const NAMED: [(&'static str, u8); 4] = [("tcp", 6), ("udp", 17), ("icmp", 1), ("icmpv6", 58)];
-
-    fn number(self) -> u8 {
-        match self {
-            Protocol::Any => 0,
-            Protocol::Number(n) => n,
-        }
-    }
-}
-
-impl Serialize for Protocol {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Protocol::Any => s.serialize_str("any"),
-            Protocol::Number(n) => match Self::NAMED.iter().find(|(_, v)| v == n) {
-                Some((name, _)) => s.serialize_str(name),
-                None => s.serialize_u8(*n),
-            },
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Protocol {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Name(String),
-            Number(u8),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Number(0) => Ok(Protocol::Any),
-            Raw::Number(n) => Ok(Protocol::Number(n)),
-            Raw::Name(name) if name == "any" => Ok(Protocol::Any),
-            Raw::Name(name) => Self::NAMED
-                .iter()
-                .find(|(n, _)| *n == name.to_lowercase())
-                .map(|(_, v)| Protocol::Number(*v))
-                .ok_or_else(|| {
-                    serde::de::Error::custom(format!(
-                        "protocol {name:?}: use any, tcp, udp, icmp, icmpv6 or a number"
-                    ))
-                }),
-        }
-    }
-}
-
-/// `80`, `"80"` or `"8000-8080"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ports {
-    pub lo: u16,
-    pub hi: u16,
-}
-
-impl Serialize for Ports {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.lo == self.hi {
-            s.serialize_str(&self.lo.to_string())
-        } else {
-            s.serialize_str(&format!("{}-{}", self.lo, self.hi))
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Ports {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(u16),
-            Text(String),
-        }
-        let text = match Raw::deserialize(d)? {
-            Raw::Number(n) => return Ok(Ports { lo: n, hi: n }),
-            Raw::Text(t) => t,
-        };
-        let bad =
-            || serde::de::Error::custom(format!("ports {text:?}: use \"80\" or \"8000-8080\""));
-        let (lo, hi) = match text.split_once('-') {
-            Some((a, b)) => (
-                a.trim().parse().map_err(|_| bad())?,
-                b.trim().parse().map_err(|_| bad())?,
-            ),
-            None => {
-                let p = text.trim().parse().map_err(|_| bad())?;
-                (p, p)
-            }
-        };
-        if lo > hi {
-            return Err(serde::de::Error::custom(format!(
-                "ports {text:?}: the range is reversed"
-            )));
-        }
-        Ok(Ports { lo, hi })
-    }
-}
-
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PolicyError {
+    #[error(transparent)]
+    Invalid(#[from] RuleError),
     #[error("{direction}: {count} rules, at most {MAX_POLICY_RULES} are supported")]
     TooManyRules {
         direction: &'static str,
         count: usize,
-    },
-    #[error("{direction}[{index}]: ports apply only to tcp and udp")]
-    PortsNeedTcpOrUdp {
-        direction: &'static str,
-        index: usize,
     },
 }
 
@@ -190,10 +39,9 @@ pub fn compile(
     let mut v4 = abi::Policy::default();
     let mut v6 = abi::Policy6::default();
     for (index, rule) in rules.iter().enumerate() {
-        let proto = rule.protocol.number();
-        if rule.ports.is_some() && proto != 6 && proto != 17 {
-            return Err(PolicyError::PortsNeedTcpOrUdp { direction, index });
-        }
+        rule.check(direction, index)?;
+        // 0: any protocol.
+        let proto = rule.protocol.map_or(0, Protocol::number);
         let ports = rule.ports.unwrap_or(Ports {
             lo: 0,
             hi: u16::MAX,
@@ -265,11 +113,7 @@ fn rule_of(cidr: Option<IpNetwork>, action: u8, proto: u8, (lo, hi): (u16, u16))
             Action::Deny
         },
         cidr,
-        protocol: if proto == 0 {
-            Protocol::Any
-        } else {
-            Protocol::Number(proto)
-        },
+        protocol: Protocol::from_number(proto),
         ports: (lo != 0 || hi != u16::MAX).then_some(Ports { lo, hi }),
     }
 }
@@ -442,10 +286,10 @@ mod tests {
         );
         assert_eq!(
             e.unwrap_err(),
-            PolicyError::PortsNeedTcpOrUdp {
+            PolicyError::Invalid(RuleError::PortsNeedTcpOrUdp {
                 direction: "egress",
                 index: 1
-            }
+            })
         );
         let many: Vec<Rule> = (0..257)
             .map(|_| rules(r#"[{"action": "allow"}]"#).remove(0))
@@ -454,14 +298,5 @@ mod tests {
             compile("ingress", &many),
             Err(PolicyError::TooManyRules { count: 257, .. })
         ));
-        for bad in [
-            r#"[{"action": "maybe"}]"#,
-            r#"[{"action": "allow", "protocol": "sctpx"}]"#,
-            r#"[{"action": "allow", "ports": "90-80"}]"#,
-            r#"[{"action": "allow", "cidr": "10.0.0.0/40"}]"#,
-            r#"[{"action": "allow", "port": "80"}]"#,
-        ] {
-            assert!(serde_json::from_str::<Vec<Rule>>(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -1,20 +1,5 @@
-//! Services as the operator (or a controller watching the Kubernetes API)
-//! declares them, synced into the pinned maps the programs balance with.
-//!
-//! ```yaml
-//! services:
-//!   - name: default/web          # namespace/name (and :port-name), for people
-//!     vip: 10.96.0.10            # the ClusterIP
-//!     port: 80
-//!     protocol: tcp              # tcp (default) | udp
-//!     backends: ["10.244.0.5:8080", "10.244.1.7:8080"]
-//!     affinity_timeout: 10800    # sessionAffinity ClientIP, seconds; absent: none
-//!     node_port: 30080           # also on every node address (margayctl node attach)
-//!     external_traffic_policy: local  # cluster (default) | local: NodePort to local backends only
-//! ```
-//!
-//! Each service is one ClusterIP frontend, plus a NodePort frontend per
-//! node address when it has a `node_port`.
+//! Services (`margay_model::service`) synced into the pinned maps the
+//! programs balance with.
 //!
 //! [`apply`] makes the maps hold exactly the given set: unchanged services
 //! are not touched, a changed one gets its new backends in the other
@@ -24,7 +9,8 @@
 //! keep their backend, even one that has left the set.
 //!
 //! ```no_run
-//! # use margay_ebpf::service::{apply, ServiceFile};
+//! # use margay_ebpf::service::apply;
+//! # use margay_model::service::ServiceFile;
 //! let file: ServiceFile = serde_json::from_str(r#"{"services": []}"#).unwrap();
 //! let report = apply("/sys/fs/bpf/margay".as_ref(), &file.services)?;
 //! # Ok::<(), margay_ebpf::service::ServiceError>(())
@@ -37,115 +23,33 @@ use std::time::Duration;
 
 use aya::maps::MapError;
 use margay_conf::lock::FileLock;
-use serde::{Deserialize, Serialize};
+use margay_model::protocol::Protocol;
+use margay_model::service::{
+    self as model, Frontend, PROTOCOLS, ServiceSpec, ServiceSpecError, TrafficPolicy,
+};
+use serde::Serialize;
 
 use crate::abi::{
-    Backend, BackendKey, SVC_F_AFFINITY, SVC_F_EXTERNAL_LOCAL, SVC_F_LOCAL_ONLY, SVC_F_NODE_PORT,
-    SvcFilter, SvcKey, SvcMeta, SvcValue,
+    Backend, BackendKey, Endpoint, SVC_F_AFFINITY, SVC_F_EXTERNAL_LOCAL, SVC_F_LOCAL_ONLY,
+    SVC_F_NODE_PORT, SvcFilter, SvcKey, SvcMeta, SvcValue,
 };
 use crate::error::DataplaneError;
-use crate::maps::{self, Layout, map_path};
-
-/// What `margayctl service apply -f` reads.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceFile {
-    pub services: Vec<ServiceSpec>,
-}
-
-/// One frontend and its backends.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceSpec {
-    pub name: String,
-    pub vip: Ipv4Addr,
-    pub port: u16,
-    #[serde(default)]
-    pub protocol: Protocol,
-    #[serde(default)]
-    pub backends: Vec<SocketAddrV4>,
-    /// ClientIP session affinity, for this many seconds since last use.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub affinity_timeout: Option<u32>,
-    /// Also reachable at this port on every node address.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node_port: Option<u16>,
-    /// Which backends NodePort traffic may reach.
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub external_traffic_policy: TrafficPolicy,
-}
-
-/// `externalTrafficPolicy`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TrafficPolicy {
-    /// Any backend.
-    #[default]
-    Cluster,
-    /// This node's backends only; a node without one refuses.
-    Local,
-}
-
-fn is_default<T: Default + PartialEq>(v: &T) -> bool {
-    *v == T::default()
-}
-
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    #[default]
-    Tcp,
-    Udp,
-}
-
-impl Protocol {
-    fn number(self) -> u8 {
-        match self {
-            Protocol::Tcp => 6,
-            Protocol::Udp => 17,
-        }
-    }
-
-    fn from_number(n: u8) -> Option<Protocol> {
-        match n {
-            6 => Some(Protocol::Tcp),
-            17 => Some(Protocol::Udp),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for Protocol {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        })
-    }
-}
-
-/// Longest name kept (the map's field, with its terminating zero).
-pub const MAX_NAME: usize = 63;
-/// Backends one service can have (slot ordinals are 16 bits).
-pub const MAX_BACKENDS: usize = u16::MAX as usize;
-/// Kubernetes' own bound on `sessionAffinityConfig.clientIP.timeoutSeconds`.
-pub const MAX_AFFINITY_TIMEOUT: u32 = 86_400;
+use crate::maps::{self, Layout};
+use crate::paths::{lock_path, map_path};
+use crate::{nodeport, registry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    #[error("services[{index}] ({name}): {reason}")]
-    Invalid {
+    #[error(transparent)]
+    Invalid(#[from] ServiceSpecError),
+    /// A NodePort frontend on a node address is another service's
+    /// frontend (only the node's addresses tell).
+    #[error("services[{index}] ({name}): its frontend {frontend} is also {other}'s")]
+    SharedFrontend {
         index: usize,
         name: String,
-        reason: String,
-    },
-    #[error("services[{first}] and services[{second}] both claim frontend {frontend}")]
-    Duplicate {
-        first: usize,
-        second: usize,
-        frontend: String,
+        frontend: Frontend,
+        other: String,
     },
     #[error(
         "map {map} is too small: this set needs {needed} entries and it holds {capacity}; \
@@ -186,151 +90,86 @@ pub struct FrontendRow {
     pub local_only: bool,
 }
 
-impl ServiceSpec {
-    fn key(&self) -> SvcKey {
-        frontend_key(self.vip, self.port, self.protocol)
-    }
-
-    fn frontend(&self) -> String {
-        format!("{}:{}/{}", self.vip, self.port, self.protocol)
-    }
-
-    fn flags(&self) -> u16 {
-        if self.affinity_timeout.is_some() {
-            SVC_F_AFFINITY
-        } else {
-            0
-        }
-    }
-
-    /// The frontends this service makes on a node with `node_addrs`,
-    /// whose local pods are `local` (for `external_traffic_policy: local`).
-    fn frontends(&self, node_addrs: &[Ipv4Addr], local: &HashSet<Ipv4Addr>) -> Vec<Wanted<'_>> {
-        let local_only = self.external_traffic_policy == TrafficPolicy::Local;
-        let cluster_ip = Wanted {
-            key: self.key(),
-            spec: self,
-            backends: self.backends.clone(),
-            flags: self.flags()
-                | if local_only && self.node_port.is_some() {
-                    SVC_F_EXTERNAL_LOCAL
-                } else {
-                    0
-                },
-            node_port: self.node_port.unwrap_or(0),
-        };
-        let node_ports = self.node_port.into_iter().flat_map(move |port| {
-            let backends: Vec<SocketAddrV4> = self
-                .backends
-                .iter()
-                .filter(|b| !local_only || local.contains(b.ip()))
-                .copied()
-                .collect();
-            let flags =
-                self.flags() | SVC_F_NODE_PORT | if local_only { SVC_F_LOCAL_ONLY } else { 0 };
-            node_addrs.iter().map(move |addr| Wanted {
-                key: frontend_key(*addr, port, self.protocol),
-                spec: self,
-                backends: backends.clone(),
-                flags,
-                node_port: 0,
-            })
-        });
-        std::iter::once(cluster_ip).chain(node_ports).collect()
-    }
-
-    fn check(&self) -> Result<(), String> {
-        if self.name.is_empty() || self.name.len() > MAX_NAME {
-            return Err(format!("name: must be 1..={MAX_NAME} bytes"));
-        }
-        if self.vip.is_unspecified() || self.vip.is_broadcast() || self.vip.is_multicast() {
-            return Err(format!("vip: {} cannot be a service address", self.vip));
-        }
-        if self.port == 0 {
-            return Err("port: 0 is not a port".into());
-        }
-        if self.node_port == Some(0) {
-            return Err("node_port: 0 is not a port".into());
-        }
-        if self.node_port.is_none() && self.external_traffic_policy == TrafficPolicy::Local {
-            return Err(
-                "external_traffic_policy: local applies to NodePorts; set node_port".into(),
-            );
-        }
-        if self.backends.len() > MAX_BACKENDS {
-            return Err(format!(
-                "backends: {} is more than {MAX_BACKENDS}",
-                self.backends.len()
-            ));
-        }
-        let mut seen = HashSet::new();
-        for (i, b) in self.backends.iter().enumerate() {
-            if b.ip().is_unspecified() || b.port() == 0 {
-                return Err(format!("backends[{i}]: {b} is not a reachable endpoint"));
-            }
-            if !seen.insert(b) {
-                return Err(format!("backends[{i}]: {b} is listed twice"));
-            }
-        }
-        if let Some(t) = self.affinity_timeout
-            && !(1..=MAX_AFFINITY_TIMEOUT).contains(&t)
-        {
-            return Err(format!(
-                "affinity_timeout: {t} is outside 1..={MAX_AFFINITY_TIMEOUT} seconds"
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// Checks a whole set: every service valid, no ClusterIP frontend or
-/// NodePort claimed twice.
-pub fn validate(specs: &[ServiceSpec]) -> Result<(), ServiceError> {
-    let mut frontends: HashMap<SvcKey, usize> = HashMap::new();
-    let mut node_ports: HashMap<(u16, Protocol), usize> = HashMap::new();
-    for (index, spec) in specs.iter().enumerate() {
-        spec.check().map_err(|reason| ServiceError::Invalid {
-            index,
-            name: spec.name.clone(),
-            reason,
-        })?;
-        if let Some(first) = frontends.insert(spec.key(), index) {
-            return Err(ServiceError::Duplicate {
-                first,
-                second: index,
-                frontend: spec.frontend(),
-            });
-        }
-        if let Some(port) = spec.node_port
-            && let Some(first) = node_ports.insert((port, spec.protocol), index)
-        {
-            return Err(ServiceError::Duplicate {
-                first,
-                second: index,
-                frontend: format!("node port {port}/{}", spec.protocol),
-            });
-        }
-    }
-    Ok(())
-}
-
-fn frontend_key(addr: Ipv4Addr, port: u16, protocol: Protocol) -> SvcKey {
-    SvcKey {
-        addr: addr.octets(),
-        port: port.to_be_bytes(),
-        proto: protocol.number(),
-        pad: 0,
-    }
-}
-
 /// A frontend the maps should hold.
 struct Wanted<'a> {
-    key: SvcKey,
+    frontend: Frontend,
     spec: &'a ServiceSpec,
     backends: Vec<SocketAddrV4>,
     flags: u16,
     /// The ClusterIP frontend's record of the service's NodePort.
     node_port: u16,
+}
+
+impl Wanted<'_> {
+    fn key(&self) -> SvcKey {
+        key_of(self.frontend)
+    }
+}
+
+/// The frontends `spec` makes on a node with `node_addrs`, whose local
+/// pods are `local` (for `external_traffic_policy: local`).
+fn frontends<'a>(
+    spec: &'a ServiceSpec,
+    node_addrs: &[Ipv4Addr],
+    local: &HashSet<Ipv4Addr>,
+) -> Vec<Wanted<'a>> {
+    let local_only = spec.external_traffic_policy == TrafficPolicy::Local;
+    let affinity = if spec.affinity_timeout.is_some() {
+        SVC_F_AFFINITY
+    } else {
+        0
+    };
+    let cluster_ip = Wanted {
+        frontend: spec.cluster_ip(),
+        spec,
+        backends: spec.backends.clone(),
+        flags: affinity
+            | if local_only && spec.node_port.is_some() {
+                SVC_F_EXTERNAL_LOCAL
+            } else {
+                0
+            },
+        node_port: spec.node_port.unwrap_or(0),
+    };
+    let node_ports = spec.node_port.into_iter().flat_map(move |port| {
+        let backends: Vec<SocketAddrV4> = spec
+            .backends
+            .iter()
+            .filter(|b| !local_only || local.contains(b.ip()))
+            .copied()
+            .collect();
+        let flags = affinity | SVC_F_NODE_PORT | if local_only { SVC_F_LOCAL_ONLY } else { 0 };
+        node_addrs.iter().map(move |&addr| Wanted {
+            frontend: Frontend {
+                addr,
+                port,
+                protocol: spec.protocol,
+            },
+            spec,
+            backends: backends.clone(),
+            flags,
+            node_port: 0,
+        })
+    });
+    std::iter::once(cluster_ip).chain(node_ports).collect()
+}
+
+fn key_of(frontend: Frontend) -> SvcKey {
+    SvcKey {
+        addr: frontend.addr.octets(),
+        port: frontend.port.to_be_bytes(),
+        proto: frontend.protocol.number(),
+        pad: 0,
+    }
+}
+
+/// The frontend `key` holds, when it is on a service's protocol.
+fn frontend_of(key: &SvcKey) -> Option<Frontend> {
+    Some(Frontend {
+        addr: Ipv4Addr::from(key.addr),
+        port: u16::from_be_bytes(key.port),
+        protocol: Protocol::from_number(key.proto).filter(|p| PROTOCOLS.contains(p))?,
+    })
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
@@ -489,7 +328,7 @@ fn reslot(current: &[SocketAddrV4], desired: &[SocketAddrV4]) -> Vec<SocketAddrV
 /// capacity before writing anything; serialised with other applies on the
 /// node.
 pub fn apply(root: &Path, specs: &[ServiceSpec]) -> Result<ApplyReport, ServiceError> {
-    validate(specs)?;
+    model::validate(specs)?;
     let _lock = services_lock(root)?;
     let mut maps = Maps::open(root)?;
     let installed = maps.installed()?;
@@ -510,7 +349,7 @@ pub fn refresh_node_ports(root: &Path) -> Result<ApplyReport, ServiceError> {
 
 fn services_lock(root: &Path) -> Result<FileLock, DataplaneError> {
     Ok(FileLock::acquire(
-        &crate::node::lock_path(root, "services"),
+        &lock_path(root, "services"),
         Duration::from_secs(30),
     )?)
 }
@@ -530,7 +369,7 @@ fn installed_specs(installed: &BTreeMap<SvcKey, Installed>) -> Vec<ServiceSpec> 
         if flags & SVC_F_NODE_PORT != 0 {
             continue;
         }
-        let Some(protocol) = Protocol::from_number(key.proto) else {
+        let Some(frontend) = frontend_of(key) else {
             continue;
         };
         let node_port = Some(i.value.node_port)
@@ -538,9 +377,9 @@ fn installed_specs(installed: &BTreeMap<SvcKey, Installed>) -> Vec<ServiceSpec> 
             .or_else(|| node_ports.get(&(i.name.as_str(), key.proto)).copied());
         specs.push(ServiceSpec {
             name: i.name.clone(),
-            vip: Ipv4Addr::from(key.addr),
-            port: u16::from_be_bytes(key.port),
-            protocol,
+            vip: frontend.addr,
+            port: frontend.port,
+            protocol: frontend.protocol,
             backends: i.backends.clone(),
             affinity_timeout: (flags & SVC_F_AFFINITY != 0).then_some(i.value.affinity_timeout_s),
             node_port,
@@ -562,33 +401,26 @@ fn apply_locked(
     mut installed: BTreeMap<SvcKey, Installed>,
     specs: &[ServiceSpec],
 ) -> Result<ApplyReport, ServiceError> {
-    let node_addrs: Vec<Ipv4Addr> = crate::node::data_ifaces(root)?
+    let node_addrs: Vec<Ipv4Addr> = nodeport::data_ifaces(root)?
         .into_iter()
         .map(|d| d.address)
         .collect();
-    let local: HashSet<Ipv4Addr> = crate::registry::list(root)?
-        .iter()
-        .map(crate::abi::Endpoint::ipv4)
-        .collect();
+    let local: HashSet<Ipv4Addr> = registry::list(root)?.iter().map(Endpoint::ipv4).collect();
     let wanted: Vec<Wanted> = specs
         .iter()
-        .flat_map(|s| s.frontends(&node_addrs, &local))
+        .flat_map(|s| frontends(s, &node_addrs, &local))
         .collect();
     let mut seen = HashMap::new();
     for w in &wanted {
-        if let Some(other) = seen.insert(w.key, &w.spec.name) {
-            return Err(ServiceError::Invalid {
+        if let Some(other) = seen.insert(w.key(), &w.spec.name) {
+            return Err(ServiceError::SharedFrontend {
                 index: specs
                     .iter()
                     .position(|s| s.name == w.spec.name)
                     .unwrap_or(0),
                 name: w.spec.name.clone(),
-                reason: format!(
-                    "its frontend {}:{}/{} is also {other}'s",
-                    Ipv4Addr::from(w.key.addr),
-                    u16::from_be_bytes(w.key.port),
-                    w.spec.protocol
-                ),
+                frontend: w.frontend,
+                other: other.clone(),
             });
         }
     }
@@ -607,7 +439,7 @@ fn apply_locked(
     // A changed frontend briefly holds both generations' slots.
     let in_flight = wanted
         .iter()
-        .filter_map(|w| installed.get(&w.key))
+        .filter_map(|w| installed.get(&w.key()))
         .map(|i| i.backends.len())
         .max()
         .unwrap_or(0);
@@ -623,13 +455,13 @@ fn apply_locked(
     }
 
     let mut report = ApplyReport::default();
-    let keys: BTreeSet<SvcKey> = wanted.iter().map(|w| w.key).collect();
+    let keys: BTreeSet<SvcKey> = wanted.iter().map(Wanted::key).collect();
     // The programs skip the frontend lookup for a packet whose filter bit
     // is clear, so the filter covers the old and the new frontends (ClusterIP
     // and NodePort alike) while they change, and only the new ones after.
-    let old_filter = filter_of(installed.keys());
-    let new_filter = filter_of(keys.iter());
-    write_filter(root, &old_filter.union(&new_filter))?;
+    let old_filter: SvcFilter = installed.keys().collect();
+    let new_filter: SvcFilter = keys.iter().collect();
+    maps::write_svc_filter(root, &old_filter.union(&new_filter))?;
     // Removals first: they free the room the rest may need.
     let gone: Vec<SvcKey> = installed
         .keys()
@@ -648,7 +480,7 @@ fn apply_locked(
     let mut next_id = 1u32;
     for w in &wanted {
         let timeout = w.spec.affinity_timeout.unwrap_or(0);
-        match installed.get(&w.key) {
+        match installed.get(&w.key()) {
             Some(old) => {
                 let slots = reslot(&old.backends, &w.backends);
                 let same_backends = slots == old.backends;
@@ -680,7 +512,7 @@ fn apply_locked(
                     ..old.value
                 };
                 maps.frontends
-                    .insert(w.key, value, 0)
+                    .insert(w.key(), value, 0)
                     .map_err(map_err("svc_frontends"))?;
                 if !same_backends {
                     maps.remove_slots(old.value.id, old.value.generation, old.value.count)?;
@@ -706,42 +538,14 @@ fn apply_locked(
                     ..SvcValue::default()
                 };
                 maps.frontends
-                    .insert(w.key, value, 0)
+                    .insert(w.key(), value, 0)
                     .map_err(map_err("svc_frontends"))?;
                 report.added += 1;
             }
         }
     }
-    write_filter(root, &new_filter)?;
+    maps::write_svc_filter(root, &new_filter)?;
     Ok(report)
-}
-
-fn filter_of<'a>(keys: impl Iterator<Item = &'a SvcKey>) -> SvcFilter {
-    let mut filter = SvcFilter::default();
-    for key in keys {
-        filter.set(key);
-    }
-    filter
-}
-
-/// Writes the frontend filter. Readers may see a mix of the old and the new
-/// words, so a bit set in both stays set throughout.
-fn write_filter(root: &Path, filter: &SvcFilter) -> Result<(), DataplaneError> {
-    maps::svc_filter(root)?
-        .set(0, *filter, 0)
-        .map_err(|e| DataplaneError::map("svc_filter", e))
-}
-
-/// Sets the frontend filter from the frontends the maps hold: the loader
-/// does it for a new filter map before any program reads it (the caller
-/// holds the node lock).
-pub fn rebuild_filter(root: &Path) -> Result<(), DataplaneError> {
-    let frontends = maps::frontends(root)?;
-    let keys = frontends
-        .keys()
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| DataplaneError::map("svc_frontends", e))?;
-    write_filter(root, &filter_of(keys.iter()))
 }
 
 /// Every frontend the maps hold.
@@ -752,6 +556,7 @@ pub fn list(root: &Path) -> Result<Vec<FrontendRow>, DataplaneError> {
         .into_iter()
         .filter_map(|(key, i)| {
             let flags = i.value.flags;
+            let frontend = frontend_of(&key)?;
             Some(FrontendRow {
                 id: i.value.id,
                 name: i.name,
@@ -760,9 +565,9 @@ pub fn list(root: &Path) -> Result<Vec<FrontendRow>, DataplaneError> {
                 } else {
                     "cluster-ip"
                 },
-                address: Ipv4Addr::from(key.addr),
-                port: u16::from_be_bytes(key.port),
-                protocol: Protocol::from_number(key.proto)?,
+                address: frontend.addr,
+                port: frontend.port,
+                protocol: frontend.protocol,
                 backends: i.backends,
                 affinity_timeout: (flags & SVC_F_AFFINITY != 0)
                     .then_some(i.value.affinity_timeout_s),
@@ -792,19 +597,6 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn spec(name: &str, port: u16, backends: &[&str]) -> ServiceSpec {
-        ServiceSpec {
-            name: name.into(),
-            vip: Ipv4Addr::new(10, 96, 0, 1),
-            port,
-            protocol: Protocol::Tcp,
-            backends: backends.iter().map(|s| b(s)).collect(),
-            affinity_timeout: None,
-            node_port: None,
-            external_traffic_policy: TrafficPolicy::Cluster,
-        }
-    }
-
     #[test]
     fn reslot_keeps_kept_backends_in_their_slots() {
         let cur = [b("1.0.0.1:1"), b("1.0.0.2:1"), b("1.0.0.3:1")];
@@ -827,50 +619,5 @@ mod tests {
         assert_eq!(reslot(&cur, &[cur[2], cur[0], cur[1]]), cur.to_vec());
         assert_eq!(reslot(&cur, &[]), Vec::<SocketAddrV4>::new());
         assert_eq!(reslot(&[], &cur), cur.to_vec());
-    }
-
-    #[test]
-    fn bad_services_are_named() {
-        let err = |specs: &[ServiceSpec]| validate(specs).unwrap_err().to_string();
-        assert!(err(&[spec("", 80, &[])]).contains("services[0] (): name"));
-        assert!(err(&[spec("a", 0, &[])]).contains("port: 0"));
-        assert!(err(&[spec("a", 80, &["1.2.3.4:0"])]).contains("backends[0]"));
-        assert!(err(&[spec("a", 80, &["1.2.3.4:5", "1.2.3.4:5"])]).contains("listed twice"));
-        let mut affinity = spec("a", 80, &[]);
-        affinity.affinity_timeout = Some(0);
-        assert!(err(&[affinity]).contains("affinity_timeout"));
-        let mut np = spec("a", 80, &[]);
-        np.node_port = Some(0);
-        assert!(err(&[np.clone()]).contains("node_port: 0"));
-        np.node_port = None;
-        np.external_traffic_policy = TrafficPolicy::Local;
-        assert!(err(&[np]).contains("set node_port"));
-        let (mut a, mut c) = (spec("a", 80, &[]), spec("c", 81, &[]));
-        a.node_port = Some(30080);
-        c.node_port = Some(30080);
-        assert!(err(&[a, c]).contains("node port 30080/tcp"));
-        let dup = err(&[spec("a", 80, &[]), spec("b", 81, &[]), spec("c", 80, &[])]);
-        assert!(dup.contains("services[0] and services[2]"), "{dup}");
-        assert!(dup.contains("10.96.0.1:80/tcp"), "{dup}");
-        let mut udp = spec("c", 80, &[]);
-        udp.protocol = Protocol::Udp;
-        validate(&[spec("a", 80, &[]), udp]).expect("tcp and udp on one port are two frontends");
-    }
-
-    #[test]
-    fn the_file_schema_parses_and_refuses_typos() {
-        let file: ServiceFile = serde_json::from_str(
-            r#"{"services": [{"name": "default/dns", "vip": "10.96.0.10", "port": 53,
-                "protocol": "udp", "backends": ["10.244.0.2:53"], "affinity_timeout": 60}]}"#,
-        )
-        .unwrap();
-        assert_eq!(file.services[0].protocol, Protocol::Udp);
-        assert_eq!(file.services[0].backends, vec![b("10.244.0.2:53")]);
-        assert!(
-            serde_json::from_str::<ServiceFile>(
-                r#"{"services": [{"name": "a", "vip": "10.96.0.10", "port": 53, "backend": []}]}"#
-            )
-            .is_err()
-        );
     }
 }

@@ -71,7 +71,7 @@ pub fn data_ifaces(
         ));
     }
     let current: Vec<String> = if root.exists() {
-        margay_ebpf::node::data_ifaces(root)
+        margay_ebpf::nodeport::data_ifaces(root)
             .unwrap_or_default()
             .into_iter()
             .filter_map(|d| d.ifname)
@@ -82,7 +82,7 @@ pub fn data_ifaces(
     let mut detached = false;
     for stale in current.iter().filter(|n| !wanted.contains(n)) {
         if !dry_run {
-            margay_ebpf::node::detach_data_iface(root, stale)?;
+            margay_ebpf::nodeport::detach(root, stale)?;
             detached = true;
         }
         log.push(format!(
@@ -111,8 +111,7 @@ pub fn data_ifaces(
     }
     let mut node = Node::open(root, settings)?;
     for name in wanted {
-        let addrs = node
-            .attach_data_iface(root, name)
+        let addrs = margay_ebpf::nodeport::attach(&mut node, root, name)
             .map_err(|e| anyhow::anyhow!("bpf_data_ifaces: {e}"))?;
         let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
         log.push(format!(

@@ -223,14 +223,14 @@ pub fn uninstall(opts: &Options) -> Result<Vec<String>> {
 }
 
 fn remove_dataplane(root: &Path) -> Result<()> {
-    use margay_ebpf::node::{self, Node};
-    use margay_ebpf::registry;
+    use margay_ebpf::node::Node;
+    use margay_ebpf::{nodeport, registry};
     for ep in registry::list(root).unwrap_or_default() {
         Node::detach(&ep.ifname())?;
     }
-    for iface in node::data_ifaces(root).unwrap_or_default() {
+    for iface in nodeport::data_ifaces(root).unwrap_or_default() {
         if let Some(name) = iface.ifname {
-            node::detach_data_iface(root, &name)?;
+            nodeport::detach(root, &name)?;
         }
     }
     margay_ebpf::cluster::forget_all(root)?;

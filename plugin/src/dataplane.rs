@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use margay_conf::margay::{Dataplane as Mode, PluginConf};
 use margay_conf::{CniError, Code};
 use margay_ebpf::node::{Node, Settings};
-use margay_ebpf::{DataplaneError, abi, maps, registry};
+use margay_ebpf::paths::map_path;
+use margay_ebpf::{DataplaneError, abi, registry};
 
 use crate::endpoint::Endpoint;
 use crate::link;
@@ -134,7 +135,7 @@ impl Dataplane for Ebpf {
     }
 
     fn forget_vanished(&self, host: &Netlink) -> Result<Vec<String>, CniError> {
-        if !maps::map_path(&self.root, "endpoints").exists() {
+        if !map_path(&self.root, "endpoints").exists() {
             return Ok(Vec::new()); // Nothing was ever loaded here.
         }
         // The registry before the links: an ADD registers only once its

@@ -229,7 +229,7 @@ fn node_ports_reach_local_backends_with_the_client_address_kept() {
     // Detached, the interface is the node's own again.
     c.a.ctl(&["node", "detach", "--iface", "eth0"]).unwrap();
     assert_eq!(
-        margay_ebpf::node::data_ifaces(c.a.bpf.path()).unwrap(),
+        margay_ebpf::nodeport::data_ifaces(c.a.bpf.path()).unwrap(),
         vec![]
     );
     let filters =

@@ -9,8 +9,9 @@ use std::process::Command;
 use margay_conf::netconf::AttachmentId;
 use margay_ebpf::abi::{self, Config};
 use margay_ebpf::node::{self, Node, PROGRAMS, Settings};
-use margay_ebpf::policy::{self, PolicySpec};
-use margay_ebpf::{inspect, maps, registry};
+use margay_ebpf::paths::map_path;
+use margay_ebpf::{inspect, maps, policy, registry};
+use margay_model::policy::PolicySpec;
 use margay_tests::bins::bin;
 use margay_tests::fixture::{Net, NetSpec, Pod};
 use margay_tests::netns::NetNs;
@@ -504,7 +505,7 @@ fn upgrades_reuse_compatible_maps_and_move_running_endpoints() {
     };
     Node::open(r, &bigger).unwrap();
     assert_eq!(
-        maps::Layout::of_pin(&maps::map_path(r, "conntrack"))
+        maps::Layout::of_pin(&map_path(r, "conntrack"))
             .unwrap()
             .max_entries,
         131_072
@@ -545,7 +546,7 @@ fn a_pinned_map_of_an_unknown_layout_is_refused_clearly() {
     std::fs::create_dir_all(r2.path().join("maps")).unwrap();
     margay_tests::bpf::pin_hash_map(&r2.path().join("maps/conntrack"), 8, 8, 16);
     Node::open(r2.path(), &Settings::default()).unwrap();
-    let ct = maps::Layout::of_pin(&maps::map_path(r2.path(), "conntrack")).unwrap();
+    let ct = maps::Layout::of_pin(&map_path(r2.path(), "conntrack")).unwrap();
     let sizes = (
         std::mem::size_of::<abi::CtKey>(),
         std::mem::size_of::<abi::CtEntry>(),

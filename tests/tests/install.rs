@@ -544,7 +544,7 @@ fn data_interfaces_of_the_conflist_get_from_net_and_uninstall_takes_it_off() {
         "{said}"
     );
     assert!(said.contains("margay-vx up"), "{said}");
-    let ifaces = margay_ebpf::node::data_ifaces(root.path()).unwrap();
+    let ifaces = margay_ebpf::nodeport::data_ifaces(root.path()).unwrap();
     assert_eq!(ifaces.len(), 1);
     assert_eq!(ifaces[0].ifname.as_deref(), Some(nic.0.name.as_str()));
     assert!(

@@ -63,7 +63,7 @@ impl Node {
     }
 
     fn policy(&self, pod: &Pod, spec: &str) {
-        let spec: margay_ebpf::policy::PolicySpec = serde_json::from_str(spec).unwrap();
+        let spec: margay_model::policy::PolicySpec = serde_json::from_str(spec).unwrap();
         margay_ebpf::policy::set(self.root(), self.ifindex(pod), &spec).unwrap();
     }
 

@@ -8,8 +8,8 @@ use margay_ebpf::abi::{
     self, CT_CLOSED, CT_CLOSING, CT_ESTABLISHED, CT_FIN_WAIT, CT_SYN_SENT, Endpoint,
 };
 use margay_ebpf::node::{Node, Settings};
-use margay_ebpf::policy::{self, PolicySpec};
-use margay_ebpf::{inspect, registry};
+use margay_ebpf::{inspect, policy, registry};
+use margay_model::policy::PolicySpec;
 use margay_tests::bpf::{BpfRoot, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, run, run_output};
 use margay_tests::packet::{
     self, Ext, L4, POD_MAC, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, ipv4, ipv6, ipv6_ext,
@@ -456,7 +456,7 @@ fn drops_are_reported_with_reason_and_tuple() {
 }
 
 fn services(f: &Fixture, services: serde_json::Value) {
-    let file: margay_ebpf::service::ServiceFile =
+    let file: margay_model::service::ServiceFile =
         serde_json::from_value(serde_json::json!({ "services": services })).unwrap();
     margay_ebpf::service::apply(f.root.path(), &file.services).unwrap();
 }

@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use margay_ebpf::abi::DROP_NO_BACKEND;
-use margay_ebpf::service::{self, Protocol, ServiceSpec, TrafficPolicy};
-use margay_ebpf::{inspect, registry};
+use margay_ebpf::{inspect, registry, service};
+use margay_model::protocol::Protocol;
+use margay_model::service::{ServiceSpec, TrafficPolicy};
 use margay_tests::fixture::{Net, NetSpec, Pod};
 use margay_tests::netns::{NetNs, run_ok, unique_name};
 use margay_tests::require_root;
@@ -579,7 +580,7 @@ fn ten_thousand_services_apply_at_once_and_the_last_one_answers() {
             name: format!("ns/svc-{i}"),
             vip: Ipv4Addr::from(0x0a60_0000 + i + 1), // 10.96.0.1 ..
             port: 80,
-            protocol: Protocol::Tcp,
+            protocol: Protocol::TCP,
             backends: vec![SocketAddrV4::new(v4(&b), server.port)],
             affinity_timeout: None,
             node_port: None,

@@ -1,0 +1,42 @@
+//! Where a BPF root keeps things: every path under it (and its locks,
+//! which cannot live on bpffs) is made here.
+//!
+//! ```text
+//! <root>/progs/{from_pod,to_pod,from_net,from_tunnel}
+//! <root>/maps/{endpoints,endpoints6,endpoints_by_ip,policies,policies6,conntrack,conntrack6,
+//!              counters,flow_events,config,svc_frontends,svc_backends,svc_meta,svc_affinity,nat,…}
+//! /run/margay/locks/<root, flattened>[.<what>].lock
+//! ```
+
+use std::path::{Path, PathBuf};
+
+/// The pin of map `name`.
+pub fn map_path(root: &Path, name: &str) -> PathBuf {
+    root.join("maps").join(name)
+}
+
+/// The pin of program `name`.
+pub fn program_path(root: &Path, name: &str) -> PathBuf {
+    root.join("progs").join(name)
+}
+
+/// Where a durable map waits while its resized replacement is loaded.
+pub(crate) fn set_aside_path(root: &Path, name: &str) -> PathBuf {
+    root.join("maps").join(format!(".{name}.previous"))
+}
+
+/// Lock files cannot live on bpffs; one per root, under /run.
+/// `what` names the lock ("" for loading, "services" for service applies).
+pub(crate) fn lock_path(root: &Path, what: &str) -> PathBuf {
+    let flat: String = root
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let name = if what.is_empty() {
+        format!("{flat}.lock")
+    } else {
+        format!("{flat}.{what}.lock")
+    };
+    PathBuf::from("/run/margay/locks").join(name)
+}
