@@ -31,17 +31,65 @@ pub fn counters(root: &Path, ifindex: u32) -> Result<Counters, DataplaneError> {
     let map = maps::counters(root)?;
     let mut total = Counters::default();
     if let Some(Ok(per_cpu)) = slot.map(|slot| map.get(&slot, 0)) {
-        for c in per_cpu.iter() {
-            for d in 0..2 {
-                total.packets[d] += c.packets[d];
-                total.bytes[d] += c.bytes[d];
-            }
-            for (t, v) in total.drops.iter_mut().zip(c.drops) {
-                *t += v;
-            }
-        }
+        add(&mut total, per_cpu.iter());
     }
     Ok(total)
+}
+
+fn add<'a>(total: &mut Counters, counters: impl Iterator<Item = &'a Counters>) {
+    for c in counters {
+        for d in 0..2 {
+            total.packets[d] += c.packets[d];
+            total.bytes[d] += c.bytes[d];
+        }
+        for (t, v) in total.drops.iter_mut().zip(c.drops) {
+            *t += v;
+        }
+    }
+}
+
+/// The whole node's dataplane in numbers, for its metrics.
+#[derive(Debug, Clone, Default)]
+pub struct NodeSummary {
+    /// Every slot's counters summed: all endpoints' and the node's own.
+    pub counters: Counters,
+    /// Endpoints registered.
+    pub endpoints: usize,
+    /// How full the flow tables are.
+    pub maps: Vec<MapFill>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapFill {
+    pub name: &'static str,
+    pub entries: u32,
+    pub capacity: u32,
+}
+
+/// Reads [`NodeSummary`]: one pass over the counters, the endpoints and
+/// the conntrack and NAT maps' keys.
+pub fn node_summary(root: &Path) -> Result<NodeSummary, DataplaneError> {
+    let mut counters = Counters::default();
+    for per_cpu in maps::counters(root)?.iter().filter_map(Result::ok) {
+        add(&mut counters, per_cpu.iter());
+    }
+    let fill = |name: &'static str, entries: usize| -> Result<MapFill, DataplaneError> {
+        let layout = maps::Layout::of_pin(&crate::paths::map_path(root, name))?;
+        Ok(MapFill {
+            name,
+            entries: entries as u32,
+            capacity: layout.max_entries,
+        })
+    };
+    Ok(NodeSummary {
+        counters,
+        endpoints: maps::endpoints(root)?.keys().count(),
+        maps: vec![
+            fill("conntrack", maps::conntrack(root)?.keys().count())?,
+            fill("conntrack6", maps::conntrack6(root)?.keys().count())?,
+            fill("nat", maps::nat(root)?.keys().count())?,
+        ],
+    })
 }
 
 /// Monotonic nanoseconds, the clock flow timestamps follow (to a tick).

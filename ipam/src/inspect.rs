@@ -144,7 +144,10 @@ pub fn with_api(
                 used: 0,
                 capacity: 0,
                 fenced: None,
-                api: Some(format!("{}, not yet in the store", say(a))),
+                api: Some(match a.invalid {
+                    Some(_) => say(a),
+                    None => format!("{}, not yet in the store", say(a)),
+                }),
             });
         }
     }

@@ -41,8 +41,12 @@ node_name() { echo "$CLUSTER_NAME-n$1"; }
 node_netns() { echo "$PREFIX-n$1"; }
 node_cgroup() { echo "$PREFIX-n$1"; }
 
-# The pod pool: 10.251.<k>.0/24, k the LAN's.
-pod_cidr() { echo "10.251.$LAN_K.0/24"; }
+# The pod pool, a /20 per cluster from k, the LAN's: 10.160.0.0/20 for k 0
+# up to 10.175.240.0/20 for k 255 (room for 64 blocks of /26).
+pod_cidr() { echo "10.$((160 + LAN_K / 16)).$(((LAN_K % 16) * 16)).0/20"; }
+
+# margay-config ConfigMap values set by `up --margay-config KEY=VALUE`.
+MARGAY_CONFIG=()
 
 # Refuses, before anything is made, a node count this script cannot start.
 nodes_validate() {
@@ -313,21 +317,34 @@ nodes_explain() {
 }
 
 # deploy/margay.yaml as the issue says, on a copy: the local image (never
-# pulled), the chosen dataplane, the cluster's pod pool.
+# pulled), the chosen dataplane, the cluster's pod pool, and any
+# --margay-config values. First the namespace and the ConfigMap that tells
+# margay-agent where the API server is (no kube-proxy: its Service address
+# answers nowhere until Margay runs).
 margay_install() {
-    local copy=$NODES_DIR/margay.yaml
+    local copy=$NODES_DIR/margay.yaml kv key value
     sed -e "s#^\( *\)image: margay/margay:latest\$#\1image: localhost/margay:latest\n\1imagePullPolicy: Never#" \
         -e "s#^  pools: .*#  pools: \"$(pod_cidr)\"#" \
         -e "s#^  dataplane: .*#  dataplane: \"$DATAPLANE\"#" \
         -e "s#\"bpf_external_service_mode\": \"tunnel\",#\"bpf_external_service_mode\": \"$EXTERNAL_SERVICE_MODE\",#" \
         "$ROOT/deploy/margay.yaml" >"$copy"
-    [[ $(grep -c 'image: localhost/margay:latest' "$copy") -ge 2 &&
+    [[ $(grep -c 'image: localhost/margay:latest' "$copy") -ge 3 &&
         $(grep -c "^  pools: \"$(pod_cidr)\"" "$copy") == 1 &&
         $(grep -c "^  dataplane: \"$DATAPLANE\"" "$copy") == 1 &&
         $(grep -c "\"bpf_external_service_mode\": \"$EXTERNAL_SERVICE_MODE\"," "$copy") == 1 ]] ||
         die "deploy/margay.yaml no longer has the image, pools, dataplane and external service mode lines this script replaces"
+    for kv in "${MARGAY_CONFIG[@]}"; do
+        key=${kv%%=*} value=${kv#*=}
+        grep -q "^  $key: " "$copy" || die "--margay-config $key: margay-config has no such key"
+        sed -i "s#^  $key: .*#  $key: \"$value\"#" "$copy"
+    done
+    kc create namespace margay-system --dry-run=client -o yaml | kc apply -f - >/dev/null
+    kc -n margay-system create configmap kubernetes-services-endpoint \
+        --from-literal=KUBERNETES_SERVICE_HOST="$CONTROL_IP" \
+        --from-literal=KUBERNETES_SERVICE_PORT="$APISERVER_PORT" \
+        --dry-run=client -o yaml | kc apply -f - >/dev/null
     kc apply -f "$copy" >/dev/null
-    say "margay applied (dataplane $DATAPLANE, pools $(pod_cidr), external service mode $EXTERNAL_SERVICE_MODE)"
+    say "margay applied (dataplane $DATAPLANE, pools $(pod_cidr), external service mode $EXTERNAL_SERVICE_MODE${MARGAY_CONFIG[*]:+, ${MARGAY_CONFIG[*]}})"
 }
 
 # Every node's daemons run (the no-op check of `up`).

@@ -11,7 +11,8 @@
 //! - [`fixture`]: a test network and its pods, cleaned up on drop;
 //! - [`cluster`]: nodes as namespaces on one LAN, with an external client;
 //! - [`driver`]: a runtime over a conflist (prevResult chaining, result cache).
-//! - [`kube`]: a real Kubernetes cluster (`scripts/cluster`), down on drop.
+//! - [`kube`]: a real Kubernetes cluster (`scripts/cluster`), down on drop;
+//! - [`workload`]: web pods on such a cluster, and talking to them.
 
 pub mod bins;
 pub mod bpf;
@@ -24,3 +25,4 @@ pub mod packet;
 pub mod privilege;
 pub mod process;
 pub mod traffic;
+pub mod workload;

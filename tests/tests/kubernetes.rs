@@ -16,92 +16,9 @@ use std::time::Duration;
 use ipnetwork::Ipv4Network;
 use margay_tests::kube::{KubeCluster, wait_for};
 use margay_tests::require_root;
-use serde_json::Value;
-
-const POD_WAIT: Duration = Duration::from_secs(120);
-/// The port the test pods serve their address-echo CGI on.
-const PORT: u16 = 8080;
-
-/// A Deployment of `replicas` busybox pods serving `GET /cgi-bin/ip`, which
-/// answers the client's address as the pod saw it. (Debian's busybox-static
-/// `wget` crashes, so clients use `nc`.)
-fn web(name: &str, replicas: u32) -> String {
-    format!(
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}}}
-spec:
-  replicas: {replicas}
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata: {{labels: {{app: {name}}}}}
-    spec:
-      terminationGracePeriodSeconds: 1
-      containers:
-      - name: web
-        image: localhost/busybox:latest
-        imagePullPolicy: Never
-        command: ["sh", "-c", "mkdir -p /www/cgi-bin && printf '#!/bin/sh\\necho\\necho $REMOTE_ADDR\\n' >/www/cgi-bin/ip && chmod +x /www/cgi-bin/ip && echo serving && exec httpd -f -p {PORT} -h /www"]
-"#
-    )
-}
-
-/// A pod as the API reports it.
-#[derive(Debug, Clone, PartialEq)]
-struct Pod {
-    name: String,
-    ip: Ipv4Addr,
-    restarts: u64,
-}
-
-/// The pods of Deployment `app`, once `count` of them run with an address.
-fn running_pods(c: &KubeCluster, app: &str, count: usize) -> Vec<Pod> {
-    wait_for(&format!("{count} running pods of {app}"), POD_WAIT, || {
-        let list = c.kubectl_json(&["get", "pods", "-l", &format!("app={app}")]);
-        let items = list["items"].as_array().cloned().unwrap_or_default();
-        let pods: Vec<Pod> = items
-            .iter()
-            .filter(|p| {
-                p["status"]["phase"] == "Running" && p["metadata"]["deletionTimestamp"].is_null()
-            })
-            .filter_map(|p| {
-                Some(Pod {
-                    name: p["metadata"]["name"].as_str()?.to_string(),
-                    ip: p["status"]["podIP"].as_str()?.parse().ok()?,
-                    restarts: p["status"]["containerStatuses"][0]["restartCount"].as_u64()?,
-                })
-            })
-            .collect();
-        if pods.len() == count && items.len() == count {
-            Ok(pods)
-        } else {
-            Err(format!("{} of {} running: {list}", pods.len(), items.len()))
-        }
-    })
-}
-
-/// What the echo CGI at `to` says `from`'s address is, or why none came.
-fn seen_address(c: &KubeCluster, from: &Pod, to: SocketAddrV4) -> Result<String, String> {
-    let request = format!(
-        "printf 'GET /cgi-bin/ip HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {} {}",
-        to.ip(),
-        to.port()
-    );
-    let out = c.try_kubectl(&["exec", &from.name, "--", "sh", "-c", &request]);
-    if !out.success {
-        return Err(format!("kubectl exec {} → {to}: {}", from.name, out.stderr));
-    }
-    Ok(out
-        .stdout
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .trim()
-        .trim_matches(['[', ']'])
-        .trim_start_matches("::ffff:")
-        .to_string())
-}
+use margay_tests::workload::{
+    POD_WAIT, PORT, addresses_in, pod_cidr, running_pods, seen_address, web,
+};
 
 /// The node's pod-side view: host veths Margay made, /32 routes to pods,
 /// IPAM allocations and (bpf) endpoints, each as the set of pod addresses
@@ -155,34 +72,6 @@ fn node_state(c: &KubeCluster, i: usize, pod_cidr: Ipv4Network) -> NodeState {
         allocations,
         endpoints,
     }
-}
-
-/// Every string in a JSON document that is an address (or a CIDR's
-/// address) in `pool`: the tests compare sets of pod addresses, whatever
-/// field names a tool's output uses.
-fn addresses_in(json: &str, pool: Ipv4Network) -> BTreeSet<Ipv4Addr> {
-    fn walk(v: &Value, pool: Ipv4Network, out: &mut BTreeSet<Ipv4Addr>) {
-        match v {
-            Value::String(s) => {
-                if let Ok(a) = s.split('/').next().unwrap().parse::<Ipv4Addr>()
-                    && pool.contains(a)
-                {
-                    out.insert(a);
-                }
-            }
-            Value::Array(a) => a.iter().for_each(|v| walk(v, pool, out)),
-            Value::Object(m) => m.values().for_each(|v| walk(v, pool, out)),
-            _ => {}
-        }
-    }
-    let v: Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"));
-    let mut out = BTreeSet::new();
-    walk(&v, pool, &mut out);
-    out
-}
-
-fn pod_cidr(c: &KubeCluster) -> Ipv4Network {
-    c.env("POD_CIDR").parse().unwrap()
 }
 
 /// Kills `<node>-containerd` and `<node>-kubelet` and waits until the

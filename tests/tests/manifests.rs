@@ -5,7 +5,7 @@
 //! with the env it reads and the host paths it writes, and the ConfigMap's
 //! template renders to a conflist the installer accepts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -259,9 +259,46 @@ fn a_misspelt_field_fails_validation() {
     );
 }
 
+/// The kinds that live in no namespace.
+const CLUSTER_SCOPED: [&str; 4] = [
+    "Namespace",
+    "CustomResourceDefinition",
+    "ClusterRole",
+    "ClusterRoleBinding",
+];
+
+/// A Role's or ClusterRole's rules as (group, resource, verb) triples.
+fn grants(role: &Value) -> BTreeSet<(String, String, String)> {
+    let mut all = BTreeSet::new();
+    for rule in list(&role["rules"], "rules") {
+        for g in list(&rule["apiGroups"], "apiGroups") {
+            for r in list(&rule["resources"], "resources") {
+                for v in list(&rule["verbs"], "verbs") {
+                    all.insert((
+                        str_of(g, "group").to_string(),
+                        str_of(r, "resource").to_string(),
+                        str_of(v, "verb").to_string(),
+                    ));
+                }
+            }
+        }
+    }
+    all
+}
+
+fn triples(list: &[(&str, &str, &[&str])]) -> BTreeSet<(String, String, String)> {
+    list.iter()
+        .flat_map(|(g, r, verbs)| {
+            verbs
+                .iter()
+                .map(move |v| (g.to_string(), r.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
 #[test]
-fn namespace_service_account_and_no_api_access() {
-    let test = "namespace_service_account_and_no_api_access";
+fn the_agent_is_granted_exactly_what_it_uses() {
+    let test = "the_agent_is_granted_exactly_what_it_uses";
     if !yaml_or_skip(test) {
         return;
     }
@@ -269,22 +306,97 @@ fn namespace_service_account_and_no_api_access() {
     find(&docs, "Namespace", "margay-system");
     let sa = find(&docs, "ServiceAccount", "margay-node");
     assert_eq!(sa["metadata"]["namespace"], "margay-system");
-    assert_eq!(sa["automountServiceAccountToken"], false);
+    assert_eq!(
+        sa["automountServiceAccountToken"], false,
+        "only the agent's container gets a token (a projected volume)"
+    );
+    // What agent/src uses: ipam.rs and gc.rs on IPAMBlocks, lib.rs's
+    // watches, lease.rs on its Lease.
+    assert_eq!(
+        grants(find(&docs, "ClusterRole", "margay-agent")),
+        triples(&[
+            (
+                "margay.dev",
+                "ipamblocks",
+                &["get", "list", "watch", "create", "delete"]
+            ),
+            ("margay.dev", "ipamblocks/status", &["patch"]),
+            ("", "nodes", &["list", "watch"]),
+            ("", "pods", &["list", "watch"]),
+        ])
+    );
+    assert_eq!(
+        grants(find(&docs, "Role", "margay-agent")),
+        triples(&[(
+            "coordination.k8s.io",
+            "leases",
+            &["get", "create", "update"]
+        )])
+    );
+    for (kind, role) in [
+        ("ClusterRoleBinding", "ClusterRole"),
+        ("RoleBinding", "Role"),
+    ] {
+        let b = find(&docs, kind, "margay-agent");
+        assert_eq!(b["roleRef"]["kind"], role);
+        assert_eq!(b["roleRef"]["name"], "margay-agent");
+        assert_eq!(
+            b["subjects"],
+            serde_json::json!([{"kind": "ServiceAccount", "name": "margay-node", "namespace": "margay-system"}])
+        );
+    }
     for d in &docs {
         let kind = str_of(&d["kind"], "kind");
-        assert!(
-            !["Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"].contains(&kind),
-            "nothing in Margay talks to the API server: {kind} {} grants what nobody uses",
+        let expected = if CLUSTER_SCOPED.contains(&kind) {
+            Value::Null
+        } else {
+            Value::from("margay-system")
+        };
+        assert_eq!(
+            d["metadata"]["namespace"], expected,
+            "{kind} {}",
             d["metadata"]["name"]
         );
-        if kind != "Namespace" {
-            assert_eq!(
-                d["metadata"]["namespace"], "margay-system",
-                "{kind} {}",
-                d["metadata"]["name"]
-            );
-        }
     }
+}
+
+/// `v` with every number as a float (YAML's `0` is the agent's `0.0`).
+fn numbers_as_floats(v: &Value) -> Value {
+    match v {
+        Value::Number(n) => serde_json::json!(n.as_f64()),
+        Value::Array(a) => Value::Array(a.iter().map(numbers_as_floats).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| (k.clone(), numbers_as_floats(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+#[test]
+fn the_ipamblock_crd_is_the_one_the_agent_is_built_with() {
+    let test = "the_ipamblock_crd_is_the_one_the_agent_is_built_with";
+    if !yaml_or_skip(test) {
+        return;
+    }
+    let docs = documents();
+    let shipped = find(&docs, "CustomResourceDefinition", "ipamblocks.margay.dev");
+    let out = Command::new(bin("margay-agent"))
+        .arg("--print-crd")
+        .output()
+        .expect("margay-agent runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let built: Value = serde_json::from_slice(&out.stdout).expect("--print-crd prints JSON");
+    assert_eq!(
+        numbers_as_floats(&shipped["spec"]),
+        numbers_as_floats(&built["spec"]),
+        "deploy/margay.yaml's CRD differs from `margay-agent --print-crd`'s"
+    );
 }
 
 #[test]
@@ -421,6 +533,83 @@ fn daemonset_runs_margay_install_with_the_host_paths_and_node_name() {
 }
 
 #[test]
+fn the_agent_runs_beside_the_installers_with_its_token_store_socket_and_probes() {
+    let test = "the_agent_runs_beside_the_installers_with_its_token_store_socket_and_probes";
+    if !yaml_or_skip(test) {
+        return;
+    }
+    let docs = documents();
+    let pod = &find(&docs, "DaemonSet", "margay-node")["spec"]["template"]["spec"];
+    let agent = container(pod, "containers", "margay-agent");
+    let command = list(&agent["command"], "command");
+    assert!(str_of(&command[0], "command[0]").ends_with("/margay-agent"));
+    assert_eq!(agent["image"], "margay/margay:latest");
+    assert_eq!(agent["securityContext"]["privileged"], true);
+    let env = env_of(agent);
+    assert_eq!(
+        env["NODENAME"].pointer("/valueFrom/fieldRef/fieldPath"),
+        Some(&Value::from("spec.nodeName"))
+    );
+    assert_eq!(
+        env["HOST_IP"].pointer("/valueFrom/fieldRef/fieldPath"),
+        Some(&Value::from("status.hostIP"))
+    );
+    assert_eq!(
+        env["MARGAY_HEALTH_ADDR"]["value"], "$(HOST_IP):9091",
+        "health and metrics on the node's own address, not every address"
+    );
+    assert_eq!(
+        agent["envFrom"],
+        serde_json::json!([{"configMapRef": {"name": "kubernetes-services-endpoint", "optional": true}}])
+    );
+    for (probe, path) in [("livenessProbe", "/livez"), ("readinessProbe", "/readyz")] {
+        assert_eq!(agent[probe]["httpGet"]["path"], path);
+        assert_eq!(agent[probe]["httpGet"]["port"], 9091);
+    }
+    let volumes: BTreeMap<&str, &Value> = list(&pod["volumes"], "volumes")
+        .iter()
+        .map(|v| (str_of(&v["name"], "volume name"), v))
+        .collect();
+    let mounts: BTreeMap<&str, &Value> = list(&agent["volumeMounts"], "volumeMounts")
+        .iter()
+        .map(|m| (str_of(&m["mountPath"], "mountPath"), m))
+        .collect();
+    for (path, host, read_only) in [
+        ("/etc/cni/net.d", "/etc/cni/net.d", true),
+        ("/var/lib/cni", "/var/lib/cni", false),
+        ("/run/margay", "/run/margay", false),
+        ("/sys/fs/bpf", "/sys/fs/bpf", false),
+    ] {
+        let m = mounts
+            .get(path)
+            .unwrap_or_else(|| panic!("the agent does not mount {path}"));
+        let v = volumes[str_of(&m["name"], "mount name")];
+        assert_eq!(v["hostPath"]["path"], host, "{path}");
+        assert_eq!(
+            m["readOnly"].as_bool().unwrap_or(false),
+            read_only,
+            "{path}"
+        );
+    }
+    let token = mounts["/var/run/secrets/kubernetes.io/serviceaccount"];
+    let token_volume = str_of(&token["name"], "token volume");
+    assert!(volumes[token_volume]["projected"]["sources"][0]["serviceAccountToken"].is_object());
+    for field in ["initContainers", "containers"] {
+        for c in list(&pod[field], field) {
+            if c["name"] != "margay-agent" {
+                assert!(
+                    list(&c["volumeMounts"], "volumeMounts")
+                        .iter()
+                        .all(|m| m["name"] != token_volume),
+                    "{}: only the agent gets the API token",
+                    c["name"]
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn configmap_template_renders_to_a_margay_conflist_without_portmap() {
     let test = "configmap_template_renders_to_a_margay_conflist_without_portmap";
     if !yaml_or_skip(test) {
@@ -454,6 +643,10 @@ fn configmap_template_renders_to_a_margay_conflist_without_portmap() {
         .find(|p| p["type"] == "margay")
         .expect("a margay plugin");
     assert_eq!(margay["ipam"]["type"], "margay-ipam");
+    assert_eq!(
+        margay["ipam"]["datastore"], "kubernetes",
+        "nodes share the pools: blocks are claimed in the API"
+    );
     assert_eq!(
         margay["ipam"]["pools"],
         serde_json::json!(["10.244.0.0/16", "fd00:244::/64"])

@@ -1,0 +1,155 @@
+//! `margay-agent`: Margay's control plane on every node, the main container
+//! of the `margay-node` DaemonSet. It watches the Kubernetes API and
+//! programs the node through the same declarative models `margayctl` takes
+//! from files; Kubernetes types stop here.
+//!
+//! - [`crd`]: the IPAMBlock custom resource and block names;
+//! - [`blocks`]: IPAMBlock objects judged (pure);
+//! - [`ipam`]: the node's blocks — claims, headroom, release, leaks, status;
+//! - [`socket`]: where margay-ipam asks for a block;
+//! - [`lease`], [`gc`]: one agent releases deleted nodes' blocks;
+//! - [`peers`]: routes to the other nodes (translation pure);
+//! - [`http`], [`metrics`], [`dataplane_metrics`], [`health`]: `/livez`,
+//!   `/readyz`, `/metrics`;
+//! - [`node_conf`], [`settings`]: what the agent is told.
+//!
+//! Restarting the agent never disturbs the node: nothing is flushed or
+//! reloaded at start, and every part applies only after its caches are
+//! fully synced, as diffs.
+
+pub mod blocks;
+pub mod crd;
+pub mod dataplane_metrics;
+pub mod gc;
+pub mod health;
+pub mod http;
+pub mod ipam;
+pub mod lease;
+pub mod metrics;
+pub mod node_conf;
+pub mod peers;
+pub mod settings;
+pub mod socket;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::Api;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use margay_conf::margay::{Dataplane, Datastore};
+use tokio::sync::{mpsc, watch};
+
+use crate::gc::NodeGoneCollector;
+use crate::health::Health;
+use crate::ipam::{ClusterBlocks, IpamController};
+use crate::metrics::Metrics;
+use crate::node_conf::NodeConf;
+use crate::peers::PeerSync;
+use crate::settings::Settings;
+
+/// Runs the agent until SIGTERM or SIGINT, or until a part of it fails.
+///
+/// # Errors
+/// The conflist cannot be read, the API client cannot be configured, or
+/// the health server or the socket cannot be set up.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let settings = Arc::new(settings);
+    let node = NodeConf::read(&settings.conflist, &settings.node_name)?;
+    let client = kube::Client::try_default()
+        .await
+        .context("configuring the Kubernetes client (in-cluster, or KUBECONFIG)")?;
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::default());
+    let mut tasks = tokio::task::JoinSet::new();
+
+    let (nodes, nodes_writer) = reflector::store();
+    let (nodes_changed, nodes_seen) = watch::channel(());
+    let node_events = reflector(
+        nodes_writer,
+        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()).default_backoff(),
+    );
+    tokio::spawn(peers::signal_changes(node_events, nodes_changed));
+
+    let (blocks_tx, blocks_rx) = watch::channel(Arc::new(ClusterBlocks::default()));
+    if node.ipam.datastore == Datastore::Kubernetes {
+        let (pods, pods_writer) = reflector::store();
+        let on_this_node =
+            watcher::Config::default().fields(&format!("spec.nodeName={}", settings.node_name));
+        let pod_events = reflector(
+            pods_writer,
+            watcher(Api::<Pod>::all(client.clone()), on_this_node).default_backoff(),
+        );
+        tokio::spawn(pod_events.for_each(|_| async {}));
+        let (claims_tx, claims_rx) = mpsc::channel(64);
+        let controller = IpamController::new(
+            client.clone(),
+            node.ipam.clone(),
+            settings.clone(),
+            metrics.clone(),
+            health.clone(),
+            blocks_tx,
+            pods,
+        );
+        tokio::spawn(controller.run(claims_rx));
+        let socket = node.ipam.agent_socket.clone();
+        let blocks = blocks_rx.clone();
+        tasks.spawn(async move { socket::serve(&socket, claims_tx, blocks).await });
+        let collector = NodeGoneCollector {
+            client: client.clone(),
+            namespace: settings.namespace.clone(),
+            identity: settings.node_name.clone(),
+            grace: settings.node_gone_grace,
+            nodes: nodes.clone(),
+            blocks: blocks_rx.clone(),
+            metrics: metrics.clone(),
+        };
+        tokio::spawn(collector.run());
+    } else {
+        tracing::warn!(
+            "ipam.datastore is local in {}: blocks are not claimed in the Kubernetes API, and nodes must not share pools",
+            settings.conflist.display()
+        );
+        health.ipam_synced();
+    }
+
+    if settings.routes && node.dataplane == Dataplane::Bpf {
+        let sync = PeerSync {
+            node_name: settings.node_name.clone(),
+            bpf_root: node.bpf_root.clone(),
+            nodes,
+            nodes_changed: nodes_seen,
+            blocks: blocks_rx,
+            health: health.clone(),
+            metrics: metrics.clone(),
+        };
+        tokio::spawn(sync.run());
+    } else {
+        if settings.routes {
+            tracing::warn!("routes to other nodes are programmed in the bpf dataplane only");
+        }
+        health.routes_synced();
+    }
+
+    let dataplane = (node.dataplane == Dataplane::Bpf)
+        .then(|| dataplane_metrics::Source::new(node.bpf_root.clone()));
+    let addr = settings.health_addr;
+    let (h, m) = (health.clone(), metrics.clone());
+    tasks.spawn(async move { http::serve(addr, h, m, dataplane).await });
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping; the node keeps what is programmed"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping; the node keeps what is programmed"),
+        Some(done) = tasks.join_next() => {
+            return match done {
+                Ok(Ok(())) => Err(anyhow::anyhow!("a part of the agent stopped")),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(anyhow::anyhow!("a part of the agent panicked: {e}")),
+            };
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,278 @@
+//! Routes to the other nodes' pods, from the API: each other Node's
+//! InternalIP is a peer, its IPAMBlocks are the peer's pod CIDRs; a peer on
+//! this node's own subnet is reached directly, one on another subnet
+//! through the VXLAN tunnel (Calico's CrossSubnet). The translation
+//! ([`desired`]) is a pure function; [`PeerSync`] applies it through the
+//! same peers model `margayctl node peers -f` takes, whenever Nodes or
+//! blocks change.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use ipnetwork::{IpNetwork, Ipv4Network};
+use k8s_openapi::api::core::v1::Node;
+use kube::runtime::reflector::Store as Reflected;
+use margay_model::peer::PeerSpec;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::health::Health;
+use crate::ipam::ClusterBlocks;
+use crate::metrics::{Metrics, WhatLabel};
+
+/// A Node as the routes need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAddress {
+    pub name: String,
+    /// Its first IPv4 InternalIP.
+    pub address: Option<Ipv4Addr>,
+}
+
+impl NodeAddress {
+    pub fn of(node: &Node) -> NodeAddress {
+        let address = node
+            .status
+            .iter()
+            .flat_map(|s| s.addresses.iter().flatten())
+            .filter(|a| a.type_ == "InternalIP")
+            .find_map(|a| a.address.parse::<Ipv4Addr>().ok());
+        NodeAddress {
+            name: node.metadata.name.clone().unwrap_or_default(),
+            address,
+        }
+    }
+}
+
+/// The peers this node (`me`, on `my_subnet`) should know: every other
+/// node with an IPv4 address and IPv4 blocks, sorted by name. A node
+/// without an address yet, or without blocks, gets no routes.
+pub fn desired(
+    me: &str,
+    my_subnet: Option<Ipv4Network>,
+    nodes: &[NodeAddress],
+    holders: &BTreeMap<IpNetwork, String>,
+) -> Vec<PeerSpec> {
+    let mut peers: Vec<PeerSpec> = nodes
+        .iter()
+        .filter(|n| n.name != me)
+        .filter_map(|n| {
+            let address = n.address?;
+            let pod_cidrs: Vec<Ipv4Network> = holders
+                .iter()
+                .filter(|(_, holder)| **holder == n.name)
+                .filter_map(|(cidr, _)| match cidr {
+                    IpNetwork::V4(c) => Some(*c),
+                    IpNetwork::V6(_) => None,
+                })
+                .collect();
+            (!pod_cidrs.is_empty()).then(|| PeerSpec {
+                name: n.name.clone(),
+                address,
+                pod_cidrs,
+                encap: my_subnet.is_some_and(|s| !s.contains(address)),
+            })
+        })
+        .collect();
+    peers.sort_by(|a, b| a.name.cmp(&b.name));
+    peers
+}
+
+/// The subnet of the interface holding `address` on this host.
+pub fn subnet_of(address: Ipv4Addr) -> Option<Ipv4Network> {
+    let addrs = nix::ifaddrs::getifaddrs().ok()?;
+    for a in addrs {
+        let (Some(ip), Some(mask)) = (a.address, a.netmask) else {
+            continue;
+        };
+        let (Some(ip), Some(mask)) = (ip.as_sockaddr_in(), mask.as_sockaddr_in()) else {
+            continue;
+        };
+        if ip.ip() == address {
+            return Ipv4Network::with_netmask(address, mask.ip()).ok();
+        }
+    }
+    None
+}
+
+/// Keeps the node's peers in sync.
+pub struct PeerSync {
+    pub node_name: String,
+    /// Where the dataplane's maps are (bpf mode).
+    pub bpf_root: PathBuf,
+    pub nodes: Reflected<Node>,
+    pub nodes_changed: watch::Receiver<()>,
+    pub blocks: watch::Receiver<Arc<ClusterBlocks>>,
+    pub health: Arc<Health>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// After a failed apply, the next try waits this long.
+const RETRY: Duration = Duration::from_secs(2);
+/// Changes closer together than this are applied at once.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+impl PeerSync {
+    pub async fn run(mut self) {
+        let _ = self.nodes.wait_until_ready().await;
+        let mut applied: Option<Vec<PeerSpec>> = None;
+        let mut changed_at = Some(Instant::now());
+        loop {
+            if let Some(at) = changed_at {
+                tokio::time::sleep(DEBOUNCE).await;
+                match self.sync(&applied).await {
+                    Ok(Some(now)) => {
+                        applied = Some(now);
+                        self.metrics
+                            .sync_latency
+                            .get_or_create(&WhatLabel { what: "routes" })
+                            .observe(at.elapsed().as_secs_f64());
+                        changed_at = None;
+                    }
+                    Ok(None) => changed_at = None,
+                    Err(e) => {
+                        tracing::error!("routes to other nodes: {e}");
+                        tokio::time::sleep(RETRY).await;
+                        continue;
+                    }
+                }
+            }
+            tokio::select! {
+                r = self.nodes_changed.changed() => if r.is_err() { return },
+                r = self.blocks.changed() => if r.is_err() { return },
+            }
+            changed_at.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// Applies the desired peers when they differ from `applied`: the new
+    /// set, or `None` when nothing was to be done (not synced, or unchanged).
+    async fn sync(&self, applied: &Option<Vec<PeerSpec>>) -> anyhow::Result<Option<Vec<PeerSpec>>> {
+        let view = self.blocks.borrow().clone();
+        if !view.synced {
+            return Ok(None);
+        }
+        let nodes: Vec<NodeAddress> = self
+            .nodes
+            .state()
+            .iter()
+            .map(|n| NodeAddress::of(n))
+            .collect();
+        let my_subnet = nodes
+            .iter()
+            .find(|n| n.name == self.node_name)
+            .and_then(|n| n.address)
+            .and_then(subnet_of);
+        let peers = desired(
+            &self.node_name,
+            my_subnet,
+            &nodes,
+            &crate::blocks::holders(&view.views),
+        );
+        if applied.as_ref() == Some(&peers) {
+            return Ok(None);
+        }
+        let root = self.bpf_root.clone();
+        let wanted = peers.clone();
+        let report =
+            tokio::task::spawn_blocking(move || margay_ebpf::cluster::apply_peers(&root, &wanted))
+                .await
+                .expect("applying peers does not panic")?;
+        tracing::info!(
+            peers = peers.len(),
+            cidrs = report.cidrs,
+            routes = report.routes,
+            removed = report.removed,
+            "routes to other nodes applied"
+        );
+        self.health.routes_synced();
+        Ok(Some(peers))
+    }
+}
+
+/// Bumps `changed` on every event of a reflector's stream.
+pub async fn signal_changes<S, T, E>(stream: S, changed: watch::Sender<()>)
+where
+    S: futures::Stream<Item = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let mut stream = std::pin::pin!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(_) => changed.send_replace(()),
+            Err(e) => tracing::warn!("watching Nodes: {e} (retrying)"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, ip: Option<&str>) -> NodeAddress {
+        NodeAddress {
+            name: name.into(),
+            address: ip.map(|i| i.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn peers_are_the_other_nodes_with_their_blocks_tunnelled_across_subnets() {
+        let nodes = [
+            node("a", Some("192.168.0.10")),
+            node("b", Some("192.168.0.11")),
+            node("c", Some("192.168.7.12")),
+            node("d", None),
+            node("e", Some("192.168.0.14")),
+        ];
+        let holders: BTreeMap<IpNetwork, String> = [
+            ("10.0.0.0/26", "a"),
+            ("10.0.0.64/26", "b"),
+            ("10.0.1.0/26", "b"),
+            ("10.0.2.0/26", "c"),
+            ("10.0.3.0/26", "d"),
+            ("10.0.9.0/26", "gone"),
+            ("fd00::/122", "b"),
+        ]
+        .into_iter()
+        .map(|(c, n)| (c.parse().unwrap(), n.to_string()))
+        .collect();
+        let peers = desired(
+            "a",
+            Some("192.168.0.0/24".parse().unwrap()),
+            &nodes,
+            &holders,
+        );
+        let summary: Vec<(String, Vec<String>, bool)> = peers
+            .iter()
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    p.pod_cidrs.iter().map(ToString::to_string).collect(),
+                    p.encap,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (
+                    "b".into(),
+                    vec!["10.0.0.64/26".into(), "10.0.1.0/26".into()],
+                    false
+                ),
+                ("c".into(), vec!["10.0.2.0/26".into()], true),
+            ],
+            "no route to itself, to a node without an address or blocks, or for a gone node's block"
+        );
+        assert!(
+            desired("a", None, &nodes, &holders)
+                .iter()
+                .all(|p| !p.encap),
+            "an unknown subnet routes directly"
+        );
+    }
+}

@@ -1,0 +1,604 @@
+//! margay-agent on a real cluster (`scripts/cluster`, three nodes unless
+//! said): address blocks claimed through the Kubernetes API so nodes never
+//! share an address, routes between nodes from Node objects, health and
+//! metrics, and what happens when the agent or the API server goes away.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ipnetwork::Ipv4Network;
+use margay_tests::bins::bin;
+use margay_tests::kube::{KubeCluster, wait_for};
+use margay_tests::require_root;
+use margay_tests::workload::{
+    POD_WAIT, PORT, Pod, pod_cidr, running_pods, seen_address, web_across_nodes,
+};
+use serde_json::Value;
+
+/// An IPAMBlock object as the API has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ApiBlock {
+    name: String,
+    cidr: Ipv4Network,
+    node: String,
+}
+
+fn api_blocks(c: &KubeCluster) -> Vec<ApiBlock> {
+    let list = c.kubectl_json(&["get", "ipamblocks"]);
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| ApiBlock {
+            name: o["metadata"]["name"].as_str().unwrap().to_string(),
+            cidr: o["spec"]["cidr"].as_str().unwrap().parse().unwrap(),
+            node: o["spec"]["node"].as_str().unwrap().to_string(),
+        })
+        .collect()
+}
+
+/// No two objects share an address.
+fn assert_disjoint(blocks: &[ApiBlock]) {
+    for (i, a) in blocks.iter().enumerate() {
+        for b in &blocks[i + 1..] {
+            assert!(
+                !a.cidr.overlaps(b.cidr),
+                "{a:?} and {b:?} overlap: a block is held twice"
+            );
+        }
+    }
+}
+
+/// `margay-ipam blocks --json` on node `i`: the store's blocks with what
+/// the API says of each.
+fn node_blocks(c: &KubeCluster, i: usize) -> Vec<Value> {
+    let out = c.on_node_ok(i, &["/opt/cni/bin/margay-ipam", "blocks", "--json"]);
+    serde_json::from_str::<Vec<Value>>(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// An HTTP GET from node `i`'s own namespace (bash's /dev/tcp: nothing to
+/// install), the response's body.
+fn http_get(c: &KubeCluster, i: usize, addr: &str, path: &str) -> Result<String, String> {
+    let (host, port) = addr.split_once(':').unwrap();
+    let script = format!(
+        "exec 3<>/dev/tcp/{host}/{port} && printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
+    );
+    let out = c.on_node(i, &["bash", "-c", &script]);
+    if !out.success {
+        return Err(out.stderr);
+    }
+    let (head, body) = out
+        .stdout
+        .split_once("\r\n\r\n")
+        .ok_or("no HTTP response")?;
+    if head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200") {
+        Ok(body.to_string())
+    } else {
+        Err(format!("{head}\n{body}"))
+    }
+}
+
+/// The value of the first sample of `name` (with these label text bits).
+fn sample(metrics: &str, name: &str, labels: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(name) && l.contains(labels))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Pods of a Deployment spread over three nodes get distinct addresses,
+/// each from a block the API gives its own node; pods on different nodes
+/// reach each other with their own address as the source; every node's
+/// store agrees with the API; the agent is ready and reports its blocks
+/// and the dataplane's counters on the node's address.
+#[test]
+fn pods_on_three_nodes_get_addresses_of_their_nodes_blocks_and_talk_across() {
+    require_root!(pods_on_three_nodes_get_addresses_of_their_nodes_blocks_and_talk_across);
+    let c = KubeCluster::up("agt", &["--nodes", "3"]);
+    let pool = pod_cidr(&c);
+    c.apply(&web_across_nodes("web", 6));
+    let pods = running_pods(&c, "web", 6);
+
+    let ips: BTreeSet<Ipv4Addr> = pods.iter().map(|p| p.ip).collect();
+    assert_eq!(ips.len(), 6, "addresses not distinct: {pods:?}");
+    let blocks = api_blocks(&c);
+    assert_disjoint(&blocks);
+    for p in &pods {
+        assert!(pool.contains(p.ip), "{p:?} outside {pool}");
+        let b = blocks
+            .iter()
+            .find(|b| b.cidr.contains(p.ip))
+            .unwrap_or_else(|| panic!("{p:?} is in no IPAMBlock: {blocks:?}"));
+        assert_eq!(b.node, p.node, "{p:?} has an address of {b:?}");
+    }
+    let nodes: BTreeSet<&str> = pods.iter().map(|p| p.node.as_str()).collect();
+    assert_eq!(
+        nodes.len(),
+        3,
+        "the pods spread over the three nodes: {pods:?}"
+    );
+
+    // Across nodes, both ways, the server seeing the client pod itself.
+    let one_per_node: BTreeMap<&str, &Pod> = pods.iter().map(|p| (p.node.as_str(), p)).collect();
+    for from in one_per_node.values() {
+        for to in one_per_node.values().filter(|p| p.node != from.node) {
+            let seen = seen_address(&c, from, SocketAddrV4::new(to.ip, PORT))
+                .unwrap_or_else(|e| panic!("{} → {}: {e}", from.name, to.name));
+            assert_eq!(seen, from.ip.to_string(), "{} → {}", from.name, to.name);
+        }
+    }
+
+    for i in 0..3 {
+        let node = c.node_name(i).to_string();
+        let held: BTreeSet<String> = blocks
+            .iter()
+            .filter(|b| b.node == node)
+            .map(|b| b.cidr.to_string())
+            .collect();
+        let store = node_blocks(&c, i);
+        let stored: BTreeSet<String> = store
+            .iter()
+            .map(|b| b["cidr"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            stored, held,
+            "node {i}'s store is what the API gives it: {store:?}"
+        );
+        for b in &store {
+            assert_eq!(b["api"], "held by this node", "{b}");
+            assert!(b.get("fenced").is_none(), "{b}");
+        }
+
+        let addr = format!("{}:9091", c.env(&format!("NODE_IP_{i}")));
+        assert_eq!(http_get(&c, i, &addr, "/readyz").unwrap(), "ok\n");
+        let metrics = http_get(&c, i, &addr, "/metrics").unwrap();
+        assert_eq!(
+            sample(&metrics, "margay_ipam_blocks", "ipv4"),
+            Some(held.len() as f64),
+            "{metrics}"
+        );
+        let pods_here = pods.iter().filter(|p| p.node == node).count() as f64;
+        assert!(
+            sample(&metrics, "margay_ipam_used_addresses", "ipv4") >= Some(pods_here),
+            "{metrics}"
+        );
+        assert!(
+            sample(&metrics, "margay_dataplane_packets_total", "from_pod") > Some(0.0),
+            "{metrics}"
+        );
+        assert!(
+            http_get(&c, i, "127.0.0.2:9091", "/livez").is_err(),
+            "only the node's own address serves"
+        );
+    }
+}
+
+/// A margay-agent run on the host for a node that does not exist: the
+/// extra claimants the tests set against the real nodes.
+struct Claimant {
+    node: String,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    min_free: u32,
+    kubeconfig: String,
+    pool: Ipv4Network,
+}
+
+impl Claimant {
+    fn new(c: &KubeCluster, node: &str, min_free: u32) -> Claimant {
+        let mut me = Claimant {
+            node: node.to_string(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            min_free,
+            kubeconfig: c.env("KUBECONFIG").to_string(),
+            pool: pod_cidr(c),
+        };
+        std::fs::write(me.conflist(), me.conflist_text()).unwrap();
+        me.start();
+        me
+    }
+
+    fn conflist(&self) -> PathBuf {
+        self.dir.path().join("10-margay.conflist")
+    }
+
+    fn conflist_text(&self) -> String {
+        serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "k8s-pod-network",
+            "plugins": [{
+                "type": "margay",
+                "dataplane": "linux",
+                "nodename": self.node,
+                "ipam": {
+                    "type": "margay-ipam",
+                    "datastore": "kubernetes",
+                    "pools": [self.pool.to_string()],
+                    "data_dir": self.dir.path().join("ipam"),
+                    "agent_socket": self.dir.path().join("agent.sock"),
+                }
+            }]
+        })
+        .to_string()
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .unwrap();
+        let child = Command::new(bin("margay-agent"))
+            .env_clear()
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("NODENAME", &self.node)
+            .env("MARGAY_CONFLIST", self.conflist())
+            .env("MARGAY_HEALTH_ADDR", "127.0.0.1:0")
+            .env("MARGAY_AGENT_ROUTES", "false")
+            .env("MARGAY_IPAM_MIN_FREE", self.min_free.to_string())
+            .env("MARGAY_LOG_LEVEL", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// `margay-ipam blocks --json` over this claimant's store.
+    fn blocks(&self) -> Vec<Value> {
+        let out = Command::new(bin("margay-ipam"))
+            .args(["--conf"])
+            .arg(self.conflist())
+            .args(["blocks", "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Its store's blocks, once they are the API's and enough for its
+    /// headroom.
+    fn settled(&self, c: &KubeCluster) -> BTreeSet<Ipv4Network> {
+        wait_for(&format!("{} settled", self.node), POD_WAIT, || {
+            let held: BTreeSet<Ipv4Network> = api_blocks(c)
+                .into_iter()
+                .filter(|b| b.node == self.node)
+                .map(|b| b.cidr)
+                .collect();
+            let stored: BTreeSet<Ipv4Network> = self
+                .blocks()
+                .iter()
+                .map(|b| b["cidr"].as_str().unwrap().parse().unwrap())
+                .collect();
+            let capacity: u32 = stored.iter().map(|b| b.size()).sum();
+            if stored == held && capacity >= self.min_free {
+                Ok(stored)
+            } else {
+                Err(format!("API {held:?}, store {stored:?}\n{}", self.log()))
+            }
+        })
+    }
+}
+
+impl Drop for Claimant {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Eight agents claim blocks of one pool at the same moment, beside the
+/// three real nodes: no block is held twice, every claimant's store holds
+/// exactly what the API gives it. One of them killed with SIGKILL in the
+/// middle of its claims and started again leaks nothing: whatever it had
+/// claimed is in its store after the restart, and nothing is held twice.
+#[test]
+fn eight_claimants_at_once_hold_no_block_twice_even_when_one_is_killed() {
+    require_root!(eight_claimants_at_once_hold_no_block_twice_even_when_one_is_killed);
+    let c = KubeCluster::up("agc", &["--nodes", "3"]);
+    let before = api_blocks(&c).len();
+    assert!(before >= 3, "each real node holds a block: {before}");
+    // Seven blocks' worth of headroom each: 56 of the pool's 64 blocks,
+    // all wanted at once, from the lowest free ones up.
+    let started = Instant::now();
+    let mut claimants: Vec<Claimant> = (0..8)
+        .map(|i| Claimant::new(&c, &format!("claimant-{i}"), 7 * 62))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    claimants[3].kill(); // In the middle of its claims.
+    let mut settled = BTreeMap::new();
+    for cl in &claimants {
+        if cl.child.is_some() {
+            settled.insert(cl.node.clone(), cl.settled(&c));
+        }
+    }
+    let took = started.elapsed();
+    claimants[3].start();
+    settled.insert(claimants[3].node.clone(), claimants[3].settled(&c));
+
+    let all = api_blocks(&c);
+    assert_disjoint(&all);
+    for (node, blocks) in &settled {
+        assert_eq!(blocks.len(), 7, "{node}: {blocks:?}");
+    }
+    let conflicts: usize = claimants
+        .iter()
+        .map(|cl| cl.log().matches("AlreadyExists").count())
+        .sum();
+    eprintln!(
+        "8 claimants: {} blocks claimed in {took:?} ({:.0} claims/s), {conflicts} lost races logged",
+        all.len() - before,
+        (all.len() - before) as f64 / took.as_secs_f64()
+    );
+    for i in 0..3 {
+        let node = c.node_name(i).to_string();
+        let theirs: Vec<&ApiBlock> = all.iter().filter(|b| b.node == node).collect();
+        assert!(!theirs.is_empty(), "{node} still holds its blocks");
+    }
+}
+
+/// A hand-written IPAMBlock overlapping a held block is refused by every
+/// agent (the older claim wins), and one naming a node that does not exist
+/// is released after the grace period by the agent holding the Lease.
+#[test]
+fn hand_written_blocks_are_refused_or_released_and_nothing_is_double_used() {
+    require_root!(hand_written_blocks_are_refused_or_released_and_nothing_is_double_used);
+    let c = KubeCluster::up(
+        "agh",
+        &[
+            "--nodes",
+            "2",
+            "--margay-config",
+            "ipam_node_gone_grace=10s",
+        ],
+    );
+    let node0 = c.node_name(0).to_string();
+    let node1 = c.node_name(1).to_string();
+    let held = api_blocks(&c)
+        .into_iter()
+        .find(|b| b.node == node0)
+        .expect("node 0 holds a block");
+    // The /25 around node 0's /26, given to node 1 by hand.
+    let wide = Ipv4Network::new(held.cidr.network(), held.cidr.prefix() - 1).unwrap();
+    let wide = Ipv4Network::new(wide.network(), wide.prefix()).unwrap();
+    let name = |n: &Ipv4Network| {
+        format!(
+            "{}-{}",
+            n.network().to_string().replace('.', "-"),
+            n.prefix()
+        )
+    };
+    let ghost_block = {
+        let pool = pod_cidr(&c);
+        let last = u32::from(pool.broadcast()) - 63;
+        Ipv4Network::new(Ipv4Addr::from(last), 26).unwrap()
+    };
+    let object = |n: &Ipv4Network, node: &str| {
+        format!(
+            "apiVersion: margay.dev/v1\nkind: IPAMBlock\nmetadata: {{name: {}}}\nspec: {{cidr: {n}, node: {node}}}\n",
+            name(n)
+        )
+    };
+    c.apply(&object(&wide, &node1));
+    c.apply(&object(&ghost_block, "ghost"));
+
+    wait_for("node 1 refusing the overlapping block", POD_WAIT, || {
+        let blocks = node_blocks(&c, 1);
+        let row = blocks.iter().find(|b| b["cidr"] == wide.to_string());
+        match row.map(|b| (b["api"].as_str().unwrap_or(""), b["capacity"].as_u64())) {
+            Some((api, Some(0))) if api.starts_with("invalid: ") && api.contains("overlaps") => {
+                Ok(())
+            }
+            _ => Err(format!("{blocks:?}")),
+        }
+    });
+    assert!(
+        node_blocks(&c, 0)
+            .iter()
+            .any(|b| b["cidr"] == held.cidr.to_string() && b["api"] == "held by this node"),
+        "node 0 keeps its block"
+    );
+    // Pods on node 0 still get addresses of its own block.
+    c.apply(&web_across_nodes("web", 2));
+    let pods = running_pods(&c, "web", 2);
+    for p in &pods {
+        let b = api_blocks(&c)
+            .into_iter()
+            .filter(|b| b.name != name(&wide))
+            .find(|b| b.cidr.contains(p.ip))
+            .unwrap_or_else(|| panic!("{p:?} in no valid block"));
+        assert_eq!(b.node, p.node);
+    }
+
+    wait_for(
+        "the ghost's block released",
+        Duration::from_secs(90),
+        || {
+            let left: Vec<ApiBlock> = api_blocks(&c)
+                .into_iter()
+                .filter(|b| b.node == "ghost")
+                .collect();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left:?}"))
+            }
+        },
+    );
+    assert!(
+        api_blocks(&c).iter().any(|b| b.cidr == wide),
+        "an invalid block of a node that exists is left for its author"
+    );
+}
+
+/// A ping between pods on two nodes loses nothing while the agents are
+/// killed and come back, and while the API server is stopped; with the API
+/// away, a new pod's ADD on a node with free addresses still succeeds.
+#[test]
+fn agent_restarts_and_an_api_outage_disturb_no_running_pod() {
+    require_root!(agent_restarts_and_an_api_outage_disturb_no_running_pod);
+    let c = KubeCluster::up("agr", &["--nodes", "2"]);
+    c.apply(&web_across_nodes("web", 2));
+    let pods = running_pods(&c, "web", 2);
+    let (a, b) = (&pods[0], &pods[1]);
+    assert_ne!(a.node, b.node);
+    let ping = Pinger::start(&c, a, b.ip);
+
+    // Every agent killed at once; kubelet starts them again.
+    for i in 0..2 {
+        c.on_node_ok(i, &["pkill", "-KILL", "-x", "margay-agent"]);
+    }
+    for i in 0..2 {
+        let addr = format!("{}:9091", c.env(&format!("NODE_IP_{i}")));
+        wait_for(&format!("node {i}'s agent ready again"), POD_WAIT, || {
+            http_get(&c, i, &addr, "/readyz")
+        });
+    }
+
+    // The API server stopped: nothing answers the agents.
+    let apiserver = c.pid_of("kube-apiserver").expect("the apiserver runs");
+    let stopped = Stopped::process(apiserver);
+    std::thread::sleep(Duration::from_secs(3));
+    let added = add_directly(&c, 0, "outage");
+    assert!(
+        pod_cidr(&c).contains(added),
+        "ADD without the API got {added}"
+    );
+    drop(stopped);
+    wait_for("the API back", POD_WAIT, || {
+        c.try_kubectl(&["get", "--raw", "/readyz"])
+            .success
+            .then_some(())
+            .ok_or_else(|| "not ready".to_string())
+    });
+    del_directly(&c, 0, "outage");
+
+    let (sent, lost) = ping.stop();
+    assert!(sent >= 20, "the ping ran: {sent} sent");
+    assert_eq!(lost, 0, "{lost} of {sent} pings lost");
+}
+
+/// A ping from a pod (its own container, so no `kubectl exec` stream that
+/// an API outage would cut) counted from its log.
+struct Pinger<'a> {
+    c: &'a KubeCluster,
+    pod: String,
+}
+
+impl<'a> Pinger<'a> {
+    fn start(c: &'a KubeCluster, from: &Pod, to: Ipv4Addr) -> Pinger<'a> {
+        let pod = format!("pinger-{}", std::process::id());
+        c.apply(&format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {pod}}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: ping
+    image: localhost/busybox:latest
+    imagePullPolicy: Never
+    command: ["ping", "-i", "0.2", "{to}"]
+"#,
+            node = from.node
+        ));
+        wait_for("the pinger running", POD_WAIT, || {
+            let log = c.try_kubectl(&["logs", &pod]);
+            if log.stdout.contains("seq=") {
+                Ok(())
+            } else {
+                Err(log.stderr)
+            }
+        });
+        Pinger { c, pod }
+    }
+
+    /// Stops it: (sent, lost), from the sequence numbers it printed.
+    fn stop(self) -> (u64, u64) {
+        let log = self.c.kubectl(&["logs", &self.pod]);
+        let seqs: Vec<u64> = log
+            .lines()
+            .filter_map(|l| l.split("seq=").nth(1)?.split(' ').next()?.parse().ok())
+            .collect();
+        let last = *seqs.iter().max().unwrap_or(&0);
+        // The last few may still be in flight.
+        let expected: BTreeSet<u64> = (0..last.saturating_sub(2)).collect();
+        let got: BTreeSet<u64> = seqs.into_iter().collect();
+        let lost = expected.difference(&got).count() as u64;
+        (last, lost)
+    }
+}
+
+impl Drop for Pinger<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .c
+            .try_kubectl(&["delete", "pod", &self.pod, "--wait=false"]);
+    }
+}
+
+/// A process stopped (SIGSTOP) until dropped (SIGCONT).
+struct Stopped(nix::unistd::Pid);
+
+impl Stopped {
+    fn process(pid: u32) -> Stopped {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+/// CNI ADD on node `i` as its runtime would run it (the installed conflist
+/// and binaries), for a namespace `name` made there; the address it got.
+fn add_directly(c: &KubeCluster, i: usize, name: &str) -> Ipv4Addr {
+    let script = format!(
+        "set -e; ip netns add {name}; \
+         jq '.plugins[0] + {{name: .name, cniVersion: .cniVersion}}' /etc/cni/net.d/10-margay.conflist | \
+         CNI_COMMAND=ADD CNI_CONTAINERID={name} CNI_NETNS=/run/netns/{name} CNI_IFNAME=eth0 \
+         CNI_PATH=/opt/cni/bin /opt/cni/bin/margay"
+    );
+    let out = c.on_node_ok(i, &["bash", "-c", &script]);
+    let result: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    result["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {result}"))
+}
+
+fn del_directly(c: &KubeCluster, i: usize, name: &str) {
+    let script = format!(
+        "set -e; \
+         jq '.plugins[0] + {{name: .name, cniVersion: .cniVersion}}' /etc/cni/net.d/10-margay.conflist | \
+         CNI_COMMAND=DEL CNI_CONTAINERID={name} CNI_NETNS=/run/netns/{name} CNI_IFNAME=eth0 \
+         CNI_PATH=/opt/cni/bin /opt/cni/bin/margay; ip netns del {name}"
+    );
+    c.on_node_ok(i, &["bash", "-c", &script]);
+}
