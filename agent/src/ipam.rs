@@ -86,7 +86,10 @@ struct Local {
 }
 
 pub struct IpamController {
+    /// For requests (bounded in time).
     api: Api<IpamBlock>,
+    /// For the watch.
+    watch_api: Api<IpamBlock>,
     conf: IpamConf,
     settings: Arc<Settings>,
     metrics: Arc<Metrics>,
@@ -109,7 +112,7 @@ pub struct IpamController {
 
 impl IpamController {
     pub fn new(
-        client: kube::Client,
+        clients: &crate::Clients,
         conf: IpamConf,
         settings: Arc<Settings>,
         metrics: Arc<Metrics>,
@@ -118,7 +121,8 @@ impl IpamController {
         pods: Reflected<Pod>,
     ) -> IpamController {
         IpamController {
-            api: Api::all(client),
+            api: Api::all(clients.requests.clone()),
+            watch_api: Api::all(clients.watches.clone()),
             conf,
             settings,
             metrics,
@@ -142,7 +146,7 @@ impl IpamController {
         // kube-runtime's watcher relists after an outage or a too-old
         // resourceVersion, and backs off between attempts.
         let events =
-            watcher::watcher(self.api.clone(), watcher::Config::default()).default_backoff();
+            watcher::watcher(self.watch_api.clone(), watcher::Config::default()).default_backoff();
         let mut events = std::pin::pin!(events);
         let mut tick = tokio::time::interval(RESYNC);
         let mut listing: Option<BTreeMap<String, IpamBlock>> = None;
@@ -312,6 +316,7 @@ impl IpamController {
         if !self.synced {
             return;
         }
+        tracing::debug!(objects = self.objects.len(), "IPAM pass");
         self.judge();
         let mut local = match self.sync_store().await {
             Ok(l) => l,
@@ -434,6 +439,7 @@ impl IpamController {
             }
             Err(kube::Error::Api(s)) if s.reason == "AlreadyExists" => {
                 self.metrics.claim("conflict");
+                tracing::info!(block = %cidr, "another node claimed the block first; trying the next");
                 let name = object.metadata.name.unwrap_or_default();
                 // None: released meanwhile; the next attempt finds it free.
                 if let Some(theirs) = self.api.get_opt(&name).await? {

@@ -32,6 +32,7 @@ pub mod settings;
 pub mod socket;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use futures::StreamExt;
@@ -49,6 +50,34 @@ use crate::node_conf::NodeConf;
 use crate::peers::PeerSync;
 use crate::settings::Settings;
 
+/// How long one API request (not a watch) may take before it fails: a
+/// claim or a release must never hang the controller behind it.
+const API_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Two clients on one configuration (in-cluster, or KUBECONFIG).
+#[derive(Clone)]
+pub struct Clients {
+    /// For requests, each bounded by [`API_TIMEOUT`].
+    pub requests: kube::Client,
+    /// For watches, which stay open for minutes and have kube-runtime's
+    /// own idle timeout.
+    pub watches: kube::Client,
+}
+
+async fn clients() -> anyhow::Result<Clients> {
+    let config = kube::Config::infer()
+        .await
+        .context("configuring the Kubernetes client (in-cluster, or KUBECONFIG)")?;
+    let watches = kube::Client::try_from(config.clone()).context("the Kubernetes client")?;
+    let mut bounded = config;
+    bounded.connect_timeout = Some(API_TIMEOUT);
+    bounded.read_timeout = Some(API_TIMEOUT);
+    bounded.write_timeout = Some(API_TIMEOUT);
+    bounded.reset_reader_on_write = true;
+    let requests = kube::Client::try_from(bounded).context("the Kubernetes client")?;
+    Ok(Clients { requests, watches })
+}
+
 /// Runs the agent until SIGTERM or SIGINT, or until a part of it fails.
 ///
 /// # Errors
@@ -57,9 +86,7 @@ use crate::settings::Settings;
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
     let node = NodeConf::read(&settings.conflist, &settings.node_name)?;
-    let client = kube::Client::try_default()
-        .await
-        .context("configuring the Kubernetes client (in-cluster, or KUBECONFIG)")?;
+    let clients = clients().await?;
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
     let mut tasks = tokio::task::JoinSet::new();
@@ -68,7 +95,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let (nodes_changed, nodes_seen) = watch::channel(());
     let node_events = reflector(
         nodes_writer,
-        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()).default_backoff(),
+        watcher(
+            Api::<Node>::all(clients.watches.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff(),
     );
     tokio::spawn(peers::signal_changes(node_events, nodes_changed));
 
@@ -79,12 +110,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             watcher::Config::default().fields(&format!("spec.nodeName={}", settings.node_name));
         let pod_events = reflector(
             pods_writer,
-            watcher(Api::<Pod>::all(client.clone()), on_this_node).default_backoff(),
+            watcher(Api::<Pod>::all(clients.watches.clone()), on_this_node).default_backoff(),
         );
         tokio::spawn(pod_events.for_each(|_| async {}));
         let (claims_tx, claims_rx) = mpsc::channel(64);
         let controller = IpamController::new(
-            client.clone(),
+            &clients,
             node.ipam.clone(),
             settings.clone(),
             metrics.clone(),
@@ -97,7 +128,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         let blocks = blocks_rx.clone();
         tasks.spawn(async move { socket::serve(&socket, claims_tx, blocks).await });
         let collector = NodeGoneCollector {
-            client: client.clone(),
+            client: clients.requests.clone(),
             namespace: settings.namespace.clone(),
             identity: settings.node_name.clone(),
             grace: settings.node_gone_grace,
@@ -114,10 +145,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         health.ipam_synced();
     }
 
-    if settings.routes && node.dataplane == Dataplane::Bpf {
+    if settings.routes {
         let sync = PeerSync {
             node_name: settings.node_name.clone(),
-            bpf_root: node.bpf_root.clone(),
+            dataplane: match node.dataplane {
+                Dataplane::Bpf => peers::Dataplane::Bpf(node.bpf_root.clone()),
+                Dataplane::Linux => peers::Dataplane::Linux,
+            },
             nodes,
             nodes_changed: nodes_seen,
             blocks: blocks_rx,
@@ -126,9 +160,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         };
         tokio::spawn(sync.run());
     } else {
-        if settings.routes {
-            tracing::warn!("routes to other nodes are programmed in the bpf dataplane only");
-        }
         health.routes_synced();
     }
 

@@ -98,11 +98,20 @@ pub fn subnet_of(address: Ipv4Addr) -> Option<Ipv4Network> {
     None
 }
 
+/// Where the peers go.
+#[derive(Debug, Clone)]
+pub enum Dataplane {
+    /// The eBPF dataplane's peer map (its BPF root) and routes, direct or
+    /// through the tunnel.
+    Bpf(PathBuf),
+    /// Direct routes alone: peers on another subnet are unreachable.
+    Linux,
+}
+
 /// Keeps the node's peers in sync.
 pub struct PeerSync {
     pub node_name: String,
-    /// Where the dataplane's maps are (bpf mode).
-    pub bpf_root: PathBuf,
+    pub dataplane: Dataplane,
     pub nodes: Reflected<Node>,
     pub nodes_changed: watch::Receiver<()>,
     pub blocks: watch::Receiver<Arc<ClusterBlocks>>,
@@ -175,12 +184,20 @@ impl PeerSync {
         if applied.as_ref() == Some(&peers) {
             return Ok(None);
         }
-        let root = self.bpf_root.clone();
+        let dataplane = self.dataplane.clone();
         let wanted = peers.clone();
-        let report =
-            tokio::task::spawn_blocking(move || margay_ebpf::cluster::apply_peers(&root, &wanted))
-                .await
-                .expect("applying peers does not panic")?;
+        let report = tokio::task::spawn_blocking(move || match dataplane {
+            Dataplane::Bpf(root) => margay_ebpf::cluster::apply_peers(&root, &wanted),
+            Dataplane::Linux => margay_ebpf::cluster::apply_routes(&wanted),
+        })
+        .await
+        .expect("applying peers does not panic")?;
+        if !report.unreachable.is_empty() {
+            tracing::error!(
+                nodes = ?report.unreachable,
+                "nodes on another subnet are unreachable for pods: the linux dataplane has no tunnel (use the bpf dataplane)"
+            );
+        }
         tracing::info!(
             peers = peers.len(),
             cidrs = report.cidrs,

@@ -151,12 +151,15 @@ pub fn tunnel_settings(root: &Path) -> Result<NodeConfig, DataplaneError> {
         .map_err(|e| DataplaneError::map("node_config", e))
 }
 
-/// What [`apply_peers`] did.
+/// What [`apply_peers`] or [`apply_routes`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct PeersReport {
     pub cidrs: usize,
     pub routes: usize,
     pub removed: usize,
+    /// `encap` peers that got no route: [`apply_routes`] has no tunnel.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreachable: Vec<String>,
 }
 
 /// Makes the node know exactly `peers` (see the module's documentation).
@@ -203,6 +206,33 @@ fn sync_peers(root: &Path, peers: &[PeerSpec]) -> Result<PeersReport, DataplaneE
     }
     report.routes = sync_routes(root)?;
     Ok(report)
+}
+
+/// The peers of a node without the eBPF dataplane (`dataplane: linux`):
+/// Margay's routes made exactly a route via each peer on this node's L2 to
+/// its pod CIDRs. There is no tunnel device, so `encap` peers get none and
+/// are named in the report.
+///
+/// # Errors
+/// A peer is invalid, or the routes cannot be listed or changed.
+pub fn apply_routes(peers: &[PeerSpec]) -> Result<PeersReport, PeersError> {
+    check_peers(peers)?;
+    let routes: Vec<PeerRoute> = peers
+        .iter()
+        .filter(|p| !p.encap)
+        .flat_map(|p| p.pod_cidrs.iter().map(|c| PeerRoute::Via(*c, p.address)))
+        .collect();
+    sync_kernel_routes(&routes)?;
+    Ok(PeersReport {
+        cidrs: routes.len(),
+        routes: routes.len(),
+        removed: 0,
+        unreachable: peers
+            .iter()
+            .filter(|p| p.encap)
+            .map(|p| p.name.clone())
+            .collect(),
+    })
 }
 
 /// The network identifier of pod traffic in the tunnel (abi.h `VNI_POD`).

@@ -11,10 +11,15 @@
 #   .2        the control plane (etcd on its loopback, apiserver on .2:6443)
 #   .10+i     node i (the node part)
 #   .250      the external client (the node part)
+#   .254      the router to the second subnet, when there is one
+# With `up --remote-nodes K` the last K nodes sit on a second L2 segment,
+# 10.249.<k>.0/24 (bridge br1, router .1), routed to the first through the
+# LAN namespace: nodes on another subnet, as in another rack.
 # When the hashed subnet is already on the host (another cluster, or anything
 # else), the next free k is taken; the choice is recorded in the state dir.
 
 LAN_BASE=10.250
+REMOTE_LAN_BASE=10.249
 APISERVER_PORT=6443
 
 # Sets the address plan from k ($1).
@@ -24,10 +29,12 @@ lan_plan() {
     HOST_IP=$LAN_BASE.$LAN_K.1
     CONTROL_IP=$LAN_BASE.$LAN_K.2
     APISERVER=https://$CONTROL_IP:$APISERVER_PORT
+    LAN_ROUTER=$LAN_BASE.$LAN_K.254
+    REMOTE_SUBNET=$REMOTE_LAN_BASE.$LAN_K.0/24
+    REMOTE_ROUTER=$REMOTE_LAN_BASE.$LAN_K.1
 }
 
-# node_ip I, external_ip : for the node part.
-node_ip() { echo "$LAN_BASE.$LAN_K.$((10 + $1))"; }
+# external_ip : for the node part (node_ip is nodes.sh's: it knows the subnets).
 external_ip() { echo "$LAN_BASE.$LAN_K.250"; }
 
 # Reads the recorded plan of an existing cluster; fails if there is none.
@@ -77,15 +84,29 @@ lan_up() {
     exec {lock_fd}>&-
 }
 
-# lan_plug NETNS PORT IP : plugs namespace NETNS into the LAN: its eth0 gets
-# IP/24, the other end is bridge port PORT in the LAN namespace.
+# lan_plug NETNS PORT IP [BRIDGE] : plugs namespace NETNS into the LAN: its
+# eth0 gets IP/24, the other end is bridge port PORT of BRIDGE (br0, or br1
+# for the second subnet) in the LAN namespace.
 lan_plug() {
-    local netns=$1 port=$2 ip=$3
+    local netns=$1 port=$2 ip=$3 bridge=${4:-br0}
     ip -n "$LAN_NETNS" link add "$port" type veth peer name eth0 netns "$netns"
-    ip -n "$LAN_NETNS" link set "$port" master br0 up
+    ip -n "$LAN_NETNS" link set "$port" master "$bridge" up
     ip -n "$netns" addr add "$ip/24" dev eth0
     ip -n "$netns" link set eth0 up
 }
+
+# lan_add_remote_subnet : the second segment (br1) and the LAN namespace
+# routing between the two.
+lan_add_remote_subnet() {
+    ip -n "$LAN_NETNS" link add br1 type bridge
+    ip -n "$LAN_NETNS" link set br1 up
+    ip -n "$LAN_NETNS" addr add "$REMOTE_ROUTER/24" dev br1
+    ip -n "$LAN_NETNS" addr add "$LAN_ROUTER/24" dev br0
+    ip netns exec "$LAN_NETNS" sysctl -qw net.ipv4.ip_forward=1
+}
+
+# lan_route_to_remote NETNS : a member of the first subnet reaches the second.
+lan_route_to_remote() { ip -n "$1" route add "$REMOTE_SUBNET" via "$LAN_ROUTER"; }
 
 # lan_down : removes the host's veth and the LAN namespace, if there.
 # Deleting a namespace takes its veth ends with it, and a veth pair goes

@@ -47,10 +47,21 @@ pod_cidr() { echo "10.$((160 + LAN_K / 16)).$(((LAN_K % 16) * 16)).0/20"; }
 
 # margay-config ConfigMap values set by `up --margay-config KEY=VALUE`.
 MARGAY_CONFIG=()
+# How many of the nodes (the last ones) sit on the second subnet (lan.sh).
+REMOTE_NODES=${REMOTE_NODES:-0}
+
+# Is node I on the second subnet? (Needs NODE_COUNT.)
+node_is_remote() { (($1 >= NODE_COUNT - REMOTE_NODES)); }
+
+# node_ip I : the node's address, on its subnet.
+node_ip() {
+    if node_is_remote "$1"; then echo "$REMOTE_LAN_BASE.$LAN_K.$((10 + $1))"; else echo "$LAN_BASE.$LAN_K.$((10 + $1))"; fi
+}
 
 # Refuses, before anything is made, a node count this script cannot start.
 nodes_validate() {
     [[ $1 =~ ^[0-9]+$ ]] && (($1 <= MAX_NODES)) || die "--nodes $1: 0 to $MAX_NODES nodes"
+    [[ $REMOTE_NODES =~ ^[0-9]+$ ]] && ((REMOTE_NODES <= $1)) || die "--remote-nodes $REMOTE_NODES: 0 to --nodes ($1)"
     case $DATAPLANE in bpf | linux) ;; *) die "--dataplane $DATAPLANE: bpf or linux" ;; esac
     case $CNI in margay | ptp) ;; *) die "--cni $CNI: margay or ptp" ;; esac
     case $KUBE_PROXY in none | iptables | nftables) ;; *) die "--kube-proxy $KUBE_PROXY: none, iptables or nftables" ;; esac
@@ -239,13 +250,23 @@ nodes_up() {
     mkdir -p "$NODES_DIR"
     echo "$n" >"$NODES_DIR/count"
     ((n > 0)) || return 0
+    if ((REMOTE_NODES > 0)); then
+        lan_add_remote_subnet
+        lan_route_to_remote "$CONTROL_NETNS"
+    fi
     for ((i = 0; i < n; i++)); do
         ns=$(node_netns "$i")
         ip netns add "$ns"
         ip -n "$ns" link set lo up
-        lan_plug "$ns" "n$i" "$(node_ip "$i")"
         # kubelet picks the node's address from the default route.
-        ip -n "$ns" route add default via "$HOST_IP" dev eth0
+        if node_is_remote "$i"; then
+            lan_plug "$ns" "n$i" "$(node_ip "$i")" br1
+            ip -n "$ns" route add default via "$REMOTE_ROUTER" dev eth0
+        else
+            lan_plug "$ns" "n$i" "$(node_ip "$i")"
+            ip -n "$ns" route add default via "$HOST_IP" dev eth0
+            ((REMOTE_NODES == 0)) || lan_route_to_remote "$ns"
+        fi
         # Forwarding on, as on every Kubernetes node (kubeadm's preflight
         # requires it): traffic from the LAN to a pod (NodePorts) is forwarded.
         ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
@@ -258,6 +279,7 @@ nodes_up() {
     ip netns add "$ns"
     ip -n "$ns" link set lo up
     lan_plug "$ns" ext "$(external_ip)"
+    ((REMOTE_NODES == 0)) || lan_route_to_remote "$ns"
 
     wait_until 120 "$n nodes registered" nodes_registered_or_dead || nodes_explain
     [[ $CNI != margay ]] || margay_install
@@ -405,5 +427,6 @@ nodes_env() {
         printf 'KUBE_PROXY=%q\n' "$KUBE_PROXY"
         printf 'CNI=%q\n' "$CNI"
         printf 'EXTERNAL_SERVICE_MODE=%q\n' "$EXTERNAL_SERVICE_MODE"
+        printf 'REMOTE_NODES=%q\n' "$REMOTE_NODES"
     fi
 }
