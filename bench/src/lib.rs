@@ -4,6 +4,7 @@
 //! Each benchmark lives in its own module and returns a serialisable report;
 //! nothing here prints: the binary decides between a table and JSON.
 
+pub mod cluster_ipam;
 pub mod exec;
 pub mod interrupt;
 pub mod ipam;

@@ -97,6 +97,27 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         up_rounds: usize,
     },
+    /// Cluster IPAM (margay-agent) on a local control plane: pod ADD/DEL
+    /// with the Kubernetes datastore vs the local one (interleaved), one
+    /// API create+update for reference (Calico's per-ADD cost), ADD with a
+    /// block claim, concurrent claimants, the agent at rest. Needs root and
+    /// the built cluster components.
+    ClusterIpam {
+        /// Pods per datastore (ADD then DEL each).
+        #[arg(long, default_value_t = 200)]
+        pods: usize,
+        /// ADDs that each claim a block.
+        #[arg(long, default_value_t = 50)]
+        claims: usize,
+        /// Agents claiming at once.
+        #[arg(long, default_value_t = 8)]
+        claimants: usize,
+        /// Directory holding margay and margay-ipam [default: this executable's].
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        #[arg(long, default_value = "/usr/lib/cni")]
+        peer_dir: PathBuf,
+    },
     /// Pod-to-pod TCP throughput with iperf3: margay bpf vs margay linux vs
     /// ptp+host-local, interleaved rounds, medians. Needs root and iperf3.
     Throughput {
@@ -206,6 +227,26 @@ fn run(cli: Cli) -> Result<()> {
             let what = format!(
                 "{rounds} interleaved rounds of {per_round} pods per side, {up_rounds} ups of each \
                  size; ratios are margay/peer (lower is better)"
+            );
+            print_report(cli.json, &report, info.header(&what), report.table())
+        }
+        Cmd::ClusterIpam {
+            pods,
+            claims,
+            claimants,
+            bin_dir,
+            peer_dir,
+        } => {
+            let report = margay_bench::cluster_ipam::run(
+                bin_dir_or_own(bin_dir)?,
+                peer_dir,
+                pods,
+                claims,
+                claimants,
+            )?;
+            let what = format!(
+                "{pods} pods per datastore, interleaved; {claims} claiming ADDs; {claimants} claimants \
+                 of 6 blocks each; ratios are to datastore local (lower is better)"
             );
             print_report(cli.json, &report, info.header(&what), report.table())
         }

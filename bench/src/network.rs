@@ -42,15 +42,39 @@ impl Network {
     /// `pool` is a /16 of its own; `bin_dir` holds margay and margay-ipam,
     /// `peer_dir` the reference plugins.
     pub fn new(kind: Kind, pool: &str, bin_dir: &Path, peer_dir: &Path) -> Result<Network> {
+        Self::build(kind, pool, bin_dir, peer_dir, None)
+    }
+
+    /// A Margay network whose `ipam` section is `ipam` (a host agent's, for
+    /// the Kubernetes datastore).
+    pub fn with_ipam(
+        kind: Kind,
+        pool: &str,
+        bin_dir: &Path,
+        peer_dir: &Path,
+        ipam: Value,
+    ) -> Result<Network> {
+        Self::build(kind, pool, bin_dir, peer_dir, Some(ipam))
+    }
+
+    fn build(
+        kind: Kind,
+        pool: &str,
+        bin_dir: &Path,
+        peer_dir: &Path,
+        ipam: Option<Value>,
+    ) -> Result<Network> {
         let dir = tempfile::tempdir()?;
         let bpf = (kind == Kind::MargayBpf).then(BpfRoot::new);
         let (version, plugin, cni_path): (&str, Value, Vec<PathBuf>) = match kind {
             Kind::MargayBpf | Kind::MargayLinux => {
+                let ipam = ipam.unwrap_or_else(|| {
+                    json!({"type": "margay-ipam", "pools": [pool], "data_dir": dir.path().join("ipam"),
+                           "lock_timeout_ms": 60000})
+                });
                 let mut p = json!({"type": "margay", "nodename": "bench", "mtu": 1500,
                     "dataplane": if kind == Kind::MargayBpf { "bpf" } else { "linux" },
-                    "bpf_log_level": "off",
-                    "ipam": {"type": "margay-ipam", "pools": [pool], "data_dir": dir.path().join("ipam"),
-                             "lock_timeout_ms": 60000}});
+                    "bpf_log_level": "off", "ipam": ipam});
                 if let Some(root) = &bpf {
                     p["bpf_root"] = root.path().to_string_lossy().into_owned().into();
                 }

@@ -12,6 +12,7 @@
 //! - [`cluster`]: nodes as namespaces on one LAN, with an external client;
 //! - [`driver`]: a runtime over a conflist (prevResult chaining, result cache).
 //! - [`kube`]: a real Kubernetes cluster (`scripts/cluster`), down on drop;
+//! - [`host_agent`]: a margay-agent on the host for a node without kubelet;
 //! - [`workload`]: web pods on such a cluster, and talking to them.
 
 pub mod bins;
@@ -19,6 +20,7 @@ pub mod bpf;
 pub mod cluster;
 pub mod driver;
 pub mod fixture;
+pub mod host_agent;
 pub mod kube;
 pub mod netns;
 pub mod packet;

@@ -5,12 +5,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ipnetwork::Ipv4Network;
-use margay_tests::bins::bin;
+use margay_tests::host_agent::HostAgent;
 use margay_tests::kube::{KubeCluster, wait_for};
 use margay_tests::require_root;
 use margay_tests::workload::{
@@ -224,144 +222,6 @@ fn a_node_on_another_subnet_is_reached_through_the_tunnel() {
     }
 }
 
-/// A margay-agent run on the host for a node that does not exist: the
-/// extra claimants the tests set against the real nodes.
-struct Claimant {
-    node: String,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-    min_free: u32,
-    kubeconfig: String,
-    pool: Ipv4Network,
-}
-
-impl Claimant {
-    fn new(c: &KubeCluster, node: &str, min_free: u32) -> Claimant {
-        let mut me = Claimant {
-            node: node.to_string(),
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-            min_free,
-            kubeconfig: c.env("KUBECONFIG").to_string(),
-            pool: pod_cidr(c),
-        };
-        std::fs::write(me.conflist(), me.conflist_text()).unwrap();
-        me.start();
-        me
-    }
-
-    fn conflist(&self) -> PathBuf {
-        self.dir.path().join("10-margay.conflist")
-    }
-
-    fn conflist_text(&self) -> String {
-        serde_json::json!({
-            "cniVersion": "1.0.0",
-            "name": "k8s-pod-network",
-            "plugins": [{
-                "type": "margay",
-                "dataplane": "linux",
-                "nodename": self.node,
-                "ipam": {
-                    "type": "margay-ipam",
-                    "datastore": "kubernetes",
-                    "pools": [self.pool.to_string()],
-                    "data_dir": self.dir.path().join("ipam"),
-                    "agent_socket": self.dir.path().join("agent.sock"),
-                }
-            }]
-        })
-        .to_string()
-    }
-
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("agent.log"))
-            .unwrap();
-        let child = Command::new(bin("margay-agent"))
-            .env_clear()
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("NODENAME", &self.node)
-            .env("MARGAY_CONFLIST", self.conflist())
-            .env("MARGAY_HEALTH_ADDR", "127.0.0.1:0")
-            .env("MARGAY_AGENT_ROUTES", "false")
-            .env("MARGAY_IPAM_MIN_FREE", self.min_free.to_string())
-            .env("MARGAY_LOG_LEVEL", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
-    }
-
-    /// `margay-ipam blocks --json` over this claimant's store.
-    fn blocks(&self) -> Vec<Value> {
-        let out = Command::new(bin("margay-ipam"))
-            .args(["--conf"])
-            .arg(self.conflist())
-            .args(["blocks", "--json"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    /// Its store's blocks, once they are the API's and enough for its
-    /// headroom.
-    fn settled(&self, c: &KubeCluster) -> BTreeSet<Ipv4Network> {
-        wait_for(&format!("{} settled", self.node), POD_WAIT, || {
-            let all = api_blocks(c);
-            let held: BTreeSet<Ipv4Network> = all
-                .iter()
-                .filter(|b| b.node == self.node)
-                .map(|b| b.cidr)
-                .collect();
-            let mut per_node = BTreeMap::new();
-            for b in &all {
-                *per_node.entry(b.node.clone()).or_insert(0) += 1;
-            }
-            let stored: BTreeSet<Ipv4Network> = self
-                .blocks()
-                .iter()
-                .map(|b| b["cidr"].as_str().unwrap().parse().unwrap())
-                .collect();
-            let capacity: u32 = stored.iter().map(|b| b.size()).sum();
-            if stored == held && capacity >= self.min_free {
-                Ok(stored)
-            } else {
-                Err(format!(
-                    "API {held:?}, store {stored:?}; blocks per node {per_node:?}\n{}",
-                    self.log()
-                ))
-            }
-        })
-    }
-}
-
-impl Drop for Claimant {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// Eight agents claim blocks of one pool at the same moment, beside the
 /// three real nodes: no block is held twice, every claimant's store holds
 /// exactly what the API gives it. One of them killed with SIGKILL in the
@@ -375,40 +235,47 @@ fn eight_claimants_at_once_hold_no_block_twice_even_when_one_is_killed() {
     assert!(before >= 3, "each real node holds a block: {before}");
     // Seven blocks' worth of headroom each: 56 of the pool's 64 blocks,
     // all wanted at once, from the lowest free ones up.
+    let pool = pod_cidr(&c).to_string();
     let started = Instant::now();
-    let mut claimants: Vec<Claimant> = (0..8)
-        .map(|i| Claimant::new(&c, &format!("claimant-{i}"), 7 * 62))
+    let mut claimants: Vec<HostAgent> = (0..8)
+        .map(|i| HostAgent::start(&c, &format!("claimant-{i}"), &[&pool], 26, 7 * 62))
         .collect();
     std::thread::sleep(Duration::from_millis(300));
-    claimants[3].kill(); // In the middle of its claims.
+    claimants[3].kill(); // In the middle of its claims, or before them.
+    let settle =
+        |a: &HostAgent| wait_for(&format!("{} settled", a.node()), POD_WAIT, || a.settled(&c));
     let mut settled = BTreeMap::new();
-    for cl in &claimants {
-        if cl.child.is_some() {
-            settled.insert(cl.node.clone(), cl.settled(&c));
-        }
+    for a in claimants.iter().filter(|a| a.is_running()) {
+        settled.insert(a.node().to_string(), settle(a));
     }
     let took = started.elapsed();
-    claimants[3].start();
-    settled.insert(claimants[3].node.clone(), claimants[3].settled(&c));
+    claimants[3].restart();
+    settled.insert(claimants[3].node().to_string(), settle(&claimants[3]));
 
     let all = api_blocks(&c);
     assert_disjoint(&all);
     for (node, blocks) in &settled {
         assert_eq!(blocks.len(), 7, "{node}: {blocks:?}");
     }
-    let conflicts: usize = claimants
+    let lost_races: usize = claimants
         .iter()
-        .map(|cl| cl.log().matches("another node claimed the block first").count())
+        .map(|a| {
+            a.log()
+                .matches("another node claimed the block first")
+                .count()
+        })
         .sum();
     eprintln!(
-        "8 claimants: {} blocks claimed in {took:?} ({:.0} claims/s), {conflicts} lost races logged",
+        "8 claimants: {} blocks claimed in {took:?} ({:.0} claims/s), {lost_races} lost races",
         all.len() - before,
         (all.len() - before) as f64 / took.as_secs_f64()
     );
     for i in 0..3 {
         let node = c.node_name(i).to_string();
-        let theirs: Vec<&ApiBlock> = all.iter().filter(|b| b.node == node).collect();
-        assert!(!theirs.is_empty(), "{node} still holds its blocks");
+        assert!(
+            all.iter().any(|b| b.node == node),
+            "{node} still holds its blocks"
+        );
     }
 }
 
@@ -521,7 +388,7 @@ fn agent_restarts_and_an_api_outage_disturb_no_running_pod() {
 
     // Every agent killed at once; kubelet starts them again.
     for i in 0..2 {
-        c.on_node_ok(i, &["pkill", "-KILL", "-x", "margay-agent"]);
+        kill_agent(&c, i);
     }
     for i in 0..2 {
         let addr = format!("{}:9091", c.env(&format!("NODE_IP_{i}")));
@@ -551,6 +418,33 @@ fn agent_restarts_and_an_api_outage_disturb_no_running_pod() {
     let (sent, lost) = ping.stop();
     assert!(sent >= 20, "the ping ran: {sent} sent");
     assert_eq!(lost, 0, "{lost} of {sent} pings lost");
+}
+
+/// SIGKILLs node `i`'s margay-agent container through the node's own
+/// containerd (the machine's process table holds every cluster's agents).
+fn kill_agent(c: &KubeCluster, i: usize) {
+    let node = c.node_name(i).to_string();
+    let pods = c.kubectl_json(&[
+        "-n",
+        "margay-system",
+        "get",
+        "pods",
+        "--field-selector",
+        &format!("spec.nodeName={node}"),
+    ]);
+    let id = pods["items"][0]["status"]["containerStatuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["name"] == "margay-agent")
+        .and_then(|s| s["containerID"].as_str())
+        .and_then(|id| id.strip_prefix("containerd://"))
+        .unwrap_or_else(|| panic!("no margay-agent container on {node}: {pods}"))
+        .to_string();
+    c.on_node_ok(
+        i,
+        &["ctr", "-n", "k8s.io", "task", "kill", "-s", "SIGKILL", &id],
+    );
 }
 
 /// A ping from a pod (its own container, so no `kubectl exec` stream that
