@@ -103,12 +103,6 @@ impl ClusterIpamReport {
     }
 }
 
-fn timed(f: impl FnOnce() -> Result<()>) -> Result<Duration> {
-    let start = Instant::now();
-    f()?;
-    Ok(start.elapsed())
-}
-
 pub fn run(
     bin_dir: std::path::PathBuf,
     peer_dir: std::path::PathBuf,
@@ -151,22 +145,13 @@ pub fn run(
     for (i, pair) in pairs.iter_mut().enumerate() {
         // Alternate which goes first: a call leaves work behind for the next.
         for k in if i % 2 == 0 { [0, 1] } else { [1, 0] } {
-            let pod = &mut pair[k];
-            let net = nets[k];
-            let mut ip = None;
-            adds[k].push(timed(|| {
-                ip = Some(net.add(&pod.ns, &pod.cid)?);
-                Ok(())
-            })?);
-            pod.ip = ip;
+            adds[k].push(pair[k].add_timed()?);
         }
     }
     let (agent_rss_kib, agent_cpu_percent_at_rest) = at_rest(&agent)?;
     for (i, pair) in pairs.iter_mut().enumerate() {
         for k in if i % 2 == 0 { [1, 0] } else { [0, 1] } {
-            let pod = &mut pair[k];
-            dels[k].push(timed(|| nets[k].del(&pod.ns, &pod.cid))?);
-            pod.ip = None;
+            dels[k].push(pair[k].del_timed()?);
         }
     }
     drop(pairs);
@@ -186,12 +171,7 @@ pub fn run(
     let mut add_with_claim = Vec::new();
     for _ in 0..claims {
         let mut pod = Pod::prepare(&claiming, "cc");
-        let mut ip = None;
-        add_with_claim.push(timed(|| {
-            ip = Some(claiming.add(&pod.ns, &pod.cid)?);
-            Ok(())
-        })?);
-        pod.ip = ip;
+        add_with_claim.push(pod.add_timed()?);
         claimed_pods.push(pod);
     }
     drop(claimed_pods);
@@ -208,14 +188,7 @@ pub fn run(
         );
     }
     let concurrent_seconds = started.elapsed().as_secs_f64();
-    let lost_races = racing
-        .iter()
-        .map(|a| {
-            a.log()
-                .matches("another node claimed the block first")
-                .count()
-        })
-        .sum();
+    let lost_races = racing.iter().map(HostAgent::lost_races).sum();
 
     Ok(ClusterIpamReport {
         pods,

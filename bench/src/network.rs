@@ -150,6 +150,21 @@ impl<'n> Pod<'n> {
             ip: None,
         }
     }
+
+    /// ADDs it; how long the ADD took.
+    pub fn add_timed(&mut self) -> Result<std::time::Duration> {
+        let start = std::time::Instant::now();
+        self.ip = Some(self.net.add(&self.ns, &self.cid)?);
+        Ok(start.elapsed())
+    }
+
+    /// DELs it; how long the DEL took.
+    pub fn del_timed(&mut self) -> Result<std::time::Duration> {
+        let start = std::time::Instant::now();
+        self.net.del(&self.ns, &self.cid)?;
+        self.ip = None;
+        Ok(start.elapsed())
+    }
 }
 
 impl Drop for Pod<'_> {

@@ -137,13 +137,6 @@ impl Order {
     }
 }
 
-/// Times `f`.
-fn timed(f: impl FnOnce() -> Result<()>) -> Result<Duration> {
-    let start = Instant::now();
-    f()?;
-    Ok(start.elapsed())
-}
-
 /// ADD then DEL of `count` pods of `net` by `workers` threads; pods/s.
 fn throughput(net: &Network, count: usize, workers: usize) -> Result<f64> {
     let pods: Vec<Pod> = (0..count).map(|_| Pod::prepare(net, "pc")).collect();
@@ -208,13 +201,8 @@ pub fn run(
     let mut order = Order::new(nets.len());
     for i in 0..pods {
         for k in order.next_round() {
-            let (net, pod) = (&nets[k], prepared[k].get_mut(i).expect("prepared"));
-            let mut ip = None;
-            adds[k].push(timed(|| {
-                ip = Some(net.add(&pod.ns, &pod.cid)?);
-                Ok(())
-            })?);
-            pod.ip = ip;
+            let pod = prepared[k].get_mut(i).expect("prepared");
+            adds[k].push(pod.add_timed()?);
         }
     }
     // Untimed: the first pods really carry the address their ADD returned.
@@ -223,9 +211,8 @@ pub fn run(
     }
     for i in 0..pods {
         for k in order.next_round() {
-            let (net, pod) = (&nets[k], prepared[k].get_mut(i).expect("prepared"));
-            dels[k].push(timed(|| net.del(&pod.ns, &pod.cid))?);
-            pod.ip = None;
+            let pod = prepared[k].get_mut(i).expect("prepared");
+            dels[k].push(pod.del_timed()?);
         }
     }
     drop(prepared);

@@ -26,6 +26,7 @@ pub struct HostAgent {
     kubeconfig: String,
     dir: tempfile::TempDir,
     min_free: u32,
+    empty_block_grace: &'static str,
     health: SocketAddr,
     child: Option<Child>,
 }
@@ -45,6 +46,7 @@ impl HostAgent {
             kubeconfig: c.env("KUBECONFIG").to_string(),
             dir: tempfile::tempdir().expect("a temporary directory"),
             min_free,
+            empty_block_grace: "5m",
             health: free_port(),
             child: None,
         };
@@ -105,6 +107,7 @@ impl HostAgent {
             .env("MARGAY_HEALTH_ADDR", self.health.to_string())
             .env("MARGAY_AGENT_ROUTES", "false")
             .env("MARGAY_IPAM_MIN_FREE", self.min_free.to_string())
+            .env("MARGAY_IPAM_EMPTY_BLOCK_GRACE", self.empty_block_grace)
             // Its node has no Node object: its blocks are not to be
             // collected as a deleted node's while it runs.
             .env("MARGAY_IPAM_NODE_GONE_GRACE", "24h")
@@ -115,6 +118,14 @@ impl HostAgent {
             .spawn()
             .expect("margay-agent starts");
         self.child = Some(child);
+    }
+
+    /// Restarts it keeping `min_free` addresses at hand, giving back empty
+    /// blocks beyond that after `empty_block_grace` (`"1s"`).
+    pub fn restart_with(&mut self, min_free: u32, empty_block_grace: &'static str) {
+        self.min_free = min_free;
+        self.empty_block_grace = empty_block_grace;
+        self.restart();
     }
 
     /// SIGKILL, as a crash would end it.
@@ -135,6 +146,13 @@ impl HostAgent {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// How many claims it lost to another node (its log says each).
+    pub fn lost_races(&self) -> usize {
+        self.log()
+            .matches("another node claimed the block first")
+            .count()
     }
 
     /// `margay-ipam blocks --json` over its store: each block with what the

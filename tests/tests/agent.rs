@@ -240,8 +240,15 @@ fn eight_claimants_at_once_hold_no_block_twice_even_when_one_is_killed() {
     let mut claimants: Vec<HostAgent> = (0..8)
         .map(|i| HostAgent::start(&c, &format!("claimant-{i}"), &[&pool], 26, 7 * 62))
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
-    claimants[3].kill(); // In the middle of its claims, or before them.
+    // Killed in the middle of its claims: after its first, before its seventh.
+    wait_for("claimant-3's first claim", POD_WAIT, || {
+        if claimants[3].log().contains("claimed a block") {
+            Ok(())
+        } else {
+            Err(claimants[3].log())
+        }
+    });
+    claimants[3].kill();
     let settle =
         |a: &HostAgent| wait_for(&format!("{} settled", a.node()), POD_WAIT, || a.settled(&c));
     let mut settled = BTreeMap::new();
@@ -257,14 +264,7 @@ fn eight_claimants_at_once_hold_no_block_twice_even_when_one_is_killed() {
     for (node, blocks) in &settled {
         assert_eq!(blocks.len(), 7, "{node}: {blocks:?}");
     }
-    let lost_races: usize = claimants
-        .iter()
-        .map(|a| {
-            a.log()
-                .matches("another node claimed the block first")
-                .count()
-        })
-        .sum();
+    let lost_races: usize = claimants.iter().map(HostAgent::lost_races).sum();
     eprintln!(
         "8 claimants: {} blocks claimed in {took:?} ({:.0} claims/s), {lost_races} lost races",
         all.len() - before,
@@ -277,11 +277,31 @@ fn eight_claimants_at_once_hold_no_block_twice_even_when_one_is_killed() {
             "{node} still holds its blocks"
         );
     }
+
+    // Less headroom wanted: the empty blocks beyond it go back to the pool,
+    // from the highest down, until one block's worth is left.
+    claimants[0].restart_with(62, "1s");
+    let kept = wait_for("claimant-0's empty blocks released", POD_WAIT, || {
+        let kept = claimants[0].settled(&c)?;
+        if kept.len() == 1 {
+            Ok(kept)
+        } else {
+            Err(format!("{kept:?}"))
+        }
+    });
+    let lowest = settled["claimant-0"]
+        .iter()
+        .map(|b| b.parse::<Ipv4Network>().unwrap())
+        .min_by_key(|b| b.network())
+        .unwrap();
+    assert_eq!(kept.into_iter().next().unwrap(), lowest.to_string());
 }
 
 /// A hand-written IPAMBlock overlapping a held block is refused by every
 /// agent (the older claim wins), and one naming a node that does not exist
-/// is released after the grace period by the agent holding the Lease.
+/// is released after the grace period by the agent holding the Lease; an
+/// address whose pod does not exist is released after its grace period,
+/// and running pods' are kept.
 #[test]
 fn hand_written_blocks_are_refused_or_released_and_nothing_is_double_used() {
     require_root!(hand_written_blocks_are_refused_or_released_and_nothing_is_double_used);
@@ -292,6 +312,8 @@ fn hand_written_blocks_are_refused_or_released_and_nothing_is_double_used() {
             "2",
             "--margay-config",
             "ipam_node_gone_grace=10s",
+            "--margay-config",
+            "ipam_leak_grace=10s",
         ],
     );
     let node0 = c.node_name(0).to_string();
@@ -352,6 +374,37 @@ fn hand_written_blocks_are_refused_or_released_and_nothing_is_double_used() {
         assert_eq!(b.node, p.node);
     }
 
+    // An attachment of a pod the API never had: released after its grace.
+    let leaked = add_directly(
+        &c,
+        0,
+        "leak",
+        "K8S_POD_NAMESPACE=default;K8S_POD_NAME=never-was",
+    );
+    let allocations =
+        |i: usize| c.on_node_ok(i, &["/opt/cni/bin/margay-ipam", "allocations", "--json"]);
+    assert!(allocations(0).contains(&format!("\"{leaked}\"")));
+    wait_for(
+        "the leaked address released",
+        Duration::from_secs(90),
+        || {
+            let now = allocations(0);
+            if now.contains(&format!("\"{leaked}\"")) {
+                Err(now)
+            } else {
+                Ok(())
+            }
+        },
+    );
+    for p in &pods {
+        let i = usize::from(p.node != node0);
+        assert!(
+            allocations(i).contains(&format!("\"{}\"", p.ip)),
+            "{p:?}: a running pod's address is kept"
+        );
+    }
+    del_directly(&c, 0, "leak");
+
     wait_for(
         "the ghost's block released",
         Duration::from_secs(90),
@@ -401,7 +454,7 @@ fn agent_restarts_and_an_api_outage_disturb_no_running_pod() {
     let apiserver = c.pid_of("kube-apiserver").expect("the apiserver runs");
     let stopped = Stopped::process(apiserver);
     std::thread::sleep(Duration::from_secs(3));
-    let added = add_directly(&c, 0, "outage");
+    let added = add_directly(&c, 0, "outage", "");
     assert!(
         pod_cidr(&c).contains(added),
         "ADD without the API got {added}"
@@ -526,13 +579,14 @@ impl Drop for Stopped {
 }
 
 /// CNI ADD on node `i` as its runtime would run it (the installed conflist
-/// and binaries), for a namespace `name` made there; the address it got.
-fn add_directly(c: &KubeCluster, i: usize, name: &str) -> Ipv4Addr {
+/// and binaries), for a namespace `name` made there, with `CNI_ARGS` `args`;
+/// the address it got.
+fn add_directly(c: &KubeCluster, i: usize, name: &str, args: &str) -> Ipv4Addr {
     let script = format!(
         "set -e; ip netns add {name}; \
          jq '.plugins[0] + {{name: .name, cniVersion: .cniVersion}}' /etc/cni/net.d/10-margay.conflist | \
          CNI_COMMAND=ADD CNI_CONTAINERID={name} CNI_NETNS=/run/netns/{name} CNI_IFNAME=eth0 \
-         CNI_PATH=/opt/cni/bin /opt/cni/bin/margay"
+         CNI_ARGS='{args}' CNI_PATH=/opt/cni/bin /opt/cni/bin/margay"
     );
     let out = c.on_node_ok(i, &["bash", "-c", &script]);
     let result: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
