@@ -17,6 +17,11 @@
 //!   `leak_grace` is released;
 //! - **status**: each held block's object reports its use.
 //!
+//! It claims only while its own Node object exists: a node not registered
+//! yet waits, and the blocks of a deleted node are released by the agent
+//! holding the GC Lease ([`crate::gc`]), which this one must not fight by
+//! claiming them back (they stay fenced in its store until their pods go).
+//!
 //! Nothing happens before the first full list of the IPAMBlocks (a relist
 //! after the API was away replaces the cache whole, so a deletion missed
 //! meanwhile is not missed). The controller's own writes enter its cache at
@@ -30,7 +35,7 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use ipnetwork::IpNetwork;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{ObjectRef, Store as Reflected};
@@ -78,6 +83,14 @@ pub struct ClaimRequest {
     pub reply: oneshot::Sender<Answer>,
 }
 
+/// What the controller reads of other objects than IPAMBlocks.
+pub struct Caches {
+    /// This node's pods, for leaks.
+    pub pods: Reflected<Pod>,
+    /// Every Node: this one's must exist for it to claim.
+    pub nodes: Reflected<Node>,
+}
+
 /// The node's side of the store, read in one visit.
 struct Local {
     reconciled: Reconciled,
@@ -95,8 +108,7 @@ pub struct IpamController {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     published: watch::Sender<Arc<ClusterBlocks>>,
-    /// This node's pods, for leaks.
-    pods: Reflected<Pod>,
+    caches: Caches,
     /// Every IPAMBlock by name: the watch's, with our own writes applied.
     objects: BTreeMap<String, IpamBlock>,
     /// Uids of objects we deleted that the watch has not shown gone.
@@ -106,6 +118,8 @@ pub struct IpamController {
     empty_since: HashMap<IpNetwork, Instant>,
     orphaned_since: HashMap<String, Instant>,
     conflicts_reported: BTreeSet<IpNetwork>,
+    /// Why claims are refused, as last logged.
+    refusal_reported: Option<String>,
     /// When the first change not yet handled was seen.
     dirty_since: Option<Instant>,
 }
@@ -118,7 +132,7 @@ impl IpamController {
         metrics: Arc<Metrics>,
         health: Arc<Health>,
         published: watch::Sender<Arc<ClusterBlocks>>,
-        pods: Reflected<Pod>,
+        caches: Caches,
     ) -> IpamController {
         IpamController {
             api: Api::all(clients.requests.clone()),
@@ -128,7 +142,7 @@ impl IpamController {
             metrics,
             health,
             published,
-            pods,
+            caches,
             objects: BTreeMap::new(),
             deleted: HashSet::new(),
             synced: false,
@@ -136,6 +150,7 @@ impl IpamController {
             empty_since: HashMap::new(),
             orphaned_since: HashMap::new(),
             conflicts_reported: BTreeSet::new(),
+            refusal_reported: None,
             dirty_since: None,
         }
     }
@@ -240,6 +255,24 @@ impl IpamController {
         &self.settings.node_name
     }
 
+    /// Why this node may not claim now: its Node object is not there (not
+    /// yet registered, or deleted: its blocks are being released, and
+    /// claiming them back would fight the agent releasing them).
+    fn may_not_claim(&self) -> Option<String> {
+        if self
+            .caches
+            .nodes
+            .wait_until_ready()
+            .now_or_never()
+            .is_none()
+        {
+            return Some("the Nodes are not listed yet".into());
+        }
+        let node = self.caches.nodes.get(&ObjectRef::new(self.me()));
+        node.is_none()
+            .then(|| format!("node {} has no Node object", self.me()))
+    }
+
     /// Runs `work` on the store, on a blocking thread (it takes a file
     /// lock and does disk IO).
     async fn with_store<T: Send + 'static>(
@@ -326,7 +359,18 @@ impl IpamController {
             }
         };
         let mut claimed = false;
-        for cidr in local.reconciled.unclaimed.clone() {
+        let refusal = self.may_not_claim();
+        if refusal != self.refusal_reported {
+            if let Some(why) = &refusal {
+                tracing::warn!("claiming no block: {why}");
+            }
+            self.refusal_reported = refusal.clone();
+        }
+        let unclaimed = match refusal {
+            None => local.reconciled.unclaimed.clone(),
+            Some(_) => Vec::new(),
+        };
+        for cidr in unclaimed {
             // In use here and held by nobody: an object deleted by hand, or
             // a store from before the Kubernetes datastore. Claim it back.
             match self.create(&cidr).await {
@@ -339,7 +383,9 @@ impl IpamController {
             }
         }
         for family in families(&self.conf.pools).collect::<Vec<_>>() {
-            if free(&local.usage, family) >= self.settings.ipam_min_free {
+            if free(&local.usage, family) >= self.settings.ipam_min_free
+                || self.refusal_reported.is_some()
+            {
                 continue;
             }
             match self.claim(family).await {
@@ -381,6 +427,9 @@ impl IpamController {
                     reason: e.to_string(),
                 };
             }
+        }
+        if let Some(reason) = self.may_not_claim() {
+            return Answer::Unavailable { reason };
         }
         match self.claim(family).await {
             Ok(Some(block)) => match self.sync_store().await {
@@ -539,7 +588,7 @@ impl IpamController {
     /// Releases addresses whose pod has not existed on this node for the
     /// grace period.
     async fn collect_leaks(&mut self, handles: &[HandleRecord]) {
-        if self.pods.wait_until_ready().now_or_never().is_none() {
+        if self.caches.pods.wait_until_ready().now_or_never().is_none() {
             return; // No full list of this node's pods yet.
         }
         let now = Instant::now();
@@ -550,7 +599,7 @@ impl IpamController {
                 continue; // Not a Kubernetes pod's: CNI GC's business.
             };
             seen.insert(r.handle.clone());
-            let pod = self.pods.get(&ObjectRef::new(name).within(ns));
+            let pod = self.caches.pods.get(&ObjectRef::new(name).within(ns));
             if pod.is_some_and(|p| holds(&p, &r.addresses, self.me())) {
                 self.orphaned_since.remove(&r.handle);
                 continue;

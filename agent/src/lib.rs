@@ -121,7 +121,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             metrics.clone(),
             health.clone(),
             blocks_tx,
-            pods,
+            ipam::Caches {
+                pods,
+                nodes: nodes.clone(),
+            },
         );
         tokio::spawn(controller.run(claims_rx));
         let socket = node.ipam.agent_socket.clone();

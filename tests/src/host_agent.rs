@@ -1,8 +1,9 @@
 //! A margay-agent run on the host against a [`KubeCluster`]'s API server,
 //! for a node that has no kubelet: the extra block claimants the tests set
 //! against the real nodes, and the agent the benchmarks measure. It has a
-//! conflist, IPAM store and socket of its own, programs no routes, and is
-//! killed when dropped.
+//! conflist, IPAM store and socket of its own, programs no routes, and a
+//! Node object made for it (an agent claims only for a node that exists);
+//! both go when it is dropped.
 //!
 //! ```no_run
 //! # use margay_tests::{host_agent::HostAgent, kube::KubeCluster};
@@ -24,6 +25,7 @@ use crate::kube::KubeCluster;
 pub struct HostAgent {
     node: String,
     kubeconfig: String,
+    kubectl: String,
     dir: tempfile::TempDir,
     min_free: u32,
     empty_block_grace: &'static str,
@@ -44,6 +46,7 @@ impl HostAgent {
         let mut agent = HostAgent {
             node: node.to_string(),
             kubeconfig: c.env("KUBECONFIG").to_string(),
+            kubectl: c.env("KUBECTL").to_string(),
             dir: tempfile::tempdir().expect("a temporary directory"),
             min_free,
             empty_block_grace: "5m",
@@ -61,6 +64,9 @@ impl HostAgent {
             }]
         });
         std::fs::write(agent.conflist(), conflist.to_string()).expect("writing the conflist");
+        c.apply(&format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: {node}, labels: {{margay.dev/host-agent: \"true\"}}}}\n"
+        ));
         agent.restart();
         agent
     }
@@ -108,9 +114,6 @@ impl HostAgent {
             .env("MARGAY_AGENT_ROUTES", "false")
             .env("MARGAY_IPAM_MIN_FREE", self.min_free.to_string())
             .env("MARGAY_IPAM_EMPTY_BLOCK_GRACE", self.empty_block_grace)
-            // Its node has no Node object: its blocks are not to be
-            // collected as a deleted node's while it runs.
-            .env("MARGAY_IPAM_NODE_GONE_GRACE", "24h")
             .env("MARGAY_LOG_LEVEL", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -210,6 +213,13 @@ impl HostAgent {
 impl Drop for HostAgent {
     fn drop(&mut self) {
         self.kill();
+        let _ = Command::new(&self.kubectl)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(["delete", "node", &self.node, "--wait=false"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 

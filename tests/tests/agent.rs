@@ -301,7 +301,7 @@ fn eight_claimants_at_once_hold_no_block_twice_even_when_one_is_killed() {
 /// agent (the older claim wins), and one naming a node that does not exist
 /// is released after the grace period by the agent holding the Lease; an
 /// address whose pod does not exist is released after its grace period,
-/// and running pods' are kept.
+/// and running pods' are kept; a deleted Node's blocks are released too.
 #[test]
 fn hand_written_blocks_are_refused_or_released_and_nothing_is_double_used() {
     require_root!(hand_written_blocks_are_refused_or_released_and_nothing_is_double_used);
@@ -423,6 +423,36 @@ fn hand_written_blocks_are_refused_or_released_and_nothing_is_double_used() {
     assert!(
         api_blocks(&c).iter().any(|b| b.cidr == wide),
         "an invalid block of a node that exists is left for its author"
+    );
+
+    // A real Node deleted (its kubelet and agent still running): its blocks
+    // go after the grace period, and its agent does not claim them back.
+    c.kubectl(&["delete", "node", &node1]);
+    let of_node1 = || -> Vec<ApiBlock> {
+        api_blocks(&c)
+            .into_iter()
+            .filter(|b| b.node == node1)
+            .collect()
+    };
+    wait_for(
+        "the deleted node's blocks released",
+        Duration::from_secs(90),
+        || {
+            let left = of_node1();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left:?}"))
+            }
+        },
+    );
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(of_node1(), [], "the deleted node's agent claimed again");
+    assert!(
+        api_blocks(&c)
+            .iter()
+            .any(|b| b.cidr == held.cidr && b.node == node0),
+        "node 0 keeps its block"
     );
 }
 
