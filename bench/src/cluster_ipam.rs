@@ -22,6 +22,7 @@ use margay_tests::kube::{KubeCluster, repo_root, wait_for};
 use serde::Serialize;
 
 use crate::network::{Kind, Network, Pod};
+use crate::procfs::{Process, cpu_percent};
 use crate::report::{Table, fmt_ms, fmt_ratio};
 use crate::stats::{Summary, ratio};
 
@@ -209,25 +210,11 @@ pub fn run(
 
 /// The agent's resident set and its CPU use over [`REST`] of idleness.
 fn at_rest(agent: &HostAgent) -> Result<(u64, f64)> {
-    let pid = agent.pid().context("the agent runs")?;
-    let cpu = || -> Result<u64> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        // Fields after the command's closing parenthesis: utime is the 12th.
-        let rest = stat.rsplit_once(')').context("/proc/PID/stat")?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
-    };
-    let before = cpu()?;
+    let process = Process(agent.pid().context("the agent runs")?);
+    let before = process.cpu_ticks()?;
     std::thread::sleep(REST);
-    let ticks = cpu()? - before;
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("VmRSS")?;
-    Ok((rss, ticks as f64 / hz / REST.as_secs_f64() * 100.0))
+    let ticks = process.cpu_ticks()? - before;
+    Ok((process.rss_kib()?, cpu_percent(ticks, REST.as_secs_f64())))
 }
 
 /// `n` times: create an object, then update it, as Calico's IPAM writes an

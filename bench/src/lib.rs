@@ -4,6 +4,7 @@
 //! Each benchmark lives in its own module and returns a serialisable report;
 //! nothing here prints: the binary decides between a table and JSON.
 
+pub mod agent_load;
 pub mod cluster_ipam;
 pub mod exec;
 pub mod interrupt;
@@ -13,6 +14,7 @@ pub mod network;
 pub mod nodeport;
 pub mod packets;
 pub mod pods;
+pub mod procfs;
 pub mod report;
 pub mod services;
 pub mod stats;

@@ -118,6 +118,18 @@ enum Cmd {
         #[arg(long, default_value = "/usr/lib/cni")]
         peer_dir: PathBuf,
     },
+    /// margay-agent's memory and CPU on a three-node local cluster: at rest,
+    /// while a thousand pods are created (some running on the nodes, the
+    /// rest bound to Node objects without kubelets), and at rest with them.
+    /// Needs root and the built cluster components.
+    AgentLoad {
+        /// Pods in the cluster.
+        #[arg(long, default_value_t = 1000)]
+        pods: usize,
+        /// Of those, running on each of the three real nodes (at most 100).
+        #[arg(long, default_value_t = 100)]
+        per_node: usize,
+    },
     /// Pod-to-pod TCP throughput with iperf3: margay bpf vs margay linux vs
     /// ptp+host-local, interleaved rounds, medians. Needs root and iperf3.
     Throughput {
@@ -247,6 +259,14 @@ fn run(cli: Cli) -> Result<()> {
             let what = format!(
                 "{pods} pods per datastore, interleaved; {claims} claiming ADDs; {claimants} claimants \
                  of 6 blocks each; ratios are to datastore local (lower is better)"
+            );
+            print_report(cli.json, &report, info.header(&what), report.table())
+        }
+        Cmd::AgentLoad { pods, per_node } => {
+            let report = margay_bench::agent_load::run(pods, per_node)?;
+            let what = format!(
+                "{pods} pods, {per_node} running on each of 3 nodes, the rest bound to Node objects \
+                 without kubelets; each agent watches its own node's pods"
             );
             print_report(cli.json, &report, info.header(&what), report.table())
         }

@@ -173,6 +173,31 @@ impl KubeCluster {
         text.split_whitespace().next()?.parse().ok()
     }
 
+    /// The containerd id of container `name` (`margay-agent`, ...) of the
+    /// margay-node pod on node `i`, for `ctr -n k8s.io task ...` there.
+    ///
+    /// # Errors
+    /// There is no such pod or container (yet).
+    pub fn margay_container(&self, i: usize, name: &str) -> Result<String, String> {
+        let node = self.node_name(i).to_string();
+        let pods = self.kubectl_json(&[
+            "-n",
+            "margay-system",
+            "get",
+            "pods",
+            "--field-selector",
+            &format!("spec.nodeName={node}"),
+        ]);
+        pods["items"][0]["status"]["containerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["name"] == name)
+            .and_then(|s| s["containerID"].as_str()?.strip_prefix("containerd://"))
+            .map(String::from)
+            .ok_or_else(|| format!("no {name} container on {node}: {pods}"))
+    }
+
     /// The name of node `i` (its Node object).
     pub fn node_name(&self, i: usize) -> &str {
         self.env(&format!("NODE_NAME_{i}"))

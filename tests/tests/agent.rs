@@ -506,24 +506,7 @@ fn agent_restarts_and_an_api_outage_disturb_no_running_pod() {
 /// SIGKILLs node `i`'s margay-agent container through the node's own
 /// containerd (the machine's process table holds every cluster's agents).
 fn kill_agent(c: &KubeCluster, i: usize) {
-    let node = c.node_name(i).to_string();
-    let pods = c.kubectl_json(&[
-        "-n",
-        "margay-system",
-        "get",
-        "pods",
-        "--field-selector",
-        &format!("spec.nodeName={node}"),
-    ]);
-    let id = pods["items"][0]["status"]["containerStatuses"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|s| s["name"] == "margay-agent")
-        .and_then(|s| s["containerID"].as_str())
-        .and_then(|id| id.strip_prefix("containerd://"))
-        .unwrap_or_else(|| panic!("no margay-agent container on {node}: {pods}"))
-        .to_string();
+    let id = c.margay_container(i, "margay-agent").unwrap();
     c.on_node_ok(
         i,
         &["ctr", "-n", "k8s.io", "task", "kill", "-s", "SIGKILL", &id],
