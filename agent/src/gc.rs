@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, Preconditions};
-use kube::runtime::reflector::Store as Reflected;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::cache::Cache;
 use crate::crd::IpamBlock;
 use crate::ipam::ClusterBlocks;
 use crate::lease::{LEASE_DURATION, LeaseLock};
@@ -29,7 +29,7 @@ pub struct NodeGoneCollector {
     pub namespace: String,
     pub identity: String,
     pub grace: Duration,
-    pub nodes: Reflected<Node>,
+    pub nodes: Cache<Node>,
     pub blocks: watch::Receiver<Arc<ClusterBlocks>>,
     pub metrics: Arc<Metrics>,
 }
@@ -75,11 +75,12 @@ impl NodeGoneCollector {
 
     async fn pass(&self, api: &Api<IpamBlock>, gone_since: &mut HashMap<String, Instant>) {
         let view = self.blocks.borrow().clone();
-        if !view.synced || self.nodes.wait_until_ready().await.is_err() {
+        if !view.synced || !self.nodes.is_listed() {
             return;
         }
         let nodes: HashSet<String> = self
             .nodes
+            .store
             .state()
             .iter()
             .filter_map(|n| n.metadata.name.clone())

@@ -33,12 +33,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::WatchStreamExt;
-use kube::runtime::reflector::{ObjectRef, Store as Reflected};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher::{self, Event};
 use margay_conf::margay::IpamConf;
 use margay_ipam::IpamError;
@@ -52,6 +52,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::blocks::{self, BlockView};
+use crate::cache::Cache;
 use crate::crd::{IpamBlock, IpamBlockStatus};
 use crate::health::Health;
 use crate::metrics::{FamilyLabel, Metrics, WhatLabel};
@@ -86,9 +87,9 @@ pub struct ClaimRequest {
 /// What the controller reads of other objects than IPAMBlocks.
 pub struct Caches {
     /// This node's pods, for leaks.
-    pub pods: Reflected<Pod>,
+    pub pods: Cache<Pod>,
     /// Every Node: this one's must exist for it to claim.
-    pub nodes: Reflected<Node>,
+    pub nodes: Cache<Node>,
 }
 
 /// The node's side of the store, read in one visit.
@@ -259,16 +260,10 @@ impl IpamController {
     /// yet registered, or deleted: its blocks are being released, and
     /// claiming them back would fight the agent releasing them).
     fn may_not_claim(&self) -> Option<String> {
-        if self
-            .caches
-            .nodes
-            .wait_until_ready()
-            .now_or_never()
-            .is_none()
-        {
+        if !self.caches.nodes.is_listed() {
             return Some("the Nodes are not listed yet".into());
         }
-        let node = self.caches.nodes.get(&ObjectRef::new(self.me()));
+        let node = self.caches.nodes.store.get(&ObjectRef::new(self.me()));
         node.is_none()
             .then(|| format!("node {} has no Node object", self.me()))
     }
@@ -588,7 +583,7 @@ impl IpamController {
     /// Releases addresses whose pod has not existed on this node for the
     /// grace period.
     async fn collect_leaks(&mut self, handles: &[HandleRecord]) {
-        if self.caches.pods.wait_until_ready().now_or_never().is_none() {
+        if !self.caches.pods.is_listed() {
             return; // No full list of this node's pods yet.
         }
         let now = Instant::now();
@@ -599,7 +594,7 @@ impl IpamController {
                 continue; // Not a Kubernetes pod's: CNI GC's business.
             };
             seen.insert(r.handle.clone());
-            let pod = self.caches.pods.get(&ObjectRef::new(name).within(ns));
+            let pod = self.caches.pods.store.get(&ObjectRef::new(name).within(ns));
             if pod.is_some_and(|p| holds(&p, &r.addresses, self.me())) {
                 self.orphaned_since.remove(&r.handle);
                 continue;

@@ -5,6 +5,7 @@
 //!
 //! - [`crd`]: the IPAMBlock custom resource and block names;
 //! - [`blocks`]: IPAMBlock objects judged (pure);
+//! - [`cache`]: watched objects and whether they are listed yet;
 //! - [`ipam`]: the node's blocks — claims, headroom, release, leaks, status;
 //! - [`socket`]: where margay-ipam asks for a block;
 //! - [`lease`], [`gc`]: one agent releases deleted nodes' blocks;
@@ -18,6 +19,7 @@
 //! fully synced, as diffs.
 
 pub mod blocks;
+pub mod cache;
 pub mod crd;
 pub mod dataplane_metrics;
 pub mod gc;
@@ -35,13 +37,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::watcher;
 use margay_conf::margay::{Dataplane, Datastore};
 use tokio::sync::{mpsc, watch};
 
+use crate::cache::Cache;
 use crate::gc::NodeGoneCollector;
 use crate::health::Health;
 use crate::ipam::{ClusterBlocks, IpamController};
@@ -91,28 +93,23 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let health = Arc::new(Health::default());
     let mut tasks = tokio::task::JoinSet::new();
 
-    let (nodes, nodes_writer) = reflector::store();
-    let (nodes_changed, nodes_seen) = watch::channel(());
-    let node_events = reflector(
-        nodes_writer,
-        watcher(
-            Api::<Node>::all(clients.watches.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff(),
+    let nodes = Cache::spawn(
+        Api::<Node>::all(clients.watches.clone()),
+        watcher::Config::default(),
+        "nodes",
+        metrics.clone(),
     );
-    tokio::spawn(peers::signal_changes(node_events, nodes_changed));
 
     let (blocks_tx, blocks_rx) = watch::channel(Arc::new(ClusterBlocks::default()));
     if node.ipam.datastore == Datastore::Kubernetes {
-        let (pods, pods_writer) = reflector::store();
         let on_this_node =
             watcher::Config::default().fields(&format!("spec.nodeName={}", settings.node_name));
-        let pod_events = reflector(
-            pods_writer,
-            watcher(Api::<Pod>::all(clients.watches.clone()), on_this_node).default_backoff(),
+        let pods = Cache::spawn(
+            Api::<Pod>::all(clients.watches.clone()),
+            on_this_node,
+            "pods",
+            metrics.clone(),
         );
-        tokio::spawn(pod_events.for_each(|_| async {}));
         let (claims_tx, claims_rx) = mpsc::channel(64);
         let controller = IpamController::new(
             &clients,
@@ -156,7 +153,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 Dataplane::Linux => peers::Dataplane::Linux,
             },
             nodes,
-            nodes_changed: nodes_seen,
             blocks: blocks_rx,
             health: health.clone(),
             metrics: metrics.clone(),

@@ -12,14 +12,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use ipnetwork::{IpNetwork, Ipv4Network};
 use k8s_openapi::api::core::v1::Node;
-use kube::runtime::reflector::Store as Reflected;
 use margay_model::peer::PeerSpec;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::cache::Cache;
 use crate::health::Health;
 use crate::ipam::ClusterBlocks;
 use crate::metrics::{Metrics, WhatLabel};
@@ -112,8 +111,7 @@ pub enum Dataplane {
 pub struct PeerSync {
     pub node_name: String,
     pub dataplane: Dataplane,
-    pub nodes: Reflected<Node>,
-    pub nodes_changed: watch::Receiver<()>,
+    pub nodes: Cache<Node>,
     pub blocks: watch::Receiver<Arc<ClusterBlocks>>,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
@@ -126,7 +124,7 @@ const DEBOUNCE: Duration = Duration::from_millis(50);
 
 impl PeerSync {
     pub async fn run(mut self) {
-        let _ = self.nodes.wait_until_ready().await;
+        self.nodes.listed().await;
         let mut applied: Option<Vec<PeerSpec>> = None;
         let mut changed_at = Some(Instant::now());
         loop {
@@ -150,7 +148,7 @@ impl PeerSync {
                 }
             }
             tokio::select! {
-                r = self.nodes_changed.changed() => if r.is_err() { return },
+                alive = self.nodes.changed() => if !alive { return },
                 r = self.blocks.changed() => if r.is_err() { return },
             }
             changed_at.get_or_insert_with(Instant::now);
@@ -166,6 +164,7 @@ impl PeerSync {
         }
         let nodes: Vec<NodeAddress> = self
             .nodes
+            .store
             .state()
             .iter()
             .map(|n| NodeAddress::of(n))
@@ -207,21 +206,6 @@ impl PeerSync {
         );
         self.health.routes_synced();
         Ok(Some(peers))
-    }
-}
-
-/// Bumps `changed` on every event of a reflector's stream.
-pub async fn signal_changes<S, T, E>(stream: S, changed: watch::Sender<()>)
-where
-    S: futures::Stream<Item = Result<T, E>>,
-    E: std::fmt::Display,
-{
-    let mut stream = std::pin::pin!(stream);
-    while let Some(event) = stream.next().await {
-        match event {
-            Ok(_) => changed.send_replace(()),
-            Err(e) => tracing::warn!("watching Nodes: {e} (retrying)"),
-        }
     }
 }
 
