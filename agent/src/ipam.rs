@@ -44,7 +44,7 @@ use margay_conf::margay::IpamConf;
 use margay_ipam::IpamError;
 use margay_ipam::agent::Answer;
 use margay_ipam::allocator::families;
-use margay_ipam::claim::first_free_block;
+use margay_ipam::claim::first_usable_block;
 use margay_ipam::handle::HandleRecord;
 use margay_ipam::holdings::{self, BlockUsage, Reconciled};
 use margay_ipam::store::Store;
@@ -458,7 +458,7 @@ impl IpamController {
                 let taken = blocks::occupied(&self.views)
                     .into_iter()
                     .filter(|c| c.is_ipv4() == pool.is_ipv4());
-                let Some(cidr) = first_free_block(&pool, prefix, taken) else {
+                let Some(cidr) = first_usable_block(&pool, prefix, taken) else {
                     break;
                 };
                 if self.create(&cidr).await? {

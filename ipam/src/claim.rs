@@ -61,7 +61,11 @@ impl BlockClaimer for LocalClaimer {
         _node: &str,
     ) -> Result<Option<IpNetwork>, IpamError> {
         let taken = store.blocks_in(pool)?;
-        Ok(first_free_block(pool, prefix, taken.iter().map(|b| b.cidr)))
+        Ok(first_usable_block(
+            pool,
+            prefix,
+            taken.iter().map(|b| b.cidr),
+        ))
     }
 
     fn claim_block(
@@ -108,6 +112,24 @@ impl BlockClaimer for AgentClaims {
 
     fn can_claim(&self, _: &Store, _: &IpNetwork, _: u8) -> Result<bool, IpamError> {
         Ok(false)
+    }
+}
+
+/// [`first_free_block`], skipping blocks that could hand out no address:
+/// with blocks of one address, the pool's network and broadcast addresses.
+pub fn first_usable_block(
+    pool: &IpNetwork,
+    prefix: u8,
+    taken: impl IntoIterator<Item = IpNetwork>,
+) -> Option<IpNetwork> {
+    let mut taken: Vec<IpNetwork> = taken.into_iter().collect();
+    loop {
+        let candidate = first_free_block(pool, prefix, taken.iter().copied())?;
+        if crate::block::Block::new(candidate, "", pool).capacity() > 0 {
+            return Some(candidate);
+        }
+        taken.push(candidate);
+        taken.sort_by_key(|c| span(c).0);
     }
 }
 
@@ -196,6 +218,18 @@ mod tests {
             first_free_block(&n("10.0.0.0/30"), 30, []),
             Some(n("10.0.0.0/30"))
         );
+    }
+
+    #[test]
+    fn blocks_of_one_address_skip_the_pools_network_and_broadcast() {
+        let pool = n("10.0.0.0/30");
+        assert_eq!(first_usable_block(&pool, 32, []), Some(n("10.0.0.1/32")));
+        assert_eq!(
+            first_usable_block(&pool, 32, [n("10.0.0.1/32"), n("10.0.0.2/32")]),
+            None,
+            "10.0.0.3 is the broadcast address"
+        );
+        assert_eq!(first_usable_block(&pool, 30, []), Some(pool));
     }
 
     #[test]
