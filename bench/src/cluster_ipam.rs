@@ -170,7 +170,9 @@ pub fn run(
         &peer_dir,
         claimer.ipam_section(&[POOL_CLAIMS], 32),
     )?;
-    let mut claimed_pods = Vec::new();
+    // Untimed: the first ADD on a fresh BPF root loads the programs.
+    let mut claimed_pods = vec![Pod::prepare(&claiming, "cw")];
+    claimed_pods[0].add_timed()?;
     let mut add_with_claim = Vec::new();
     for _ in 0..claims {
         let mut pod = Pod::prepare(&claiming, "cc");
