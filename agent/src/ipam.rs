@@ -166,6 +166,7 @@ impl IpamController {
         let mut events = std::pin::pin!(events);
         let mut tick = tokio::time::interval(RESYNC);
         let mut listing: Option<BTreeMap<String, IpamBlock>> = None;
+        let (mut pods, mut nodes) = (self.caches.pods.clone(), self.caches.nodes.clone());
         loop {
             let due = self.dirty_since.map(|t| t + DEBOUNCE);
             tokio::select! {
@@ -183,6 +184,11 @@ impl IpamController {
                 }
                 () = sleep_until(due) => self.converge().await,
                 _ = tick.tick() => self.converge().await,
+                // A pod of this node came or went (its ADD or DEL changed
+                // the store), or a Node did (this one registered or was
+                // deleted): a pass soon, not at the next tick.
+                Some(()) = async { pods.changed().await.then_some(()) } => self.touch(),
+                Some(()) = async { nodes.changed().await.then_some(()) } => self.touch(),
             }
         }
     }
@@ -224,6 +230,11 @@ impl IpamController {
                 }
             }
         }
+        self.touch();
+    }
+
+    /// Asks for a pass once the debounce is over.
+    fn touch(&mut self) {
         self.dirty_since.get_or_insert_with(Instant::now);
     }
 
@@ -398,7 +409,11 @@ impl IpamController {
         self.release_excess(&local.usage).await;
         self.collect_leaks(&local.handles).await;
         self.report_status(&local.usage).await;
-        self.health.ipam_synced();
+        // Ready once the node could claim: an ADD on it finds addresses
+        // (or the pools are full, which waiting does not change).
+        if self.refusal_reported.is_none() {
+            self.health.ipam_synced();
+        }
         if let Some(t) = started {
             self.metrics
                 .sync_latency

@@ -153,17 +153,19 @@ fn pods_on_three_nodes_get_addresses_of_their_nodes_blocks_and_talk_across() {
 
         let addr = format!("{}:9091", c.env(&format!("NODE_IP_{i}")));
         assert_eq!(http_get(&c, i, &addr, "/readyz").unwrap(), "ok\n");
-        let metrics = http_get(&c, i, &addr, "/metrics").unwrap();
-        assert_eq!(
-            sample(&metrics, "margay_ipam_blocks", "ipv4"),
-            Some(held.len() as f64),
-            "{metrics}"
-        );
+        // The agent reads the store on its passes, which a pod's coming
+        // triggers: its figures follow the ADDs within a moment.
         let pods_here = pods.iter().filter(|p| p.node == node).count() as f64;
-        assert!(
-            sample(&metrics, "margay_ipam_used_addresses", "ipv4") >= Some(pods_here),
-            "{metrics}"
-        );
+        let metrics = wait_for("the agent's IPAM figures", Duration::from_secs(15), || {
+            let metrics = http_get(&c, i, &addr, "/metrics")?;
+            let blocks = sample(&metrics, "margay_ipam_blocks", "ipv4");
+            let used = sample(&metrics, "margay_ipam_used_addresses", "ipv4");
+            if blocks == Some(held.len() as f64) && used >= Some(pods_here) {
+                Ok(metrics)
+            } else {
+                Err(metrics)
+            }
+        });
         assert!(
             sample(&metrics, "margay_dataplane_packets_total", "from_pod") > Some(0.0),
             "{metrics}"
