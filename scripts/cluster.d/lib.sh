@@ -105,6 +105,14 @@ pid_start() {
 
 pid_alive() { pid_start "$1" >/dev/null; }
 
+# pid_record PID NAME : records PID (with its start time, so a reused pid is
+# not mistaken for it) as component NAME's. Written aside and renamed: a
+# reader such as `up`'s liveness check must never see the file half written,
+# or it takes a running component for a dead one.
+pid_record() {
+    echo "$1 $(pid_start "$1")" >"$PIDS/$2.pid.new" && mv -f "$PIDS/$2.pid.new" "$PIDS/$2.pid"
+}
+
 # Prints the pid recorded for component $1 if that very process still runs.
 component_pid() {
     local file=$PIDS/$1.pid pid start
@@ -126,8 +134,7 @@ spawn() {
         if [[ -n ${CLUSTER_LOCK_FD:-} ]]; then exec {CLUSTER_LOCK_FD}>&-; fi
         exec setsid ip netns exec "$netns" "$@" </dev/null >>"$LOGS/$name.log" 2>&1
     ) &
-    local pid=$!
-    echo "$pid $(pid_start "$pid")" >"$PIDS/$name.pid"
+    pid_record $! "$name"
 }
 
 # stop_pids PID... : TERM, up to 20 s for a clean exit, then KILL.

@@ -16,7 +16,7 @@ NODE_DIR=$1
 # shellcheck source=/dev/null
 . "$NODE_DIR/node.env" # NODE CGROUP_ROOT LOGS PIDS K8S_BIN IMAGES NODE_IP KUBE_PROXY
 # shellcheck source=/dev/null
-. "$(dirname "${BASH_SOURCE[0]}")/lib.sh" # pid_start
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh" # pid_record
 
 say() { echo "node[$NODE]: $*"; }
 
@@ -60,8 +60,6 @@ for h in /sys/fs/cgroup/*/; do
     echo $$ >"$h$CGROUP_ROOT/node/cgroup.procs"
 done
 
-record() { echo "$1 $(pid_start "$1")" >"$PIDS/$2.pid"; }
-
 # supervise NAME CMD... : runs CMD (output to NAME's log) and starts it again
 # a second after it exits, as a node's init system does: a test restarts
 # containerd or kubelet by killing it. The pid file names the current one.
@@ -70,7 +68,7 @@ supervise() {
     shift
     while :; do
         "$@" >>"$LOGS/$name.log" 2>&1 &
-        record $! "$name"
+        pid_record $! "$name"
         rc=0
         wait $! || rc=$?
         say "$name exited (status $rc); starting it again in 1 s"

@@ -240,8 +240,7 @@ spawn_node() {
             unshare --mount --uts -- "$ROOT/scripts/cluster.d/node-run.sh" "$NODES_DIR/$node" \
             </dev/null >>"$LOGS/$node.log" 2>&1
     ) &
-    local pid=$!
-    echo "$pid $(pid_start "$pid")" >"$PIDS/$node.pid"
+    pid_record $! "$node"
 }
 
 nodes_up() {
