@@ -12,10 +12,10 @@ use std::hash::Hash;
 
 use futures::StreamExt;
 use kube::Api;
-use kube::Resource;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store, reflector};
 use kube::runtime::watcher::{self, Event};
+use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
@@ -49,7 +49,14 @@ where
     {
         let (store, writer) = reflector::store();
         let (generation, rx) = watch::channel(0u64);
-        let events = reflector(writer, watcher::watcher(api, config).default_backoff());
+        // managedFields are often the larger half of an object, and
+        // nothing here reads them: not kept (ten thousand Services).
+        let events = reflector(
+            writer,
+            watcher::watcher(api, config)
+                .default_backoff()
+                .modify(|o| o.managed_fields_mut().clear()),
+        );
         tokio::spawn(async move {
             let mut events = std::pin::pin!(events);
             while let Some(event) = events.next().await {

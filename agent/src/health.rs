@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub struct Health {
     ipam: AtomicBool,
     routes: AtomicBool,
+    services: AtomicBool,
 }
 
 impl Health {
@@ -18,11 +19,16 @@ impl Health {
         self.routes.store(true, Ordering::Relaxed);
     }
 
+    pub fn services_synced(&self) {
+        self.services.store(true, Ordering::Relaxed);
+    }
+
     /// `Err` names what is not synced yet.
     pub fn ready(&self) -> Result<(), String> {
         let pending: Vec<&str> = [
             (&self.ipam, "IPAM blocks"),
             (&self.routes, "routes to other nodes"),
+            (&self.services, "services"),
         ]
         .into_iter()
         .filter(|(flag, _)| !flag.load(Ordering::Relaxed))

@@ -10,6 +10,8 @@
 //! - [`socket`]: where margay-ipam asks for a block;
 //! - [`lease`], [`gc`]: one agent releases deleted nodes' blocks;
 //! - [`peers`]: routes to the other nodes (translation pure);
+//! - [`services`]: Services and EndpointSlices balanced by the programs
+//!   (translation pure), health check node ports;
 //! - [`http`], [`metrics`], [`dataplane_metrics`], [`health`]: `/livez`,
 //!   `/readyz`, `/metrics`;
 //! - [`node_conf`], [`settings`]: what the agent is told.
@@ -30,6 +32,7 @@ pub mod lease;
 pub mod metrics;
 pub mod node_conf;
 pub mod peers;
+pub mod services;
 pub mod settings;
 pub mod socket;
 
@@ -37,7 +40,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::runtime::watcher;
 use margay_conf::margay::{Dataplane, Datastore};
@@ -50,7 +54,8 @@ use crate::ipam::{ClusterBlocks, IpamController};
 use crate::metrics::Metrics;
 use crate::node_conf::NodeConf;
 use crate::peers::PeerSync;
-use crate::settings::Settings;
+use crate::services::ServiceSync;
+use crate::settings::{ServicesMode, Settings};
 
 /// How long one API request (not a watch) may take before it fails: a
 /// claim or a release must never hang the controller behind it.
@@ -160,6 +165,38 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         tokio::spawn(sync.run());
     } else {
         health.routes_synced();
+    }
+
+    match (settings.services, node.dataplane) {
+        (ServicesMode::KubeProxy, _) => {
+            tracing::info!("services: left to kube-proxy (MARGAY_SERVICES=kube-proxy)");
+            health.services_synced();
+        }
+        (_, Dataplane::Linux) => {
+            tracing::warn!("services: the linux dataplane balances none; kube-proxy must run");
+            health.services_synced();
+        }
+        (_, Dataplane::Bpf) => {
+            let sync = ServiceSync {
+                root: node.bpf_root.clone(),
+                node_name: settings.node_name.clone(),
+                services: Cache::spawn(
+                    Api::<Service>::all(clients.watches.clone()),
+                    watcher::Config::default(),
+                    "services",
+                    metrics.clone(),
+                ),
+                slices: Cache::spawn(
+                    Api::<EndpointSlice>::all(clients.watches.clone()),
+                    watcher::Config::default(),
+                    "endpointslices",
+                    metrics.clone(),
+                ),
+                health: health.clone(),
+                metrics: metrics.clone(),
+            };
+            tokio::spawn(sync.run());
+        }
     }
 
     let dataplane = (node.dataplane == Dataplane::Bpf)

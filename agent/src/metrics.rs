@@ -1,5 +1,5 @@
-//! The agent's own Prometheus metrics (`/metrics`): IPAM, API sync and
-//! errors. The dataplane's counters are read at scrape time
+//! The agent's own Prometheus metrics (`/metrics`): IPAM, services, API
+//! sync and errors. The dataplane's counters are read at scrape time
 //! ([`crate::dataplane_metrics`]).
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -45,6 +45,9 @@ pub struct Metrics {
     pub api_errors: Family<WhatLabel, Counter>,
     pub sync_latency: Family<WhatLabel, Histogram>,
     pub leader: Gauge,
+    pub service_ports: Gauge,
+    pub service_ports_skipped: Gauge,
+    pub apply_errors: Family<WhatLabel, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -68,6 +71,9 @@ impl Default for Metrics {
             api_errors: Family::default(),
             sync_latency: Family::new_with_constructor(latency_histogram),
             leader: Gauge::default(),
+            service_ports: Gauge::default(),
+            service_ports_skipped: Gauge::default(),
+            apply_errors: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -119,6 +125,21 @@ impl Default for Metrics {
             "ipam_gc_leader",
             "1 while this agent holds the Lease and collects deleted nodes' blocks",
             m.leader.clone(),
+        );
+        registry.register(
+            "service_ports",
+            "Service ports the node balances (a ClusterIP frontend each, with its NodePorts and external IPs)",
+            m.service_ports.clone(),
+        );
+        registry.register(
+            "service_ports_skipped",
+            "Service ports left out (another proxy's, headless, IPv6-only, SCTP, or clashing with an older Service); the agent's log says why",
+            m.service_ports_skipped.clone(),
+        );
+        registry.register(
+            "apply_errors",
+            "Applies to the node that failed (and are retried), by what they were for",
+            m.apply_errors.clone(),
         );
         Metrics { registry, ..m }
     }

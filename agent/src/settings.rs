@@ -5,13 +5,27 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+
+/// Who balances Services on the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ServicesMode {
+    /// Margay, in place of kube-proxy, whose leftover rules on the node it
+    /// removes.
+    ReplaceKubeProxy,
+    /// Margay, with kube-proxy kept running by the platform (a managed
+    /// cluster's add-on manager puts it back): its rules are left alone,
+    /// and Margay's programs see the packets first.
+    BesideKubeProxy,
+    /// kube-proxy (or another proxy); Margay balances nothing.
+    KubeProxy,
+}
 
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "margay-agent",
     version,
-    about = "Margay's node agent: cluster IPAM blocks and routes to other nodes from the Kubernetes API"
+    about = "Margay's node agent: cluster IPAM blocks, routes to other nodes and Services from the Kubernetes API"
 )]
 pub struct Settings {
     /// Print the IPAMBlock CustomResourceDefinition (JSON) and exit.
@@ -60,6 +74,15 @@ pub struct Settings {
     /// blocks without a dataplane, such as tests' extra claimants).
     #[arg(long, env = "MARGAY_AGENT_ROUTES", default_value_t = true, action = clap::ArgAction::Set)]
     pub routes: bool,
+    /// Who balances Services (bpf dataplane only; with the linux dataplane
+    /// kube-proxy does).
+    #[arg(
+        long,
+        env = "MARGAY_SERVICES",
+        value_enum,
+        default_value = "replace-kube-proxy"
+    )]
+    pub services: ServicesMode,
     /// error, warn, info, debug or trace; or a tracing filter
     /// (`info,kube=debug`).
     #[arg(long, env = "MARGAY_LOG_LEVEL", default_value = "info")]

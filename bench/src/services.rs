@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use margay_ebpf::service;
 use margay_model::protocol::Protocol;
-use margay_model::service::{ServiceSpec, TrafficPolicy};
+use margay_model::service::ServiceSpec;
 use margay_tests::netns::{NetNs, unique_name};
 use margay_tests::traffic::in_netns;
 use serde::Serialize;
@@ -42,18 +42,12 @@ fn vip(i: usize) -> Ipv4Addr {
 fn service_set(count: usize, target: SocketAddrV4) -> Vec<ServiceSpec> {
     (0..count)
         .map(|i| ServiceSpec {
-            name: format!("bench/svc-{i}"),
-            vip: vip(i),
-            port: PORT,
-            protocol: Protocol::TCP,
             backends: vec![if i + 1 == count {
                 target
             } else {
                 SocketAddrV4::new(Ipv4Addr::new(10, 255, (i >> 8) as u8, i as u8), 8080)
             }],
-            affinity_timeout: None,
-            node_port: None,
-            external_traffic_policy: TrafficPolicy::Cluster,
+            ..ServiceSpec::new(format!("bench/svc-{i}"), vip(i), PORT, Protocol::TCP)
         })
         .collect()
 }

@@ -212,11 +212,15 @@ struct svc_filter {
  * update writes the next generation's slots and then flips the frontend,
  * and no packet sees half of one set and half of the other. */
 #define SVC_F_AFFINITY 0x1   /* sessionAffinity: ClientIP */
-#define SVC_F_LOCAL_ONLY 0x2 /* externalTrafficPolicy: Local: local backends only */
+#define SVC_F_LOCAL_ONLY 0x2 /* a Local traffic policy: local backends only */
 #define SVC_F_NODE_PORT 0x4  /* a NodePort on a node address (for listings) */
 /* On a ClusterIP frontend: its service's NodePorts are
  * externalTrafficPolicy: Local (userspace's record, as node_port is). */
 #define SVC_F_EXTERNAL_LOCAL 0x8
+#define SVC_F_EXTERNAL_IP 0x10    /* an external IP or LoadBalancer ingress (for listings) */
+/* On a ClusterIP frontend: internalTrafficPolicy: Local (userspace's record;
+ * SVC_F_LOCAL_ONLY is set with it). */
+#define SVC_F_INTERNAL_LOCAL 0x20
 
 struct svc_key {
 	__be32 addr;

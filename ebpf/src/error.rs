@@ -36,6 +36,9 @@ pub enum DataplaneError {
     },
     #[error("{0}")]
     Check(String),
+    /// A file the dataplane keeps beside its pins (under /run/margay).
+    #[error("{path}: {reason}")]
+    RunState { path: PathBuf, reason: String },
 }
 
 impl DataplaneError {

@@ -6,6 +6,7 @@
 //! <root>/maps/{endpoints,endpoints6,endpoints_by_ip,policies,policies6,conntrack,conntrack6,
 //!              counters,flow_events,config,svc_frontends,svc_backends,svc_meta,svc_affinity,nat,…}
 //! /run/margay/locks/<root, flattened>[.<what>].lock
+//! /run/margay/locks/<root, flattened>.<what>.serial
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -28,15 +29,24 @@ pub(crate) fn set_aside_path(root: &Path, name: &str) -> PathBuf {
 /// Lock files cannot live on bpffs; one per root, under /run.
 /// `what` names the lock ("" for loading, "services" for service applies).
 pub(crate) fn lock_path(root: &Path, what: &str) -> PathBuf {
-    let flat: String = root
-        .to_string_lossy()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
+    let flat = flatten(root);
     let name = if what.is_empty() {
         format!("{flat}.lock")
     } else {
         format!("{flat}.{what}.lock")
     };
     PathBuf::from("/run/margay/locks").join(name)
+}
+
+/// How many times what `what`'s lock guards was written (service applies
+/// count themselves there), beside the lock.
+pub(crate) fn serial_path(root: &Path, what: &str) -> PathBuf {
+    PathBuf::from("/run/margay/locks").join(format!("{}.{what}.serial", flatten(root)))
+}
+
+fn flatten(root: &Path) -> String {
+    root.to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
 }

@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aya::maps::MapError;
@@ -30,12 +30,12 @@ use margay_model::service::{
 use serde::Serialize;
 
 use crate::abi::{
-    Backend, BackendKey, Endpoint, SVC_F_AFFINITY, SVC_F_EXTERNAL_LOCAL, SVC_F_LOCAL_ONLY,
-    SVC_F_NODE_PORT, SvcFilter, SvcKey, SvcMeta, SvcValue,
+    Backend, BackendKey, Endpoint, SVC_F_AFFINITY, SVC_F_EXTERNAL_IP, SVC_F_EXTERNAL_LOCAL,
+    SVC_F_INTERNAL_LOCAL, SVC_F_LOCAL_ONLY, SVC_F_NODE_PORT, SvcFilter, SvcKey, SvcMeta, SvcValue,
 };
 use crate::error::DataplaneError;
 use crate::maps::{self, Layout};
-use crate::paths::{lock_path, map_path};
+use crate::paths::{lock_path, map_path, serial_path};
 use crate::{nodeport, registry};
 
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +79,7 @@ pub struct ApplyReport {
 pub struct FrontendRow {
     pub id: u32,
     pub name: String,
-    /// `cluster-ip` or `node-port`.
+    /// `cluster-ip`, `node-port` or `external-ip`.
     pub kind: &'static str,
     pub address: Ipv4Addr,
     pub port: u16,
@@ -107,51 +107,60 @@ impl Wanted<'_> {
 }
 
 /// The frontends `spec` makes on a node with `node_addrs`, whose local
-/// pods are `local` (for `external_traffic_policy: local`).
+/// backends are those at `local` addresses (for the `local` traffic
+/// policies).
 fn frontends<'a>(
     spec: &'a ServiceSpec,
     node_addrs: &[Ipv4Addr],
     local: &HashSet<Ipv4Addr>,
 ) -> Vec<Wanted<'a>> {
-    let local_only = spec.external_traffic_policy == TrafficPolicy::Local;
+    let scoped = |policy: TrafficPolicy| -> Vec<SocketAddrV4> {
+        spec.backends
+            .iter()
+            .filter(|b| policy == TrafficPolicy::Cluster || local.contains(b.ip()))
+            .copied()
+            .collect()
+    };
     let affinity = if spec.affinity_timeout.is_some() {
         SVC_F_AFFINITY
     } else {
         0
     };
+    let internal_local = spec.internal_traffic_policy == TrafficPolicy::Local;
+    let external_local = spec.external_traffic_policy == TrafficPolicy::Local;
     let cluster_ip = Wanted {
         frontend: spec.cluster_ip(),
         spec,
-        backends: spec.backends.clone(),
+        backends: scoped(spec.internal_traffic_policy),
         flags: affinity
-            | if local_only && spec.node_port.is_some() {
-                SVC_F_EXTERNAL_LOCAL
-            } else {
-                0
-            },
+            | flag(external_local, SVC_F_EXTERNAL_LOCAL)
+            | flag(internal_local, SVC_F_INTERNAL_LOCAL | SVC_F_LOCAL_ONLY),
         node_port: spec.node_port.unwrap_or(0),
     };
-    let node_ports = spec.node_port.into_iter().flat_map(move |port| {
-        let backends: Vec<SocketAddrV4> = spec
-            .backends
-            .iter()
-            .filter(|b| !local_only || local.contains(b.ip()))
-            .copied()
-            .collect();
-        let flags = affinity | SVC_F_NODE_PORT | if local_only { SVC_F_LOCAL_ONLY } else { 0 };
-        node_addrs.iter().map(move |&addr| Wanted {
-            frontend: Frontend {
-                addr,
-                port,
-                protocol: spec.protocol,
-            },
-            spec,
-            backends: backends.clone(),
-            flags,
-            node_port: 0,
+    let external_backends = scoped(spec.external_traffic_policy);
+    let external_flags = affinity | flag(external_local, SVC_F_LOCAL_ONLY);
+    let node_ports = spec.node_port.into_iter().flat_map(|port| {
+        node_addrs.iter().map(move |&addr| Frontend {
+            addr,
+            port,
+            protocol: spec.protocol,
         })
     });
-    std::iter::once(cluster_ip).chain(node_ports).collect()
+    let externals = node_ports
+        .map(|f| (f, SVC_F_NODE_PORT))
+        .chain(spec.external_frontends().map(|f| (f, SVC_F_EXTERNAL_IP)))
+        .map(|(frontend, kind)| Wanted {
+            frontend,
+            spec,
+            backends: external_backends.clone(),
+            flags: external_flags | kind,
+            node_port: 0,
+        });
+    std::iter::once(cluster_ip).chain(externals).collect()
+}
+
+fn flag(on: bool, flag: u16) -> u16 {
+    if on { flag } else { 0 }
 }
 
 fn key_of(frontend: Frontend) -> SvcKey {
@@ -326,13 +335,9 @@ fn reslot(current: &[SocketAddrV4], desired: &[SocketAddrV4]) -> Vec<SocketAddrV
 /// Makes the service maps of `root` hold exactly `specs` (and their
 /// NodePorts on the node's data-interface addresses). Validates and checks
 /// capacity before writing anything; serialised with other applies on the
-/// node.
+/// node. A writer that applies again and again keeps a [`ServiceTable`].
 pub fn apply(root: &Path, specs: &[ServiceSpec]) -> Result<ApplyReport, ServiceError> {
-    model::validate(specs)?;
-    let _lock = services_lock(root)?;
-    let mut maps = Maps::open(root)?;
-    let installed = maps.installed()?;
-    apply_locked(root, &mut maps, installed, specs)
+    ServiceTable::open(root)?.apply(specs)
 }
 
 /// Re-applies the installed services for the node's current NodePort
@@ -340,11 +345,77 @@ pub fn apply(root: &Path, specs: &[ServiceSpec]) -> Result<ApplyReport, ServiceE
 /// address attached after the services were applied, and close on one
 /// detached. Everything else is left as it is.
 pub fn refresh_node_ports(root: &Path) -> Result<ApplyReport, ServiceError> {
+    let mut table = ServiceTable::open(root)?;
     let _lock = services_lock(root)?;
-    let mut maps = Maps::open(root)?;
-    let installed = maps.installed()?;
-    let specs = installed_specs(&installed);
-    apply_locked(root, &mut maps, installed, &specs)
+    let specs = installed_specs(table.view()?);
+    table.apply_locked(&specs)
+}
+
+/// The service maps of a root and what they hold, kept by a writer that
+/// applies many times (margay-agent), so that an apply reads nothing from
+/// the maps and writes only what changed: with ten thousand services,
+/// reading every frontend and backend back would cost more than the
+/// change.
+///
+/// Every apply, from any writer, counts itself in a serial file beside the
+/// services lock; a table whose last apply is not the latest reads the
+/// maps again (someone ran `margayctl service apply` meanwhile).
+///
+/// ```no_run
+/// # use margay_ebpf::service::ServiceTable;
+/// let mut table = ServiceTable::open("/sys/fs/bpf/margay".as_ref())?;
+/// table.apply(&[])?;
+/// table.apply(&[])?; // reads nothing, writes nothing
+/// # Ok::<(), margay_ebpf::service::ServiceError>(())
+/// ```
+pub struct ServiceTable {
+    root: PathBuf,
+    maps: Maps,
+    /// What the maps hold, as of apply `serial`; None: read it first.
+    installed: Option<BTreeMap<SvcKey, Installed>>,
+    serial: u64,
+}
+
+impl ServiceTable {
+    /// Opens the pinned service maps of `root`.
+    pub fn open(root: &Path) -> Result<ServiceTable, ServiceError> {
+        Ok(ServiceTable {
+            root: root.to_path_buf(),
+            maps: Maps::open(root)?,
+            installed: None,
+            serial: 0,
+        })
+    }
+
+    /// [`apply`] through this table.
+    pub fn apply(&mut self, specs: &[ServiceSpec]) -> Result<ApplyReport, ServiceError> {
+        model::validate(specs)?;
+        let _lock = services_lock(&self.root)?;
+        self.apply_locked(specs)
+    }
+
+    /// What the maps hold, read again unless this table made them so.
+    /// Called with the lock held.
+    fn view(&mut self) -> Result<&BTreeMap<SvcKey, Installed>, DataplaneError> {
+        let serial = read_serial(&self.root);
+        if self.installed.is_none() || serial != self.serial {
+            self.installed = Some(self.maps.installed()?);
+            self.serial = serial;
+        }
+        Ok(self.installed.as_ref().expect("read above"))
+    }
+
+    fn apply_locked(&mut self, specs: &[ServiceSpec]) -> Result<ApplyReport, ServiceError> {
+        self.view()?;
+        let mut installed = self.installed.take().expect("read by view");
+        let result = write_diff(&self.root, &mut self.maps, &mut installed, specs);
+        // After a failure part of the set may be written: the view is kept
+        // only when it is known to be exact.
+        self.installed = result.is_ok().then_some(installed);
+        self.serial = self.serial.max(read_serial(&self.root)) + 1;
+        write_serial(&self.root, self.serial)?;
+        result
+    }
 }
 
 fn services_lock(root: &Path) -> Result<FileLock, DataplaneError> {
@@ -354,19 +425,44 @@ fn services_lock(root: &Path) -> Result<FileLock, DataplaneError> {
     )?)
 }
 
+fn read_serial(root: &Path) -> u64 {
+    std::fs::read_to_string(serial_path(root, "services"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn write_serial(root: &Path, serial: u64) -> Result<(), DataplaneError> {
+    let path = serial_path(root, "services");
+    std::fs::write(&path, format!("{serial}\n")).map_err(|e| DataplaneError::RunState {
+        reason: format!("writing the services' serial: {e}"),
+        path,
+    })
+}
+
 /// The services the maps hold, as specs: one per ClusterIP frontend, its
 /// NodePort from the frontend's record or, for frontends written before
-/// that record existed, from a NodePort frontend of the same name.
+/// that record existed, from a NodePort frontend of the same name; its
+/// external IPs from the external-IP frontends of its name and port.
 fn installed_specs(installed: &BTreeMap<SvcKey, Installed>) -> Vec<ServiceSpec> {
     let node_ports: HashMap<(&str, u8), u16> = installed
         .iter()
         .filter(|(_, i)| i.value.flags & SVC_F_NODE_PORT != 0)
         .map(|(k, i)| ((i.name.as_str(), k.proto), u16::from_be_bytes(k.port)))
         .collect();
+    let mut external_ips: HashMap<(&str, u8, [u8; 2]), Vec<Ipv4Addr>> = HashMap::new();
+    for (k, i) in installed {
+        if i.value.flags & SVC_F_EXTERNAL_IP != 0 {
+            external_ips
+                .entry((i.name.as_str(), k.proto, k.port))
+                .or_default()
+                .push(Ipv4Addr::from(k.addr));
+        }
+    }
     let mut specs = Vec::new();
     for (key, i) in installed.iter() {
         let flags = i.value.flags;
-        if flags & SVC_F_NODE_PORT != 0 {
+        if flags & (SVC_F_NODE_PORT | SVC_F_EXTERNAL_IP) != 0 {
             continue;
         }
         let Some(frontend) = frontend_of(key) else {
@@ -375,6 +471,13 @@ fn installed_specs(installed: &BTreeMap<SvcKey, Installed>) -> Vec<ServiceSpec> 
         let node_port = Some(i.value.node_port)
             .filter(|p| *p != 0)
             .or_else(|| node_ports.get(&(i.name.as_str(), key.proto)).copied());
+        let policy = |local: u16| {
+            if flags & local != 0 {
+                TrafficPolicy::Local
+            } else {
+                TrafficPolicy::Cluster
+            }
+        };
         specs.push(ServiceSpec {
             name: i.name.clone(),
             vip: frontend.addr,
@@ -383,29 +486,35 @@ fn installed_specs(installed: &BTreeMap<SvcKey, Installed>) -> Vec<ServiceSpec> 
             backends: i.backends.clone(),
             affinity_timeout: (flags & SVC_F_AFFINITY != 0).then_some(i.value.affinity_timeout_s),
             node_port,
-            external_traffic_policy: if flags & SVC_F_EXTERNAL_LOCAL != 0 {
-                TrafficPolicy::Local
-            } else {
-                TrafficPolicy::Cluster
-            },
+            external_ips: external_ips
+                .remove(&(i.name.as_str(), key.proto, key.port))
+                .unwrap_or_default(),
+            external_traffic_policy: policy(SVC_F_EXTERNAL_LOCAL),
+            internal_traffic_policy: policy(SVC_F_INTERNAL_LOCAL),
         });
     }
     specs
 }
 
-/// [`apply`] once the lock is held and the maps' contents (`installed`)
-/// read.
-fn apply_locked(
+/// Writes what differs between `installed` (kept up to date) and the
+/// frontends `specs` make.
+fn write_diff(
     root: &Path,
     maps: &mut Maps,
-    mut installed: BTreeMap<SvcKey, Installed>,
+    installed: &mut BTreeMap<SvcKey, Installed>,
     specs: &[ServiceSpec],
 ) -> Result<ApplyReport, ServiceError> {
     let node_addrs: Vec<Ipv4Addr> = nodeport::data_ifaces(root)?
         .into_iter()
         .map(|d| d.address)
         .collect();
-    let local: HashSet<Ipv4Addr> = registry::list(root)?.iter().map(Endpoint::ipv4).collect();
+    // A backend is local when it is a pod here or the node itself (a
+    // host-networked backend).
+    let local: HashSet<Ipv4Addr> = registry::list(root)?
+        .iter()
+        .map(Endpoint::ipv4)
+        .chain(node_addrs.iter().copied())
+        .collect();
     let wanted: Vec<Wanted> = specs
         .iter()
         .flat_map(|s| frontends(s, &node_addrs, &local))
@@ -480,7 +589,7 @@ fn apply_locked(
     let mut next_id = 1u32;
     for w in &wanted {
         let timeout = w.spec.affinity_timeout.unwrap_or(0);
-        match installed.get(&w.key()) {
+        match installed.get_mut(&w.key()) {
             Some(old) => {
                 let slots = reslot(&old.backends, &w.backends);
                 let same_backends = slots == old.backends;
@@ -491,6 +600,7 @@ fn apply_locked(
                     maps.names
                         .insert(old.value.id, meta_of(&w.spec.name), 0)
                         .map_err(map_err("svc_meta"))?;
+                    old.name.clone_from(&w.spec.name);
                 }
                 if same_backends && same_settings {
                     report.unchanged += 1;
@@ -517,6 +627,8 @@ fn apply_locked(
                 if !same_backends {
                     maps.remove_slots(old.value.id, old.value.generation, old.value.count)?;
                 }
+                old.value = value;
+                old.backends = slots;
                 report.updated += 1;
             }
             None => {
@@ -540,6 +652,14 @@ fn apply_locked(
                 maps.frontends
                     .insert(w.key(), value, 0)
                     .map_err(map_err("svc_frontends"))?;
+                installed.insert(
+                    w.key(),
+                    Installed {
+                        value,
+                        backends: w.backends.clone(),
+                        name: w.spec.name.clone(),
+                    },
+                );
                 report.added += 1;
             }
         }
@@ -562,6 +682,8 @@ pub fn list(root: &Path) -> Result<Vec<FrontendRow>, DataplaneError> {
                 name: i.name,
                 kind: if flags & SVC_F_NODE_PORT != 0 {
                     "node-port"
+                } else if flags & SVC_F_EXTERNAL_IP != 0 {
+                    "external-ip"
                 } else {
                     "cluster-ip"
                 },

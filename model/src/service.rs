@@ -10,11 +10,14 @@
 //!     backends: ["10.244.0.5:8080", "10.244.1.7:8080"]
 //!     affinity_timeout: 10800    # sessionAffinity ClientIP, seconds; absent: none
 //!     node_port: 30080           # also on every node address (margayctl node attach)
-//!     external_traffic_policy: local  # cluster (default) | local: NodePort to local backends only
+//!     external_ips: [203.0.113.7]  # also here (externalIPs, LoadBalancer ingress)
+//!     external_traffic_policy: local  # cluster (default) | local: NodePort and
+//!                                     # external IPs to this node's backends only
+//!     internal_traffic_policy: local  # cluster (default) | local: the ClusterIP too
 //! ```
 //!
 //! Each service is one ClusterIP frontend, plus a NodePort frontend per
-//! node address when it has a `node_port`.
+//! node address when it has a `node_port`, plus one per external IP.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -48,12 +51,20 @@ pub struct ServiceSpec {
     /// Also reachable at this port on every node address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_port: Option<u16>,
-    /// Which backends NodePort traffic may reach.
+    /// Addresses outside the cluster's that also answer on `port`
+    /// (`externalIPs`, a LoadBalancer's ingress IPs): external clients
+    /// reach them through a node, as they reach NodePorts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external_ips: Vec<Ipv4Addr>,
+    /// Which backends NodePort and external-IP traffic may reach.
     #[serde(default, skip_serializing_if = "is_default")]
     pub external_traffic_policy: TrafficPolicy,
+    /// Which backends ClusterIP traffic may reach.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub internal_traffic_policy: TrafficPolicy,
 }
 
-/// `externalTrafficPolicy`.
+/// `externalTrafficPolicy` or `internalTrafficPolicy`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TrafficPolicy {
@@ -119,8 +130,12 @@ pub enum ServiceFault {
     Protocol(Protocol),
     #[error("node_port: 0 is not a port")]
     NodePort,
-    #[error("external_traffic_policy: local applies to NodePorts; set node_port")]
-    LocalWithoutNodePort,
+    #[error(
+        "external_traffic_policy: local applies to NodePorts and external IPs; set node_port or external_ips"
+    )]
+    LocalWithoutExternalFrontend,
+    #[error("external_ips[{index}]: {addr} cannot be a service address")]
+    ExternalIp { index: usize, addr: Ipv4Addr },
     #[error("backends: {0} is more than {MAX_BACKENDS}")]
     TooManyBackends(usize),
     #[error("backends[{index}]: {backend} is not a reachable endpoint")]
@@ -149,6 +164,29 @@ pub enum ServiceSpecError {
 }
 
 impl ServiceSpec {
+    /// A service without backends, NodePort, external IPs or affinity,
+    /// its traffic policies `cluster`: fill in the rest with
+    /// `ServiceSpec { backends, ..ServiceSpec::new(..) }`.
+    pub fn new(
+        name: impl Into<String>,
+        vip: Ipv4Addr,
+        port: u16,
+        protocol: Protocol,
+    ) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            vip,
+            port,
+            protocol,
+            backends: Vec::new(),
+            affinity_timeout: None,
+            node_port: None,
+            external_ips: Vec::new(),
+            external_traffic_policy: TrafficPolicy::Cluster,
+            internal_traffic_policy: TrafficPolicy::Cluster,
+        }
+    }
+
     /// Its ClusterIP frontend.
     pub fn cluster_ip(&self) -> Frontend {
         Frontend {
@@ -158,13 +196,30 @@ impl ServiceSpec {
         }
     }
 
+    /// Its external-IP frontends.
+    pub fn external_frontends(&self) -> impl Iterator<Item = Frontend> + '_ {
+        self.external_ips.iter().map(|&addr| Frontend {
+            addr,
+            port: self.port,
+            protocol: self.protocol,
+        })
+    }
+
     /// Checks this service alone.
     pub fn check(&self) -> Result<(), ServiceFault> {
         if self.name.is_empty() || self.name.len() > MAX_NAME {
             return Err(ServiceFault::Name);
         }
-        if self.vip.is_unspecified() || self.vip.is_broadcast() || self.vip.is_multicast() {
+        if !can_be_frontend(self.vip) {
             return Err(ServiceFault::Vip(self.vip));
+        }
+        if let Some((index, &addr)) = self
+            .external_ips
+            .iter()
+            .enumerate()
+            .find(|(_, a)| !can_be_frontend(**a))
+        {
+            return Err(ServiceFault::ExternalIp { index, addr });
         }
         if self.port == 0 {
             return Err(ServiceFault::Port);
@@ -175,8 +230,11 @@ impl ServiceSpec {
         if self.node_port == Some(0) {
             return Err(ServiceFault::NodePort);
         }
-        if self.node_port.is_none() && self.external_traffic_policy == TrafficPolicy::Local {
-            return Err(ServiceFault::LocalWithoutNodePort);
+        if self.node_port.is_none()
+            && self.external_ips.is_empty()
+            && self.external_traffic_policy == TrafficPolicy::Local
+        {
+            return Err(ServiceFault::LocalWithoutExternalFrontend);
         }
         if self.backends.len() > MAX_BACKENDS {
             return Err(ServiceFault::TooManyBackends(self.backends.len()));
@@ -199,8 +257,12 @@ impl ServiceSpec {
     }
 }
 
-/// Checks a whole set: every service valid, no ClusterIP frontend or
-/// NodePort claimed twice.
+fn can_be_frontend(addr: Ipv4Addr) -> bool {
+    !(addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast())
+}
+
+/// Checks a whole set: every service valid, no ClusterIP or external
+/// frontend or NodePort claimed twice.
 pub fn validate(specs: &[ServiceSpec]) -> Result<(), ServiceSpecError> {
     let mut frontends: HashMap<Frontend, usize> = HashMap::new();
     let mut node_ports: HashMap<(u16, Protocol), usize> = HashMap::new();
@@ -210,12 +272,14 @@ pub fn validate(specs: &[ServiceSpec]) -> Result<(), ServiceSpecError> {
             name: spec.name.clone(),
             fault,
         })?;
-        if let Some(first) = frontends.insert(spec.cluster_ip(), index) {
-            return Err(ServiceSpecError::Duplicate {
-                first,
-                second: index,
-                frontend: spec.cluster_ip().to_string(),
-            });
+        for frontend in std::iter::once(spec.cluster_ip()).chain(spec.external_frontends()) {
+            if let Some(first) = frontends.insert(frontend, index) {
+                return Err(ServiceSpecError::Duplicate {
+                    first,
+                    second: index,
+                    frontend: frontend.to_string(),
+                });
+            }
         }
         if let Some(port) = spec.node_port
             && let Some(first) = node_ports.insert((port, spec.protocol), index)
@@ -240,14 +304,8 @@ mod tests {
 
     fn spec(name: &str, port: u16, backends: &[&str]) -> ServiceSpec {
         ServiceSpec {
-            name: name.into(),
-            vip: Ipv4Addr::new(10, 96, 0, 1),
-            port,
-            protocol: Protocol::TCP,
             backends: backends.iter().map(|s| b(s)).collect(),
-            affinity_timeout: None,
-            node_port: None,
-            external_traffic_policy: TrafficPolicy::Cluster,
+            ..ServiceSpec::new(name, Ipv4Addr::new(10, 96, 0, 1), port, Protocol::TCP)
         }
     }
 
@@ -267,6 +325,17 @@ mod tests {
         np.node_port = None;
         np.external_traffic_policy = TrafficPolicy::Local;
         assert!(err(&[np]).contains("set node_port"));
+        let mut external = spec("a", 80, &[]);
+        external.external_ips = vec![Ipv4Addr::new(203, 0, 113, 7), Ipv4Addr::BROADCAST];
+        assert!(err(&[external.clone()]).contains("external_ips[1]: 255.255.255.255"));
+        external.external_ips.pop();
+        external.external_traffic_policy = TrafficPolicy::Local;
+        validate(&[external.clone()]).expect("local applies to external IPs");
+        let mut vip_is_external = spec("b", 80, &[]);
+        vip_is_external.vip = Ipv4Addr::new(203, 0, 113, 7);
+        assert!(
+            err(&[external, vip_is_external]).contains("both claim frontend 203.0.113.7:80/tcp")
+        );
         let (mut a, mut c) = (spec("a", 80, &[]), spec("c", 81, &[]));
         a.node_port = Some(30080);
         c.node_port = Some(30080);
@@ -347,10 +416,14 @@ mod tests {
         );
         assert_eq!(serde_json::from_value::<ServiceSpec>(json).unwrap(), s);
         s.node_port = Some(30080);
+        s.external_ips = vec![Ipv4Addr::new(203, 0, 113, 7)];
         s.external_traffic_policy = TrafficPolicy::Local;
+        s.internal_traffic_policy = TrafficPolicy::Local;
         s.affinity_timeout = Some(60);
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["external_traffic_policy"], "local");
+        assert_eq!(json["internal_traffic_policy"], "local");
+        assert_eq!(json["external_ips"], serde_json::json!(["203.0.113.7"]));
         assert_eq!(serde_json::from_value::<ServiceSpec>(json).unwrap(), s);
     }
 }

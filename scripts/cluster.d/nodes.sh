@@ -354,7 +354,12 @@ margay_install() {
         $(grep -c "^  dataplane: \"$DATAPLANE\"" "$copy") == 1 &&
         $(grep -c "\"bpf_external_service_mode\": \"$EXTERNAL_SERVICE_MODE\"," "$copy") == 1 ]] ||
         die "deploy/margay.yaml no longer has the image, pools, dataplane and external service mode lines this script replaces"
-    for kv in "${MARGAY_CONFIG[@]}"; do
+    local config=("${MARGAY_CONFIG[@]}")
+    # Beside a kube-proxy the cluster runs, it balances Services unless
+    # --margay-config services=... says otherwise.
+    [[ $KUBE_PROXY == none || " ${config[*]} " == *" services="* ]] ||
+        config=(services=kube-proxy "${config[@]}")
+    for kv in "${config[@]}"; do
         key=${kv%%=*} value=${kv#*=}
         grep -q "^  $key: " "$copy" || die "--margay-config $key: margay-config has no such key"
         sed -i "s#^  $key: .*#  $key: \"$value\"#" "$copy"
@@ -365,7 +370,7 @@ margay_install() {
         --from-literal=KUBERNETES_SERVICE_PORT="$APISERVER_PORT" \
         --dry-run=client -o yaml | kc apply -f - >/dev/null
     kc apply -f "$copy" >/dev/null
-    say "margay applied (dataplane $DATAPLANE, pools $(pod_cidr), external service mode $EXTERNAL_SERVICE_MODE${MARGAY_CONFIG[*]:+, ${MARGAY_CONFIG[*]}})"
+    say "margay applied (dataplane $DATAPLANE, pools $(pod_cidr), external service mode $EXTERNAL_SERVICE_MODE${config[*]:+, ${config[*]}})"
 }
 
 # Every node's daemons run (the no-op check of `up`).

@@ -198,6 +198,17 @@ impl KubeCluster {
             .ok_or_else(|| format!("no {name} container on {node}: {pods}"))
     }
 
+    /// SIGKILLs container `name` of node `i`'s margay-node pod through the
+    /// node's own containerd (the machine's process table holds every
+    /// cluster's); kubelet starts it again.
+    pub fn kill_margay_container(&self, i: usize, name: &str) {
+        let id = self.margay_container(i, name).unwrap();
+        self.on_node_ok(
+            i,
+            &["ctr", "-n", "k8s.io", "task", "kill", "-s", "SIGKILL", &id],
+        );
+    }
+
     /// The name of node `i` (its Node object).
     pub fn node_name(&self, i: usize) -> &str {
         self.env(&format!("NODE_NAME_{i}"))

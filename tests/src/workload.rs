@@ -17,36 +17,82 @@ pub const POD_WAIT: Duration = Duration::from_secs(120);
 pub const PORT: u16 = 8080;
 
 /// A Deployment of `replicas` busybox pods serving `GET /cgi-bin/ip`, which
-/// answers the client's address as the pod saw it. (Debian's busybox-static
-/// `wget` crashes, so clients use `nc`.)
+/// answers the client's address as the pod saw it, and `GET /cgi-bin/who`,
+/// which answers the pod's name and then that address. (Debian's
+/// busybox-static `wget` crashes, so clients use `nc`.)
 pub fn web(name: &str, replicas: u32) -> String {
-    deployment(name, replicas, "")
+    Web::default().manifest(name, replicas)
 }
 
 /// [`web`], its pods spread evenly over the nodes (at most one more on any
 /// node than on another).
 pub fn web_across_nodes(name: &str, replicas: u32) -> String {
-    deployment(
-        name,
-        replicas,
-        &format!(
+    Web {
+        placement: spread(name),
+        ..Web::default()
+    }
+    .manifest(name, replicas)
+}
+
+/// [`web`], every pod on node `node`.
+pub fn web_on_node(name: &str, replicas: u32, node: &str) -> String {
+    Web {
+        placement: format!("\n      nodeName: {node}"),
+        ..Web::default()
+    }
+    .manifest(name, replicas)
+}
+
+/// [`web_across_nodes`], a pod ready only once it answers (a readiness
+/// probe), and rolled one pod at a time, the old one going only once the
+/// new one is ready: a Deployment a rolling update must not interrupt.
+pub fn web_rolled_safely(name: &str, replicas: u32) -> String {
+    Web {
+        placement: spread(name),
+        strategy: "\n  strategy: {rollingUpdate: {maxUnavailable: 0, maxSurge: 1}}".into(),
+        probe: format!(
             r#"
+        readinessProbe:
+          httpGet: {{path: /cgi-bin/ip, port: {PORT}}}
+          periodSeconds: 1"#
+        ),
+    }
+    .manifest(name, replicas)
+}
+
+fn spread(name: &str) -> String {
+    format!(
+        r#"
       topologySpreadConstraints:
       - maxSkew: 1
         topologyKey: kubernetes.io/hostname
         whenUnsatisfiable: DoNotSchedule
         labelSelector: {{matchLabels: {{app: {name}}}}}"#
-        ),
     )
 }
 
-fn deployment(name: &str, replicas: u32, placement: &str) -> String {
-    format!(
-        r#"
+/// What a web Deployment adds to the plain one: YAML lines for the
+/// Deployment's spec, the pod's spec and the container.
+#[derive(Default)]
+struct Web {
+    strategy: String,
+    placement: String,
+    probe: String,
+}
+
+impl Web {
+    fn manifest(&self, name: &str, replicas: u32) -> String {
+        let Web {
+            strategy,
+            placement,
+            probe,
+        } = self;
+        format!(
+            r#"
 apiVersion: apps/v1
 kind: Deployment
 metadata: {{name: {name}}}
-spec:
+spec:{strategy}
   replicas: {replicas}
   selector: {{matchLabels: {{app: {name}}}}}
   template:
@@ -57,9 +103,10 @@ spec:
       - name: web
         image: localhost/busybox:latest
         imagePullPolicy: Never
-        command: ["sh", "-c", "mkdir -p /www/cgi-bin && printf '#!/bin/sh\\necho\\necho $REMOTE_ADDR\\n' >/www/cgi-bin/ip && chmod +x /www/cgi-bin/ip && echo serving && exec httpd -f -p {PORT} -h /www"]
+        command: ["sh", "-c", "mkdir -p /www/cgi-bin && printf '#!/bin/sh\\necho\\necho $REMOTE_ADDR\\n' >/www/cgi-bin/ip && printf '#!/bin/sh\\necho\\necho $(hostname) $REMOTE_ADDR\\n' >/www/cgi-bin/who && chmod +x /www/cgi-bin/ip /www/cgi-bin/who && echo serving && exec httpd -f -p {PORT} -h /www"]{probe}
 "#
-    )
+        )
+    }
 }
 
 /// A pod as the API reports it.
@@ -110,15 +157,177 @@ pub fn seen_address(c: &KubeCluster, from: &Pod, to: SocketAddrV4) -> Result<Str
     if !out.success {
         return Err(format!("kubectl exec {} → {to}: {}", from.name, out.stderr));
     }
-    Ok(out
-        .stdout
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .trim()
+    Ok(plain_address(out.stdout.lines().last().unwrap_or_default()))
+}
+
+/// An address as busybox httpd's CGI gives it (`[::ffff:10.0.0.1]` for an
+/// IPv4 client), plain.
+fn plain_address(s: &str) -> String {
+    s.trim()
         .trim_matches(['[', ']'])
         .trim_start_matches("::ffff:")
-        .to_string())
+        .to_string()
+}
+
+/// One answer of `GET /cgi-bin/who`: which pod answered, and the client
+/// address it saw; `None` when the request failed.
+pub type Who = Option<(String, String)>;
+
+/// The shell loop of `count` `GET /cgi-bin/who` requests to `to` with `nc`
+/// (`nc` the command naming it), one `answer:` line each.
+fn who_loop(nc: &str, to: SocketAddrV4, count: usize) -> String {
+    format!(
+        "for i in $(seq {count}); do r=$(printf 'GET /cgi-bin/who HTTP/1.0\\r\\n\\r\\n' | {nc} -w 2 {} {} | tail -n 1); echo \"answer:$r\"; done",
+        to.ip(),
+        to.port()
+    )
+}
+
+fn parse_who(out: &str) -> Vec<Who> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix("answer:"))
+        .map(|a| {
+            let (pod, seen) = a.trim().split_once(' ')?;
+            Some((pod.to_string(), plain_address(seen)))
+        })
+        .collect()
+}
+
+/// `count` requests from pod `from` to `to`, each a new connection.
+pub fn who_from_pod(c: &KubeCluster, from: &Pod, to: SocketAddrV4, count: usize) -> Vec<Who> {
+    let out = c.try_kubectl(&[
+        "exec",
+        &from.name,
+        "--",
+        "sh",
+        "-c",
+        &who_loop("nc", to, count),
+    ]);
+    parse_who(&out.stdout)
+}
+
+/// `count` requests from the cluster's external client (a namespace on
+/// the LAN, no Kubernetes on it) to `to`.
+pub fn who_from_outside(c: &KubeCluster, to: SocketAddrV4, count: usize) -> Vec<Who> {
+    let out = crate::process::run_bounded(
+        std::process::Command::new("ip").args([
+            "netns",
+            "exec",
+            c.env("EXTERNAL_NETNS"),
+            "sh",
+            "-c",
+            &who_loop("/bin/busybox nc", to, count),
+        ]),
+        Duration::from_secs(30 + 3 * count as u64),
+    );
+    parse_who(&out.stdout)
+}
+
+/// An HTTP GET from node `i`'s own namespace (bash's /dev/tcp: nothing to
+/// install): the status line and the body.
+pub fn http_get_status(
+    c: &KubeCluster,
+    i: usize,
+    addr: &str,
+    path: &str,
+) -> Result<(String, String), String> {
+    let (host, port) = addr.split_once(':').unwrap();
+    let script = format!(
+        "exec 3<>/dev/tcp/{host}/{port} && printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
+    );
+    let out = c.on_node(i, &["bash", "-c", &script]);
+    if !out.success {
+        return Err(out.stderr);
+    }
+    let (head, body) = out
+        .stdout
+        .split_once("\r\n\r\n")
+        .ok_or("no HTTP response")?;
+    let status = head.lines().next().unwrap_or_default().to_string();
+    Ok((status, body.to_string()))
+}
+
+/// [`http_get_status`]'s body, when the status is 200.
+pub fn http_get(c: &KubeCluster, i: usize, addr: &str, path: &str) -> Result<String, String> {
+    let (status, body) = http_get_status(c, i, addr, path)?;
+    if status.contains(" 200 ") {
+        Ok(body)
+    } else {
+        Err(format!("{status}\n{body}"))
+    }
+}
+
+/// A pod that requests `GET /cgi-bin/who` from a target every tenth of a
+/// second, each a new connection, for as long as it runs: its log counts
+/// the answers and the failures (a pod of its own, so no `kubectl exec`
+/// stream that an agent restart or an API outage could cut).
+pub struct RequestLoop<'a> {
+    c: &'a KubeCluster,
+    pod: String,
+}
+
+impl<'a> RequestLoop<'a> {
+    /// Starts the loop on node `node` and waits for its first answer.
+    pub fn start(c: &'a KubeCluster, name: &str, node: &str, to: SocketAddrV4) -> RequestLoop<'a> {
+        let pod = format!("{name}-{}", std::process::id());
+        c.apply(&format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {pod}}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: loop
+    image: localhost/busybox:latest
+    imagePullPolicy: Never
+    command:
+    - sh
+    - -c
+    - |
+      while true; do
+        r=$(printf 'GET /cgi-bin/who HTTP/1.0\r\n\r\n' | nc -w 2 {ip} {port} | tail -n 1)
+        echo "answer:$r"
+        sleep 0.1
+      done
+"#,
+            ip = to.ip(),
+            port = to.port()
+        ));
+        let looping = RequestLoop { c, pod };
+        wait_for("the request loop answered", POD_WAIT, || {
+            let answers = looping.answers();
+            if answers.iter().any(Option::is_some) {
+                Ok(())
+            } else {
+                Err(format!("{answers:?}"))
+            }
+        });
+        looping
+    }
+
+    /// Every answer so far, from the pod's log.
+    pub fn answers(&self) -> Vec<Who> {
+        parse_who(&self.c.try_kubectl(&["logs", &self.pod]).stdout)
+    }
+
+    /// The answers from the first that succeeded on (the loop's start may
+    /// precede the Service).
+    pub fn since_first_answer(&self) -> Vec<Who> {
+        self.answers()
+            .into_iter()
+            .skip_while(Option::is_none)
+            .collect()
+    }
+}
+
+impl Drop for RequestLoop<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .c
+            .try_kubectl(&["delete", "pod", &self.pod, "--wait=false"]);
+    }
 }
 
 /// Every string in a JSON document that is an address (or a CIDR's

@@ -12,7 +12,7 @@ use margay_tests::host_agent::HostAgent;
 use margay_tests::kube::{KubeCluster, wait_for};
 use margay_tests::require_root;
 use margay_tests::workload::{
-    POD_WAIT, PORT, Pod, pod_cidr, running_pods, seen_address, web_across_nodes,
+    POD_WAIT, PORT, Pod, http_get, pod_cidr, running_pods, seen_address, web_across_nodes,
 };
 use serde_json::Value;
 
@@ -55,28 +55,6 @@ fn assert_disjoint(blocks: &[ApiBlock]) {
 fn node_blocks(c: &KubeCluster, i: usize) -> Vec<Value> {
     let out = c.on_node_ok(i, &["/opt/cni/bin/margay-ipam", "blocks", "--json"]);
     serde_json::from_str::<Vec<Value>>(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
-/// An HTTP GET from node `i`'s own namespace (bash's /dev/tcp: nothing to
-/// install), the response's body.
-fn http_get(c: &KubeCluster, i: usize, addr: &str, path: &str) -> Result<String, String> {
-    let (host, port) = addr.split_once(':').unwrap();
-    let script = format!(
-        "exec 3<>/dev/tcp/{host}/{port} && printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
-    );
-    let out = c.on_node(i, &["bash", "-c", &script]);
-    if !out.success {
-        return Err(out.stderr);
-    }
-    let (head, body) = out
-        .stdout
-        .split_once("\r\n\r\n")
-        .ok_or("no HTTP response")?;
-    if head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200") {
-        Ok(body.to_string())
-    } else {
-        Err(format!("{head}\n{body}"))
-    }
 }
 
 /// The value of the first sample of `name` (with these label text bits).
@@ -473,7 +451,7 @@ fn agent_restarts_and_an_api_outage_disturb_no_running_pod() {
 
     // Every agent killed at once; kubelet starts them again.
     for i in 0..2 {
-        kill_agent(&c, i);
+        c.kill_margay_container(i, "margay-agent");
     }
     for i in 0..2 {
         let addr = format!("{}:9091", c.env(&format!("NODE_IP_{i}")));
@@ -503,16 +481,6 @@ fn agent_restarts_and_an_api_outage_disturb_no_running_pod() {
     let (sent, lost) = ping.stop();
     assert!(sent >= 20, "the ping ran: {sent} sent");
     assert_eq!(lost, 0, "{lost} of {sent} pings lost");
-}
-
-/// SIGKILLs node `i`'s margay-agent container through the node's own
-/// containerd (the machine's process table holds every cluster's agents).
-fn kill_agent(c: &KubeCluster, i: usize) {
-    let id = c.margay_container(i, "margay-agent").unwrap();
-    c.on_node_ok(
-        i,
-        &["ctr", "-n", "k8s.io", "task", "kill", "-s", "SIGKILL", &id],
-    );
 }
 
 /// A ping from a pod (its own container, so no `kubectl exec` stream that

@@ -311,7 +311,7 @@ fn the_agent_is_granted_exactly_what_it_uses() {
         "only the agent's container gets a token (a projected volume)"
     );
     // What agent/src uses: ipam.rs and gc.rs on IPAMBlocks, lib.rs's
-    // watches, lease.rs on its Lease.
+    // watches (nodes, pods, services, endpointslices), lease.rs on its Lease.
     assert_eq!(
         grants(find(&docs, "ClusterRole", "margay-agent")),
         triples(&[
@@ -323,6 +323,8 @@ fn the_agent_is_granted_exactly_what_it_uses() {
             ("margay.dev", "ipamblocks/status", &["patch"]),
             ("", "nodes", &["list", "watch"]),
             ("", "pods", &["list", "watch"]),
+            ("", "services", &["list", "watch"]),
+            ("discovery.k8s.io", "endpointslices", &["list", "watch"]),
         ])
     );
     assert_eq!(
@@ -561,6 +563,30 @@ fn the_agent_runs_beside_the_installers_with_its_token_store_socket_and_probes()
     assert_eq!(
         agent["envFrom"],
         serde_json::json!([{"configMapRef": {"name": "kubernetes-services-endpoint", "optional": true}}])
+    );
+    // Every setting the ConfigMap gives the agent is one it accepts (clap
+    // checks values from the environment even when only printing the CRD).
+    let config = find(&docs, "ConfigMap", "margay-config");
+    let mut from_config = Command::new(bin("margay-agent"));
+    from_config.arg("--print-crd").env_clear();
+    let mut keys = BTreeSet::new();
+    for (var, e) in &env {
+        if let Some(r) = e.pointer("/valueFrom/configMapKeyRef") {
+            assert_eq!(r["name"], "margay-config", "{var}");
+            let key = str_of(&r["key"], var);
+            from_config.env(var, str_of(&config["data"][key], key));
+            keys.insert(key);
+        }
+    }
+    assert!(
+        keys.contains("services"),
+        "the services mode comes from the ConfigMap: {keys:?}"
+    );
+    let out = from_config.output().expect("margay-agent runs");
+    assert!(
+        out.status.success(),
+        "the ConfigMap's values are refused: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
     for (probe, path) in [("livenessProbe", "/livez"), ("readinessProbe", "/readyz")] {
         assert_eq!(agent[probe]["httpGet"]["path"], path);

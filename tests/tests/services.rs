@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use margay_ebpf::abi::DROP_NO_BACKEND;
 use margay_ebpf::{inspect, registry, service};
 use margay_model::protocol::Protocol;
-use margay_model::service::{ServiceSpec, TrafficPolicy};
+use margay_model::service::ServiceSpec;
 use margay_tests::fixture::{Net, NetSpec, Pod};
 use margay_tests::netns::{NetNs, run_ok, unique_name};
 use margay_tests::require_root;
@@ -577,14 +577,14 @@ fn ten_thousand_services_apply_at_once_and_the_last_one_answers() {
     // Setting up the node's maps happens with the first pod; open them.
     let specs: Vec<ServiceSpec> = (0..10_000u32)
         .map(|i| ServiceSpec {
-            name: format!("ns/svc-{i}"),
-            vip: Ipv4Addr::from(0x0a60_0000 + i + 1), // 10.96.0.1 ..
-            port: 80,
-            protocol: Protocol::TCP,
             backends: vec![SocketAddrV4::new(v4(&b), server.port)],
-            affinity_timeout: None,
-            node_port: None,
-            external_traffic_policy: TrafficPolicy::Cluster,
+            // 10.96.0.1 ..
+            ..ServiceSpec::new(
+                format!("ns/svc-{i}"),
+                Ipv4Addr::from(0x0a60_0000 + i + 1),
+                80,
+                Protocol::TCP,
+            )
         })
         .collect();
     let started = Instant::now();

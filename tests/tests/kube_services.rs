@@ -1,0 +1,397 @@
+//! Services from the Kubernetes API balanced by Margay's programs, with no
+//! kube-proxy on the local cluster: ClusterIP, NodePort (tunnel and DSR),
+//! LoadBalancer ingress and external IPs, the traffic policies and their
+//! health check node port, affinity, and no failed request while backends
+//! roll or the agent restarts.
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::process::Command;
+use std::time::Duration;
+
+use margay_tests::kube::{KubeCluster, wait_for};
+use margay_tests::require_root;
+use margay_tests::workload::{
+    POD_WAIT, PORT, Pod, RequestLoop, Who, http_get_status, running_pods, web, web_across_nodes,
+    web_on_node, web_rolled_safely, who_from_outside, who_from_pod,
+};
+
+/// Requests per client: with three backends, the chance that hashing
+/// misses one in 30 new connections is 3 × (2/3)^30 ≈ 2e-5.
+const SPREAD: usize = 30;
+
+/// A Service of the `web` pods (port 80 → [`PORT`]) from a YAML fragment of
+/// extra spec lines.
+fn service(name: &str, app: &str, extra: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}}}
+spec:
+  selector: {{app: {app}}}
+  ports: [{{name: http, port: 80, targetPort: {PORT}}}]{extra}
+"#
+    )
+}
+
+struct Frontends {
+    cluster_ip: Ipv4Addr,
+    node_port: Option<u16>,
+    health_check_node_port: Option<u16>,
+}
+
+fn frontends(c: &KubeCluster, name: &str) -> Frontends {
+    let svc = c.kubectl_json(&["get", "service", name]);
+    let port = |v: &serde_json::Value| v.as_u64().map(|p| p as u16);
+    Frontends {
+        cluster_ip: svc["spec"]["clusterIP"].as_str().unwrap().parse().unwrap(),
+        node_port: port(&svc["spec"]["ports"][0]["nodePort"]),
+        health_check_node_port: port(&svc["spec"]["healthCheckNodePort"]),
+    }
+}
+
+/// Waits until every one of `count` answers arrives (the agent programs a
+/// Service shortly after the API has it), then returns them.
+fn all_answer(what: &str, ask: impl Fn() -> Vec<Who>) -> Vec<(String, String)> {
+    wait_for(what, POD_WAIT, || {
+        let answers = ask();
+        if !answers.is_empty() && answers.iter().all(Option::is_some) {
+            Ok(answers.into_iter().flatten().collect::<Vec<_>>())
+        } else {
+            Err(format!("{answers:?}"))
+        }
+    })
+}
+
+fn pods_of(answers: &[(String, String)]) -> BTreeSet<String> {
+    answers.iter().map(|(pod, _)| pod.clone()).collect()
+}
+
+fn seen_of(answers: &[(String, String)]) -> BTreeSet<String> {
+    answers.iter().map(|(_, seen)| seen.clone()).collect()
+}
+
+fn names(pods: &[Pod]) -> BTreeSet<String> {
+    pods.iter().map(|p| p.name.clone()).collect()
+}
+
+/// Every client pod, one on each node, reaches backends on every node
+/// through the ClusterIP, and each backend sees the client pod's own
+/// address; the external client reaches every backend through each node's
+/// NodePort, and the backends see the external client's own address.
+fn cluster_ip_and_node_ports(tag: &str, nodes: usize, mode: &str) {
+    let n = nodes.to_string();
+    let c = KubeCluster::up(tag, &["--nodes", &n, "--external-service-mode", mode]);
+    c.apply(&web_across_nodes("web", nodes as u32));
+    c.apply(&web_across_nodes("cli", nodes as u32));
+    c.apply(&service("web", "web", "\n  type: NodePort"));
+    let backends = running_pods(&c, "web", nodes);
+    let clients = running_pods(&c, "cli", nodes);
+    let f = frontends(&c, "web");
+    for client in &clients {
+        let answers = all_answer(&format!("the ClusterIP from {}", client.node), || {
+            who_from_pod(&c, client, SocketAddrV4::new(f.cluster_ip, 80), SPREAD)
+        });
+        assert_eq!(
+            seen_of(&answers),
+            BTreeSet::from([client.ip.to_string()]),
+            "the backends see the client pod on {}",
+            client.node
+        );
+        assert_eq!(
+            pods_of(&answers),
+            names(&backends),
+            "{}'s connections reach the backends on every node",
+            client.node
+        );
+    }
+    let node_port = f.node_port.expect("a NodePort Service has a node port");
+    for i in 0..nodes {
+        let node_ip: Ipv4Addr = c.env(&format!("NODE_IP_{i}")).parse().unwrap();
+        let answers = all_answer(
+            &format!("node {i}'s NodePort from outside ({mode})"),
+            || who_from_outside(&c, SocketAddrV4::new(node_ip, node_port), SPREAD),
+        );
+        assert_eq!(
+            seen_of(&answers),
+            BTreeSet::from([c.env("EXTERNAL_IP").to_string()]),
+            "through node {i} ({mode}), the backends see the external client's own address"
+        );
+        assert_eq!(pods_of(&answers), names(&backends), "through node {i}");
+    }
+}
+
+#[test]
+fn cluster_ips_and_node_ports_reach_every_node_keeping_client_addresses() {
+    require_root!(cluster_ips_and_node_ports_reach_every_node_keeping_client_addresses);
+    cluster_ip_and_node_ports("ksvc", 3, "tunnel");
+}
+
+#[test]
+fn node_ports_in_dsr_mode_keep_the_external_clients_address() {
+    require_root!(node_ports_in_dsr_mode_keep_the_external_clients_address);
+    cluster_ip_and_node_ports("ksdsr", 2, "dsr");
+}
+
+/// Routes the external client's traffic for `addr` through node `i` (as an
+/// upstream router or a load balancer would).
+fn route_from_outside(c: &KubeCluster, addr: Ipv4Addr, i: usize) {
+    let out = Command::new("ip")
+        .args([
+            "-n",
+            c.env("EXTERNAL_NETNS"),
+            "route",
+            "replace",
+            &format!("{addr}/32"),
+            "via",
+            c.env(&format!("NODE_IP_{i}")),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// externalIPs and a LoadBalancer's ingress IP answer the external client
+/// like NodePorts; `externalTrafficPolicy: Local` serves only through a
+/// node with a backend, whose health check node port says 200 where the
+/// other node's says 503; `internalTrafficPolicy: Local` gives a client
+/// only its own node's backends.
+#[test]
+fn external_ips_load_balancers_and_local_traffic_policies() {
+    require_root!(external_ips_load_balancers_and_local_traffic_policies);
+    let c = KubeCluster::up("kslb", &["--nodes", "2"]);
+    let (node0, node1) = (c.node_name(0).to_string(), c.node_name(1).to_string());
+    c.apply(&web_on_node("web", 1, &node0));
+    c.apply(&web_across_nodes("cli", 2));
+    let external = Ipv4Addr::new(203, 0, 113, 20);
+    let ingress = Ipv4Addr::new(203, 0, 113, 10);
+    c.apply(&service(
+        "ext",
+        "web",
+        &format!("\n  externalIPs: [{external}]"),
+    ));
+    c.apply(&service(
+        "lb",
+        "web",
+        "\n  type: LoadBalancer\n  externalTrafficPolicy: Local",
+    ));
+    c.kubectl(&[
+        "patch",
+        "service",
+        "lb",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &format!(r#"{{"status":{{"loadBalancer":{{"ingress":[{{"ip":"{ingress}"}}]}}}}}}"#),
+    ]);
+    c.apply(&service("near", "web", "\n  internalTrafficPolicy: Local"));
+    let backend = running_pods(&c, "web", 1).remove(0);
+    let clients = running_pods(&c, "cli", 2);
+    let outside = c.env("EXTERNAL_IP").to_string();
+
+    // The external IP (cluster policy) answers through either node.
+    for i in 0..2 {
+        route_from_outside(&c, external, i);
+        let answers = all_answer(&format!("the external IP through node {i}"), || {
+            who_from_outside(&c, SocketAddrV4::new(external, 80), 3)
+        });
+        assert_eq!(seen_of(&answers), BTreeSet::from([outside.clone()]));
+    }
+
+    // The ingress IP (local policy) answers through the backend's node only.
+    route_from_outside(&c, ingress, 0);
+    let answers = all_answer("the ingress IP through the backend's node", || {
+        who_from_outside(&c, SocketAddrV4::new(ingress, 80), 3)
+    });
+    assert_eq!(pods_of(&answers), BTreeSet::from([backend.name.clone()]));
+    assert_eq!(seen_of(&answers), BTreeSet::from([outside.clone()]));
+    route_from_outside(&c, ingress, 1);
+    assert!(
+        who_from_outside(&c, SocketAddrV4::new(ingress, 80), 3)
+            .iter()
+            .all(Option::is_none),
+        "through {node1}, which has no backend, externalTrafficPolicy: Local serves nothing"
+    );
+    let lb = frontends(&c, "lb");
+    let health = lb
+        .health_check_node_port
+        .expect("a Local LoadBalancer has a health check node port");
+    for (i, status, count) in [(0, "200", 1), (1, "503", 0)] {
+        let addr = format!("{}:{health}", c.env(&format!("NODE_IP_{i}")));
+        let (got, body) = wait_for(
+            &format!("node {i}'s health check node port"),
+            POD_WAIT,
+            || http_get_status(&c, i, &addr, "/"),
+        );
+        assert!(got.contains(status), "node {i}: {got}\n{body}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["localEndpoints"], count, "node {i}: {body}");
+        assert_eq!(body["service"]["name"], "lb");
+    }
+
+    // internalTrafficPolicy: Local: the client beside the backend reaches
+    // it, the other one nothing.
+    let near = frontends(&c, "near").cluster_ip;
+    for client in &clients {
+        let to = SocketAddrV4::new(near, 80);
+        if client.node == node0 {
+            let answers = all_answer("the local ClusterIP beside its backend", || {
+                who_from_pod(&c, client, to, 3)
+            });
+            assert_eq!(seen_of(&answers), BTreeSet::from([client.ip.to_string()]));
+        } else {
+            assert!(
+                who_from_pod(&c, client, to, 3).iter().all(Option::is_none),
+                "internalTrafficPolicy: Local on {node1}, which has no backend"
+            );
+        }
+    }
+}
+
+/// ClientIP affinity keeps a client on one backend across connections,
+/// until the Service drops it.
+#[test]
+fn client_ip_affinity_keeps_a_client_on_one_backend() {
+    require_root!(client_ip_affinity_keeps_a_client_on_one_backend);
+    let c = KubeCluster::up("ksaff", &["--nodes", "2"]);
+    c.apply(&web_across_nodes("web", 2));
+    c.apply(&web("cli", 1));
+    c.apply(&service(
+        "sticky",
+        "web",
+        "\n  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}",
+    ));
+    running_pods(&c, "web", 2);
+    let client = running_pods(&c, "cli", 1).remove(0);
+    let to = SocketAddrV4::new(frontends(&c, "sticky").cluster_ip, 80);
+    let answers = all_answer("the sticky ClusterIP", || who_from_pod(&c, &client, to, 20));
+    assert_eq!(
+        pods_of(&answers).len(),
+        1,
+        "20 connections of one client, one backend: {answers:?}"
+    );
+    c.kubectl(&[
+        "patch",
+        "service",
+        "sticky",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"sessionAffinity":"None"}}"#,
+    ]);
+    let answers = wait_for("connections spread once affinity is off", POD_WAIT, || {
+        let answers: Vec<(String, String)> = who_from_pod(&c, &client, to, SPREAD)
+            .into_iter()
+            .flatten()
+            .collect();
+        if pods_of(&answers).len() == 2 {
+            Ok(answers)
+        } else {
+            Err(format!("{answers:?}"))
+        }
+    });
+    assert_eq!(pods_of(&answers).len(), 2);
+}
+
+/// A client requesting every tenth of a second sees no failure while the
+/// backends roll (a readiness probe, one at a time), while they scale down
+/// and up, and while every node's agent is killed and comes back.
+#[test]
+fn rollouts_and_agent_restarts_fail_no_request() {
+    require_root!(rollouts_and_agent_restarts_fail_no_request);
+    let c = KubeCluster::up("ksroll", &["--nodes", "2"]);
+    c.apply(&web_rolled_safely("web", 2));
+    c.apply(&service("web", "web", ""));
+    running_pods(&c, "web", 2);
+    let to = SocketAddrV4::new(frontends(&c, "web").cluster_ip, 80);
+    let looping = RequestLoop::start(&c, "loop", c.node_name(0), to);
+
+    c.kubectl(&["rollout", "restart", "deployment/web"]);
+    c.kubectl(&["rollout", "status", "deployment/web", "--timeout=180s"]);
+    c.kubectl(&["scale", "deployment/web", "--replicas=3"]);
+    c.kubectl(&["rollout", "status", "deployment/web", "--timeout=180s"]);
+    for i in 0..2 {
+        c.kill_margay_container(i, "margay-agent");
+    }
+    for i in 0..2 {
+        let addr = format!("{}:9091", c.env(&format!("NODE_IP_{i}")));
+        wait_for(&format!("node {i}'s agent ready again"), POD_WAIT, || {
+            margay_tests::workload::http_get(&c, i, &addr, "/readyz")
+        });
+    }
+    std::thread::sleep(Duration::from_secs(2));
+
+    let answers = looping.since_first_answer();
+    let failed = answers.iter().filter(|a| a.is_none()).count();
+    assert!(
+        answers.len() >= 50,
+        "the loop ran: {} requests",
+        answers.len()
+    );
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed during the rollout, the scaling and the agent restarts",
+        answers.len()
+    );
+    let pods: BTreeSet<String> = answers.into_iter().flatten().map(|(p, _)| p).collect();
+    assert!(
+        pods.len() >= 4,
+        "the requests followed the rollout: {pods:?}"
+    );
+}
+
+/// A thousand Services created through the API all answer.
+#[test]
+fn a_thousand_services_from_the_api_all_answer() {
+    require_root!(a_thousand_services_from_the_api_all_answer);
+    const COUNT: usize = 1000;
+    let c = KubeCluster::up("ks1k", &["--nodes", "1"]);
+    c.apply(&web("web", 1));
+    c.apply(&web("cli", 1));
+    let all: String = (0..COUNT)
+        .map(|i| service(&format!("s{i}"), "web", "") + "---\n")
+        .collect();
+    c.apply(&all);
+    running_pods(&c, "web", 1);
+    let client = running_pods(&c, "cli", 1).remove(0);
+    let list = c.kubectl_json(&["get", "services"]);
+    let vips: Vec<String> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| {
+            s["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with('s'))
+        })
+        .map(|s| s["spec"]["clusterIP"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(vips.len(), COUNT);
+    let script = format!(
+        "for v in {}; do r=$(printf 'GET /cgi-bin/ip HTTP/1.0\\r\\n\\r\\n' | nc -w 2 $v 80 | tail -n 1); [ -n \"$r\" ] || echo \"silent:$v\"; done; echo done",
+        vips.join(" ")
+    );
+    wait_for("every Service answers", Duration::from_secs(300), || {
+        let out = c.try_kubectl(&["exec", &client.name, "--", "sh", "-c", &script]);
+        let silent: Vec<&str> = out
+            .stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("silent:"))
+            .collect();
+        if out.stdout.contains("done") && silent.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} of {COUNT} silent (first: {:?}) {}",
+                silent.len(),
+                silent.first(),
+                out.stderr
+            ))
+        }
+    });
+}
