@@ -168,8 +168,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
 
     match (settings.services, node.dataplane) {
-        (ServicesMode::KubeProxy, _) => {
+        (ServicesMode::KubeProxy, dataplane) => {
             tracing::info!("services: left to kube-proxy (MARGAY_SERVICES=kube-proxy)");
+            if dataplane == Dataplane::Bpf {
+                services::stop_serving_host_clients(&node.bpf_root).await?;
+            }
             health.services_synced();
         }
         (_, Dataplane::Linux) => {
@@ -177,6 +180,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             health.services_synced();
         }
         (_, Dataplane::Bpf) => {
+            services::serve_host_clients(&node.bpf_root, &settings.cgroup_v2).await?;
             let sync = ServiceSync {
                 root: node.bpf_root.clone(),
                 node_name: settings.node_name.clone(),

@@ -6,16 +6,21 @@
 //! maps hold. A restarted agent lists everything before it applies, so
 //! nothing is removed for a moment; a relist after a lost watch replaces
 //! the caches whole, so a slice deleted meanwhile is not missed.
+//!
+//! Host-networked clients (kubelet, hostNetwork pods, the node's own
+//! processes) are balanced when their sockets connect, by the programs
+//! [`serve_host_clients`] links to the node's cgroup.
 
 pub mod health_check;
 pub mod translate;
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use margay_ebpf::service::{ApplyReport, ServiceTable};
@@ -148,11 +153,39 @@ impl ServiceSync {
     }
 }
 
+/// Links the connect-time programs to the node's cgroup v2 directory
+/// `cgroup` (mounting the hierarchy there on a cgroup v1 node), so
+/// host-networked clients reach Services too. Kept as they are when
+/// already linked there.
+///
+/// # Errors
+/// The programs are not pinned, `cgroup` is unusable, or the kernel
+/// refuses (it names which).
+pub async fn serve_host_clients(root: &Path, cgroup: &Path) -> anyhow::Result<()> {
+    let (root, cgroup) = (root.to_path_buf(), cgroup.to_path_buf());
+    tokio::task::spawn_blocking(move || margay_ebpf::host_lb::attach(&root, &cgroup))
+        .await
+        .expect("linking the connect-time programs does not panic")
+        .context("services for host-networked clients (MARGAY_CGROUP_V2)")
+}
+
+/// Unlinks the connect-time programs (kube-proxy balances Services).
+///
+/// # Errors
+/// A link's pin cannot be removed.
+pub async fn stop_serving_host_clients(root: &Path) -> anyhow::Result<()> {
+    let root = root.to_path_buf();
+    tokio::task::spawn_blocking(move || margay_ebpf::host_lb::detach(&root))
+        .await
+        .expect("unlinking the connect-time programs does not panic")
+        .context("unlinking the connect-time programs")
+}
+
 /// The blocking half of a sync: the node's NodePort addresses read, the
 /// caches translated, and the result applied unless it is what the node
 /// already holds (`None` report).
 fn translate_and_apply(
-    root: &std::path::Path,
+    root: &Path,
     node: &str,
     services: &[Arc<Service>],
     slices: &[Arc<EndpointSlice>],

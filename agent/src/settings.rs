@@ -83,6 +83,12 @@ pub struct Settings {
         default_value = "replace-kube-proxy"
     )]
     pub services: ServicesMode,
+    /// The cgroup v2 directory holding the node's processes, where the
+    /// programs that balance host-networked clients' connections are
+    /// linked; on a cgroup v1 machine, an empty directory where the agent
+    /// mounts the cgroup v2 hierarchy.
+    #[arg(long, env = "MARGAY_CGROUP_V2", default_value = "/run/margay/cgroup2")]
+    pub cgroup_v2: PathBuf,
     /// error, warn, info, debug or trace; or a tracing filter
     /// (`info,kube=debug`).
     #[arg(long, env = "MARGAY_LOG_LEVEL", default_value = "info")]

@@ -315,7 +315,24 @@ struct nat_entry {
 struct node_config {
 	__u32 tunnel_ifindex; /* the VXLAN device (external mode); 0: none */
 	__u32 external_mode;  /* EXT_MODE_* */
-	__u32 reserved[6];
+	/* The node's network namespace (SO_NETNS_COOKIE): its sockets get
+	 * services balanced at connect time (host_lb.h); 0: none do. */
+	__u64 host_netns_cookie;
+	__u32 reserved[4];
+};
+
+/* host_lb.h: a host socket's translation, to give the frontend back. */
+struct sock_revnat_key {
+	__u64 cookie; /* the socket's */
+	__be32 addr;  /* the backend's */
+	__be16 port;
+	__u16 pad;
+};
+
+struct sock_revnat_value {
+	__be32 addr; /* the frontend's */
+	__be16 port;
+	__u16 pad;
 };
 
 /* Other nodes: their pods' CIDRs (LPM) -> the node's address. */
@@ -395,6 +412,8 @@ _Static_assert(sizeof(struct affinity_key) == 8, "affinity_key layout");
 _Static_assert(sizeof(struct affinity_value) == 16, "affinity_value layout");
 _Static_assert(sizeof(struct nat_key) == 16, "nat_key layout");
 _Static_assert(sizeof(struct node_config) == 32, "node_config layout");
+_Static_assert(sizeof(struct sock_revnat_key) == 16, "sock_revnat_key layout");
+_Static_assert(sizeof(struct sock_revnat_value) == 8, "sock_revnat_value layout");
 _Static_assert(sizeof(struct peer_key) == 8, "peer_key layout");
 _Static_assert(sizeof(struct peer) == 8, "peer layout");
 _Static_assert(sizeof(struct nat_entry) == 32, "nat_entry layout");

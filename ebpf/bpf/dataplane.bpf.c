@@ -3,7 +3,9 @@
  *   from_pod: TC ingress of a pod's host veth, traffic leaving the pod;
  *   to_pod:   TC egress of a pod's host veth, traffic entering the pod;
  *   from_net: TC ingress of a node's data interface (NodePorts);
- *   from_tunnel: TC ingress of the node's VXLAN device (other nodes).
+ *   from_tunnel: TC ingress of the node's VXLAN device (other nodes);
+ *   sock_connect4, sock_sendmsg4, sock_recvmsg4, sock_getpeername4: the
+ *   node's cgroup, services for host-networked clients (host_lb.h).
  * In order: parse, anti-spoofing (from_pod), service translation (from_pod),
  * conntrack, policy, counters, reverse translation of service replies,
  * forwarding. Every drop carries a reason (abi.h).
@@ -35,6 +37,7 @@
 #include "reject.h"
 #include "tunnel.h"
 #include "ndisc.h"
+#include "host_lb.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -493,4 +496,28 @@ int from_tunnel(struct __sk_buff *skb)
 	 * device, and the stack would drop it as another host's. */
 	bpf_skb_change_type(skb, PACKET_HOST);
 	return TC_ACT_OK;
+}
+
+SEC("cgroup/connect4")
+int sock_connect4(struct bpf_sock_addr *ctx)
+{
+	return host_lb_translate(ctx);
+}
+
+SEC("cgroup/sendmsg4")
+int sock_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return host_lb_translate(ctx);
+}
+
+SEC("cgroup/recvmsg4")
+int sock_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	return host_lb_reverse(ctx);
+}
+
+SEC("cgroup/getpeername4")
+int sock_getpeername4(struct bpf_sock_addr *ctx)
+{
+	return host_lb_reverse(ctx);
 }

@@ -142,12 +142,13 @@ static __always_inline bool backend_serves(const struct svc_value *svc, __u16 or
 	return b && b->addr == addr && b->port == port;
 }
 
-/* Chooses a backend for a new flow: the client's affinity when the
- * service has it and the backend still serves, else by the tuple's hash. */
-static __always_inline bool lb_choose(const struct svc_value *svc, const struct packet *p,
-				      __u64 now, struct nat_entry *out)
+/* Chooses a backend of `svc` for a new connection of `client`: the
+ * client's affinity when the service has it and the backend still serves,
+ * else by `hash`. */
+static __always_inline bool lb_choose_for(const struct svc_value *svc, __be32 client, __u32 hash,
+					  __u64 now, struct nat_entry *out)
 {
-	struct affinity_key ak = {.svc_id = svc->id, .client = p->saddr};
+	struct affinity_key ak = {.svc_id = svc->id, .client = client};
 	bool affinity = svc->flags & SVC_F_AFFINITY;
 	if (affinity) {
 		struct affinity_value *a = bpf_map_lookup_elem(&svc_affinity, &ak);
@@ -163,7 +164,7 @@ static __always_inline bool lb_choose(const struct svc_value *svc, const struct 
 	}
 	if (svc->count == 0)
 		return false;
-	__u16 ordinal = flow_hash(p) % svc->count;
+	__u16 ordinal = hash % svc->count;
 	struct backend *b = backend_at(svc, ordinal);
 	if (!b)
 		return false;
@@ -176,6 +177,14 @@ static __always_inline bool lb_choose(const struct svc_value *svc, const struct 
 		bpf_map_update_elem(&svc_affinity, &ak, &a, BPF_ANY);
 	}
 	return true;
+}
+
+/* [lb_choose_for] for a packet: its source is the client, its tuple's
+ * hash picks. */
+static __always_inline bool lb_choose(const struct svc_value *svc, const struct packet *p,
+				      __u64 now, struct nat_entry *out)
+{
+	return lb_choose_for(svc, p->saddr, flow_hash(p), now, out);
 }
 
 /* The forward half, in from_pod (and from_net) before conntrack: a packet to a frontend

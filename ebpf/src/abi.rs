@@ -478,7 +478,8 @@ pub struct NatEntry {
 pub struct NodeConfig {
     pub tunnel_ifindex: u32,
     pub external_mode: u32,
-    pub reserved: [u32; 6],
+    pub host_netns_cookie: u64,
+    pub reserved: [u32; 4],
 }
 
 #[repr(C)]

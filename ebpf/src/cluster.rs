@@ -112,17 +112,13 @@ pub fn setup_tunnel(
     let forwarding = format!("/proc/sys/net/ipv4/conf/{TUNNEL_DEVICE}/forwarding");
     std::fs::write(&forwarding, "1").map_err(|e| net_error(&forwarding, e))?;
     node.attach_tunnel(TUNNEL_DEVICE)?;
-    let config = NodeConfig {
-        tunnel_ifindex: ifindex,
-        external_mode: match mode {
+    maps::update_node_config(root, |c| {
+        c.tunnel_ifindex = ifindex;
+        c.external_mode = match mode {
             ExternalMode::Tunnel => EXT_MODE_TUNNEL,
             ExternalMode::Dsr => EXT_MODE_DSR,
-        },
-        ..NodeConfig::default()
-    };
-    maps::node_config(root)?
-        .set(0, config, 0)
-        .map_err(|e| DataplaneError::map("node_config", e))?;
+        };
+    })?;
     // Peers told of before the device existed get their routes now.
     sync_routes(root)?;
     Ok(ifindex)
@@ -137,9 +133,10 @@ pub fn teardown_tunnel(root: &Path) -> Result<(), DataplaneError> {
         })?;
     }
     if root.exists() {
-        maps::node_config(root)?
-            .set(0, NodeConfig::default(), 0)
-            .map_err(|e| DataplaneError::map("node_config", e))?;
+        maps::update_node_config(root, |c| {
+            c.tunnel_ifindex = 0;
+            c.external_mode = EXT_MODE_TUNNEL;
+        })?;
     }
     Ok(())
 }

@@ -12,11 +12,13 @@
 //! - [`service`]: services (frontends and backends) synced into the maps;
 //! - [`nodeport`]: the data interfaces and addresses NodePorts answer on;
 //! - [`cluster`]: the tunnel to other nodes, where their pods are, the routes;
+//! - [`host_lb`]: services for host-networked clients, at connect time;
 //! - [`inspect`]: counters, conntrack and flow events, for `margayctl`.
 //!
 //! Kernel objects:
 //! - [`node`]: loading, pinning, upgrading, attaching, detaching;
 //! - [`maps`]: typed handles on the pinned maps and their layouts;
+//! - [`link`]: pinned cgroup links (what aya does not expose);
 //! - [`paths`]: where a BPF root keeps its pins and locks;
 //! - [`abi`]: Rust mirrors of `bpf/abi.h`;
 //! - [`object`]: the compiled programs, embedded;
@@ -26,7 +28,9 @@ pub mod abi;
 pub mod bpffs;
 pub mod cluster;
 pub mod error;
+pub mod host_lb;
 pub mod inspect;
+mod link;
 pub mod maps;
 mod netlink;
 pub mod node;

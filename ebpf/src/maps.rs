@@ -16,7 +16,7 @@ use crate::paths::map_path;
 /// Every map the object defines and Margay pins, with what losing its
 /// contents costs. "Durable" maps describe running endpoints and must be
 /// carried over an upgrade; "rebuildable" ones refill by themselves.
-pub const PINNED_MAPS: [(&str, Durability); 20] = [
+pub const PINNED_MAPS: [(&str, Durability); 21] = [
     ("endpoints", Durability::Durable),
     ("endpoints6", Durability::Durable),
     ("endpoints_by_ip", Durability::Durable),
@@ -42,6 +42,9 @@ pub const PINNED_MAPS: [(&str, Durability); 20] = [
     // Rebuilt from svc_frontends by the loader.
     ("svc_filter", Durability::Rebuildable),
     ("flow_events", Durability::Rebuildable),
+    // Host sockets' frontends: losing them only shows a connected socket
+    // its backend's address.
+    ("sock_revnat", Durability::Rebuildable),
     ("config", Durability::Rebuildable),
 ];
 
@@ -101,6 +104,23 @@ opener!(service_names, ServiceNames, "svc_meta");
 opener!(nat, Nat, "nat");
 opener!(node_addrs, NodeAddrs, "node_addrs");
 opener!(node_config, NodeConfigMap, "node_config");
+
+/// Changes the node settings the programs read with `change`, keeping the
+/// rest (the tunnel's and the host sockets' parts are set apart).
+pub fn update_node_config(
+    root: &Path,
+    change: impl FnOnce(&mut NodeConfig),
+) -> Result<(), DataplaneError> {
+    let mut map = node_config(root)?;
+    let fail = |e| DataplaneError::map("node_config", e);
+    let mut config = map.get(&0, 0).map_err(fail)?;
+    let before = config;
+    change(&mut config);
+    if config != before {
+        map.set(0, config, 0).map_err(fail)?;
+    }
+    Ok(())
+}
 opener!(node_peers, NodePeers, "node_peers");
 
 /// Every value of `map`, pinned as `name`.

@@ -36,7 +36,9 @@ use std::time::Duration;
 
 use aya::EbpfLoader;
 use aya::programs::tc::{TcError, qdisc_detach_program};
-use aya::programs::{ProgramInfo, SchedClassifier, TcAttachType};
+use aya::programs::{
+    CgroupSockAddr, CgroupSockAddrAttachType, ProgramInfo, SchedClassifier, TcAttachType,
+};
 use margay_conf::lock::FileLock;
 use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage};
 use rtnetlink::packet_route::RouteNetlinkMessage;
@@ -48,8 +50,8 @@ use crate::abi::{Config, Endpoint, LOG_INFO};
 use crate::error::DataplaneError;
 use crate::maps::{self, Durability, Layout, PINNED_MAPS};
 use crate::object::{DATAPLANE_OBJECT, DATAPLANE_OBJECT_ID};
-use crate::paths::{lock_path, map_path, program_path, set_aside_path};
-use crate::{bpffs, upgrade};
+use crate::paths::{link_path, lock_path, map_path, program_path, set_aside_path};
+use crate::{bpffs, link, upgrade};
 
 /// Node-wide settings from the network configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +120,14 @@ pub const PROGRAMS: [(&str, TcAttachType); 2] = [
 pub const DATA_IFACE_PROGRAM: (&str, TcAttachType) = ("from_net", TcAttachType::Ingress);
 /// The program of the node's tunnel device (traffic from other nodes).
 pub const TUNNEL_PROGRAM: (&str, TcAttachType) = ("from_tunnel", TcAttachType::Ingress);
+/// The programs of the node's cgroup (services for host-networked clients,
+/// [`crate::host_lb`]), by hook.
+pub const SOCKET_PROGRAMS: [(&str, CgroupSockAddrAttachType); 4] = [
+    ("sock_connect4", CgroupSockAddrAttachType::Connect4),
+    ("sock_sendmsg4", CgroupSockAddrAttachType::UDPSendMsg4),
+    ("sock_recvmsg4", CgroupSockAddrAttachType::UDPRecvMsg4),
+    ("sock_getpeername4", CgroupSockAddrAttachType::GetPeerName4),
+];
 /// Every program of a node, in `Node::programs` order: the endpoints' two,
 /// then the node's own.
 const ALL_PROGRAMS: [(&str, TcAttachType); 4] =
@@ -590,6 +600,28 @@ fn install(root: &Path, settings: &Settings) -> Result<(), DataplaneError> {
         prog.load()
             .map_err(|e| DataplaneError::Load(format!("{name}: {e:#}")))?;
         relink(running, name, kind, prog)?;
+        let pin = program_path(root, name);
+        remove_pin(&pin)?;
+        prog.pin(&pin).map_err(|e| pin_error(&pin, e))?;
+    }
+    for (name, _) in SOCKET_PROGRAMS {
+        let prog: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .ok_or_else(|| DataplaneError::Object(format!("program {name} is missing")))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| DataplaneError::Load(e.to_string()))?;
+        prog.load()
+            .map_err(|e| DataplaneError::Load(format!("{name}: {e:#}")))?;
+        // A link to the node's cgroup moves onto the new program in place.
+        if let Ok(running) = link::open_pinned(&link_path(root, name)) {
+            let fd = prog.fd().map_err(|e| DataplaneError::Load(e.to_string()))?;
+            link::update(running.as_fd(), fd.as_fd())
+                .map_err(|e| pin_error(&link_path(root, name), format!("moving the link: {e}")))?;
+            tracing::info!(
+                program = name,
+                "moved the node's cgroup link onto the new program"
+            );
+        }
         let pin = program_path(root, name);
         remove_pin(&pin)?;
         prog.pin(&pin).map_err(|e| pin_error(&pin, e))?;

@@ -2,7 +2,8 @@
 //! which cannot live on bpffs) is made here.
 //!
 //! ```text
-//! <root>/progs/{from_pod,to_pod,from_net,from_tunnel}
+//! <root>/progs/{from_pod,to_pod,from_net,from_tunnel,sock_connect4,…}
+//! <root>/links/{sock_connect4,sock_sendmsg4,sock_recvmsg4,sock_getpeername4}
 //! <root>/maps/{endpoints,endpoints6,endpoints_by_ip,policies,policies6,conntrack,conntrack6,
 //!              counters,flow_events,config,svc_frontends,svc_backends,svc_meta,svc_affinity,nat,…}
 //! /run/margay/locks/<root, flattened>[.<what>].lock
@@ -19,6 +20,11 @@ pub fn map_path(root: &Path, name: &str) -> PathBuf {
 /// The pin of program `name`.
 pub fn program_path(root: &Path, name: &str) -> PathBuf {
     root.join("progs").join(name)
+}
+
+/// The pin of program `name`'s link to the node's cgroup.
+pub fn link_path(root: &Path, name: &str) -> PathBuf {
+    root.join("links").join(name)
 }
 
 /// Where a durable map waits while its resized replacement is loaded.

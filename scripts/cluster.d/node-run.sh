@@ -53,6 +53,15 @@ for pair in \
     mount --bind "$src" "$dst"
 done
 
+# The node's cgroup v2 directory where margay-agent links the programs that
+# balance host-networked clients (MARGAY_CGROUP_V2's default path), as a
+# node's own cgroup v2 root would be on a machine of its own.
+unified=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/self/mounts)
+if [[ -n $unified && -d $unified/$CGROUP_ROOT ]]; then
+    mkdir -p /run/margay/cgroup2
+    mount --bind "$unified/$CGROUP_ROOT" /run/margay/cgroup2
+fi
+
 # This script, containerd, its shims and kubelet live in the node's cgroup
 # (`down` finds every process of the node there), beside kubelet's kubepods.
 for h in /sys/fs/cgroup/*/; do

@@ -75,14 +75,16 @@ nodes_validate() {
     [[ -x /usr/lib/cni/loopback ]] || die "/usr/lib/cni/loopback is missing (apt-get install containernetworking-plugins)"
 }
 
-# The machine's cgroup v1 hierarchies (mount points).
-cgroup_v1_mounts() { awk '$3 == "cgroup" { print $2 }' /proc/self/mounts; }
+# The machine's cgroup hierarchies (mount points), v1 and v2.
+cgroup_mounts() { awk '$3 == "cgroup" || $3 == "cgroup2" { print $2 }' /proc/self/mounts; }
 
-# cgroup_make NAME : /NAME and /NAME/node in every v1 hierarchy (cpuset ones
-# get their parent's cpus and mems, or nothing can join them).
+# cgroup_make NAME : /NAME and /NAME/node in every hierarchy (cpuset ones
+# get their parent's cpus and mems, or nothing can join them). The v2 one
+# is where margay-agent links its connect-time programs: the node's
+# processes, and only they, are below /NAME.
 cgroup_make() {
     local name=$1 h d
-    for h in $(cgroup_v1_mounts); do
+    for h in $(cgroup_mounts); do
         for d in "$h/$name" "$h/$name/node"; do
             mkdir -p "$d"
             if [[ -f $d/cpuset.cpus ]]; then

@@ -239,9 +239,13 @@ pub fn http_get_status(
     if !out.success {
         return Err(out.stderr);
     }
-    let (head, body) = out
-        .stdout
-        .split_once("\r\n\r\n")
+    // The headers end at the first empty line: "\r\n\r\n", or a bare
+    // "\n" where a busybox CGI script ends them.
+    let (head, body) = ["\r\n\r\n", "\r\n\n", "\n\n"]
+        .iter()
+        .filter_map(|end| Some((out.stdout.find(end)?, end.len())))
+        .min()
+        .map(|(at, len)| (&out.stdout[..at], &out.stdout[at + len..]))
         .ok_or("no HTTP response")?;
     let status = head.lines().next().unwrap_or_default().to_string();
     Ok((status, body.to_string()))

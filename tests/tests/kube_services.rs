@@ -395,3 +395,67 @@ fn a_thousand_services_from_the_api_all_answer() {
         }
     });
 }
+
+/// Host-networked clients reach Services, balanced when their sockets
+/// connect: a hostNetwork pod reaches backends on both nodes through a
+/// ClusterIP, and the node itself reaches a ClusterIP and its own NodePort.
+#[test]
+fn host_networked_clients_reach_services() {
+    require_root!(host_networked_clients_reach_services);
+    let c = KubeCluster::up("kshost", &["--nodes", "2"]);
+    let node0 = c.node_name(0).to_string();
+    c.apply(&web_across_nodes("web", 2));
+    c.apply(&service("web", "web", "\n  type: NodePort"));
+    c.apply(&format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: hostcli}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: hostcli}}}}
+  template:
+    metadata: {{labels: {{app: hostcli}}}}
+    spec:
+      hostNetwork: true
+      nodeName: {node0}
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: cli
+        image: localhost/busybox:latest
+        imagePullPolicy: Never
+        command: ["sleep", "100000"]
+"#
+    ));
+    let backends = running_pods(&c, "web", 2);
+    let client = running_pods(&c, "hostcli", 1).remove(0);
+    let f = frontends(&c, "web");
+    let vip = SocketAddrV4::new(f.cluster_ip, 80);
+    let answers = all_answer("the ClusterIP from a hostNetwork pod", || {
+        who_from_pod(&c, &client, vip, SPREAD)
+    });
+    assert_eq!(
+        pods_of(&answers),
+        names(&backends),
+        "a hostNetwork pod's connections reach the backends on both nodes"
+    );
+
+    let node_port = f.node_port.expect("a NodePort Service has a node port");
+    for target in [
+        vip.to_string(),
+        format!("{}:{node_port}", c.env("NODE_IP_0")),
+    ] {
+        let body = wait_for(&format!("{target} from node 0 itself"), POD_WAIT, || {
+            margay_tests::workload::http_get(&c, 0, &target, "/cgi-bin/who")
+        });
+        let pod = body
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            names(&backends).contains(&pod),
+            "node 0 itself reaches a backend through {target}: {body}"
+        );
+    }
+}
