@@ -179,8 +179,17 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             tracing::warn!("services: the linux dataplane balances none; kube-proxy must run");
             health.services_synced();
         }
-        (_, Dataplane::Bpf) => {
+        (mode, Dataplane::Bpf) => {
             services::serve_host_clients(&node.bpf_root, &settings.cgroup_v2).await?;
+            let watch = services::kube_proxy_rules::Watch {
+                action: if mode == ServicesMode::ReplaceKubeProxy {
+                    services::kube_proxy_rules::Action::Remove
+                } else {
+                    services::kube_proxy_rules::Action::Report
+                },
+                metrics: metrics.clone(),
+            };
+            tokio::spawn(watch.run());
             let sync = ServiceSync {
                 root: node.bpf_root.clone(),
                 node_name: settings.node_name.clone(),

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub service_ports: Gauge,
     pub service_ports_skipped: Gauge,
     pub apply_errors: Family<WhatLabel, Counter>,
+    pub kube_proxy_rules: Gauge,
+    pub kube_proxy_running: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -74,6 +76,8 @@ impl Default for Metrics {
             service_ports: Gauge::default(),
             service_ports_skipped: Gauge::default(),
             apply_errors: Family::default(),
+            kube_proxy_rules: Gauge::default(),
+            kube_proxy_running: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -140,6 +144,16 @@ impl Default for Metrics {
             "apply_errors",
             "Applies to the node that failed (and are retried), by what they were for",
             m.apply_errors.clone(),
+        );
+        registry.register(
+            "kube_proxy_rules",
+            "1 while kube-proxy's rules are on the node (nftables or iptables-nft)",
+            m.kube_proxy_rules.clone(),
+        );
+        registry.register(
+            "kube_proxy_running",
+            "1 once kube-proxy was seen putting its rules back after they were removed: it runs beside Margay",
+            m.kube_proxy_running.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -12,6 +12,7 @@
 //! [`serve_host_clients`] links to the node's cgroup.
 
 pub mod health_check;
+pub mod kube_proxy_rules;
 pub mod translate;
 
 use std::collections::BTreeSet;

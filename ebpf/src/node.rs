@@ -592,26 +592,14 @@ fn install(root: &Path, settings: &Settings) -> Result<(), DataplaneError> {
         (TUNNEL_PROGRAM, &tunnel),
     ]);
     for ((name, kind), running) in all {
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .ok_or_else(|| DataplaneError::Object(format!("program {name} is missing")))?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| DataplaneError::Load(e.to_string()))?;
-        prog.load()
-            .map_err(|e| DataplaneError::Load(format!("{name}: {e:#}")))?;
+        let prog: &mut SchedClassifier = program_of(&mut ebpf, name)?;
+        prog.load().map_err(load_error(name))?;
         relink(running, name, kind, prog)?;
-        let pin = program_path(root, name);
-        remove_pin(&pin)?;
-        prog.pin(&pin).map_err(|e| pin_error(&pin, e))?;
+        repin(root, name, |pin| prog.pin(pin))?;
     }
     for (name, _) in SOCKET_PROGRAMS {
-        let prog: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .ok_or_else(|| DataplaneError::Object(format!("program {name} is missing")))?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| DataplaneError::Load(e.to_string()))?;
-        prog.load()
-            .map_err(|e| DataplaneError::Load(format!("{name}: {e:#}")))?;
+        let prog: &mut CgroupSockAddr = program_of(&mut ebpf, name)?;
+        prog.load().map_err(load_error(name))?;
         // A link to the node's cgroup moves onto the new program in place.
         if let Ok(running) = link::open_pinned(&link_path(root, name)) {
             let fd = prog.fd().map_err(|e| DataplaneError::Load(e.to_string()))?;
@@ -622,9 +610,7 @@ fn install(root: &Path, settings: &Settings) -> Result<(), DataplaneError> {
                 "moved the node's cgroup link onto the new program"
             );
         }
-        let pin = program_path(root, name);
-        remove_pin(&pin)?;
-        prog.pin(&pin).map_err(|e| pin_error(&pin, e))?;
+        repin(root, name, |pin| prog.pin(pin))?;
     }
     // Last: the marker that says these pins are complete and this build's.
     let mut config = maps::config(root)?;
@@ -639,6 +625,32 @@ fn install(root: &Path, settings: &Settings) -> Result<(), DataplaneError> {
         .map_err(|e| DataplaneError::map("config", e))?;
     tracing::info!(root = %root.display(), object = format!("{DATAPLANE_OBJECT_ID:#x}"), "dataplane programs loaded and pinned");
     Ok(())
+}
+
+/// Program `name` of the loaded object, as the kind `P` it must be.
+fn program_of<'a, P>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut P, DataplaneError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| DataplaneError::Object(format!("program {name} is missing")))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| DataplaneError::Load(e.to_string()))
+}
+
+fn load_error(name: &str) -> impl Fn(aya::programs::ProgramError) -> DataplaneError + '_ {
+    move |e| DataplaneError::Load(format!("{name}: {e:#}"))
+}
+
+/// Pins program `name` (with `pin`, its kind's) in place of the pin there.
+fn repin(
+    root: &Path,
+    name: &str,
+    pin: impl FnOnce(&Path) -> Result<(), aya::pin::PinError>,
+) -> Result<(), DataplaneError> {
+    let path = program_path(root, name);
+    remove_pin(&path)?;
+    pin(&path).map_err(|e| pin_error(&path, e))
 }
 
 /// The interfaces running each kind of program, as the maps record them.

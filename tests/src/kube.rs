@@ -217,10 +217,15 @@ impl KubeCluster {
 
 impl Drop for KubeCluster {
     fn drop(&mut self) {
-        let out = self.script(&["down"], DOWN_TIMEOUT);
-        if !out.success {
+        // `down` finishes what an interrupted one left: a second try after
+        // a timeout (a thousand pods' processes to stop) leaves nothing.
+        for attempt in 1..=2 {
+            let out = self.script(&["down"], DOWN_TIMEOUT);
+            if out.success {
+                return;
+            }
             eprintln!(
-                "scripts/cluster down ({}): {}{}",
+                "scripts/cluster down ({}), attempt {attempt}: {}{}",
                 self.name, out.stdout, out.stderr
             );
         }

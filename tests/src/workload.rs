@@ -261,6 +261,26 @@ pub fn http_get(c: &KubeCluster, i: usize, addr: &str, path: &str) -> Result<Str
     }
 }
 
+/// A busybox pod `name` on node `node` running `command` (the YAML after
+/// `command:`, a flow list or block list items on the lines below).
+pub fn busybox_pod(name: &str, node: &str, command: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: localhost/busybox:latest
+    imagePullPolicy: Never
+    command:{command}
+"#
+    )
+}
+
 /// A pod that requests `GET /cgi-bin/who` from a target every tenth of a
 /// second, each a new connection, for as long as it runs: its log counts
 /// the answers and the failures (a pod of its own, so no `kubectl exec`
@@ -274,19 +294,11 @@ impl<'a> RequestLoop<'a> {
     /// Starts the loop on node `node` and waits for its first answer.
     pub fn start(c: &'a KubeCluster, name: &str, node: &str, to: SocketAddrV4) -> RequestLoop<'a> {
         let pod = format!("{name}-{}", std::process::id());
-        c.apply(&format!(
-            r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: {pod}}}
-spec:
-  nodeName: {node}
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: loop
-    image: localhost/busybox:latest
-    imagePullPolicy: Never
-    command:
+        c.apply(&busybox_pod(
+            &pod,
+            node,
+            &format!(
+                r#"
     - sh
     - -c
     - |
@@ -294,10 +306,10 @@ spec:
         r=$(printf 'GET /cgi-bin/who HTTP/1.0\r\n\r\n' | nc -w 2 {ip} {port} | tail -n 1)
         echo "answer:$r"
         sleep 0.1
-      done
-"#,
-            ip = to.ip(),
-            port = to.port()
+      done"#,
+                ip = to.ip(),
+                port = to.port()
+            ),
         ));
         let looping = RequestLoop { c, pod };
         wait_for("the request loop answered", POD_WAIT, || {

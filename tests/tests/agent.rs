@@ -12,7 +12,8 @@ use margay_tests::host_agent::HostAgent;
 use margay_tests::kube::{KubeCluster, wait_for};
 use margay_tests::require_root;
 use margay_tests::workload::{
-    POD_WAIT, PORT, Pod, http_get, pod_cidr, running_pods, seen_address, web_across_nodes,
+    POD_WAIT, PORT, Pod, busybox_pod, http_get, pod_cidr, running_pods, seen_address,
+    web_across_nodes,
 };
 use serde_json::Value;
 
@@ -493,21 +494,10 @@ struct Pinger<'a> {
 impl<'a> Pinger<'a> {
     fn start(c: &'a KubeCluster, from: &Pod, to: Ipv4Addr) -> Pinger<'a> {
         let pod = format!("pinger-{}", std::process::id());
-        c.apply(&format!(
-            r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: {pod}}}
-spec:
-  nodeName: {node}
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: ping
-    image: localhost/busybox:latest
-    imagePullPolicy: Never
-    command: ["ping", "-i", "0.2", "{to}"]
-"#,
-            node = from.node
+        c.apply(&busybox_pod(
+            &pod,
+            &from.node,
+            &format!(r#" ["ping", "-i", "0.2", "{to}"]"#),
         ));
         wait_for("the pinger running", POD_WAIT, || {
             let log = c.try_kubectl(&["logs", &pod]);

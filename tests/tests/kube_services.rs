@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use margay_tests::kube::{KubeCluster, wait_for};
+use margay_tests::netns::run_ok;
 use margay_tests::require_root;
 use margay_tests::workload::{
     POD_WAIT, PORT, Pod, RequestLoop, Who, http_get_status, running_pods, web, web_across_nodes,
@@ -137,23 +138,15 @@ fn node_ports_in_dsr_mode_keep_the_external_clients_address() {
 /// Routes the external client's traffic for `addr` through node `i` (as an
 /// upstream router or a load balancer would).
 fn route_from_outside(c: &KubeCluster, addr: Ipv4Addr, i: usize) {
-    let out = Command::new("ip")
-        .args([
-            "-n",
-            c.env("EXTERNAL_NETNS"),
-            "route",
-            "replace",
-            &format!("{addr}/32"),
-            "via",
-            c.env(&format!("NODE_IP_{i}")),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(Command::new("ip").args([
+        "-n",
+        c.env("EXTERNAL_NETNS"),
+        "route",
+        "replace",
+        &format!("{addr}/32"),
+        "via",
+        c.env(&format!("NODE_IP_{i}")),
+    ]));
 }
 
 /// externalIPs and a LoadBalancer's ingress IP answer the external client
