@@ -36,6 +36,7 @@ pub mod services;
 pub mod settings;
 pub mod socket;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,6 +61,8 @@ use crate::settings::{ServicesMode, Settings};
 /// How long one API request (not a watch) may take before it fails: a
 /// claim or a release must never hang the controller behind it.
 const API_TIMEOUT: Duration = Duration::from_secs(10);
+/// kube-proxy's default health port (`healthzBindAddress`).
+const KUBE_PROXY_HEALTH_PORT: u16 = 10256;
 
 /// Two clients on one configuration (in-cluster, or KUBECONFIG).
 #[derive(Clone)]
@@ -187,6 +190,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 } else {
                     services::kube_proxy_rules::Action::Report
                 },
+                interval: settings.kube_proxy_check_interval,
+                kube_proxy_health: settings.kube_proxy_health_addr.unwrap_or(SocketAddr::new(
+                    settings.health_addr.ip(),
+                    KUBE_PROXY_HEALTH_PORT,
+                )),
                 metrics: metrics.clone(),
             };
             tokio::spawn(watch.run());

@@ -152,7 +152,7 @@ impl Default for Metrics {
         );
         registry.register(
             "kube_proxy_running",
-            "1 once kube-proxy was seen putting its rules back after they were removed: it runs beside Margay",
+            "1 while kube-proxy runs on the node (it answers on its health address, or put its rules back after they were removed) although Margay balances Services",
             m.kube_proxy_running.clone(),
         );
         Metrics { registry, ..m }

@@ -89,6 +89,14 @@ pub struct Settings {
     /// mounts the cgroup v2 hierarchy.
     #[arg(long, env = "MARGAY_CGROUP_V2", default_value = "/run/margay/cgroup2")]
     pub cgroup_v2: PathBuf,
+    /// How often the node's ruleset is looked at for kube-proxy's rules.
+    #[arg(long, env = "MARGAY_KUBE_PROXY_CHECK_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub kube_proxy_check_interval: Duration,
+    /// kube-proxy's health address on this node (its `healthzBindAddress`):
+    /// something answering there means kube-proxy runs. Default: port 10256
+    /// on the health address's IP.
+    #[arg(long, env = "MARGAY_KUBE_PROXY_HEALTH_ADDR")]
+    pub kube_proxy_health_addr: Option<SocketAddr>,
     /// error, warn, info, debug or trace; or a tracing filter
     /// (`info,kube=debug`).
     #[arg(long, env = "MARGAY_LOG_LEVEL", default_value = "info")]

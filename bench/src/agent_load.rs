@@ -11,10 +11,11 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use margay_tests::kube::KubeCluster;
 use serde::Serialize;
 
+use crate::cluster_tasks::{bound_sleepers, margay_agent};
 use crate::procfs::{Process, cpu_percent};
 use crate::report::Table;
 
@@ -98,52 +99,14 @@ fn phase(what: &str, agents: &[Process], work: Option<&dyn Fn() -> Result<()>>) 
     })
 }
 
-/// Node `i`'s margay-agent, by its container's task.
-fn agent(c: &KubeCluster, i: usize) -> Result<Process> {
-    let id = c
-        .margay_container(i, "margay-agent")
-        .map_err(anyhow::Error::msg)?;
-    let tasks = c.on_node_ok(i, &["ctr", "-n", "k8s.io", "task", "ls"]);
-    tasks
-        .lines()
-        .find(|l| l.starts_with(&id))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .map(Process)
-        .with_context(|| format!("no task {id} on node {i}: {tasks}"))
-}
-
-/// A Deployment of `replicas` sleeping busybox pods bound to `node`.
-fn bound(name: &str, node: &str, replicas: usize) -> String {
-    format!(
-        r#"---
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}}}
-spec:
-  replicas: {replicas}
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata: {{labels: {{app: {name}}}}}
-    spec:
-      nodeName: {node}
-      terminationGracePeriodSeconds: 1
-      tolerations: [{{operator: Exists}}]
-      containers:
-      - name: sleep
-        image: localhost/busybox:latest
-        imagePullPolicy: Never
-        command: ["sleep", "86400"]
-        resources: {{requests: {{cpu: 1m, memory: 1Mi}}}}
-"#
-    )
-}
-
 pub fn run(pods: usize, per_node: usize) -> Result<AgentLoadReport> {
     if per_node * 3 > pods || per_node > 100 {
         bail!("--per-node {per_node}: at most 100 (kubelet's 110 pods) and a third of --pods");
     }
     let c = KubeCluster::try_up("bal", &["--nodes", "3"]).map_err(anyhow::Error::msg)?;
-    let agents = (0..3).map(|i| agent(&c, i)).collect::<Result<Vec<_>>>()?;
+    let agents = (0..3)
+        .map(|i| Ok(Process(margay_agent(&c, i)?)))
+        .collect::<Result<Vec<_>>>()?;
     let mut phases = vec![phase("at rest, no pods", &agents, None)?];
 
     let mut manifest = String::new();
@@ -154,11 +117,15 @@ pub fn run(pods: usize, per_node: usize) -> Result<AgentLoadReport> {
     }
     let on_paper = pods - 3 * per_node;
     for i in 0..3 {
-        manifest.push_str(&bound(&format!("real-{i}"), c.node_name(i), per_node));
+        manifest.push_str(&bound_sleepers(
+            &format!("real-{i}"),
+            c.node_name(i),
+            per_node,
+        ));
     }
     for i in 0..PAPER_NODES {
         let share = on_paper / PAPER_NODES + usize::from(i < on_paper % PAPER_NODES);
-        manifest.push_str(&bound(
+        manifest.push_str(&bound_sleepers(
             &format!("paper-{i}"),
             &format!("bench-paper-{i}"),
             share,

@@ -6,14 +6,17 @@
 
 pub mod agent_load;
 pub mod cluster_ipam;
+pub mod cluster_tasks;
 pub mod exec;
 pub mod interrupt;
 pub mod ipam;
 pub mod k8s_pods;
+pub mod kube_services;
 pub mod network;
 pub mod nodeport;
 pub mod packets;
 pub mod pods;
+pub mod probe;
 pub mod procfs;
 pub mod report;
 pub mod services;

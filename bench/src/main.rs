@@ -2,12 +2,16 @@
 //! plugins) in the same run and prints the comparison.
 #![allow(clippy::print_stdout)]
 
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use margay_bench::ipam::{self, IpamBench};
+use margay_bench::probe;
 use margay_bench::report::{RunInfo, Table};
 
 #[derive(Parser)]
@@ -130,6 +134,25 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         per_node: usize,
     },
+    /// Services from the API: margay-agent vs upstream kube-proxy in
+    /// iptables and nftables mode, each on a one-node local cluster, in
+    /// interleaved rounds: API change -> first connection through the
+    /// ClusterIP, pod -> ClusterIP and node -> ClusterIP connect+request,
+    /// with a hundred Services and with many; each proxy's CPU and memory
+    /// taking the many in. Needs root and the built cluster components.
+    KubeServices {
+        /// Services in the second phase (five endpoints each).
+        #[arg(long, default_value_t = 10_000)]
+        services: usize,
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+        /// Connections per client per round.
+        #[arg(long, default_value_t = 50)]
+        per_round: usize,
+    },
+    /// The measuring end of kube-services, run by it inside a pod or node.
+    #[command(hide = true, subcommand)]
+    Probe(ProbeCmd),
     /// Pod-to-pod TCP throughput with iperf3: margay bpf vs margay linux vs
     /// ptp+host-local, interleaved rounds, medians. Needs root and iperf3.
     Throughput {
@@ -143,6 +166,32 @@ enum Cmd {
         bin_dir: Option<PathBuf>,
         #[arg(long, default_value = "/usr/lib/cni")]
         peer_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProbeCmd {
+    /// Answer connections on a port until killed.
+    Serve {
+        #[arg(long)]
+        port: u16,
+    },
+    /// Connect, request, close, `count` times; microseconds each, a line each.
+    Latencies {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        count: usize,
+    },
+    /// Print "ready", try until the address opens or closes, print when
+    /// (nanoseconds since the epoch).
+    Until {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, value_enum)]
+        awaited: probe::Awaited,
+        #[arg(long)]
+        within_ms: u64,
     },
 }
 
@@ -270,6 +319,19 @@ fn run(cli: Cli) -> Result<()> {
             );
             print_report(cli.json, &report, info.header(&what), report.table())
         }
+        Cmd::KubeServices {
+            services,
+            rounds,
+            per_round,
+        } => {
+            let report = margay_bench::kube_services::run(services, rounds, per_round)?;
+            let what = format!(
+                "{rounds} interleaved rounds, {per_round} connections per client per round; ratios \
+                 are margay/kube-proxy (lower is better)"
+            );
+            print_report(cli.json, &report, info.header(&what), report.table())
+        }
+        Cmd::Probe(cmd) => run_probe(cmd),
         Cmd::Throughput {
             rounds,
             seconds,
@@ -280,6 +342,30 @@ fn run(cli: Cli) -> Result<()> {
                 margay_bench::throughput::run(bin_dir_or_own(bin_dir)?, peer_dir, rounds, seconds)?;
             let what = format!("{rounds} interleaved rounds of {seconds} s");
             print_report(cli.json, &report, info.header(&what), report.table())
+        }
+    }
+}
+
+fn run_probe(cmd: ProbeCmd) -> Result<()> {
+    match cmd {
+        ProbeCmd::Serve { port } => probe::serve(port),
+        ProbeCmd::Latencies { to, count } => {
+            for micros in probe::latencies(to, count)? {
+                println!("{micros}");
+            }
+            Ok(())
+        }
+        ProbeCmd::Until {
+            to,
+            awaited,
+            within_ms,
+        } => {
+            let at = probe::until(to, awaited, Duration::from_millis(within_ms), || {
+                println!("ready");
+                let _ = std::io::stdout().flush();
+            })?;
+            println!("{at}");
+            Ok(())
         }
     }
 }

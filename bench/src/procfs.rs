@@ -31,9 +31,13 @@ impl Process {
 
 /// `ticks` of CPU time over `seconds`, as a percentage of one core.
 pub fn cpu_percent(ticks: u64, seconds: f64) -> f64 {
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+    ticks as f64 / clock_ticks_per_second() / seconds * 100.0
+}
+
+/// The unit of [`Process::cpu_ticks`].
+pub fn clock_ticks_per_second() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
-        .unwrap_or(100) as f64;
-    ticks as f64 / hz / seconds * 100.0
+        .unwrap_or(100) as f64
 }

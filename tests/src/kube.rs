@@ -260,3 +260,29 @@ pub fn wait_for<T>(
         }
     }
 }
+
+/// A process stopped (SIGSTOP) until dropped (SIGCONT).
+pub struct Stopped(nix::unistd::Pid);
+
+impl Stopped {
+    pub fn process(pid: u32) -> Stopped {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+/// The value of the first sample of `name` (with these label text bits).
+pub fn sample(metrics: &str, name: &str, labels: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(name) && l.contains(labels))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}

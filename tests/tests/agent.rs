@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use ipnetwork::Ipv4Network;
 use margay_tests::host_agent::HostAgent;
-use margay_tests::kube::{KubeCluster, wait_for};
+use margay_tests::kube::{KubeCluster, Stopped, sample, wait_for};
 use margay_tests::require_root;
 use margay_tests::workload::{
     POD_WAIT, PORT, Pod, busybox_pod, http_get, pod_cidr, running_pods, seen_address,
@@ -56,15 +56,6 @@ fn assert_disjoint(blocks: &[ApiBlock]) {
 fn node_blocks(c: &KubeCluster, i: usize) -> Vec<Value> {
     let out = c.on_node_ok(i, &["/opt/cni/bin/margay-ipam", "blocks", "--json"]);
     serde_json::from_str::<Vec<Value>>(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
-/// The value of the first sample of `name` (with these label text bits).
-fn sample(metrics: &str, name: &str, labels: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .find(|l| l.starts_with(name) && l.contains(labels))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 /// Pods of a Deployment spread over three nodes get distinct addresses,
@@ -531,23 +522,6 @@ impl Drop for Pinger<'_> {
         let _ = self
             .c
             .try_kubectl(&["delete", "pod", &self.pod, "--wait=false"]);
-    }
-}
-
-/// A process stopped (SIGSTOP) until dropped (SIGCONT).
-struct Stopped(nix::unistd::Pid);
-
-impl Stopped {
-    fn process(pid: u32) -> Stopped {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
-        Stopped(pid)
-    }
-}
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
     }
 }
 

@@ -9,12 +9,12 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::Command;
 use std::time::Duration;
 
-use margay_tests::kube::{KubeCluster, wait_for};
+use margay_tests::kube::{KubeCluster, Stopped, sample, wait_for};
 use margay_tests::netns::run_ok;
 use margay_tests::require_root;
 use margay_tests::workload::{
-    POD_WAIT, PORT, Pod, RequestLoop, Who, http_get_status, running_pods, web, web_across_nodes,
-    web_on_node, web_rolled_safely, who_from_outside, who_from_pod,
+    POD_WAIT, PORT, Pod, RequestLoop, Who, http_get, http_get_status, running_pods, web,
+    web_across_nodes, web_on_node, web_rolled_safely, who_from_outside, who_from_pod,
 };
 
 /// Requests per client: with three backends, the chance that hashing
@@ -451,4 +451,123 @@ spec:
             "node 0 itself reaches a backend through {target}: {body}"
         );
     }
+}
+
+/// The chains of node `i`'s iptables (iptables-nft) ruleset, every table.
+fn iptables_chains(c: &KubeCluster, i: usize) -> BTreeSet<String> {
+    c.on_node_ok(i, &["iptables-save"])
+        .lines()
+        .filter_map(|l| l.strip_prefix(':')?.split_whitespace().next())
+        .map(String::from)
+        .collect()
+}
+
+fn kube_proxys(chains: &BTreeSet<String>) -> Vec<&String> {
+    chains
+        .iter()
+        .filter(|c| {
+            [
+                "KUBE-SERVICES",
+                "KUBE-PROXY-CANARY",
+                "KUBE-SVC-",
+                "KUBE-SEP-",
+                "KUBE-POSTROUTING",
+            ]
+            .iter()
+            .any(|p| c.starts_with(p))
+        })
+        .collect()
+}
+
+/// With `services: replace-kube-proxy`, a kube-proxy that still runs keeps
+/// its rules and the agent says it runs; once it stops, its rules are
+/// removed (kubelet's stay) and Services answer through the programs as
+/// before; when it runs again, its rules are left alone again.
+#[test]
+fn kube_proxys_rules_go_once_it_stops_and_stay_while_it_runs() {
+    require_root!(kube_proxys_rules_go_once_it_stops_and_stay_while_it_runs);
+    let c = KubeCluster::up(
+        "kskpx",
+        &[
+            "--nodes",
+            "1",
+            "--kube-proxy",
+            "iptables",
+            "--margay-config",
+            "services=replace-kube-proxy",
+            "--margay-config",
+            "kube_proxy_check_interval=1s",
+        ],
+    );
+    let node = c.node_name(0).to_string();
+    c.apply(&web_on_node("web", 1, &node));
+    c.apply(&web_on_node("cli", 1, &node));
+    c.apply(&service("web", "web", ""));
+    running_pods(&c, "web", 1);
+    let client = running_pods(&c, "cli", 1).remove(0);
+    let vip = SocketAddrV4::new(frontends(&c, "web").cluster_ip, 80);
+    let health = format!("{}:9091", c.env("NODE_IP_0"));
+    let metric = |name: &str| {
+        http_get(&c, 0, &health, "/metrics")
+            .ok()
+            .and_then(|m| sample(&m, name, ""))
+    };
+    let kube_proxy_runs_and_keeps_its_rules = |what: &str| {
+        wait_for(what, POD_WAIT, || {
+            let chains = iptables_chains(&c, 0);
+            let running = metric("margay_kube_proxy_running");
+            if chains.iter().any(|c| c.starts_with("KUBE-SVC-")) && running == Some(1.0) {
+                Ok(chains)
+            } else {
+                Err(format!("running {running:?}, chains {chains:?}"))
+            }
+        })
+    };
+
+    kube_proxy_runs_and_keeps_its_rules("kube-proxy's rules, and the agent saying it runs");
+    std::thread::sleep(Duration::from_secs(3));
+    let chains = iptables_chains(&c, 0);
+    assert!(
+        chains.contains("KUBE-SERVICES"),
+        "three checks later, the rules of a kube-proxy that runs are still there: {chains:?}"
+    );
+    let kubelets: BTreeSet<String> = ["KUBE-KUBELET-CANARY", "KUBE-FIREWALL"]
+        .into_iter()
+        .map(String::from)
+        .filter(|name| chains.contains(name))
+        .collect();
+    all_answer("the ClusterIP beside kube-proxy", || {
+        who_from_pod(&c, &client, vip, 3)
+    });
+
+    let stopped = Stopped::process(
+        c.pid_of(&format!("{node}-kube-proxy"))
+            .expect("kube-proxy runs on node 0"),
+    );
+    let left = wait_for("kube-proxy's rules removed once it stops", POD_WAIT, || {
+        let chains = iptables_chains(&c, 0);
+        let (running, rules) = (
+            metric("margay_kube_proxy_running"),
+            metric("margay_kube_proxy_rules"),
+        );
+        if kube_proxys(&chains).is_empty() && running == Some(0.0) && rules == Some(0.0) {
+            Ok(chains)
+        } else {
+            Err(format!(
+                "running {running:?}, rules {rules:?}, chains {chains:?}"
+            ))
+        }
+    });
+    assert!(
+        kubelets.is_subset(&left),
+        "kubelet's chains {kubelets:?} stay: {left:?}"
+    );
+    all_answer("the ClusterIP once kube-proxy's rules are gone", || {
+        who_from_pod(&c, &client, vip, 3)
+    });
+
+    drop(stopped);
+    // A change makes it write its rules again at once.
+    c.apply(&service("web2", "web", ""));
+    kube_proxy_runs_and_keeps_its_rules("kube-proxy's rules back once it runs, and left alone");
 }

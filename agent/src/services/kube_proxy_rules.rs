@@ -6,25 +6,25 @@
 //! chains (`KUBE-FIREWALL`, `KUBE-KUBELET-CANARY`, `KUBE-MARK-DROP`) stay.
 //!
 //! Finding them ([`leftovers`]) and writing the transaction
-//! ([`Leftovers::script`]) are pure; [`Watch`] runs `nft` every minute.
+//! ([`Leftovers::script`]) are pure; [`Watch`] runs `nft` every interval.
 //!
-//! A kube-proxy still running puts its rules back: seen [`REWRITES`] times
-//! within [`REWRITE_WINDOW`], the agent says so loudly (an error, and
-//! `margay_kube_proxy_running` 1) and stops removing them rather than
-//! flap with it.
+//! A kube-proxy still running would put its rules back: the agent says so
+//! loudly (an error, and `margay_kube_proxy_running` 1) and leaves them
+//! alone rather than flap with it.
 
+use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 
-/// How often the ruleset is looked at.
-const PERIOD: Duration = Duration::from_secs(60);
+/// How long kube-proxy's health address has to answer.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Leftovers found again this many times soon after a removal: kube-proxy
 /// runs.
 const REWRITES: u32 = 3;
@@ -101,15 +101,15 @@ impl Leftovers {
             out += &format!(
                 "delete rule {} {} handle {}\n",
                 table(&r.chain.table),
-                quoted(&r.chain.name),
+                r.chain.name,
                 r.handle
             );
         }
         for c in &self.chains {
-            out += &format!("flush chain {} {}\n", table(&c.table), quoted(&c.name));
+            out += &format!("flush chain {} {}\n", table(&c.table), c.name);
         }
         for c in &self.chains {
-            out += &format!("delete chain {} {}\n", table(&c.table), quoted(&c.name));
+            out += &format!("delete chain {} {}\n", table(&c.table), c.name);
         }
         for t in &self.tables {
             out += &format!("delete table {}\n", table(t));
@@ -126,11 +126,6 @@ impl Leftovers {
             self.jumps.len()
         )
     }
-}
-
-/// nft names chains with characters outside its identifiers in quotes.
-fn quoted(name: &str) -> String {
-    format!("\"{name}\"")
 }
 
 fn table_of(o: &Value, key: &str) -> Option<Table> {
@@ -214,65 +209,124 @@ pub enum Action {
     Report,
 }
 
-/// Looks at the node's ruleset every [`PERIOD`] for kube-proxy's rules.
+/// Looks at the node's ruleset every `interval` for kube-proxy's rules.
+///
+/// A kube-proxy that answers on its health address runs: its rules are left
+/// alone however the action says (removing them would only make it write
+/// them again). One that does not answer is switched off, and its rules are
+/// removed; should they come back anyway (a kube-proxy without a health
+/// address), [`REWRITES`] times within [`REWRITE_WINDOW`], removal stops for
+/// a window and the agent says why.
 pub struct Watch {
     pub action: Action,
+    pub interval: Duration,
+    /// kube-proxy's `healthzBindAddress` on this node.
+    pub kube_proxy_health: SocketAddr,
     pub metrics: Arc<Metrics>,
+}
+
+/// What the watch last said, so it speaks on changes only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Said {
+    Nothing,
+    Clean,
+    LeftAlone,
+    KubeProxyRuns,
+    Flapping,
 }
 
 impl Watch {
     pub async fn run(self) {
-        let mut removed_at: Option<Instant> = None;
-        let mut rewrites = 0;
-        let mut gave_up = false;
+        let mut removals: Vec<Instant> = Vec::new();
+        let mut said = Said::Nothing;
         loop {
-            match list_ruleset().await {
+            let running = kube_proxy_answers(self.kube_proxy_health).await;
+            let ruleset = match list_ruleset().await {
+                Ok(ruleset) => ruleset,
                 Err(e) => {
                     tracing::warn!("kube-proxy's rules are not checked: {e}");
                     return;
                 }
-                Ok(ruleset) => {
-                    let found = leftovers(&ruleset);
-                    self.metrics
-                        .kube_proxy_rules
-                        .set(i64::from(!found.is_empty()));
-                    if found.is_empty() {
-                        // Nothing came back: kube-proxy is off.
-                        rewrites = 0;
-                    } else if self.action == Action::Report {
-                        tracing::info!(
-                            found = %found.summary(),
-                            "kube-proxy's rules are here and left alone (services: beside-kube-proxy)"
-                        );
-                    } else if !gave_up {
-                        if removed_at.is_some_and(|at| at.elapsed() < REWRITE_WINDOW) {
-                            rewrites += 1;
-                        }
-                        if rewrites >= REWRITES {
-                            gave_up = true;
-                            self.metrics.kube_proxy_running.set(1);
-                            tracing::error!(
-                                "kube-proxy keeps putting its rules back on this node: it runs. \
-                                 Switch it off (a nodeSelector on its DaemonSet that matches no node) \
-                                 or set services: beside-kube-proxy; its rules are left alone from now on"
-                            );
-                        } else {
-                            match run_script(&found.script()).await {
-                                Ok(()) => {
-                                    tracing::info!(removed = %found.summary(), "removed kube-proxy's leftover rules");
-                                    removed_at = Some(Instant::now());
-                                }
-                                Err(e) => {
-                                    tracing::error!("removing kube-proxy's leftover rules: {e}")
-                                }
-                            }
-                        }
+            };
+            let found = leftovers(&ruleset);
+            self.metrics
+                .kube_proxy_rules
+                .set(i64::from(!found.is_empty()));
+            removals.retain(|at| at.elapsed() < REWRITE_WINDOW);
+            let flapping = removals.len() as u32 >= REWRITES;
+            self.metrics
+                .kube_proxy_running
+                .set(i64::from(running || flapping));
+            if found.is_empty() {
+                if changed(&mut said, Said::Clean) {
+                    tracing::info!("no kube-proxy rules on this node");
+                }
+            } else if self.action == Action::Report {
+                if changed(&mut said, Said::LeftAlone) {
+                    tracing::info!(
+                        found = %found.summary(),
+                        "kube-proxy's rules are here and left alone (services: beside-kube-proxy)"
+                    )
+                }
+            } else if running {
+                if changed(&mut said, Said::KubeProxyRuns) {
+                    tracing::error!(
+                        health = %self.kube_proxy_health,
+                        found = %found.summary(),
+                        "kube-proxy runs on this node while Margay balances Services: its rules are \
+                         left alone until it stops. Switch it off (a nodeSelector on its DaemonSet \
+                         that matches no node) or set services: beside-kube-proxy"
+                    )
+                }
+            } else if flapping {
+                if changed(&mut said, Said::Flapping) {
+                    tracing::error!(
+                        "kube-proxy's rules came back {REWRITES} times within {} min of their removal: \
+                         something runs kube-proxy here without a health address ({}). Its rules are \
+                         left alone for now; switch it off, or set services: beside-kube-proxy",
+                        REWRITE_WINDOW.as_secs() / 60,
+                        self.kube_proxy_health
+                    )
+                }
+            } else {
+                match run_script(&found.script()).await {
+                    Ok(()) => {
+                        tracing::info!(removed = %found.summary(), "removed kube-proxy's leftover rules");
+                        removals.push(Instant::now());
+                        self.metrics.kube_proxy_rules.set(0);
+                        said = Said::Clean;
                     }
+                    Err(e) => tracing::error!("removing kube-proxy's leftover rules: {e}"),
                 }
             }
-            tokio::time::sleep(PERIOD).await;
+            tokio::time::sleep(self.interval).await;
         }
     }
+}
+
+/// Sets `said` to `now`; whether that changed it (and so is worth a line).
+fn changed(said: &mut Said, now: Said) -> bool {
+    std::mem::replace(said, now) != now
+}
+
+/// Whether something answers HTTP on kube-proxy's health address: any
+/// status will do (kube-proxy says 503 while it catches up, and runs).
+async fn kube_proxy_answers(addr: SocketAddr) -> bool {
+    let ask = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        stream
+            .write_all(b"GET /healthz HTTP/1.0\r\n\r\n")
+            .await
+            .ok()?;
+        let mut head = [0u8; 8];
+        stream.read_exact(&mut head).await.ok()?;
+        Some(head.starts_with(b"HTTP/1."))
+    };
+    tokio::time::timeout(HEALTH_TIMEOUT, ask)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }
 
 async fn list_ruleset() -> Result<Value, String> {
@@ -385,9 +439,9 @@ mod tests {
         );
         let script = found.script();
         let lines: Vec<&str> = script.lines().collect();
-        assert_eq!(lines[0], "delete rule ip nat \"OUTPUT\" handle 12");
-        assert_eq!(lines[2], "flush chain ip filter \"KUBE-PROXY-CANARY\"");
-        assert_eq!(lines[5], "delete chain ip filter \"KUBE-PROXY-CANARY\"");
+        assert_eq!(lines[0], "delete rule ip nat OUTPUT handle 12");
+        assert_eq!(lines[2], "flush chain ip filter KUBE-PROXY-CANARY");
+        assert_eq!(lines[5], "delete chain ip filter KUBE-PROXY-CANARY");
         assert_eq!(
             lines[8..],
             ["delete table ip kube-proxy", "delete table ip6 kube-proxy"]

@@ -1,0 +1,111 @@
+//! The measuring end of the cluster benchmarks, run as `bench probe` inside
+//! a pod's network namespace (`nsenter --net`) or on a node (`scripts/cluster
+//! exec`, in the node's cgroups, where host-networked clients are balanced):
+//! a process of its own, so it stands where a workload would.
+//!
+//! - [`serve`]: answers every connection with a short reply at once (no
+//!   fork per request, unlike busybox httpd), so latencies are the path's;
+//! - [`latencies`]: connect, one request and its answer, close, in sequence;
+//! - [`until`]: tries to connect until the address opens (or closes), and
+//!   says when, as wall-clock time the parent compares with its own.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+
+/// What the server answers.
+const ANSWER: &[u8] = b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n";
+const REQUEST: &[u8] = b"GET / HTTP/1.0\r\n\r\n";
+/// A connect attempt that neither opens nor is refused within this counts
+/// as not open.
+const ATTEMPT: Duration = Duration::from_millis(100);
+
+/// Answers connections on `port` until killed, a thread each.
+///
+/// # Errors
+/// The port cannot be bound.
+pub fn serve(port: u16) -> Result<()> {
+    let listener = TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("port {port}"))?;
+    for stream in listener.incoming().flatten() {
+        std::thread::spawn(move || answer(stream));
+    }
+    Ok(())
+}
+
+fn answer(mut stream: TcpStream) {
+    let mut buf = [0u8; 512];
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let _ = stream.write_all(ANSWER);
+}
+
+/// One connection: connect (within `connect`), request, the whole answer,
+/// close.
+fn exchange(to: SocketAddr, connect: Duration) -> Result<()> {
+    let mut stream = TcpStream::connect_timeout(&to, connect)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(REQUEST)?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    if !answer.ends_with(b"ok\n") {
+        bail!("{to} answered {:?}", String::from_utf8_lossy(&answer));
+    }
+    Ok(())
+}
+
+/// `count` exchanges with `to` in sequence, each's time in microseconds.
+///
+/// # Errors
+/// An exchange fails.
+pub fn latencies(to: SocketAddr, count: usize) -> Result<Vec<u64>> {
+    (0..count)
+        .map(|_| {
+            let start = Instant::now();
+            exchange(to, Duration::from_secs(2)).with_context(|| format!("exchange with {to}"))?;
+            Ok(start.elapsed().as_micros() as u64)
+        })
+        .collect()
+}
+
+/// Whether [`until`] waits for the address to open or to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Awaited {
+    Open,
+    Closed,
+}
+
+/// Tries `to` until it is `awaited` (open: an exchange succeeds; closed:
+/// a connect fails), then returns the wall-clock time of that attempt's
+/// end in nanoseconds since the epoch. `ready` is called once before the
+/// first attempt.
+///
+/// # Errors
+/// `within` passes first.
+pub fn until(
+    to: SocketAddr,
+    awaited: Awaited,
+    within: Duration,
+    ready: impl FnOnce(),
+) -> Result<u128> {
+    ready();
+    let start = Instant::now();
+    while start.elapsed() < within {
+        let open = match awaited {
+            Awaited::Open => exchange(to, ATTEMPT).is_ok(),
+            Awaited::Closed => TcpStream::connect_timeout(&to, ATTEMPT).is_ok(),
+        };
+        if open == (awaited == Awaited::Open) {
+            return Ok(SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos());
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    bail!("{to} not {awaited:?} within {within:?}")
+}
