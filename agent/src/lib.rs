@@ -171,15 +171,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
 
     match (settings.services, node.dataplane) {
-        (ServicesMode::KubeProxy, dataplane) => {
+        (ServicesMode::KubeProxy, _) => {
             tracing::info!("services: left to kube-proxy (MARGAY_SERVICES=kube-proxy)");
-            if dataplane == Dataplane::Bpf {
-                services::stop_serving_host_clients(&node.bpf_root).await?;
-            }
+            services::withdraw(&node.bpf_root).await?;
             health.services_synced();
         }
         (_, Dataplane::Linux) => {
             tracing::warn!("services: the linux dataplane balances none; kube-proxy must run");
+            services::withdraw(&node.bpf_root).await?;
             health.services_synced();
         }
         (mode, Dataplane::Bpf) => {

@@ -170,16 +170,32 @@ pub async fn serve_host_clients(root: &Path, cgroup: &Path) -> anyhow::Result<()
         .context("services for host-networked clients (MARGAY_CGROUP_V2)")
 }
 
-/// Unlinks the connect-time programs (kube-proxy balances Services).
+/// Makes the node balance nothing (kube-proxy does, or the node was
+/// switched to the linux dataplane): the connect-time programs unlinked and
+/// every frontend removed, so no stale Service outlives the switch in the
+/// maps of a node that once ran the bpf dataplane.
 ///
 /// # Errors
-/// A link's pin cannot be removed.
-pub async fn stop_serving_host_clients(root: &Path) -> anyhow::Result<()> {
+/// A link's pin cannot be removed, or the service maps cannot be written.
+pub async fn withdraw(root: &Path) -> anyhow::Result<()> {
     let root = root.to_path_buf();
-    tokio::task::spawn_blocking(move || margay_ebpf::host_lb::detach(&root))
-        .await
-        .expect("unlinking the connect-time programs does not panic")
-        .context("unlinking the connect-time programs")
+    tokio::task::spawn_blocking(move || {
+        if !root.exists() {
+            return Ok(());
+        }
+        margay_ebpf::host_lb::detach(&root).context("unlinking the connect-time programs")?;
+        if margay_ebpf::service::list(&root).is_ok_and(|frontends| !frontends.is_empty()) {
+            let report = margay_ebpf::service::apply(&root, &[])
+                .context("removing the services from the maps")?;
+            tracing::info!(
+                frontends = report.removed,
+                "services: every frontend removed (Margay balances none)"
+            );
+        }
+        Ok(())
+    })
+    .await
+    .expect("withdrawing the services does not panic")
 }
 
 /// The blocking half of a sync: the node's NodePort addresses read, the

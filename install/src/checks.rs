@@ -6,6 +6,8 @@ use std::path::Path;
 use anyhow::{Result, bail};
 use margay_ebpf::node::{Node, Settings};
 
+use crate::verb;
+
 /// The oldest kernel the programs run on: ring buffers (5.8) and
 /// `bpf_redirect_peer` (5.10).
 pub const MIN_KERNEL: (u32, u32) = (5, 10);
@@ -126,6 +128,38 @@ pub fn data_ifaces(
         margay_ebpf::cluster::TUNNEL_DEVICE
     ));
     refresh_node_ports(root, &mut log)?;
+    Ok(log)
+}
+
+/// Takes the node's own programs off a node leaving the bpf dataplane:
+/// `from_net` off every data interface and the tunnel device removed, so
+/// NodePorts and traffic from other nodes go to the kernel's stack (and
+/// kube-proxy) again. Pods keep theirs until they are re-created.
+pub fn node_programs_off(root: &Path, dry_run: bool) -> Result<Vec<String>> {
+    let mut log = Vec::new();
+    for name in margay_ebpf::nodeport::data_ifaces(root)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|d| d.ifname)
+    {
+        if !dry_run {
+            margay_ebpf::nodeport::detach(root, &name)?;
+        }
+        log.push(format!(
+            "{} from_net on {name}",
+            verb(dry_run, "detached", "would detach")
+        ));
+    }
+    let tunnel = margay_ebpf::cluster::TUNNEL_DEVICE;
+    if margay_ebpf::cluster::tunnel_settings(root).is_ok_and(|c| c.tunnel_ifindex != 0) {
+        if !dry_run {
+            margay_ebpf::cluster::teardown_tunnel(root)?;
+        }
+        log.push(format!(
+            "{} {tunnel}",
+            verb(dry_run, "removed", "would remove")
+        ));
+    }
     Ok(log)
 }
 

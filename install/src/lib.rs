@@ -75,7 +75,7 @@ impl Options {
     }
 }
 
-fn verb(dry_run: bool, done: &str, would: &str) -> String {
+pub(crate) fn verb(dry_run: bool, done: &str, would: &str) -> String {
     if dry_run {
         would.to_string()
     } else {
@@ -127,6 +127,9 @@ pub fn install(opts: &Options) -> Result<Vec<String>> {
             plugin.bpf_external_service_mode,
             opts.dry_run,
         )?);
+    } else if plugin.bpf_root.exists() {
+        // Switched from bpf to linux.
+        log.extend(checks::node_programs_off(&plugin.bpf_root, opts.dry_run)?);
     }
     for (name, bytes) in &sources {
         let target = opts.cni_bin_dir.join(name);
@@ -224,15 +227,11 @@ pub fn uninstall(opts: &Options) -> Result<Vec<String>> {
 
 fn remove_dataplane(root: &Path) -> Result<()> {
     use margay_ebpf::node::Node;
-    use margay_ebpf::{nodeport, registry};
+    use margay_ebpf::registry;
     for ep in registry::list(root).unwrap_or_default() {
         Node::detach(&ep.ifname())?;
     }
-    for iface in nodeport::data_ifaces(root).unwrap_or_default() {
-        if let Some(name) = iface.ifname {
-            nodeport::detach(root, &name)?;
-        }
-    }
+    checks::node_programs_off(root, false)?;
     margay_ebpf::cluster::forget_all(root)?;
     std::fs::remove_dir_all(root).with_context(|| format!("removing {}", root.display()))
 }

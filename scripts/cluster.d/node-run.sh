@@ -72,10 +72,13 @@ done
 # supervise NAME CMD... : runs CMD (output to NAME's log) and starts it again
 # a second after it exits, as a node's init system does: a test restarts
 # containerd or kubelet by killing it. The pid file names the current one.
+# While NODE_DIR/NAME.held exists it is not started (`scripts/cluster
+# kube-proxy off`, a disabled unit).
 supervise() {
     local name=$1 rc
     shift
     while :; do
+        while [[ -e $NODE_DIR/$name.held ]]; do sleep 0.5; done
         "$@" >>"$LOGS/$name.log" 2>&1 &
         pid_record $! "$name"
         rc=0

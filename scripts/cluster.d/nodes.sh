@@ -290,8 +290,11 @@ nodes_up() {
 # node_daemons NODE : the names (pid files, logs) of what node-run.sh supervises.
 node_daemons() {
     echo "$1-containerd $1-kubelet"
-    [[ $KUBE_PROXY == none ]] || echo "$1-kube-proxy"
+    [[ $KUBE_PROXY == none || -e $(kube_proxy_hold "$1") ]] || echo "$1-kube-proxy"
 }
+
+# kube_proxy_hold NODE : the file that keeps NODE's kube-proxy stopped (node-run.sh's supervise).
+kube_proxy_hold() { echo "$NODES_DIR/$1/$1-kube-proxy.held"; }
 
 # Fails, naming it and showing its logs' end, if a node's process died.
 nodes_alive() {

@@ -198,6 +198,20 @@ impl KubeCluster {
             .ok_or_else(|| format!("no {name} container on {node}: {pods}"))
     }
 
+    /// The pid (in the machine's pid namespace, which the nodes share) of
+    /// container `name` of node `i`'s margay-node pod.
+    pub fn margay_container_pid(&self, i: usize, name: &str) -> u32 {
+        let id = self.margay_container(i, name).unwrap();
+        let tasks = self.on_node_ok(i, &["ctr", "-n", "k8s.io", "task", "ls"]);
+        tasks
+            .lines()
+            .find_map(|l| {
+                let mut fields = l.split_whitespace();
+                (fields.next()? == id).then(|| fields.next()?.parse().ok())?
+            })
+            .unwrap_or_else(|| panic!("no task {id} ({name}) on node {i}: {tasks}"))
+    }
+
     /// SIGKILLs container `name` of node `i`'s margay-node pod through the
     /// node's own containerd (the machine's process table holds every
     /// cluster's); kubelet starts it again.

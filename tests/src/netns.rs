@@ -17,10 +17,12 @@ pub fn unique_name(prefix: &str) -> String {
     )
 }
 
-/// A network namespace owned by a test.
+/// A network namespace owned by a test, or one it only enters (a pod's).
 #[derive(Debug)]
 pub struct NetNs {
     name: String,
+    /// Made by the test, and deleted when dropped.
+    owned: bool,
 }
 
 impl NetNs {
@@ -28,9 +30,18 @@ impl NetNs {
     pub fn new(tag: &str) -> NetNs {
         let name = unique_name(&format!("mgt{tag}-"));
         run_ok(Command::new("ip").args(["netns", "add", &name]));
-        let ns = NetNs { name };
+        let ns = NetNs { name, owned: true };
         ns.run_ok(&["ip", "link", "set", "lo", "up"]);
         ns
+    }
+
+    /// The namespace whose file is `path` (a pod's, bind-mounted by its
+    /// runtime), entered but never deleted.
+    pub fn existing(path: &std::path::Path) -> NetNs {
+        NetNs {
+            name: path.to_string_lossy().into_owned(),
+            owned: false,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -39,7 +50,11 @@ impl NetNs {
 
     /// The path a runtime passes as `CNI_NETNS`.
     pub fn path(&self) -> PathBuf {
-        PathBuf::from("/var/run/netns").join(&self.name)
+        if self.owned {
+            PathBuf::from("/var/run/netns").join(&self.name)
+        } else {
+            PathBuf::from(&self.name)
+        }
     }
 
     /// Gives the namespace an `eth0`: one end of a veth pair whose other
@@ -81,14 +96,24 @@ impl NetNs {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name]).args(args);
+        let mut cmd;
+        if self.owned {
+            cmd = Command::new("ip");
+            cmd.args(["netns", "exec", &self.name]);
+        } else {
+            cmd = Command::new("nsenter");
+            cmd.arg(format!("--net={}", self.name)).arg("--");
+        }
+        cmd.args(args);
         cmd
     }
 }
 
 impl Drop for NetNs {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();

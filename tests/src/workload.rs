@@ -10,6 +10,7 @@ use ipnetwork::Ipv4Network;
 use serde_json::Value;
 
 use crate::kube::{KubeCluster, wait_for};
+use crate::netns::NetNs;
 
 /// How long pods may take to run (the suite shares two cores).
 pub const POD_WAIT: Duration = Duration::from_secs(120);
@@ -144,6 +145,34 @@ pub fn running_pods(c: &KubeCluster, app: &str, count: usize) -> Vec<Pod> {
             Err(format!("{} of {} running: {list}", pods.len(), items.len()))
         }
     })
+}
+
+/// Pod `pod`'s network namespace, entered through one of its node's
+/// containerd tasks (`/proc/PID/ns/net`; the runtime's `/run/netns` files
+/// are mounts of the node's own mount namespace), found by the pod's
+/// address: for sockets a test opens inside the pod, such as a UDP server
+/// busybox cannot be.
+pub fn pod_netns(c: &KubeCluster, pod: &Pod) -> NetNs {
+    let nodes: usize = c.env("NODES").parse().unwrap();
+    let i = (0..nodes)
+        .find(|&i| c.node_name(i) == pod.node)
+        .unwrap_or_else(|| panic!("{} runs on no node of the cluster", pod.name));
+    let tasks = c.on_node_ok(i, &["ctr", "-n", "k8s.io", "task", "ls"]);
+    let inet = format!("inet {}/", pod.ip);
+    tasks
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u32>().ok())
+        .map(|pid| NetNs::existing(std::path::Path::new(&format!("/proc/{pid}/ns/net"))))
+        .find(|ns| {
+            String::from_utf8_lossy(&ns.run(&["ip", "-4", "-o", "addr", "show"]).stdout)
+                .contains(&inet)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no task on {} is in {}'s namespace: {tasks}",
+                pod.node, pod.name
+            )
+        })
 }
 
 /// What the echo CGI at `to` says `from`'s address is, or why none came.

@@ -9,11 +9,13 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::Command;
 use std::time::Duration;
 
-use margay_tests::kube::{KubeCluster, Stopped, sample, wait_for};
-use margay_tests::netns::run_ok;
+use margay_tests::kube::{KubeCluster, Stopped, repo_root, sample, wait_for};
+use margay_tests::netns::{run_ok, unique_name};
+use margay_tests::process::run_bounded;
 use margay_tests::require_root;
+use margay_tests::traffic::{UdpServer, udp_request};
 use margay_tests::workload::{
-    POD_WAIT, PORT, Pod, RequestLoop, Who, http_get, http_get_status, running_pods, web,
+    POD_WAIT, PORT, Pod, RequestLoop, Who, http_get, http_get_status, pod_netns, running_pods, web,
     web_across_nodes, web_on_node, web_rolled_safely, who_from_outside, who_from_pod,
 };
 
@@ -570,4 +572,133 @@ fn kube_proxys_rules_go_once_it_stops_and_stay_while_it_runs() {
     // A change makes it write its rules again at once.
     c.apply(&service("web2", "web", ""));
     kube_proxy_runs_and_keeps_its_rules("kube-proxy's rules back once it runs, and left alone");
+}
+
+/// Node 0's service frontends as `margayctl` lists them.
+fn listed_frontends(c: &KubeCluster) -> Vec<serde_json::Value> {
+    let out = c.on_node_ok(0, &["/opt/cni/bin/margayctl", "--json", "service", "list"]);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("margayctl's list: {e}: {out}"))
+}
+
+/// What changes in the API while a node's agent is away (stopped, then
+/// killed and started again by kubelet) is in force once it is back: a
+/// Service deleted meanwhile is gone from the maps, a Service whose
+/// EndpointSlice was deleted has no backend and refuses, and a Service
+/// created meanwhile answers on each of its ports, TCP and UDP, the UDP
+/// backend seeing the client pod's own address.
+#[test]
+fn changes_made_while_the_agent_is_away_apply_when_it_returns() {
+    require_root!(changes_made_while_the_agent_is_away_apply_when_it_returns);
+    let c = KubeCluster::up("ksaway", &["--nodes", "1"]);
+    c.apply(&web("web", 1));
+    c.apply(&web("cli", 1));
+    let backend = running_pods(&c, "web", 1).remove(0);
+    let client = running_pods(&c, "cli", 1).remove(0);
+    c.apply(&service("gone", "web", ""));
+    // Selector-less, its one EndpointSlice written by hand.
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: manual}}
+spec:
+  ports: [{{name: http, port: 80, targetPort: {PORT}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: manual-1
+  labels: {{kubernetes.io/service-name: manual}}
+addressType: IPv4
+ports: [{{name: http, port: {PORT}, protocol: TCP}}]
+endpoints: [{{addresses: ["{}"], conditions: {{ready: true}}}}]
+"#,
+        backend.ip
+    ));
+    let gone = frontends(&c, "gone").cluster_ip;
+    let manual = frontends(&c, "manual").cluster_ip;
+    for vip in [gone, manual] {
+        all_answer(&format!("{vip}:80 before"), || {
+            who_from_pod(&c, &client, SocketAddrV4::new(vip, 80), 1)
+        });
+    }
+    let udp = UdpServer::start(Some(&pod_netns(&c, &backend)), "udp");
+
+    {
+        let _away = Stopped::process(c.margay_container_pid(0, "margay-agent"));
+        c.kubectl(&["delete", "service", "gone"]);
+        c.kubectl(&["delete", "endpointslice", "manual-1"]);
+        c.apply(&format!(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: multi}}
+spec:
+  selector: {{app: web}}
+  ports:
+  - {{name: http, port: 80, targetPort: {PORT}}}
+  - {{name: dns, protocol: UDP, port: 53, targetPort: {}}}
+"#,
+            udp.port
+        ));
+        c.kill_margay_container(0, "margay-agent");
+    }
+    let addr = format!("{}:9091", c.env("NODE_IP_0"));
+    wait_for("the agent ready again", POD_WAIT, || {
+        http_get(&c, 0, &addr, "/readyz")
+    });
+
+    let multi = frontends(&c, "multi").cluster_ip;
+    let answers = all_answer("multi's TCP port", || {
+        who_from_pod(&c, &client, SocketAddrV4::new(multi, 80), 1)
+    });
+    assert_eq!(seen_of(&answers), BTreeSet::from([client.ip.to_string()]));
+    let client_ns = pod_netns(&c, &client);
+    let said = wait_for("multi's UDP port", POD_WAIT, || {
+        udp_request(Some(&client_ns), (multi, 53).into()).map_err(|e| e.to_string())
+    });
+    assert_eq!(
+        said,
+        format!("udp {}", client.ip),
+        "the UDP backend sees the client pod"
+    );
+
+    let listed = listed_frontends(&c);
+    assert!(
+        !listed.iter().any(|f| f["address"] == gone.to_string()),
+        "the Service deleted while the agent was away is gone: {listed:?}"
+    );
+    let manual_frontend = listed
+        .iter()
+        .find(|f| f["address"] == manual.to_string())
+        .unwrap_or_else(|| panic!("manual's frontend stays: {listed:?}"));
+    assert_eq!(
+        manual_frontend["backends"],
+        serde_json::json!([]),
+        "its deleted EndpointSlice took its backend"
+    );
+    assert_eq!(
+        who_from_pod(&c, &client, SocketAddrV4::new(manual, 80), 1),
+        vec![None],
+        "a Service without backends refuses"
+    );
+}
+
+/// The README's demo, Calico's source-IP walkthrough, run as a user runs
+/// it: kube-proxy and the linux dataplane (the pod logs a node's address),
+/// kube-proxy off and the bpf dataplane in tunnel then DSR mode (the
+/// external client's own), and back. The script checks each address; a
+/// node switched back must keep no program or frontend of Margay's in the
+/// way of kube-proxy's NodePort.
+#[test]
+fn the_source_ip_demo_switches_kube_proxy_off_and_back() {
+    require_root!(the_source_ip_demo_switches_kube_proxy_off_and_back);
+    let c = KubeCluster::attach(&unique_name("ksdemo"));
+    let out = run_bounded(
+        Command::new(repo_root().join("scripts/demo")).env("MARGAY_CLUSTER", c.name()),
+        Duration::from_secs(900),
+    );
+    assert!(out.success, "scripts/demo:\n{}{}", out.stdout, out.stderr);
+    let checks = out.stdout.matches("-> the pod saw").count();
+    assert_eq!(checks, 4, "four addresses checked:\n{}", out.stdout);
 }
