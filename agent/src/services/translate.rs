@@ -745,3 +745,4 @@ mod tests {
         assert_eq!(spec_name("ns/web:http"), "ns/web:http");
     }
 }
+
