@@ -32,7 +32,7 @@ use crate::cache::Cache;
 use crate::health::Health;
 use crate::metrics::{Metrics, WhatLabel};
 use health_check::HealthChecks;
-use translate::{Skipped, Translation, translate};
+use translate::{Skipped, Translation, Translator};
 
 /// Changes closer together than this are applied at once: a rollout's
 /// burst of slice updates costs one apply, and a lone change waits no
@@ -51,6 +51,13 @@ pub struct ServiceSync {
     pub metrics: Arc<Metrics>,
 }
 
+/// What a sync keeps for the next: the maps' view and the translations.
+struct Programmer {
+    /// Opened at the first apply.
+    table: Option<ServiceTable>,
+    translator: Translator,
+}
+
 /// What the last successful apply made the node hold.
 #[derive(Default)]
 struct Applied {
@@ -62,14 +69,17 @@ impl ServiceSync {
     pub async fn run(mut self) {
         self.services.listed().await;
         self.slices.listed().await;
-        let mut table: Option<ServiceTable> = None;
+        let mut programmer = Some(Programmer {
+            table: None,
+            translator: Translator::new(&self.node_name),
+        });
         let mut applied: Option<Applied> = None;
         let mut checks = HealthChecks::default();
         let mut changed_at = Some(Instant::now());
         loop {
             if let Some(at) = changed_at {
                 tokio::time::sleep(COALESCE).await;
-                match self.sync(&mut table, &mut applied, &mut checks).await {
+                match self.sync(&mut programmer, &mut applied, &mut checks).await {
                     Ok(()) => {
                         self.metrics
                             .sync_latency
@@ -99,26 +109,24 @@ impl ServiceSync {
     /// Translates the caches and applies what changed since `applied`.
     async fn sync(
         &self,
-        table: &mut Option<ServiceTable>,
+        programmer: &mut Option<Programmer>,
         applied: &mut Option<Applied>,
         checks: &mut HealthChecks,
     ) -> anyhow::Result<()> {
         let services = self.services.store.state();
         let slices = self.slices.store.state();
         let root = self.root.clone();
-        let node = self.node_name.clone();
-        let mut owned = table.take();
+        let mut owned = programmer.take().expect("put back after every sync");
         let previous = applied.take();
         // Translating ten thousand Services and writing the maps is CPU and
         // syscalls: off the runtime's threads.
         let (owned, previous, outcome) = tokio::task::spawn_blocking(move || {
-            let outcome =
-                translate_and_apply(&root, &node, &services, &slices, &mut owned, &previous);
+            let outcome = translate_and_apply(&root, &services, &slices, &mut owned, &previous);
             (owned, previous, outcome)
         })
         .await
         .expect("translating and applying services does not panic");
-        *table = owned;
+        *programmer = Some(owned);
         let (translation, report) = match outcome {
             Ok(done) => done,
             Err(e) => {
@@ -203,26 +211,27 @@ pub async fn withdraw(root: &Path) -> anyhow::Result<()> {
 /// already holds (`None` report).
 fn translate_and_apply(
     root: &Path,
-    node: &str,
     services: &[Arc<Service>],
     slices: &[Arc<EndpointSlice>],
-    table: &mut Option<ServiceTable>,
+    programmer: &mut Programmer,
     previous: &Option<Applied>,
 ) -> anyhow::Result<(Translation, Option<ApplyReport>)> {
     let node_addrs: Vec<Ipv4Addr> = margay_ebpf::nodeport::data_ifaces(root)?
         .into_iter()
         .map(|d| d.address)
         .collect();
-    let translation = translate(services, slices, node, &node_addrs);
+    let translation = programmer
+        .translator
+        .translate(services, slices, &node_addrs);
     if previous
         .as_ref()
         .is_some_and(|p| p.specs == translation.specs)
     {
         return Ok((translation, None));
     }
-    let table = match table {
+    let table = match &mut programmer.table {
         Some(t) => t,
-        None => table.insert(ServiceTable::open(root)?),
+        None => programmer.table.insert(ServiceTable::open(root)?),
     };
     let report = table.apply(&translation.specs)?;
     Ok((translation, Some(report)))
