@@ -32,7 +32,7 @@ use crate::cache::Cache;
 use crate::health::Health;
 use crate::metrics::{Metrics, WhatLabel};
 use health_check::HealthChecks;
-use translate::{Skipped, Translation, Translator};
+use translate::{Skipped, Translation, translate};
 
 /// Changes closer together than this are applied at once: a rollout's
 /// burst of slice updates costs one apply, and a lone change waits no
@@ -51,13 +51,6 @@ pub struct ServiceSync {
     pub metrics: Arc<Metrics>,
 }
 
-/// What a sync keeps for the next: the maps' view and the translations.
-struct Programmer {
-    /// Opened at the first apply.
-    table: Option<ServiceTable>,
-    translator: Translator,
-}
-
 /// What the last successful apply made the node hold.
 #[derive(Default)]
 struct Applied {
@@ -69,17 +62,14 @@ impl ServiceSync {
     pub async fn run(mut self) {
         self.services.listed().await;
         self.slices.listed().await;
-        let mut programmer = Some(Programmer {
-            table: None,
-            translator: Translator::new(&self.node_name),
-        });
+        let mut table: Option<ServiceTable> = None;
         let mut applied: Option<Applied> = None;
         let mut checks = HealthChecks::default();
         let mut changed_at = Some(Instant::now());
         loop {
             if let Some(at) = changed_at {
                 tokio::time::sleep(COALESCE).await;
-                match self.sync(&mut programmer, &mut applied, &mut checks).await {
+                match self.sync(&mut table, &mut applied, &mut checks).await {
                     Ok(()) => {
                         self.metrics
                             .sync_latency
@@ -109,24 +99,26 @@ impl ServiceSync {
     /// Translates the caches and applies what changed since `applied`.
     async fn sync(
         &self,
-        programmer: &mut Option<Programmer>,
+        table: &mut Option<ServiceTable>,
         applied: &mut Option<Applied>,
         checks: &mut HealthChecks,
     ) -> anyhow::Result<()> {
         let services = self.services.store.state();
         let slices = self.slices.store.state();
         let root = self.root.clone();
-        let mut owned = programmer.take().expect("put back after every sync");
+        let node = self.node_name.clone();
+        let mut owned = table.take();
         let previous = applied.take();
         // Translating ten thousand Services and writing the maps is CPU and
         // syscalls: off the runtime's threads.
         let (owned, previous, outcome) = tokio::task::spawn_blocking(move || {
-            let outcome = translate_and_apply(&root, &services, &slices, &mut owned, &previous);
+            let outcome =
+                translate_and_apply(&root, &node, &services, &slices, &mut owned, &previous);
             (owned, previous, outcome)
         })
         .await
         .expect("translating and applying services does not panic");
-        *programmer = Some(owned);
+        *table = owned;
         let (translation, report) = match outcome {
             Ok(done) => done,
             Err(e) => {
@@ -211,27 +203,26 @@ pub async fn withdraw(root: &Path) -> anyhow::Result<()> {
 /// already holds (`None` report).
 fn translate_and_apply(
     root: &Path,
+    node: &str,
     services: &[Arc<Service>],
     slices: &[Arc<EndpointSlice>],
-    programmer: &mut Programmer,
+    table: &mut Option<ServiceTable>,
     previous: &Option<Applied>,
 ) -> anyhow::Result<(Translation, Option<ApplyReport>)> {
     let node_addrs: Vec<Ipv4Addr> = margay_ebpf::nodeport::data_ifaces(root)?
         .into_iter()
         .map(|d| d.address)
         .collect();
-    let translation = programmer
-        .translator
-        .translate(services, slices, &node_addrs);
+    let translation = translate(services, slices, node, &node_addrs);
     if previous
         .as_ref()
         .is_some_and(|p| p.specs == translation.specs)
     {
         return Ok((translation, None));
     }
-    let table = match &mut programmer.table {
+    let table = match table {
         Some(t) => t,
-        None => programmer.table.insert(ServiceTable::open(root)?),
+        None => table.insert(ServiceTable::open(root)?),
     };
     let report = table.apply(&translation.specs)?;
     Ok((translation, Some(report)))

@@ -74,125 +74,50 @@ pub fn translate(
     node: &str,
     node_addrs: &[Ipv4Addr],
 ) -> Translation {
-    Translator::new(node).translate(services, slices, node_addrs)
-}
-
-/// [`translate`] with a memory: a Service whose object and slices are the
-/// very ones of the last call (the watch caches replace an object on every
-/// change) is not translated again. With ten thousand Services a change
-/// costs the one Service it touched and a pass over the others' frontends,
-/// not ten thousand translations.
-pub struct Translator {
-    node: String,
-    memo: HashMap<(String, String), Memo>,
-}
-
-/// One Service's translation and the objects it was made from, held so
-/// that their addresses stay theirs while compared.
-struct Memo {
-    service: Arc<Service>,
-    slices: Vec<Arc<EndpointSlice>>,
-    translated: Arc<ServiceTranslation>,
-}
-
-/// What one Service gives, before frontends are claimed across Services.
-#[derive(Debug, Default)]
-struct ServiceTranslation {
-    specs: Vec<ServiceSpec>,
-    skipped: Vec<Skipped>,
-    health_check: Option<HealthCheck>,
-}
-
-impl Translator {
-    pub fn new(node: &str) -> Translator {
-        Translator {
-            node: node.to_string(),
-            memo: HashMap::new(),
+    let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+    for slice in slices {
+        let (Some(namespace), Some(service)) = (
+            slice.metadata.namespace.as_deref(),
+            slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL)),
+        ) else {
+            continue;
+        };
+        if slice.address_type == "IPv4" {
+            by_service
+                .entry((namespace, service.as_str()))
+                .or_default()
+                .push(slice);
         }
     }
+    let mut ordered: Vec<&Service> = services.iter().map(AsRef::as_ref).collect();
+    ordered.sort_by(|a, b| {
+        let age = |s: &Service| s.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        (age(a), &a.metadata.namespace, &a.metadata.name).cmp(&(
+            age(b),
+            &b.metadata.namespace,
+            &b.metadata.name,
+        ))
+    });
 
-    /// [`translate`] for this translator's node.
-    pub fn translate(
-        &mut self,
-        services: &[Arc<Service>],
-        slices: &[Arc<EndpointSlice>],
-        node_addrs: &[Ipv4Addr],
-    ) -> Translation {
-        let mut by_service: HashMap<(&str, &str), Vec<Arc<EndpointSlice>>> = HashMap::new();
-        for slice in slices {
-            let (Some(namespace), Some(service)) = (
-                slice.metadata.namespace.as_deref(),
-                slice
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(SERVICE_NAME_LABEL)),
-            ) else {
-                continue;
-            };
-            if slice.address_type == "IPv4" {
-                by_service
-                    .entry((namespace, service.as_str()))
-                    .or_default()
-                    .push(slice.clone());
-            }
-        }
-        let mut ordered: Vec<&Arc<Service>> = services.iter().collect();
-        ordered.sort_by(|a, b| {
-            let age = |s: &Service| s.metadata.creation_timestamp.as_ref().map(|t| t.0);
-            (age(a), &a.metadata.namespace, &a.metadata.name).cmp(&(
-                age(b),
-                &b.metadata.namespace,
-                &b.metadata.name,
-            ))
-        });
-
-        let mut memo = HashMap::with_capacity(ordered.len());
-        let mut out = Translation::default();
-        let mut claims = Claims::new(node_addrs);
-        for service in ordered {
-            let namespace = service.metadata.namespace.as_deref().unwrap_or_default();
-            let name = service.metadata.name.as_deref().unwrap_or_default();
-            let mut slices = by_service.remove(&(namespace, name)).unwrap_or_default();
-            let key = (namespace.to_string(), name.to_string());
-            // The store lists objects in no fixed order.
-            slices.sort_by_key(Arc::as_ptr);
-            let translated = match self.memo.remove(&key) {
-                Some(m)
-                    if Arc::ptr_eq(&m.service, service)
-                        && m.slices.len() == slices.len()
-                        && m.slices.iter().zip(&slices).all(|(a, b)| Arc::ptr_eq(a, b)) =>
-                {
-                    m.translated
-                }
-                _ => Arc::new(translate_service(service, &slices, &self.node)),
-            };
-            out.skipped.extend(translated.skipped.iter().cloned());
-            out.health_checks.extend(translated.health_check.clone());
-            for spec in &translated.specs {
-                match claims.take(spec) {
-                    Ok(()) => out.specs.push(spec.clone()),
-                    Err(clash) => out.skipped.push(Skipped {
-                        service: spec.name.clone(),
-                        reason: clash,
-                    }),
-                }
-            }
-            memo.insert(
-                key,
-                Memo {
-                    service: service.clone(),
-                    slices,
-                    translated,
-                },
-            );
-        }
-        self.memo = memo;
-        out.specs.sort_by(|a, b| a.name.cmp(&b.name));
-        out.skipped.sort();
-        out.health_checks.sort();
-        out
+    let mut out = Translation::default();
+    let mut claims = Claims::new(node_addrs);
+    for service in ordered {
+        let namespace = service.metadata.namespace.as_deref().unwrap_or_default();
+        let name = service.metadata.name.as_deref().unwrap_or_default();
+        let slices = by_service
+            .get(&(namespace, name))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        translate_service(service, slices, node, &mut claims, &mut out);
     }
+    out.specs.sort_by(|a, b| a.name.cmp(&b.name));
+    out.skipped.sort();
+    out.health_checks.sort();
+    out
 }
 
 /// Frontends and NodePorts already taken, by which service.
@@ -253,25 +178,13 @@ impl Claims {
     }
 }
 
-/// A Service left out whole.
-fn left_out(service: String, reason: &str) -> ServiceTranslation {
-    ServiceTranslation {
-        skipped: vec![Skipped {
-            service,
-            reason: reason.to_string(),
-        }],
-        ..ServiceTranslation::default()
-    }
-}
-
-/// One Service's specs (each valid on its own), what of it is left out,
-/// and its health check.
 fn translate_service(
     service: &Service,
-    slices: &[Arc<EndpointSlice>],
+    slices: &[&EndpointSlice],
     node: &str,
-) -> ServiceTranslation {
-    let mut out = ServiceTranslation::default();
+    claims: &mut Claims,
+    out: &mut Translation,
+) {
     let namespace = service.metadata.namespace.clone().unwrap_or_default();
     let name = service.metadata.name.clone().unwrap_or_default();
     let whole = format!("{namespace}/{name}");
@@ -288,14 +201,14 @@ fn translate_service(
         .as_ref()
         .is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL))
     {
-        return left_out(whole, "labelled for another proxy (service-proxy-name)");
+        return skip(whole, "labelled for another proxy (service-proxy-name)");
     }
     let Some(spec) = &service.spec else {
-        return left_out(whole, "no spec");
+        return skip(whole, "no spec");
     };
     let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
     if kind == "ExternalName" {
-        return left_out(whole, "type ExternalName has nothing to balance");
+        return skip(whole, "type ExternalName has nothing to balance");
     }
     let cluster_ips: Vec<&str> = spec
         .cluster_ips
@@ -305,13 +218,13 @@ fn translate_service(
         .chain(spec.cluster_ip.as_deref())
         .collect();
     if cluster_ips.contains(&"None") {
-        return left_out(whole, "headless: clients reach the pods directly");
+        return skip(whole, "headless: clients reach the pods directly");
     }
     let Some(vip) = cluster_ips
         .iter()
         .find_map(|ip| ip.parse::<Ipv4Addr>().ok())
     else {
-        return left_out(
+        return skip(
             whole,
             "no IPv4 ClusterIP (IPv6 services are not balanced yet)",
         );
@@ -421,30 +334,32 @@ fn translate_service(
             skip(label, &e.to_string());
             continue;
         }
-        translated.push(model);
+        match claims.take(&model) {
+            Ok(()) => translated.push(model),
+            Err(clash) => skip(label, &clash),
+        }
     }
-    out.specs = translated;
+    out.specs.extend(translated);
     if external_policy == TrafficPolicy::Local
         && let Some(port) = spec
             .health_check_node_port
             .and_then(|p| u16::try_from(p).ok())
             .filter(|p| *p != 0)
     {
-        out.health_check = Some(HealthCheck {
+        out.health_checks.push(HealthCheck {
             port,
             namespace,
             name,
             local_endpoints: local_endpoints.len(),
         });
     }
-    out
 }
 
 /// The endpoints of `slices` for service port `port`: the slices' port of
 /// the same name and protocol gives each slice's target port (a named
 /// `targetPort` may resolve differently per pod).
 fn candidates(
-    slices: &[Arc<EndpointSlice>],
+    slices: &[&EndpointSlice],
     port: &ServicePort,
     protocol: &str,
     node: &str,
@@ -821,68 +736,6 @@ mod tests {
     }
 
     #[test]
-    fn a_translator_remembering_services_gives_what_a_fresh_translation_gives() {
-        let web = |ip: &str| {
-            service(
-                "web",
-                json!({"clusterIP": "10.96.0.40", "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
-                       "externalIPs": [ip]}),
-            )
-        };
-        let mut other: Service = (*service(
-            "other",
-            json!({"clusterIP": "10.96.0.41", "ports": [{"port": 80}], "externalIPs": ["203.0.113.2"]}),
-        ))
-        .clone();
-        other.metadata.creation_timestamp =
-            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                "2026-02-01T00:00:00Z".parse().unwrap(),
-            ));
-        let other = Arc::new(other);
-        let one = slice(
-            "web",
-            "IPv4",
-            &[("http", 8080, "TCP")],
-            &[("10.0.0.1", "n0", true, true, false)],
-        );
-        let two = slice(
-            "web",
-            "IPv4",
-            &[("http", 8080, "TCP")],
-            &[("10.0.0.2", "n1", true, true, false)],
-        );
-        let mut translator = Translator::new("n0");
-        let rounds: [(Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>); 5] = [
-            (vec![web("203.0.113.1"), other.clone()], vec![one.clone()]),
-            // A slice's endpoint changed: a new object.
-            (
-                vec![web("203.0.113.1"), other.clone()],
-                vec![one.clone(), two.clone()],
-            ),
-            // The same objects again.
-            (
-                vec![web("203.0.113.1"), other.clone()],
-                vec![one.clone(), two.clone()],
-            ),
-            // The older Service now claims the younger's external IP: the
-            // younger, unchanged, loses it.
-            (vec![web("203.0.113.2"), other.clone()], vec![two.clone()]),
-            // The older gone: the younger has it again.
-            (vec![other.clone()], vec![two.clone()]),
-        ];
-        for (i, (services, slices)) in rounds.iter().enumerate() {
-            assert_eq!(
-                translator.translate(services, slices, &NODE),
-                translate(services, slices, "n0", &NODE),
-                "round {i}"
-            );
-        }
-        assert_eq!(translator.memo.len(), 1, "forgets Services that are gone");
-        let with_clash = translate(&rounds[3].0, &rounds[3].1, "n0", &NODE);
-        assert_eq!(with_clash.specs.len(), 1, "{with_clash:?}");
-    }
-
-    #[test]
     fn long_names_are_cut_with_a_hash_that_keeps_them_apart() {
         let long = "n".repeat(63);
         let a = spec_name(&format!("{long}/{long}:http"));
@@ -892,3 +745,4 @@ mod tests {
         assert_eq!(spec_name("ns/web:http"), "ns/web:http");
     }
 }
+
