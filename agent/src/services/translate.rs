@@ -745,4 +745,3 @@ mod tests {
         assert_eq!(spec_name("ns/web:http"), "ns/web:http");
     }
 }
-
