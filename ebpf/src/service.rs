@@ -16,7 +16,7 @@
 //! # Ok::<(), margay_ebpf::service::ServiceError>(())
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -51,6 +51,16 @@ pub enum ServiceError {
         frontend: Frontend,
         other: String,
     },
+    /// A NodePort is another service's (on a node with no NodePort
+    /// address it is no frontend yet, but would be one on each).
+    #[error("services[{index}] ({name}): its node port {port}/{protocol} is also {other}'s")]
+    SharedNodePort {
+        index: usize,
+        name: String,
+        port: u16,
+        protocol: Protocol,
+        other: String,
+    },
     #[error(
         "map {map} is too small: this set needs {needed} entries and it holds {capacity}; \
          raise {key} in the network configuration (nothing was changed)"
@@ -63,6 +73,13 @@ pub enum ServiceError {
     },
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
+}
+
+impl ServiceError {
+    /// Whether the apply that failed was refused before it wrote anything.
+    fn wrote_nothing(&self) -> bool {
+        !matches!(self, ServiceError::Dataplane(_))
+    }
 }
 
 /// What [`apply`] did.
@@ -93,7 +110,9 @@ pub struct FrontendRow {
 /// A frontend the maps should hold.
 struct Wanted<'a> {
     frontend: Frontend,
+    /// The service making it, and where it is in the caller's list.
     spec: &'a ServiceSpec,
+    index: usize,
     backends: Vec<SocketAddrV4>,
     flags: u16,
     /// The ClusterIP frontend's record of the service's NodePort.
@@ -106,18 +125,44 @@ impl Wanted<'_> {
     }
 }
 
-/// The frontends `spec` makes on a node with `node_addrs`, whose local
-/// backends are those at `local` addresses (for the `local` traffic
-/// policies).
-fn frontends<'a>(
-    spec: &'a ServiceSpec,
-    node_addrs: &[Ipv4Addr],
-    local: &HashSet<Ipv4Addr>,
-) -> Vec<Wanted<'a>> {
+/// What the frontends of a service depend on besides the service: the
+/// node's NodePort addresses, and which backends are local (for the
+/// `Local` traffic policies).
+#[derive(Debug, PartialEq, Eq)]
+struct Scope {
+    node_addrs: Vec<Ipv4Addr>,
+    local: HashSet<Ipv4Addr>,
+}
+
+impl Scope {
+    fn read(root: &Path) -> Result<Scope, DataplaneError> {
+        let node_addrs: Vec<Ipv4Addr> = nodeport::data_ifaces(root)?
+            .into_iter()
+            .map(|d| d.address)
+            .collect();
+        // A backend is local when it is a pod here or the node itself (a
+        // host-networked backend).
+        let local = registry::list(root)?
+            .iter()
+            .map(Endpoint::ipv4)
+            .chain(node_addrs.iter().copied())
+            .collect();
+        Ok(Scope { node_addrs, local })
+    }
+}
+
+/// Whether the frontends of `spec` depend on which backends are local.
+fn scoped_to_local(spec: &ServiceSpec) -> bool {
+    spec.internal_traffic_policy == TrafficPolicy::Local
+        || spec.external_traffic_policy == TrafficPolicy::Local
+}
+
+/// The frontends `spec` (the caller's `index`th) makes in `scope`.
+fn frontends<'a>(index: usize, spec: &'a ServiceSpec, scope: &Scope) -> Vec<Wanted<'a>> {
     let scoped = |policy: TrafficPolicy| -> Vec<SocketAddrV4> {
         spec.backends
             .iter()
-            .filter(|b| policy == TrafficPolicy::Cluster || local.contains(b.ip()))
+            .filter(|b| policy == TrafficPolicy::Cluster || scope.local.contains(b.ip()))
             .copied()
             .collect()
     };
@@ -131,6 +176,7 @@ fn frontends<'a>(
     let cluster_ip = Wanted {
         frontend: spec.cluster_ip(),
         spec,
+        index,
         backends: scoped(spec.internal_traffic_policy),
         flags: affinity
             | flag(external_local, SVC_F_EXTERNAL_LOCAL)
@@ -140,7 +186,7 @@ fn frontends<'a>(
     let external_backends = scoped(spec.external_traffic_policy);
     let external_flags = affinity | flag(external_local, SVC_F_LOCAL_ONLY);
     let node_ports = spec.node_port.into_iter().flat_map(|port| {
-        node_addrs.iter().map(move |&addr| Frontend {
+        scope.node_addrs.iter().map(move |&addr| Frontend {
             addr,
             port,
             protocol: spec.protocol,
@@ -152,6 +198,7 @@ fn frontends<'a>(
         .map(|(frontend, kind)| Wanted {
             frontend,
             spec,
+            index,
             backends: external_backends.clone(),
             flags: external_flags | kind,
             node_port: 0,
@@ -347,15 +394,16 @@ pub fn apply(root: &Path, specs: &[ServiceSpec]) -> Result<ApplyReport, ServiceE
 pub fn refresh_node_ports(root: &Path) -> Result<ApplyReport, ServiceError> {
     let mut table = ServiceTable::open(root)?;
     let _lock = services_lock(root)?;
-    let specs = installed_specs(table.view()?);
-    table.apply_locked(&specs)
+    let specs = installed_specs(&table.view()?.frontends);
+    table.write(|maps, held| write_whole(root, maps, held, &specs))
 }
 
 /// The service maps of a root and what they hold, kept by a writer that
 /// applies many times (margay-agent), so that an apply reads nothing from
-/// the maps and writes only what changed: with ten thousand services,
-/// reading every frontend and backend back would cost more than the
-/// change.
+/// the maps and writes only what changed, and a change
+/// ([`ServiceTable::apply_changes`]) costs the services it names, not all
+/// of them: with ten thousand services, reading every frontend back, or
+/// even looking at every one, would cost more than the change.
 ///
 /// Every apply, from any writer, counts itself in a serial file beside the
 /// services lock; a table whose last apply is not the latest reads the
@@ -372,8 +420,102 @@ pub struct ServiceTable {
     root: PathBuf,
     maps: Maps,
     /// What the maps hold, as of apply `serial`; None: read it first.
-    installed: Option<BTreeMap<SvcKey, Installed>>,
+    held: Option<Held>,
     serial: u64,
+}
+
+/// What the maps hold.
+struct Held {
+    frontends: BTreeMap<SvcKey, Installed>,
+    ids: Ids,
+    /// The services that made the frontends, when this table wrote them.
+    /// None when read back from the maps, which tell what is there but not
+    /// which service made each NodePort and external frontend.
+    applied: Option<Applied>,
+}
+
+/// The services a table wrote, and what it wrote them for.
+struct Applied {
+    /// By ClusterIP frontend (unique in a valid set).
+    services: HashMap<Frontend, AppliedService>,
+    node_ports: HashMap<(u16, Protocol), Frontend>,
+    scope: Scope,
+}
+
+struct AppliedService {
+    spec: ServiceSpec,
+    /// Every frontend it made.
+    keys: Vec<SvcKey>,
+}
+
+impl Applied {
+    fn new(specs: &[ServiceSpec], wanted: &[Wanted], scope: Scope) -> Applied {
+        let mut keys: Vec<Vec<SvcKey>> = vec![Vec::new(); specs.len()];
+        for w in wanted {
+            keys[w.index].push(w.key());
+        }
+        let mut applied = Applied {
+            services: HashMap::with_capacity(specs.len()),
+            node_ports: HashMap::new(),
+            scope,
+        };
+        for (spec, keys) in specs.iter().zip(keys) {
+            applied.insert(spec.clone(), keys);
+        }
+        applied
+    }
+
+    fn insert(&mut self, spec: ServiceSpec, keys: Vec<SvcKey>) {
+        if let Some(port) = spec.node_port {
+            self.node_ports
+                .insert((port, spec.protocol), spec.cluster_ip());
+        }
+        self.services
+            .insert(spec.cluster_ip(), AppliedService { spec, keys });
+    }
+
+    /// Fails when one of `changed` takes a NodePort of a service that the
+    /// change does not name (by ClusterIP frontend, in `named`).
+    fn check_node_ports(
+        &self,
+        changed: &[ServiceSpec],
+        named: &HashSet<Frontend>,
+    ) -> Result<(), ServiceError> {
+        for (index, spec) in changed.iter().enumerate() {
+            if let Some(port) = spec.node_port
+                && let Some(owner) = self.node_ports.get(&(port, spec.protocol))
+                && !named.contains(owner)
+            {
+                return Err(ServiceError::SharedNodePort {
+                    index,
+                    name: spec.name.clone(),
+                    port,
+                    protocol: spec.protocol,
+                    other: self.services[owner].spec.name.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, cluster_ip: &Frontend) -> Option<AppliedService> {
+        let gone = self.services.remove(cluster_ip)?;
+        if let Some(port) = gone.spec.node_port {
+            self.node_ports.remove(&(port, gone.spec.protocol));
+        }
+        Some(gone)
+    }
+}
+
+/// What [`ServiceTable::apply_changes`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangesApplied {
+    /// Written; the report counts the frontends of the services looked at.
+    Written(ApplyReport),
+    /// The maps were written by another writer since this table last
+    /// applied (or it never has), so it cannot tell what the change is a
+    /// change of: nothing was written; apply the whole set.
+    WholeSetNeeded,
 }
 
 impl ServiceTable {
@@ -382,7 +524,7 @@ impl ServiceTable {
         Ok(ServiceTable {
             root: root.to_path_buf(),
             maps: Maps::open(root)?,
-            installed: None,
+            held: None,
             serial: 0,
         })
     }
@@ -391,27 +533,108 @@ impl ServiceTable {
     pub fn apply(&mut self, specs: &[ServiceSpec]) -> Result<ApplyReport, ServiceError> {
         model::validate(specs)?;
         let _lock = services_lock(&self.root)?;
-        self.apply_locked(specs)
+        self.view()?;
+        let root = self.root.clone();
+        self.write(|maps, held| write_whole(&root, maps, held, specs))
+    }
+
+    /// Changes the set this table last applied: each of `changed` replaces
+    /// the service of its ClusterIP frontend (or is added), and the services
+    /// of the ClusterIP frontends `removed` go. Only these services'
+    /// frontends are looked at and written, so a change costs the same
+    /// with ten services or ten thousand, except when the node's NodePort
+    /// addresses changed since (every service is written again) or its
+    /// local pods did (every service with a `Local` traffic policy is).
+    ///
+    /// # Errors
+    /// A changed service is invalid, or claims a frontend or NodePort of a
+    /// service left as it is; a map is too small; a map write fails. When
+    /// a check fails nothing is written.
+    pub fn apply_changes(
+        &mut self,
+        changed: &[ServiceSpec],
+        removed: &[Frontend],
+    ) -> Result<ChangesApplied, ServiceError> {
+        model::validate(changed)?;
+        let _lock = services_lock(&self.root)?;
+        if self.view()?.applied.is_none() {
+            return Ok(ChangesApplied::WholeSetNeeded);
+        }
+        let root = self.root.clone();
+        self.write(|maps, held| {
+            let scope = Scope::read(&root)?;
+            let applied = held.applied.as_ref().expect("checked above");
+            let named: HashSet<Frontend> = changed
+                .iter()
+                .map(ServiceSpec::cluster_ip)
+                .chain(removed.iter().copied())
+                .collect();
+            applied.check_node_ports(changed, &named)?;
+            if scope.node_addrs != applied.scope.node_addrs {
+                let mut specs: Vec<ServiceSpec> = applied
+                    .services
+                    .values()
+                    .filter(|a| !named.contains(&a.spec.cluster_ip()))
+                    .map(|a| a.spec.clone())
+                    .chain(changed.iter().cloned())
+                    .collect();
+                specs.sort_by(|a, b| a.name.cmp(&b.name));
+                model::validate(&specs)?;
+                return write_whole(&root, maps, held, &specs);
+            }
+            let mut touched = changed.to_vec();
+            if scope.local != applied.scope.local {
+                touched.extend(
+                    applied
+                        .services
+                        .values()
+                        .filter(|a| scoped_to_local(&a.spec))
+                        .filter(|a| !named.contains(&a.spec.cluster_ip()))
+                        .map(|a| a.spec.clone()),
+                );
+            }
+            write_changes(&root, maps, held, &touched, removed, scope)
+        })
+        .map(ChangesApplied::Written)
     }
 
     /// What the maps hold, read again unless this table made them so.
     /// Called with the lock held.
-    fn view(&mut self) -> Result<&BTreeMap<SvcKey, Installed>, DataplaneError> {
+    fn view(&mut self) -> Result<&Held, DataplaneError> {
         let serial = read_serial(&self.root);
-        if self.installed.is_none() || serial != self.serial {
-            self.installed = Some(self.maps.installed()?);
+        if self.held.is_none() || serial != self.serial {
+            let frontends = self.maps.installed()?;
+            let used: HashSet<u32> = frontends.values().map(|i| i.value.id).collect();
+            self.held = Some(Held {
+                ids: Ids {
+                    last: used.iter().max().copied().unwrap_or(0),
+                    used,
+                },
+                frontends,
+                applied: None,
+            });
             self.serial = serial;
         }
-        Ok(self.installed.as_ref().expect("read above"))
+        Ok(self.held.as_ref().expect("read above"))
     }
 
-    fn apply_locked(&mut self, specs: &[ServiceSpec]) -> Result<ApplyReport, ServiceError> {
-        self.view()?;
-        let mut installed = self.installed.take().expect("read by view");
-        let result = write_diff(&self.root, &mut self.maps, &mut installed, specs);
-        // After a failure part of the set may be written: the view is kept
-        // only when it is known to be exact.
-        self.installed = result.is_ok().then_some(installed);
+    /// Runs `write` on what the maps hold (read by [`Self::view`]) and
+    /// counts the apply. Called with the lock held.
+    fn write(
+        &mut self,
+        write: impl FnOnce(&mut Maps, &mut Held) -> Result<ApplyReport, ServiceError>,
+    ) -> Result<ApplyReport, ServiceError> {
+        let mut held = self.held.take().expect("read by view");
+        let result = write(&mut self.maps, &mut held);
+        if let Err(e) = &result
+            && e.wrote_nothing()
+        {
+            self.held = Some(held);
+            return result;
+        }
+        // After a failed write part of the set may be written: what the
+        // maps hold is kept only when it is known to be exact.
+        self.held = result.is_ok().then_some(held);
         self.serial = self.serial.max(read_serial(&self.root)) + 1;
         write_serial(&self.root, self.serial)?;
         result
@@ -496,40 +719,104 @@ fn installed_specs(installed: &BTreeMap<SvcKey, Installed>) -> Vec<ServiceSpec> 
     specs
 }
 
-/// Writes what differs between `installed` (kept up to date) and the
-/// frontends `specs` make.
-fn write_diff(
+/// Makes the maps hold the frontends of `specs` (a valid set) and nothing
+/// else.
+fn write_whole(
     root: &Path,
     maps: &mut Maps,
-    installed: &mut BTreeMap<SvcKey, Installed>,
+    held: &mut Held,
     specs: &[ServiceSpec],
 ) -> Result<ApplyReport, ServiceError> {
-    let node_addrs: Vec<Ipv4Addr> = nodeport::data_ifaces(root)?
-        .into_iter()
-        .map(|d| d.address)
-        .collect();
-    // A backend is local when it is a pod here or the node itself (a
-    // host-networked backend).
-    let local: HashSet<Ipv4Addr> = registry::list(root)?
-        .iter()
-        .map(Endpoint::ipv4)
-        .chain(node_addrs.iter().copied())
-        .collect();
+    let scope = Scope::read(root)?;
     let wanted: Vec<Wanted> = specs
         .iter()
-        .flat_map(|s| frontends(s, &node_addrs, &local))
+        .enumerate()
+        .flat_map(|(index, spec)| frontends(index, spec, &scope))
         .collect();
-    let mut seen = HashMap::new();
+    let replaced: HashSet<SvcKey> = held.frontends.keys().copied().collect();
+    let report = write_frontends(root, maps, held, &wanted, &replaced)?;
+    held.applied = Some(Applied::new(specs, &wanted, scope));
+    Ok(report)
+}
+
+/// Writes `changed` (valid among themselves) over the services they
+/// replace and removes those at the ClusterIP frontends `removed`, in
+/// `scope`; every other service is left as it is and not looked at.
+fn write_changes(
+    root: &Path,
+    maps: &mut Maps,
+    held: &mut Held,
+    changed: &[ServiceSpec],
+    removed: &[Frontend],
+    scope: Scope,
+) -> Result<ApplyReport, ServiceError> {
+    let applied = held
+        .applied
+        .as_ref()
+        .expect("only on a set this table applied");
+    let named: HashSet<Frontend> = changed
+        .iter()
+        .map(ServiceSpec::cluster_ip)
+        .chain(removed.iter().copied())
+        .collect();
+    let replaced: HashSet<SvcKey> = named
+        .iter()
+        .filter_map(|f| applied.services.get(f))
+        .flat_map(|a| a.keys.iter().copied())
+        .collect();
+    let wanted: Vec<Wanted> = changed
+        .iter()
+        .enumerate()
+        .flat_map(|(index, spec)| frontends(index, spec, &scope))
+        .collect();
+    let report = write_frontends(root, maps, held, &wanted, &replaced)?;
+    let applied = held.applied.as_mut().expect("checked above");
+    for f in &named {
+        applied.remove(f);
+    }
+    let mut keys: Vec<Vec<SvcKey>> = vec![Vec::new(); changed.len()];
     for w in &wanted {
-        if let Some(other) = seen.insert(w.key(), &w.spec.name) {
+        keys[w.index].push(w.key());
+    }
+    for (spec, keys) in changed.iter().zip(keys) {
+        applied.insert(spec.clone(), keys);
+    }
+    applied.scope = scope;
+    Ok(report)
+}
+
+/// Writes the frontends `wanted` in place of those at `replaced` (the
+/// frontends of the services being written): a replaced frontend not
+/// wanted is removed, a wanted one written where it differs. Checks first
+/// (a wanted frontend held by a service not being written, map capacity),
+/// and writes nothing when a check fails.
+fn write_frontends(
+    root: &Path,
+    maps: &mut Maps,
+    held: &mut Held,
+    wanted: &[Wanted],
+    replaced: &HashSet<SvcKey>,
+) -> Result<ApplyReport, ServiceError> {
+    let Held {
+        frontends: installed,
+        ids,
+        ..
+    } = held;
+    let mut seen: HashMap<SvcKey, &str> = HashMap::with_capacity(wanted.len());
+    for w in wanted {
+        let other = match seen.insert(w.key(), &w.spec.name) {
+            Some(other) => Some(other.to_string()),
+            None => installed
+                .get(&w.key())
+                .filter(|_| !replaced.contains(&w.key()))
+                .map(|i| i.name.clone()),
+        };
+        if let Some(other) = other {
             return Err(ServiceError::SharedFrontend {
-                index: specs
-                    .iter()
-                    .position(|s| s.name == w.spec.name)
-                    .unwrap_or(0),
+                index: w.index,
                 name: w.spec.name.clone(),
                 frontend: w.frontend,
-                other: other.clone(),
+                other,
             });
         }
     }
@@ -537,10 +824,11 @@ fn write_diff(
         Ok(Layout::of_pin(&map_path(root, name))?.max_entries)
     };
     let frontend_capacity = capacity("svc_frontends")?;
-    if wanted.len() > frontend_capacity as usize {
+    let frontends_after = installed.len() - replaced.len() + wanted.len();
+    if frontends_after > frontend_capacity as usize {
         return Err(ServiceError::Full {
             map: "svc_frontends",
-            needed: wanted.len(),
+            needed: frontends_after,
             capacity: frontend_capacity,
             key: "bpf_service_frontends",
         });
@@ -552,8 +840,14 @@ fn write_diff(
         .map(|i| i.backends.len())
         .max()
         .unwrap_or(0);
+    let slots = |keys: &mut dyn Iterator<Item = &SvcKey>| -> usize {
+        keys.filter_map(|k| installed.get(k))
+            .map(|i| i.backends.len())
+            .sum()
+    };
+    let kept_slots = slots(&mut installed.keys()) - slots(&mut replaced.iter());
     let backend_capacity = capacity("svc_backends")?;
-    let needed = wanted.iter().map(|w| w.backends.len()).sum::<usize>() + in_flight;
+    let needed = kept_slots + wanted.iter().map(|w| w.backends.len()).sum::<usize>() + in_flight;
     if needed > backend_capacity as usize {
         return Err(ServiceError::Full {
             map: "svc_backends",
@@ -564,30 +858,24 @@ fn write_diff(
     }
 
     let mut report = ApplyReport::default();
-    let keys: BTreeSet<SvcKey> = wanted.iter().map(Wanted::key).collect();
     // The programs skip the frontend lookup for a packet whose filter bit
     // is clear, so the filter covers the old and the new frontends (ClusterIP
-    // and NodePort alike) while they change, and only the new ones after.
-    let old_filter: SvcFilter = installed.keys().collect();
-    let new_filter: SvcFilter = keys.iter().collect();
-    maps::write_svc_filter(root, &old_filter.union(&new_filter))?;
+    // and NodePort alike) while they change, and only what is held after.
+    let during: SvcFilter = installed.keys().chain(seen.keys()).collect();
+    maps::write_svc_filter(root, &during)?;
     // Removals first: they free the room the rest may need.
-    let gone: Vec<SvcKey> = installed
-        .keys()
-        .filter(|k| !keys.contains(k))
-        .copied()
-        .collect();
-    for key in gone {
-        let old = installed.remove(&key).expect("listed above");
-        ignore_missing(maps.frontends.remove(&key)).map_err(map_err("svc_frontends"))?;
+    for key in replaced.iter().filter(|k| !seen.contains_key(k)) {
+        let Some(old) = installed.remove(key) else {
+            continue;
+        };
+        ignore_missing(maps.frontends.remove(key)).map_err(map_err("svc_frontends"))?;
         maps.remove_slots(old.value.id, old.value.generation, old.value.count)?;
         ignore_missing(maps.names.remove(&old.value.id)).map_err(map_err("svc_meta"))?;
+        ids.used.remove(&old.value.id);
         report.removed += 1;
     }
 
-    let mut used_ids: BTreeSet<u32> = installed.values().map(|i| i.value.id).collect();
-    let mut next_id = 1u32;
-    for w in &wanted {
+    for w in wanted {
         let timeout = w.spec.affinity_timeout.unwrap_or(0);
         match installed.get_mut(&w.key()) {
             Some(old) => {
@@ -632,11 +920,7 @@ fn write_diff(
                 report.updated += 1;
             }
             None => {
-                while used_ids.contains(&next_id) {
-                    next_id += 1;
-                }
-                let id = next_id;
-                used_ids.insert(id);
+                let id = ids.take();
                 maps.write_slots(id, 0, &w.backends)?;
                 maps.names
                     .insert(id, meta_of(&w.spec.name), 0)
@@ -664,8 +948,30 @@ fn write_diff(
             }
         }
     }
-    maps::write_svc_filter(root, &new_filter)?;
+    maps::write_svc_filter(root, &installed.keys().collect())?;
     Ok(report)
+}
+
+/// The service ids in use, and the last one handed out: ids are not
+/// reused at once, so a new service inherits no affinity of an old one.
+struct Ids {
+    used: HashSet<u32>,
+    last: u32,
+}
+
+impl Ids {
+    /// An id no frontend holds: the one after the last handed out, or the
+    /// next free one after it (0 means none).
+    fn take(&mut self) -> u32 {
+        let mut id = self.last;
+        loop {
+            id = id.wrapping_add(1).max(1);
+            if self.used.insert(id) {
+                self.last = id;
+                return id;
+            }
+        }
+    }
 }
 
 /// Every frontend the maps hold.

@@ -604,6 +604,187 @@ fn ten_thousand_services_apply_at_once_and_the_last_one_answers() {
     );
 }
 
+/// Changes applied one by one through a kept table (as margay-agent does)
+/// leave the maps as a whole apply would: a whole apply of the merged set
+/// afterwards, by a fresh table that reads the maps back, finds nothing to
+/// do. Also: a pod leaving the node takes its `Local` frontends' backend
+/// with it at the next change; a change that claims what another service
+/// holds is refused whole; another writer makes the table ask for the
+/// whole set.
+#[test]
+fn changes_applied_one_by_one_leave_the_maps_as_a_whole_apply_would() {
+    require_root!(changes_applied_one_by_one_leave_the_maps_as_a_whole_apply_would);
+    use margay_ebpf::service::{ChangesApplied, ServiceError, ServiceTable};
+    use margay_model::service::{Frontend, TrafficPolicy};
+    use std::collections::BTreeMap;
+
+    let net = Net::new(NetSpec::bpf("10.245.12.0/24"));
+    let (near, leaving) = (net.pod("near"), net.pod("leave"));
+    let root = net.bpf_root();
+    let remote = |i: u8| SocketAddrV4::new(Ipv4Addr::new(10, 244, 9, i), 80);
+    let spec = |i: u32, backends: Vec<SocketAddrV4>| ServiceSpec {
+        backends,
+        ..ServiceSpec::new(
+            format!("ns/s{i}"),
+            Ipv4Addr::from(0x0a60_0c00 + i),
+            80,
+            Protocol::TCP,
+        )
+    };
+    let mut set: BTreeMap<Frontend, ServiceSpec> = (1..=40u32)
+        .map(|i| spec(i, vec![remote(i as u8), remote(100)]))
+        .map(|s| (s.cluster_ip(), s))
+        .collect();
+    let mut local = ServiceSpec {
+        internal_traffic_policy: TrafficPolicy::Local,
+        ..spec(
+            41,
+            vec![
+                SocketAddrV4::new(v4(&near), 80),
+                SocketAddrV4::new(v4(&leaving), 80),
+                remote(1),
+            ],
+        )
+    };
+    local.node_port = Some(30_141);
+    set.insert(local.cluster_ip(), local.clone());
+
+    let mut table = ServiceTable::open(root).unwrap();
+    let whole = |set: &BTreeMap<Frontend, ServiceSpec>| set.values().cloned().collect::<Vec<_>>();
+    table.apply(&whole(&set)).unwrap();
+    let written =
+        |table: &mut ServiceTable, changed: &[ServiceSpec], removed: &[Frontend]| match table
+            .apply_changes(changed, removed)
+            .unwrap()
+        {
+            ChangesApplied::Written(report) => report,
+            ChangesApplied::WholeSetNeeded => panic!("the table wrote the maps last"),
+        };
+    // Checked by a fresh table, which makes the kept one read the maps
+    // back; it then applies the whole set too, and also finds nothing.
+    let nothing_left_to_do =
+        |table: &mut ServiceTable, set: &BTreeMap<Frontend, ServiceSpec>, step: &str| {
+            let fresh = ServiceTable::open(root)
+                .unwrap()
+                .apply(&whole(set))
+                .unwrap();
+            let kept = table.apply(&whole(set)).unwrap();
+            for report in [fresh, kept] {
+                assert_eq!(
+                    (report.added, report.updated, report.removed),
+                    (0, 0, 0),
+                    "{step}: the maps differ from a whole apply"
+                );
+            }
+        };
+
+    // Backends change, a service goes, one comes, one moves to another
+    // ClusterIP, and a new one takes the NodePort of one removed, at once.
+    let mut changed = vec![
+        spec(3, vec![remote(3), remote(200)]),
+        spec(50, vec![remote(50)]),
+        ServiceSpec {
+            node_port: Some(30_141),
+            ..spec(51, vec![remote(51)])
+        },
+    ];
+    let moved = spec(7, vec![remote(7)]);
+    let moved_to = ServiceSpec {
+        vip: Ipv4Addr::new(10, 96, 99, 7),
+        ..moved.clone()
+    };
+    changed.push(moved_to.clone());
+    let removed = vec![
+        spec(9, vec![]).cluster_ip(),
+        moved.cluster_ip(),
+        local.cluster_ip(),
+    ];
+    let report = written(&mut table, &changed, &removed);
+    assert_eq!((report.added, report.updated, report.removed), (3, 1, 3));
+    for f in &removed {
+        set.remove(f);
+    }
+    for s in &changed {
+        set.insert(s.cluster_ip(), s.clone());
+    }
+    nothing_left_to_do(&mut table, &set, "after the first change");
+    let rows = service::list(root).unwrap();
+    assert!(!rows.iter().any(|r| r.address == moved.vip));
+    assert!(rows.iter().any(|r| r.address == moved_to.vip));
+
+    // The Local service comes back, without the NodePort it had: that is
+    // the new service's now, so with it the change is refused. Then a pod
+    // leaves the node, and the next change, about another service, drops
+    // that pod from the Local one.
+    let err = table
+        .apply_changes(std::slice::from_ref(&local), &[])
+        .map(|_| ())
+        .unwrap_err();
+    assert!(matches!(err, ServiceError::SharedNodePort { .. }), "{err}");
+    let local = ServiceSpec {
+        node_port: None,
+        ..local
+    };
+    let local_back = written(&mut table, std::slice::from_ref(&local), &[]);
+    assert_eq!(local_back.added, 1);
+    set.insert(local.cluster_ip(), local.clone());
+    let local_backends = |rows: &[service::FrontendRow]| {
+        let mut b = rows
+            .iter()
+            .find(|r| r.address == local.vip)
+            .unwrap()
+            .backends
+            .clone();
+        b.sort();
+        b
+    };
+    let mut both = vec![
+        SocketAddrV4::new(v4(&near), 80),
+        SocketAddrV4::new(v4(&leaving), 80),
+    ];
+    both.sort();
+    assert_eq!(local_backends(&service::list(root).unwrap()), both);
+    net.del(&leaving).unwrap();
+    written(&mut table, &[spec(4, vec![remote(44)])], &[]);
+    set.insert(spec(4, vec![]).cluster_ip(), spec(4, vec![remote(44)]));
+    assert_eq!(
+        local_backends(&service::list(root).unwrap()),
+        vec![SocketAddrV4::new(v4(&near), 80)],
+        "the pod that left is no local backend"
+    );
+    nothing_left_to_do(&mut table, &set, "after a pod left");
+
+    // A change claiming another service's ClusterIP (as an external IP) is
+    // refused whole.
+    let before = service::list(root).unwrap();
+    let thief = ServiceSpec {
+        name: "ns/thief".into(),
+        external_ips: vec![spec(5, vec![]).vip],
+        ..spec(60, vec![remote(60)])
+    };
+    let err = table
+        .apply_changes(&[spec(6, vec![remote(66)]), thief], &[])
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        matches!(&err, ServiceError::SharedFrontend { name, .. } if name == "ns/thief"),
+        "{err}"
+    );
+    assert_eq!(service::list(root).unwrap(), before, "nothing was written");
+
+    // Another writer: the table cannot tell what a change is a change of.
+    service::apply(root, &whole(&set)).unwrap();
+    assert_eq!(
+        table.apply_changes(&[], &[]).unwrap(),
+        ChangesApplied::WholeSetNeeded
+    );
+    assert_eq!(table.apply(&whole(&set)).unwrap().added, 0);
+    assert!(matches!(
+        table.apply_changes(&[], &[]).unwrap(),
+        ChangesApplied::Written(_)
+    ));
+}
+
 #[test]
 fn a_set_larger_than_the_maps_is_refused_whole_and_bad_files_are_named() {
     require_root!(a_set_larger_than_the_maps_is_refused_whole_and_bad_files_are_named);

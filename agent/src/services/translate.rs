@@ -1,10 +1,11 @@
 //! Services and EndpointSlices translated into the service model, as
-//! kube-proxy reads them: a pure function of the API objects, the node's
-//! name and its addresses.
+//! kube-proxy reads them: [`translate`] is a pure function of the API
+//! objects, the node's name and its addresses; a [`Translator`] gives the
+//! same, kept up to date one change at a time.
 //!
 //! One [`ServiceSpec`] per IPv4 Service port. What cannot be balanced, or
-//! would clash with what was translated before it, is left out with a
-//! reason ([`Skipped`]), so one bad Service never holds back the others.
+//! claims a frontend that an older Service's port holds, is left out with
+//! a reason ([`Skipped`]), so one bad Service never holds back the others.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -12,6 +13,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use margay_model::protocol::Protocol;
 use margay_model::service::{
     Frontend, MAX_AFFINITY_TIMEOUT, MAX_BACKENDS, MAX_NAME, ServiceSpec, TrafficPolicy,
@@ -65,135 +67,527 @@ struct Candidate {
 }
 
 /// Translates every Service into the model, for node `node` whose
-/// addresses are `node_addrs` (its NodePorts answer there). Services are
-/// taken oldest first, so of two that claim one external IP and port the
-/// one that had it first keeps it.
+/// addresses are `node_addrs` (its NodePorts answer there). Of two Service
+/// ports that claim one frontend, the older Service's keeps it.
 pub fn translate(
     services: &[Arc<Service>],
     slices: &[Arc<EndpointSlice>],
     node: &str,
     node_addrs: &[Ipv4Addr],
 ) -> Translation {
-    let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
-    for slice in slices {
-        let (Some(namespace), Some(service)) = (
-            slice.metadata.namespace.as_deref(),
-            slice
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL)),
-        ) else {
-            continue;
-        };
-        if slice.address_type == "IPv4" {
-            by_service
-                .entry((namespace, service.as_str()))
-                .or_default()
-                .push(slice);
-        }
-    }
-    let mut ordered: Vec<&Service> = services.iter().map(AsRef::as_ref).collect();
-    ordered.sort_by(|a, b| {
-        let age = |s: &Service| s.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        (age(a), &a.metadata.namespace, &a.metadata.name).cmp(&(
-            age(b),
-            &b.metadata.namespace,
-            &b.metadata.name,
-        ))
-    });
-
-    let mut out = Translation::default();
-    let mut claims = Claims::new(node_addrs);
-    for service in ordered {
-        let namespace = service.metadata.namespace.as_deref().unwrap_or_default();
-        let name = service.metadata.name.as_deref().unwrap_or_default();
-        let slices = by_service
-            .get(&(namespace, name))
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        translate_service(service, slices, node, &mut claims, &mut out);
-    }
-    out.specs.sort_by(|a, b| a.name.cmp(&b.name));
-    out.skipped.sort();
-    out.health_checks.sort();
-    out
+    let mut translator = Translator::new(node);
+    translator.set_node_addrs(node_addrs);
+    translator.sync_all(services, slices);
+    translator.finish();
+    translator.translation()
 }
 
-/// Frontends and NodePorts already taken, by which service.
-struct Claims {
-    frontends: HashMap<Frontend, String>,
-    node_ports: HashMap<(u16, Protocol), String>,
+/// `namespace/name` of a Service, or of an EndpointSlice.
+pub type ObjectKey = (String, String);
+
+/// [`translate`] kept up to date change by change, the way kube-proxy's
+/// change trackers do: told which Services and EndpointSlices changed, it
+/// translates those Services alone, settles frontend claims among the
+/// Services that share a frontend with them, and says which specs changed
+/// ([`Delta`]). A change to one of ten thousand Services costs one.
+///
+/// ```
+/// # use margay_agent::services::translate::Translator;
+/// let mut translator = Translator::new("node-a");
+/// translator.sync_all(&[], &[]);
+/// let delta = translator.finish();
+/// assert!(delta.changed.is_empty() && delta.removed.is_empty());
+/// ```
+pub struct Translator {
+    node: String,
     node_addrs: Vec<Ipv4Addr>,
+    services: HashMap<ObjectKey, Arc<Service>>,
+    /// The IPv4 slices of each Service, by slice name.
+    slices: HashMap<ObjectKey, BTreeMap<String, Arc<EndpointSlice>>>,
+    /// The Service each known slice counts for.
+    slice_owner: HashMap<ObjectKey, ObjectKey>,
+    /// What each Service gives besides its specs (those are in `claims`).
+    notes: HashMap<ObjectKey, ServiceNotes>,
+    claims: Claims,
+    /// Services changed since the last [`Translator::finish`].
+    dirty: HashSet<ObjectKey>,
 }
 
-impl Claims {
-    fn new(node_addrs: &[Ipv4Addr]) -> Claims {
-        Claims {
-            frontends: HashMap::new(),
-            node_ports: HashMap::new(),
-            node_addrs: node_addrs.to_vec(),
+/// Which specs changed in a [`Translator::finish`]: `changed` replace the
+/// spec of their ClusterIP frontend (or are new), the specs of the
+/// ClusterIP frontends `removed` are gone. What `ServiceTable::apply_changes`
+/// takes.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Delta {
+    pub changed: Vec<ServiceSpec>,
+    pub removed: Vec<Frontend>,
+}
+
+impl Delta {
+    pub fn is_empty(&self) -> bool {
+        self.changed.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// What one Service gives before claims are settled across Services.
+#[derive(Debug, Default)]
+struct ServiceTranslation {
+    /// Each valid on its own.
+    specs: Vec<ServiceSpec>,
+    notes: ServiceNotes,
+}
+
+/// What of a Service is left out, and its health check.
+#[derive(Debug, Default)]
+struct ServiceNotes {
+    skipped: Vec<Skipped>,
+    health_check: Option<HealthCheck>,
+}
+
+impl Translator {
+    pub fn new(node: &str) -> Translator {
+        Translator {
+            node: node.to_string(),
+            node_addrs: Vec::new(),
+            services: HashMap::new(),
+            slices: HashMap::new(),
+            slice_owner: HashMap::new(),
+            notes: HashMap::new(),
+            claims: Claims::default(),
+            dirty: HashSet::new(),
         }
     }
 
-    /// Takes every frontend of `spec` (its NodePort on each node address
-    /// among them), or none and names the one already taken.
-    fn take(&mut self, spec: &ServiceSpec) -> Result<(), String> {
+    /// The node's NodePort addresses; a change re-translates everything.
+    pub fn set_node_addrs(&mut self, node_addrs: &[Ipv4Addr]) {
+        if self.node_addrs != node_addrs {
+            self.node_addrs = node_addrs.to_vec();
+            self.dirty.extend(self.services.keys().cloned());
+        }
+    }
+
+    /// Service `key` is now `service` (None: deleted). The watch caches
+    /// replace an object on every change, so the same `Arc` is no change.
+    pub fn set_service(&mut self, key: ObjectKey, service: Option<Arc<Service>>) {
+        let same = match (&service, self.services.get(&key)) {
+            (Some(new), Some(old)) => Arc::ptr_eq(new, old),
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        match service {
+            Some(s) => self.services.insert(key.clone(), s),
+            None => self.services.remove(&key),
+        };
+        self.dirty.insert(key);
+    }
+
+    /// EndpointSlice `key` is now `slice` (None: deleted).
+    pub fn set_slice(&mut self, key: ObjectKey, slice: Option<Arc<EndpointSlice>>) {
+        let owner = slice.as_deref().and_then(|s| {
+            let service = s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+            (s.address_type == "IPv4").then(|| (key.0.clone(), service.clone()))
+        });
+        let old_owner = self.slice_owner.get(&key);
+        if let (Some(new), Some(owner), Some(old_owner)) = (&slice, &owner, old_owner)
+            && owner == old_owner
+            && self.slices[owner]
+                .get(&key.1)
+                .is_some_and(|old| Arc::ptr_eq(old, new))
+        {
+            return;
+        }
+        if let Some(old_owner) = self.slice_owner.remove(&key) {
+            if let Some(of_owner) = self.slices.get_mut(&old_owner) {
+                of_owner.remove(&key.1);
+                if of_owner.is_empty() {
+                    self.slices.remove(&old_owner);
+                }
+            }
+            self.dirty.insert(old_owner);
+        }
+        if let (Some(slice), Some(owner)) = (slice, owner) {
+            self.slices
+                .entry(owner.clone())
+                .or_default()
+                .insert(key.1.clone(), slice);
+            self.slice_owner.insert(key, owner.clone());
+            self.dirty.insert(owner);
+        }
+    }
+
+    /// Takes the whole of both caches (after a relist, or to start): what
+    /// is not in them any more is deleted, what is the same object as
+    /// before is no change.
+    pub fn sync_all(&mut self, services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) {
+        let key_of = |meta: &ObjectMeta| {
+            (
+                meta.namespace.clone().unwrap_or_default(),
+                meta.name.clone().unwrap_or_default(),
+            )
+        };
+        let listed: HashSet<ObjectKey> = services.iter().map(|s| key_of(&s.metadata)).collect();
+        let gone: Vec<ObjectKey> = self
+            .services
+            .keys()
+            .filter(|k| !listed.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.set_service(key, None);
+        }
+        for service in services {
+            self.set_service(key_of(&service.metadata), Some(service.clone()));
+        }
+        let listed: HashSet<ObjectKey> = slices.iter().map(|s| key_of(&s.metadata)).collect();
+        let gone: Vec<ObjectKey> = self
+            .slice_owner
+            .keys()
+            .filter(|k| !listed.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.set_slice(key, None);
+        }
+        for slice in slices {
+            self.set_slice(key_of(&slice.metadata), Some(slice.clone()));
+        }
+    }
+
+    /// Translates the Services changed since the last call, settles the
+    /// claims they touch, and says which specs changed.
+    pub fn finish(&mut self) -> Delta {
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut touched: Vec<ClaimKey> = Vec::new();
+        let mut before: HashMap<String, Option<ServiceSpec>> = HashMap::new();
+        for key in &dirty {
+            for (rank, gone) in self.claims.withdraw(key) {
+                touched.extend(gone.keys.iter().copied());
+                before.insert(rank.spec_name.clone(), gone.balanced().cloned());
+            }
+            let Some(service) = self.services.get(key) else {
+                self.notes.remove(key);
+                continue;
+            };
+            let slices: Vec<&EndpointSlice> = self
+                .slices
+                .get(key)
+                .into_iter()
+                .flat_map(|s| s.values().map(AsRef::as_ref))
+                .collect();
+            let ServiceTranslation { specs, notes } =
+                translate_service(service, &slices, &self.node);
+            let age = service.metadata.creation_timestamp.clone();
+            for (port, spec) in specs.into_iter().enumerate() {
+                let rank = Rank {
+                    created: age.clone(),
+                    service: key.clone(),
+                    port,
+                    spec_name: spec.name.clone(),
+                };
+                let claimant = Claimant::new(spec, &self.node_addrs);
+                touched.extend(claimant.keys.iter().copied());
+                before.entry(rank.spec_name.clone()).or_insert(None);
+                self.claims.offer(rank, claimant);
+            }
+            self.notes.insert(key.clone(), notes);
+        }
+        for (rank, outcome) in self.claims.settle(&touched) {
+            before
+                .entry(rank.spec_name.clone())
+                .or_insert(outcome.before);
+        }
+        let mut delta = Delta::default();
+        for (name, old) in before {
+            let new = self.claims.balanced(&name);
+            match (old, new) {
+                (Some(old), Some(new)) if old == *new => {}
+                (old, new) => {
+                    if let Some(old) = old
+                        && new.is_none_or(|n| n.cluster_ip() != old.cluster_ip())
+                    {
+                        delta.removed.push(old.cluster_ip());
+                    }
+                    delta.changed.extend(new.cloned());
+                }
+            }
+        }
+        delta.changed.sort_by(|a, b| a.name.cmp(&b.name));
+        delta.removed.sort();
+        delta
+    }
+
+    /// Every spec balanced, by name.
+    pub fn specs(&self) -> Vec<ServiceSpec> {
+        let mut specs: Vec<ServiceSpec> = self.claims.all_balanced().cloned().collect();
+        specs.sort_by(|a, b| a.name.cmp(&b.name));
+        specs
+    }
+
+    /// How many specs are balanced.
+    pub fn spec_count(&self) -> usize {
+        self.claims.all_balanced().count()
+    }
+
+    /// Everything left out, and why.
+    pub fn skipped(&self) -> BTreeSet<Skipped> {
+        self.notes
+            .values()
+            .flat_map(|n| n.skipped.iter().cloned())
+            .chain(self.claims.clashes())
+            .collect()
+    }
+
+    /// The health checks this node answers, by port.
+    pub fn health_checks(&self) -> Vec<HealthCheck> {
+        let mut checks: Vec<HealthCheck> = self
+            .notes
+            .values()
+            .filter_map(|n| n.health_check.clone())
+            .collect();
+        checks.sort();
+        checks
+    }
+
+    /// The whole translation, as [`translate`] gives it.
+    pub fn translation(&self) -> Translation {
+        Translation {
+            specs: self.specs(),
+            skipped: self.skipped().into_iter().collect(),
+            health_checks: self.health_checks(),
+        }
+    }
+}
+
+/// What a spec needs to itself: a frontend, or a NodePort (on every node
+/// address, and reserved even on a node without one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum ClaimKey {
+    Frontend(Frontend),
+    NodePort(u16, Protocol),
+}
+
+/// The order claims are settled in: older Services first, then by name,
+/// then a Service's ports in its order.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Rank {
+    created: Option<Time>,
+    service: ObjectKey,
+    port: usize,
+    spec_name: String,
+}
+
+/// A spec that wants its claim keys, and whether it got them.
+#[derive(Debug)]
+struct Claimant {
+    spec: ServiceSpec,
+    /// In the order they are judged: its ClusterIP, external IPs and
+    /// NodePort frontends, then its NodePort.
+    keys: Vec<ClaimKey>,
+    judgement: Judgement,
+}
+
+/// Whether a spec got its claim keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Judgement {
+    /// Offered since the last settling.
+    Pending,
+    Balanced,
+    /// Left out, and why.
+    Clash(String),
+}
+
+impl Claimant {
+    fn new(spec: ServiceSpec, node_addrs: &[Ipv4Addr]) -> Claimant {
         let node_port_frontends = spec.node_port.into_iter().flat_map(|port| {
-            self.node_addrs.iter().map(move |&addr| Frontend {
+            node_addrs.iter().map(move |&addr| Frontend {
                 addr,
                 port,
                 protocol: spec.protocol,
             })
         });
-        let frontends: Vec<Frontend> = std::iter::once(spec.cluster_ip())
+        let keys = std::iter::once(spec.cluster_ip())
             .chain(spec.external_frontends())
             .chain(node_port_frontends)
+            .map(ClaimKey::Frontend)
+            .chain(spec.node_port.map(|p| ClaimKey::NodePort(p, spec.protocol)))
             .collect();
-        let mut mine = HashSet::new();
-        for f in &frontends {
-            if let Some(other) = self.frontends.get(f) {
-                return Err(format!("{f} is already {other}'s"));
-            }
-            if !mine.insert(*f) {
-                return Err(format!("{f} is listed twice"));
-            }
+        Claimant {
+            spec,
+            keys,
+            judgement: Judgement::Pending,
         }
-        if let Some(port) = spec.node_port
-            && let Some(other) = self.node_ports.get(&(port, spec.protocol))
-        {
-            return Err(format!(
-                "node port {port}/{} is already {other}'s",
-                spec.protocol
-            ));
-        }
-        for f in frontends {
-            self.frontends.insert(f, spec.name.clone());
-        }
-        if let Some(port) = spec.node_port {
-            self.node_ports
-                .insert((port, spec.protocol), spec.name.clone());
-        }
-        Ok(())
+    }
+
+    fn balanced(&self) -> Option<&ServiceSpec> {
+        (self.judgement == Judgement::Balanced).then_some(&self.spec)
     }
 }
 
+/// Every spec of every Service with the keys it wants, and which got them:
+/// in rank order, a spec gets all its keys or none, and none that a spec
+/// before it got.
+#[derive(Default)]
+struct Claims {
+    claimants: BTreeMap<Arc<Rank>, Claimant>,
+    by_name: HashMap<String, Arc<Rank>>,
+    by_service: HashMap<ObjectKey, Vec<Arc<Rank>>>,
+    /// Who wants each key.
+    wanted: HashMap<ClaimKey, BTreeSet<Arc<Rank>>>,
+}
+
+/// What settling did to a spec: its balanced form before.
+struct Settled {
+    before: Option<ServiceSpec>,
+}
+
+impl Claims {
+    /// Takes Service `service`'s specs out; returns them.
+    fn withdraw(&mut self, service: &ObjectKey) -> Vec<(Arc<Rank>, Claimant)> {
+        let mut out = Vec::new();
+        for rank in self.by_service.remove(service).unwrap_or_default() {
+            let claimant = self.claimants.remove(&rank).expect("listed by service");
+            for key in &claimant.keys {
+                if let Some(wanting) = self.wanted.get_mut(key) {
+                    wanting.remove(&rank);
+                    if wanting.is_empty() {
+                        self.wanted.remove(key);
+                    }
+                }
+            }
+            self.by_name.remove(&rank.spec_name);
+            out.push((rank, claimant));
+        }
+        out
+    }
+
+    /// Adds a spec; it is judged by the next [`Claims::settle`] that
+    /// touches one of its keys.
+    fn offer(&mut self, rank: Rank, claimant: Claimant) {
+        let rank = Arc::new(rank);
+        for key in &claimant.keys {
+            self.wanted.entry(*key).or_default().insert(rank.clone());
+        }
+        self.by_name.insert(rank.spec_name.clone(), rank.clone());
+        self.by_service
+            .entry(rank.service.clone())
+            .or_default()
+            .push(rank.clone());
+        self.claimants.insert(rank, claimant);
+    }
+
+    /// Judges again every spec that shares a key, directly or through
+    /// others, with `touched`: outside that group nothing can change.
+    fn settle(&mut self, touched: &[ClaimKey]) -> Vec<(Arc<Rank>, Settled)> {
+        let mut keys: HashSet<ClaimKey> = HashSet::new();
+        let mut group: BTreeSet<Arc<Rank>> = BTreeSet::new();
+        let mut queue: Vec<ClaimKey> = touched.to_vec();
+        while let Some(key) = queue.pop() {
+            if !keys.insert(key) {
+                continue;
+            }
+            for rank in self.wanted.get(&key).into_iter().flatten() {
+                if group.insert(rank.clone()) {
+                    queue.extend(self.claimants[rank].keys.iter().copied());
+                }
+            }
+        }
+        let mut taken: HashMap<ClaimKey, &str> = HashMap::new();
+        let mut outcomes = Vec::with_capacity(group.len());
+        for rank in &group {
+            let claimant = &self.claimants[rank];
+            let mut mine = HashSet::new();
+            let mut outcome = Judgement::Balanced;
+            for key in &claimant.keys {
+                if let Some(other) = taken.get(key) {
+                    outcome = Judgement::Clash(match key {
+                        ClaimKey::Frontend(f) => format!("{f} is already {other}'s"),
+                        ClaimKey::NodePort(port, protocol) => {
+                            format!("node port {port}/{protocol} is already {other}'s")
+                        }
+                    });
+                    break;
+                }
+                if !mine.insert(*key) {
+                    outcome = Judgement::Clash(format!("{key} is listed twice"));
+                    break;
+                }
+            }
+            if outcome == Judgement::Balanced {
+                for key in &claimant.keys {
+                    taken.insert(*key, &claimant.spec.name);
+                }
+            }
+            outcomes.push(outcome);
+        }
+        let mut settled = Vec::with_capacity(group.len());
+        for (rank, outcome) in group.into_iter().zip(outcomes) {
+            let claimant = self.claimants.get_mut(&rank).expect("in the group");
+            let before = claimant.balanced().cloned();
+            claimant.judgement = outcome;
+            settled.push((rank, Settled { before }));
+        }
+        settled
+    }
+
+    fn balanced(&self, spec_name: &str) -> Option<&ServiceSpec> {
+        self.claimants.get(self.by_name.get(spec_name)?)?.balanced()
+    }
+
+    fn all_balanced(&self) -> impl Iterator<Item = &ServiceSpec> {
+        self.claimants.values().filter_map(Claimant::balanced)
+    }
+
+    fn clashes(&self) -> impl Iterator<Item = Skipped> + '_ {
+        self.claimants.values().filter_map(|c| {
+            let Judgement::Clash(reason) = &c.judgement else {
+                return None;
+            };
+            Some(Skipped {
+                service: c.spec.name.clone(),
+                reason: reason.clone(),
+            })
+        })
+    }
+}
+
+impl std::fmt::Display for ClaimKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClaimKey::Frontend(frontend) => frontend.fmt(f),
+            ClaimKey::NodePort(port, protocol) => write!(f, "node port {port}/{protocol}"),
+        }
+    }
+}
+
+/// One Service's specs (each valid on its own), what of it is left out,
+/// and its health check.
 fn translate_service(
     service: &Service,
     slices: &[&EndpointSlice],
     node: &str,
-    claims: &mut Claims,
-    out: &mut Translation,
-) {
+) -> ServiceTranslation {
     let namespace = service.metadata.namespace.clone().unwrap_or_default();
     let name = service.metadata.name.clone().unwrap_or_default();
     let whole = format!("{namespace}/{name}");
-    let skipped = &mut out.skipped;
+    let mut skipped = Vec::new();
     let mut skip = |service: String, reason: &str| {
         skipped.push(Skipped {
             service,
             reason: reason.to_string(),
-        })
+        });
+    };
+    let left_out = |service: String, reason: &str| ServiceTranslation {
+        specs: Vec::new(),
+        notes: ServiceNotes {
+            skipped: vec![Skipped {
+                service,
+                reason: reason.to_string(),
+            }],
+            health_check: None,
+        },
     };
     if service
         .metadata
@@ -201,14 +595,14 @@ fn translate_service(
         .as_ref()
         .is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL))
     {
-        return skip(whole, "labelled for another proxy (service-proxy-name)");
+        return left_out(whole, "labelled for another proxy (service-proxy-name)");
     }
     let Some(spec) = &service.spec else {
-        return skip(whole, "no spec");
+        return left_out(whole, "no spec");
     };
     let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
     if kind == "ExternalName" {
-        return skip(whole, "type ExternalName has nothing to balance");
+        return left_out(whole, "type ExternalName has nothing to balance");
     }
     let cluster_ips: Vec<&str> = spec
         .cluster_ips
@@ -218,13 +612,13 @@ fn translate_service(
         .chain(spec.cluster_ip.as_deref())
         .collect();
     if cluster_ips.contains(&"None") {
-        return skip(whole, "headless: clients reach the pods directly");
+        return left_out(whole, "headless: clients reach the pods directly");
     }
     let Some(vip) = cluster_ips
         .iter()
         .find_map(|ip| ip.parse::<Ipv4Addr>().ok())
     else {
-        return skip(
+        return left_out(
             whole,
             "no IPv4 ClusterIP (IPv6 services are not balanced yet)",
         );
@@ -334,24 +728,28 @@ fn translate_service(
             skip(label, &e.to_string());
             continue;
         }
-        match claims.take(&model) {
-            Ok(()) => translated.push(model),
-            Err(clash) => skip(label, &clash),
-        }
+        translated.push(model);
     }
-    out.specs.extend(translated);
+    let mut health_check = None;
     if external_policy == TrafficPolicy::Local
         && let Some(port) = spec
             .health_check_node_port
             .and_then(|p| u16::try_from(p).ok())
             .filter(|p| *p != 0)
     {
-        out.health_checks.push(HealthCheck {
+        health_check = Some(HealthCheck {
             port,
             namespace,
             name,
             local_endpoints: local_endpoints.len(),
         });
+    }
+    ServiceTranslation {
+        specs: translated,
+        notes: ServiceNotes {
+            skipped,
+            health_check,
+        },
     }
 }
 
@@ -743,5 +1141,125 @@ mod tests {
         assert!(a.len() <= MAX_NAME && b.len() <= MAX_NAME, "{a} {b}");
         assert_ne!(a, b);
         assert_eq!(spec_name("ns/web:http"), "ns/web:http");
+    }
+
+    /// A change translated on its own, and the deltas applied one after
+    /// another, give what translating everything again gives: services
+    /// coming and going, slices moving between services, external IPs and
+    /// NodePorts contested among services of different ages, the node's
+    /// addresses changing.
+    #[test]
+    fn changes_translated_one_by_one_equal_translating_everything() {
+        // xorshift: the same sequence on every run.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let make_service = |i: u64, variant: u64| {
+            let mut svc = (*service(
+                &format!("s{i}"),
+                json!({"type": if variant.is_multiple_of(3) { "NodePort" } else { "ClusterIP" },
+                       "clusterIP": format!("10.96.0.{}", i + 1),
+                       "ports": [{"name": "a", "port": 80, "nodePort": 30000 + variant % 4},
+                                 {"name": "b", "port": 81, "protocol": "UDP"}],
+                       "externalIPs": [format!("203.0.113.{}", variant % 5)]}),
+            ))
+            .clone();
+            svc.metadata.creation_timestamp = Some(Time(
+                format!("2026-01-01T00:00:{:02}Z", i % 7).parse().unwrap(),
+            ));
+            Arc::new(svc)
+        };
+        let make_slice = |name: u64, owner: u64, variant: u64| {
+            let mut sl = (*slice(
+                &format!("s{owner}"),
+                "IPv4",
+                &[("a", 8080, "TCP"), ("b", 5353, "UDP")],
+                &[
+                    (
+                        &format!("10.1.{owner}.{}", variant % 3 + 1),
+                        "n0",
+                        true,
+                        true,
+                        false,
+                    ),
+                    (
+                        &format!("10.1.{owner}.9"),
+                        "n1",
+                        variant.is_multiple_of(2),
+                        true,
+                        variant.is_multiple_of(2),
+                    ),
+                ],
+            ))
+            .clone();
+            sl.metadata.name = Some(format!("slice-{name}"));
+            Arc::new(sl)
+        };
+        let mut services: BTreeMap<u64, Arc<Service>> = BTreeMap::new();
+        let mut slices: BTreeMap<u64, Arc<EndpointSlice>> = BTreeMap::new();
+        let mut node_addrs = NODE.to_vec();
+        let mut translator = Translator::new("n0");
+        translator.set_node_addrs(&node_addrs);
+        let mut applied: BTreeMap<Frontend, ServiceSpec> = BTreeMap::new();
+        for step in 0..600 {
+            match next(10) {
+                0..=3 => {
+                    let i = next(12);
+                    let s = make_service(i, next(1000));
+                    services.insert(i, s.clone());
+                    translator.set_service(("ns".into(), format!("s{i}")), Some(s));
+                }
+                4 => {
+                    let i = next(12);
+                    services.remove(&i);
+                    translator.set_service(("ns".into(), format!("s{i}")), None);
+                }
+                5..=7 => {
+                    let k = next(16);
+                    let sl = make_slice(k, next(12), next(1000));
+                    slices.insert(k, sl.clone());
+                    translator.set_slice(("ns".into(), format!("slice-{k}")), Some(sl));
+                }
+                8 => {
+                    let k = next(16);
+                    slices.remove(&k);
+                    translator.set_slice(("ns".into(), format!("slice-{k}")), None);
+                }
+                _ => {
+                    node_addrs = if node_addrs.len() == 1 {
+                        vec![NODE[0], Ipv4Addr::new(203, 0, 113, next(5) as u8)]
+                    } else {
+                        NODE.to_vec()
+                    };
+                    translator.set_node_addrs(&node_addrs);
+                }
+            }
+            // Several changes at once, as a coalesced sync takes them.
+            if next(3) != 0 {
+                continue;
+            }
+            let delta = translator.finish();
+            for gone in &delta.removed {
+                assert!(
+                    applied.remove(gone).is_some(),
+                    "step {step}: {gone} was not applied"
+                );
+            }
+            for spec in delta.changed {
+                applied.insert(spec.cluster_ip(), spec);
+            }
+            let services: Vec<_> = services.values().cloned().collect();
+            let slices: Vec<_> = slices.values().cloned().collect();
+            let whole = translate(&services, &slices, "n0", &node_addrs);
+            assert_eq!(translator.translation(), whole, "step {step}");
+            let mut by_name: Vec<ServiceSpec> = applied.values().cloned().collect();
+            by_name.sort_by(|a, b| a.name.cmp(&b.name));
+            assert_eq!(by_name, whole.specs, "step {step}: the deltas applied");
+            margay_model::service::validate(&whole.specs).unwrap();
+        }
     }
 }
