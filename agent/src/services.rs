@@ -265,8 +265,8 @@ fn object_key<K: kube::Resource>(object: &ObjectRef<K>) -> ObjectKey
 where
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
-    (
+    Arc::new((
         object.namespace.clone().unwrap_or_default(),
         object.name.clone(),
-    )
+    ))
 }

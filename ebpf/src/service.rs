@@ -434,18 +434,21 @@ struct Held {
     applied: Option<Applied>,
 }
 
-/// The services a table wrote, and what it wrote them for.
+/// The services a table wrote, and what it wrote them for: enough to
+/// change some of them without looking at the others.
 struct Applied {
     /// By ClusterIP frontend (unique in a valid set).
     services: HashMap<Frontend, AppliedService>,
+    /// The services whose frontends depend on which backends are local.
+    scoped_to_local: HashMap<Frontend, ServiceSpec>,
     node_ports: HashMap<(u16, Protocol), Frontend>,
     scope: Scope,
 }
 
 struct AppliedService {
-    spec: ServiceSpec,
     /// Every frontend it made.
     keys: Vec<SvcKey>,
+    node_port: Option<(u16, Protocol)>,
 }
 
 impl Applied {
@@ -456,22 +459,36 @@ impl Applied {
         }
         let mut applied = Applied {
             services: HashMap::with_capacity(specs.len()),
+            scoped_to_local: HashMap::new(),
             node_ports: HashMap::new(),
             scope,
         };
         for (spec, keys) in specs.iter().zip(keys) {
-            applied.insert(spec.clone(), keys);
+            applied.insert(spec, keys);
         }
         applied
     }
 
-    fn insert(&mut self, spec: ServiceSpec, keys: Vec<SvcKey>) {
-        if let Some(port) = spec.node_port {
-            self.node_ports
-                .insert((port, spec.protocol), spec.cluster_ip());
+    fn insert(&mut self, spec: &ServiceSpec, keys: Vec<SvcKey>) {
+        let node_port = spec.node_port.map(|port| (port, spec.protocol));
+        if let Some(port) = node_port {
+            self.node_ports.insert(port, spec.cluster_ip());
+        }
+        if scoped_to_local(spec) {
+            self.scoped_to_local.insert(spec.cluster_ip(), spec.clone());
         }
         self.services
-            .insert(spec.cluster_ip(), AppliedService { spec, keys });
+            .insert(spec.cluster_ip(), AppliedService { keys, node_port });
+    }
+
+    fn remove(&mut self, cluster_ip: &Frontend) {
+        let Some(gone) = self.services.remove(cluster_ip) else {
+            return;
+        };
+        if let Some(port) = gone.node_port {
+            self.node_ports.remove(&port);
+        }
+        self.scoped_to_local.remove(cluster_ip);
     }
 
     /// Fails when one of `changed` takes a NodePort of a service that the
@@ -480,6 +497,7 @@ impl Applied {
         &self,
         changed: &[ServiceSpec],
         named: &HashSet<Frontend>,
+        frontends: &BTreeMap<SvcKey, Installed>,
     ) -> Result<(), ServiceError> {
         for (index, spec) in changed.iter().enumerate() {
             if let Some(port) = spec.node_port
@@ -491,19 +509,14 @@ impl Applied {
                     name: spec.name.clone(),
                     port,
                     protocol: spec.protocol,
-                    other: self.services[owner].spec.name.clone(),
+                    other: frontends
+                        .get(&key_of(*owner))
+                        .map(|i| i.name.clone())
+                        .unwrap_or_default(),
                 });
             }
         }
         Ok(())
-    }
-
-    fn remove(&mut self, cluster_ip: &Frontend) -> Option<AppliedService> {
-        let gone = self.services.remove(cluster_ip)?;
-        if let Some(port) = gone.spec.node_port {
-            self.node_ports.remove(&(port, gone.spec.protocol));
-        }
-        Some(gone)
     }
 }
 
@@ -514,7 +527,8 @@ pub enum ChangesApplied {
     Written(ApplyReport),
     /// The maps were written by another writer since this table last
     /// applied (or it never has), so it cannot tell what the change is a
-    /// change of: nothing was written; apply the whole set.
+    /// change of; or the node's NodePort addresses changed, so every
+    /// NodePort service changes: nothing was written; apply the whole set.
     WholeSetNeeded,
 }
 
@@ -542,9 +556,9 @@ impl ServiceTable {
     /// the service of its ClusterIP frontend (or is added), and the services
     /// of the ClusterIP frontends `removed` go. Only these services'
     /// frontends are looked at and written, so a change costs the same
-    /// with ten services or ten thousand, except when the node's NodePort
-    /// addresses changed since (every service is written again) or its
-    /// local pods did (every service with a `Local` traffic policy is).
+    /// with ten services or ten thousand (when the node's local pods
+    /// changed since, the services with a `Local` traffic policy are
+    /// written again too).
     ///
     /// # Errors
     /// A changed service is invalid, or claims a frontend or NodePort of a
@@ -557,45 +571,34 @@ impl ServiceTable {
     ) -> Result<ChangesApplied, ServiceError> {
         model::validate(changed)?;
         let _lock = services_lock(&self.root)?;
-        if self.view()?.applied.is_none() {
+        let scope = Scope::read(&self.root)?;
+        let held = self.view()?;
+        let Some(applied) = held
+            .applied
+            .as_ref()
+            .filter(|a| a.scope.node_addrs == scope.node_addrs)
+        else {
             return Ok(ChangesApplied::WholeSetNeeded);
+        };
+        let named: HashSet<Frontend> = changed
+            .iter()
+            .map(ServiceSpec::cluster_ip)
+            .chain(removed.iter().copied())
+            .collect();
+        applied.check_node_ports(changed, &named, &held.frontends)?;
+        let mut touched = changed.to_vec();
+        if scope.local != applied.scope.local {
+            touched.extend(
+                applied
+                    .scoped_to_local
+                    .iter()
+                    .filter(|(f, _)| !named.contains(*f))
+                    .map(|(_, spec)| spec.clone()),
+            );
         }
         let root = self.root.clone();
-        self.write(|maps, held| {
-            let scope = Scope::read(&root)?;
-            let applied = held.applied.as_ref().expect("checked above");
-            let named: HashSet<Frontend> = changed
-                .iter()
-                .map(ServiceSpec::cluster_ip)
-                .chain(removed.iter().copied())
-                .collect();
-            applied.check_node_ports(changed, &named)?;
-            if scope.node_addrs != applied.scope.node_addrs {
-                let mut specs: Vec<ServiceSpec> = applied
-                    .services
-                    .values()
-                    .filter(|a| !named.contains(&a.spec.cluster_ip()))
-                    .map(|a| a.spec.clone())
-                    .chain(changed.iter().cloned())
-                    .collect();
-                specs.sort_by(|a, b| a.name.cmp(&b.name));
-                model::validate(&specs)?;
-                return write_whole(&root, maps, held, &specs);
-            }
-            let mut touched = changed.to_vec();
-            if scope.local != applied.scope.local {
-                touched.extend(
-                    applied
-                        .services
-                        .values()
-                        .filter(|a| scoped_to_local(&a.spec))
-                        .filter(|a| !named.contains(&a.spec.cluster_ip()))
-                        .map(|a| a.spec.clone()),
-                );
-            }
-            write_changes(&root, maps, held, &touched, removed, scope)
-        })
-        .map(ChangesApplied::Written)
+        self.write(|maps, held| write_changes(&root, maps, held, &touched, removed, scope))
+            .map(ChangesApplied::Written)
     }
 
     /// What the maps hold, read again unless this table made them so.
@@ -779,7 +782,7 @@ fn write_changes(
         keys[w.index].push(w.key());
     }
     for (spec, keys) in changed.iter().zip(keys) {
-        applied.insert(spec.clone(), keys);
+        applied.insert(spec, keys);
     }
     applied.scope = scope;
     Ok(report)

@@ -82,8 +82,9 @@ pub fn translate(
     translator.translation()
 }
 
-/// `namespace/name` of a Service, or of an EndpointSlice.
-pub type ObjectKey = (String, String);
+/// `(namespace, name)` of a Service, or of an EndpointSlice: shared, as
+/// several maps of a [`Translator`] hold it (ten thousand Services).
+pub type ObjectKey = Arc<(String, String)>;
 
 /// [`translate`] kept up to date change by change, the way kube-proxy's
 /// change trackers do: told which Services and EndpointSlices changed, it
@@ -102,11 +103,12 @@ pub struct Translator {
     node: String,
     node_addrs: Vec<Ipv4Addr>,
     services: HashMap<ObjectKey, Arc<Service>>,
-    /// The IPv4 slices of each Service, by slice name.
-    slices: HashMap<ObjectKey, BTreeMap<String, Arc<EndpointSlice>>>,
+    /// The IPv4 slices of each Service, by name (most have one).
+    slices: HashMap<ObjectKey, Vec<Arc<EndpointSlice>>>,
     /// The Service each known slice counts for.
     slice_owner: HashMap<ObjectKey, ObjectKey>,
-    /// What each Service gives besides its specs (those are in `claims`).
+    /// What each Service gives besides its specs (those are in `claims`),
+    /// for those it gives anything.
     notes: HashMap<ObjectKey, ServiceNotes>,
     claims: Claims,
     /// Services changed since the last [`Translator::finish`].
@@ -186,22 +188,24 @@ impl Translator {
 
     /// EndpointSlice `key` is now `slice` (None: deleted).
     pub fn set_slice(&mut self, key: ObjectKey, slice: Option<Arc<EndpointSlice>>) {
-        let owner = slice.as_deref().and_then(|s| {
+        let owner: Option<ObjectKey> = slice.as_deref().and_then(|s| {
             let service = s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
-            (s.address_type == "IPv4").then(|| (key.0.clone(), service.clone()))
+            let owner = (key.0.clone(), service.clone());
+            // The Service's own key when it is known: one copy of the names.
+            let known = self.services.get_key_value(&owner).map(|(k, _)| k.clone());
+            (s.address_type == "IPv4").then(|| known.unwrap_or_else(|| Arc::new(owner)))
         });
         let old_owner = self.slice_owner.get(&key);
         if let (Some(new), Some(owner), Some(old_owner)) = (&slice, &owner, old_owner)
             && owner == old_owner
-            && self.slices[owner]
-                .get(&key.1)
-                .is_some_and(|old| Arc::ptr_eq(old, new))
+            && self.slices[owner].iter().any(|old| Arc::ptr_eq(old, new))
         {
             return;
         }
+        let by_name = |s: &Arc<EndpointSlice>| s.metadata.name.as_deref() == Some(key.1.as_str());
         if let Some(old_owner) = self.slice_owner.remove(&key) {
             if let Some(of_owner) = self.slices.get_mut(&old_owner) {
-                of_owner.remove(&key.1);
+                of_owner.retain(|s| !by_name(s));
                 if of_owner.is_empty() {
                     self.slices.remove(&old_owner);
                 }
@@ -209,10 +213,9 @@ impl Translator {
             self.dirty.insert(old_owner);
         }
         if let (Some(slice), Some(owner)) = (slice, owner) {
-            self.slices
-                .entry(owner.clone())
-                .or_default()
-                .insert(key.1.clone(), slice);
+            let of_owner = self.slices.entry(owner.clone()).or_default();
+            let at = of_owner.partition_point(|s| s.metadata.name < slice.metadata.name);
+            of_owner.insert(at, slice);
             self.slice_owner.insert(key, owner.clone());
             self.dirty.insert(owner);
         }
@@ -222,33 +225,13 @@ impl Translator {
     /// is not in them any more is deleted, what is the same object as
     /// before is no change.
     pub fn sync_all(&mut self, services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) {
-        let key_of = |meta: &ObjectMeta| {
-            (
-                meta.namespace.clone().unwrap_or_default(),
-                meta.name.clone().unwrap_or_default(),
-            )
-        };
-        let listed: HashSet<ObjectKey> = services.iter().map(|s| key_of(&s.metadata)).collect();
-        let gone: Vec<ObjectKey> = self
-            .services
-            .keys()
-            .filter(|k| !listed.contains(*k))
-            .cloned()
-            .collect();
-        for key in gone {
+        for key in unlisted(self.services.keys(), services) {
             self.set_service(key, None);
         }
         for service in services {
             self.set_service(key_of(&service.metadata), Some(service.clone()));
         }
-        let listed: HashSet<ObjectKey> = slices.iter().map(|s| key_of(&s.metadata)).collect();
-        let gone: Vec<ObjectKey> = self
-            .slice_owner
-            .keys()
-            .filter(|k| !listed.contains(*k))
-            .cloned()
-            .collect();
-        for key in gone {
+        for key in unlisted(self.slice_owner.keys(), slices) {
             self.set_slice(key, None);
         }
         for slice in slices {
@@ -261,11 +244,12 @@ impl Translator {
     pub fn finish(&mut self) -> Delta {
         let dirty = std::mem::take(&mut self.dirty);
         let mut touched: Vec<ClaimKey> = Vec::new();
-        let mut before: HashMap<String, Option<ServiceSpec>> = HashMap::new();
+        let mut before: BTreeMap<Arc<Rank>, Option<ServiceSpec>> = BTreeMap::new();
         for key in &dirty {
             for (rank, gone) in self.claims.withdraw(key) {
                 touched.extend(gone.keys.iter().copied());
-                before.insert(rank.spec_name.clone(), gone.balanced().cloned());
+                let balanced = gone.balanced().cloned();
+                before.insert(rank, balanced);
             }
             let Some(service) = self.services.get(key) else {
                 self.notes.remove(key);
@@ -275,33 +259,34 @@ impl Translator {
                 .slices
                 .get(key)
                 .into_iter()
-                .flat_map(|s| s.values().map(AsRef::as_ref))
+                .flat_map(|s| s.iter().map(AsRef::as_ref))
                 .collect();
             let ServiceTranslation { specs, notes } =
                 translate_service(service, &slices, &self.node);
             let age = service.metadata.creation_timestamp.clone();
             for (port, spec) in specs.into_iter().enumerate() {
-                let rank = Rank {
+                let rank = Arc::new(Rank {
                     created: age.clone(),
                     service: key.clone(),
                     port,
-                    spec_name: spec.name.clone(),
-                };
+                });
                 let claimant = Claimant::new(spec, &self.node_addrs);
                 touched.extend(claimant.keys.iter().copied());
-                before.entry(rank.spec_name.clone()).or_insert(None);
+                before.entry(rank.clone()).or_insert(None);
                 self.claims.offer(rank, claimant);
             }
-            self.notes.insert(key.clone(), notes);
+            if notes.skipped.is_empty() && notes.health_check.is_none() {
+                self.notes.remove(key);
+            } else {
+                self.notes.insert(key.clone(), notes);
+            }
         }
         for (rank, outcome) in self.claims.settle(&touched) {
-            before
-                .entry(rank.spec_name.clone())
-                .or_insert(outcome.before);
+            before.entry(rank).or_insert(outcome.before);
         }
         let mut delta = Delta::default();
-        for (name, old) in before {
-            let new = self.claims.balanced(&name);
+        for (rank, old) in before {
+            let new = self.claims.balanced(&rank);
             match (old, new) {
                 (Some(old), Some(new)) if old == *new => {}
                 (old, new) => {
@@ -328,7 +313,8 @@ impl Translator {
 
     /// How many specs are balanced.
     pub fn spec_count(&self) -> usize {
-        self.claims.all_balanced().count()
+        // Every spec is judged by the end of a finish.
+        self.claims.claimants.len() - self.claims.clashing.len()
     }
 
     /// Everything left out, and why.
@@ -361,6 +347,22 @@ impl Translator {
     }
 }
 
+fn key_of(meta: &ObjectMeta) -> ObjectKey {
+    Arc::new((
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    ))
+}
+
+/// The keys among `known` of objects that `listed` no longer has.
+fn unlisted<'a, K: kube::Resource>(
+    known: impl Iterator<Item = &'a ObjectKey>,
+    listed: &[Arc<K>],
+) -> Vec<ObjectKey> {
+    let listed: HashSet<ObjectKey> = listed.iter().map(|o| key_of(o.meta())).collect();
+    known.filter(|k| !listed.contains(*k)).cloned().collect()
+}
+
 /// What a spec needs to itself: a frontend, or a NodePort (on every node
 /// address, and reserved even on a node without one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -376,7 +378,6 @@ struct Rank {
     created: Option<Time>,
     service: ObjectKey,
     port: usize,
-    spec_name: String,
 }
 
 /// A spec that wants its claim keys, and whether it got them.
@@ -432,10 +433,12 @@ impl Claimant {
 #[derive(Default)]
 struct Claims {
     claimants: BTreeMap<Arc<Rank>, Claimant>,
-    by_name: HashMap<String, Arc<Rank>>,
     by_service: HashMap<ObjectKey, Vec<Arc<Rank>>>,
     /// Who wants each key.
-    wanted: HashMap<ClaimKey, BTreeSet<Arc<Rank>>>,
+    /// Those judged [`Judgement::Clash`].
+    clashing: BTreeSet<Arc<Rank>>,
+    /// Who wants each key, in rank order (most keys: one spec).
+    wanted: HashMap<ClaimKey, Vec<Arc<Rank>>>,
 }
 
 /// What settling did to a spec: its balanced form before.
@@ -449,15 +452,17 @@ impl Claims {
         let mut out = Vec::new();
         for rank in self.by_service.remove(service).unwrap_or_default() {
             let claimant = self.claimants.remove(&rank).expect("listed by service");
+            self.clashing.remove(&rank);
             for key in &claimant.keys {
                 if let Some(wanting) = self.wanted.get_mut(key) {
-                    wanting.remove(&rank);
+                    if let Ok(at) = wanting.binary_search(&rank) {
+                        wanting.remove(at);
+                    }
                     if wanting.is_empty() {
                         self.wanted.remove(key);
                     }
                 }
             }
-            self.by_name.remove(&rank.spec_name);
             out.push((rank, claimant));
         }
         out
@@ -465,12 +470,13 @@ impl Claims {
 
     /// Adds a spec; it is judged by the next [`Claims::settle`] that
     /// touches one of its keys.
-    fn offer(&mut self, rank: Rank, claimant: Claimant) {
-        let rank = Arc::new(rank);
+    fn offer(&mut self, rank: Arc<Rank>, claimant: Claimant) {
         for key in &claimant.keys {
-            self.wanted.entry(*key).or_default().insert(rank.clone());
+            let wanting = self.wanted.entry(*key).or_default();
+            if let Err(at) = wanting.binary_search(&rank) {
+                wanting.insert(at, rank.clone());
+            }
         }
-        self.by_name.insert(rank.spec_name.clone(), rank.clone());
         self.by_service
             .entry(rank.service.clone())
             .or_default()
@@ -526,14 +532,19 @@ impl Claims {
         for (rank, outcome) in group.into_iter().zip(outcomes) {
             let claimant = self.claimants.get_mut(&rank).expect("in the group");
             let before = claimant.balanced().cloned();
+            if matches!(outcome, Judgement::Clash(_)) {
+                self.clashing.insert(rank.clone());
+            } else {
+                self.clashing.remove(&rank);
+            }
             claimant.judgement = outcome;
             settled.push((rank, Settled { before }));
         }
         settled
     }
 
-    fn balanced(&self, spec_name: &str) -> Option<&ServiceSpec> {
-        self.claimants.get(self.by_name.get(spec_name)?)?.balanced()
+    fn balanced(&self, rank: &Rank) -> Option<&ServiceSpec> {
+        self.claimants.get(rank)?.balanced()
     }
 
     fn all_balanced(&self) -> impl Iterator<Item = &ServiceSpec> {
@@ -541,12 +552,13 @@ impl Claims {
     }
 
     fn clashes(&self) -> impl Iterator<Item = Skipped> + '_ {
-        self.claimants.values().filter_map(|c| {
-            let Judgement::Clash(reason) = &c.judgement else {
+        self.clashing.iter().filter_map(|rank| {
+            let claimant = &self.claimants[rank];
+            let Judgement::Clash(reason) = &claimant.judgement else {
                 return None;
             };
             Some(Skipped {
-                service: c.spec.name.clone(),
+                service: claimant.spec.name.clone(),
                 reason: reason.clone(),
             })
         })
@@ -1211,23 +1223,23 @@ mod tests {
                     let i = next(12);
                     let s = make_service(i, next(1000));
                     services.insert(i, s.clone());
-                    translator.set_service(("ns".into(), format!("s{i}")), Some(s));
+                    translator.set_service(Arc::new(("ns".into(), format!("s{i}"))), Some(s));
                 }
                 4 => {
                     let i = next(12);
                     services.remove(&i);
-                    translator.set_service(("ns".into(), format!("s{i}")), None);
+                    translator.set_service(Arc::new(("ns".into(), format!("s{i}"))), None);
                 }
                 5..=7 => {
                     let k = next(16);
                     let sl = make_slice(k, next(12), next(1000));
                     slices.insert(k, sl.clone());
-                    translator.set_slice(("ns".into(), format!("slice-{k}")), Some(sl));
+                    translator.set_slice(Arc::new(("ns".into(), format!("slice-{k}"))), Some(sl));
                 }
                 8 => {
                     let k = next(16);
                     slices.remove(&k);
-                    translator.set_slice(("ns".into(), format!("slice-{k}")), None);
+                    translator.set_slice(Arc::new(("ns".into(), format!("slice-{k}"))), None);
                 }
                 _ => {
                     node_addrs = if node_addrs.len() == 1 {
