@@ -453,20 +453,26 @@ struct AppliedService {
 
 impl Applied {
     fn new(specs: &[ServiceSpec], wanted: &[Wanted], scope: Scope) -> Applied {
-        let mut keys: Vec<Vec<SvcKey>> = vec![Vec::new(); specs.len()];
-        for w in wanted {
-            keys[w.index].push(w.key());
-        }
         let mut applied = Applied {
             services: HashMap::with_capacity(specs.len()),
             scoped_to_local: HashMap::new(),
             node_ports: HashMap::new(),
             scope,
         };
-        for (spec, keys) in specs.iter().zip(keys) {
-            applied.insert(spec, keys);
-        }
+        applied.record(specs, wanted);
         applied
+    }
+
+    /// Records `specs` as written, with the frontends `wanted` (made from
+    /// them, each naming its spec by index) as theirs.
+    fn record(&mut self, specs: &[ServiceSpec], wanted: &[Wanted]) {
+        let mut keys: Vec<Vec<SvcKey>> = vec![Vec::new(); specs.len()];
+        for w in wanted {
+            keys[w.index].push(w.key());
+        }
+        for (spec, keys) in specs.iter().zip(keys) {
+            self.insert(spec, keys);
+        }
     }
 
     fn insert(&mut self, spec: &ServiceSpec, keys: Vec<SvcKey>) {
@@ -580,11 +586,7 @@ impl ServiceTable {
         else {
             return Ok(ChangesApplied::WholeSetNeeded);
         };
-        let named: HashSet<Frontend> = changed
-            .iter()
-            .map(ServiceSpec::cluster_ip)
-            .chain(removed.iter().copied())
-            .collect();
+        let named = cluster_ips(changed, removed);
         applied.check_node_ports(changed, &named, &held.frontends)?;
         let mut touched = changed.to_vec();
         if scope.local != applied.scope.local {
@@ -757,11 +759,7 @@ fn write_changes(
         .applied
         .as_ref()
         .expect("only on a set this table applied");
-    let named: HashSet<Frontend> = changed
-        .iter()
-        .map(ServiceSpec::cluster_ip)
-        .chain(removed.iter().copied())
-        .collect();
+    let named = cluster_ips(changed, removed);
     let replaced: HashSet<SvcKey> = named
         .iter()
         .filter_map(|f| applied.services.get(f))
@@ -777,15 +775,19 @@ fn write_changes(
     for f in &named {
         applied.remove(f);
     }
-    let mut keys: Vec<Vec<SvcKey>> = vec![Vec::new(); changed.len()];
-    for w in &wanted {
-        keys[w.index].push(w.key());
-    }
-    for (spec, keys) in changed.iter().zip(keys) {
-        applied.insert(spec, keys);
-    }
+    applied.record(changed, &wanted);
     applied.scope = scope;
     Ok(report)
+}
+
+/// The ClusterIP frontends a change names: those of the services it
+/// writes and those it removes.
+fn cluster_ips(changed: &[ServiceSpec], removed: &[Frontend]) -> HashSet<Frontend> {
+    changed
+        .iter()
+        .map(ServiceSpec::cluster_ip)
+        .chain(removed.iter().copied())
+        .collect()
 }
 
 /// Writes the frontends `wanted` in place of those at `replaced` (the

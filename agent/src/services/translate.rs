@@ -282,7 +282,7 @@ impl Translator {
             }
         }
         for (rank, outcome) in self.claims.settle(&touched) {
-            before.entry(rank).or_insert(outcome.before);
+            before.entry(rank).or_insert(outcome);
         }
         let mut delta = Delta::default();
         for (rank, old) in before {
@@ -441,11 +441,6 @@ struct Claims {
     wanted: HashMap<ClaimKey, Vec<Arc<Rank>>>,
 }
 
-/// What settling did to a spec: its balanced form before.
-struct Settled {
-    before: Option<ServiceSpec>,
-}
-
 impl Claims {
     /// Takes Service `service`'s specs out; returns them.
     fn withdraw(&mut self, service: &ObjectKey) -> Vec<(Arc<Rank>, Claimant)> {
@@ -486,7 +481,8 @@ impl Claims {
 
     /// Judges again every spec that shares a key, directly or through
     /// others, with `touched`: outside that group nothing can change.
-    fn settle(&mut self, touched: &[ClaimKey]) -> Vec<(Arc<Rank>, Settled)> {
+    /// Returns each spec judged, with its balanced form before.
+    fn settle(&mut self, touched: &[ClaimKey]) -> Vec<(Arc<Rank>, Option<ServiceSpec>)> {
         let mut keys: HashSet<ClaimKey> = HashSet::new();
         let mut group: BTreeSet<Arc<Rank>> = BTreeSet::new();
         let mut queue: Vec<ClaimKey> = touched.to_vec();
@@ -508,12 +504,7 @@ impl Claims {
             let mut outcome = Judgement::Balanced;
             for key in &claimant.keys {
                 if let Some(other) = taken.get(key) {
-                    outcome = Judgement::Clash(match key {
-                        ClaimKey::Frontend(f) => format!("{f} is already {other}'s"),
-                        ClaimKey::NodePort(port, protocol) => {
-                            format!("node port {port}/{protocol} is already {other}'s")
-                        }
-                    });
+                    outcome = Judgement::Clash(format!("{key} is already {other}'s"));
                     break;
                 }
                 if !mine.insert(*key) {
@@ -538,7 +529,7 @@ impl Claims {
                 self.clashing.remove(&rank);
             }
             claimant.judgement = outcome;
-            settled.push((rank, Settled { before }));
+            settled.push((rank, before));
         }
         settled
     }
