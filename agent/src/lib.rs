@@ -32,6 +32,8 @@ pub mod lease;
 pub mod metrics;
 pub mod node_conf;
 pub mod peers;
+pub mod policy;
+pub mod selector;
 pub mod services;
 pub mod settings;
 pub mod socket;

@@ -108,6 +108,8 @@ impl Family {
                 cidr: Some(never(i).parse().expect("valid")),
                 protocol: Some(Protocol::TCP),
                 ports: Some(Ports { lo: 1, hi: 1 }),
+                set: None,
+                source: None,
             })
             .collect();
         list.push(Rule {
@@ -115,6 +117,8 @@ impl Family {
             cidr: Some(ipnetwork::IpNetwork::from(self.peer)),
             protocol: None,
             ports: None,
+            set: None,
+            source: None,
         });
         list
     }

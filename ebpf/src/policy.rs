@@ -28,6 +28,14 @@ pub enum PolicyError {
         direction: &'static str,
         count: usize,
     },
+    /// Until the programs look sets up, a rule naming one is refused
+    /// rather than read as "any address".
+    #[error("{direction}[{index}]: set {set:?}: sets are not enforced by the programs yet")]
+    SetsUnsupported {
+        direction: &'static str,
+        index: usize,
+        set: String,
+    },
 }
 
 /// The programs' form of one direction's rules: its IPv4 and its IPv6
@@ -40,6 +48,13 @@ pub fn compile(
     let mut v6 = abi::Policy6::default();
     for (index, rule) in rules.iter().enumerate() {
         rule.check(direction, index)?;
+        if let Some(set) = &rule.set {
+            return Err(PolicyError::SetsUnsupported {
+                direction,
+                index,
+                set: set.clone(),
+            });
+        }
         // 0: any protocol.
         let proto = rule.protocol.map_or(0, Protocol::number);
         let ports = rule.ports.unwrap_or(Ports {
@@ -115,6 +130,8 @@ fn rule_of(cidr: Option<IpNetwork>, action: u8, proto: u8, (lo, hi): (u16, u16))
         cidr,
         protocol: Protocol::from_number(proto),
         ports: (lo != 0 || hi != u16::MAX).then_some(Ports { lo, hi }),
+        set: None,
+        source: None,
     }
 }
 

@@ -6,11 +6,13 @@
 //! - [`service`]: services, their frontends and backends;
 //! - [`peer`]: the other nodes and where their pods are;
 //! - [`policy`]: an endpoint's rules, as operators write them;
+//! - [`ip_set`]: the sets of addresses rules refer to;
 //! - [`protocol`]: the IP protocol services and rules name.
 //!
 //! Node settings (data interfaces, external service mode, map sizes) are
 //! the network configuration's and stay in `margay-conf`.
 
+pub mod ip_set;
 pub mod peer;
 pub mod policy;
 pub mod protocol;

@@ -5,11 +5,14 @@
 //! ingress:                 # absent: allow all; [] denies all
 //!   - action: allow
 //!     cidr: 10.244.0.0/16  # IPv4 or IPv6; default: any address of both
-//!     protocol: tcp        # any (default) | tcp | udp | icmp | icmpv6 | <number>
+//!     protocol: tcp        # any (default) | tcp | udp | icmp | icmpv6 | sctp | <number>
 //!     ports: "80-443"      # tcp/udp only; default all
 //! egress:
 //!   - action: deny
 //!     cidr: 10.0.0.0/8
+//!   - action: allow
+//!     set: web-pods        # instead of a CIDR: the peer is in this set
+//!     source: shop/web     # who wrote it (the agent: a NetworkPolicy)
 //! ```
 //! Rules are evaluated in order; the first match decides; a direction with
 //! rules denies what none allows, of either family: a direction whose rules
@@ -33,14 +36,22 @@ pub struct PolicySpec {
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     pub action: Action,
-    /// None: any address, of both families.
+    /// None: any address, of both families (unless `set` says otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cidr: Option<IpNetwork>,
+    /// The peer is in this set of the node (`crate::ip_set`); not with
+    /// `cidr`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set: Option<String>,
     /// None: any protocol.
     #[serde(default, with = "rule_protocol")]
     pub protocol: Option<Protocol>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports: Option<Ports>,
+    /// Where the rule comes from (the agent: a NetworkPolicy's
+    /// `namespace/name`), shown with it and with the drops it explains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,7 +88,7 @@ mod rule_protocol {
             Raw::Name(name) if name == "any" => Ok(None),
             Raw::Name(name) => Protocol::from_name(&name).map(Some).ok_or_else(|| {
                 serde::de::Error::custom(format!(
-                    "protocol {name:?}: use any, tcp, udp, icmp, icmpv6 or a number"
+                    "protocol {name:?}: use any, tcp, udp, icmp, icmpv6, sctp or a number"
                 ))
             }),
         }
@@ -142,7 +153,26 @@ pub enum RuleError {
         direction: &'static str,
         index: usize,
     },
+    #[error("{direction}[{index}]: a rule has a cidr or a set, not both")]
+    CidrAndSet {
+        direction: &'static str,
+        index: usize,
+    },
+    #[error("{direction}[{index}]: {error}")]
+    Set {
+        direction: &'static str,
+        index: usize,
+        error: crate::ip_set::SetError,
+    },
+    #[error("{direction}[{index}]: a source has at most {MAX_SOURCE} bytes")]
+    Source {
+        direction: &'static str,
+        index: usize,
+    },
 }
+
+/// The longest `source` a rule keeps.
+pub const MAX_SOURCE: usize = 63;
 
 impl Rule {
     /// Checks this rule, rule `index` of `direction` (which errors name).
@@ -150,6 +180,19 @@ impl Rule {
         let tcp_or_udp = matches!(self.protocol, Some(Protocol::TCP | Protocol::UDP));
         if self.ports.is_some() && !tcp_or_udp {
             return Err(RuleError::PortsNeedTcpOrUdp { direction, index });
+        }
+        if let Some(set) = &self.set {
+            if self.cidr.is_some() {
+                return Err(RuleError::CidrAndSet { direction, index });
+            }
+            crate::ip_set::check_name(set).map_err(|error| RuleError::Set {
+                direction,
+                index,
+                error,
+            })?;
+        }
+        if self.source.as_ref().is_some_and(|s| s.len() > MAX_SOURCE) {
+            return Err(RuleError::Source { direction, index });
         }
         Ok(())
     }
@@ -184,7 +227,7 @@ mod tests {
                 {"action": "allow", "cidr": "fd00::/16", "protocol": "icmpv6"},
                 {"action": "deny", "protocol": 0},
                 {"action": "deny", "protocol": "any"},
-                {"action": "allow", "protocol": 132}]"#,
+                {"action": "allow", "protocol": 47}]"#,
         );
         assert_eq!(r[0].cidr, Some("10.1.0.0/16".parse().unwrap()));
         assert_eq!(r[0].ports, Some(Ports { lo: 80, hi: 443 }));
@@ -193,7 +236,7 @@ mod tests {
         assert_eq!(r[2].ports, Some(Ports { lo: 53, hi: 53 }));
         assert_eq!(r[3].protocol, Some(Protocol::ICMPV6));
         assert_eq!((r[4].protocol, r[5].protocol), (None, None));
-        assert_eq!(r[6].protocol.map(Protocol::number), Some(132));
+        assert_eq!(r[6].protocol.map(Protocol::number), Some(47));
         for bad in [
             r#"[{"action": "maybe"}]"#,
             r#"[{"action": "allow", "protocol": "sctpx"}]"#,
@@ -211,7 +254,8 @@ mod tests {
                 .unwrap_err()
                 .to_string();
         assert!(
-            unknown.contains(r#"protocol "gre": use any, tcp, udp, icmp, icmpv6 or a number"#),
+            unknown
+                .contains(r#"protocol "gre": use any, tcp, udp, icmp, icmpv6, sctp or a number"#),
             "{unknown}"
         );
     }
@@ -221,7 +265,7 @@ mod tests {
         let r = rules(
             r#"[{"action": "allow", "cidr": "10.1.0.0/16", "protocol": "TCP", "ports": "80-443"},
                 {"action": "deny"},
-                {"action": "allow", "protocol": 132, "ports": 53}]"#,
+                {"action": "allow", "protocol": 47, "ports": 53}]"#,
         );
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(
@@ -229,7 +273,7 @@ mod tests {
             serde_json::json!([
                 {"action": "allow", "cidr": "10.1.0.0/16", "protocol": "tcp", "ports": "80-443"},
                 {"action": "deny", "protocol": "any"},
-                {"action": "allow", "protocol": 132, "ports": "53"}
+                {"action": "allow", "protocol": 47, "ports": "53"}
             ])
         );
         assert_eq!(serde_json::from_value::<Vec<Rule>>(json).unwrap(), r);

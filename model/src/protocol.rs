@@ -16,13 +16,15 @@ impl Protocol {
     pub const TCP: Protocol = Protocol(6);
     pub const UDP: Protocol = Protocol(17);
     pub const ICMPV6: Protocol = Protocol(58);
+    pub const SCTP: Protocol = Protocol(132);
 
     /// The protocols with a name, in lower case as files spell them.
-    const NAMED: [(&'static str, Protocol); 4] = [
+    const NAMED: [(&'static str, Protocol); 5] = [
         ("tcp", Protocol::TCP),
         ("udp", Protocol::UDP),
         ("icmp", Protocol::ICMP),
         ("icmpv6", Protocol::ICMPV6),
+        ("sctp", Protocol::SCTP),
     ];
 
     /// Protocol number `n`; None for 0.
@@ -34,7 +36,7 @@ impl Protocol {
         self.0
     }
 
-    /// `tcp`, `udp`, `icmp` or `icmpv6`, in any case.
+    /// `tcp`, `udp`, `icmp`, `icmpv6` or `sctp`, in any case.
     pub fn from_name(name: &str) -> Option<Protocol> {
         Self::NAMED
             .iter()
@@ -82,9 +84,10 @@ mod tests {
             serde_json::to_string(&Protocol::ICMPV6).unwrap(),
             r#""icmpv6""#
         );
-        let sctp = Protocol::from_number(132).unwrap();
-        assert_eq!(serde_json::to_string(&sctp).unwrap(), "132");
-        assert_eq!(sctp.to_string(), "132");
+        let gre = Protocol::from_number(47).unwrap();
+        assert_eq!(serde_json::to_string(&gre).unwrap(), "47");
+        assert_eq!(gre.to_string(), "47");
+        assert_eq!(Protocol::SCTP.to_string(), "sctp");
         assert_eq!(Protocol::UDP.to_string(), "udp");
     }
 
@@ -92,7 +95,8 @@ mod tests {
     fn names_and_numbers_agree() {
         assert_eq!(Protocol::from_name("TCP"), Some(Protocol::TCP));
         assert_eq!(Protocol::from_name("icmp"), Some(Protocol::ICMP));
-        assert_eq!(Protocol::from_name("sctp"), None);
+        assert_eq!(Protocol::from_name("SCTP"), Some(Protocol::SCTP));
+        assert_eq!(Protocol::from_name("gre"), None);
         assert_eq!(Protocol::from_number(17), Some(Protocol::UDP));
         assert_eq!(Protocol::from_number(0), None, "0 is any, not a protocol");
         assert_eq!(Protocol::UDP.number(), 17);

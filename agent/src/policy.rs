@@ -1,0 +1,3 @@
+//! NetworkPolicy from the API, enforced by the node's programs.
+
+pub mod translate;
