@@ -66,8 +66,16 @@ struct endpoint6 {
 #define POLICY_DENY 2
 
 struct policy_rule {
-	__be32 addr; /* masked network address */
-	__be32 mask;
+	union {
+		struct { /* a CIDR rule */
+			__be32 addr; /* masked network address */
+			__be32 mask;
+		};
+		struct { /* RULE_F_SET: the peer is in a set */
+			__u32 set_id;    /* its ip_sets number; 0: any peer */
+			__u32 source_id; /* policy_sources' number of its source; 0: none */
+		};
+	};
 	__u16 port_lo; /* host order; 0..65535 matches any port */
 	__u16 port_hi;
 	__u8 proto;    /* IPPROTO_*, 0 = any */
@@ -79,6 +87,47 @@ struct policy_rule {
 /* The rule was written without a CIDR, so it is in both families' lists;
  * only `margayctl policy show` reads it, to show it once. */
 #define RULE_F_ANY_FAMILY 0x1
+/* The rule's peer is a set (or any address, with set 0) and it names its
+ * source: set_id and source_id, not addr and mask. */
+#define RULE_F_SET 0x2
+
+/* A member of an IP set (map ip_sets, an LPM trie): the set's number,
+ * then the address, then, for a member on one port of one address, the
+ * port and protocol. A member for a network matches the set's 32 bits and
+ * its prefix; one on a port, all of it (IP_SET_PORT_PREFIX). A packet is
+ * looked up with all of it, so the longest member decides: an except
+ * member takes out what a shorter one put in, a port member adds its
+ * port to an address. */
+struct ip_set_key {
+	__u32 prefixlen;
+	__be32 set_id;
+	__be32 addr;
+	__be16 port;
+	__u8 proto;
+	__u8 pad;
+};
+#define IP_SET_PORT_PREFIX (32 + 32 + 16 + 8)
+
+/* The same for IPv6 (map ip_sets6). */
+struct ip_set_key6 {
+	__u32 prefixlen;
+	__be32 set_id;
+	union v6addr addr;
+	__be16 port;
+	__u8 proto;
+	__u8 pad;
+};
+#define IP_SET6_PORT_PREFIX (32 + 128 + 16 + 8)
+
+/* An ip_sets entry's value: in the set, or taken out of it. */
+#define IP_SET_MEMBER 1
+#define IP_SET_EXCEPT 2
+
+/* A name, NUL-padded (maps ip_set_names and policy_sources: what a set's
+ * or a rule source's number stands for; only userspace reads them). */
+struct name_record {
+	char name[64];
+};
 
 struct policy_key {
 	__u32 ifindex;
@@ -96,8 +145,18 @@ struct policy {
  * one for every direction with rules, of whichever family); the IPv6 rules
  * of such a direction are here, and when there are none, no IPv6 passes. */
 struct policy_rule6 {
-	union v6addr addr; /* masked network address */
-	union v6addr mask;
+	union {
+		struct { /* a CIDR rule */
+			union v6addr addr; /* masked network address */
+			union v6addr mask;
+		};
+		struct { /* RULE_F_SET, as in policy_rule */
+			__u32 set_id;
+			__u32 reserved6[3];
+			__u32 source_id;
+			__u32 reserved6b[3];
+		};
+	};
 	__u16 port_lo; /* host order; 0..65535 matches any port */
 	__u16 port_hi;
 	__u8 proto;    /* IPPROTO_*, 0 = any */
@@ -398,6 +457,9 @@ _Static_assert(sizeof(struct ct_key6) == 44, "ct_key6 layout");
 _Static_assert(sizeof(struct flow_event6) == 56, "flow_event6 layout");
 _Static_assert(sizeof(struct policy_rule) == 16, "policy_rule layout");
 _Static_assert(sizeof(struct policy) == 8 + 16 * MAX_POLICY_RULES, "policy layout");
+_Static_assert(sizeof(struct ip_set_key) == 16, "ip_set_key layout");
+_Static_assert(sizeof(struct ip_set_key6) == 28, "ip_set_key6 layout");
+_Static_assert(sizeof(struct name_record) == 64, "name_record layout");
 _Static_assert(sizeof(struct ct_key) == 20, "ct_key layout");
 _Static_assert(sizeof(struct ct_entry) == 32, "ct_entry layout");
 _Static_assert(sizeof(struct counters) == 8 * 16, "counters layout");

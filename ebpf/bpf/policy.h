@@ -3,7 +3,11 @@
  * match decides. No policy: everything allowed. A policy: what no rule
  * allows is denied. Data, not code: a change is one map update, in force
  * for the next new flow. A direction's IPv6 rules are a list of their own
- * (policies6), judged only when the direction has a policy (policies). */
+ * (policies6), judged only when the direction has a policy (policies).
+ *
+ * A rule's peer is a CIDR, or a set of the node (ip_sets, ip_sets6): a
+ * NetworkPolicy peer over thousands of pods is one set that changes member
+ * by member, looked up once per new flow and rule. */
 #pragma once
 
 #include "common.h"
@@ -37,6 +41,55 @@ static __always_inline bool rule_admits(__u8 rule_proto, __u16 port_lo, __u16 po
 	return port_lo == 0 && port_hi == 0xffff;
 }
 
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ip_set_key);
+	__type(value, __u32);
+} ip_sets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ip_set_key6);
+	__type(value, __u32);
+} ip_sets6 SEC(".maps");
+
+/* Userspace's records of what set and source numbers stand for. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct name_record);
+} ip_set_names SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct name_record);
+} policy_sources SEC(".maps");
+
+/* Whether `peer` (on `dport` of `proto`) is in set `set_id`: 1 or 0. A
+ * global function, verified once on its own: inlined into the rule loop it
+ * multiplied the loop's states past the verifier's limit. */
+__attribute__((noinline)) int ip_set_has(__u32 set_id, __be32 peer, __u32 proto, __u32 dport)
+{
+	struct ip_set_key k = {
+		.prefixlen = IP_SET_PORT_PREFIX,
+		.set_id = set_id,
+		.addr = peer,
+		.port = bpf_htons(dport),
+		.proto = proto,
+	};
+	__u32 *v = bpf_map_lookup_elem(&ip_sets, &k);
+	return v && *v == IP_SET_MEMBER;
+}
+
 static __always_inline struct policy *policy_of(__u32 ifindex, __u32 dir)
 {
 	struct policy_key k = {.ifindex = ifindex, .direction = dir};
@@ -63,8 +116,12 @@ __attribute__((noinline)) int policy_check(__u32 ifindex, __u32 dir, __be32 peer
 		if (i >= n)
 			break;
 		const struct policy_rule *r = &pol->rules[i];
-		if ((peer & r->mask) != r->addr)
+		if (r->flags & RULE_F_SET) {
+			if (r->set_id && !ip_set_has(r->set_id, peer, proto, dport))
+				continue;
+		} else if ((peer & r->mask) != r->addr) {
 			continue;
+		}
 		if (!rule_admits(r->proto, r->port_lo, r->port_hi, proto, dport))
 			continue;
 		return r->action;
@@ -81,6 +138,23 @@ struct policy_query6 {
 	__u32 proto;
 	__u32 dport;
 };
+
+/* ip_set_has for the IPv6 peer of `q` (a global function takes scalars
+ * and pointers, and an address is four words). */
+__attribute__((noinline)) int ip_set6_has(__u32 set_id, const struct policy_query6 *q)
+{
+	if (!q)
+		return 0;
+	struct ip_set_key6 k = {
+		.prefixlen = IP_SET6_PORT_PREFIX,
+		.set_id = set_id,
+		.port = bpf_htons(q->dport),
+		.proto = q->proto,
+	};
+	__builtin_memcpy(&k.addr, &q->peer, sizeof(k.addr));
+	__u32 *v = bpf_map_lookup_elem(&ip_sets6, &k);
+	return v && *v == IP_SET_MEMBER;
+}
 
 /* policy_check for an IPv6 flow. A direction without a policy allows
  * everything; with one but no IPv6 rules (all IPv4, or a deny-all), it
@@ -104,11 +178,17 @@ __attribute__((noinline)) int policy_check6(const struct policy_query6 *q)
 		if (i >= n)
 			break;
 		const struct policy_rule6 *r = &pol->rules[i];
-		if ((p0 & r->mask.w[0]) != r->addr.w[0])
-			continue;
-		if ((((p1 & r->mask.w[1]) ^ r->addr.w[1]) | ((p2 & r->mask.w[2]) ^ r->addr.w[2]) |
-		     ((p3 & r->mask.w[3]) ^ r->addr.w[3])) != 0)
-			continue;
+		if (r->flags & RULE_F_SET) {
+			if (r->set_id && !ip_set6_has(r->set_id, q))
+				continue;
+		} else {
+			if ((p0 & r->mask.w[0]) != r->addr.w[0])
+				continue;
+			if ((((p1 & r->mask.w[1]) ^ r->addr.w[1]) |
+			     ((p2 & r->mask.w[2]) ^ r->addr.w[2]) |
+			     ((p3 & r->mask.w[3]) ^ r->addr.w[3])) != 0)
+				continue;
+		}
 		if (!rule_admits(r->proto, r->port_lo, r->port_hi, proto, dport))
 			continue;
 		return r->action;

@@ -64,6 +64,16 @@ pub const CT_F_POD_IS_A: u8 = 0x40;
 /// On a rule of either family: it was written without a CIDR (both lists
 /// hold it), so `policy show` shows it once.
 pub const RULE_F_ANY_FAMILY: u8 = 0x1;
+/// The rule's peer is a set (0: any address) and it names its source:
+/// `addr` holds the set's number and `mask` the source's, native-endian.
+pub const RULE_F_SET: u8 = 0x2;
+
+/// `struct ip_set_key`'s prefix for a member on one port of one address.
+pub const IP_SET_PORT_PREFIX: u32 = 32 + 32 + 16 + 8;
+pub const IP_SET6_PORT_PREFIX: u32 = 32 + 128 + 16 + 8;
+/// An `ip_sets` value: in the set, or taken out of it.
+pub const IP_SET_MEMBER: u32 = 1;
+pub const IP_SET_EXCEPT: u32 = 2;
 
 /// `flow_event.family`: which record a flow event is.
 pub const FLOW_EVENT_IPV4: u8 = 0;
@@ -158,6 +168,52 @@ pub struct PolicyRule {
     /// `RULE_F_*`.
     pub flags: u8,
     pub pad: u8,
+}
+
+/// `struct ip_set_key` after its prefix length (aya's `lpm_trie::Key`
+/// holds that): the set's number (native-endian, as in the rules), the
+/// address, then a port member's port (big-endian) and protocol.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IpSetData {
+    pub set_id: u32,
+    pub addr: [u8; 4],
+    pub port: [u8; 2],
+    pub proto: u8,
+    pub pad: u8,
+}
+
+/// `struct ip_set_key6` after its prefix length.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IpSetData6 {
+    pub set_id: u32,
+    pub addr: [u8; 16],
+    pub port: [u8; 2],
+    pub proto: u8,
+    pub pad: u8,
+}
+
+/// `struct name_record`: a set's or a rule source's name, NUL-padded.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NameRecord {
+    pub name: [u8; 64],
+}
+
+impl NameRecord {
+    /// `name`, cut to 64 bytes.
+    pub fn new(name: &str) -> NameRecord {
+        let mut record = NameRecord { name: [0; 64] };
+        let len = name.len().min(64);
+        record.name[..len].copy_from_slice(&name.as_bytes()[..len]);
+        record
+    }
+
+    pub fn text(&self) -> String {
+        let end = self.name.iter().position(|&b| b == 0).unwrap_or(64);
+        String::from_utf8_lossy(&self.name[..end]).into_owned()
+    }
 }
 
 #[repr(C)]
@@ -510,6 +566,9 @@ const _: () = {
     assert!(size_of::<BackendKey>() == 8);
     assert!(size_of::<Backend>() == 12);
     assert!(size_of::<SvcMeta>() == 64);
+    assert!(size_of::<IpSetData>() == 12);
+    assert!(size_of::<IpSetData6>() == 24);
+    assert!(size_of::<NameRecord>() == 64);
     assert!(size_of::<NatKey>() == 16);
     assert!(size_of::<NatEntry>() == 32);
     assert!(size_of::<NodeConfig>() == 32);
@@ -538,6 +597,9 @@ unsafe impl aya::Pod for SvcValue {}
 unsafe impl aya::Pod for BackendKey {}
 unsafe impl aya::Pod for Backend {}
 unsafe impl aya::Pod for SvcMeta {}
+unsafe impl aya::Pod for IpSetData {}
+unsafe impl aya::Pod for IpSetData6 {}
+unsafe impl aya::Pod for NameRecord {}
 unsafe impl aya::Pod for NatKey {}
 unsafe impl aya::Pod for NatEntry {}
 unsafe impl aya::Pod for NodeConfig {}

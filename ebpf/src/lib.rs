@@ -30,6 +30,7 @@ pub mod cluster;
 pub mod error;
 pub mod host_lb;
 pub mod inspect;
+pub mod ip_set;
 mod link;
 pub mod maps;
 mod netlink;

@@ -7,8 +7,9 @@ use aya::Pod;
 use aya::maps::{HashMap, Map, MapData, MapInfo, PerCpuArray, RingBuf};
 
 use crate::abi::{
-    Backend, BackendKey, Config, Counters, CtEntry, CtKey, CtKey6, Endpoint, Endpoint6, NatEntry,
-    NatKey, NodeConfig, Peer, Policy, Policy6, PolicyKey, SvcFilter, SvcKey, SvcMeta, SvcValue,
+    Backend, BackendKey, Config, Counters, CtEntry, CtKey, CtKey6, Endpoint, Endpoint6, IpSetData,
+    IpSetData6, NameRecord, NatEntry, NatKey, NodeConfig, Peer, Policy, Policy6, PolicyKey,
+    SvcFilter, SvcKey, SvcMeta, SvcValue,
 };
 use crate::error::DataplaneError;
 use crate::paths::map_path;
@@ -16,12 +17,16 @@ use crate::paths::map_path;
 /// Every map the object defines and Margay pins, with what losing its
 /// contents costs. "Durable" maps describe running endpoints and must be
 /// carried over an upgrade; "rebuildable" ones refill by themselves.
-pub const PINNED_MAPS: [(&str, Durability); 21] = [
+pub const PINNED_MAPS: [(&str, Durability); 25] = [
     ("endpoints", Durability::Durable),
     ("endpoints6", Durability::Durable),
     ("endpoints_by_ip", Durability::Durable),
     ("policies", Durability::Durable),
     ("policies6", Durability::Durable),
+    ("ip_sets", Durability::Durable),
+    ("ip_sets6", Durability::Durable),
+    ("ip_set_names", Durability::Durable),
+    ("policy_sources", Durability::Durable),
     ("svc_frontends", Durability::Durable),
     ("svc_backends", Durability::Durable),
     ("svc_meta", Durability::Durable),
@@ -77,6 +82,9 @@ pub type Nat = HashMap<MapData, NatKey, NatEntry>;
 pub type NodeAddrs = HashMap<MapData, [u8; 4], u32>;
 pub type NodeConfigMap = aya::maps::Array<MapData, NodeConfig>;
 pub type NodePeers = aya::maps::lpm_trie::LpmTrie<MapData, [u8; 4], Peer>;
+pub type IpSets = aya::maps::lpm_trie::LpmTrie<MapData, IpSetData, u32>;
+pub type IpSets6 = aya::maps::lpm_trie::LpmTrie<MapData, IpSetData6, u32>;
+pub type Names = HashMap<MapData, u32, NameRecord>;
 
 macro_rules! opener {
     ($fn:ident, $ty:ty, $name:literal) => {
@@ -104,6 +112,10 @@ opener!(service_names, ServiceNames, "svc_meta");
 opener!(nat, Nat, "nat");
 opener!(node_addrs, NodeAddrs, "node_addrs");
 opener!(node_config, NodeConfigMap, "node_config");
+opener!(ip_sets, IpSets, "ip_sets");
+opener!(ip_sets6, IpSets6, "ip_sets6");
+opener!(ip_set_names, Names, "ip_set_names");
+opener!(policy_sources, Names, "policy_sources");
 
 /// Changes the node settings the programs read with `change`, keeping the
 /// rest (the tunnel's and the host sockets' parts are set apart).

@@ -5,6 +5,7 @@
 //! without a CIDR is in both), in the operator's order: rules of different
 //! families never match the same packet, so the split changes no verdict.
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
@@ -14,9 +15,10 @@ use margay_model::protocol::Protocol;
 
 use crate::abi::{
     self, DIR_EGRESS, DIR_INGRESS, MAX_POLICY_RULES, POLICY_ALLOW, POLICY_DENY, PolicyKey,
-    PolicyRule, PolicyRule6, RULE_F_ANY_FAMILY,
+    PolicyRule, PolicyRule6, RULE_F_ANY_FAMILY, RULE_F_SET,
 };
 use crate::error::DataplaneError;
+use crate::ip_set::{IpSetTable, NameTable};
 use crate::maps;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -28,33 +30,156 @@ pub enum PolicyError {
         direction: &'static str,
         count: usize,
     },
-    /// Until the programs look sets up, a rule naming one is refused
-    /// rather than read as "any address".
-    #[error("{direction}[{index}]: set {set:?}: sets are not enforced by the programs yet")]
-    SetsUnsupported {
+    /// A rule names a set the node does not hold (apply the sets first):
+    /// refused, never read as "any address".
+    #[error("{direction}[{index}]: set {set:?} is not applied on this node")]
+    UnknownSet {
         direction: &'static str,
         index: usize,
         set: String,
     },
+    #[error("{direction}[{index}]: recording its source: {error}")]
+    Source {
+        direction: &'static str,
+        index: usize,
+        error: String,
+    },
+}
+
+/// The numbers rules name sets and sources by: the node's sets, and its
+/// sources (handed out as rules name them).
+pub struct RuleNumbers<'a> {
+    pub sets: Option<&'a IpSetTable>,
+    pub sources: Option<&'a mut SourceTable>,
+}
+
+impl RuleNumbers<'_> {
+    /// None: neither (rules with sets are refused, sources not kept).
+    pub fn none() -> RuleNumbers<'static> {
+        RuleNumbers {
+            sets: None,
+            sources: None,
+        }
+    }
+
+    /// The set's and the source's number of rule `index` (0: none).
+    fn of(
+        &mut self,
+        direction: &'static str,
+        index: usize,
+        rule: &Rule,
+    ) -> Result<(u32, u32), PolicyError> {
+        let set = match &rule.set {
+            None => 0,
+            Some(name) => {
+                self.sets
+                    .and_then(|s| s.id(name))
+                    .ok_or_else(|| PolicyError::UnknownSet {
+                        direction,
+                        index,
+                        set: name.clone(),
+                    })?
+            }
+        };
+        let source = match (&rule.source, self.sources.as_deref_mut()) {
+            (Some(name), Some(sources)) => {
+                sources.names.id_of(name).map_err(|e| PolicyError::Source {
+                    direction,
+                    index,
+                    error: e.to_string(),
+                })?
+            }
+            _ => 0,
+        };
+        Ok((set, source))
+    }
+}
+
+/// What set and source numbers stand for, for showing rules.
+#[derive(Debug, Default)]
+pub struct RuleNames {
+    pub sets: HashMap<u32, String>,
+    pub sources: HashMap<u32, String>,
+}
+
+impl RuleNames {
+    /// The node's.
+    pub fn read(root: &Path) -> Result<RuleNames, DataplaneError> {
+        let read = |map: maps::Names,
+                    name: &'static str|
+         -> Result<HashMap<u32, String>, DataplaneError> {
+            map.iter()
+                .map(|kv| {
+                    kv.map(|(id, r)| (id, r.text()))
+                        .map_err(|e| DataplaneError::map(name, e))
+                })
+                .collect()
+        };
+        Ok(RuleNames {
+            sets: read(maps::ip_set_names(root)?, "ip_set_names")?,
+            sources: read(maps::policy_sources(root)?, "policy_sources")?,
+        })
+    }
+
+    /// Set `id`'s name (`#id` when unknown); None for 0, any peer.
+    fn set(&self, id: u32) -> Option<String> {
+        (id != 0).then(|| {
+            self.sets
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(|| format!("#{id}"))
+        })
+    }
+
+    fn source(&self, id: u32) -> Option<String> {
+        (id != 0).then(|| {
+            self.sources
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(|| format!("#{id}"))
+        })
+    }
+}
+
+/// The sources rules name (`policy_sources`), by number.
+pub struct SourceTable {
+    names: NameTable,
+}
+
+impl SourceTable {
+    pub fn open(root: &Path) -> Result<SourceTable, DataplaneError> {
+        Ok(SourceTable {
+            names: NameTable::open(maps::policy_sources(root)?, "policy_sources")?,
+        })
+    }
+
+    /// Forgets every source whose name `keep` refuses.
+    pub fn retire(&mut self, keep: &dyn Fn(&str) -> bool) -> Result<usize, DataplaneError> {
+        let gone: Vec<String> = self
+            .names
+            .names()
+            .filter(|(n, _)| !keep(n))
+            .map(|(n, _)| n.to_string())
+            .collect();
+        for name in &gone {
+            self.names.forget(name)?;
+        }
+        Ok(gone.len())
+    }
 }
 
 /// The programs' form of one direction's rules: its IPv4 and its IPv6
-/// list.
+/// list. A rule with a set or a source is numbered by `numbers`; one with
+/// a set is in both lists, as the set may hold both families.
 pub fn compile(
     direction: &'static str,
     rules: &[Rule],
+    numbers: &mut RuleNumbers,
 ) -> Result<(abi::Policy, abi::Policy6), PolicyError> {
     let mut v4 = abi::Policy::default();
     let mut v6 = abi::Policy6::default();
     for (index, rule) in rules.iter().enumerate() {
         rule.check(direction, index)?;
-        if let Some(set) = &rule.set {
-            return Err(PolicyError::SetsUnsupported {
-                direction,
-                index,
-                set: set.clone(),
-            });
-        }
         // 0: any protocol.
         let proto = rule.protocol.map_or(0, Protocol::number);
         let ports = rule.ports.unwrap_or(Ports {
@@ -74,6 +199,38 @@ pub fn compile(
             direction,
             count: rules.len(),
         };
+        // A set, or any peer with its source named: numbers, not a CIDR.
+        if rule.set.is_some() || (rule.cidr.is_none() && rule.source.is_some()) {
+            let (set, source) = numbers.of(direction, index, rule)?;
+            let (set, source) = (set.to_ne_bytes(), source.to_ne_bytes());
+            let rule4 = PolicyRule {
+                addr: set,
+                mask: source,
+                port_lo: ports.lo,
+                port_hi: ports.hi,
+                proto,
+                action,
+                flags: flags | RULE_F_SET,
+                pad: 0,
+            };
+            let mut addr6 = [0u8; 16];
+            addr6[..4].copy_from_slice(&set);
+            let mut mask6 = [0u8; 16];
+            mask6[..4].copy_from_slice(&source);
+            let rule6 = PolicyRule6 {
+                addr: addr6,
+                mask: mask6,
+                port_lo: ports.lo,
+                port_hi: ports.hi,
+                proto,
+                action,
+                flags: flags | RULE_F_SET,
+                pad: 0,
+            };
+            append(&mut v4.rules, &mut v4.count, rule4).map_err(too_many)?;
+            append(&mut v6.rules, &mut v6.count, rule6).map_err(too_many)?;
+            continue;
+        }
         let (cidr4, cidr6) = match rule.cidr {
             None => (
                 Some(Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).expect("/0 is valid")),
@@ -139,8 +296,16 @@ fn rule_of(cidr: Option<IpNetwork>, action: u8, proto: u8, (lo, hi): (u16, u16))
 /// written without a CIDR is in both lists and shown once; between two
 /// such rules, IPv4's rules come before IPv6's, which may reorder rules of
 /// the two families but never changes a verdict (no packet matches both).
-pub fn decompile(v4: &abi::Policy, v6: &abi::Policy6) -> Vec<Rule> {
+pub fn decompile(v4: &abi::Policy, v6: &abi::Policy6, names: &RuleNames) -> Vec<Rule> {
     let any = |flags: u8| flags & RULE_F_ANY_FAMILY != 0;
+    // A set rule: its numbers, by name.
+    let numbered = |flags: u8, set: [u8; 4], source: [u8; 4], action, proto, ports| {
+        (flags & RULE_F_SET != 0).then(|| Rule {
+            set: names.set(u32::from_ne_bytes(set)),
+            source: names.source(u32::from_ne_bytes(source)),
+            ..rule_of(None, action, proto, ports)
+        })
+    };
     let mut v4_rules = v4.rules[..(v4.count as usize).min(MAX_POLICY_RULES)]
         .iter()
         .peekable();
@@ -148,12 +313,33 @@ pub fn decompile(v4: &abi::Policy, v6: &abi::Policy6) -> Vec<Rule> {
         .iter()
         .peekable();
     let rule4 = |r: &PolicyRule| {
+        if let Some(rule) = numbered(
+            r.flags,
+            r.addr,
+            r.mask,
+            r.action,
+            r.proto,
+            (r.port_lo, r.port_hi),
+        ) {
+            return rule;
+        }
         let cidr = Ipv4Network::with_netmask(Ipv4Addr::from(r.addr), Ipv4Addr::from(r.mask))
             .unwrap_or_else(|_| Ipv4Network::from(Ipv4Addr::UNSPECIFIED));
         let cidr = (!any(r.flags)).then_some(IpNetwork::V4(cidr));
         rule_of(cidr, r.action, r.proto, (r.port_lo, r.port_hi))
     };
     let rule6 = |r: &PolicyRule6| {
+        let word = |b: &[u8; 16]| [b[0], b[1], b[2], b[3]];
+        if let Some(rule) = numbered(
+            r.flags,
+            word(&r.addr),
+            word(&r.mask),
+            r.action,
+            r.proto,
+            (r.port_lo, r.port_hi),
+        ) {
+            return rule;
+        }
         let prefix = r.mask.iter().map(|b| b.count_ones()).sum::<u32>() as u8;
         let cidr = Ipv6Network::new(Ipv6Addr::from(r.addr), prefix)
             .unwrap_or_else(|_| Ipv6Network::from(Ipv6Addr::UNSPECIFIED));
@@ -183,6 +369,36 @@ pub fn decompile(v4: &abi::Policy, v6: &abi::Policy6) -> Vec<Rule> {
 /// policy's, and removed after it, so that no moment judges IPv6 by a
 /// stale list (a direction with a policy and no IPv6 list denies IPv6).
 pub fn set(root: &Path, ifindex: u32, spec: &PolicySpec) -> Result<(), DataplaneError> {
+    let rules = || {
+        [&spec.ingress, &spec.egress]
+            .into_iter()
+            .flatten()
+            .flatten()
+    };
+    let sets = if rules().any(|r| r.set.is_some()) {
+        Some(IpSetTable::open(root).map_err(|e| DataplaneError::map("ip_sets", e))?)
+    } else {
+        None
+    };
+    let mut sources = if rules().any(|r| r.source.is_some()) {
+        Some(SourceTable::open(root)?)
+    } else {
+        None
+    };
+    let mut numbers = RuleNumbers {
+        sets: sets.as_ref(),
+        sources: sources.as_mut(),
+    };
+    set_numbered(root, ifindex, spec, &mut numbers)
+}
+
+/// [`set`] with the node's sets and sources as the caller keeps them.
+pub fn set_numbered(
+    root: &Path,
+    ifindex: u32,
+    spec: &PolicySpec,
+    numbers: &mut RuleNumbers,
+) -> Result<(), DataplaneError> {
     let mut policies = maps::policies(root)?;
     let mut policies6 = maps::policies6(root)?;
     for (direction, name, rules) in [
@@ -192,8 +408,8 @@ pub fn set(root: &Path, ifindex: u32, spec: &PolicySpec) -> Result<(), Dataplane
         let key = PolicyKey { ifindex, direction };
         match rules {
             Some(rules) => {
-                let (v4, v6) =
-                    compile(name, rules).map_err(|e| DataplaneError::map("policies", e))?;
+                let (v4, v6) = compile(name, rules, numbers)
+                    .map_err(|e| DataplaneError::map("policies", e))?;
                 policies6
                     .insert(key, v6, 0)
                     .map_err(|e| DataplaneError::map("policies6", e))?;
@@ -214,11 +430,12 @@ pub fn set(root: &Path, ifindex: u32, spec: &PolicySpec) -> Result<(), Dataplane
 pub fn get(root: &Path, ifindex: u32) -> Result<PolicySpec, DataplaneError> {
     let policies = maps::policies(root)?;
     let policies6 = maps::policies6(root)?;
+    let names = RuleNames::read(root)?;
     let read = |direction| {
         let key = PolicyKey { ifindex, direction };
         let v4 = policies.get(&key, 0).ok()?;
         let v6 = policies6.get(&key, 0).unwrap_or_default();
-        Some(decompile(&v4, &v6))
+        Some(decompile(&v4, &v6, &names))
     };
     Ok(PolicySpec {
         ingress: read(DIR_INGRESS),
@@ -241,7 +458,7 @@ mod tests {
                 {"action": "deny", "protocol": 1},
                 {"action": "allow", "ports": 53, "protocol": "udp"}]"#,
         );
-        let (p, v6) = compile("ingress", &r).unwrap();
+        let (p, v6) = compile("ingress", &r, &mut RuleNumbers::none()).unwrap();
         assert_eq!(p.count, 3);
         assert_eq!(v6.count, 2, "the rules without a CIDR are IPv6's too");
         assert_eq!(p.rules[0].addr, [10, 1, 0, 0]);
@@ -251,7 +468,7 @@ mod tests {
         assert_eq!((p.rules[1].port_lo, p.rules[1].port_hi), (0, 65535));
         assert_eq!(p.rules[1].mask, [0; 4]);
         assert_eq!(p.rules[1].flags, RULE_F_ANY_FAMILY);
-        assert_eq!(decompile(&p, &v6), r);
+        assert_eq!(decompile(&p, &v6, &RuleNames::default()), r);
     }
 
     #[test]
@@ -262,7 +479,7 @@ mod tests {
                 {"action": "allow", "cidr": "fd00::/16", "protocol": "icmpv6"},
                 {"action": "allow", "protocol": "udp"}]"#,
         );
-        let (v4, v6) = compile("egress", &r).unwrap();
+        let (v4, v6) = compile("egress", &r, &mut RuleNumbers::none()).unwrap();
         assert_eq!(v4.count, 2);
         assert_eq!(v6.count, 3);
         assert_eq!(v6.rules[0].addr[..4], [0xfd, 0, 0, 1]);
@@ -275,13 +492,13 @@ mod tests {
         assert_eq!((v6.rules[1].proto, v6.rules[2].proto), (58, 17));
         assert_eq!(v6.rules[2].mask, [0; 16], "no CIDR: any address");
         // Shown: up to the CIDR-less rule, IPv4's then IPv6's; that rule once.
-        let shown = decompile(&v4, &v6);
+        let shown = decompile(&v4, &v6, &RuleNames::default());
         assert_eq!(
             shown,
             vec![r[1].clone(), r[0].clone(), r[2].clone(), r[3].clone()]
         );
         // The same verdicts: the set shown compiles to the same lists.
-        let (v4_again, v6_again) = compile("egress", &shown).unwrap();
+        let (v4_again, v6_again) = compile("egress", &shown, &mut RuleNumbers::none()).unwrap();
         assert!(v4_again.rules == v4.rules, "the same IPv4 list");
         assert!(v6_again.rules == v6.rules, "the same IPv6 list");
         // A CIDR-less rule keeps its place among the IPv6 rules.
@@ -289,8 +506,8 @@ mod tests {
             r#"[{"action": "deny", "cidr": "fd00::/8"}, {"action": "allow"},
                 {"action": "deny", "cidr": "10.0.0.0/8"}]"#,
         );
-        let (v4, v6) = compile("egress", &r).unwrap();
-        assert_eq!(decompile(&v4, &v6), r);
+        let (v4, v6) = compile("egress", &r, &mut RuleNumbers::none()).unwrap();
+        assert_eq!(decompile(&v4, &v6, &RuleNames::default()), r);
     }
 
     #[test]
@@ -300,6 +517,7 @@ mod tests {
             &rules(
                 r#"[{"action": "allow"}, {"action": "deny", "protocol": "icmp", "ports": "1"}]"#,
             ),
+            &mut RuleNumbers::none(),
         );
         assert_eq!(
             e.unwrap_err(),
@@ -312,7 +530,7 @@ mod tests {
             .map(|_| rules(r#"[{"action": "allow"}]"#).remove(0))
             .collect();
         assert!(matches!(
-            compile("ingress", &many),
+            compile("ingress", &many, &mut RuleNumbers::none()),
             Err(PolicyError::TooManyRules { count: 257, .. })
         ));
     }

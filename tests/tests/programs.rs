@@ -988,3 +988,159 @@ fn ipv6_drops_are_reported_with_their_tuple() {
         ("[fd00:1::3]:8000", "[fd00:200::5]:22")
     );
 }
+
+/// Rules whose peer is a set: members by address, by network less its
+/// exceptions, by address on one port; a member added or taken out is in
+/// force for the next new flow without the rules changing; both families;
+/// rules for any peer that name their source; names shown back.
+#[test]
+fn rules_naming_sets_judge_peers_by_their_members() {
+    require_root!(rules_naming_sets_judge_peers_by_their_members);
+    use margay_ebpf::ip_set::IpSetTable;
+    use margay_model::ip_set::IpSets;
+    let f = Fixture::new();
+    let mut sets = IpSetTable::open(f.root.path()).unwrap();
+    let mut wanted: IpSets = serde_json::from_str(
+        r#"{"web": [{"cidr": "10.1.2.3/32"}, {"cidr": "fd00:1::3/128"}],
+            "outside": [{"cidr": "10.0.0.0/8"}, {"cidr": "10.1.0.0/16", "except": true}],
+            "http": [{"cidr": "10.9.9.9/32", "port": "tcp/8080"}]}"#,
+    )
+    .unwrap();
+    let report = sets.apply(&wanted).unwrap();
+    assert_eq!((report.sets_added, report.members_added), (3, 5));
+    f.policy(
+        r#"{"ingress": [
+            {"action": "allow", "set": "web", "protocol": "tcp", "ports": 80, "source": "shop/web"},
+            {"action": "allow", "set": "outside", "protocol": "tcp", "source": "shop/outside"},
+            {"action": "allow", "set": "http", "protocol": "tcp", "source": "shop/http"},
+            {"action": "allow", "protocol": "udp", "ports": 53, "source": "shop/dns"}
+        ]}"#,
+    );
+    let cases = [
+        (
+            tcp(3000, 80, TCP_SYN),
+            PEER,
+            TC_ACT_OK,
+            "a member on the rule's port",
+        ),
+        (
+            tcp(3001, 81, TCP_SYN),
+            PEER,
+            TC_ACT_SHOT,
+            "a member on another port",
+        ),
+        (
+            tcp(3002, 80, TCP_SYN),
+            Ipv4Addr::new(10, 1, 2, 4),
+            TC_ACT_SHOT,
+            "not a member, and in the exception",
+        ),
+        (
+            tcp(3003, 22, TCP_SYN),
+            Ipv4Addr::new(10, 2, 0, 1),
+            TC_ACT_OK,
+            "in the network, out of its exception",
+        ),
+        (
+            tcp(3004, 8080, TCP_SYN),
+            Ipv4Addr::new(10, 9, 9, 9),
+            TC_ACT_OK,
+            "a port member on its port",
+        ),
+        (
+            tcp(3005, 8081, TCP_SYN),
+            Ipv4Addr::new(10, 9, 9, 9),
+            TC_ACT_OK,
+            "10/8 takes it on any port",
+        ),
+        (
+            tcp(3006, 8081, TCP_SYN),
+            Ipv4Addr::new(192, 168, 9, 9),
+            TC_ACT_SHOT,
+            "in no set",
+        ),
+        (
+            L4::Udp {
+                sport: 3007,
+                dport: 53,
+            },
+            Ipv4Addr::new(192, 168, 9, 9),
+            TC_ACT_OK,
+            "any peer",
+        ),
+    ];
+    for (l4, src, verdict, what) in cases {
+        assert_eq!(f.inbound(l4, src), verdict, "{what}");
+    }
+    assert_eq!(
+        f.inbound6(tcp(3008, 80, TCP_SYN), PEER6),
+        TC_ACT_OK,
+        "an IPv6 member"
+    );
+    assert_eq!(
+        f.inbound6(
+            tcp(3009, 80, TCP_SYN),
+            Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 4)
+        ),
+        TC_ACT_SHOT,
+        "an IPv6 stranger"
+    );
+
+    // Membership changes, rules stay.
+    wanted
+        .get_mut("web")
+        .unwrap()
+        .push(serde_json::from_str(r#"{"cidr": "10.1.2.4/32"}"#).unwrap());
+    wanted.get_mut("outside").unwrap().retain(|m| !m.except);
+    wanted.get_mut("http").unwrap().clear();
+    let report = sets.apply(&wanted).unwrap();
+    assert_eq!((report.members_added, report.members_removed), (1, 2));
+    assert_eq!(
+        f.inbound(tcp(3010, 80, TCP_SYN), Ipv4Addr::new(10, 1, 2, 4)),
+        TC_ACT_OK,
+        "added"
+    );
+    assert_eq!(
+        f.inbound(tcp(3011, 22, TCP_SYN), Ipv4Addr::new(10, 1, 5, 5)),
+        TC_ACT_OK,
+        "the exception is gone"
+    );
+    assert_eq!(
+        f.inbound(tcp(3012, 8080, TCP_SYN), Ipv4Addr::new(192, 168, 1, 1)),
+        TC_ACT_SHOT,
+        "an empty set takes no one"
+    );
+
+    // Shown back with names; a reopened table finds what it wrote.
+    let shown = policy::get(f.root.path(), IFINDEX)
+        .unwrap()
+        .ingress
+        .unwrap();
+    assert_eq!(shown[0].set.as_deref(), Some("web"));
+    assert_eq!(shown[0].source.as_deref(), Some("shop/web"));
+    assert_eq!(
+        (shown[3].set.as_deref(), shown[3].source.as_deref()),
+        (None, Some("shop/dns"))
+    );
+    let reopened = IpSetTable::open(f.root.path()).unwrap();
+    let mut held = reopened.sets();
+    for members in held.values_mut() {
+        members.sort();
+    }
+    for members in wanted.values_mut() {
+        members.sort();
+    }
+    assert_eq!(held, wanted);
+    assert_eq!(reopened.id("web"), sets.id("web"), "numbers are kept");
+
+    // A rule naming a set the node lacks is refused, not read as "any".
+    let spec: PolicySpec =
+        serde_json::from_str(r#"{"egress": [{"action": "allow", "set": "nowhere"}]}"#).unwrap();
+    let err = policy::set(f.root.path(), IFINDEX, &spec)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(r#"set "nowhere" is not applied"#), "{err}");
+    // Retired sets leave the tries and their numbers go.
+    assert_eq!(sets.retire(&|name| name != "http").unwrap(), 1);
+    assert_eq!(sets.id("http"), None);
+}
