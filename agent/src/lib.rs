@@ -43,8 +43,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::Api;
 use kube::runtime::watcher;
 use margay_conf::margay::{Dataplane, Datastore};
@@ -57,6 +58,7 @@ use crate::ipam::{ClusterBlocks, IpamController};
 use crate::metrics::Metrics;
 use crate::node_conf::NodeConf;
 use crate::peers::PeerSync;
+use crate::policy::PolicySync;
 use crate::services::ServiceSync;
 use crate::settings::{ServicesMode, Settings};
 
@@ -219,6 +221,38 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             };
             tokio::spawn(sync.run());
         }
+    }
+
+    if node.dataplane == Dataplane::Bpf {
+        let all = || watcher::Config::default();
+        let policies = Cache::spawn(
+            Api::<NetworkPolicy>::all(clients.watches.clone()),
+            all(),
+            "networkpolicies",
+            metrics.clone(),
+        );
+        // Peers are pods of every node.
+        let pods = Cache::spawn(
+            Api::<Pod>::all(clients.watches.clone()),
+            all(),
+            "pods of all nodes",
+            metrics.clone(),
+        );
+        let namespaces = Cache::spawn(
+            Api::<Namespace>::all(clients.watches.clone()),
+            all(),
+            "namespaces",
+            metrics.clone(),
+        );
+        let sync = PolicySync {
+            root: node.bpf_root.clone(),
+            node_name: settings.node_name.clone(),
+            policies,
+            pods,
+            namespaces,
+            metrics: metrics.clone(),
+        };
+        tokio::spawn(sync.run());
     }
 
     let dataplane = (node.dataplane == Dataplane::Bpf)
