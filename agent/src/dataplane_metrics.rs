@@ -1,6 +1,7 @@
 //! The dataplane's own numbers in `/metrics`, read from its pinned maps at
 //! each scrape: packets, bytes and drops by reason summed over the node's
-//! endpoints, and how full conntrack and the NAT table are. Read at scrape
+//! endpoints, how full conntrack and the NAT table are, and the new flows
+//! each NetworkPolicy's rules decided. Read at scrape
 //! time rather than copied on a timer, so a scrape is never stale and an
 //! idle agent does no work.
 
@@ -23,6 +24,11 @@ struct Direction {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Reason {
     reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyName {
+    policy: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -99,6 +105,17 @@ impl Source {
             capacity,
         );
         registry.register("endpoints", "Pods with the programs attached", endpoints);
+        let policy_flows = Family::<PolicyName, Counter>::default();
+        for (policy, flows) in inspect::policy_flows(&self.root)? {
+            policy_flows
+                .get_or_create(&PolicyName { policy })
+                .inc_by(flows);
+        }
+        registry.register(
+            "policy_flows",
+            "New flows a NetworkPolicy's rules decided (namespace/name)",
+            policy_flows,
+        );
         let mut text = String::new();
         prometheus_client::encoding::text::encode_registry(&mut text, &registry)
             .expect("writing to a String does not fail");

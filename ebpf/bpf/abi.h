@@ -10,6 +10,8 @@
 
 #define MAX_ENDPOINTS 1024
 #define MAX_POLICY_RULES 256
+/* Rule sources the node can count (map policy_hits) and name. */
+#define MAX_POLICY_SOURCES 16384
 
 enum direction {
 	DIR_EGRESS = 0,  /* from the pod */

@@ -68,11 +68,27 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, MAX_POLICY_SOURCES);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u32);
 	__type(value, struct name_record);
 } policy_sources SEC(".maps");
+
+/* New flows decided by the rules of each source (a NetworkPolicy), by
+ * source number: per-policy counters for /metrics. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_POLICY_SOURCES);
+	__type(key, __u32);
+	__type(value, __u64);
+} policy_hits SEC(".maps");
+
+static __always_inline void count_source(__u32 source_id)
+{
+	__u64 *n = bpf_map_lookup_elem(&policy_hits, &source_id);
+	if (n)
+		*n += 1;
+}
 
 /* Whether `peer` (on `dport` of `proto`) is in set `set_id`: 1 or 0. A
  * global function, verified once on its own: inlined into the rule loop it
@@ -124,6 +140,8 @@ __attribute__((noinline)) int policy_check(__u32 ifindex, __u32 dir, __be32 peer
 		}
 		if (!rule_admits(r->proto, r->port_lo, r->port_hi, proto, dport))
 			continue;
+		if (r->flags & RULE_F_SET)
+			count_source(r->source_id);
 		return r->action;
 	}
 	return POLICY_DENY;
@@ -191,6 +209,8 @@ __attribute__((noinline)) int policy_check6(const struct policy_query6 *q)
 		}
 		if (!rule_admits(r->proto, r->port_lo, r->port_hi, proto, dport))
 			continue;
+		if (r->flags & RULE_F_SET)
+			count_source(r->source_id);
 		return r->action;
 	}
 	return POLICY_DENY;

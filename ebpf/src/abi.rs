@@ -4,6 +4,8 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub const MAX_POLICY_RULES: usize = 256;
+/// Rule sources a node counts and names (`policy_hits`, `policy_sources`).
+pub const MAX_POLICY_SOURCES: u32 = 16384;
 pub const MAX_ENDPOINTS: u32 = 1024;
 
 pub const DIR_EGRESS: u32 = 0;

@@ -92,6 +92,23 @@ pub fn node_summary(root: &Path) -> Result<NodeSummary, DataplaneError> {
     })
 }
 
+/// How many new flows the rules of each source (a NetworkPolicy's
+/// `namespace/name`) decided, over the node's CPUs.
+pub fn policy_flows(root: &Path) -> Result<Vec<(String, u64)>, DataplaneError> {
+    let hits = maps::policy_hits(root)?;
+    let names = maps::policy_sources(root)?;
+    let mut out = Vec::new();
+    for kv in names.iter() {
+        let (id, name) = kv.map_err(|e| DataplaneError::map("policy_sources", e))?;
+        let per_cpu = hits
+            .get(&id, 0)
+            .map_err(|e| DataplaneError::map("policy_hits", e))?;
+        out.push((name.text(), per_cpu.iter().sum()));
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// Monotonic nanoseconds, the clock flow timestamps follow (to a tick).
 pub fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)

@@ -64,12 +64,15 @@ pub(crate) struct NameTable {
     map_name: &'static str,
     ids: HashMap<String, u32>,
     last: u32,
+    /// Numbers are below this.
+    limit: u32,
 }
 
 impl NameTable {
     pub(crate) fn open(
         map: maps::Names,
         map_name: &'static str,
+        limit: u32,
     ) -> Result<NameTable, DataplaneError> {
         let mut ids = HashMap::new();
         for kv in map.iter() {
@@ -82,6 +85,7 @@ impl NameTable {
             map_name,
             ids,
             last,
+            limit,
         })
     }
 
@@ -96,10 +100,16 @@ impl NameTable {
             return Ok(id);
         }
         let used: BTreeSet<u32> = self.ids.values().copied().collect();
+        if used.len() + 1 >= self.limit as usize {
+            return Err(DataplaneError::map(
+                self.map_name,
+                format!("full: {} names, at most {}", used.len(), self.limit - 1),
+            ));
+        }
         let mut id = self.last;
         loop {
-            id = id.wrapping_add(1).max(1);
-            if !used.contains(&id) {
+            id = (id + 1) % self.limit;
+            if id != 0 && !used.contains(&id) {
                 break;
             }
         }
@@ -240,7 +250,7 @@ impl IpSetTable {
     pub fn open(root: &Path) -> Result<IpSetTable, IpSetError> {
         let v4 = maps::ip_sets(root)?;
         let v6 = maps::ip_sets6(root)?;
-        let names = NameTable::open(maps::ip_set_names(root)?, "ip_set_names")?;
+        let names = NameTable::open(maps::ip_set_names(root)?, "ip_set_names", u32::MAX)?;
         let mut held: HashMap<u32, BTreeSet<SetMember>> = HashMap::new();
         for kv in v4.iter() {
             let (key, value) = kv.map_err(|e| DataplaneError::map("ip_sets", e))?;

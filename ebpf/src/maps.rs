@@ -17,7 +17,7 @@ use crate::paths::map_path;
 /// Every map the object defines and Margay pins, with what losing its
 /// contents costs. "Durable" maps describe running endpoints and must be
 /// carried over an upgrade; "rebuildable" ones refill by themselves.
-pub const PINNED_MAPS: [(&str, Durability); 25] = [
+pub const PINNED_MAPS: [(&str, Durability); 26] = [
     ("endpoints", Durability::Durable),
     ("endpoints6", Durability::Durable),
     ("endpoints_by_ip", Durability::Durable),
@@ -51,6 +51,7 @@ pub const PINNED_MAPS: [(&str, Durability); 25] = [
     // its backend's address.
     ("sock_revnat", Durability::Rebuildable),
     ("config", Durability::Rebuildable),
+    ("policy_hits", Durability::Rebuildable),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +86,7 @@ pub type NodePeers = aya::maps::lpm_trie::LpmTrie<MapData, [u8; 4], Peer>;
 pub type IpSets = aya::maps::lpm_trie::LpmTrie<MapData, IpSetData, u32>;
 pub type IpSets6 = aya::maps::lpm_trie::LpmTrie<MapData, IpSetData6, u32>;
 pub type Names = HashMap<MapData, u32, NameRecord>;
+pub type PolicyHits = PerCpuArray<MapData, u64>;
 
 macro_rules! opener {
     ($fn:ident, $ty:ty, $name:literal) => {
@@ -116,6 +118,7 @@ opener!(ip_sets, IpSets, "ip_sets");
 opener!(ip_sets6, IpSets6, "ip_sets6");
 opener!(ip_set_names, Names, "ip_set_names");
 opener!(policy_sources, Names, "policy_sources");
+opener!(policy_hits, PolicyHits, "policy_hits");
 
 /// Changes the node settings the programs read with `change`, keeping the
 /// rest (the tunnel's and the host sockets' parts are set apart).

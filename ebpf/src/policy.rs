@@ -149,7 +149,11 @@ pub struct SourceTable {
 impl SourceTable {
     pub fn open(root: &Path) -> Result<SourceTable, DataplaneError> {
         Ok(SourceTable {
-            names: NameTable::open(maps::policy_sources(root)?, "policy_sources")?,
+            names: NameTable::open(
+                maps::policy_sources(root)?,
+                "policy_sources",
+                abi::MAX_POLICY_SOURCES,
+            )?,
         })
     }
 

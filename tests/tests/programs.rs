@@ -1003,7 +1003,7 @@ fn rules_naming_sets_judge_peers_by_their_members() {
     let mut wanted: IpSets = serde_json::from_str(
         r#"{"web": [{"cidr": "10.1.2.3/32"}, {"cidr": "fd00:1::3/128"}],
             "outside": [{"cidr": "10.0.0.0/8"}, {"cidr": "10.1.0.0/16", "except": true}],
-            "http": [{"cidr": "10.9.9.9/32", "port": "tcp/8080"}]}"#,
+            "http": [{"cidr": "192.168.7.7/32", "port": "tcp/8080"}]}"#,
     )
     .unwrap();
     let report = sets.apply(&wanted).unwrap();
@@ -1043,15 +1043,15 @@ fn rules_naming_sets_judge_peers_by_their_members() {
         ),
         (
             tcp(3004, 8080, TCP_SYN),
-            Ipv4Addr::new(10, 9, 9, 9),
+            Ipv4Addr::new(192, 168, 7, 7),
             TC_ACT_OK,
             "a port member on its port",
         ),
         (
             tcp(3005, 8081, TCP_SYN),
-            Ipv4Addr::new(10, 9, 9, 9),
-            TC_ACT_OK,
-            "10/8 takes it on any port",
+            Ipv4Addr::new(192, 168, 7, 7),
+            TC_ACT_SHOT,
+            "a port member on another port",
         ),
         (
             tcp(3006, 8081, TCP_SYN),
@@ -1085,6 +1085,18 @@ fn rules_naming_sets_judge_peers_by_their_members() {
         TC_ACT_SHOT,
         "an IPv6 stranger"
     );
+    // Each source counts the new flows its rules decided.
+    let flows: std::collections::BTreeMap<String, u64> = inspect::policy_flows(f.root.path())
+        .unwrap()
+        .into_iter()
+        .collect();
+    let expected = [
+        ("shop/dns", 1),
+        ("shop/http", 1),
+        ("shop/outside", 1),
+        ("shop/web", 2),
+    ];
+    assert_eq!(flows, expected.map(|(p, n)| (p.to_string(), n)).into());
 
     // Membership changes, rules stay.
     wanted
