@@ -7,8 +7,10 @@ use clap::{Parser, Subcommand};
 use margay_conf::report::table;
 use margay_ctl::{policy_summary, read_yaml, resolve};
 use margay_ebpf::inspect::{self, CtRecord, NatRecord};
+use margay_ebpf::ip_set::IpSetTable;
 use margay_ebpf::node::Node;
 use margay_ebpf::{cluster, nodeport, policy, registry, service};
+use margay_model::ip_set::IpSets;
 use margay_model::peer::PeerFile;
 use margay_model::policy::PolicySpec;
 use margay_model::service::ServiceFile;
@@ -107,6 +109,13 @@ enum PolicyAction {
     Show {
         #[arg(long)]
         endpoint: Option<String>,
+    },
+    /// The node's sets of addresses that rules name (`set:`): with -f,
+    /// made those of a YAML or JSON file (a set missing from it goes once
+    /// no rule names it); without, shown.
+    Sets {
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
     },
 }
 
@@ -355,6 +364,37 @@ fn run(cli: Cli) -> Result<(), String> {
                     .collect::<Vec<_>>()
                     .join("\n")
             });
+        }
+        Cmd::Policy {
+            action: PolicyAction::Sets { file },
+        } => {
+            let set_err = |e: margay_ebpf::ip_set::IpSetError| e.to_string();
+            let mut table = IpSetTable::open(root).map_err(set_err)?;
+            let Some(file) = file else {
+                let sets = table.sets();
+                emit(if cli.json {
+                    json(&sets)
+                } else {
+                    serde_yaml_ng::to_string(&sets).unwrap_or_default()
+                });
+                return Ok(());
+            };
+            let sets: IpSets = read_yaml(&file)?;
+            let report = table.apply(&sets).map_err(set_err)?;
+            let mut named = std::collections::BTreeSet::new();
+            for ep in registry::list(root).map_err(err)? {
+                let spec = policy::get(root, ep.ifindex).map_err(err)?;
+                for rule in [spec.ingress, spec.egress].into_iter().flatten().flatten() {
+                    named.extend(rule.set);
+                }
+            }
+            let retired = table
+                .retire(&|name| sets.contains_key(name) || named.contains(name))
+                .map_err(set_err)?;
+            emit(format!(
+                "sets: {} added, {} members added, {} removed; {retired} sets retired",
+                report.sets_added, report.members_added, report.members_removed
+            ));
         }
         Cmd::Drops { follow } => {
             let timeout = if follow {

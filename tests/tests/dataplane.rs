@@ -636,3 +636,69 @@ fn another_tools_filter_on_the_interface_is_left_alone() {
     assert_eq!(filters.matches("name to_pod").count(), 1, "{filters}");
     assert_eq!(filters.matches("name from_pod").count(), 1, "{filters}");
 }
+
+/// `margayctl policy sets` as an operator uses it: a set written from a
+/// file, a rule naming it, its members changed by writing the file again
+/// (the rule stays), the sets shown, and a set no rule names retired.
+#[test]
+fn sets_from_a_file_decide_who_a_rule_admits() {
+    require_root!(sets_from_a_file_decide_who_a_rule_admits);
+    let net = Net::new(NetSpec::bpf("10.241.40.0/24"));
+    let (a, b, c) = (net.pod("a"), net.pod("b"), net.pod("c"));
+    let server = TcpServer::start(Some(&b.ns), "b");
+    let to_b = SocketAddr::new(b.ip(), server.port);
+    let write_sets = |members: &[Ipv4Addr]| {
+        let file = net.dir.path().join("sets.json");
+        let members: Vec<_> = members
+            .iter()
+            .map(|ip| json!({"cidr": format!("{ip}/32")}))
+            .collect();
+        std::fs::write(&file, json!({"friends": members, "spare": []}).to_string()).unwrap();
+        let out = net.margayctl(&["policy", "sets", "-f", file.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    write_sets(&[v4(&a)]);
+    set_policy(
+        &net,
+        &b,
+        r#"{"ingress": [{"action": "allow", "set": "friends", "protocol": "tcp", "source": "ops/friends"}]}"#,
+    );
+    assert!(traffic::request(Some(&a.ns), to_b).is_ok(), "a is a friend");
+    assert!(traffic::connect(Some(&c.ns), to_b).is_err(), "c is not");
+    write_sets(&[v4(&c)]);
+    assert!(
+        traffic::connect(Some(&a.ns), to_b).is_err(),
+        "a is no longer"
+    );
+    assert!(traffic::request(Some(&c.ns), to_b).is_ok(), "c is now");
+
+    let shown = net.margayctl(&["--json", "policy", "sets"]);
+    let sets: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(sets["friends"], json!([{"cidr": format!("{}/32", v4(&c))}]));
+    let policy = net.margayctl(&["--json", "policy", "show", "--endpoint", &b.host_ifname()]);
+    let policy: serde_json::Value = serde_json::from_slice(&policy.stdout).unwrap();
+    let rule = &policy[0]["policy"]["ingress"][0];
+    assert_eq!(
+        (&rule["set"], &rule["source"]),
+        (&json!("friends"), &json!("ops/friends"))
+    );
+
+    // A file without "spare": it goes; "friends" stays while a rule names it.
+    let file = net.dir.path().join("none.json");
+    std::fs::write(&file, "{}").unwrap();
+    let out = net.margayctl(&["policy", "sets", "-f", file.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 sets retired"),
+        "{out:?}"
+    );
+    let shown = net.margayctl(&["--json", "policy", "sets"]);
+    let sets: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert!(
+        sets.get("spare").is_none() && sets.get("friends").is_some(),
+        "{sets}"
+    );
+}
