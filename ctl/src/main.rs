@@ -412,9 +412,16 @@ fn run(cli: Cli) -> Result<(), String> {
                     serde_json::to_string(&serde_json::json!({"endpoint": name, "event": r}))
                         .expect("serializes")
                 } else {
+                    let why = r.denied_by.as_ref().map(|d| format!(" ({d})"));
                     format!(
-                        "{:<15} {:<9} {:<15} proto {:<3} {} -> {}",
-                        name, r.direction, r.verdict, r.protocol, r.src, r.dst
+                        "{:<15} {:<9} {:<15} proto {:<3} {} -> {}{}",
+                        name,
+                        r.direction,
+                        r.verdict,
+                        r.protocol,
+                        r.src,
+                        r.dst,
+                        why.unwrap_or_default()
                     )
                 });
                 true

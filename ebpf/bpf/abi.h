@@ -12,6 +12,8 @@
 #define MAX_POLICY_RULES 256
 /* Rule sources the node can count (map policy_hits) and name. */
 #define MAX_POLICY_SOURCES 16384
+/* A verdict's or drop event's source when the deciding rule names none. */
+#define SOURCE_UNNAMED MAX_POLICY_SOURCES
 
 enum direction {
 	DIR_EGRESS = 0,  /* from the pod */
@@ -435,6 +437,10 @@ struct flow_event {
 	__be32 daddr;
 	__be16 sport;
 	__be16 dport;
+	/* A policy drop: the number of the source (policy_sources) whose rule
+	 * denied it, SOURCE_UNNAMED for a rule naming none; 0: no rule did,
+	 * none allowed it. */
+	__u32 source_id;
 };
 
 struct flow_event6 {
@@ -448,7 +454,7 @@ struct flow_event6 {
 	union v6addr daddr;
 	__be16 sport;
 	__be16 dport;
-	__u32 pad;
+	__u32 source_id; /* as in flow_event */
 };
 
 _Static_assert(sizeof(struct endpoint) == 36, "endpoint layout");

@@ -91,9 +91,13 @@ static __always_inline int ingress_verdict(struct __sk_buff *skb, struct packet 
 	/* The node itself (kubelet probes, host-network pods) is always let
 	 * in, as Kubernetes expects; its packets carry no ingress device. */
 	bool from_node = path == VIA_STACK && skb->ingress_ifindex == 0;
-	if (!from_node &&
-	    policy_check(ifindex, DIR_INGRESS, p->saddr, p->proto, bpf_ntohs(p->dport)) != POLICY_ALLOW)
-		return drop(p, ep->slot, ifindex, DIR_INGRESS, DROP_POLICY_INGRESS);
+	if (!from_node) {
+		int verdict =
+			policy_check(ifindex, DIR_INGRESS, p->saddr, p->proto, bpf_ntohs(p->dport));
+		if (policy_denies(verdict))
+			return drop_denied(p, ep->slot, ifindex, DIR_INGRESS, DROP_POLICY_INGRESS,
+					   verdict);
+	}
 	__u8 flags = path == VIA_LOCAL_POD ? CT_F_LOCAL_DELIVERY : 0;
 	/* A NodePort flow: this backend's replies go back as the service. */
 	if (path != VIA_LOCAL_POD && nat_reversed_at_backend(p))
@@ -207,8 +211,9 @@ static __always_inline int from_pod_v6(struct __sk_buff *skb, struct packet *p,
 	/* An error about a tracked flow passes as part of it, untracked. */
 	if (ct6_related(skb, p, ifindex))
 		goto allowed;
-	if (policy_judge6(ifindex, DIR_EGRESS, &p->daddr6, p) != POLICY_ALLOW)
-		return drop(p, slot, ifindex, DIR_EGRESS, DROP_POLICY_EGRESS);
+	int verdict = policy_judge6(ifindex, DIR_EGRESS, &p->daddr6, p);
+	if (policy_denies(verdict))
+		return drop_denied(p, slot, ifindex, DIR_EGRESS, DROP_POLICY_EGRESS, verdict);
 	ct6_create(p, ep, true);
 	trace_new_flow(p, ifindex, DIR_EGRESS);
 allowed:
@@ -232,8 +237,12 @@ static __always_inline int to_pod_v6(struct __sk_buff *skb, struct packet *p,
 		goto allowed;
 	/* The node itself is let in, as for IPv4 (ingress_verdict). */
 	bool from_node = skb->ingress_ifindex == 0;
-	if (!from_node && policy_judge6(ifindex, DIR_INGRESS, &p->saddr6, p) != POLICY_ALLOW)
-		return drop(p, slot, ifindex, DIR_INGRESS, DROP_POLICY_INGRESS);
+	if (!from_node) {
+		int verdict = policy_judge6(ifindex, DIR_INGRESS, &p->saddr6, p);
+		if (policy_denies(verdict))
+			return drop_denied(p, slot, ifindex, DIR_INGRESS, DROP_POLICY_INGRESS,
+					   verdict);
+	}
 	ct6_create(p, ep, false);
 	trace_new_flow(p, ifindex, DIR_INGRESS);
 allowed:
@@ -329,9 +338,11 @@ int from_pod(struct __sk_buff *skb)
 	 * is not a flow of its own: tracking it (ports 0/0) would let every
 	 * other ICMP error between the two addresses past policy. */
 	struct ct_entry *related = ct_related(skb, &p, ifindex);
-	if (!related &&
-	    policy_check(ifindex, DIR_EGRESS, p.daddr, p.proto, bpf_ntohs(p.dport)) != POLICY_ALLOW)
-		return drop(&p, slot, ifindex, DIR_EGRESS, DROP_POLICY_EGRESS);
+	if (!related) {
+		int verdict = policy_check(ifindex, DIR_EGRESS, p.daddr, p.proto, bpf_ntohs(p.dport));
+		if (policy_denies(verdict))
+			return drop_denied(&p, slot, ifindex, DIR_EGRESS, DROP_POLICY_EGRESS, verdict);
+	}
 
 	__u32 dst = local_endpoint_ifindex(p.daddr);
 	if (dst && !fib_routes_to(skb, &p, dst))

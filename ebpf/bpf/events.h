@@ -53,7 +53,8 @@ static __always_inline struct counters *counters_of(__u32 slot)
 	return bpf_map_lookup_elem(&counters, &slot);
 }
 
-static __always_inline void emit6(const struct packet *p, __u32 ifindex, __u8 dir, __u8 reason)
+static __always_inline void emit6(const struct packet *p, __u32 ifindex, __u8 dir, __u8 reason,
+				  __u32 source)
 {
 	struct flow_event6 *e = bpf_ringbuf_reserve(&flow_events, sizeof(*e), 0);
 	if (!e)
@@ -68,14 +69,15 @@ static __always_inline void emit6(const struct packet *p, __u32 ifindex, __u8 di
 	__builtin_memcpy(&e->daddr, &p->daddr6, sizeof(e->daddr));
 	e->sport = p->sport;
 	e->dport = p->dport;
-	e->pad = 0;
+	e->source_id = source;
 	bpf_ringbuf_submit(e, 0);
 }
 
-static __always_inline void emit(const struct packet *p, __u32 ifindex, __u8 dir, __u8 reason)
+static __always_inline void emit(const struct packet *p, __u32 ifindex, __u8 dir, __u8 reason,
+				 __u32 source)
 {
 	if (p->ipv6) {
-		emit6(p, ifindex, dir, reason);
+		emit6(p, ifindex, dir, reason, source);
 		return;
 	}
 	struct flow_event *e = bpf_ringbuf_reserve(&flow_events, sizeof(*e), 0);
@@ -91,6 +93,7 @@ static __always_inline void emit(const struct packet *p, __u32 ifindex, __u8 dir
 	e->daddr = p->daddr;
 	e->sport = p->sport;
 	e->dport = p->dport;
+	e->source_id = source;
 	bpf_ringbuf_submit(e, 0);
 }
 
@@ -106,14 +109,20 @@ static __always_inline void count_allowed(__u32 slot, __u8 dir, __u32 len)
 /* Counts (in `slot`) and reports (as on `ifindex`) a packet that will not
  * reach its destination, for `reason`; the caller drops it or answers it
  * (reject.h). */
-static __always_inline void count_drop(const struct packet *p, __u32 slot, __u32 ifindex, __u8 dir,
-				       __u8 reason)
+static __always_inline void count_drop_by(const struct packet *p, __u32 slot, __u32 ifindex,
+					  __u8 dir, __u8 reason, __u32 source)
 {
 	struct counters *c = counters_of(slot);
 	if (c && reason < DROP_REASON_MAX)
 		c->drops[reason] += 1;
 	if (log_level() >= LOG_INFO)
-		emit(p, ifindex, dir, reason);
+		emit(p, ifindex, dir, reason, source);
+}
+
+static __always_inline void count_drop(const struct packet *p, __u32 slot, __u32 ifindex, __u8 dir,
+				       __u8 reason)
+{
+	count_drop_by(p, slot, ifindex, dir, reason, 0);
 }
 
 /* Counts, reports and drops. */
@@ -124,9 +133,18 @@ static __always_inline int drop(const struct packet *p, __u32 slot, __u32 ifinde
 	return TC_ACT_SHOT;
 }
 
+/* drop for a policy's denial: `verdict` (policy.h) names the source of
+ * the rule that denied, if one did. */
+static __always_inline int drop_denied(const struct packet *p, __u32 slot, __u32 ifindex, __u8 dir,
+				       __u8 reason, int verdict)
+{
+	count_drop_by(p, slot, ifindex, dir, reason, (__u32)verdict >> 8);
+	return TC_ACT_SHOT;
+}
+
 /* A new flow's verdict, reported only at debug level. */
 static __always_inline void trace_new_flow(const struct packet *p, __u32 ifindex, __u8 dir)
 {
 	if (log_level() >= LOG_DEBUG)
-		emit(p, ifindex, dir, REASON_ALLOWED);
+		emit(p, ifindex, dir, REASON_ALLOWED, 0);
 }

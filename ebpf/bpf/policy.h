@@ -106,13 +106,21 @@ __attribute__((noinline)) int ip_set_has(__u32 set_id, __be32 peer, __u32 proto,
 	return v && *v == IP_SET_MEMBER;
 }
 
+/* A policy_check verdict: POLICY_ALLOW or POLICY_DENY in the low byte,
+ * above it the source number of the rule that decided: 0 when none did,
+ * SOURCE_UNNAMED for a rule that names no source. */
+static __always_inline bool policy_denies(int verdict)
+{
+	return (verdict & 0xff) != POLICY_ALLOW;
+}
+
 static __always_inline struct policy *policy_of(__u32 ifindex, __u32 dir)
 {
 	struct policy_key k = {.ifindex = ifindex, .direction = dir};
 	return bpf_map_lookup_elem(&policies, &k);
 }
 
-/* POLICY_ALLOW or POLICY_DENY for a new flow to/from `peer` on the
+/* The verdict (policy_denies) on a new flow to/from `peer` on the
  * endpoint's `dir` side.
  *
  * A global (non-inlined) function: the verifier checks its bounded loop
@@ -140,9 +148,12 @@ __attribute__((noinline)) int policy_check(__u32 ifindex, __u32 dir, __be32 peer
 		}
 		if (!rule_admits(r->proto, r->port_lo, r->port_hi, proto, dport))
 			continue;
-		if (r->flags & RULE_F_SET)
+		__u32 source = SOURCE_UNNAMED;
+		if ((r->flags & RULE_F_SET) && r->source_id) {
 			count_source(r->source_id);
-		return r->action;
+			source = r->source_id;
+		}
+		return r->action | (source << 8);
 	}
 	return POLICY_DENY;
 }
@@ -209,9 +220,12 @@ __attribute__((noinline)) int policy_check6(const struct policy_query6 *q)
 		}
 		if (!rule_admits(r->proto, r->port_lo, r->port_hi, proto, dport))
 			continue;
-		if (r->flags & RULE_F_SET)
+		__u32 source = SOURCE_UNNAMED;
+		if ((r->flags & RULE_F_SET) && r->source_id) {
 			count_source(r->source_id);
-		return r->action;
+			source = r->source_id;
+		}
+		return r->action | (source << 8);
 	}
 	return POLICY_DENY;
 }

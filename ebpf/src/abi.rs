@@ -6,6 +6,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 pub const MAX_POLICY_RULES: usize = 256;
 /// Rule sources a node counts and names (`policy_hits`, `policy_sources`).
 pub const MAX_POLICY_SOURCES: u32 = 16384;
+/// A drop event's source when the deciding rule names none.
+pub const SOURCE_UNNAMED: u32 = MAX_POLICY_SOURCES;
 pub const MAX_ENDPOINTS: u32 = 1024;
 
 pub const DIR_EGRESS: u32 = 0;
@@ -437,6 +439,10 @@ pub struct FlowEvent {
     pub daddr: [u8; 4],
     pub sport: [u8; 2],
     pub dport: [u8; 2],
+    /// A policy drop: the `policy_sources` number of the source whose rule
+    /// denied it, [`SOURCE_UNNAMED`] for a rule naming none; 0: no rule
+    /// did (none allowed it).
+    pub source_id: u32,
 }
 
 /// An IPv6 flow event (`struct flow_event6`): begins as [`FlowEvent`] does,
@@ -455,7 +461,8 @@ pub struct FlowEvent6 {
     pub daddr: [u8; 16],
     pub sport: [u8; 2],
     pub dport: [u8; 2],
-    pub pad: u32,
+    /// As in [`FlowEvent`].
+    pub source_id: u32,
 }
 
 /// A service frontend: address, port and protocol, as clients reach it.

@@ -9,8 +9,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::abi::{
-    CT_F_ORIGIN_IS_A, CT_STATES, Counters, CtEntry, CtKey, CtKey6, DROP_REASONS, FLOW_EVENT_IPV6,
-    FlowEvent, FlowEvent6, NAT_FWD, NatEntry, NatKey,
+    CT_F_ORIGIN_IS_A, CT_STATES, Counters, CtEntry, CtKey, CtKey6, DROP_POLICY_EGRESS,
+    DROP_POLICY_INGRESS, DROP_REASONS, FLOW_EVENT_IPV6, FlowEvent, FlowEvent6, NAT_FWD, NatEntry,
+    NatKey, SOURCE_UNNAMED,
 };
 use crate::error::DataplaneError;
 use crate::maps;
@@ -291,6 +292,9 @@ pub struct FlowRecord {
     pub protocol: u8,
     pub src: String,
     pub dst: String,
+    /// A policy drop: who denied it, `no policy allows` when no rule did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub denied_by: Option<String>,
 }
 
 impl FlowRecord {
@@ -299,9 +303,11 @@ impl FlowRecord {
         direction: u8,
         reason: u8,
         protocol: u8,
-        src: String,
-        dst: String,
+        (src, dst): (String, String),
+        source_id: u32,
+        source_name: &dyn Fn(u32) -> Option<String>,
     ) -> FlowRecord {
+        let by_policy = [DROP_POLICY_EGRESS, DROP_POLICY_INGRESS].contains(&(reason as usize));
         FlowRecord {
             ifindex,
             direction: if direction == 0 { "from-pod" } else { "to-pod" },
@@ -309,12 +315,18 @@ impl FlowRecord {
             protocol,
             src,
             dst,
+            denied_by: by_policy.then(|| match source_id {
+                0 => "no policy allows".to_string(),
+                SOURCE_UNNAMED => "a deny rule".to_string(),
+                id => source_name(id).unwrap_or_else(|| format!("source #{id}")),
+            }),
         }
     }
 
     /// The record of one item of the ring (a `FlowEvent` or, as its family
-    /// says, a `FlowEvent6`); None for one too short to be either.
-    fn from_ring(item: &[u8]) -> Option<FlowRecord> {
+    /// says, a `FlowEvent6`), rule sources named by `source_name`; None for
+    /// one too short to be either.
+    fn from_ring(item: &[u8], source_name: &dyn Fn(u32) -> Option<String>) -> Option<FlowRecord> {
         // SAFETY (both reads): the ring holds events written by the
         // programs; the length is checked first and read_unaligned copes
         // with alignment.
@@ -329,8 +341,9 @@ impl FlowRecord {
                 e.direction,
                 e.reason,
                 e.proto,
-                src,
-                dst,
+                (src, dst),
+                e.source_id,
+                source_name,
             ));
         }
         if item.len() < std::mem::size_of::<FlowEvent>() {
@@ -344,8 +357,9 @@ impl FlowRecord {
             e.direction,
             e.reason,
             e.proto,
-            src,
-            dst,
+            (src, dst),
+            e.source_id,
+            source_name,
         ))
     }
 }
@@ -358,9 +372,11 @@ pub fn follow_events(
     mut each: impl FnMut(FlowRecord) -> bool,
 ) -> Result<(), DataplaneError> {
     let mut ring = maps::flow_events(root)?;
+    let sources = maps::policy_sources(root)?;
+    let source_name = |id: u32| sources.get(&id, 0).ok().map(|r| r.text());
     loop {
         while let Some(item) = ring.next() {
-            let record = FlowRecord::from_ring(&item);
+            let record = FlowRecord::from_ring(&item, &source_name);
             drop(item);
             if let Some(record) = record
                 && !each(record)

@@ -423,7 +423,9 @@ fn drops_are_reported_with_reason_and_tuple() {
     require_root!(drops_are_reported_with_reason_and_tuple);
     let f = Fixture::new();
     f.policy(
-        r#"{"egress": [{"action": "deny", "protocol": "tcp", "ports": 25}, {"action": "allow"}]}"#,
+        r#"{"egress": [{"action": "deny", "protocol": "tcp", "ports": 25},
+                       {"action": "deny", "protocol": "tcp", "ports": 26, "source": "ops/no-26"},
+                       {"action": "allow", "protocol": "tcp", "ports": "1-1000"}]}"#,
     );
     assert_eq!(f.out(tcp(8000, 25, TCP_SYN), PEER), TC_ACT_SHOT);
     let mut seen = Vec::new();
@@ -434,6 +436,17 @@ fn drops_are_reported_with_reason_and_tuple() {
     .unwrap();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].verdict, "policy-egress");
+    assert_eq!(seen[0].denied_by.as_deref(), Some("a deny rule"));
+    // Which rule's source denied, or that none allowed.
+    assert_eq!(f.out(tcp(8002, 26, TCP_SYN), PEER), TC_ACT_SHOT);
+    assert_eq!(f.out(tcp(8003, 2000, TCP_SYN), PEER), TC_ACT_SHOT);
+    let mut why = Vec::new();
+    inspect::follow_events(f.root.path(), Some(Duration::from_millis(200)), |e| {
+        why.extend(e.denied_by);
+        why.len() < 2
+    })
+    .unwrap();
+    assert_eq!(why, ["ops/no-26", "no policy allows"]);
     assert_eq!(seen[0].src, "10.200.0.5:8000");
     assert_eq!(seen[0].dst, "10.1.2.3:25");
     assert_eq!(seen[0].direction, "from-pod");
