@@ -41,9 +41,11 @@ static __always_inline bool rule_admits(__u8 rule_proto, __u16 port_lo, __u16 po
 	return port_lo == 0 && port_hi == 0xffff;
 }
 
+/* Members over all sets (as Calico's default: nothing is allocated until
+ * used). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 1048576);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct ip_set_key);
 	__type(value, __u32);
@@ -51,7 +53,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 1048576);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct ip_set_key6);
 	__type(value, __u32);
