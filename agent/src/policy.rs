@@ -46,6 +46,9 @@ pub struct PolicySync {
 /// What the node holds, as this sync wrote it.
 #[derive(Default)]
 struct Applied {
+    /// The node's sets and sources, read once and kept as written (None
+    /// until the first sync, and after a failed one: read again).
+    tables: Option<(IpSetTable, SourceTable)>,
     /// Each endpoint's policy, by host-veth ifindex.
     endpoints: HashMap<u32, PolicySpec>,
     skipped: Vec<Skipped>,
@@ -95,14 +98,22 @@ impl PolicySync {
         let namespaces = self.namespaces.store.state();
         let (root, node) = (self.root.clone(), self.node_name.clone());
         let mut owned = applied.take().unwrap_or_default();
-        let (owned, outcome) = tokio::task::spawn_blocking(move || {
+        let (mut owned, outcome) = tokio::task::spawn_blocking(move || {
             let translation = translate(&policies, &pods, &namespaces, &node);
             let outcome = apply(&root, &translation, &mut owned).map(|()| translation.skipped);
             (owned, outcome)
         })
         .await
         .expect("translating and applying policy does not panic");
-        let skipped = outcome?;
+        let skipped = match outcome {
+            Ok(skipped) => skipped,
+            Err(e) => {
+                // Part may be written: read the tables again next time.
+                owned.tables = None;
+                *applied = Some(owned);
+                return Err(e);
+            }
+        };
         for s in skipped.iter().filter(|s| !owned.skipped.contains(s)) {
             tracing::warn!(policy = %s.policy, "not enforced: {}", s.reason);
         }
@@ -118,8 +129,14 @@ fn apply(
     translation: &PolicyTranslation,
     applied: &mut Applied,
 ) -> anyhow::Result<()> {
-    let mut sets = IpSetTable::open(root)?;
-    let mut sources = SourceTable::open(root)?;
+    let (sets, sources) = match &mut applied.tables {
+        Some((sets, sources)) => (sets, sources),
+        None => {
+            let tables = (IpSetTable::open(root)?, SourceTable::open(root)?);
+            let (sets, sources) = applied.tables.insert(tables);
+            (sets, sources)
+        }
+    };
     sets.apply(&translation.sets)?;
     let by_ip: HashMap<IpAddr, &PolicySpec> = translation
         .endpoints
@@ -135,8 +152,8 @@ fn apply(
             continue;
         }
         let mut numbers = RuleNumbers {
-            sets: Some(&sets),
-            sources: Some(&mut sources),
+            sets: Some(sets),
+            sources: Some(sources),
         };
         match dataplane::set_numbered(root, ep.ifindex, wanted, &mut numbers) {
             Ok(()) => {
