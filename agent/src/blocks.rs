@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use ipnetwork::IpNetwork;
-use margay_ipam::agent::ApiBlock;
+use margay_conf::agent::ApiBlock;
 use margay_ipam::block::overlaps;
 
 use crate::crd::{IpamBlock, block_name};

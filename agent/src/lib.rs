@@ -113,6 +113,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     );
 
     let (blocks_tx, blocks_rx) = watch::channel(Arc::new(ClusterBlocks::default()));
+    // ADDs ask (over the socket) that a new pod's policy be in force.
+    let (policy_tx, policy_rx) = mpsc::channel(64);
+    let mut policy_tx = (node.dataplane == Dataplane::Bpf).then_some(policy_tx);
     if node.ipam.datastore == Datastore::Kubernetes {
         let on_this_node =
             watcher::Config::default().fields(&format!("spec.nodeName={}", settings.node_name));
@@ -137,8 +140,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         );
         tokio::spawn(controller.run(claims_rx));
         let socket = node.ipam.agent_socket.clone();
-        let blocks = blocks_rx.clone();
-        tasks.spawn(async move { socket::serve(&socket, claims_tx, blocks).await });
+        let handlers = socket::Handlers {
+            claims: claims_tx,
+            blocks: blocks_rx.clone(),
+            policy: policy_tx.take(),
+        };
+        tasks.spawn(async move { socket::serve(&socket, handlers).await });
         let collector = NodeGoneCollector {
             client: clients.requests.clone(),
             namespace: settings.namespace.clone(),
@@ -252,7 +259,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             namespaces,
             metrics: metrics.clone(),
         };
-        tokio::spawn(sync.run());
+        tokio::spawn(sync.run(policy_rx));
     }
 
     let dataplane = (node.dataplane == Dataplane::Bpf)

@@ -108,6 +108,10 @@ impl CniArgs {
         self.get("K8S_POD_NAME")
     }
 
+    pub fn pod_uid(&self) -> Option<&str> {
+        self.get("K8S_POD_UID")
+    }
+
     /// The `CNI_ARGS` form, for passing the same arguments to a delegate.
     pub fn to_env_string(&self) -> String {
         self.0

@@ -34,8 +34,10 @@
 //! - [`lock`]: node-wide exclusive file locks with a deadline;
 //! - [`report`]: plain-text tables for the operator commands;
 //! - [`logging`]: `tracing` to stderr or a log file, never stdout;
-//! - [`entry`]: the lean process entry of the binaries a runtime execs.
+//! - [`entry`]: the lean process entry of the binaries a runtime execs;
+//! - [`agent`]: what the node's binaries ask `margay-agent` on its socket.
 
+pub mod agent;
 pub mod dispatch;
 pub mod entry;
 pub mod env;

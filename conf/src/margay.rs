@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
@@ -142,6 +142,21 @@ pub enum Dataplane {
 pub struct IpamRef {
     #[serde(rename = "type")]
     pub plugin_type: String,
+    /// margay-ipam's `datastore`: with `kubernetes` the node runs
+    /// margay-agent, which the plugin asks to put a new pod's
+    /// NetworkPolicy in force.
+    #[serde(default)]
+    pub datastore: Datastore,
+    #[serde(default = "default_agent_socket")]
+    pub agent_socket: PathBuf,
+}
+
+impl IpamRef {
+    /// The socket of the node's margay-agent, when the node runs one.
+    pub fn agent(&self) -> Option<&Path> {
+        (self.plugin_type == "margay-ipam" && self.datastore == Datastore::Kubernetes)
+            .then_some(self.agent_socket.as_path())
+    }
 }
 
 /// Configuration of the `margay` plugin.

@@ -8,7 +8,7 @@
 //! (creating an IPAMBlock object, whose name makes the claim atomic) and
 //! writes them into the store, so the store itself claims nothing
 //! ([`AgentClaims`]); a node out of addresses asks the agent
-//! ([`crate::agent`]).
+//! ([`margay_conf::agent`]).
 
 use ipnetwork::IpNetwork;
 use margay_conf::margay::{Datastore, IpamConf};

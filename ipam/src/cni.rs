@@ -11,7 +11,7 @@ use margay_conf::netconf::AttachmentId;
 use margay_conf::result::{CniResult, IpConfig};
 use margay_conf::{CniError, Code};
 
-use crate::agent::{self, Answer, Request};
+use margay_conf::agent::{self, Answer, Request};
 use crate::allocator::{Allocator, families};
 use crate::error::IpamError;
 use crate::handle::HandleRecord;

@@ -3,6 +3,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use margay_conf::agent::Unreachable;
 use margay_conf::lock::LockError;
 use margay_conf::{CniError, Code};
 
@@ -45,6 +46,15 @@ impl IpamError {
             handle: wanted.handle.clone(),
             holder: held.attachment(),
             wanted: wanted.attachment(),
+        }
+    }
+}
+
+impl From<Unreachable> for IpamError {
+    fn from(e: Unreachable) -> IpamError {
+        IpamError::Agent {
+            socket: e.socket,
+            reason: e.reason,
         }
     }
 }

@@ -9,7 +9,7 @@ use margay_conf::margay::IpamConf;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::agent::ApiBlock;
+use margay_conf::agent::ApiBlock;
 use crate::allocator::Allocator;
 use crate::error::IpamError;
 use crate::handle::HandleRecord;

@@ -13,7 +13,6 @@
 //! - [`cni`]: the CNI verbs;
 //! - [`inspect`]: what the operator commands report.
 
-pub mod agent;
 pub mod allocator;
 pub mod block;
 pub mod claim;

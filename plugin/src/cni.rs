@@ -257,6 +257,7 @@ impl Plugin for MargayPlugin {
                     ipam_result.ips.iter().map(|c| c.address.ip()).collect();
                 let ep = endpoint::configure(&host, &pod, links, &addresses)?;
                 dataplane.register(&ep)?;
+                dataplane.enforce_policy(&ep, att)?;
                 Ok(ep)
             })
             .map(|ep| (existing, ipam_result, ep))

@@ -3,7 +3,10 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
+use std::time::Duration;
 
+use margay_conf::agent::{self, Answer, Request};
+use margay_conf::env::Attachment;
 use margay_conf::margay::{Dataplane as Mode, PluginConf};
 use margay_conf::{CniError, Code};
 use margay_ebpf::node::{Node, Settings};
@@ -23,6 +26,12 @@ pub trait Dataplane: Sync {
     fn attach(&self, host_ifname: &str) -> Result<(), CniError>;
     /// Records the wired endpoint; ADD fails (and unwinds) on error.
     fn register(&self, ep: &Endpoint) -> Result<(), CniError>;
+    /// Returns once the registered endpoint's NetworkPolicy is in force,
+    /// before the runtime starts the pod's containers; ADD fails (and
+    /// unwinds) when that cannot be confirmed.
+    fn enforce_policy(&self, _ep: &Endpoint, _att: &Attachment) -> Result<(), CniError> {
+        Ok(())
+    }
     /// Forgets the endpoint on host veth `host_ifname`, whose interface is
     /// being deleted (or is gone) and takes any attached programs with it.
     fn forget(&self, host_ifname: &str) -> Result<(), CniError>;
@@ -62,7 +71,13 @@ impl Dataplane for Routing {
 pub struct Ebpf {
     root: PathBuf,
     settings: Settings,
+    /// The node's margay-agent, which enforces the cluster's NetworkPolicy.
+    agent: Option<PathBuf>,
 }
+
+/// How long ADD waits for margay-agent to put a pod's policy in force
+/// (longer than the agent's own limits, so its reason is the one seen).
+const POLICY_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn dataplane_error(e: DataplaneError) -> CniError {
     CniError::new(Code::Dataplane, format!("eBPF dataplane: {e}"))
@@ -85,6 +100,42 @@ impl Dataplane for Ebpf {
             v6,
         )
         .map_err(dataplane_error)
+    }
+
+    /// A Kubernetes pod (the runtime names it in `CNI_ARGS`) on a node
+    /// whose agent enforces NetworkPolicy is not started until the agent
+    /// says its policy is in force: a pod that policy isolates is never
+    /// open, not even before the kubelet reports its address.
+    fn enforce_policy(&self, ep: &Endpoint, att: &Attachment) -> Result<(), CniError> {
+        let (Some(socket), Some(namespace), Some(name)) = (
+            &self.agent,
+            att.args.pod_namespace(),
+            att.args.pod_name(),
+        ) else {
+            return Ok(());
+        };
+        let request = Request::Policy {
+            ifindex: ep.host.index,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            uid: att.args.pod_uid().map(String::from),
+        };
+        let not_in_force = |why: String| {
+            CniError::new(
+                Code::TryAgainLater,
+                format!("the NetworkPolicy of pod {namespace}/{name} is not in force: {why}"),
+            )
+            .with_details(
+                "The pod is not started before margay-agent has applied its policy; \
+                 check the margay-node pod on this node.",
+            )
+        };
+        match agent::ask(socket, &request, POLICY_TIMEOUT) {
+            Ok(Answer::PolicyApplied) => Ok(()),
+            Ok(Answer::Unavailable { reason }) => Err(not_in_force(reason)),
+            Ok(other) => Err(not_in_force(format!("margay-agent answered {other:?}"))),
+            Err(e) => Err(not_in_force(e.to_string())),
+        }
     }
 
     fn forget(&self, host_ifname: &str) -> Result<(), CniError> {
@@ -201,6 +252,7 @@ pub fn select(conf: &PluginConf) -> Result<Box<dyn Dataplane>, CniError> {
         Mode::Bpf => Ok(Box::new(Ebpf {
             root: conf.bpf_root.clone(),
             settings: Settings::from_conf(conf),
+            agent: conf.ipam.agent().map(PathBuf::from),
         })),
     }
 }

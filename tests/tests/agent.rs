@@ -346,12 +346,14 @@ fn hand_written_blocks_are_refused_or_released_and_nothing_is_double_used() {
         assert_eq!(b.node, p.node);
     }
 
-    // An attachment of a pod the API never had: released after its grace.
+    // An address held for a pod the API never had (margay's own ADD
+    // refuses such a pod: see kube_policy): released after its grace.
     let leaked = add_directly(
         &c,
         0,
         "leak",
         "K8S_POD_NAMESPACE=default;K8S_POD_NAME=never-was",
+        "margay-ipam",
     );
     let allocations =
         |i: usize| c.on_node_ok(i, &["/opt/cni/bin/margay-ipam", "allocations", "--json"]);
@@ -456,7 +458,7 @@ fn agent_restarts_and_an_api_outage_disturb_no_running_pod() {
     let apiserver = c.pid_of("kube-apiserver").expect("the apiserver runs");
     let stopped = Stopped::process(apiserver);
     std::thread::sleep(Duration::from_secs(3));
-    let added = add_directly(&c, 0, "outage", "");
+    let added = add_directly(&c, 0, "outage", "", "margay");
     assert!(
         pod_cidr(&c).contains(added),
         "ADD without the API got {added}"
@@ -525,15 +527,15 @@ impl Drop for Pinger<'_> {
     }
 }
 
-/// CNI ADD on node `i` as its runtime would run it (the installed conflist
-/// and binaries), for a namespace `name` made there, with `CNI_ARGS` `args`;
-/// the address it got.
-fn add_directly(c: &KubeCluster, i: usize, name: &str, args: &str) -> Ipv4Addr {
+/// CNI ADD of `plugin` (margay, or its IPAM alone) on node `i` as its
+/// runtime would run it (the installed conflist and binaries), for a
+/// namespace `name` made there, with `CNI_ARGS` `args`; the address it got.
+fn add_directly(c: &KubeCluster, i: usize, name: &str, args: &str, plugin: &str) -> Ipv4Addr {
     let script = format!(
         "set -e; ip netns add {name}; \
          jq '.plugins[0] + {{name: .name, cniVersion: .cniVersion}}' /etc/cni/net.d/10-margay.conflist | \
          CNI_COMMAND=ADD CNI_CONTAINERID={name} CNI_NETNS=/run/netns/{name} CNI_IFNAME=eth0 \
-         CNI_ARGS='{args}' CNI_PATH=/opt/cni/bin /opt/cni/bin/margay"
+         CNI_ARGS='{args}' CNI_PATH=/opt/cni/bin /opt/cni/bin/{plugin}"
     );
     let out = c.on_node_ok(i, &["bash", "-c", &script]);
     let result: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));

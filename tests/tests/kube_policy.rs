@@ -1,7 +1,9 @@
 //! NetworkPolicy from the Kubernetes API enforced by Margay's programs on
 //! the local cluster (two nodes): the well-known recipes, peers by pod,
 //! namespace, both, and address block with exceptions, named ports, the
-//! union of several policies, a pod relabelled into and out of a selector.
+//! union of several policies, a pod relabelled into and out of a selector,
+//! the kubelet's probes always let through; a new pod isolated from its
+//! first packet; a connection kept across changes that still allow it.
 
 use std::time::Duration;
 
@@ -31,6 +33,7 @@ spec:
     image: localhost/busybox:latest
     imagePullPolicy: Never
     ports: [{{name: http, containerPort: {PORT}}}, {{name: admin, containerPort: {admin}}}]
+    readinessProbe: {{tcpSocket: {{port: {PORT}}}, periodSeconds: 1, failureThreshold: 2}}
     command: ["sh", "-c", "mkdir -p /www/cgi-bin && printf '#!/bin/sh\\necho\\necho $REMOTE_ADDR\\n' >/www/cgi-bin/ip && chmod +x /www/cgi-bin/ip && httpd -p {admin} -h /www && exec httpd -f -p {PORT} -h /www"]
 "#
     )
@@ -70,6 +73,26 @@ fn reaches(c: &KubeCluster, from: (&str, &str), ip: &str, port: u16) -> bool {
     out.success && !out.stdout.trim().is_empty()
 }
 
+/// Whether pod `namespace/name` is Ready.
+fn ready(c: &KubeCluster, namespace: &str, name: &str) -> bool {
+    let p = c.kubectl_json(&["get", "pod", "-n", namespace, name]);
+    p["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|cond| cond["type"] == "Ready" && cond["status"] == "True")
+}
+
+/// Whether a UDP datagram from pod `from` to port 53 of `ip` (where
+/// nothing listens) is answered: the port-unreachable error comes back at
+/// once, where a dropped datagram leaves the client to time out.
+fn udp_answered(c: &KubeCluster, from: (&str, &str), ip: &str) -> bool {
+    let out = c.try_kubectl(&[
+        "exec", "-n", from.0, from.1, "--", "timeout", "3", "nslookup", "x", ip,
+    ]);
+    out.stdout.contains("refused") || out.stderr.contains("refused")
+}
+
 /// Waits until every case (from, to address, port, expected) holds.
 fn expect(c: &KubeCluster, what: &str, cases: &[((&str, &str), &str, u16, bool)]) {
     wait_for(what, CHANGE_WAIT, || {
@@ -104,7 +127,10 @@ fn network_policy_recipes_are_enforced() {
     c.apply(&pod("shop", "client", "app: client", &n1));
     c.apply(&pod("shop", "other", "app: other", &n0));
     c.apply(&pod("ops", "client", "app: client", &n1));
+    c.apply(&namespace("infra", "team: c"));
+    c.apply(&pod("infra", "resolver", "app: resolver", &n0));
     let web = pod_ip(&c, "shop", "web");
+    let dns_ip = pod_ip(&c, "infra", "resolver");
     for (ns, name) in [("shop", "client"), ("shop", "other"), ("ops", "client")] {
         pod_ip(&c, ns, name);
     }
@@ -128,6 +154,10 @@ fn network_policy_recipes_are_enforced() {
         "  podSelector: {}\n  policyTypes: [Ingress]",
     ));
     let ops_ip = pod_ip(&c, "ops", "client");
+    assert!(
+        udp_answered(&c, ops_client, &dns_ip),
+        "UDP passes without policy"
+    );
     expect(
         &c,
         "deny all",
@@ -137,6 +167,41 @@ fn network_policy_recipes_are_enforced() {
             (("shop", "web"), &ops_ip, PORT, true),
         ],
     );
+    // The kubelet's probes come from the node: never denied.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(ready(&c, "shop", "web"), "web's readiness probe passes");
+
+    // Allow all ingress: the union with deny-all allows everything.
+    c.apply(&policy(
+        "shop",
+        "allow-all",
+        "  podSelector: {}\n  ingress: [{}]",
+    ));
+    expect(
+        &c,
+        "allow all",
+        &[
+            (shop_client, &web, PORT, true),
+            (ops_client, &web, admin, true),
+        ],
+    );
+    c.kubectl(&["delete", "networkpolicy", "-n", "shop", "allow-all"]);
+
+    // Allow from a namespace by its labels.
+    c.apply(&policy(
+        "shop",
+        "web-from-team-b",
+        "  podSelector: {matchLabels: {app: web}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {team: b}}}]",
+    ));
+    expect(
+        &c,
+        "allow from namespaces of team b",
+        &[
+            (ops_client, &web, PORT, true),
+            (shop_client, &web, PORT, false),
+        ],
+    );
+    c.kubectl(&["delete", "networkpolicy", "-n", "shop", "web-from-team-b"]);
 
     // Allow from app=client of the same namespace, on the named port http.
     c.apply(&policy(
@@ -220,6 +285,18 @@ fn network_policy_recipes_are_enforced() {
         ],
     );
 
+    // Deny all egress of web: it no longer reaches out.
+    c.apply(&policy(
+        "shop",
+        "web-no-egress",
+        "  podSelector: {matchLabels: {app: web}}\n  policyTypes: [Egress]",
+    ));
+    expect(
+        &c,
+        "web's egress denied",
+        &[(("shop", "web"), &ops_ip, PORT, false)],
+    );
+
     // Egress: ops/client may send only UDP 53 (DNS-like) anywhere.
     c.apply(&policy(
         "ops",
@@ -230,6 +307,10 @@ fn network_policy_recipes_are_enforced() {
         &c,
         "egress limited to UDP 53",
         &[(ops_client, &web, PORT, false)],
+    );
+    assert!(
+        udp_answered(&c, ops_client, &dns_ip),
+        "UDP to port 53 still passes"
     );
 
     // All policies gone: all pass again.
@@ -243,5 +324,147 @@ fn network_policy_recipes_are_enforced() {
             (shop_other, &web, PORT, true),
             (ops_client, &web, PORT, true),
         ],
+    );
+}
+
+/// A pod that policy isolates is isolated from its first packet: its
+/// containers start only once the agent has put its policy in force, not
+/// when the kubelet reports its address. An ADD naming a pod the API does
+/// not have is refused (code 11, the pod named) and leaves nothing behind.
+/// A connection that changes keep allowed is not cut by them.
+#[test]
+fn policy_holds_from_a_pods_first_packet_and_across_changes() {
+    require_root!(policy_holds_from_a_pods_first_packet_and_across_changes);
+    let c = KubeCluster::up("np-first", &["--nodes", "2"]);
+    let (n0, n1) = (c.node_name(0).to_string(), c.node_name(1).to_string());
+    c.apply(&namespace("open", "team: a"));
+    c.apply(&namespace("shut", "team: b"));
+    c.apply(&pod("open", "web", "app: web", &n1));
+    let web = pod_ip(&c, "open", "web");
+
+    // Egress of every pod of `shut` denied before its pods exist; the
+    // pod tries its first connection the moment it starts.
+    c.apply(&policy(
+        "shut",
+        "no-egress",
+        "  podSelector: {}\n  policyTypes: [Egress]",
+    ));
+    std::thread::sleep(Duration::from_secs(1));
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{namespace: shut, name: early}}
+spec:
+  nodeName: {n0}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: localhost/busybox:latest
+    imagePullPolicy: Never
+    command: ["sh", "-c", "if nc -w 1 {web} {PORT} </dev/null; then echo FIRST-OPEN; else echo FIRST-SHUT; fi; exec sleep 3600"]
+"#
+    ));
+    let first = wait_for("early's first attempt", Duration::from_secs(120), || {
+        let log = c.try_kubectl(&["logs", "-n", "shut", "early"]);
+        if log.stdout.contains("FIRST-") {
+            Ok(log.stdout)
+        } else {
+            Err(log.stderr)
+        }
+    });
+    assert!(
+        first.contains("FIRST-SHUT"),
+        "the first connection of a pod denied egress must fail: {first}"
+    );
+
+    // A pod the API never had: refused, nothing left behind.
+    let veths = |c: &KubeCluster| {
+        let links = c.on_node_ok(0, &["ip", "-o", "link", "show", "type", "veth"]);
+        links.lines().count()
+    };
+    let veths_before = veths(&c);
+    let add = "set -e; ip netns add ghost; \
+         jq '.plugins[0] + {name: .name, cniVersion: .cniVersion}' /etc/cni/net.d/10-margay.conflist | \
+         CNI_COMMAND=ADD CNI_CONTAINERID=ghost CNI_NETNS=/run/netns/ghost CNI_IFNAME=eth0 \
+         CNI_ARGS='K8S_POD_NAMESPACE=shut;K8S_POD_NAME=ghost' CNI_PATH=/opt/cni/bin /opt/cni/bin/margay";
+    let out = c.on_node(0, &["bash", "-c", add]);
+    let _ = c.on_node(0, &["ip", "netns", "del", "ghost"]);
+    assert!(!out.success, "ADD of a pod the API does not have succeeded");
+    let error: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+    assert_eq!(error["code"], 11, "{error}");
+    assert!(
+        error["msg"].as_str().unwrap_or("").contains("shut/ghost"),
+        "{error}"
+    );
+    let allocations = c.on_node_ok(0, &["/opt/cni/bin/margay-ipam", "allocations"]);
+    assert!(
+        !allocations.contains("ghost"),
+        "the refused ADD's address was released: {allocations}"
+    );
+    assert_eq!(veths(&c), veths_before, "the refused ADD's veth is gone");
+
+    // A long-lived connection from a client to a listener that counts.
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{namespace: open, name: listener, labels: {{app: listener}}}}
+spec:
+  nodeName: {n1}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: localhost/busybox:latest
+    imagePullPolicy: Never
+    command: ["nc", "-l", "-p", "9000"]
+"#
+    ));
+    let listener = pod_ip(&c, "open", "listener");
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{namespace: open, name: talker, labels: {{app: client}}}}
+spec:
+  nodeName: {n0}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: localhost/busybox:latest
+    imagePullPolicy: Never
+    command: ["sh", "-c", "i=0; while true; do i=$((i+1)); echo $i; sleep 0.2; done | nc {listener} 9000"]
+"#
+    ));
+    let count = || -> u64 {
+        c.try_kubectl(&["logs", "-n", "open", "listener"])
+            .stdout
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .max()
+            .unwrap_or(0)
+    };
+    wait_for("the connection open", Duration::from_secs(120), || {
+        if count() > 5 { Ok(()) } else { Err("no lines yet".to_string()) }
+    });
+    // Changes that keep it allowed: the listener isolated but for
+    // clients on 9000, then an unrelated policy elsewhere.
+    c.apply(&policy(
+        "open",
+        "listener-from-clients",
+        "  podSelector: {matchLabels: {app: listener}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: client}}}]\n    ports: [{port: 9000}]",
+    ));
+    c.apply(&policy(
+        "shut",
+        "unrelated",
+        "  podSelector: {matchLabels: {app: nobody}}\n  policyTypes: [Ingress]",
+    ));
+    let before = count();
+    std::thread::sleep(Duration::from_secs(4));
+    let after = count();
+    assert!(
+        after >= before + 10,
+        "the allowed connection kept flowing across the changes: {before} → {after}"
     );
 }

@@ -53,6 +53,14 @@ pub struct EndpointPolicy {
     pub spec: PolicySpec,
 }
 
+/// A pod's namespace and name.
+pub type PodName = (String, String);
+
+/// The addresses of this node's pods as their endpoints were registered,
+/// for pods whose status does not show them yet (a new pod's ADD asks for
+/// its policy before the kubelet writes its status).
+pub type LocalAddresses = HashMap<PodName, Vec<IpAddr>>;
+
 /// A policy's port (or a whole policy) left out, and why.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Skipped {
@@ -90,22 +98,34 @@ impl PodView<'_> {
     }
 }
 
-fn view<'a>(pod: &'a Pod, node: &str) -> Option<PodView<'a>> {
+fn view<'a>(pod: &'a Pod, node: &str, local: &LocalAddresses) -> Option<PodView<'a>> {
     let spec = pod.spec.as_ref()?;
-    let status = pod.status.as_ref()?;
+    let status = pod.status.as_ref();
     if spec.host_network == Some(true)
-        || matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"))
+        || matches!(
+            status.and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        )
     {
         return None;
     }
+    let namespace = pod.metadata.namespace.as_deref()?;
     let mut ips: Vec<IpAddr> = status
-        .pod_ips
         .iter()
-        .flatten()
-        .map(|p| p.ip.as_str())
-        .chain(status.pod_ip.as_deref())
+        .flat_map(|s| {
+            s.pod_ips
+                .iter()
+                .flatten()
+                .map(|p| p.ip.as_str())
+                .chain(s.pod_ip.as_deref())
+        })
         .filter_map(|ip| ip.parse().ok())
         .collect();
+    let on_node = spec.node_name.as_deref() == Some(node);
+    if ips.is_empty() && on_node {
+        let name = (namespace.to_string(), pod.metadata.name.clone()?);
+        ips = local.get(&name).cloned().unwrap_or_default();
+    }
     ips.sort_unstable();
     ips.dedup();
     if ips.is_empty() {
@@ -113,9 +133,9 @@ fn view<'a>(pod: &'a Pod, node: &str) -> Option<PodView<'a>> {
     }
     Some(PodView {
         pod,
-        namespace: pod.metadata.namespace.as_deref()?,
+        namespace,
         ips,
-        local: spec.node_name.as_deref() == Some(node),
+        local: on_node,
     })
 }
 
@@ -189,18 +209,20 @@ struct Subject<'a> {
     pod: &'a PodView<'a>,
 }
 
-/// Translates every NetworkPolicy for node `node`.
+/// Translates every NetworkPolicy for node `node`, whose pods not yet
+/// showing their addresses have those of `local`.
 pub fn translate(
     policies: &[Arc<NetworkPolicy>],
     pods: &[Arc<Pod>],
     namespaces: &[Arc<Namespace>],
     node: &str,
+    local: &LocalAddresses,
 ) -> PolicyTranslation {
     let namespace_labels: HashMap<&str, &BTreeMap<String, String>> = namespaces
         .iter()
         .filter_map(|n| Some((n.metadata.name.as_deref()?, n.metadata.labels.as_ref()?)))
         .collect();
-    let views: Vec<PodView> = pods.iter().filter_map(|p| view(p, node)).collect();
+    let views: Vec<PodView> = pods.iter().filter_map(|p| view(p, node, local)).collect();
     let mut ordered: Vec<&NetworkPolicy> = policies.iter().map(AsRef::as_ref).collect();
     ordered.sort_by(|a, b| {
         (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
@@ -624,7 +646,7 @@ mod tests {
 
     fn run(policies: &[Arc<NetworkPolicy>]) -> PolicyTranslation {
         let (pods, namespaces) = cluster();
-        translate(policies, &pods, &namespaces, NODE)
+        translate(policies, &pods, &namespaces, NODE, &LocalAddresses::new())
     }
 
     fn spec_of<'a>(t: &'a PolicyTranslation, name: &str) -> Option<&'a PolicySpec> {
@@ -640,6 +662,46 @@ mod tests {
                 (false, None) => m.cidr.to_string(),
             })
             .collect()
+    }
+
+    #[test]
+    fn a_new_pod_is_judged_by_its_registered_address_before_its_status_has_one() {
+        let (mut pods, namespaces) = cluster();
+        let mut new = (*pod("shop/web-3", NODE, "", json!({"app": "web"}), &[])).clone();
+        new.status = None;
+        pods.push(Arc::new(new));
+        let policies = [policy(
+            "shop/web-from-web",
+            json!({"podSelector": {"matchLabels": {"app": "web"}},
+                   "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}]}]}),
+        )];
+        let unknown = translate(&policies, &pods, &namespaces, NODE, &LocalAddresses::new());
+        assert!(spec_of(&unknown, "web-3").is_none(), "no address, no endpoint");
+
+        let local = LocalAddresses::from([(
+            ("shop".to_string(), "web-3".to_string()),
+            vec!["10.0.0.3".parse().unwrap()],
+        )]);
+        let t = translate(&policies, &pods, &namespaces, NODE, &local);
+        let web3 = t.endpoints.iter().find(|e| e.name == "web-3").unwrap();
+        assert_eq!(web3.ips, ["10.0.0.3".parse::<IpAddr>().unwrap()]);
+        let rule = &web3.spec.ingress.as_ref().unwrap()[0];
+        assert_eq!(
+            members(&t, &rule.set),
+            ["10.0.0.1/32", "10.0.0.3/32", "10.0.1.1/32"],
+            "its address is a peer's too"
+        );
+
+        let elsewhere = LocalAddresses::from([(
+            ("shop".to_string(), "web-2".to_string()),
+            vec!["10.9.9.9".parse().unwrap()],
+        )]);
+        let t = translate(&policies, &pods, &namespaces, NODE, &elsewhere);
+        assert!(
+            !members(&t, &t.endpoints[0].spec.ingress.as_ref().unwrap()[0].set)
+                .contains(&"10.9.9.9/32".to_string()),
+            "a status's addresses, or another node's pod, are not overridden"
+        );
     }
 
     #[test]

@@ -1,28 +1,28 @@
-//! What `margay-ipam` and `margay-agent` say to each other over the agent's
-//! Unix socket (`ipam.agent_socket`), with `datastore: kubernetes`: one JSON
-//! request and one JSON answer per connection, each a line.
+//! What the node's binaries and `margay-agent` say to each other over the
+//! agent's Unix socket (`ipam.agent_socket`), with `datastore: kubernetes`:
+//! one JSON request and one JSON answer per connection, each a line.
 //!
-//! The socket is off the hot path: an ADD asks only when the node has no
-//! free address of a family left (the agent keeps headroom, so that is
-//! rare), and `margay-ipam blocks` asks what the API gives the node.
+//! - `margay-ipam` asks for a block only when the node has no free address
+//!   of a family left (the agent keeps headroom, so that is rare), and
+//!   `margay-ipam blocks` asks what the API gives the node.
+//! - `margay` asks, on every ADD of a Kubernetes pod, that the pod's
+//!   NetworkPolicy be in force before its containers start.
 //!
 //! ```no_run
-//! # use margay_ipam::agent::{ask, Answer, Request};
+//! # use margay_conf::agent::{ask, Answer, Request};
 //! # use std::time::Duration;
 //! let answer = ask("/run/margay/agent.sock".as_ref(), &Request::Claim { family: 4 }, Duration::from_secs(10))?;
 //! assert!(matches!(answer, Answer::Ready { .. }));
-//! # Ok::<(), margay_ipam::IpamError>(())
+//! # Ok::<(), margay_conf::agent::Unreachable>(())
 //! ```
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
-
-use crate::error::IpamError;
 
 /// The longest line either side reads: a node's block list fits many times.
 pub const MAX_LINE: u64 = 1 << 20;
@@ -35,6 +35,16 @@ pub enum Request {
     Claim { family: u8 },
     /// The blocks the API gives this node.
     Blocks,
+    /// Put the NetworkPolicy of pod `namespace/name` (of `uid`, when the
+    /// runtime says) in force on the endpoint registered at host veth
+    /// `ifindex`.
+    Policy {
+        ifindex: u32,
+        namespace: String,
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uid: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +57,8 @@ pub enum Answer {
     Exhausted { pools: String },
     /// The blocks the API gives this node, as the agent's watch last saw them.
     Blocks { blocks: Vec<ApiBlock> },
+    /// The pod's policy is in force on its endpoint.
+    PolicyApplied,
     /// The agent cannot do it now (the API unreachable, its caches not yet
     /// synced): worth retrying.
     Unavailable { reason: String },
@@ -66,14 +78,22 @@ pub struct ApiBlock {
     pub invalid: Option<String>,
 }
 
+/// The agent could not be asked, or its answer could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("margay-agent at {} cannot be reached: {reason}", socket.display())]
+pub struct Unreachable {
+    pub socket: PathBuf,
+    pub reason: String,
+}
+
 /// Sends `request` to the agent at `socket` and waits up to `timeout` for
 /// its answer.
 ///
 /// # Errors
-/// [`IpamError::Agent`] when the agent cannot be reached or answers
-/// something unreadable.
-pub fn ask(socket: &Path, request: &Request, timeout: Duration) -> Result<Answer, IpamError> {
-    let fail = |what: &str, e: &dyn std::fmt::Display| IpamError::Agent {
+/// [`Unreachable`] when the agent cannot be reached or answers something
+/// unreadable.
+pub fn ask(socket: &Path, request: &Request, timeout: Duration) -> Result<Answer, Unreachable> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| Unreachable {
         socket: socket.to_owned(),
         reason: format!("{what}: {e}"),
     };
@@ -110,6 +130,16 @@ mod tests {
                 block: Some("10.0.0.64/26".parse().unwrap())
             }
         );
+        let request = Request::Policy {
+            ifindex: 7,
+            namespace: "ns".into(),
+            name: "p".into(),
+            uid: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&request).unwrap(),
+            r#"{"ask":"policy","ifindex":7,"namespace":"ns","name":"p"}"#
+        );
     }
 
     #[test]
@@ -118,6 +148,5 @@ mod tests {
         let socket = dir.path().join("agent.sock");
         let e = ask(&socket, &Request::Blocks, Duration::from_secs(1)).unwrap_err();
         assert!(e.to_string().contains(&socket.display().to_string()), "{e}");
-        assert!(matches!(e, IpamError::Agent { .. }));
     }
 }
