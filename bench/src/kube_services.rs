@@ -20,20 +20,19 @@
 //! [`crate::probe`]). kube-proxy keeps its defaults (a 1 s `minSyncPeriod`);
 //! samples of one cluster are spaced wider than that, so none waits on it.
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::process::{Child, ChildStdout, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use margay_tests::kube::{KubeCluster, wait_for};
+use margay_tests::kube::KubeCluster;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::cluster_tasks::{bound_sleepers, task_pid};
+use crate::cluster_tasks::bound_sleepers;
+use crate::pod_probe::{self, ProbePod, Server, epoch_nanos, seen_after};
 use crate::procfs::Process;
 use crate::report::{Table, fmt_ms, fmt_ratio};
 use crate::stats::{Summary, ratio};
@@ -182,21 +181,14 @@ struct Contender {
     proxy: Proxy,
     cluster: KubeCluster,
     proxy_process: Process,
-    client_netns: String,
+    client: ProbePod,
     server_ip: Ipv4Addr,
-    server: Child,
+    _server: Server,
     api: ServiceApi,
     target: SocketAddrV4,
     probe: SocketAddrV4,
     created: usize,
     last_change: Instant,
-}
-
-impl Drop for Contender {
-    fn drop(&mut self) {
-        let _ = self.server.kill();
-        let _ = self.server.wait();
-    }
 }
 
 /// Runs it: `rounds` interleaved rounds at [`FEW`] Services and at
@@ -275,17 +267,9 @@ impl Contender {
         let node = cluster.node_name(0).to_string();
         cluster.apply(&bound_sleepers("srv", &node, 1));
         cluster.apply(&bound_sleepers("cli", &node, 1));
-        let server_pod = running_pod(&cluster, "srv")?;
-        let client_pod = running_pod(&cluster, "cli")?;
-        let server_pid = task_pid(&cluster, 0, &server_pod.container)?;
-        let client_pid = task_pid(&cluster, 0, &client_pod.container)?;
-        let server = Command::new("nsenter")
-            .arg(format!("--net=/proc/{server_pid}/ns/net"))
-            .arg(std::env::current_exe()?)
-            .args(["probe", "serve", "--port", &SERVE_PORT.to_string()])
-            .stdout(Stdio::null())
-            .spawn()
-            .context("nsenter … bench probe serve")?;
+        let server_pod = ProbePod::of(&cluster, "srv")?;
+        let client_pod = ProbePod::of(&cluster, "cli")?;
+        let server = server_pod.serve(SERVE_PORT)?;
         let proxy_process = match proxy {
             Proxy::Margay => Process(crate::cluster_tasks::margay_agent(&cluster, 0)?),
             _ => Process(
@@ -303,9 +287,9 @@ impl Contender {
         let mut c = Contender {
             proxy,
             proxy_process,
-            client_netns: format!("/proc/{client_pid}/ns/net"),
+            client: client_pod,
             server_ip: server_pod.ip,
-            server,
+            _server: server,
             api: ServiceApi {
                 services: Api::namespaced(client.clone(), NAMESPACE),
                 slices: Api::namespaced(client, NAMESPACE),
@@ -353,7 +337,8 @@ impl Contender {
     }
 
     fn wait_open(&self, to: SocketAddrV4) -> Result<()> {
-        self.probe_until(to, "open", Duration::from_secs(300))?
+        self.client
+            .until(to, "open", Duration::from_secs(300))?
             .wait_with_output()
             .map_err(anyhow::Error::from)
             .and_then(|out| {
@@ -366,54 +351,18 @@ impl Contender {
             })
     }
 
-    /// `bench probe until` in the client pod; returns once it is trying.
-    fn probe_until(&self, to: SocketAddrV4, awaited: &str, within: Duration) -> Result<Child> {
-        let mut child = self
-            .in_client(&[
-                "until",
-                "--to",
-                &to.to_string(),
-                "--awaited",
-                awaited,
-                "--within-ms",
-                &within.as_millis().to_string(),
-            ])
-            .stdout(Stdio::piped())
-            .spawn()?;
-        // Byte by byte: a buffered reader could take the next line too.
-        let stdout = child.stdout.as_mut().context("probe's stdout")?;
-        let mut line = Vec::new();
-        let mut byte = [0u8];
-        while stdout.read(&mut byte)? == 1 && byte[0] != b'\n' {
-            line.push(byte[0]);
-        }
-        ensure!(line == b"ready", "the probe did not start");
-        Ok(child)
-    }
-
-    fn in_client(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", self.client_netns))
-            .arg(std::env::current_exe().expect("own executable"))
-            .arg("probe")
-            .args(args);
-        cmd
-    }
-
     /// The probe Service gets the server as its endpoint; how long until the
     /// client pod's first exchange through it. Then back to none.
     async fn programming_latency(&mut self) -> Result<Duration> {
         let spacing = SPACING.saturating_sub(self.last_change.elapsed());
         tokio::time::sleep(spacing).await;
-        let mut child = self.probe_until(self.probe, "open", Duration::from_secs(30))?;
+        let mut child = self.client.until(self.probe, "open", Duration::from_secs(30))?;
         self.set_probe_endpoints(&[self.server_ip]).await?;
-        let changed = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
-        let opened = first_line(&mut child)?;
-        let latency = Duration::from_nanos(opened.saturating_sub(changed) as u64);
+        let latency = seen_after(&mut child, epoch_nanos())?;
         tokio::time::sleep(SPACING).await;
-        let mut child = self.probe_until(self.probe, "closed", Duration::from_secs(30))?;
+        let mut child = self.client.until(self.probe, "closed", Duration::from_secs(30))?;
         self.set_probe_endpoints(&[]).await?;
-        first_line(&mut child)?;
+        pod_probe::first_line(&mut child)?;
         Ok(latency)
     }
 
@@ -432,26 +381,14 @@ impl Contender {
     }
 
     fn pod_latencies(&self, count: usize) -> Result<Vec<Duration>> {
-        let out = self
-            .in_client(
-                &latency_args(self.target, count)
-                    .iter()
-                    .map(String::as_str)
-                    .collect::<Vec<_>>(),
-            )
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "{}: pod probe: {}",
-            self.proxy.label(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        parse_micros(&out.stdout)
+        self.client
+            .latencies(self.target, count)
+            .with_context(|| self.proxy.label())
     }
 
     fn node_latencies(&self, count: usize) -> Result<Vec<Duration>> {
         let exe = std::env::current_exe()?.display().to_string();
-        let args = latency_args(self.target, count);
+        let args = pod_probe::latency_args(self.target, count);
         let mut cmd = vec!["exec", "0", exe.as_str(), "probe"];
         cmd.extend(args.iter().map(String::as_str));
         let out = self.cluster.script(&cmd, Duration::from_secs(120));
@@ -461,7 +398,7 @@ impl Contender {
             self.proxy.label(),
             out.stderr
         );
-        parse_micros(out.stdout.as_bytes())
+        pod_probe::parse_micros(out.stdout.as_bytes())
     }
 }
 
@@ -523,64 +460,4 @@ fn endpoint_list(endpoints: &[Ipv4Addr]) -> serde_json::Value {
         .iter()
         .map(|ip| json!({"addresses": [ip.to_string()], "conditions": {"ready": true}}))
         .collect()
-}
-
-fn latency_args(to: SocketAddrV4, count: usize) -> Vec<String> {
-    vec![
-        "latencies".into(),
-        "--to".into(),
-        to.to_string(),
-        "--count".into(),
-        count.to_string(),
-    ]
-}
-
-fn parse_micros(out: &[u8]) -> Result<Vec<Duration>> {
-    String::from_utf8_lossy(out)
-        .lines()
-        .map(|l| Ok(Duration::from_micros(l.trim().parse()?)))
-        .collect()
-}
-
-/// The probe's answer: the epoch nanoseconds it printed after "ready".
-fn first_line(child: &mut Child) -> Result<u128> {
-    let stdout: &mut ChildStdout = child.stdout.as_mut().context("probe's stdout")?;
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    let status = child.wait()?;
-    if !status.success() {
-        bail!("the probe gave up ({status})");
-    }
-    Ok(line.trim().parse()?)
-}
-
-struct RunningPod {
-    ip: Ipv4Addr,
-    container: String,
-}
-
-/// The one running pod of Deployment `app`: its address and container.
-fn running_pod(c: &KubeCluster, app: &str) -> Result<RunningPod> {
-    let found = wait_for(
-        &format!("pod {app} running"),
-        Duration::from_secs(180),
-        || {
-            let pods = c.kubectl_json(&["get", "pods", "-l", &format!("app={app}")]);
-            let pod = &pods["items"][0];
-            let ip = pod["status"]["podIP"].as_str();
-            let container = pod["status"]["containerStatuses"][0]["containerID"]
-                .as_str()
-                .and_then(|id| id.strip_prefix("containerd://"));
-            match (pod["status"]["phase"].as_str(), ip, container) {
-                (Some("Running"), Some(ip), Some(container)) => {
-                    Ok((ip.to_string(), container.to_string()))
-                }
-                _ => Err(format!("{}", pod["status"])),
-            }
-        },
-    );
-    Ok(RunningPod {
-        ip: found.0.parse()?,
-        container: found.1,
-    })
 }

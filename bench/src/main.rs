@@ -150,6 +150,21 @@ enum Cmd {
         #[arg(long, default_value_t = 50)]
         per_round: usize,
     },
+    /// NetworkPolicy from the API on a one-node local cluster: change to
+    /// enforced (policy created/deleted, pod relabelled) and connection
+    /// latency with `--policies` policies over `--pods` pods. Needs root
+    /// and the cluster's components (scripts/build-k8s).
+    KubePolicy {
+        #[arg(long, default_value_t = 1_000)]
+        pods: usize,
+        #[arg(long, default_value_t = 250)]
+        policies: usize,
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+        /// Connections to each server per round.
+        #[arg(long, default_value_t = 50)]
+        per_round: usize,
+    },
     /// The measuring end of kube-services, run by it inside a pod or node.
     #[command(hide = true, subcommand)]
     Probe(ProbeCmd),
@@ -328,6 +343,19 @@ fn run(cli: Cli) -> Result<()> {
             let what = format!(
                 "{rounds} interleaved rounds, {per_round} connections per client per round; ratios \
                  are margay/kube-proxy (lower is better)"
+            );
+            print_report(cli.json, &report, info.header(&what), report.table())
+        }
+        Cmd::KubePolicy {
+            pods,
+            policies,
+            rounds,
+            per_round,
+        } => {
+            let report = margay_bench::kube_policy::run(pods, policies, rounds, per_round)?;
+            let what = format!(
+                "{pods} pods, {policies} policies, {rounds} rounds of each change, {per_round} \
+                 connections to each server per round; closed = start of the first dropped attempt"
             );
             print_report(cli.json, &report, info.header(&what), report.table())
         }

@@ -20,7 +20,7 @@ const ANSWER: &[u8] = b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n";
 const REQUEST: &[u8] = b"GET / HTTP/1.0\r\n\r\n";
 /// A connect attempt that neither opens nor is refused within this counts
 /// as not open.
-const ATTEMPT: Duration = Duration::from_millis(100);
+pub const ATTEMPT: Duration = Duration::from_millis(100);
 
 /// Answers connections on `port` until killed, a thread each.
 ///
