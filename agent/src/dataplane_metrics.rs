@@ -1,9 +1,9 @@
 //! The dataplane's own numbers in `/metrics`, read from its pinned maps at
 //! each scrape: packets, bytes and drops by reason summed over the node's
-//! endpoints, how full conntrack and the NAT table are, and the new flows
-//! each NetworkPolicy's rules decided. Read at scrape
-//! time rather than copied on a timer, so a scrape is never stale and an
-//! idle agent does no work.
+//! endpoints, how full conntrack, the NAT table and the policy peer sets
+//! are, and the new flows each NetworkPolicy's rules decided. Read at
+//! scrape time rather than copied on a timer, so a scrape is never stale
+//! and an idle agent does no work.
 
 use std::path::PathBuf;
 
@@ -96,12 +96,12 @@ impl Source {
         registry.register("drops", "Packets the programs dropped, by reason", drops);
         registry.register(
             "map_entries",
-            "Entries in the conntrack and NAT maps",
+            "Entries in the conntrack, NAT and policy peer-set maps",
             entries,
         );
         registry.register(
             "map_capacity",
-            "Capacity of the conntrack and NAT maps",
+            "Capacity of the conntrack, NAT and policy peer-set maps",
             capacity,
         );
         registry.register("endpoints", "Pods with the programs attached", endpoints);

@@ -185,6 +185,10 @@ pub struct PluginConf {
     /// Service backends the node can hold, over all services.
     #[serde(default = "default_service_backends")]
     pub bpf_service_backends: u32,
+    /// Entries of the NetworkPolicy peer sets, per family: one per member
+    /// address (or block, or address and named port) of each set.
+    #[serde(default = "default_ip_set_entries")]
+    pub bpf_ip_set_entries: u32,
     /// The node's data interfaces, where NodePorts answer: a regular
     /// expression matching whole interface names (`eth0|ens.*`).
     /// `margay-install` attaches `from_net` to every match.
@@ -251,6 +255,10 @@ fn default_service_backends() -> u32 {
     262_144
 }
 
+fn default_ip_set_entries() -> u32 {
+    1 << 20
+}
+
 fn default_mtu() -> u32 {
     1500
 }
@@ -260,7 +268,7 @@ fn default_bpf_root() -> PathBuf {
 }
 
 impl PluginConf {
-    const KEYS: [&'static str; 13] = [
+    const KEYS: [&'static str; 14] = [
         "mtu",
         "dataplane",
         "bpf_root",
@@ -268,6 +276,7 @@ impl PluginConf {
         "bpf_conntrack_size",
         "bpf_service_frontends",
         "bpf_service_backends",
+        "bpf_ip_set_entries",
         "bpf_data_ifaces",
         "bpf_external_service_mode",
         "nodename",
@@ -304,6 +313,7 @@ impl PluginConf {
         for (key, value, max) in [
             ("bpf_service_frontends", conf.bpf_service_frontends, 1 << 20),
             ("bpf_service_backends", conf.bpf_service_backends, 4 << 20),
+            ("bpf_ip_set_entries", conf.bpf_ip_set_entries, 16 << 20),
         ] {
             if !(16..=max).contains(&value) {
                 return Err(CniError::invalid_config(format!(

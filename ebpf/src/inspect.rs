@@ -56,7 +56,7 @@ pub struct NodeSummary {
     pub counters: Counters,
     /// Endpoints registered.
     pub endpoints: usize,
-    /// How full the flow tables are.
+    /// How full the flow tables and the policy peer sets are.
     pub maps: Vec<MapFill>,
 }
 
@@ -68,7 +68,7 @@ pub struct MapFill {
 }
 
 /// Reads [`NodeSummary`]: one pass over the counters, the endpoints and
-/// the conntrack and NAT maps' keys.
+/// the keys of the conntrack, NAT and peer-set maps.
 pub fn node_summary(root: &Path) -> Result<NodeSummary, DataplaneError> {
     let mut counters = Counters::default();
     for per_cpu in maps::counters(root)?.iter().filter_map(Result::ok) {
@@ -89,6 +89,8 @@ pub fn node_summary(root: &Path) -> Result<NodeSummary, DataplaneError> {
             fill("conntrack", maps::conntrack(root)?.keys().count())?,
             fill("conntrack6", maps::conntrack6(root)?.keys().count())?,
             fill("nat", maps::nat(root)?.keys().count())?,
+            fill("ip_sets", maps::ip_sets(root)?.keys().count())?,
+            fill("ip_sets6", maps::ip_sets6(root)?.keys().count())?,
         ],
     })
 }

@@ -37,7 +37,7 @@ pub enum IpSetError {
     Invalid(#[from] SetError),
     #[error(
         "map {map} is too small: the sets need {needed} entries and it holds {capacity} \
-         (nothing was changed)"
+         (nothing was changed; raise bpf_ip_set_entries)"
     )]
     Full {
         map: &'static str,

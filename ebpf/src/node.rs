@@ -64,6 +64,8 @@ pub struct Settings {
     pub service_frontends: u32,
     /// Service backends, over all services (`bpf_service_backends`).
     pub service_backends: u32,
+    /// Entries of the policy peer sets, per family (`bpf_ip_set_entries`).
+    pub ip_set_entries: u32,
 }
 
 impl Settings {
@@ -74,6 +76,7 @@ impl Settings {
             conntrack_size: conf.bpf_conntrack_size,
             service_frontends: conf.bpf_service_frontends,
             service_backends: conf.bpf_service_backends,
+            ip_set_entries: conf.bpf_ip_set_entries,
             log_level: match conf.bpf_log_level {
                 BpfLogLevel::Off => crate::abi::LOG_OFF,
                 BpfLogLevel::Info => LOG_INFO,
@@ -94,6 +97,7 @@ impl Settings {
             "nat" => Some(self.conntrack_size.saturating_mul(2)),
             "svc_frontends" | "svc_meta" => Some(self.service_frontends),
             "svc_backends" => Some(self.service_backends),
+            "ip_sets" | "ip_sets6" => Some(self.ip_set_entries),
             _ => None,
         }
     }
@@ -106,6 +110,7 @@ impl Default for Settings {
             log_level: LOG_INFO,
             service_frontends: 65_536,
             service_backends: 262_144,
+            ip_set_entries: 1 << 20,
         }
     }
 }

@@ -702,3 +702,36 @@ fn sets_from_a_file_decide_who_a_rule_admits() {
         "{sets}"
     );
 }
+
+/// Sets that do not fit `bpf_ip_set_entries` are refused whole, with the
+/// key to raise named: what the node held stays, nothing half-written.
+#[test]
+fn sets_beyond_the_configured_entries_are_refused_whole() {
+    require_root!(sets_beyond_the_configured_entries_are_refused_whole);
+    let mut spec = NetSpec::bpf("10.241.41.0/24");
+    spec.extra = json!({"bpf_ip_set_entries": 16});
+    let net = Net::new(spec);
+    let a = net.pod("a");
+    let apply = |sets: serde_json::Value| {
+        let file = net.dir.path().join("sets.json");
+        std::fs::write(&file, sets.to_string()).unwrap();
+        net.margayctl(&["policy", "sets", "-f", file.to_str().unwrap()])
+    };
+    let friends = json!([{"cidr": format!("{}/32", v4(&a))}]);
+    let out = apply(json!({ "friends": friends }));
+    assert!(out.status.success(), "{out:?}");
+
+    let many: Vec<_> = (0..20)
+        .map(|i| json!({"cidr": format!("10.99.0.{i}/32")}))
+        .collect();
+    let out = apply(json!({ "friends": friends, "many": many }));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "20 more entries fit a map of 16");
+    assert!(
+        stderr.contains("ip_sets") && stderr.contains("bpf_ip_set_entries"),
+        "{stderr}"
+    );
+    let shown = net.margayctl(&["--json", "policy", "sets"]);
+    let sets: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(sets, json!({ "friends": friends }), "nothing changed");
+}
