@@ -40,9 +40,9 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher::{self, Event};
+use margay_conf::agent::Answer;
 use margay_conf::margay::IpamConf;
 use margay_ipam::IpamError;
-use margay_conf::agent::Answer;
 use margay_ipam::allocator::families;
 use margay_ipam::claim::first_usable_block;
 use margay_ipam::handle::HandleRecord;

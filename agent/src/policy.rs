@@ -195,15 +195,16 @@ impl PolicySync {
         let announced = announced.clone();
         let mut owned = applied.take().unwrap_or_default();
         let (mut owned, outcome) = tokio::task::spawn_blocking(move || {
-            let outcome = registry::list(&root)
-                .map_err(anyhow::Error::from)
-                .and_then(|registered| {
-                    let local = local_addresses(&root, &registered, &announced)?;
-                    let translation = translate(&policies, &pods, &namespaces, &node, &local);
-                    apply(&root, &translation, &registered, &mut owned)?;
-                    let registered = registered.iter().map(|e| e.ifindex).collect();
-                    Ok((translation.skipped, registered))
-                });
+            let outcome =
+                registry::list(&root)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|registered| {
+                        let local = local_addresses(&root, &registered, &announced)?;
+                        let translation = translate(&policies, &pods, &namespaces, &node, &local);
+                        apply(&root, &translation, &registered, &mut owned)?;
+                        let registered = registered.iter().map(|e| e.ifindex).collect();
+                        Ok((translation.skipped, registered))
+                    });
             (owned, outcome)
         })
         .await

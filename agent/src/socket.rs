@@ -141,8 +141,9 @@ async fn claim(claims: &mpsc::Sender<ClaimRequest>, family: u8) -> Answer {
             reason: format!("family {family} is neither 4 nor 6"),
         };
     }
-    let late =
-        format!("no block was claimed within {CLAIM_TIMEOUT:?} (is the Kubernetes API slow or away?)");
+    let late = format!(
+        "no block was claimed within {CLAIM_TIMEOUT:?} (is the Kubernetes API slow or away?)"
+    );
     handed(
         claims,
         |reply| ClaimRequest { family, reply },

@@ -218,7 +218,11 @@ pub fn peer_available() -> std::result::Result<(), String> {
         Ok(o) if o.status.success() => Ok(()),
         Ok(o) => Err(format!(
             "this kernel refuses nftables' queue expression (CONFIG_NFT_QUEUE), which it needs: `nft add rule inet t c queue num 100 bypass`: {}",
-            String::from_utf8_lossy(&o.stderr).lines().next().unwrap_or("").trim()
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
         )),
         Err(e) => Err(format!("nft could not be run: {e}")),
     }
@@ -442,7 +446,7 @@ fn background_policy(j: usize) -> (String, serde_json::Value) {
         {"ipBlock": {"cidr": format!("10.253.{}.0/24", j % 256), "except": [format!("10.253.{}.128/25", j % 256)]}},
     ]);
     let port = 7000 + j as i32;
-    if j % 5 == 0 {
+    if j.is_multiple_of(5) {
         let body = json!({
             "metadata": {"name": format!("bg-{j}")},
             "spec": {

@@ -356,11 +356,15 @@ impl Contender {
     async fn programming_latency(&mut self) -> Result<Duration> {
         let spacing = SPACING.saturating_sub(self.last_change.elapsed());
         tokio::time::sleep(spacing).await;
-        let mut child = self.client.until(self.probe, "open", Duration::from_secs(30))?;
+        let mut child = self
+            .client
+            .until(self.probe, "open", Duration::from_secs(30))?;
         self.set_probe_endpoints(&[self.server_ip]).await?;
         let latency = seen_after(&mut child, epoch_nanos())?;
         tokio::time::sleep(SPACING).await;
-        let mut child = self.client.until(self.probe, "closed", Duration::from_secs(30))?;
+        let mut child = self
+            .client
+            .until(self.probe, "closed", Duration::from_secs(30))?;
         self.set_probe_endpoints(&[]).await?;
         pod_probe::first_line(&mut child)?;
         Ok(latency)

@@ -11,11 +11,11 @@ use margay_conf::netconf::AttachmentId;
 use margay_conf::result::{CniResult, IpConfig};
 use margay_conf::{CniError, Code};
 
-use margay_conf::agent::{self, Answer, Request};
 use crate::allocator::{Allocator, families};
 use crate::error::IpamError;
 use crate::handle::HandleRecord;
 use crate::store::Store;
+use margay_conf::agent::{self, Answer, Request};
 
 /// The IPAM plugin.
 #[derive(Debug, Default, Clone, Copy)]

@@ -9,11 +9,11 @@ use margay_conf::margay::IpamConf;
 use serde::Serialize;
 use serde_json::Value;
 
-use margay_conf::agent::ApiBlock;
 use crate::allocator::Allocator;
 use crate::error::IpamError;
 use crate::handle::HandleRecord;
 use crate::store::Store;
+use margay_conf::agent::ApiBlock;
 
 #[derive(Debug, Serialize)]
 pub struct PoolReport {

@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use margay_conf::agent::{self, Answer, Request};
 use margay_conf::margay::{Datastore, IpamConf};
 use margay_conf::report::table;
 use margay_ipam::IpamPlugin;
-use margay_conf::agent::{self, Answer, Request};
 use margay_ipam::allocator::Allocator;
 use margay_ipam::inspect::{self, allocation_rows};
 use margay_ipam::store::Store;

@@ -107,11 +107,9 @@ impl Dataplane for Ebpf {
     /// says its policy is in force: a pod that policy isolates is never
     /// open, not even before the kubelet reports its address.
     fn enforce_policy(&self, ep: &Endpoint, att: &Attachment) -> Result<(), CniError> {
-        let (Some(socket), Some(namespace), Some(name)) = (
-            &self.agent,
-            att.args.pod_namespace(),
-            att.args.pod_name(),
-        ) else {
+        let (Some(socket), Some(namespace), Some(name)) =
+            (&self.agent, att.args.pod_namespace(), att.args.pod_name())
+        else {
             return Ok(());
         };
         let request = Request::Policy {

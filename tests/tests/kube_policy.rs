@@ -391,8 +391,8 @@ spec:
     let out = c.on_node(0, &["bash", "-c", add]);
     let _ = c.on_node(0, &["ip", "netns", "del", "ghost"]);
     assert!(!out.success, "ADD of a pod the API does not have succeeded");
-    let error: serde_json::Value = serde_json::from_str(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+    let error: serde_json::Value =
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
     assert_eq!(error["code"], 11, "{error}");
     assert!(
         error["msg"].as_str().unwrap_or("").contains("shut/ghost"),
@@ -446,7 +446,11 @@ spec:
             .unwrap_or(0)
     };
     wait_for("the connection open", Duration::from_secs(120), || {
-        if count() > 5 { Ok(()) } else { Err("no lines yet".to_string()) }
+        if count() > 5 {
+            Ok(())
+        } else {
+            Err("no lines yet".to_string())
+        }
     });
     // Changes that keep it allowed: the listener isolated but for
     // clients on 9000, then an unrelated policy elsewhere.

@@ -676,7 +676,10 @@ mod tests {
                    "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}]}]}),
         )];
         let unknown = translate(&policies, &pods, &namespaces, NODE, &LocalAddresses::new());
-        assert!(spec_of(&unknown, "web-3").is_none(), "no address, no endpoint");
+        assert!(
+            spec_of(&unknown, "web-3").is_none(),
+            "no address, no endpoint"
+        );
 
         let local = LocalAddresses::from([(
             ("shop".to_string(), "web-3".to_string()),
