@@ -207,6 +207,10 @@ enum ProbeCmd {
         awaited: probe::Awaited,
         #[arg(long)]
         within_ms: u64,
+        /// A connect attempt that neither opens nor is refused within this
+        /// counts as not open (a dropped SYN is never answered).
+        #[arg(long, default_value_t = 100)]
+        attempt_ms: u64,
     },
 }
 
@@ -387,8 +391,13 @@ fn run_probe(cmd: ProbeCmd) -> Result<()> {
             to,
             awaited,
             within_ms,
+            attempt_ms,
         } => {
-            let at = probe::until(to, awaited, Duration::from_millis(within_ms), || {
+            let attempts = probe::Attempts {
+                within: Duration::from_millis(within_ms),
+                each: Duration::from_millis(attempt_ms),
+            };
+            let at = probe::until(to, awaited, attempts, || {
                 println!("ready");
                 let _ = std::io::stdout().flush();
             })?;

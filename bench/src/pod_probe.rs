@@ -81,12 +81,27 @@ impl ProbePod {
         Ok(Server(child))
     }
 
-    /// `bench probe until` `to` is `awaited` ("open" or "closed"); returns
-    /// once it is trying, for [`first_line`] to read when it saw it.
+    /// `bench probe until` `to` is `awaited` ("open" or "closed"), with
+    /// attempts of 100 ms; returns once it is trying, for [`first_line`] to
+    /// read when it saw it.
     ///
     /// # Errors
     /// The probe does not start.
     pub fn until(&self, to: SocketAddrV4, awaited: &str, within: Duration) -> Result<Child> {
+        self.until_with(to, awaited, within, Duration::from_millis(100))
+    }
+
+    /// [`ProbePod::until`] with attempts of `attempt` each.
+    ///
+    /// # Errors
+    /// The probe does not start.
+    pub fn until_with(
+        &self,
+        to: SocketAddrV4,
+        awaited: &str,
+        within: Duration,
+        attempt: Duration,
+    ) -> Result<Child> {
         let mut child = self
             .probe(&[
                 "until",
@@ -96,6 +111,8 @@ impl ProbePod {
                 awaited,
                 "--within-ms",
                 &within.as_millis().to_string(),
+                "--attempt-ms",
+                &attempt.as_millis().to_string(),
             ])
             .stdout(Stdio::piped())
             .spawn()?;

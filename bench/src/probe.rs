@@ -18,9 +18,6 @@ use anyhow::{Context, Result, bail};
 /// What the server answers.
 const ANSWER: &[u8] = b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n";
 const REQUEST: &[u8] = b"GET / HTTP/1.0\r\n\r\n";
-/// A connect attempt that neither opens nor is refused within this counts
-/// as not open.
-pub const ATTEMPT: Duration = Duration::from_millis(100);
 
 /// Answers connections on `port` until killed, a thread each.
 ///
@@ -82,25 +79,35 @@ pub enum Awaited {
     Closed,
 }
 
+/// How long [`until`] tries, and each attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempts {
+    pub within: Duration,
+    /// A connect attempt that neither opens nor is refused within this
+    /// counts as not open.
+    pub each: Duration,
+}
+
 /// Tries `to` until it is `awaited` (open: an exchange succeeds; closed:
 /// a connect fails), then returns the wall-clock time of that attempt's
 /// end in nanoseconds since the epoch. `ready` is called once before the
 /// first attempt.
 ///
 /// # Errors
-/// `within` passes first.
+/// `attempts.within` passes first.
 pub fn until(
     to: SocketAddr,
     awaited: Awaited,
-    within: Duration,
+    attempts: Attempts,
     ready: impl FnOnce(),
 ) -> Result<u128> {
     ready();
     let start = Instant::now();
+    let within = attempts.within;
     while start.elapsed() < within {
         let open = match awaited {
-            Awaited::Open => exchange(to, ATTEMPT).is_ok(),
-            Awaited::Closed => TcpStream::connect_timeout(&to, ATTEMPT).is_ok(),
+            Awaited::Open => exchange(to, attempts.each).is_ok(),
+            Awaited::Closed => TcpStream::connect_timeout(&to, attempts.each).is_ok(),
         };
         if open == (awaited == Awaited::Open) {
             return Ok(SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos());

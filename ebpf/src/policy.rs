@@ -123,22 +123,17 @@ impl RuleNames {
 
     /// Set `id`'s name (`#id` when unknown); None for 0, any peer.
     fn set(&self, id: u32) -> Option<String> {
-        (id != 0).then(|| {
-            self.sets
-                .get(&id)
-                .cloned()
-                .unwrap_or_else(|| format!("#{id}"))
-        })
+        name_of(&self.sets, id)
     }
 
+    /// Source `id`'s name (`#id` when unknown); None for 0, no source.
     fn source(&self, id: u32) -> Option<String> {
-        (id != 0).then(|| {
-            self.sources
-                .get(&id)
-                .cloned()
-                .unwrap_or_else(|| format!("#{id}"))
-        })
+        name_of(&self.sources, id)
     }
+}
+
+fn name_of(names: &HashMap<u32, String>, id: u32) -> Option<String> {
+    (id != 0).then(|| names.get(&id).cloned().unwrap_or_else(|| format!("#{id}")))
 }
 
 /// The sources rules name (`policy_sources`), by number.
