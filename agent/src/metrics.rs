@@ -48,6 +48,8 @@ pub struct Metrics {
     pub service_ports: Gauge,
     pub service_ports_skipped: Gauge,
     pub apply_errors: Family<WhatLabel, Counter>,
+    pub policy_ports_skipped: Gauge,
+    pub policy_endpoints_denied: Gauge,
     pub kube_proxy_rules: Gauge,
     pub kube_proxy_running: Gauge,
 }
@@ -76,6 +78,8 @@ impl Default for Metrics {
             service_ports: Gauge::default(),
             service_ports_skipped: Gauge::default(),
             apply_errors: Family::default(),
+            policy_ports_skipped: Gauge::default(),
+            policy_endpoints_denied: Gauge::default(),
             kube_proxy_rules: Gauge::default(),
             kube_proxy_running: Gauge::default(),
             registry: Registry::default(),
@@ -144,6 +148,16 @@ impl Default for Metrics {
             "apply_errors",
             "Applies to the node that failed (and are retried), by what they were for",
             m.apply_errors.clone(),
+        );
+        registry.register(
+            "policy_skipped",
+            "NetworkPolicy ports (or whole policies) not enforced, what they would allow staying denied; the agent's log says why",
+            m.policy_ports_skipped.clone(),
+        );
+        registry.register(
+            "policy_endpoints_denied",
+            "Pods whose rules could not be written as asked (more than a direction holds) and that deny all in those directions",
+            m.policy_endpoints_denied.clone(),
         );
         registry.register(
             "kube_proxy_rules",

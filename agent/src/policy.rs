@@ -74,8 +74,10 @@ struct Applied {
     /// The node's sets and sources, read once and kept as written (None
     /// until the first sync, and after a failed one: read again).
     tables: Option<(IpSetTable, SourceTable)>,
-    /// Each endpoint's policy, by host-veth ifindex.
+    /// Each endpoint's policy as translated, by host-veth ifindex.
     endpoints: HashMap<u32, PolicySpec>,
+    /// The endpoints whose policy could not be written and deny instead.
+    denied: HashSet<u32>,
     skipped: Vec<Skipped>,
 }
 
@@ -221,6 +223,10 @@ impl PolicySync {
         for s in skipped.iter().filter(|s| !owned.skipped.contains(s)) {
             tracing::warn!(policy = %s.policy, "not enforced: {}", s.reason);
         }
+        self.metrics.policy_ports_skipped.set(skipped.len() as i64);
+        self.metrics
+            .policy_endpoints_denied
+            .set(owned.denied.len() as i64);
         *applied = Some(Applied { skipped, ..owned });
         Ok(registered)
     }
@@ -279,10 +285,10 @@ fn apply(
         .flat_map(|e| e.ips.iter().map(move |ip| (*ip, &e.spec)))
         .collect();
     let none = PolicySpec::default();
-    let mut live = HashMap::new();
+    let mut live = HashSet::new();
     for ep in registered {
         let wanted = by_ip.get(&IpAddr::V4(ep.ipv4())).copied().unwrap_or(&none);
-        live.insert(ep.ifindex, ());
+        live.insert(ep.ifindex);
         if applied.endpoints.get(&ep.ifindex) == Some(wanted) {
             continue;
         }
@@ -292,7 +298,7 @@ fn apply(
         };
         match dataplane::set_numbered(root, ep.ifindex, wanted, &mut numbers) {
             Ok(()) => {
-                applied.endpoints.insert(ep.ifindex, wanted.clone());
+                applied.denied.remove(&ep.ifindex);
             }
             Err(e) => {
                 // What cannot be written as asked is denied, not allowed.
@@ -305,13 +311,14 @@ fn apply(
                     egress: wanted.egress.as_ref().map(|_| Vec::new()),
                 };
                 dataplane::set(root, ep.ifindex, &deny)?;
-                applied.endpoints.insert(ep.ifindex, deny);
+                applied.denied.insert(ep.ifindex);
             }
         }
+        // As translated, also when denied: tried again only when it changes.
+        applied.endpoints.insert(ep.ifindex, wanted.clone());
     }
-    applied
-        .endpoints
-        .retain(|ifindex, _| live.contains_key(ifindex));
+    applied.endpoints.retain(|ifindex, _| live.contains(ifindex));
+    applied.denied.retain(|ifindex| live.contains(ifindex));
     sets.retire(&|name| translation.sets.contains_key(name))?;
     let used: HashSet<&str> = translation
         .endpoints
