@@ -405,7 +405,9 @@ spec:
     );
     assert_eq!(veths(&c), veths_before, "the refused ADD's veth is gone");
 
-    // A long-lived connection from a client to a listener that counts.
+    // A long-lived connection from a client to a listener that counts to
+    // it (busybox's nc sends only the first line of a pipe, so the count
+    // flows back from the listener, in the client's log).
     c.apply(&format!(
         r#"
 apiVersion: v1
@@ -418,7 +420,7 @@ spec:
   - name: c
     image: localhost/busybox:latest
     imagePullPolicy: Never
-    command: ["nc", "-l", "-p", "9000"]
+    command: ["sh", "-c", "printf '#!/bin/sh\\ni=0; while true; do i=$((i+1)); echo $i; sleep 0.2; done\\n' >/tick && chmod +x /tick && exec nc -l -p 9000 -e /tick"]
 "#
     ));
     let listener = pod_ip(&c, "open", "listener");
@@ -434,11 +436,11 @@ spec:
   - name: c
     image: localhost/busybox:latest
     imagePullPolicy: Never
-    command: ["sh", "-c", "i=0; while true; do i=$((i+1)); echo $i; sleep 0.2; done | nc {listener} 9000"]
+    command: ["nc", "{listener}", "9000"]
 "#
     ));
     let count = || -> u64 {
-        c.try_kubectl(&["logs", "-n", "open", "listener"])
+        c.try_kubectl(&["logs", "-n", "open", "talker"])
             .stdout
             .lines()
             .filter_map(|l| l.trim().parse().ok())
