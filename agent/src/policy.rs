@@ -317,7 +317,9 @@ fn apply(
         // As translated, also when denied: tried again only when it changes.
         applied.endpoints.insert(ep.ifindex, wanted.clone());
     }
-    applied.endpoints.retain(|ifindex, _| live.contains(ifindex));
+    applied
+        .endpoints
+        .retain(|ifindex, _| live.contains(ifindex));
     applied.denied.retain(|ifindex| live.contains(ifindex));
     sets.retire(&|name| translation.sets.contains_key(name))?;
     let used: HashSet<&str> = translation

@@ -1,9 +1,10 @@
 //! NetworkPolicy from the Kubernetes API enforced by Margay's programs on
 //! the local cluster (two nodes): the well-known recipes, peers by pod,
 //! namespace, both, and address block with exceptions, named ports, the
-//! union of several policies, a pod relabelled into and out of a selector,
-//! the kubelet's probes always let through; a new pod isolated from its
-//! first packet; a connection kept across changes that still allow it.
+//! union of several policies, a pod and a namespace relabelled into and
+//! out of a selector, the kubelet's probes always let through; a new pod
+//! isolated from its first packet; a connection kept across changes that
+//! still allow it.
 
 use std::time::Duration;
 
@@ -201,6 +202,15 @@ fn network_policy_recipes_are_enforced() {
             (shop_client, &web, PORT, false),
         ],
     );
+    // The namespace relabelled out of the selector, then back.
+    c.kubectl(&["label", "namespace", "ops", "team=x", "--overwrite"]);
+    expect(
+        &c,
+        "ops relabelled out of team b",
+        &[(ops_client, &web, PORT, false)],
+    );
+    c.kubectl(&["label", "namespace", "ops", "team=b", "--overwrite"]);
+    expect(&c, "ops back in team b", &[(ops_client, &web, PORT, true)]);
     c.kubectl(&["delete", "networkpolicy", "-n", "shop", "web-from-team-b"]);
 
     // Allow from app=client of the same namespace, on the named port http.
