@@ -20,9 +20,10 @@
 //! - the agent's CPU time while it takes the pods and policies in, and the
 //!   memory it holds with them.
 //!
-//! `sigs.k8s.io/kube-network-policies` is not run: it queues new
-//! connections to userspace with nftables' `queue` expression, which a
-//! kernel built without `CONFIG_NFT_QUEUE` refuses ([`peer_available`]).
+//! `sigs.k8s.io/kube-network-policies` (v0.8.0) is not run where it cannot
+//! work: it queues new connections to userspace with nftables' `queue`
+//! expression (`pkg/networkpolicy/controller.go`), which a kernel built
+//! without `CONFIG_NFT_QUEUE` refuses; [`peer_available`] tries it.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::Command;
