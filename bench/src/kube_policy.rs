@@ -168,7 +168,7 @@ pub fn run(
             let (opened, closed) = bench.label_change().await?;
             lo.push(opened);
             lc.push(closed);
-            iso.extend(bench.client.latencies(bench.isolated, per_round)?);
+            iso.extend(bench.admitted_latencies(per_round).await?);
             open.extend(bench.client.latencies(bench.unselected, per_round)?);
         }
         let [po, pc, lo, lc, iso, open] = samples.each_ref().map(|s| Summary::of(s));
@@ -353,27 +353,30 @@ impl Bench {
     /// The client pod gains, then loses, the label policy `by-label` lets
     /// in: how long each took to show.
     async fn label_change(&self) -> Result<(Duration, Duration)> {
-        let label = |value: serde_json::Value| {
-            Patch::Merge(json!({"metadata": {"labels": {"probe": value}}}))
-        };
-        let name = &self.client.name;
-        let opened = self
-            .timed("open", async {
-                self.pods
-                    .patch(name, &PatchParams::default(), &label(json!("yes")))
-                    .await?;
-                Ok(())
-            })
-            .await?;
-        let closed = self
-            .timed("closed", async {
-                self.pods
-                    .patch(name, &PatchParams::default(), &label(json!(null)))
-                    .await?;
-                Ok(())
-            })
-            .await?;
+        let opened = self.timed("open", self.label_client(true)).await?;
+        let closed = self.timed("closed", self.label_client(false)).await?;
         Ok((opened, closed))
+    }
+
+    /// Gives the client the label policy `by-label` lets in, or takes it.
+    async fn label_client(&self, admitted: bool) -> Result<()> {
+        let value = if admitted { json!("yes") } else { json!(null) };
+        let patch = Patch::Merge(json!({"metadata": {"labels": {"probe": value}}}));
+        self.pods
+            .patch(&self.client.name, &PatchParams::default(), &patch)
+            .await?;
+        Ok(())
+    }
+
+    /// `count` connections to the isolated server while the label lets
+    /// the client in: judged by all the server's rules, the last allowing.
+    async fn admitted_latencies(&self, count: usize) -> Result<Vec<Duration>> {
+        self.label_client(true).await?;
+        self.wait(self.isolated, "open", CHANGE_WITHIN)?;
+        let latencies = self.client.latencies(self.isolated, count);
+        self.label_client(false).await?;
+        self.wait(self.isolated, "closed", CHANGE_WITHIN)?;
+        latencies
     }
 
     /// Starts the client trying the isolated server until it is `awaited`,
