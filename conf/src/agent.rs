@@ -84,6 +84,9 @@ pub struct ApiBlock {
 pub struct Unreachable {
     pub socket: PathBuf,
     pub reason: String,
+    /// Whether a connection was made: false when no agent listens (it is
+    /// not running), true when one took the request and failed to answer.
+    pub connected: bool,
 }
 
 /// Sends `request` to the agent at `socket` and waits up to `timeout` for
@@ -96,8 +99,12 @@ pub fn ask(socket: &Path, request: &Request, timeout: Duration) -> Result<Answer
     let fail = |what: &str, e: &dyn std::fmt::Display| Unreachable {
         socket: socket.to_owned(),
         reason: format!("{what}: {e}"),
+        connected: true,
     };
-    let mut stream = UnixStream::connect(socket).map_err(|e| fail("connecting", &e))?;
+    let mut stream = UnixStream::connect(socket).map_err(|e| Unreachable {
+        connected: false,
+        ..fail("connecting", &e)
+    })?;
     stream
         .set_read_timeout(Some(timeout))
         .and_then(|()| stream.set_write_timeout(Some(timeout)))
@@ -148,5 +155,6 @@ mod tests {
         let socket = dir.path().join("agent.sock");
         let e = ask(&socket, &Request::Blocks, Duration::from_secs(1)).unwrap_err();
         assert!(e.to_string().contains(&socket.display().to_string()), "{e}");
+        assert!(!e.connected);
     }
 }

@@ -105,7 +105,11 @@ impl Dataplane for Ebpf {
     /// A Kubernetes pod (the runtime names it in `CNI_ARGS`) on a node
     /// whose agent enforces NetworkPolicy is not started until the agent
     /// says its policy is in force: a pod that policy isolates is never
-    /// open, not even before the kubelet reports its address.
+    /// open, not even before the kubelet reports its address. An agent
+    /// that runs but cannot confirm it fails the ADD (code 11, the kubelet
+    /// retries). Where no agent runs at all (it is restarting, or its
+    /// DaemonSet pod cannot start) the node keeps starting pods, as Calico
+    /// does: the agent puts their policy in force at its first sync.
     fn enforce_policy(&self, ep: &Endpoint, att: &Attachment) -> Result<(), CniError> {
         let (Some(socket), Some(namespace), Some(name)) =
             (&self.agent, att.args.pod_namespace(), att.args.pod_name())
@@ -132,6 +136,12 @@ impl Dataplane for Ebpf {
             Ok(Answer::PolicyApplied) => Ok(()),
             Ok(Answer::Unavailable { reason }) => Err(not_in_force(reason)),
             Ok(other) => Err(not_in_force(format!("margay-agent answered {other:?}"))),
+            Err(e) if !e.connected => {
+                tracing::warn!(
+                    "{e}; pod {namespace}/{name} starts before its NetworkPolicy is in force (the agent applies it when it runs)"
+                );
+                Ok(())
+            }
             Err(e) => Err(not_in_force(e.to_string())),
         }
     }
