@@ -325,6 +325,8 @@ fn the_agent_is_granted_exactly_what_it_uses() {
             ("", "pods", &["list", "watch"]),
             ("", "services", &["list", "watch"]),
             ("discovery.k8s.io", "endpointslices", &["list", "watch"]),
+            ("", "namespaces", &["list", "watch"]),
+            ("networking.k8s.io", "networkpolicies", &["list", "watch"]),
         ])
     );
     assert_eq!(
