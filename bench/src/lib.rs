@@ -7,6 +7,7 @@
 pub mod agent_load;
 pub mod cluster_ipam;
 pub mod cluster_tasks;
+pub mod datapath;
 pub mod exec;
 pub mod interrupt;
 pub mod ipam;

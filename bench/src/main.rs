@@ -86,6 +86,36 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         seconds: u32,
     },
+    /// What a packet costs, pod to pod on one node and across nodes:
+    /// machine CPU per Gbit of fixed-rate TCP and UDP streams,
+    /// connect/request/close and request/response rates and latencies,
+    /// saturated throughput; margay bpf vs margay linux vs ptp+host-local,
+    /// each on a two-node cluster of its own, interleaved rounds. Needs
+    /// root, iperf3 and the release binaries beside this one.
+    Datapath {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Seconds per stream.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+        /// Rate of the fixed-rate TCP stream, Gbit/s.
+        #[arg(long, default_value_t = 2.0)]
+        tcp_gbit: f64,
+        /// Rate of the fixed-rate UDP stream, Mbit/s.
+        #[arg(long, default_value_t = 500.0)]
+        udp_mbit: f64,
+        /// Connections per round of connect/request/close.
+        #[arg(long, default_value_t = 2000)]
+        crr: usize,
+        /// Requests per round on one connection.
+        #[arg(long, default_value_t = 10000)]
+        rr: usize,
+        /// Directory holding margay, margay-ipam and margayctl [default: this executable's].
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        #[arg(long, default_value = "/usr/lib/cni")]
+        peer_dir: PathBuf,
+    },
     /// Pod start latency through kubelet (created -> Running with an
     /// address) on three local clusters side by side: margay bpf vs margay
     /// linux vs ptp+host-local; then `scripts/cluster up` for 1 and 3
@@ -198,6 +228,26 @@ enum ProbeCmd {
         #[arg(long)]
         count: usize,
     },
+    /// Answer fixed-size requests, one connection at a time, until killed.
+    Echo {
+        #[arg(long)]
+        port: u16,
+    },
+    /// Connect to an echo server, one request, close, `count` times; JSON
+    /// of each one's and the whole run's nanoseconds.
+    Crr {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        count: usize,
+    },
+    /// `count` requests on one connection to an echo server; JSON as crr.
+    Rr {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        count: usize,
+    },
     /// Print "ready", try until the address opens or closes, print when
     /// (nanoseconds since the epoch).
     Until {
@@ -276,7 +326,10 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Packets { repeat, rules } => {
             let report = margay_bench::packets::run(repeat, rules)?;
-            let what = format!("repeat {repeat}, {rules}-rule egress policy");
+            let what = format!(
+                "repeat {repeat}, {rules}-rule egress policy, programs loaded in {:.0} ms",
+                report.load_ms
+            );
             print_report(cli.json, &report, info.header(&what), report.table())
         }
         Cmd::Services {
@@ -296,6 +349,33 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Nodeport { rounds, seconds } => {
             let report = margay_bench::nodeport::run(rounds, seconds)?;
             let what = format!("{rounds} interleaved rounds of {seconds} s");
+            print_report(cli.json, &report, info.header(&what), report.table())
+        }
+        Cmd::Datapath {
+            rounds,
+            seconds,
+            tcp_gbit,
+            udp_mbit,
+            crr,
+            rr,
+            bin_dir,
+            peer_dir,
+        } => {
+            let report = margay_bench::datapath::run(margay_bench::datapath::Options {
+                rounds,
+                seconds,
+                tcp_gbit,
+                udp_mbit,
+                crr,
+                rr,
+                bin_dir: bin_dir_or_own(bin_dir)?,
+                peer_dir,
+            })?;
+            let what = format!(
+                "{rounds} interleaved rounds; streams of {seconds} s; CPU less the idle \
+                 machine's {:.3} CPU-s/s; ratios are setup/ptp+host-local",
+                report.idle()
+            );
             print_report(cli.json, &report, info.header(&what), report.table())
         }
         Cmd::K8sPods {
@@ -385,6 +465,15 @@ fn run_probe(cmd: ProbeCmd) -> Result<()> {
             for micros in probe::latencies(to, count)? {
                 println!("{micros}");
             }
+            Ok(())
+        }
+        ProbeCmd::Echo { port } => probe::echo(port),
+        ProbeCmd::Crr { to, count } => {
+            println!("{}", serde_json::to_string(&probe::crr(to, count)?)?);
+            Ok(())
+        }
+        ProbeCmd::Rr { to, count } => {
+            println!("{}", serde_json::to_string(&probe::rr(to, count)?)?);
             Ok(())
         }
         ProbeCmd::Until {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use margay_tests::bpf::BpfRoot;
+use margay_tests::cluster::in_node_wrapper;
 use margay_tests::driver::{Runtime, first_ipv4};
 use margay_tests::netns::{NetNs, unique_name};
 use serde_json::{Value, json};
@@ -42,7 +43,19 @@ impl Network {
     /// `pool` is a /16 of its own; `bin_dir` holds margay and margay-ipam,
     /// `peer_dir` the reference plugins.
     pub fn new(kind: Kind, pool: &str, bin_dir: &Path, peer_dir: &Path) -> Result<Network> {
-        Self::build(kind, pool, bin_dir, peer_dir, None)
+        Self::build(kind, pool, bin_dir, peer_dir, None, None)
+    }
+
+    /// A network whose plugins run inside `node`, a node's namespace, as
+    /// that node's kubelet would run them.
+    pub fn on_node(
+        kind: Kind,
+        pool: &str,
+        bin_dir: &Path,
+        peer_dir: &Path,
+        node: &NetNs,
+    ) -> Result<Network> {
+        Self::build(kind, pool, bin_dir, peer_dir, None, Some(node))
     }
 
     /// A Margay network whose `ipam` section is `ipam` (a host agent's, for
@@ -54,7 +67,7 @@ impl Network {
         peer_dir: &Path,
         ipam: Value,
     ) -> Result<Network> {
-        Self::build(kind, pool, bin_dir, peer_dir, Some(ipam))
+        Self::build(kind, pool, bin_dir, peer_dir, Some(ipam), None)
     }
 
     fn build(
@@ -63,8 +76,25 @@ impl Network {
         bin_dir: &Path,
         peer_dir: &Path,
         ipam: Option<Value>,
+        node: Option<&NetNs>,
     ) -> Result<Network> {
         let dir = tempfile::tempdir()?;
+        let (bin_dir, peer_dir) = match node {
+            Some(node) => {
+                let wrappers = dir.path().join("bin");
+                std::fs::create_dir_all(&wrappers)?;
+                for (name, from) in [
+                    ("margay", bin_dir),
+                    ("margay-ipam", bin_dir),
+                    ("ptp", peer_dir),
+                    ("host-local", peer_dir),
+                ] {
+                    in_node_wrapper(&wrappers, node, name, &from.join(name))?;
+                }
+                (wrappers.clone(), wrappers)
+            }
+            None => (bin_dir.to_path_buf(), peer_dir.to_path_buf()),
+        };
         let bpf = (kind == Kind::MargayBpf).then(BpfRoot::new);
         let (version, plugin, cni_path): (&str, Value, Vec<PathBuf>) = match kind {
             Kind::MargayBpf | Kind::MargayLinux => {
@@ -78,19 +108,16 @@ impl Network {
                 if let Some(root) = &bpf {
                     p["bpf_root"] = root.path().to_string_lossy().into_owned().into();
                 }
-                (
-                    "1.1.0",
-                    p,
-                    vec![bin_dir.to_path_buf(), peer_dir.to_path_buf()],
-                )
+                ("1.1.0", p, vec![bin_dir, peer_dir])
             }
             Kind::PtpHostLocal => (
                 // Debian's plugins (1.1.1) speak CNI up to 1.0.0.
                 "1.0.0",
                 json!({"type": "ptp", "ipMasq": false, "mtu": 1500,
                        "ipam": {"type": "host-local", "ranges": [[{"subnet": pool}]],
+                                "routes": [{"dst": "0.0.0.0/0"}],
                                 "dataDir": dir.path().join("host-local")}}),
-                vec![peer_dir.to_path_buf()],
+                vec![peer_dir],
             ),
         };
         let list =

@@ -44,6 +44,8 @@ pub struct PacketRow {
 pub struct PacketReport {
     pub rules: usize,
     pub repeat: u32,
+    /// How long loading the programs took (verifier included), ms.
+    pub load_ms: f64,
     pub rows: Vec<PacketRow>,
 }
 
@@ -193,7 +195,9 @@ pub fn run(repeat: u32, rules: usize) -> Result<PacketReport> {
         log_level: LOG_OFF,
         ..Settings::default()
     };
+    let start = std::time::Instant::now();
     let node = Node::open(root.path(), &settings).context("loading the programs")?;
+    let load_ms = start.elapsed().as_secs_f64() * 1e3;
     // TestRun puts packets on loopback: the endpoint is ifindex 1.
     registry::register(
         root.path(),
@@ -219,6 +223,7 @@ pub fn run(repeat: u32, rules: usize) -> Result<PacketReport> {
     Ok(PacketReport {
         rules,
         repeat,
+        load_ms,
         rows,
     })
 }

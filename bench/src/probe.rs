@@ -7,7 +7,13 @@
 //!   fork per request, unlike busybox httpd), so latencies are the path's;
 //! - [`latencies`]: connect, one request and its answer, close, in sequence;
 //! - [`until`]: tries to connect until the address opens (or closes), and
-//!   says when, as wall-clock time the parent compares with its own.
+//!   says when, as wall-clock time the parent compares with its own;
+//! - [`echo`], [`crr`] and [`rr`]: the datapath benchmark's transactions,
+//!   netperf's TCP_CRR and TCP_RR in shape: a server that answers each
+//!   [`TRANSACTION`]-byte request on the connection it came on, one
+//!   connection at a time (nothing spawned per connection, so the cost
+//!   measured is the network path's), and clients that connect, exchange
+//!   once and close, or exchange on one connection again and again.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -70,6 +76,91 @@ pub fn latencies(to: SocketAddr, count: usize) -> Result<Vec<u64>> {
             Ok(start.elapsed().as_micros() as u64)
         })
         .collect()
+}
+
+/// Bytes of a transaction's request and of its answer.
+pub const TRANSACTION: usize = 16;
+
+/// Answers every [`TRANSACTION`]-byte request with as many bytes, on the
+/// connection it came on, one connection at a time, until killed.
+///
+/// # Errors
+/// The port cannot be bound.
+pub fn echo(port: u16) -> Result<()> {
+    let listener = TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("port {port}"))?;
+    for mut stream in listener.incoming().flatten() {
+        let _ = stream.set_nodelay(true);
+        let mut request = [0u8; TRANSACTION];
+        while stream.read_exact(&mut request).is_ok() {
+            if stream.write_all(&request).is_err() {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One request and its whole answer on `stream`.
+fn transact(stream: &mut TcpStream) -> Result<()> {
+    let request = [b'q'; TRANSACTION];
+    let mut answer = [0u8; TRANSACTION];
+    stream.write_all(&request)?;
+    stream.read_exact(&mut answer)?;
+    Ok(())
+}
+
+fn connect(to: SocketAddr) -> Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&to, Duration::from_secs(2))
+        .with_context(|| format!("connecting to {to}"))?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    Ok(stream)
+}
+
+/// What a run of transactions took: each one's time, and the run's.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Transactions {
+    pub nanos: Vec<u64>,
+    pub total_nanos: u64,
+}
+
+fn timed(count: usize, mut one: impl FnMut() -> Result<()>) -> Result<Transactions> {
+    let start = Instant::now();
+    let nanos = (0..count)
+        .map(|_| {
+            let t = Instant::now();
+            one()?;
+            Ok(t.elapsed().as_nanos() as u64)
+        })
+        .collect::<Result<Vec<u64>>>()?;
+    Ok(Transactions {
+        nanos,
+        total_nanos: start.elapsed().as_nanos() as u64,
+    })
+}
+
+/// `count` times in sequence: connect to an [`echo`] server, one
+/// transaction, close.
+///
+/// # Errors
+/// A connection or a transaction fails.
+pub fn crr(to: SocketAddr, count: usize) -> Result<Transactions> {
+    timed(count, || {
+        let mut stream = connect(to)?;
+        transact(&mut stream).with_context(|| format!("transaction with {to}"))
+    })
+}
+
+/// `count` transactions in sequence on one connection to an [`echo`]
+/// server (the connection is made before timing starts).
+///
+/// # Errors
+/// The connection or a transaction fails.
+pub fn rr(to: SocketAddr, count: usize) -> Result<Transactions> {
+    let mut stream = connect(to)?;
+    timed(count, || {
+        transact(&mut stream).with_context(|| format!("transaction with {to}"))
+    })
 }
 
 /// Whether [`until`] waits for the address to open or to close.

@@ -41,3 +41,27 @@ pub fn clock_ticks_per_second() -> f64 {
         .flatten()
         .unwrap_or(100) as f64
 }
+
+/// CPU time the whole machine has spent busy so far, all CPUs together,
+/// in clock ticks: user, nice, system, irq, softirq and steal (guest time
+/// is inside user) from the first line of /proc/stat. Packet processing
+/// runs in softirq on whichever CPU takes it, so no process's counters
+/// hold it; only the machine's do.
+///
+/// # Errors
+/// /proc/stat cannot be read or has no `cpu` line.
+pub fn machine_busy_ticks() -> Result<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("/proc/stat")?;
+    let line = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("cpu "))
+        .context("/proc/stat has no cpu line")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .context("/proc/stat's cpu line")?;
+    // user nice system idle iowait irq softirq steal ...
+    let busy = [0, 1, 2, 5, 6, 7];
+    Ok(busy.iter().filter_map(|&i| fields.get(i)).sum())
+}

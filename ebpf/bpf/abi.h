@@ -215,11 +215,15 @@ enum ct_state {
 #define CT_F_FIN_B 0x4
 #define CT_F_LOCAL_DELIVERY 0x8 /* FIB-checked: redirect to a local pod */
 #define CT_F_SERVICE 0x10       /* its replies are reverse-translated (nat.h) */
-#define CT_F_TUNNEL 0x20        /* came through the tunnel from tunnel_peer:
-				 * replies go back the same way */
+#define CT_F_TUNNEL 0x20        /* the pod's packets of the flow go through
+				 * the tunnel to tunnel_peer: the node the
+				 * flow came from, or the peer's pod it is to */
 #define CT_F_POD_IS_A 0x40      /* IPv6: the endpoint's pod is side a (its
 				 * packets are those sent from side a); an
 				 * IPv6 entry's pod_ip is unused */
+#define CT_F_PEER_ROUTED 0x80   /* the pod's packets of the flow are for a
+				 * peer's pod on our L2: routed by the
+				 * programs (forward.h), not the host stack */
 
 /* No per-flow packet or byte counts: updating them on every packet bounces
  * the entry's cache line between the CPUs of the two directions (measured:
@@ -234,7 +238,7 @@ enum ct_state {
 struct ct_entry {
 	__u64 last_seen_ns; /* refreshed at most once per CT_REFRESH_NS */
 	__u32 created_s;    /* flow clock, in seconds: only shown (AGE) */
-	__be32 tunnel_peer; /* CT_F_TUNNEL: the node the flow came from */
+	__be32 tunnel_peer; /* CT_F_TUNNEL: the node the pod's packets go to */
 	__u8 state;
 	__u8 flags;
 	__u16 slot;         /* the endpoint's counters slot */

@@ -17,6 +17,10 @@
  * svc_filter bit is clear: a ClusterIP or NodePort packet is translated
  * before its flow is looked up). Every other packet takes the full path.
  *
+ * A flow's entry also carries the way the pod's packets of it leave the
+ * node (route_to, tunnel.h): to a local pod, through the tunnel, routed to
+ * a peer's pod on our L2 without the host stack, or by the stack.
+ *
  * IPv6 takes the kernel stack after the pod's own verdict (anti-spoofing,
  * conntrack, policy): services, local redirects and the tunnel are IPv4's
  * so far. Neighbour discovery passes like ARP (ndisc.h).
@@ -46,6 +50,7 @@ enum ingress_path {
 	VIA_STACK = 0,       /* routed by the kernel to the host veth */
 	VIA_LOCAL_POD = 1,   /* redirected by the sending pod's from_pod */
 	VIA_TUNNEL = 2,      /* from another node, through the tunnel */
+	VIA_NET = 3,         /* from the LAN, redirected by from_net */
 };
 
 /* A packet to a pod on a flow its conntrack holds (`ct` from ct_lookup). */
@@ -102,9 +107,13 @@ static __always_inline int ingress_verdict(struct __sk_buff *skb, struct packet 
 	/* A NodePort flow: this backend's replies go back as the service. */
 	if (path != VIA_LOCAL_POD && nat_reversed_at_backend(p))
 		flags |= CT_F_SERVICE;
+	/* The way the pod's replies will leave the node. */
+	__be32 via = tunnel_peer;
 	if (tunnel_peer)
 		flags |= CT_F_TUNNEL;
-	ct_create(p, ep, flags, tunnel_peer);
+	else if (path != VIA_LOCAL_POD)
+		flags |= route_to(p->saddr, &via);
+	ct_create(p, ep, flags, via);
 	trace_new_flow(p, ifindex, DIR_INGRESS);
 	count_allowed(ep->slot, DIR_INGRESS, p->len);
 	return TC_ACT_OK;
@@ -124,19 +133,12 @@ static __always_inline int deliver_local(struct __sk_buff *skb, struct packet *p
 	return redirect_to_pod(skb, p, dst->ifindex, dst->mac);
 }
 
-/* A pod's packet for somewhere off this node: through the tunnel when it
- * is for the pods of a node that is not on our L2, else the stack. A node
- * with no tunnel device has no one to encapsulate to, and skips the peer
- * lookup (a helper call on every established packet leaving the node). */
+/* A pod's packet for somewhere off this node that no flow's entry
+ * carries the way of (route_to). */
 static __always_inline int to_elsewhere(struct __sk_buff *skb, const struct packet *p)
 {
-	struct node_config *cfg = node_settings();
-	if (!cfg || !cfg->tunnel_ifindex)
-		return TC_ACT_OK;
-	struct peer *peer = peer_of(p->daddr);
-	if (peer && (peer->flags & PEER_F_ENCAP))
-		return tunnel_send(skb, peer->node, VNI_POD);
-	return TC_ACT_OK;
+	__be32 via = 0;
+	return leave_node(skb, p, route_to(p->daddr, &via), via);
 }
 
 /* A pod's packet on a flow its conntrack holds (`ct` from ct_lookup or
@@ -163,11 +165,11 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 					  : TC_ACT_OK;
 		return redirect_by_fib(skb, p);
 	}
-	/* A reply to a flow another node sent through the tunnel. */
-	if (ct == CT_REPLY && (e->flags & CT_F_TUNNEL))
-		return tunnel_send(skb, e->tunnel_peer, VNI_POD);
 	__u32 dst = (e->flags & CT_F_LOCAL_DELIVERY) ? local_endpoint_ifindex(p->daddr) : 0;
-	return dst ? deliver_local(skb, p, dst) : to_elsewhere(skb, p);
+	if (dst)
+		return deliver_local(skb, p, dst);
+	/* The way chosen when the flow began (route_to). */
+	return leave_node(skb, p, e->flags, e->tunnel_peer);
 }
 
 /* What an IPv6 packet on endpoint `ep`'s `dir` side needs no flow for:
@@ -364,16 +366,19 @@ int from_pod(struct __sk_buff *skb)
 		return to_elsewhere(skb, &p);
 	}
 	__u8 ct_flags = dst ? CT_F_LOCAL_DELIVERY : 0;
+	__be32 via = 0;
+	if (!dst)
+		ct_flags |= route_to(p.daddr, &via);
 	if (lb == LB_TRANSLATED) {
 		lb_record(&flow, p.proto);
 		ct_flags |= CT_F_SERVICE;
 	}
 	if (!related) {
-		ct_create(&p, ep, ct_flags, 0);
+		ct_create(&p, ep, ct_flags, via);
 		trace_new_flow(&p, ifindex, DIR_EGRESS);
 	}
 	count_allowed(slot, DIR_EGRESS, p.len);
-	return dst ? deliver_local(skb, &p, dst) : to_elsewhere(skb, &p);
+	return dst ? deliver_local(skb, &p, dst) : leave_node(skb, &p, ct_flags, via);
 }
 
 SEC("classifier")
@@ -421,13 +426,32 @@ int to_pod(struct __sk_buff *skb)
 	}
 }
 
+/* A packet from the LAN to this node (another node's pod, or the node
+ * itself) for one of this node's pods goes straight to the pod, its
+ * ingress decision taken here as from_tunnel does, without the host stack.
+ * Everything else is the node's and takes the stack. */
+static __always_inline int from_net_to_pod(struct __sk_buff *skb, struct packet *p)
+{
+	if (skb->pkt_type != PACKET_HOST)
+		return TC_ACT_OK;
+	__u32 dst = local_endpoint_ifindex(p->daddr);
+	struct endpoint *ep = dst ? endpoint_of(dst) : NULL;
+	if (!ep || p->ttl <= 1) /* the stack sends time-exceeded */
+		return TC_ACT_OK;
+	int verdict = ingress_verdict(skb, p, ep, VIA_NET, 0, false);
+	if (verdict != TC_ACT_OK)
+		return verdict;
+	return redirect_to_pod(skb, p, ep->ifindex, ep->mac);
+}
+
 /* NodePorts on a data interface: a connection from outside to the node's
  * address and a NodePort gets a backend, as a pod's connection to a
  * ClusterIP does, its source kept (the backend sees the real client); the
  * kernel then routes it to the backend, whose to_pod applies its ingress
  * policy and whose from_pod turns the replies back into the NodePort's.
- * ICMP errors about such a flow follow it to the backend. Everything else
- * is the node's own traffic and passes untouched. */
+ * ICMP errors about such a flow follow it to the backend. Other packets
+ * for a local pod go to it directly (from_net_to_pod). Everything else is
+ * the node's own traffic and passes untouched. */
 SEC("classifier")
 int from_net(struct __sk_buff *skb)
 {
@@ -445,7 +469,7 @@ int from_net(struct __sk_buff *skb)
 		if (fwd == NAT_FAILED)
 			return drop(&p, NODE_SLOT, ifindex, DIR_INGRESS, DROP_NAT);
 		if (fwd != NAT_TRANSLATED)
-			return TC_ACT_OK;
+			return from_net_to_pod(skb, &p);
 		break;
 	}
 	case LB_NO_BACKEND:

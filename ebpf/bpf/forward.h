@@ -1,9 +1,12 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* Local delivery: a packet from one local pod to another goes straight to
- * the destination pod's interface (bpf_redirect_peer), skipping the host
- * stack and the veth transmit path, once the FIB has confirmed that the
- * kernel would route it there. Everything else takes the kernel stack, so
- * host netfilter (masquerade, node firewall) still sees it. */
+/* Forwarding without the host stack: a packet from one local pod to
+ * another goes straight to the destination pod's interface
+ * (bpf_redirect_peer), skipping the host stack and the veth transmit path,
+ * once the FIB has confirmed that the kernel would route it there; so does
+ * a packet from the LAN for a local pod (from_net). A pod's packet for a
+ * peer node's pod on our L2 is routed by the FIB and sent out of the
+ * device it names (redirect_by_fib). Everything else takes the kernel
+ * stack, so host netfilter (masquerade, node firewall) still sees it. */
 #pragma once
 
 #include "common.h"
@@ -68,11 +71,12 @@ static __always_inline int redirect_to_pod(struct __sk_buff *skb, const struct p
 	return bpf_redirect_peer(ifindex, 0);
 }
 
-/* Routes the packet itself, by the FIB, out of the interface it names.
- * For a reply whose source became one of the node's own addresses
- * (a NodePort's): the stack would drop it as a martian, arriving from a
- * veth with a local source. TC_ACT_OK (the stack) when the FIB has no
- * answer we can use. */
+/* Routes the packet itself, by the FIB, out of the interface it names:
+ * for a peer's pod, and for a reply whose source became one of the node's
+ * own addresses (a NodePort's), which the stack would drop as a martian,
+ * arriving from a veth with a local source. TC_ACT_OK (the stack) when the
+ * FIB has no answer we can use, such as a packet too big for the device
+ * (the stack then sends the sender the ICMP error). */
 static __always_inline int redirect_by_fib(struct __sk_buff *skb, const struct packet *p)
 {
 	struct bpf_fib_lookup f = {};

@@ -8,6 +8,7 @@
 
 #include "common.h"
 #include "parse.h"
+#include "forward.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -59,4 +60,37 @@ static __always_inline int tunnel_send(struct __sk_buff *skb, __be32 node, __u32
 static __always_inline __u32 vni_dsr(__be16 node_port, __u8 proto)
 {
 	return VNI_DSR | (proto == IPPROTO_UDP ? VNI_DSR_UDP : 0) | bpf_ntohs(node_port);
+}
+
+/* How a pod's packets to `addr` leave the node, decided when their flow
+ * is created and kept in its conntrack entry, so that an established
+ * packet looks nothing else up: CT_F_TUNNEL for a peer's pods behind the
+ * tunnel (the peer's address in `*via`), CT_F_PEER_ROUTED for a peer's
+ * pods on our L2, 0 for the host stack. Only the cluster's pods bypass
+ * the stack: traffic leaving the cluster meets host netfilter
+ * (masquerade, the node's firewall) as before. */
+static __always_inline __u8 route_to(__be32 addr, __be32 *via)
+{
+	struct peer *peer = peer_of(addr);
+	if (!peer)
+		return 0;
+	if (!(peer->flags & PEER_F_ENCAP))
+		return CT_F_PEER_ROUTED;
+	struct node_config *cfg = node_settings();
+	if (!cfg || !cfg->tunnel_ifindex)
+		return 0;
+	*via = peer->node;
+	return CT_F_TUNNEL;
+}
+
+/* Sends a pod's packet off the node the way route_to chose (`route`, in
+ * conntrack flags). */
+static __always_inline int leave_node(struct __sk_buff *skb, const struct packet *p, __u8 route,
+				      __be32 via)
+{
+	if (route & CT_F_TUNNEL)
+		return tunnel_send(skb, via, VNI_POD);
+	if (route & CT_F_PEER_ROUTED)
+		return redirect_by_fib(skb, p);
+	return TC_ACT_OK;
 }

@@ -64,6 +64,7 @@ pub const CT_F_LOCAL_DELIVERY: u8 = 0x8;
 pub const CT_F_SERVICE: u8 = 0x10;
 pub const CT_F_TUNNEL: u8 = 0x20;
 pub const CT_F_POD_IS_A: u8 = 0x40;
+pub const CT_F_PEER_ROUTED: u8 = 0x80;
 
 /// On a rule of either family: it was written without a CIDR (both lists
 /// hold it), so `policy show` shows it once.
@@ -311,7 +312,8 @@ pub struct CtEntry {
     pub last_seen_ns: u64,
     /// The flow clock at creation, in seconds (only shown: the age).
     pub created_s: u32,
-    /// `CT_F_TUNNEL`: the node the flow came from (network order).
+    /// `CT_F_TUNNEL`: the node the pod's packets of the flow go to
+    /// (network order).
     pub tunnel_peer: [u8; 4],
     pub state: u8,
     pub flags: u8,

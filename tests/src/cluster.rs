@@ -51,6 +51,51 @@ impl Lan {
         host.run_ok(&["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
         host.run_ok(&["ip", "link", "set", "eth0", "up"]);
     }
+
+    /// A node's namespace on this segment at `addr`: forwarding on, no
+    /// reverse-path filter, and like any node a default route (the pods'
+    /// gateway 169.254.1.1 is answered by proxy ARP only for addresses the
+    /// node can route).
+    pub fn node(&self, addr: Ipv4Addr) -> NetNs {
+        let ns = NetNs::new("node");
+        self.plug(&ns, addr);
+        ns.run_ok(&["ip", "route", "add", "default", "dev", "eth0"]);
+        for (key, value) in [
+            ("net/ipv4/ip_forward", "1"),
+            ("net/ipv4/conf/all/rp_filter", "0"),
+            ("net/ipv4/conf/default/rp_filter", "0"),
+            ("net/ipv6/conf/all/forwarding", "1"),
+        ] {
+            ns.run_ok(&["sh", "-c", &format!("echo {value} > /proc/sys/{key}")]);
+        }
+        ns
+    }
+}
+
+/// Writes `dir/name`, an executable that runs `target` inside `node`'s
+/// network namespace, as a CNI plugin on that machine would run. Through
+/// `nsenter`, which unlike `ip netns exec` keeps /sys (and the BPF
+/// filesystem under it).
+///
+/// # Errors
+/// The file cannot be written.
+pub fn in_node_wrapper(
+    dir: &std::path::Path,
+    node: &NetNs,
+    name: &str,
+    target: &std::path::Path,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let wrapper = dir.join(name);
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec nsenter --net=/var/run/netns/{} {} \"$@\"\n",
+            node.name(),
+            target.display()
+        ),
+    )?;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))
 }
 
 /// A node: a namespace where Margay's CNI plugin runs, as kubelet would
@@ -74,37 +119,12 @@ impl ClusterNode {
     /// dual-stack node.
     pub fn with_pools(lan: &Lan, addr: Ipv4Addr, pools: &[&'static str]) -> ClusterNode {
         let pool = pools[0];
-        let ns = NetNs::new("node");
-        lan.plug(&ns, addr);
-        // Like any node, a default route: the pods' gateway 169.254.1.1 is
-        // answered by proxy ARP only for addresses the node can route.
-        ns.run_ok(&["ip", "route", "add", "default", "dev", "eth0"]);
-        for (key, value) in [
-            ("net/ipv4/ip_forward", "1"),
-            ("net/ipv4/conf/all/rp_filter", "0"),
-            ("net/ipv4/conf/default/rp_filter", "0"),
-            ("net/ipv6/conf/all/forwarding", "1"),
-        ] {
-            ns.run_ok(&["sh", "-c", &format!("echo {value} > /proc/sys/{key}")]);
-        }
+        let ns = lan.node(addr);
         let dir = tempfile::tempdir().unwrap();
         let bpf = BpfRoot::new();
-        // The plugin runs inside the node's namespace; `nsenter`, unlike
-        // `ip netns exec`, keeps /sys (and the BPF filesystem under it).
         let bin_dir = dir.path().join("bin");
         std::fs::create_dir_all(&bin_dir).unwrap();
-        let wrapper = bin_dir.join("margay");
-        std::fs::write(
-            &wrapper,
-            format!(
-                "#!/bin/sh\nexec nsenter --net=/var/run/netns/{} {} \"$@\"\n",
-                ns.name(),
-                bin("margay").display()
-            ),
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        in_node_wrapper(&bin_dir, &ns, "margay", &bin("margay")).unwrap();
         std::os::unix::fs::symlink(bin("margay-ipam"), bin_dir.join("margay-ipam")).unwrap();
         let conflist = json!({"cniVersion": "1.1.0", "name": unique_name("mgcl"), "plugins": [{
             "type": "margay", "dataplane": "bpf", "nodename": ns.name(),

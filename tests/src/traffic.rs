@@ -189,7 +189,9 @@ impl EchoServer {
 }
 
 fn echo(mut conn: TcpStream) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    // Long enough for a test to reload the programs between two round
+    // trips on a loaded machine (the verifier takes seconds).
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(120)));
     let mut buf = [0u8; 512];
     while let Ok(n) = conn.read(&mut buf) {
         if n == 0 || conn.write_all(&buf[..n]).is_err() {

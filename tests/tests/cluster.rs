@@ -61,6 +61,76 @@ fn pods_reach_pods_and_cluster_ips_on_the_other_node_routed_or_tunnelled() {
     );
 }
 
+/// Packets of `node`'s FORWARD chain counted by the rule tagged `tag`.
+fn forwarded(node: &margay_tests::netns::NetNs, tag: &str) -> u64 {
+    let listing = node.run_ok(&["iptables", "-L", "FORWARD", "-v", "-n", "-x"]);
+    let line = listing
+        .lines()
+        .find(|l| l.contains(tag))
+        .unwrap_or_else(|| panic!("no rule {tag} in {listing}"));
+    line.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// Counts, in `node`'s FORWARD chain, what goes from `src` to `dst`.
+fn count_forwarded(node: &margay_tests::netns::NetNs, src: Ipv4Addr, dst: Ipv4Addr, tag: &str) {
+    let (src, dst) = (src.to_string(), dst.to_string());
+    let rule = ["-s", &src, "-d", &dst, "-m", "comment", "--comment", tag];
+    node.run_ok(&[&["iptables", "-I", "FORWARD"][..], &rule[..]].concat());
+}
+
+#[test]
+fn pods_on_peer_nodes_talk_past_the_host_stack_and_traffic_leaving_the_cluster_meets_netfilter() {
+    require_root!(
+        pods_on_peer_nodes_talk_past_the_host_stack_and_traffic_leaving_the_cluster_meets_netfilter
+    );
+    let c = Cluster::new(7);
+    let (pod_a, ip_a) = c.a.pod("fa").unwrap();
+    let (pod_b, ip_b) = c.b.pod("fb").unwrap();
+    c.attach_data_ifaces("tunnel").unwrap();
+    c.know_each_other(false).unwrap();
+    // The external client routes the pods' CIDR to their node, as a
+    // router of a flat network would.
+    c.client
+        .run_ok(&["ip", "route", "add", c.a.pool, "via", &c.a.addr.to_string()]);
+    for node in [&c.a.ns, &c.b.ns] {
+        count_forwarded(node, ip_a, ip_b, "mg-a-to-b");
+        count_forwarded(node, ip_b, ip_a, "mg-b-to-a");
+    }
+    count_forwarded(&c.a.ns, ip_a, c.client_addr, "mg-a-to-client");
+
+    let server = TcpServer::start(Some(&pod_b), "b");
+    for _ in 0..3 {
+        let answer = traffic::request(Some(&pod_a), SocketAddr::from((ip_b, server.port)))
+            .unwrap_or_else(|e| panic!("pod to pod across nodes: {e}"));
+        assert_eq!(answer, format!("b {ip_a}"));
+    }
+    // Both ways, both nodes: the programs routed the pods' packets (FIB
+    // lookup, redirect out of eth0; from_net into the pod), so no node's
+    // forwarding path, netfilter included, saw one.
+    for (node, name) in [(&c.a.ns, "A"), (&c.b.ns, "B")] {
+        for tag in ["mg-a-to-b", "mg-b-to-a"] {
+            assert_eq!(
+                forwarded(node, tag),
+                0,
+                "node {name} forwarded pod-to-pod packets ({tag}) through its stack"
+            );
+        }
+    }
+    // What leaves the cluster still takes the stack, where the node's
+    // firewall and masquerade rules are.
+    let outside = TcpServer::start(Some(&c.client), "ext");
+    let answer = traffic::request(
+        Some(&pod_a),
+        SocketAddr::from((c.client_addr, outside.port)),
+    )
+    .unwrap_or_else(|e| panic!("pod to a host outside the cluster: {e}"));
+    assert_eq!(answer, format!("ext {ip_a}"));
+    assert!(
+        forwarded(&c.a.ns, "mg-a-to-client") > 0,
+        "traffic leaving the cluster bypassed node A's netfilter"
+    );
+}
+
 /// The client reaches node A's NodePort; the only backend is on node B.
 fn node_port_to_the_other_node(mode: &str, subnet: u8) {
     let c = Cluster::new(subnet);
