@@ -17,8 +17,8 @@ use margay_ebpf::{policy, registry};
 use margay_model::ip_set::{IpSets, SetMember};
 use margay_model::policy::{Action, PolicySpec, Ports, Rule};
 use margay_model::protocol::Protocol;
-use margay_tests::bpf::{BpfRoot, TC_ACT_OK, TC_ACT_SHOT, run_repeat};
-use margay_tests::packet::{L4, POD_MAC, TCP_ACK, TCP_SYN, ipv4, ipv6};
+use margay_tests::bpf::{BpfRoot, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, run_repeat};
+use margay_tests::packet::{L4, POD_MAC, TCP_ACK, TCP_RST, TCP_SYN, ipv4, ipv6};
 use serde::Serialize;
 
 use crate::report::Table;
@@ -51,7 +51,13 @@ pub struct PacketReport {
 
 impl PacketReport {
     pub fn table(&self) -> Table {
-        let mut t = Table::new(["family", "from_pod path", "ns/packet", "goal", "met"]);
+        let mut t = Table::new([
+            "family",
+            "path (from_pod unless named)",
+            "ns/packet",
+            "goal",
+            "met",
+        ]);
         for r in &self.rows {
             t.row([
                 r.family.to_string(),
@@ -104,6 +110,24 @@ impl Family {
             (IpAddr::V6(pod), IpAddr::V6(peer)) => ipv6(POD_MAC, pod, peer, &l4),
             _ => unreachable!("one family"),
         }
+    }
+
+    /// The peer's answer to [`Family::frame`]'s packet (from port 443 to
+    /// `dport`), with the node's own MAC as its destination (TestRun's
+    /// device, loopback, has an all-zero one), as a data interface gets it.
+    fn reply(&self, dport: u16, flags: u8) -> Vec<u8> {
+        let l4 = L4::Tcp {
+            sport: 443,
+            dport,
+            flags,
+        };
+        let mut frame = match (self.pod, self.peer) {
+            (IpAddr::V4(pod), IpAddr::V4(peer)) => ipv4(POD_MAC, peer, pod, &l4),
+            (IpAddr::V6(pod), IpAddr::V6(peer)) => ipv6(POD_MAC, peer, pod, &l4),
+            _ => unreachable!("one family"),
+        };
+        frame[..6].fill(0);
+        frame
     }
 
     /// `rules - 1` rules of this family that never match the benchmark's
@@ -177,15 +201,35 @@ impl Family {
 }
 
 fn set_egress(root: &std::path::Path, rules: Vec<Rule>) -> Result<()> {
+    set_egress_policy(root, Some(rules))
+}
+
+/// The endpoint's egress policy: `None` for none (all allowed).
+fn set_egress_policy(root: &std::path::Path, egress: Option<Vec<Rule>>) -> Result<()> {
     policy::set(
         root,
         1,
         &PolicySpec {
             ingress: None,
-            egress: Some(rules),
+            egress,
         },
     )
     .context("setting the policy")
+}
+
+/// TestRun's repetitions run on one packet, which a redirecting program
+/// changes as it goes (a router's TTL decrement): runs of this many
+/// repetitions each (the frame's TTL is 64, and its last hops must not
+/// take the expiry path), and the median of those.
+const TTL_BOUND_REPEAT: u32 = 50;
+
+fn median_of_runs(node: &Node, name: &str, frame: &[u8], runs: usize) -> (u32, f64) {
+    let results: Vec<(u32, f64)> = (0..runs)
+        .map(|_| run_repeat(node, name, frame, 0, TTL_BOUND_REPEAT))
+        .collect();
+    let verdict = results[0].0;
+    let ns: Vec<f64> = results.iter().map(|r| r.1).collect();
+    (verdict, crate::stats::median_of(&ns))
 }
 
 /// Runs the cases of each family; `repeat` runs per TestRun call.
@@ -285,6 +329,35 @@ fn family_cases(
         u64::from(fresh),
     );
 
+    // New flows, warm: one flow made new on every repetition. A SYN that
+    // carries RST leaves its entry closed, and the next SYN of a closed
+    // flow starts a new one: looked up, judged, its entry written again.
+    // The single runs above see every cache cold; these see them warm.
+    let recreate = frame(5000, TCP_SYN | TCP_RST);
+    let (verdict, ns) = run_repeat(node, "from_pod", &recreate, 0, repeat);
+    anyhow::ensure!(
+        verdict == TC_ACT_OK,
+        "the new flow was not allowed ({verdict})"
+    );
+    row(
+        "new flow, 100-rule scan, allowed + insert (warm)",
+        ns,
+        None,
+        u64::from(repeat),
+    );
+    set_egress_policy(root, None)?;
+    let (verdict, ns) = run_repeat(node, "from_pod", &recreate, 0, repeat);
+    anyhow::ensure!(
+        verdict == TC_ACT_OK,
+        "the new flow was not allowed ({verdict})"
+    );
+    row(
+        "new flow, no policy, allowed + insert (warm)",
+        ns,
+        Some(350.0),
+        u64::from(repeat),
+    );
+
     // Hit: an established flow's packets.
     let (verdict, _) = run_repeat(node, "from_pod", &frame(2000, TCP_SYN), 0, 1);
     anyhow::ensure!(verdict == TC_ACT_OK, "the flow was not allowed ({verdict})");
@@ -293,7 +366,30 @@ fn family_cases(
         verdict == TC_ACT_OK,
         "the established flow was dropped ({verdict})"
     );
-    row("conntrack hit", hit_ns, Some(100.0), u64::from(repeat));
+    row("conntrack hit", hit_ns, Some(60.0), u64::from(repeat));
+    // The same flow's answers: on the pod's veth (to_pod), and arriving
+    // on a data interface (from_net, IPv4), which hands them to the pod.
+    let answer = family.reply(2000, TCP_ACK);
+    let (verdict, ns) = run_repeat(node, "to_pod", &answer, 0, repeat);
+    anyhow::ensure!(
+        verdict == TC_ACT_OK,
+        "to_pod dropped the answer ({verdict})"
+    );
+    row("to_pod: conntrack hit", ns, None, u64::from(repeat));
+    if family.name == "IPv4" {
+        let runs = 2_000;
+        let (verdict, ns) = median_of_runs(node, "from_net", &answer, runs);
+        anyhow::ensure!(
+            verdict == TC_ACT_REDIRECT,
+            "from_net did not hand the answer to the pod ({verdict})"
+        );
+        row(
+            "from_net: to a local pod, conntrack hit",
+            ns,
+            None,
+            (runs as u64) * u64::from(TTL_BOUND_REPEAT),
+        );
+    }
 
     // Single runs carry a fixed cost a repeated run spreads thin (timer
     // reads, a cold skb): the same hit path, run singly, measures it.
