@@ -130,7 +130,7 @@ static __always_inline int deliver_local(struct __sk_buff *skb, struct packet *p
 	int verdict = ingress_verdict(skb, p, dst, VIA_LOCAL_POD, 0, false);
 	if (verdict != TC_ACT_OK)
 		return verdict;
-	return redirect_to_pod(skb, p, dst->ifindex, dst->mac);
+	return redirect_to_pod(skb, dst->ifindex, dst->mac);
 }
 
 /* A pod's packet for somewhere off this node that no flow's entry
@@ -157,11 +157,11 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 		if (rev != NAT_TRANSLATED)
 			return TC_ACT_OK;
 		if (p->daddr == e->pod_ip) /* hairpin: the entry knows the pod */
-			return p->ttl > 1 ? redirect_to_pod(skb, p, ifindex, e->pod_mac) : TC_ACT_OK;
+			return p->ttl > 1 ? redirect_to_pod(skb, ifindex, e->pod_mac) : TC_ACT_OK;
 		__u32 dst = local_endpoint_ifindex(p->daddr);
 		struct endpoint *client = dst ? endpoint_of(dst) : NULL;
 		if (client)
-			return p->ttl > 1 ? redirect_to_pod(skb, p, client->ifindex, client->mac)
+			return p->ttl > 1 ? redirect_to_pod(skb, client->ifindex, client->mac)
 					  : TC_ACT_OK;
 		return redirect_by_fib(skb, p);
 	}
@@ -441,7 +441,7 @@ static __always_inline int from_net_to_pod(struct __sk_buff *skb, struct packet 
 	int verdict = ingress_verdict(skb, p, ep, VIA_NET, 0, false);
 	if (verdict != TC_ACT_OK)
 		return verdict;
-	return redirect_to_pod(skb, p, ep->ifindex, ep->mac);
+	return redirect_to_pod(skb, ep->ifindex, ep->mac);
 }
 
 /* NodePorts on a data interface: a connection from outside to the node's
@@ -519,7 +519,7 @@ int from_tunnel(struct __sk_buff *skb)
 		int verdict = ingress_verdict(skb, &p, ep, VIA_TUNNEL, dsr ? 0 : from_node, false);
 		if (verdict != TC_ACT_OK)
 			return verdict;
-		return redirect_to_pod(skb, &p, ep->ifindex, ep->mac);
+		return redirect_to_pod(skb, ep->ifindex, ep->mac);
 	}
 	int rev = nat_reverse(skb, &p);
 	if (rev == NAT_FAILED)

@@ -43,30 +43,41 @@ static __always_inline bool fib_routes_to(struct __sk_buff *skb, const struct pa
 	       f.ifindex == dst_ifindex;
 }
 
-/* Decrements the TTL as a router does, with the header checksum. */
-static __always_inline int ttl_decrement(struct __sk_buff *skb, const struct packet *p)
+/* Does what a router does to a packet it forwards (TTL decremented, with
+ * the header checksum; the frame addressed from `smac` to `dmac`), by
+ * direct writes: three helper calls fewer per packet than with
+ * bpf_skb_store_bytes and bpf_l3_csum_replace, each of which costs a
+ * guest that mitigates SRSO ~20 ns. `dmac` NULL: L2 is left to whoever
+ * sends it (bpf_redirect_neigh). False when the headers are not in the
+ * packet's linear part (parse_packet has found them there already). */
+static __always_inline bool forward_rewrite(struct __sk_buff *skb, const __u8 *dmac,
+					    const __u8 *smac)
 {
-	__u32 ttl_off = ETH_HLEN + __builtin_offsetof(struct iphdr, ttl);
-	__u32 csum_off = ETH_HLEN + __builtin_offsetof(struct iphdr, check);
-	/* ttl and protocol share one 16-bit word of the header checksum. */
-	__be16 old_word = bpf_htons(((__u16)p->ttl << 8) | p->proto);
-	__be16 new_word = bpf_htons(((__u16)(p->ttl - 1) << 8) | p->proto);
-	__u8 ttl = p->ttl - 1;
-	if (bpf_l3_csum_replace(skb, csum_off, old_word, new_word, sizeof(new_word)) < 0 ||
-	    bpf_skb_store_bytes(skb, ttl_off, &ttl, 1, 0) < 0)
-		return -1;
-	return 0;
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = data + ETH_HLEN;
+	if ((void *)(ip + 1) > data_end)
+		return false;
+	/* RFC 1624's incremental update for a TTL one lower, as the kernel's
+	 * ip_decrease_ttl: the TTL is the high byte of its checksummed word. */
+	__u32 check = ip->check;
+	check += bpf_htons(0x0100);
+	ip->check = (__sum16)(check + (check >= 0xffff));
+	ip->ttl--;
+	if (dmac) {
+		__builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
+		__builtin_memcpy(eth->h_source, smac, ETH_ALEN);
+	}
+	return true;
 }
 
 /* Rewrites L2 as the host would (gateway MAC to the pod's `mac`),
  * decrements the TTL, and hands the packet to the pod behind host veth
  * `ifindex`. */
-static __always_inline int redirect_to_pod(struct __sk_buff *skb, const struct packet *p,
-					   __u32 ifindex, const __u8 *mac)
+static __always_inline int redirect_to_pod(struct __sk_buff *skb, __u32 ifindex, const __u8 *mac)
 {
-	if (ttl_decrement(skb, p) < 0 ||
-	    bpf_skb_store_bytes(skb, 0, mac, ETH_ALEN, 0) < 0 ||
-	    bpf_skb_store_bytes(skb, ETH_ALEN, gateway_mac, ETH_ALEN, 0) < 0)
+	if (!forward_rewrite(skb, mac, gateway_mac))
 		return TC_ACT_SHOT;
 	return bpf_redirect_peer(ifindex, 0);
 }
@@ -83,12 +94,15 @@ static __always_inline int redirect_by_fib(struct __sk_buff *skb, const struct p
 	long rc = fib_lookup(skb, p, &f);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
 		return TC_ACT_OK;
-	if (p->ttl <= 1 || ttl_decrement(skb, p) < 0)
-		return TC_ACT_SHOT;
-	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+	if (p->ttl <= 1) /* the stack sends time-exceeded */
+		return TC_ACT_OK;
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		/* The neighbour subsystem writes L2 (resolving it first). */
+		if (!forward_rewrite(skb, NULL, NULL))
+			return TC_ACT_SHOT;
 		return bpf_redirect_neigh(f.ifindex, NULL, 0, 0);
-	if (bpf_skb_store_bytes(skb, 0, f.dmac, ETH_ALEN, 0) < 0 ||
-	    bpf_skb_store_bytes(skb, ETH_ALEN, f.smac, ETH_ALEN, 0) < 0)
+	}
+	if (!forward_rewrite(skb, f.dmac, f.smac))
 		return TC_ACT_SHOT;
 	return bpf_redirect(f.ifindex, 0);
 }
