@@ -367,6 +367,12 @@ fn family_cases(
         "the established flow was dropped ({verdict})"
     );
     row("conntrack hit", hit_ns, Some(60.0), u64::from(repeat));
+    row(
+        "TestRun's own cost (a program that returns at once)",
+        margay_tests::bpf::harness_ns(&frame(2000, TCP_ACK), repeat),
+        None,
+        u64::from(repeat),
+    );
     // The same flow's answers: on the pod's veth (to_pod), and arriving
     // on a data interface (from_net, IPv4), which hands them to the pod.
     let answer = family.reply(2000, TCP_ACK);

@@ -148,3 +148,55 @@ pub fn pin_hash_map(path: &Path, key_size: u32, value_size: u32, max_entries: u3
     // SAFETY: closing the descriptor we created; the pin keeps the map.
     unsafe { libc::close(fd as i32) };
 }
+
+/// What TestRun itself costs a repetition on `frame` (the syscall's loop,
+/// the call into the program, its return): the mean ns per run of a
+/// classifier that returns at once, loaded here by hand (two
+/// instructions), so benchmarks can show a program's own cost beside it.
+pub fn harness_ns(frame: &[u8], repeat: u32) -> f64 {
+    // r0 = 0; exit
+    let insns: [u8; 16] = [0xb7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0];
+    let license = c"GPL";
+    let mut load = [0u8; 128];
+    load[0..4].copy_from_slice(&3u32.to_ne_bytes()); // BPF_PROG_TYPE_SCHED_CLS
+    load[4..8].copy_from_slice(&2u32.to_ne_bytes()); // insn_cnt
+    load[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+    load[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+    // SAFETY: the bpf syscall reads `size` bytes of the attribute buffer,
+    // whose pointers outlive the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            5, /* BPF_PROG_LOAD */
+            load.as_ptr(),
+            load.len(),
+        )
+    };
+    assert!(
+        fd >= 0,
+        "BPF_PROG_LOAD: {}",
+        std::io::Error::last_os_error()
+    );
+    let ctx = skb_context(0);
+    let mut test = [0u8; 128];
+    test[0..4].copy_from_slice(&(fd as u32).to_ne_bytes());
+    test[8..12].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+    test[16..24].copy_from_slice(&(frame.as_ptr() as u64).to_ne_bytes());
+    test[32..36].copy_from_slice(&repeat.to_ne_bytes());
+    test[40..44].copy_from_slice(&(ctx.len() as u32).to_ne_bytes());
+    test[48..56].copy_from_slice(&(ctx.as_ptr() as u64).to_ne_bytes());
+    // SAFETY: as above.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            10, /* BPF_PROG_TEST_RUN */
+            test.as_mut_ptr(),
+            test.len(),
+        )
+    };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: closing the descriptor we created.
+    unsafe { libc::close(fd as i32) };
+    assert_eq!(rc, 0, "BPF_PROG_TEST_RUN: {err}");
+    f64::from(u32::from_ne_bytes(test[36..40].try_into().unwrap()))
+}
