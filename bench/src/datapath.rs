@@ -41,21 +41,31 @@ const ECHO_PORT: u16 = 9100;
 const UDP_LENGTH: &str = "1400";
 
 /// What `bench datapath` runs.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, clap::Args)]
 pub struct Options {
+    #[arg(long, default_value_t = 5)]
     pub rounds: usize,
-    /// Length of each stream.
+    /// Seconds per stream.
+    #[arg(long, default_value_t = 5)]
     pub seconds: u32,
-    /// Rate of the fixed-rate TCP stream.
+    /// Rate of the fixed-rate TCP stream, Gbit/s.
+    #[arg(long, default_value_t = 2.0)]
     pub tcp_gbit: f64,
-    /// Rate of the fixed-rate UDP stream.
+    /// Rate of the fixed-rate UDP stream, Mbit/s.
+    #[arg(long, default_value_t = 500.0)]
     pub udp_mbit: f64,
-    /// Connections per round of the connect/request/close test.
+    /// Connections per round of connect/request/close.
+    #[arg(long, default_value_t = 2000)]
     pub crr: usize,
     /// Requests per round on one connection.
+    #[arg(long, default_value_t = 10000)]
     pub rr: usize,
+    /// Directory holding margay, margay-ipam and margayctl [default: this
+    /// executable's].
+    #[arg(long)]
     #[serde(skip)]
-    pub bin_dir: PathBuf,
+    pub bin_dir: Option<PathBuf>,
+    #[arg(long, default_value = "/usr/lib/cni")]
     #[serde(skip)]
     pub peer_dir: PathBuf,
 }
@@ -497,11 +507,12 @@ fn idle_cpu(seconds: u32) -> Result<f64> {
     Ok(busy / start.elapsed().as_secs_f64())
 }
 
-pub fn run(options: Options) -> Result<DatapathReport> {
+/// Runs the benchmark, Margay's binaries taken from `bin_dir`.
+pub fn run(options: Options, bin_dir: &Path) -> Result<DatapathReport> {
     let sites = Kind::ALL
         .iter()
         .zip(1u8..)
-        .map(|(kind, i)| Site::new(*kind, i, &options.bin_dir, &options.peer_dir))
+        .map(|(kind, i)| Site::new(*kind, i, bin_dir, &options.peer_dir))
         .collect::<Result<Vec<_>>>()?;
     let pods = sites.iter().map(Pods::new).collect::<Result<Vec<_>>>()?;
     let mut rows: Vec<Row> = Route::ALL

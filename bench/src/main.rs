@@ -92,30 +92,7 @@ enum Cmd {
     /// saturated throughput; margay bpf vs margay linux vs ptp+host-local,
     /// each on a two-node cluster of its own, interleaved rounds. Needs
     /// root, iperf3 and the release binaries beside this one.
-    Datapath {
-        #[arg(long, default_value_t = 5)]
-        rounds: usize,
-        /// Seconds per stream.
-        #[arg(long, default_value_t = 5)]
-        seconds: u32,
-        /// Rate of the fixed-rate TCP stream, Gbit/s.
-        #[arg(long, default_value_t = 2.0)]
-        tcp_gbit: f64,
-        /// Rate of the fixed-rate UDP stream, Mbit/s.
-        #[arg(long, default_value_t = 500.0)]
-        udp_mbit: f64,
-        /// Connections per round of connect/request/close.
-        #[arg(long, default_value_t = 2000)]
-        crr: usize,
-        /// Requests per round on one connection.
-        #[arg(long, default_value_t = 10000)]
-        rr: usize,
-        /// Directory holding margay, margay-ipam and margayctl [default: this executable's].
-        #[arg(long)]
-        bin_dir: Option<PathBuf>,
-        #[arg(long, default_value = "/usr/lib/cni")]
-        peer_dir: PathBuf,
-    },
+    Datapath(margay_bench::datapath::Options),
     /// Pod start latency through kubelet (created -> Running with an
     /// address) on three local clusters side by side: margay bpf vs margay
     /// linux vs ptp+host-local; then `scripts/cluster up` for 1 and 3
@@ -351,26 +328,10 @@ fn run(cli: Cli) -> Result<()> {
             let what = format!("{rounds} interleaved rounds of {seconds} s");
             print_report(cli.json, &report, info.header(&what), report.table())
         }
-        Cmd::Datapath {
-            rounds,
-            seconds,
-            tcp_gbit,
-            udp_mbit,
-            crr,
-            rr,
-            bin_dir,
-            peer_dir,
-        } => {
-            let report = margay_bench::datapath::run(margay_bench::datapath::Options {
-                rounds,
-                seconds,
-                tcp_gbit,
-                udp_mbit,
-                crr,
-                rr,
-                bin_dir: bin_dir_or_own(bin_dir)?,
-                peer_dir,
-            })?;
+        Cmd::Datapath(options) => {
+            let bin_dir = bin_dir_or_own(options.bin_dir.clone())?;
+            let (rounds, seconds) = (options.rounds, options.seconds);
+            let report = margay_bench::datapath::run(options, &bin_dir)?;
             let what = format!(
                 "{rounds} interleaved rounds; streams of {seconds} s; CPU less the idle \
                  machine's {:.3} CPU-s/s; ratios are setup/ptp+host-local",

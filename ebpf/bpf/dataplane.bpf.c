@@ -119,15 +119,16 @@ static __always_inline int ingress_verdict(struct __sk_buff *skb, struct packet 
 	return TC_ACT_OK;
 }
 
-/* Hands a packet from one local pod to another, applying the destination's
- * ingress decision first (redirect_peer skips the destination's to_pod). */
-static __always_inline int deliver_local(struct __sk_buff *skb, struct packet *p,
-					 __u32 dst_ifindex)
+/* Hands a packet to the local pod behind host veth `dst_ifindex`, applying
+ * its ingress decision first (redirect_peer skips its to_pod); the stack
+ * takes what it cannot. */
+static __always_inline int deliver_to_pod(struct __sk_buff *skb, struct packet *p,
+					  __u32 dst_ifindex, enum ingress_path path)
 {
-	struct endpoint *dst = endpoint_of(dst_ifindex);
+	struct endpoint *dst = dst_ifindex ? endpoint_of(dst_ifindex) : NULL;
 	if (!dst || p->ttl <= 1) /* the stack sends time-exceeded */
 		return TC_ACT_OK;
-	int verdict = ingress_verdict(skb, p, dst, VIA_LOCAL_POD, 0, false);
+	int verdict = ingress_verdict(skb, p, dst, path, 0, false);
 	if (verdict != TC_ACT_OK)
 		return verdict;
 	return redirect_to_pod(skb, dst->ifindex, dst->mac);
@@ -167,7 +168,7 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 	}
 	__u32 dst = (e->flags & CT_F_LOCAL_DELIVERY) ? local_endpoint_ifindex(p->daddr) : 0;
 	if (dst)
-		return deliver_local(skb, p, dst);
+		return deliver_to_pod(skb, p, dst, VIA_LOCAL_POD);
 	/* The way chosen when the flow began (route_to). */
 	return leave_node(skb, p, e->flags, e->tunnel_peer);
 }
@@ -378,7 +379,7 @@ int from_pod(struct __sk_buff *skb)
 		trace_new_flow(&p, ifindex, DIR_EGRESS);
 	}
 	count_allowed(slot, DIR_EGRESS, p.len);
-	return dst ? deliver_local(skb, &p, dst) : leave_node(skb, &p, ct_flags, via);
+	return dst ? deliver_to_pod(skb, &p, dst, VIA_LOCAL_POD) : leave_node(skb, &p, ct_flags, via);
 }
 
 SEC("classifier")
@@ -434,14 +435,7 @@ static __always_inline int from_net_to_pod(struct __sk_buff *skb, struct packet 
 {
 	if (skb->pkt_type != PACKET_HOST)
 		return TC_ACT_OK;
-	__u32 dst = local_endpoint_ifindex(p->daddr);
-	struct endpoint *ep = dst ? endpoint_of(dst) : NULL;
-	if (!ep || p->ttl <= 1) /* the stack sends time-exceeded */
-		return TC_ACT_OK;
-	int verdict = ingress_verdict(skb, p, ep, VIA_NET, 0, false);
-	if (verdict != TC_ACT_OK)
-		return verdict;
-	return redirect_to_pod(skb, ep->ifindex, ep->mac);
+	return deliver_to_pod(skb, p, local_endpoint_ifindex(p->daddr), VIA_NET);
 }
 
 /* NodePorts on a data interface: a connection from outside to the node's
