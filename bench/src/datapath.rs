@@ -544,8 +544,10 @@ pub fn run(options: Options, bin_dir: &Path) -> Result<DatapathReport> {
                     .iter_mut()
                     .find(|r| r.route == route && r.setup == p.label())
                     .context("a row per setup and path")?;
+                // Paced by the kernel (the socket's pacing rate, which TCP
+                // applies itself) rather than by iperf3's `-b`.
                 row.tcp
-                    .push(p.stream(route, options.seconds, &["-b", &tcp_rate])?);
+                    .push(p.stream(route, options.seconds, &["--fq-rate", &tcp_rate])?);
                 row.udp.push(p.stream(
                     route,
                     options.seconds,
