@@ -90,8 +90,11 @@ enum Cmd {
     /// machine CPU per Gbit of fixed-rate TCP and UDP streams,
     /// connect/request/close and request/response rates and latencies,
     /// saturated throughput; margay bpf vs margay linux vs ptp+host-local,
-    /// each on a two-node cluster of its own, interleaved rounds. Needs
-    /// root, iperf3 and the release binaries beside this one.
+    /// each on a two-node cluster of its own, interleaved rounds. With
+    /// --services: pod → ClusterIP and external → NodePort, remote
+    /// backends, on two-node local Kubernetes clusters, Margay against
+    /// kube-proxy. Needs root, iperf3 and the release binaries beside this
+    /// one (and for --services the built cluster components).
     Datapath(margay_bench::datapath::Options),
     /// Pod start latency through kubelet (created -> Running with an
     /// address) on three local clusters side by side: margay bpf vs margay
@@ -225,6 +228,29 @@ enum ProbeCmd {
         #[arg(long)]
         count: usize,
     },
+    /// Send datagrams at a fixed rate, paced in 1 ms slices; JSON of what
+    /// was sent.
+    UdpSend {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        mbit: f64,
+        /// Payload bytes per datagram.
+        #[arg(long)]
+        length: usize,
+        #[arg(long)]
+        seconds: f64,
+    },
+    /// Print "ready", count datagrams on a port from the first until none
+    /// came for --idle-ms; JSON of what arrived.
+    UdpSink {
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value_t = 300)]
+        idle_ms: u64,
+        #[arg(long, default_value_t = 10_000)]
+        within_ms: u64,
+    },
     /// Print "ready", try until the address opens or closes, print when
     /// (nanoseconds since the epoch).
     Until {
@@ -334,8 +360,9 @@ fn run(cli: Cli) -> Result<()> {
             let report = margay_bench::datapath::run(options, &bin_dir)?;
             let what = format!(
                 "{rounds} interleaved rounds; streams of {seconds} s; CPU less the idle \
-                 machine's {:.3} CPU-s/s; ratios are setup/ptp+host-local",
-                report.idle()
+                 machine's {:.3} CPU-s/s; ratios are setup/{}",
+                report.idle(),
+                report.baseline
             );
             print_report(cli.json, &report, info.header(&what), report.table())
         }
@@ -437,6 +464,30 @@ fn run_probe(cmd: ProbeCmd) -> Result<()> {
             println!("{}", serde_json::to_string(&probe::rr(to, count)?)?);
             Ok(())
         }
+        ProbeCmd::UdpSend {
+            to,
+            mbit,
+            length,
+            seconds,
+        } => {
+            let sent = probe::udp_send(to, mbit, length, Duration::from_secs_f64(seconds))?;
+            println!("{}", serde_json::to_string(&sent)?);
+            Ok(())
+        }
+        ProbeCmd::UdpSink {
+            port,
+            idle_ms,
+            within_ms,
+        } => {
+            let got = probe::udp_sink(
+                port,
+                Duration::from_millis(idle_ms),
+                Duration::from_millis(within_ms),
+                say_ready,
+            )?;
+            println!("{}", serde_json::to_string(&got)?);
+            Ok(())
+        }
         ProbeCmd::Until {
             to,
             awaited,
@@ -447,14 +498,17 @@ fn run_probe(cmd: ProbeCmd) -> Result<()> {
                 within: Duration::from_millis(within_ms),
                 each: Duration::from_millis(attempt_ms),
             };
-            let at = probe::until(to, awaited, attempts, || {
-                println!("ready");
-                let _ = std::io::stdout().flush();
-            })?;
+            let at = probe::until(to, awaited, attempts, say_ready)?;
             println!("{at}");
             Ok(())
         }
     }
+}
+
+/// Tells the parent, which waits for this line, that the probe is set.
+fn say_ready() {
+    println!("ready");
+    let _ = std::io::stdout().flush();
 }
 
 /// Prints `report` as JSON, or as `header` over its table.

@@ -12,7 +12,7 @@ use margay_tests::kube::{KubeCluster, wait_for};
 
 use crate::cluster_tasks::task_pid;
 
-/// A running pod of node 0 that probes run in.
+/// A running pod that probes run in.
 pub struct ProbePod {
     pub namespace: String,
     pub name: String,
@@ -22,12 +22,12 @@ pub struct ProbePod {
 }
 
 impl ProbePod {
-    /// The one running pod labelled `app=<app>` (on node 0).
+    /// The one running pod labelled `app=<app>`.
     ///
     /// # Errors
     /// It does not run within three minutes.
     pub fn of(c: &KubeCluster, app: &str) -> Result<ProbePod> {
-        let (ip, container, namespace, name) = wait_for(
+        let (ip, container, namespace, name, node) = wait_for(
             &format!("pod {app} running"),
             Duration::from_secs(180),
             || {
@@ -38,24 +38,35 @@ impl ProbePod {
                     .as_str()
                     .and_then(|id| id.strip_prefix("containerd://"));
                 let meta = |k: &str| pod["metadata"][k].as_str().unwrap_or_default().to_string();
+                let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
                 match (pod["status"]["phase"].as_str(), ip, container) {
                     (Some("Running"), Some(ip), Some(container)) => Ok((
                         ip.to_string(),
                         container.to_string(),
                         meta("namespace"),
                         meta("name"),
+                        node.to_string(),
                     )),
                     _ => Err(format!("{}", pod["status"])),
                 }
             },
         );
-        let pid = task_pid(c, 0, &container)?;
+        let nodes: usize = c.env("NODES").parse()?;
+        let index = (0..nodes)
+            .find(|&i| c.node_name(i) == node)
+            .with_context(|| format!("pod {app} runs on {node}, not a node of the cluster"))?;
+        let pid = task_pid(c, index, &container)?;
         Ok(ProbePod {
             namespace,
             name,
             ip: ip.parse()?,
             netns: format!("/proc/{pid}/ns/net"),
         })
+    }
+
+    /// `/proc/<pid>/ns/net` of its container.
+    pub fn netns(&self) -> &str {
+        &self.netns
     }
 
     /// `bench probe <args>` in the pod's network namespace.

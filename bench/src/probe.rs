@@ -13,10 +13,13 @@
 //!   [`TRANSACTION`]-byte request on the connection it came on, one
 //!   connection at a time (nothing spawned per connection, so the cost
 //!   measured is the network path's), and clients that connect, exchange
-//!   once and close, or exchange on one connection again and again.
+//!   once and close, or exchange on one connection again and again;
+//! - [`udp_send`] and [`udp_sink`]: a UDP stream at a fixed rate, paced by
+//!   sleeping between 1 ms slices (iperf3's `-b` pacing spins at random,
+//!   which swamps the CPU a path costs), and its counting end.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -206,4 +209,142 @@ pub fn until(
         std::thread::sleep(Duration::from_micros(200));
     }
     bail!("{to} not {awaited:?} within {within:?}")
+}
+
+/// What a UDP stream carried: counted by its sender or by its sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Datagrams {
+    pub datagrams: u64,
+    /// UDP payload bytes.
+    pub bytes: u64,
+}
+
+/// The slice [`udp_send`] paces in: what it owes is sent at each slice's
+/// start, then it sleeps.
+const PACING_SLICE: Duration = Duration::from_millis(1);
+
+/// Sends `length`-byte datagrams to `to` for `duration` at `mbit` Mbit/s of
+/// payload. A send the kernel refuses (a full queue) is not counted and not
+/// retried, as a real-time sender would not.
+///
+/// # Errors
+/// No socket can be had.
+pub fn udp_send(to: SocketAddr, mbit: f64, length: usize, duration: Duration) -> Result<Datagrams> {
+    // Unconnected, so an ICMP error from a path that drops does not fail
+    // the sends that follow.
+    let socket = UdpSocket::bind(("0.0.0.0", 0)).context("a UDP socket")?;
+    let payload = vec![b'u'; length];
+    let bytes_per_second = mbit * 1e6 / 8.0;
+    let start = Instant::now();
+    let (mut offered, mut sent) = (
+        0u64,
+        Datagrams {
+            datagrams: 0,
+            bytes: 0,
+        },
+    );
+    loop {
+        // The last slice sends what the whole duration owes, however late
+        // a sleep ended: the stream's size is fixed.
+        let elapsed = start.elapsed().min(duration);
+        let owed = (elapsed.as_secs_f64() * bytes_per_second) as u64;
+        while offered * (length as u64) < owed {
+            offered += 1;
+            if socket.send_to(&payload, to).is_ok() {
+                sent.datagrams += 1;
+                sent.bytes += length as u64;
+            }
+        }
+        if elapsed == duration {
+            break;
+        }
+        std::thread::sleep(PACING_SLICE);
+    }
+    Ok(sent)
+}
+
+const SINK_BUFFER: usize = 4 << 20;
+
+/// Counts what arrives on UDP `port` from the first datagram until none
+/// came for `idle`; `ready` is called once the port is bound.
+///
+/// # Errors
+/// The port cannot be bound, or nothing arrives within `within`.
+pub fn udp_sink(
+    port: u16,
+    idle: Duration,
+    within: Duration,
+    ready: impl FnOnce(),
+) -> Result<Datagrams> {
+    let socket = UdpSocket::bind(("0.0.0.0", port)).with_context(|| format!("UDP port {port}"))?;
+    // Room for what arrives while the sink waits for the CPU, so that a
+    // loss is the path's, not the sink's (the kernel caps it at
+    // net.core.rmem_max).
+    nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::RcvBuf, &SINK_BUFFER)
+        .context("SO_RCVBUF")?;
+    ready();
+    socket.set_read_timeout(Some(within))?;
+    let mut buf = vec![0u8; 65536];
+    let mut got = Datagrams {
+        datagrams: 0,
+        bytes: 0,
+    };
+    loop {
+        match socket.recv(&mut buf) {
+            Ok(n) => {
+                got.datagrams += 1;
+                got.bytes += n as u64;
+                socket.set_read_timeout(Some(idle))?;
+            }
+            Err(e) if got.datagrams == 0 => {
+                return Err(e)
+                    .with_context(|| format!("no datagram on port {port} within {within:?}"));
+            }
+            Err(_) => return Ok(got),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_paced_udp_stream_keeps_its_rate_and_its_sink_counts_every_datagram() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let port = {
+            // A free port, found by binding one and letting it go.
+            let probe = UdpSocket::bind(("127.0.0.1", 0)).unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let sink = std::thread::spawn(move || {
+            udp_sink(
+                port,
+                Duration::from_millis(200),
+                Duration::from_secs(5),
+                || tx.send(()).unwrap(),
+            )
+        });
+        rx.recv().unwrap();
+        let to = SocketAddr::from(([127, 0, 0, 1], port));
+        let start = Instant::now();
+        let sent = udp_send(to, 40.0, 1000, Duration::from_millis(500)).unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(500), "not paced");
+        let got = sink.join().unwrap().unwrap();
+        // 40 Mbit/s for 0.5 s: 2.5 MB, 2,500 datagrams of 1,000 bytes.
+        assert_eq!(sent.datagrams, 2_500);
+        assert_eq!(got, sent, "loopback lost or invented datagrams");
+    }
+
+    #[test]
+    fn a_sink_that_hears_nothing_says_so() {
+        let err = udp_sink(
+            0,
+            Duration::from_millis(10),
+            Duration::from_millis(50),
+            || {},
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("no datagram"), "{err:#}");
+    }
 }

@@ -64,6 +64,7 @@ nodes_validate() {
     [[ $REMOTE_NODES =~ ^[0-9]+$ ]] && ((REMOTE_NODES <= $1)) || die "--remote-nodes $REMOTE_NODES: 0 to --nodes ($1)"
     case $DATAPLANE in bpf | linux) ;; *) die "--dataplane $DATAPLANE: bpf or linux" ;; esac
     case $CNI in margay | ptp) ;; *) die "--cni $CNI: margay or ptp" ;; esac
+    [[ $CNI != ptp ]] || ((REMOTE_NODES == 0)) || die "--cni ptp: its pods are routed on one subnet only, not with --remote-nodes"
     case $KUBE_PROXY in none | iptables | nftables) ;; *) die "--kube-proxy $KUBE_PROXY: none, iptables or nftables" ;; esac
     case $EXTERNAL_SERVICE_MODE in tunnel | dsr) ;; *) die "--external-service-mode $EXTERNAL_SERVICE_MODE: tunnel or dsr" ;; esac
     local img
@@ -183,7 +184,7 @@ tlsCertFile: $dir/kubelet-serving.crt
 tlsPrivateKeyFile: $dir/kubelet-serving.key
 EOF
 
-    [[ $CNI != ptp ]] || ptp_conflist "$dir"
+    [[ $CNI != ptp ]] || ptp_conflist "$i" "$dir"
     [[ $KUBE_PROXY != none ]] || return 0
     cp "$CERTS/kube-proxy.kubeconfig" "$dir/kube-proxy.kubeconfig"
     # Conntrack sizes and timeouts stay as they are (0 leaves them): the
@@ -207,10 +208,18 @@ conntrack:
 EOF
 }
 
-# ptp_conflist DIR : Debian's ptp and host-local as the node's CNI, on the
-# same pool Margay would use (IPAM node-local too).
+# ptp_block I : node I's share of the pod pool under ptp + host-local, whose
+# IPAM is node-local: a /22 each (MAX_NODES fit in the /20).
+ptp_block() {
+    local a b c rest
+    IFS=. read -r a b c rest <<<"$(pod_cidr)"
+    echo "$a.$b.$((c + 4 * $1)).0/22"
+}
+
+# ptp_conflist I DIR : Debian's ptp and host-local as node I's CNI, on its
+# block of the pool Margay would use.
 ptp_conflist() {
-    local dir=$1 p
+    local i=$1 dir=$2 p
     for p in ptp host-local; do cp "/usr/lib/cni/$p" "$dir/fs/cni-bin/"; done
     mkdir -p "$dir/fs/cni-conf"
     cat >"$dir/fs/cni-conf/10-ptp.conflist" <<EOF
@@ -221,12 +230,24 @@ ptp_conflist() {
     "type": "ptp",
     "ipam": {
       "type": "host-local",
-      "ranges": [[{"subnet": "$(pod_cidr)"}]],
+      "ranges": [[{"subnet": "$(ptp_block "$i")"}]],
       "routes": [{"dst": "0.0.0.0/0"}]
     }
   }]
 }
 EOF
+}
+
+# ptp_routes N : under ptp, each node routes the other nodes' blocks to
+# them on the LAN (as Margay's agent routes its peers').
+ptp_routes() {
+    local n=$1 i j
+    for ((i = 0; i < n; i++)); do
+        for ((j = 0; j < n; j++)); do
+            ((i != j)) || continue
+            ip -n "$(node_netns "$i")" route add "$(ptp_block "$j")" via "$(node_ip "$j")" dev eth0
+        done
+    done
 }
 
 # spawn_node I : like spawn (lib.sh), but into the node's network namespace
@@ -275,6 +296,8 @@ nodes_up() {
         cgroup_make "$(node_cgroup "$i")"
         spawn_node "$i"
     done
+
+    [[ $CNI != ptp ]] || ptp_routes "$n"
 
     ns=$PREFIX-$EXTERNAL_NETNS_NAME_SUFFIX
     ip netns add "$ns"
