@@ -91,10 +91,11 @@ enum Cmd {
     /// connect/request/close and request/response rates and latencies,
     /// saturated throughput; margay bpf vs margay linux vs ptp+host-local,
     /// each on a two-node cluster of its own, interleaved rounds. With
-    /// --services: pod → ClusterIP and external → NodePort, remote
-    /// backends, on two-node local Kubernetes clusters, Margay against
-    /// kube-proxy. Needs root, iperf3 and the release binaries beside this
-    /// one (and for --services the built cluster components).
+    /// --kubernetes: on two-node local Kubernetes clusters, those and pod
+    /// → ClusterIP and external → NodePort with remote backends, Margay
+    /// against ptp under kube-proxy. Needs root, iperf3 and the release
+    /// binaries beside this one (and for --kubernetes the built cluster
+    /// components).
     Datapath(margay_bench::datapath::Options),
     /// Pod start latency through kubelet (created -> Running with an
     /// address) on three local clusters side by side: margay bpf vs margay

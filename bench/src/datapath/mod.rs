@@ -15,14 +15,17 @@
 //! - throughput at saturation (iperf3 unpaced), with its spread.
 //!
 //! The paths: pod → pod on one node and across nodes, on two-node clusters
-//! of network namespaces ([`pods`]: Margay bpf, Margay linux, ptp +
-//! host-local); pod → ClusterIP and external client → NodePort, each with
-//! its backend on the other node, on two-node local Kubernetes clusters
-//! ([`services`]: Margay bpf with tunnel and with DSR NodePorts, against
-//! upstream kube-proxy in iptables and nftables mode over ptp).
+//! of network namespaces whose nodes run nothing else ([`pods`]: Margay
+//! bpf, Margay linux, ptp + host-local, no netfilter on the nodes); with
+//! `--kubernetes`, those and pod → ClusterIP and external client →
+//! NodePort, each with its backend on the other node, on two-node local
+//! Kubernetes clusters ([`kube`]: Margay bpf with tunnel and with DSR
+//! NodePorts, against upstream kube-proxy in iptables and nftables mode
+//! over ptp, whose rules put every node's forwarding through netfilter as
+//! on a real node).
 
+pub mod kube;
 pub mod pods;
-pub mod services;
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
@@ -69,11 +72,11 @@ pub struct Options {
     /// Requests per round on one connection.
     #[arg(long, default_value_t = 10000)]
     pub rr: usize,
-    /// The Service paths (pod → ClusterIP, external → NodePort, backends
-    /// on another node) on local Kubernetes clusters, instead of the pod →
-    /// pod paths.
+    /// On two-node local Kubernetes clusters (real kubelets, kube-proxy):
+    /// the pod paths, and the Service paths (pod → ClusterIP, external →
+    /// NodePort, backends on another node).
     #[arg(long)]
-    pub services: bool,
+    pub kubernetes: bool,
     /// Directory holding margay, margay-ipam and margayctl [default: this
     /// executable's].
     #[arg(long)]
@@ -479,14 +482,14 @@ fn idle_cpu(seconds: u32) -> Result<f64> {
     Ok(busy / elapsed)
 }
 
-/// Runs the benchmark: the pod paths, or with `--services` the Service
-/// paths; Margay's binaries taken from `bin_dir`.
+/// Runs the benchmark: on network namespaces, or with `--kubernetes` on
+/// local clusters; Margay's binaries taken from `bin_dir`.
 ///
 /// # Errors
 /// A setup does not come up, or a measurement fails.
 pub fn run(options: Options, bin_dir: &std::path::Path) -> Result<DatapathReport> {
-    if options.services {
-        services::run(options)
+    if options.kubernetes {
+        kube::run(options)
     } else {
         pods::run(options, bin_dir)
     }

@@ -1,14 +1,16 @@
-//! The Service paths: pod → ClusterIP and external client → node 0's
-//! NodePort, the one backend on node 1, on two-node local Kubernetes
-//! clusters side by side (`scripts/cluster`, real kubelets and API
-//! servers): Margay bpf balancing (NodePorts tunnelled, and in DSR mode),
-//! Margay linux under kube-proxy nftables, and Debian's ptp under upstream
-//! kube-proxy in iptables and in nftables mode, the baseline.
+//! Every path on Kubernetes nodes: two-node local clusters side by side
+//! (`scripts/cluster`: real kubelets, API servers and kube-proxies, so the
+//! nodes' netfilter holds what a real node's does): pod → pod on one node
+//! and across, pod → ClusterIP and external client → node 0's NodePort
+//! with the backend on node 1. Margay bpf balancing (NodePorts tunnelled,
+//! and in DSR mode), Margay linux under kube-proxy nftables, and Debian's
+//! ptp under upstream kube-proxy in iptables and in nftables mode, the
+//! baseline.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use margay_tests::kube::KubeCluster;
 use margay_tests::netns::ChildGuard;
 
@@ -18,16 +20,18 @@ use crate::pod_probe::ProbePod;
 
 const BASELINE: &str = "ptp + kube-proxy nftables";
 
+const ALL: &[Route] = &[
+    Route::SameNode,
+    Route::AcrossNodes,
+    Route::ClusterIp,
+    Route::NodePort,
+];
+
 /// A setup: its label, cluster tag, `scripts/cluster up` arguments, and
 /// the paths it is measured on (the DSR cluster differs from the tunnel
 /// one only on the NodePort path).
 const SETUPS: [(&str, &str, &[&str], &[Route]); 5] = [
-    (
-        "margay bpf (NodePort tunnel)",
-        "bdt",
-        &[],
-        &[Route::ClusterIp, Route::NodePort],
-    ),
+    ("margay bpf (NodePort tunnel)", "bdt", &[], ALL),
     (
         "margay bpf (NodePort DSR)",
         "bdd",
@@ -38,19 +42,19 @@ const SETUPS: [(&str, &str, &[&str], &[Route]); 5] = [
         "margay linux + kube-proxy nftables",
         "bdl",
         &["--dataplane", "linux", "--kube-proxy", "nftables"],
-        &[Route::ClusterIp, Route::NodePort],
+        ALL,
     ),
     (
         "ptp + kube-proxy iptables",
         "bdi",
         &["--cni", "ptp", "--kube-proxy", "iptables"],
-        &[Route::ClusterIp, Route::NodePort],
+        ALL,
     ),
     (
         BASELINE,
         "bdn",
         &["--cni", "ptp", "--kube-proxy", "nftables"],
-        &[Route::ClusterIp, Route::NodePort],
+        ALL,
     ),
 ];
 
@@ -78,9 +82,10 @@ struct Site {
     label: &'static str,
     routes: &'static [Route],
     client: ProbePod,
-    server: ProbePod,
+    /// On node 0, beside the client, and on node 1.
+    servers: [ProbePod; 2],
     cluster_ip: Ipv4Addr,
-    _servers: Vec<ChildGuard>,
+    _running: Vec<ChildGuard>,
     cluster: KubeCluster,
 }
 
@@ -90,11 +95,18 @@ impl Site {
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("{label}: the cluster"))?;
         cluster.apply(&bound_sleepers("dpc", cluster.node_name(0), 1));
+        cluster.apply(&bound_sleepers("dpl", cluster.node_name(0), 1));
         cluster.apply(&bound_sleepers("dps", cluster.node_name(1), 1));
         cluster.apply(&service_manifest());
         let client = ProbePod::of(&cluster, "dpc")?;
-        let server = ProbePod::of(&cluster, "dps")?;
-        let servers = Place::nsenter(server.netns()).servers()?;
+        let servers = [
+            ProbePod::of(&cluster, "dpl")?,
+            ProbePod::of(&cluster, "dps")?,
+        ];
+        let mut running = Vec::new();
+        for server in &servers {
+            running.extend(Place::nsenter(server.netns()).servers()?);
+        }
         let cluster_ip = cluster
             .kubectl(&["get", "service", "dp", "-o", "jsonpath={.spec.clusterIP}"])
             .trim()
@@ -116,28 +128,32 @@ impl Site {
             label,
             routes,
             client,
-            server,
+            servers,
             cluster_ip,
-            _servers: servers,
+            _running: running,
             cluster,
         })
     }
 
     fn path(&self, route: Route) -> Result<Path> {
-        let (client, ip, port) = match route {
-            Route::ClusterIp => (Place::nsenter(self.client.netns()), self.cluster_ip, 0),
+        let pod = Place::nsenter(self.client.netns());
+        let [local, remote] = &self.servers;
+        let (client, server, ip, port) = match route {
+            Route::SameNode => (pod, local, local.ip, 0),
+            Route::AcrossNodes => (pod, remote, remote.ip, 0),
+            Route::ClusterIp => (pod, remote, self.cluster_ip, 0),
             Route::NodePort => (
                 Place::netns(self.cluster.env("EXTERNAL_NETNS")),
+                remote,
                 self.cluster.env("NODE_IP_0").parse()?,
                 30000,
             ),
-            _ => bail!("{route:?} is not a Service path"),
         };
         let at = |p: u16| SocketAddr::from((ip, port + p));
         Ok(Path {
             route,
             client,
-            server: Place::nsenter(self.server.netns()),
+            server: Place::nsenter(server.netns()),
             iperf: at(IPERF_PORT),
             udp: at(UDP_PORT),
             echo: at(ECHO_PORT),
@@ -167,7 +183,7 @@ impl Site {
     }
 }
 
-/// Runs the Service paths.
+/// Runs every path on the Kubernetes clusters.
 pub(super) fn run(options: Options) -> Result<DatapathReport> {
     let sites = SETUPS
         .iter()
