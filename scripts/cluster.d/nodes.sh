@@ -266,12 +266,26 @@ spawn_node() {
     pid_record $! "$node"
 }
 
+# Every node's kubelet and containerd take a dozen inotify instances or
+# more, and the kernel's default of 128 for all of root's processes runs
+# out at the ninth or tenth node of the clusters up side by side (kubelet:
+# "inotify_init: too many open files"), as kind documents for its own.
+INOTIFY_INSTANCES=1024
+inotify_make_room() {
+    local knob=/proc/sys/fs/inotify/max_user_instances now
+    now=$(<"$knob")
+    ((now < INOTIFY_INSTANCES)) || return 0
+    echo "$INOTIFY_INSTANCES" >"$knob"
+    say "fs.inotify.max_user_instances raised from $now to $INOTIFY_INSTANCES for the kubelets"
+}
+
 nodes_up() {
     local n=$1 i ns
     NODE_COUNT=$n
     mkdir -p "$NODES_DIR"
     echo "$n" >"$NODES_DIR/count"
     ((n > 0)) || return 0
+    inotify_make_room
     if ((REMOTE_NODES > 0)); then
         lan_add_remote_subnet
         lan_route_to_remote "$CONTROL_NETNS"

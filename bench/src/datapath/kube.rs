@@ -58,14 +58,23 @@ const SETUPS: [(&str, &str, &[&str], &[Route]); 5] = [
     ),
 ];
 
+/// The fixed NodePort of each port the measurements use.
+fn node_port(port: u16) -> u16 {
+    match port {
+        IPERF_PORT => 30521,
+        UDP_PORT => 30522,
+        _ => 30910,
+    }
+}
+
 /// The Service in front of the server pod: every port the measurements
-/// use, each with a fixed NodePort (30000 + the port).
+/// use, each with its [`node_port`].
 fn service_manifest() -> String {
     let port = |name: &str, protocol: &str, port: u16| {
         format!(
             "  - {{name: {name}, protocol: {protocol}, port: {port}, targetPort: {port}, \
              nodePort: {}}}\n",
-            30000 + port
+            node_port(port)
         )
     };
     format!(
@@ -138,18 +147,20 @@ impl Site {
     fn path(&self, route: Route) -> Result<Path> {
         let pod = Place::nsenter(self.client.netns());
         let [local, remote] = &self.servers;
-        let (client, server, ip, port) = match route {
-            Route::SameNode => (pod, local, local.ip, 0),
-            Route::AcrossNodes => (pod, remote, remote.ip, 0),
-            Route::ClusterIp => (pod, remote, self.cluster_ip, 0),
+        let (client, server, ip) = match route {
+            Route::SameNode => (pod, local, local.ip),
+            Route::AcrossNodes => (pod, remote, remote.ip),
+            Route::ClusterIp => (pod, remote, self.cluster_ip),
             Route::NodePort => (
                 Place::netns(self.cluster.env("EXTERNAL_NETNS")),
                 remote,
                 self.cluster.env("NODE_IP_0").parse()?,
-                30000,
             ),
         };
-        let at = |p: u16| SocketAddr::from((ip, port + p));
+        let at = |p: u16| match route {
+            Route::NodePort => SocketAddr::from((ip, node_port(p))),
+            _ => SocketAddr::from((ip, p)),
+        };
         Ok(Path {
             route,
             client,
