@@ -36,7 +36,9 @@ enum drop_reason {
 	DROP_NAT = 10,             /* a service translation could not be written */
 	DROP_IPV6_EXT = 11,        /* an IPv6 extension header chain longer than
 				    * the programs walk (IPV6_MAX_EXT_HEADERS) */
-	DROP_REASON_MAX = 12,
+	DROP_TOO_BIG = 12,         /* too big for the tunnel, DF set: answered
+				    * with ICMP fragmentation needed */
+	DROP_REASON_MAX = 13,
 };
 
 /* An IPv6 address as the programs compare it: four words. */
@@ -474,7 +476,7 @@ _Static_assert(sizeof(struct ip_set_key6) == 28, "ip_set_key6 layout");
 _Static_assert(sizeof(struct name_record) == 64, "name_record layout");
 _Static_assert(sizeof(struct ct_key) == 20, "ct_key layout");
 _Static_assert(sizeof(struct ct_entry) == 32, "ct_entry layout");
-_Static_assert(sizeof(struct counters) == 8 * 16, "counters layout");
+_Static_assert(sizeof(struct counters) == 8 * (4 + DROP_REASON_MAX), "counters layout");
 _Static_assert(sizeof(struct config) == 32, "config layout");
 _Static_assert(sizeof(struct flow_event) == 32, "flow_event layout");
 _Static_assert(sizeof(struct svc_key) == 8, "svc_key layout");

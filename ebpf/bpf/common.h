@@ -39,6 +39,10 @@ struct icmphdr {
 			__be16 sequence;
 		} echo;
 		__be32 gateway;
+		struct {
+			__be16 unused;
+			__be16 mtu; /* fragmentation needed: the next hop's */
+		} frag;
 	} un;
 };
 

@@ -136,10 +136,10 @@ static __always_inline int deliver_to_pod(struct __sk_buff *skb, struct packet *
 
 /* A pod's packet for somewhere off this node that no flow's entry
  * carries the way of (route_to). */
-static __always_inline int to_elsewhere(struct __sk_buff *skb, const struct packet *p)
+static __always_inline int to_elsewhere(struct __sk_buff *skb, const struct packet *p, __u32 slot)
 {
 	__be32 via = 0;
-	return leave_node(skb, p, route_to(p->daddr, &via), via);
+	return leave_node(skb, p, route_to(p->daddr, &via), via, slot);
 }
 
 /* A pod's packet on a flow its conntrack holds (`ct` from ct_lookup or
@@ -170,7 +170,7 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 	if (dst)
 		return deliver_to_pod(skb, p, dst, VIA_LOCAL_POD);
 	/* The way chosen when the flow began (route_to). */
-	return leave_node(skb, p, e->flags, e->tunnel_peer);
+	return leave_node(skb, p, e->flags, e->tunnel_peer, e->slot);
 }
 
 /* What an IPv6 packet on endpoint `ep`'s `dir` side needs no flow for:
@@ -364,7 +364,7 @@ int from_pod(struct __sk_buff *skb)
 			return drop(&p, slot, ifindex, DIR_EGRESS, DROP_NAT);
 		if (rev == NAT_TRANSLATED)
 			return redirect_by_fib(skb, &p);
-		return to_elsewhere(skb, &p);
+		return to_elsewhere(skb, &p, slot);
 	}
 	__u8 ct_flags = dst ? CT_F_LOCAL_DELIVERY : 0;
 	__be32 via = 0;
@@ -379,7 +379,8 @@ int from_pod(struct __sk_buff *skb)
 		trace_new_flow(&p, ifindex, DIR_EGRESS);
 	}
 	count_allowed(slot, DIR_EGRESS, p.len);
-	return dst ? deliver_to_pod(skb, &p, dst, VIA_LOCAL_POD) : leave_node(skb, &p, ct_flags, via);
+	return dst ? deliver_to_pod(skb, &p, dst, VIA_LOCAL_POD)
+		   : leave_node(skb, &p, ct_flags, via, slot);
 }
 
 SEC("classifier")
@@ -484,9 +485,13 @@ int from_net(struct __sk_buff *skb)
 	struct node_config *cfg = node_settings();
 	if (!peer || !cfg)
 		return TC_ACT_OK;
-	if (cfg->external_mode == EXT_MODE_DSR && lb == LB_TRANSLATED)
-		return tunnel_send(skb, peer->node, vni_dsr(flow.frontend_port, p.proto));
-	return tunnel_send(skb, peer->node, VNI_POD);
+	if (lb != LB_TRANSLATED) /* an ICMP error about the flow: small */
+		return tunnel_send(skb, peer->node, VNI_POD);
+	__u32 vni = cfg->external_mode == EXT_MODE_DSR ? vni_dsr(flow.frontend_port, p.proto)
+						       : VNI_POD;
+	/* The client hears "fragmentation needed" from the NodePort. */
+	return tunnel_send_fitting(skb, &p, peer->node, vni, NODE_SLOT, DIR_INGRESS, flow.frontend,
+				   flow.frontend_port, REJECT_BACK_OUT);
 }
 
 /* What comes out of the tunnel: packets for this node's pods (from

@@ -26,6 +26,7 @@ struct packet {
 	__u8 ttl;       /* IPv6: the hop limit */
 	__u8 fragment; /* a non-first fragment: no L4 header */
 	__u8 ipv6;     /* saddr6/daddr6 hold the addresses, saddr/daddr 0 */
+	__u8 dont_fragment; /* IPv4's DF */
 	__u16 l4_off;  /* from the start of the frame */
 	__u8 src_mac[6];
 	union v6addr saddr6;
@@ -38,6 +39,7 @@ struct packet {
 #define TCPF_ACK 0x10
 
 #define IP_OFFSET_MASK 0x1fff
+#define IP_DONT_FRAGMENT 0x4000
 
 /* Extension headers walked before the L4 header; a longer chain is
  * dropped (DROP_IPV6_EXT), never passed unjudged. Four cover what hosts
@@ -103,6 +105,7 @@ static __always_inline int parse_ipv4(struct packet *p, void *data, void *data_e
 	p->proto = ip->protocol;
 	p->ttl = ip->ttl;
 	p->fragment = (bpf_ntohs(ip->frag_off) & IP_OFFSET_MASK) != 0;
+	p->dont_fragment = (bpf_ntohs(ip->frag_off) & IP_DONT_FRAGMENT) != 0;
 	if (p->fragment)
 		return PARSED_IPV4;
 	p->l4_off = ETH_HLEN + ihl;

@@ -8,7 +8,9 @@
 
 #include "common.h"
 #include "parse.h"
+#include "events.h"
 #include "forward.h"
+#include "reject.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -56,6 +58,37 @@ static __always_inline int tunnel_send(struct __sk_buff *skb, __be32 node, __u32
 	return bpf_redirect(cfg->tunnel_ifindex, 0);
 }
 
+/* Whether the packet, sent with DF, is too big for the tunnel device (a
+ * GSO packet: its segments), whose MTU the loader keeps at the data
+ * interfaces' less the encapsulation; that MTU in `*mtu`. A packet
+ * without DF is not: its outer packet may be fragmented. */
+static __always_inline bool tunnel_too_big(struct __sk_buff *skb, const struct packet *p,
+					   __u32 *mtu)
+{
+	struct node_config *cfg = node_settings();
+	if (!cfg || !cfg->tunnel_ifindex || !p->dont_fragment)
+		return false;
+	*mtu = 0;
+	return bpf_check_mtu(skb, cfg->tunnel_ifindex, mtu, 0, BPF_MTU_CHK_SEGS) > 0;
+}
+
+/* tunnel_send, unless the packet is too big for the tunnel
+ * (tunnel_too_big): then it is counted as dropped on `slot`'s `dir` side
+ * and its sender told "fragmentation needed" with the tunnel's MTU, by
+ * `from` about its packet to `from`:`to_port` (reject_unreachable), back
+ * by `path`. Without this the kernel would fragment every full-sized
+ * packet's encapsulation, and the far node reassemble it. */
+static __always_inline int tunnel_send_fitting(struct __sk_buff *skb, const struct packet *p,
+					       __be32 node, __u32 vni, __u32 slot, __u8 dir,
+					       __be32 from, __be16 to_port, enum reject_path path)
+{
+	__u32 mtu;
+	if (!tunnel_too_big(skb, p, &mtu))
+		return tunnel_send(skb, node, vni);
+	count_drop(p, slot, skb->ifindex, dir, DROP_TOO_BIG);
+	return reject_unreachable(skb, p, ICMP_FRAG_NEEDED, mtu, from, to_port, path);
+}
+
 /* What a DSR packet's identifier says: the NodePort it was sent to. */
 static __always_inline __u32 vni_dsr(__be16 node_port, __u8 proto)
 {
@@ -83,13 +116,19 @@ static __always_inline __u8 route_to(__be32 addr, __be32 *via)
 	return CT_F_TUNNEL;
 }
 
-/* Sends a pod's packet off the node the way route_to chose (`route`, in
- * conntrack flags). */
+/* Sends a pod's packet (of endpoint `slot`) off the node the way route_to
+ * chose (`route`, in conntrack flags). One too big for the tunnel gets
+ * its pod "fragmentation needed", unless it was translated to a service's
+ * backend: the pod's kernel would not know the quoted destination, and
+ * the packet goes fragmented rather than lost. */
 static __always_inline int leave_node(struct __sk_buff *skb, const struct packet *p, __u8 route,
-				      __be32 via)
+				      __be32 via, __u32 slot)
 {
-	if (route & CT_F_TUNNEL)
+	if ((route & CT_F_TUNNEL) && (route & CT_F_SERVICE))
 		return tunnel_send(skb, via, VNI_POD);
+	if (route & CT_F_TUNNEL)
+		return tunnel_send_fitting(skb, p, via, VNI_POD, slot, DIR_EGRESS, p->daddr, p->dport,
+					   REJECT_INTO_POD);
 	if (route & CT_F_PEER_ROUTED)
 		return redirect_by_fib(skb, p);
 	return TC_ACT_OK;

@@ -34,8 +34,9 @@ pub const DROP_REASONS: [&str; DROP_REASON_MAX] = [
     "service-no-backend",
     "nat-failed",
     "ipv6-ext-headers",
+    "too-big-for-tunnel",
 ];
-pub const DROP_REASON_MAX: usize = 12;
+pub const DROP_REASON_MAX: usize = 13;
 pub const DROP_PARSE: usize = 1;
 pub const DROP_SPOOF_MAC: usize = 3;
 pub const DROP_SPOOF_IP: usize = 4;
@@ -44,6 +45,7 @@ pub const DROP_POLICY_INGRESS: usize = 6;
 pub const DROP_NO_BACKEND: usize = 9;
 pub const DROP_FRAGMENT: usize = 7;
 pub const DROP_IPV6_EXT: usize = 11;
+pub const DROP_TOO_BIG: usize = 12;
 
 /// TCP states of a conntrack entry (`enum ct_state`).
 pub const CT_STATES: [&str; 6] = [
@@ -569,7 +571,7 @@ const _: () = {
     assert!(size_of::<Policy>() == 8 + 16 * MAX_POLICY_RULES);
     assert!(size_of::<CtKey>() == 20);
     assert!(size_of::<CtEntry>() == 32);
-    assert!(size_of::<Counters>() == 8 * 16);
+    assert!(size_of::<Counters>() == 8 * (4 + DROP_REASON_MAX));
     assert!(size_of::<Config>() == 32);
     assert!(size_of::<FlowEvent>() == 32);
     assert!(size_of::<SvcKey>() == 8);

@@ -18,6 +18,7 @@ use aya::maps::lpm_trie::Key;
 use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
 use margay_model::peer::{PeerSpec, PeerSpecError, check_peers};
+use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::route::{
     RouteAttribute, RouteIpTunnel, RouteLwEnCapType, RouteLwTunnelEncap, RouteProtocol,
 };
@@ -34,6 +35,9 @@ use crate::node::Node;
 pub const TUNNEL_DEVICE: &str = "margay-vx";
 /// IANA's VXLAN port.
 pub const VXLAN_PORT: u16 = 4789;
+/// What VXLAN over IPv4 adds to a frame: outer Ethernet, IPv4, UDP and
+/// VXLAN headers.
+pub const VXLAN_OVERHEAD: u32 = 50;
 /// How Margay's routes are marked (`ip route show proto 77`).
 pub const ROUTE_PROTOCOL: u8 = 77;
 
@@ -62,9 +66,44 @@ fn netlink<T>(
     crate::netlink::with_netlink(work, |reason| net_error("the tunnel", reason))
 }
 
+/// The tunnel's MTU: the smallest of the data interfaces' (those
+/// `node_addrs` names) less [`VXLAN_OVERHEAD`], so that what fits the
+/// tunnel fits them once encapsulated; `None` when none is known.
+fn tunnel_mtu(root: &Path) -> Result<Option<u32>, DataplaneError> {
+    let ifindexes: BTreeSet<u32> = maps::values(&maps::node_addrs(root)?, "node_addrs")?
+        .into_iter()
+        .filter(|&i| i != 0)
+        .collect();
+    let mut smallest: Option<u32> = None;
+    for index in ifindexes {
+        let mtu = netlink(async |h| {
+            let mut links = h.link().get().match_index(index).execute();
+            let mut mtu = None;
+            while let Some(msg) = links
+                .try_next()
+                .await
+                .map_err(|e| net_error(format!("reading interface {index}"), e))?
+            {
+                mtu = msg.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::Mtu(m) => Some(*m),
+                    _ => None,
+                });
+            }
+            Ok(mtu)
+        })?;
+        if let Some(mtu) = mtu {
+            smallest = Some(smallest.map_or(mtu, |s| s.min(mtu)));
+        }
+    }
+    Ok(smallest.map(|m| m.saturating_sub(VXLAN_OVERHEAD)))
+}
+
 /// Creates the tunnel device when missing, brings it up with forwarding
-/// on, puts `from_tunnel` on it and records it with `mode` in the node's
-/// settings. Returns its ifindex.
+/// on and its MTU at the data interfaces' less the encapsulation (the
+/// programs answer a packet too big for it with "fragmentation needed"
+/// rather than have the kernel fragment its encapsulation), puts
+/// `from_tunnel` on it and records it with `mode` in the node's settings.
+/// Returns its ifindex.
 pub fn setup_tunnel(
     node: &mut Node,
     root: &Path,
@@ -91,19 +130,21 @@ pub fn setup_tunnel(
     }
     let ifindex =
         nix::net::if_::if_nametoindex(TUNNEL_DEVICE).map_err(|e| net_error("finding it", e))?;
+    let mtu = tunnel_mtu(root)?;
     netlink(async |h| {
+        // No ARP: the node's routes through it carry the far end
+        // (sync_routes), and an ARP request would carry none, so the
+        // device could not send it and the route would never resolve (an
+        // older Margay's device gets the flag, and its MTU, here).
+        let mut link = LinkMessageBuilder::<LinkVxlan>::new(TUNNEL_DEVICE)
+            .index(ifindex)
+            .arp(false)
+            .up();
+        if let Some(mtu) = mtu {
+            link = link.mtu(mtu);
+        }
         h.link()
-            .set(
-                // No ARP: the node's routes through it carry the far end
-                // (sync_routes), and an ARP request would carry none, so
-                // the device could not send it and the route would never
-                // resolve (an older Margay's device gets the flag here).
-                LinkMessageBuilder::<LinkVxlan>::new(TUNNEL_DEVICE)
-                    .index(ifindex)
-                    .arp(false)
-                    .up()
-                    .build(),
-            )
+            .set(link.build())
             .execute()
             .await
             .map_err(|e| net_error("bringing it up", e))

@@ -350,3 +350,101 @@ fn an_icmp_error_from_an_external_client_reaches_the_backend() {
         );
     }
 }
+
+/// A counter of the IPv4 MIB (`/proc/net/snmp`'s "Ip:" lines) in `ns`.
+fn ip_counter(ns: &margay_tests::netns::NetNs, name: &str) -> u64 {
+    let snmp = ns.run_ok(&["cat", "/proc/net/snmp"]);
+    let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
+    let (names, values) = (ip.next().unwrap(), ip.next().unwrap());
+    let at = names.split_whitespace().position(|n| n == name).unwrap();
+    values.split_whitespace().nth(at).unwrap().parse().unwrap()
+}
+
+/// 4 MB over TCP from `from` to `to` (an iperf3 server).
+fn upload(from: &margay_tests::netns::NetNs, to: SocketAddr, what: &str) {
+    let out = from.run(&[
+        "iperf3",
+        "-c",
+        &to.ip().to_string(),
+        "-p",
+        &to.port().to_string(),
+        "-n",
+        "4M",
+    ]);
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn full_sized_packets_cross_the_tunnel_whole_their_senders_told_its_mtu() {
+    require_root!(full_sized_packets_cross_the_tunnel_whole_their_senders_told_its_mtu);
+    let c = Cluster::new(8);
+    let (pod_a, _) = c.a.pod("pa").unwrap();
+    let (pod_b, ip_b) = c.b.pod("pb").unwrap();
+    c.attach_data_ifaces("tunnel").unwrap();
+    let tunnel_mtu = c.a.ns.run_ok(&["cat", "/sys/class/net/margay-vx/mtu"]);
+    assert_eq!(tunnel_mtu.trim(), "1450", "the LAN's 1500 less VXLAN's 50");
+    let _server = pod_b.spawn(&["iperf3", "-s", "-p", "5201", "--logfile", "/dev/null"]);
+    let services = json!({"services": [{"name": "x/bulk", "vip": "10.96.32.10", "port": 5201,
+        "node_port": 30201, "backends": [format!("{ip_b}:5201")]}]});
+    c.apply_on_both("services", services).unwrap();
+    let fragmented_before = ip_counter(&c.a.ns, "FragCreates");
+
+    // An external client's full-sized segments to a NodePort whose backend
+    // is on the other node: node A tunnels them. It tells the client the
+    // tunnel's MTU, as a router would, rather than fragment every one.
+    c.know_each_other(false).unwrap();
+    upload(&c.client, SocketAddr::from((c.a.addr, 30201)), "NodePort");
+    let route = c
+        .client
+        .run_ok(&["ip", "route", "get", &c.a.addr.to_string()]);
+    assert!(
+        route.contains("mtu 1450"),
+        "the client learnt the tunnel's MTU: {route}"
+    );
+
+    // In DSR mode too, which tunnels the requests alike.
+    c.attach_data_ifaces("dsr").unwrap();
+    c.client.run_ok(&["ip", "route", "flush", "cache"]);
+    let route = c
+        .client
+        .run_ok(&["ip", "route", "get", &c.a.addr.to_string()]);
+    assert!(!route.contains("mtu"), "the client forgot it: {route}");
+    upload(
+        &c.client,
+        SocketAddr::from((c.a.addr, 30201)),
+        "NodePort, DSR",
+    );
+    let route = c
+        .client
+        .run_ok(&["ip", "route", "get", &c.a.addr.to_string()]);
+    assert!(
+        route.contains("mtu 1450"),
+        "DSR: the client learnt it: {route}"
+    );
+
+    // A pod's to a pod of a peer behind the tunnel: the pod is told.
+    c.know_each_other(true).unwrap();
+    upload(
+        &pod_a,
+        SocketAddr::from((ip_b, 5201)),
+        "pod to tunnelled peer's pod",
+    );
+    let counters = c.a.ctl(&["counters"]).unwrap();
+    assert!(
+        counters.contains("too-big-for-tunnel="),
+        "the pod's too-big packets are counted: {counters}"
+    );
+    let route = pod_a.run_ok(&["ip", "route", "get", &ip_b.to_string()]);
+    assert!(route.contains("mtu 1450"), "the pod learnt it: {route}");
+
+    assert_eq!(
+        ip_counter(&c.a.ns, "FragCreates") - fragmented_before,
+        0,
+        "node A fragmented encapsulated packets"
+    );
+}
