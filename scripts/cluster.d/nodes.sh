@@ -163,11 +163,16 @@ containerRuntimeEndpoint: unix:///run/containerd/containerd.sock
 # containerd 1.6 does not protect the pause image from image GC.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
-# The disk and the memory are the machine's, shared by every node.
+# The disk and the memory are the machine's, shared by every node and
+# whatever else runs there: a node evicting its pods would free nothing
+# that matters, and its disk-pressure taint would stop all scheduling
+# whenever the machine's disk runs low (as kind, disk signals are off).
 evictionHard:
   memory.available: 50Mi
-  nodefs.available: 1%
-  imagefs.available: 1%
+  nodefs.available: "0%"
+  nodefs.inodesFree: "0%"
+  imagefs.available: "0%"
+  imagefs.inodesFree: "0%"
 resolvConf: ""
 readOnlyPort: 0
 clusterDomain: cluster.local

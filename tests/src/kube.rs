@@ -141,6 +141,22 @@ impl KubeCluster {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("kubectl {args:?}: {e}: {text}"))
     }
 
+    /// Each node's Ready condition and taints, one line per node: what
+    /// decides whether a pod can be scheduled, for a test's failure.
+    pub fn nodes_state(&self) -> String {
+        let out = self.try_kubectl(&[
+            "get",
+            "nodes",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}: Ready={.status.conditions[?(@.type==\"Ready\")].status} taints={.spec.taints}{\"\\n\"}{end}",
+        ]);
+        if out.success {
+            out.stdout
+        } else {
+            format!("(kubectl get nodes failed: {})", out.stderr)
+        }
+    }
+
     /// `kubectl apply` of `manifest` (YAML or JSON).
     pub fn apply(&self, manifest: &str) {
         let file = tempfile::NamedTempFile::new().unwrap();
@@ -258,9 +274,16 @@ fn parse_env(text: &str) -> HashMap<String, String> {
 
 /// Calls `probe` every 200 ms until it gives a value, or panics after
 /// `timeout` naming `what` and the probe's last complaint.
-pub fn wait_for<T>(
+pub fn wait_for<T>(what: &str, timeout: Duration, probe: impl FnMut() -> Result<T, String>) -> T {
+    wait_for_explained(what, timeout, String::new, probe)
+}
+
+/// [`wait_for`], whose panic adds what `explain` says then (the state
+/// behind the probe's complaint, too costly to gather on every try).
+pub fn wait_for_explained<T>(
     what: &str,
     timeout: Duration,
+    explain: impl FnOnce() -> String,
     mut probe: impl FnMut() -> Result<T, String>,
 ) -> T {
     let deadline = Instant::now() + timeout;
@@ -268,7 +291,10 @@ pub fn wait_for<T>(
         match probe() {
             Ok(v) => return v,
             Err(e) if Instant::now() >= deadline => {
-                panic!("gave up after {timeout:?} waiting for {what}: {e}")
+                panic!(
+                    "gave up after {timeout:?} waiting for {what}: {e}\n{}",
+                    explain()
+                )
             }
             Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }

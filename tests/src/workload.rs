@@ -9,7 +9,7 @@ use std::time::Duration;
 use ipnetwork::Ipv4Network;
 use serde_json::Value;
 
-use crate::kube::{KubeCluster, wait_for};
+use crate::kube::{KubeCluster, wait_for, wait_for_explained};
 use crate::netns::NetNs;
 
 /// How long pods may take to run (the suite shares two cores).
@@ -122,7 +122,9 @@ pub struct Pod {
 
 /// The pods of Deployment `app`, once `count` of them run with an address.
 pub fn running_pods(c: &KubeCluster, app: &str, count: usize) -> Vec<Pod> {
-    wait_for(&format!("{count} running pods of {app}"), POD_WAIT, || {
+    let what = format!("{count} running pods of {app}");
+    let explain = || format!("nodes:\n{}", c.nodes_state());
+    wait_for_explained(&what, POD_WAIT, explain, || {
         let list = c.kubectl_json(&["get", "pods", "-l", &format!("app={app}")]);
         let items = list["items"].as_array().cloned().unwrap_or_default();
         let pods: Vec<Pod> = items
