@@ -252,6 +252,7 @@ pub fn run(repeat: u32, rules: usize) -> Result<PacketReport> {
     for family in FAMILIES {
         rows.extend(family_cases(&node, root.path(), family, repeat, rules)?);
     }
+    rows.extend(local_pod_case(&node, root.path())?);
     // IPv6's goal: IPv4's figure for the same case, + 15%.
     let ipv4: Vec<(&str, f64)> = rows
         .iter()
@@ -270,6 +271,135 @@ pub fn run(repeat: u32, rules: usize) -> Result<PacketReport> {
         load_ms,
         rows,
     })
+}
+
+/// Another pod of the node, for [`local_pod_case`].
+const LOCAL_PEER: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 6);
+const LOCAL_PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x06];
+
+/// `from_pod` on an established flow to another pod of the node, which it
+/// hands straight to that pod: run in a network namespace of the bench's
+/// own, where the FIB routes the pod's address to a veth, as a node's FIB
+/// routes a pod's address to its host veth.
+fn local_pod_case(node: &Node, root: &std::path::Path) -> Result<Vec<PacketRow>> {
+    set_egress_policy(root, None)?;
+    let ns = margay_tests::netns::NetNs::new("pkb");
+    ns.run_ok(&[
+        "ip",
+        "link",
+        "add",
+        "pod-b",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "pod-b-eth0",
+    ]);
+    ns.run_ok(&["ip", "link", "set", "pod-b-eth0", "up"]);
+    ns.run_ok(&["ip", "link", "set", "pod-b", "up"]);
+    ns.run_ok(&[
+        "ip",
+        "route",
+        "add",
+        &format!("{LOCAL_PEER}/32"),
+        "dev",
+        "pod-b",
+    ]);
+    // The FIB answers a forwarding lookup only where forwarding is on, as
+    // on every node.
+    ns.run_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    let ifindex: u32 = ns
+        .run_ok(&["cat", "/sys/class/net/pod-b/ifindex"])
+        .trim()
+        .parse()
+        .context("pod-b's ifindex")?;
+    registry::register(
+        root,
+        &Endpoint::new(ifindex, "pod-b", LOCAL_PEER, LOCAL_PEER_MAC),
+        None,
+    )?;
+    let netns = std::fs::File::open(ns.path()).context("the bench's namespace")?;
+    let frame = |flags| {
+        let l4 = L4::Tcp {
+            sport: 6000,
+            dport: 80,
+            flags,
+        };
+        ipv4(POD_MAC, POD, LOCAL_PEER, &l4)
+    };
+    let runs = 2_000;
+    // TestRun runs the program in its caller's namespace: this thread
+    // enters the bench's for the runs, and comes back whatever they give.
+    let home =
+        std::fs::File::open("/proc/thread-self/ns/net").context("this thread's namespace")?;
+    nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)
+        .context("entering the bench's namespace")?;
+    let runs_there = || -> Result<(u32, f64, f64)> {
+        let (verdict, _) = run_repeat(node, "from_pod", &frame(TCP_SYN), 0, 1);
+        anyhow::ensure!(
+            verdict == TC_ACT_REDIRECT,
+            "the new flow to the local pod was not redirected to it ({verdict})"
+        );
+        // Single runs: a repetition would see the frame as the first
+        // left it, addressed from the node's MAC, not the pod's.
+        // Interleaved with the established flow that leaves by the stack
+        // (family_cases'), run the same way, for a figure to compare.
+        let to_stack = ipv4(
+            POD_MAC,
+            POD,
+            PEER,
+            &L4::Tcp {
+                sport: 2000,
+                dport: 443,
+                flags: TCP_ACK,
+            },
+        );
+        let (mut local, mut stack) = (Vec::new(), Vec::new());
+        let mut verdict = TC_ACT_REDIRECT;
+        for _ in 0..runs {
+            let (v, ns) = run_repeat(node, "from_pod", &frame(TCP_ACK), 0, 1);
+            if v != TC_ACT_REDIRECT {
+                verdict = v;
+            }
+            local.push(ns);
+            let (v, ns) = run_repeat(node, "from_pod", &to_stack, 0, 1);
+            anyhow::ensure!(
+                v == TC_ACT_OK,
+                "the established flow leaving by the stack was not let out ({v})"
+            );
+            stack.push(ns);
+        }
+        Ok((
+            verdict,
+            crate::stats::median_of(&local),
+            crate::stats::median_of(&stack),
+        ))
+    };
+    let result = runs_there();
+    nix::sched::setns(&home, nix::sched::CloneFlags::CLONE_NEWNET)
+        .context("coming back from the bench's namespace")?;
+    let (verdict, to_local_pod, to_stack) = result?;
+    anyhow::ensure!(
+        verdict == TC_ACT_REDIRECT,
+        "the established flow to the local pod was not redirected to it ({verdict})"
+    );
+    let row = |case, ns_per_packet| PacketRow {
+        family: "IPv4",
+        case,
+        ns_per_packet,
+        goal_ns: None,
+        runs: runs as u64,
+    };
+    Ok(vec![
+        row(
+            "conntrack hit, to a local pod, single runs (median)",
+            to_local_pod,
+        ),
+        row(
+            "conntrack hit, by the stack, single runs (median)",
+            to_stack,
+        ),
+    ])
 }
 
 /// One family's cases, with IPv4's goals.

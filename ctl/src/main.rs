@@ -292,7 +292,9 @@ fn run(cli: Cli) -> Result<(), String> {
             emit_rows(
                 cli.json,
                 &records,
-                &["IFINDEX", "PROTO", "SRC", "DST", "STATE", "AGE", "IDLE"],
+                &[
+                    "IFINDEX", "PROTO", "SRC", "DST", "STATE", "AGE", "IDLE", "PATH",
+                ],
                 |r| {
                     vec![
                         r.ifindex.to_string(),
@@ -302,6 +304,7 @@ fn run(cli: Cli) -> Result<(), String> {
                         r.state.to_string(),
                         format!("{}s", r.age_s),
                         format!("{}s", r.idle_s),
+                        r.path.clone(),
                     ]
                 },
             );

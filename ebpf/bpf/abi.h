@@ -240,12 +240,19 @@ enum ct_state {
 struct ct_entry {
 	__u64 last_seen_ns; /* refreshed at most once per CT_REFRESH_NS */
 	__u32 created_s;    /* flow clock, in seconds: only shown (AGE) */
-	__be32 tunnel_peer; /* CT_F_TUNNEL: the node the pod's packets go to */
+	union {
+		__be32 tunnel_peer; /* CT_F_TUNNEL: the node the pod's packets go to */
+		__u32 peer_ifindex; /* CT_F_LOCAL_DELIVERY: the receiving pod's host
+				     * veth, as last seen (0: not yet) */
+	};
 	__u8 state;
 	__u8 flags;
 	__u16 slot;         /* the endpoint's counters slot */
 	__be32 pod_ip;      /* the endpoint's pod, as registered */
 	__u8 pod_mac[6];
+	/* CT_F_LOCAL_DELIVERY, with peer_ifindex: the receiving pod's. */
+	__u16 peer_slot;
+	__u8 peer_mac[6];
 	__u8 pad[2];
 };
 
@@ -475,7 +482,7 @@ _Static_assert(sizeof(struct ip_set_key) == 16, "ip_set_key layout");
 _Static_assert(sizeof(struct ip_set_key6) == 28, "ip_set_key6 layout");
 _Static_assert(sizeof(struct name_record) == 64, "name_record layout");
 _Static_assert(sizeof(struct ct_key) == 20, "ct_key layout");
-_Static_assert(sizeof(struct ct_entry) == 32, "ct_entry layout");
+_Static_assert(sizeof(struct ct_entry) == 40, "ct_entry layout");
 _Static_assert(sizeof(struct counters) == 8 * (4 + DROP_REASON_MAX), "counters layout");
 _Static_assert(sizeof(struct config) == 32, "config layout");
 _Static_assert(sizeof(struct flow_event) == 32, "flow_event layout");

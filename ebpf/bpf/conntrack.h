@@ -216,6 +216,24 @@ static __always_inline int ct_lookup(const struct packet *p, __u32 ifindex, stru
 	return ct_update(e, p, src_is_a, now);
 }
 
+/* Makes local-delivery entry `e` carry receiver `dst` (NULL: none),
+ * writing only what changed: the entry's cache line is read by the CPUs
+ * of both directions. */
+static __always_inline void ct_remember_peer(struct ct_entry *e, const struct endpoint *dst)
+{
+	if (!dst) {
+		if (e->peer_ifindex)
+			e->peer_ifindex = 0;
+		return;
+	}
+	if (e->peer_ifindex == dst->ifindex && e->peer_slot == dst->slot &&
+	    __builtin_memcmp(e->peer_mac, dst->mac, ETH_ALEN) == 0)
+		return;
+	e->peer_slot = dst->slot;
+	__builtin_memcpy(e->peer_mac, dst->mac, ETH_ALEN);
+	e->peer_ifindex = dst->ifindex;
+}
+
 /* A new flow's entry for endpoint `ep`, the packet's sender (side a when
  * `src_is_a`) being its initiator. */
 static __always_inline void ct_entry_init(struct ct_entry *e, const struct packet *p,

@@ -142,10 +142,57 @@ static __always_inline int to_elsewhere(struct __sk_buff *skb, const struct pack
 	return leave_node(skb, p, route_to(p->daddr, &via), via, slot);
 }
 
+/* A packet of an established flow between two pods of this node, from
+ * the pod of entry `e`. The receiver's side (its endpoint, its entry and
+ * its policy's verdict) is consulted when `consult`: the entry was just
+ * refreshed (at most once a second, which also keeps the receiver's entry
+ * alive), the packet changes a TCP flow's state, or the receiver is not
+ * known yet. Between those the entry carries the receiver as last
+ * consulted, and the packet costs this one entry's lookup. */
+static __always_inline int egress_to_local_pod(struct __sk_buff *skb, struct packet *p,
+					       struct ct_entry *e, bool consult)
+{
+	if (p->tcp_flags & (TCPF_SYN | TCPF_FIN | TCPF_RST))
+		consult = true;
+	if (!consult && e->peer_ifindex) {
+		if (p->ttl <= 1) /* the stack sends time-exceeded */
+			return TC_ACT_OK;
+		count_allowed(e->peer_slot, DIR_INGRESS, p->len);
+		return redirect_to_pod(skb, e->peer_ifindex, e->peer_mac);
+	}
+	__u32 dst_ifindex = local_endpoint_ifindex(p->daddr);
+	struct endpoint *dst = dst_ifindex ? endpoint_of(dst_ifindex) : NULL;
+	if (!dst) { /* gone since the flow began: the stack's to route */
+		ct_remember_peer(e, NULL);
+		return TC_ACT_OK;
+	}
+	if (p->ttl <= 1) /* the stack sends time-exceeded */
+		return TC_ACT_OK;
+	/* The receiver is remembered only when its side let the packet in
+	 * untouched: not when it had no entry (a new flow, judged by its
+	 * policy), nor for a reply its entry turns back into a service's. */
+	struct ct_entry *theirs;
+	int ct = ct_lookup(p, dst->ifindex, &theirs);
+	int verdict;
+	if (ct != CT_MISS) {
+		bool turned = ct == CT_REPLY && (theirs->flags & CT_F_SERVICE);
+		verdict = ingress_established(skb, p, dst->ifindex, theirs, ct);
+		ct_remember_peer(e, verdict == TC_ACT_OK && !turned ? dst : NULL);
+	} else {
+		verdict = ingress_verdict(skb, p, dst, VIA_LOCAL_POD, 0, true);
+		ct_remember_peer(e, NULL);
+	}
+	if (verdict != TC_ACT_OK)
+		return verdict;
+	return redirect_to_pod(skb, dst->ifindex, dst->mac);
+}
+
 /* A pod's packet on a flow its conntrack holds (`ct` from ct_lookup or
- * ct_update), already checked to be the pod's own. */
+ * ct_update), already checked to be the pod's own. `consult`: see
+ * egress_to_local_pod. */
 static __always_inline int egress_established(struct __sk_buff *skb, struct packet *p,
-					      __u32 ifindex, struct ct_entry *e, int ct)
+					      __u32 ifindex, struct ct_entry *e, int ct,
+					      bool consult)
 {
 	count_allowed(e->slot, DIR_EGRESS, p->len);
 	/* A backend's reply translated on its own side: to an external
@@ -166,9 +213,8 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 					  : TC_ACT_OK;
 		return redirect_by_fib(skb, p);
 	}
-	__u32 dst = (e->flags & CT_F_LOCAL_DELIVERY) ? local_endpoint_ifindex(p->daddr) : 0;
-	if (dst)
-		return deliver_to_pod(skb, p, dst, VIA_LOCAL_POD);
+	if (e->flags & CT_F_LOCAL_DELIVERY)
+		return egress_to_local_pod(skb, p, e, consult);
 	/* The way chosen when the flow began (route_to). */
 	return leave_node(skb, p, e->flags, e->tunnel_peer, e->slot);
 }
@@ -270,9 +316,10 @@ int from_pod(struct __sk_buff *skb)
 		bool src_is_a;
 		struct ct_entry *e = ct_find(&p, ifindex, now, &src_is_a);
 		if (e && e->pod_ip == p.saddr &&
-		    __builtin_memcmp(p.src_mac, e->pod_mac, ETH_ALEN) == 0)
-			return egress_established(skb, &p, ifindex, e,
-						  ct_update(e, &p, src_is_a, now));
+		    __builtin_memcmp(p.src_mac, e->pod_mac, ETH_ALEN) == 0) {
+			int ct = ct_update(e, &p, src_is_a, now);
+			return egress_established(skb, &p, ifindex, e, ct, e->last_seen_ns == now);
+		}
 		ct_missed = !e;
 	} else if (parsed == PARSED_IPV6 && !p.fragment) {
 		/* The entry says which side is the pod: the sender must be. */
@@ -334,7 +381,7 @@ int from_pod(struct __sk_buff *skb)
 		if (ct != CT_MISS) {
 			if (lb == LB_TRANSLATED)
 				lb_record(&flow, p.proto);
-			return egress_established(skb, &p, ifindex, e, ct);
+			return egress_established(skb, &p, ifindex, e, ct, true);
 		}
 	}
 	/* An ICMP error about a tracked flow passes as part of that flow and

@@ -315,8 +315,9 @@ pub struct CtEntry {
     /// The flow clock at creation, in seconds (only shown: the age).
     pub created_s: u32,
     /// `CT_F_TUNNEL`: the node the pod's packets of the flow go to
-    /// (network order).
-    pub tunnel_peer: [u8; 4],
+    /// (network order); `CT_F_LOCAL_DELIVERY`: the receiving pod's host
+    /// veth as last seen (native order, 0: not yet).
+    pub tunnel_peer_or_peer_ifindex: [u8; 4],
     pub state: u8,
     pub flags: u8,
     /// The endpoint's counters slot.
@@ -324,6 +325,9 @@ pub struct CtEntry {
     /// The endpoint's pod, as it was registered.
     pub pod_ip: [u8; 4],
     pub pod_mac: [u8; 6],
+    /// `CT_F_LOCAL_DELIVERY`: the receiving pod's counters slot and MAC.
+    pub peer_slot: u16,
+    pub peer_mac: [u8; 6],
     pub pad: [u8; 2],
 }
 
@@ -570,7 +574,7 @@ const _: () = {
     assert!(size_of::<PolicyRule>() == 16);
     assert!(size_of::<Policy>() == 8 + 16 * MAX_POLICY_RULES);
     assert!(size_of::<CtKey>() == 20);
-    assert!(size_of::<CtEntry>() == 32);
+    assert!(size_of::<CtEntry>() == 40);
     assert!(size_of::<Counters>() == 8 * (4 + DROP_REASON_MAX));
     assert!(size_of::<Config>() == 32);
     assert!(size_of::<FlowEvent>() == 32);

@@ -131,6 +131,11 @@ pub struct CtRecord {
     /// To the second: entries are refreshed at most once a second.
     pub idle_s: u64,
     pub local_delivery: bool,
+    /// How the endpoint's packets of the flow leave it: `local:IFINDEX`
+    /// (redirected to the local pod behind that host veth; `local` until
+    /// the flow's second packet names it), `tunnel:NODE`, `routed` (by the
+    /// programs, to a peer's pod on the LAN) or `stack`.
+    pub path: String,
 }
 
 /// `address:port`, IPv6 in brackets.
@@ -176,6 +181,24 @@ impl FlowKey for CtKey6 {
     }
 }
 
+/// [`CtRecord::path`] of entry `e`.
+fn ct_path(e: &CtEntry) -> String {
+    use crate::abi::{CT_F_LOCAL_DELIVERY, CT_F_PEER_ROUTED, CT_F_TUNNEL};
+    let peer = e.tunnel_peer_or_peer_ifindex;
+    if e.flags & CT_F_LOCAL_DELIVERY != 0 {
+        match u32::from_ne_bytes(peer) {
+            0 => "local".to_string(),
+            ifindex => format!("local:{ifindex}"),
+        }
+    } else if e.flags & CT_F_TUNNEL != 0 {
+        format!("tunnel:{}", std::net::Ipv4Addr::from(peer))
+    } else if e.flags & CT_F_PEER_ROUTED != 0 {
+        "routed".to_string()
+    } else {
+        "stack".to_string()
+    }
+}
+
 impl CtRecord {
     pub fn new(k: &impl FlowKey, e: &CtEntry, now_ns: u64) -> CtRecord {
         let (a, b) = k.sides();
@@ -193,6 +216,7 @@ impl CtRecord {
             age_s: (now_ns / 1_000_000_000).saturating_sub(u64::from(e.created_s)),
             idle_s: now_ns.saturating_sub(e.last_seen_ns) / 1_000_000_000,
             local_delivery: e.flags & crate::abi::CT_F_LOCAL_DELIVERY != 0,
+            path: ct_path(e),
         }
     }
 }
