@@ -4,7 +4,8 @@
 //! for IPv4 and for IPv6 (whose goal is IPv4's figure + 15%); and a new
 //! flow judged by [`SET_RULES`] rules naming sets of [`SET_SIZE`]
 //! addresses each (an endpoint selected by that many NetworkPolicies whose
-//! peers select that many pods).
+//! peers select that many pods); and established flows to a local pod and
+//! through a service beside one that leaves by the stack.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -252,7 +253,7 @@ pub fn run(repeat: u32, rules: usize) -> Result<PacketReport> {
     for family in FAMILIES {
         rows.extend(family_cases(&node, root.path(), family, repeat, rules)?);
     }
-    rows.extend(local_pod_case(&node, root.path())?);
+    rows.extend(established_beside_the_stack(&node, root.path())?);
     // IPv6's goal: IPv4's figure for the same case, + 15%.
     let ipv4: Vec<(&str, f64)> = rows
         .iter()
@@ -273,41 +274,49 @@ pub fn run(repeat: u32, rules: usize) -> Result<PacketReport> {
     })
 }
 
-/// Another pod of the node, for [`local_pod_case`].
+/// Another pod of the node, and a service whose backend is off the node,
+/// for [`established_beside_the_stack`].
 const LOCAL_PEER: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 6);
 const LOCAL_PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x06];
+const SERVICE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 
-/// `from_pod` on an established flow to another pod of the node, which it
-/// hands straight to that pod: run in a network namespace of the bench's
-/// own, where the FIB routes the pod's address to a veth, as a node's FIB
-/// routes a pod's address to its host veth.
-fn local_pod_case(node: &Node, root: &std::path::Path) -> Result<Vec<PacketRow>> {
+/// An IPv4 TCP frame from the pod.
+fn tcp_from_pod(dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let l4 = L4::Tcp {
+        sport,
+        dport,
+        flags,
+    };
+    ipv4(POD_MAC, POD, dst, &l4)
+}
+
+/// `from_pod` on established flows that do more than leave by the stack:
+/// to another pod of the node (handed straight to it) and through a
+/// service (translated), each beside the flow that leaves by the stack
+/// (family_cases'), in interleaved single runs: a repetition would see
+/// the frame as the first left it (addressed from the node's MAC, or to
+/// the backend). Run in a network namespace of the bench's own, where the
+/// FIB routes the other pod's address to a veth, as a node's FIB routes a
+/// pod's address to its host veth.
+fn established_beside_the_stack(node: &Node, root: &std::path::Path) -> Result<Vec<PacketRow>> {
     set_egress_policy(root, None)?;
+    let file: margay_model::service::ServiceFile = serde_json::from_value(serde_json::json!({
+        "services": [{"name": "bench/web", "vip": SERVICE, "port": 80,
+                      "backends": [format!("{PEER}:8080")]}]
+    }))?;
+    margay_ebpf::service::apply(root, &file.services)?;
     let ns = margay_tests::netns::NetNs::new("pkb");
-    ns.run_ok(&[
-        "ip",
-        "link",
-        "add",
-        "pod-b",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "pod-b-eth0",
-    ]);
-    ns.run_ok(&["ip", "link", "set", "pod-b-eth0", "up"]);
-    ns.run_ok(&["ip", "link", "set", "pod-b", "up"]);
-    ns.run_ok(&[
-        "ip",
-        "route",
-        "add",
-        &format!("{LOCAL_PEER}/32"),
-        "dev",
-        "pod-b",
-    ]);
-    // The FIB answers a forwarding lookup only where forwarding is on, as
-    // on every node.
-    ns.run_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    for cmd in [
+        "ip link add pod-b type veth peer name pod-b-eth0",
+        "ip link set pod-b-eth0 up",
+        "ip link set pod-b up",
+        &format!("ip route add {LOCAL_PEER}/32 dev pod-b"),
+        // The FIB answers a forwarding lookup only where forwarding is
+        // on, as on every node.
+        "sysctl -qw net.ipv4.ip_forward=1",
+    ] {
+        ns.run_ok(&cmd.split(' ').collect::<Vec<_>>());
+    }
     let ifindex: u32 = ns
         .run_ok(&["cat", "/sys/class/net/pod-b/ifindex"])
         .trim()
@@ -318,88 +327,64 @@ fn local_pod_case(node: &Node, root: &std::path::Path) -> Result<Vec<PacketRow>>
         &Endpoint::new(ifindex, "pod-b", LOCAL_PEER, LOCAL_PEER_MAC),
         None,
     )?;
-    let netns = std::fs::File::open(ns.path()).context("the bench's namespace")?;
-    let frame = |flags| {
-        let l4 = L4::Tcp {
-            sport: 6000,
-            dport: 80,
-            flags,
-        };
-        ipv4(POD_MAC, POD, LOCAL_PEER, &l4)
-    };
+    // (case, established packet, its verdict, the flow's first packet)
+    let cases = [
+        (
+            "conntrack hit, to a local pod, single runs (median)",
+            tcp_from_pod(LOCAL_PEER, 6000, 80, TCP_ACK),
+            TC_ACT_REDIRECT,
+            tcp_from_pod(LOCAL_PEER, 6000, 80, TCP_SYN),
+        ),
+        (
+            "conntrack hit, to a service, single runs (median)",
+            tcp_from_pod(SERVICE, 7000, 80, TCP_ACK),
+            TC_ACT_OK,
+            tcp_from_pod(SERVICE, 7000, 80, TCP_SYN),
+        ),
+        (
+            "conntrack hit, by the stack, single runs (median)",
+            tcp_from_pod(PEER, 2000, 443, TCP_ACK),
+            TC_ACT_OK,
+            tcp_from_pod(PEER, 2000, 443, TCP_SYN),
+        ),
+    ];
     let runs = 2_000;
+    let netns = std::fs::File::open(ns.path()).context("the bench's namespace")?;
     // TestRun runs the program in its caller's namespace: this thread
     // enters the bench's for the runs, and comes back whatever they give.
     let home =
         std::fs::File::open("/proc/thread-self/ns/net").context("this thread's namespace")?;
     nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)
         .context("entering the bench's namespace")?;
-    let runs_there = || -> Result<(u32, f64, f64)> {
-        let (verdict, _) = run_repeat(node, "from_pod", &frame(TCP_SYN), 0, 1);
-        anyhow::ensure!(
-            verdict == TC_ACT_REDIRECT,
-            "the new flow to the local pod was not redirected to it ({verdict})"
-        );
-        // Single runs: a repetition would see the frame as the first
-        // left it, addressed from the node's MAC, not the pod's.
-        // Interleaved with the established flow that leaves by the stack
-        // (family_cases'), run the same way, for a figure to compare.
-        let to_stack = ipv4(
-            POD_MAC,
-            POD,
-            PEER,
-            &L4::Tcp {
-                sport: 2000,
-                dport: 443,
-                flags: TCP_ACK,
-            },
-        );
-        let (mut local, mut stack) = (Vec::new(), Vec::new());
-        let mut verdict = TC_ACT_REDIRECT;
-        for _ in 0..runs {
-            let (v, ns) = run_repeat(node, "from_pod", &frame(TCP_ACK), 0, 1);
-            if v != TC_ACT_REDIRECT {
-                verdict = v;
-            }
-            local.push(ns);
-            let (v, ns) = run_repeat(node, "from_pod", &to_stack, 0, 1);
-            anyhow::ensure!(
-                v == TC_ACT_OK,
-                "the established flow leaving by the stack was not let out ({v})"
-            );
-            stack.push(ns);
+    let runs_there = || -> Result<Vec<Vec<f64>>> {
+        for (case, _, verdict, first) in &cases {
+            let (got, _) = run_repeat(node, "from_pod", first, 0, 1);
+            anyhow::ensure!(got == *verdict, "{case}: the first packet got {got}");
         }
-        Ok((
-            verdict,
-            crate::stats::median_of(&local),
-            crate::stats::median_of(&stack),
-        ))
+        let mut times = vec![Vec::with_capacity(runs); cases.len()];
+        for _ in 0..runs {
+            for ((case, packet, verdict, _), times) in cases.iter().zip(&mut times) {
+                let (got, ns) = run_repeat(node, "from_pod", packet, 0, 1);
+                anyhow::ensure!(got == *verdict, "{case}: got {got}");
+                times.push(ns);
+            }
+        }
+        Ok(times)
     };
     let result = runs_there();
     nix::sched::setns(&home, nix::sched::CloneFlags::CLONE_NEWNET)
         .context("coming back from the bench's namespace")?;
-    let (verdict, to_local_pod, to_stack) = result?;
-    anyhow::ensure!(
-        verdict == TC_ACT_REDIRECT,
-        "the established flow to the local pod was not redirected to it ({verdict})"
-    );
-    let row = |case, ns_per_packet| PacketRow {
-        family: "IPv4",
-        case,
-        ns_per_packet,
-        goal_ns: None,
-        runs: runs as u64,
-    };
-    Ok(vec![
-        row(
-            "conntrack hit, to a local pod, single runs (median)",
-            to_local_pod,
-        ),
-        row(
-            "conntrack hit, by the stack, single runs (median)",
-            to_stack,
-        ),
-    ])
+    Ok(cases
+        .iter()
+        .zip(result?)
+        .map(|((case, ..), times)| PacketRow {
+            family: "IPv4",
+            case,
+            ns_per_packet: crate::stats::median_of(&times),
+            goal_ns: None,
+            runs: runs as u64,
+        })
+        .collect())
 }
 
 /// One family's cases, with IPv4's goals.

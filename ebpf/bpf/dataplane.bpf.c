@@ -219,6 +219,41 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 	return leave_node(skb, p, e->flags, e->tunnel_peer, e->slot);
 }
 
+/* The short path of a pod's packet on an established TCP connection
+ * through a service: the connection's translation (the NAT entry of the
+ * client's tuple, taken while it is fresh: when it is due its refresh,
+ * once a second, the long path checks the frontend still exists and the
+ * reverse entry is still the connection's) and the translated flow's
+ * conntrack entry, which must carry the pod's addresses. Two lookups, and
+ * nothing written before both are found. SYNs (a backend must still serve
+ * a new connection), UDP (whose reverse entry is checked on every
+ * datagram) and hairpin flows take the long path. SHORT_PATH_MISSED when
+ * the long path must take the packet. */
+#define SHORT_PATH_MISSED -1
+static __always_inline int egress_to_service_established(struct __sk_buff *skb, struct packet *p,
+							 __u32 ifindex, __u64 now)
+{
+	if (p->proto != IPPROTO_TCP || (p->tcp_flags & TCPF_SYN))
+		return SHORT_PATH_MISSED;
+	struct nat_key fk;
+	nat_key_fill(&fk, p->saddr, p->daddr, p->sport, p->dport, p->proto, NAT_FWD);
+	struct nat_entry *fwd = bpf_map_lookup_elem(&nat, &fk);
+	if (!fwd || fwd->peer || (__s64)(now - fwd->last_seen_ns) > (__s64)CT_REFRESH_NS)
+		return SHORT_PATH_MISSED;
+	__be32 backend = fwd->addr;
+	__be16 backend_port = fwd->port;
+	struct ct_key k;
+	bool src_is_a =
+		ct_key_fill(&k, p->saddr, backend, p->sport, backend_port, p->proto, ifindex);
+	struct ct_entry *e = ct_live(bpf_map_lookup_elem(&conntrack, &k), p, now);
+	if (!e || e->pod_ip != p->saddr || __builtin_memcmp(p->src_mac, e->pod_mac, ETH_ALEN) != 0)
+		return SHORT_PATH_MISSED;
+	if (nat_rewrite(skb, p, false, backend, backend_port) < 0)
+		return drop(p, e->slot, ifindex, DIR_EGRESS, DROP_NAT);
+	int ct = ct_update(e, p, src_is_a, now);
+	return egress_established(skb, p, ifindex, e, ct, e->last_seen_ns == now);
+}
+
 /* What an IPv6 packet on endpoint `ep`'s `dir` side needs no flow for:
  * link control passes, a later fragment passes unless a policy applies
  * (it carries no ports to judge). TC_ACT_OK or TC_ACT_SHOT (counted) for
@@ -306,12 +341,16 @@ int from_pod(struct __sk_buff *skb)
 	__u32 ifindex = skb->ifindex;
 	int parsed = parse_packet(skb, &p);
 
-	/* Short path: a packet of an established flow, not to a service,
-	 * carrying the addresses the flow's entry recorded for the pod (so it
-	 * passes the anti-spoofing checks below). Nothing is written before
-	 * that is known. */
+	/* Short path: a packet of an established flow carrying the addresses
+	 * the flow's entry recorded for the pod (so it passes the
+	 * anti-spoofing checks below). Nothing is written before that is
+	 * known. */
 	bool ct_missed = false;
-	if (parsed == PARSED_IPV4 && !p.fragment && !maybe_service(&p)) {
+	if (parsed == PARSED_IPV4 && !p.fragment && maybe_service(&p)) {
+		int verdict = egress_to_service_established(skb, &p, ifindex, flow_clock());
+		if (verdict != SHORT_PATH_MISSED)
+			return verdict;
+	} else if (parsed == PARSED_IPV4 && !p.fragment) {
 		__u64 now = flow_clock();
 		bool src_is_a;
 		struct ct_entry *e = ct_find(&p, ifindex, now, &src_is_a);
