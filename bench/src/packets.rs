@@ -4,8 +4,9 @@
 //! for IPv4 and for IPv6 (whose goal is IPv4's figure + 15%); and a new
 //! flow judged by [`SET_RULES`] rules naming sets of [`SET_SIZE`]
 //! addresses each (an endpoint selected by that many NetworkPolicies whose
-//! peers select that many pods); and established flows to a local pod and
-//! through a service beside one that leaves by the stack.
+//! peers select that many pods); and established flows to a local pod,
+//! through a service and a service's replies beside one that leaves by
+//! the stack.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -290,12 +291,13 @@ fn tcp_from_pod(dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     ipv4(POD_MAC, POD, dst, &l4)
 }
 
-/// `from_pod` on established flows that do more than leave by the stack:
-/// to another pod of the node (handed straight to it) and through a
-/// service (translated), each beside the flow that leaves by the stack
+/// Established flows whose packets do more than pass: `from_pod` to
+/// another pod of the node (handed straight to it) and through a service
+/// (translated), `to_pod` on a service's reply (turned back into the
+/// service's), each beside the flow that leaves by the stack
 /// (family_cases'), in interleaved single runs: a repetition would see
 /// the frame as the first left it (addressed from the node's MAC, or to
-/// the backend). Run in a network namespace of the bench's own, where the
+/// the backend, or from the service). Run in a network namespace of the bench's own, where the
 /// FIB routes the other pod's address to a veth, as a node's FIB routes a
 /// pod's address to its host veth.
 fn established_beside_the_stack(node: &Node, root: &std::path::Path) -> Result<Vec<PacketRow>> {
@@ -327,22 +329,45 @@ fn established_beside_the_stack(node: &Node, root: &std::path::Path) -> Result<V
         &Endpoint::new(ifindex, "pod-b", LOCAL_PEER, LOCAL_PEER_MAC),
         None,
     )?;
-    // (case, established packet, its verdict, the flow's first packet)
+    // The backend's answer on a service connection, as it reaches the
+    // pod's veth (to_pod turns it back into the service's).
+    let service_reply = ipv4(
+        POD_MAC,
+        PEER,
+        POD,
+        &L4::Tcp {
+            sport: 8080,
+            dport: 7100,
+            flags: TCP_ACK,
+        },
+    );
+    // (case, its program, established packet, its verdict, the flow's
+    // first packet, from the pod)
     let cases = [
         (
             "conntrack hit, to a local pod, single runs (median)",
+            "from_pod",
             tcp_from_pod(LOCAL_PEER, 6000, 80, TCP_ACK),
             TC_ACT_REDIRECT,
             tcp_from_pod(LOCAL_PEER, 6000, 80, TCP_SYN),
         ),
         (
             "conntrack hit, to a service, single runs (median)",
+            "from_pod",
             tcp_from_pod(SERVICE, 7000, 80, TCP_ACK),
             TC_ACT_OK,
             tcp_from_pod(SERVICE, 7000, 80, TCP_SYN),
         ),
         (
+            "to_pod: a service's reply, conntrack hit, single runs (median)",
+            "to_pod",
+            service_reply,
+            TC_ACT_OK,
+            tcp_from_pod(SERVICE, 7100, 80, TCP_SYN),
+        ),
+        (
             "conntrack hit, by the stack, single runs (median)",
+            "from_pod",
             tcp_from_pod(PEER, 2000, 443, TCP_ACK),
             TC_ACT_OK,
             tcp_from_pod(PEER, 2000, 443, TCP_SYN),
@@ -357,14 +382,14 @@ fn established_beside_the_stack(node: &Node, root: &std::path::Path) -> Result<V
     nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)
         .context("entering the bench's namespace")?;
     let runs_there = || -> Result<Vec<Vec<f64>>> {
-        for (case, _, verdict, first) in &cases {
+        for (case, _, _, verdict, first) in &cases {
             let (got, _) = run_repeat(node, "from_pod", first, 0, 1);
             anyhow::ensure!(got == *verdict, "{case}: the first packet got {got}");
         }
         let mut times = vec![Vec::with_capacity(runs); cases.len()];
         for _ in 0..runs {
-            for ((case, packet, verdict, _), times) in cases.iter().zip(&mut times) {
-                let (got, ns) = run_repeat(node, "from_pod", packet, 0, 1);
+            for ((case, program, packet, verdict, _), times) in cases.iter().zip(&mut times) {
+                let (got, ns) = run_repeat(node, program, packet, 0, 1);
                 anyhow::ensure!(got == *verdict, "{case}: got {got}");
                 times.push(ns);
             }

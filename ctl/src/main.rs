@@ -293,7 +293,15 @@ fn run(cli: Cli) -> Result<(), String> {
                 cli.json,
                 &records,
                 &[
-                    "IFINDEX", "PROTO", "SRC", "DST", "STATE", "AGE", "IDLE", "PATH",
+                    "IFINDEX",
+                    "PROTO",
+                    "SRC",
+                    "DST",
+                    "STATE",
+                    "AGE",
+                    "IDLE",
+                    "PATH",
+                    "REPLIES-AS",
                 ],
                 |r| {
                     vec![
@@ -305,6 +313,7 @@ fn run(cli: Cli) -> Result<(), String> {
                         format!("{}s", r.age_s),
                         format!("{}s", r.idle_s),
                         r.path.clone(),
+                        r.replies_as.clone().unwrap_or_else(|| "-".into()),
                     ]
                 },
             );

@@ -234,9 +234,10 @@ enum ct_state {
  * An entry carries what an established packet needs of its endpoint (the
  * pod's addresses, to check that a packet from the pod is really its, and
  * the counters slot), so that it costs one map lookup, not three: on
- * guests that mitigate SRSO every helper call costs ~20 ns. Its creation
- * time is kept in seconds, which is all `margayctl` shows, so that the
- * tunnel peer fits in the same 32 bytes (half a cache line). */
+ * guests that mitigate SRSO every helper call costs ~20 ns. Likewise a
+ * local receiver (egress_to_local_pod) and the service a reply answers
+ * for (turn_*): each spares the established packet lookups. Its creation
+ * time is kept in seconds, which is all `margayctl` shows. */
 struct ct_entry {
 	__u64 last_seen_ns; /* refreshed at most once per CT_REFRESH_NS */
 	__u32 created_s;    /* flow clock, in seconds: only shown (AGE) */
@@ -253,7 +254,13 @@ struct ct_entry {
 	/* CT_F_LOCAL_DELIVERY, with peer_ifindex: the receiving pod's. */
 	__u16 peer_slot;
 	__u8 peer_mac[6];
-	__u8 pad[2];
+	/* The service a reply of the flow answers for, as last looked up
+	 * (nat.h's reply_turn): the source its replies are turned into
+	 * between lookups, 0 when none is known. Last, so that an upgrade
+	 * from entries without it carries them over zero-extended. */
+	__be16 turn_port;
+	__be32 turn_addr;
+	__u8 pad[4];
 };
 
 struct counters {
@@ -482,7 +489,7 @@ _Static_assert(sizeof(struct ip_set_key) == 16, "ip_set_key layout");
 _Static_assert(sizeof(struct ip_set_key6) == 28, "ip_set_key6 layout");
 _Static_assert(sizeof(struct name_record) == 64, "name_record layout");
 _Static_assert(sizeof(struct ct_key) == 20, "ct_key layout");
-_Static_assert(sizeof(struct ct_entry) == 40, "ct_entry layout");
+_Static_assert(sizeof(struct ct_entry) == 48, "ct_entry layout");
 _Static_assert(sizeof(struct counters) == 8 * (4 + DROP_REASON_MAX), "counters layout");
 _Static_assert(sizeof(struct config) == 32, "config layout");
 _Static_assert(sizeof(struct flow_event) == 32, "flow_event layout");

@@ -203,10 +203,11 @@ static __always_inline int ct_update(struct ct_entry *e, const struct packet *p,
 }
 
 /* Looks the packet's flow up on `ifindex` (in the table of its family)
- * and advances its state. */
-static __always_inline int ct_lookup(const struct packet *p, __u32 ifindex, struct ct_entry **out)
+ * and advances its state, at `now` (flow_clock): the entry was refreshed
+ * by this packet when its last_seen_ns is `now`. */
+static __always_inline int ct_lookup(const struct packet *p, __u32 ifindex, __u64 now,
+				     struct ct_entry **out)
 {
-	__u64 now = flow_clock();
 	bool src_is_a;
 	struct ct_entry *e = p->ipv6 ? ct6_find(p, ifindex, now, &src_is_a)
 				     : ct_find(p, ifindex, now, &src_is_a);
@@ -232,6 +233,16 @@ static __always_inline void ct_remember_peer(struct ct_entry *e, const struct en
 	e->peer_slot = dst->slot;
 	__builtin_memcpy(e->peer_mac, dst->mac, ETH_ALEN);
 	e->peer_ifindex = dst->ifindex;
+}
+
+/* Makes entry `e` carry the source its replies are turned into
+ * (turn_addr, 0: none), writing only what changed. */
+static __always_inline void ct_remember_turn(struct ct_entry *e, __be32 addr, __be16 port)
+{
+	if (e->turn_addr != addr || e->turn_port != port) {
+		e->turn_addr = addr;
+		e->turn_port = port;
+	}
 }
 
 /* A new flow's entry for endpoint `ep`, the packet's sender (side a when

@@ -53,25 +53,29 @@ enum ingress_path {
 	VIA_NET = 3,         /* from the LAN, redirected by from_net */
 };
 
-/* A packet to a pod on a flow its conntrack holds (`ct` from ct_lookup). */
+/* A packet to a pod on a flow its conntrack holds (`ct` from ct_lookup).
+ * `look`: the translation of a service's reply is looked up, not taken
+ * from the entry (nat_reverse_reply). */
 static __always_inline int ingress_established(struct __sk_buff *skb, struct packet *p,
-					       __u32 ifindex, struct ct_entry *e, int ct)
+					       __u32 ifindex, struct ct_entry *e, int ct, bool look)
 {
 	/* A reply to this pod's own service connection: the backend's
 	 * address becomes the service's again. */
-	if (ct == CT_REPLY && (e->flags & CT_F_SERVICE) && nat_reverse(skb, p) == NAT_FAILED)
+	if (ct == CT_REPLY && (e->flags & CT_F_SERVICE) &&
+	    nat_reverse_reply(skb, p, e, look) == NAT_FAILED)
 		return drop(p, e->slot, ifindex, DIR_INGRESS, DROP_NAT);
 	count_allowed(e->slot, DIR_INGRESS, p->len);
 	return TC_ACT_OK;
 }
 
-/* The destination pod's side of a packet: conntrack (unless the caller
- * already found no entry), then its ingress policy for a new flow.
- * TC_ACT_OK to deliver, TC_ACT_SHOT when dropped. `tunnel_peer`: the node
- * a tunnelled flow's replies go back to (0: they take the usual way). */
+/* The destination pod's side of a packet whose flow its conntrack does
+ * not hold (the caller looked; a fragment is not looked up): its ingress
+ * policy, for a new flow. TC_ACT_OK to deliver, TC_ACT_SHOT when dropped.
+ * `tunnel_peer`: the node a tunnelled flow's replies go back to (0: they
+ * take the usual way). */
 static __always_inline int ingress_verdict(struct __sk_buff *skb, struct packet *p,
 					   const struct endpoint *ep, enum ingress_path path,
-					   __be32 tunnel_peer, bool ct_missed)
+					   __be32 tunnel_peer)
 {
 	__u32 ifindex = ep->ifindex;
 	if (p->fragment) {
@@ -79,12 +83,6 @@ static __always_inline int ingress_verdict(struct __sk_buff *skb, struct packet 
 			return drop(p, ep->slot, ifindex, DIR_INGRESS, DROP_FRAGMENT);
 		count_allowed(ep->slot, DIR_INGRESS, p->len);
 		return TC_ACT_OK;
-	}
-	if (!ct_missed) {
-		struct ct_entry *e;
-		int ct = ct_lookup(p, ifindex, &e);
-		if (ct != CT_MISS)
-			return ingress_established(skb, p, ifindex, e, ct);
 	}
 	if (ct_related(skb, p, ifindex)) {
 		/* About this pod's service connection: it must name the service. */
@@ -121,14 +119,31 @@ static __always_inline int ingress_verdict(struct __sk_buff *skb, struct packet 
 
 /* Hands a packet to the local pod behind host veth `dst_ifindex`, applying
  * its ingress decision first (redirect_peer skips its to_pod); the stack
- * takes what it cannot. */
+ * takes what it cannot. An established flow's entry stands for the
+ * endpoint (to_pod's short path) and carries its MAC: such a packet costs
+ * that one lookup after the address's. `tunnel_peer`: see ingress_verdict. */
 static __always_inline int deliver_to_pod(struct __sk_buff *skb, struct packet *p,
-					  __u32 dst_ifindex, enum ingress_path path)
+					  __u32 dst_ifindex, enum ingress_path path,
+					  __be32 tunnel_peer)
 {
-	struct endpoint *dst = dst_ifindex ? endpoint_of(dst_ifindex) : NULL;
-	if (!dst || p->ttl <= 1) /* the stack sends time-exceeded */
+	if (!dst_ifindex || p->ttl <= 1) /* the stack sends time-exceeded */
 		return TC_ACT_OK;
-	int verdict = ingress_verdict(skb, p, dst, path, 0, false);
+	if (!p->fragment) {
+		struct ct_entry *e;
+		__u64 now = flow_clock();
+		int ct = ct_lookup(p, dst_ifindex, now, &e);
+		if (ct != CT_MISS) {
+			int verdict = ingress_established(skb, p, dst_ifindex, e, ct,
+							  e->last_seen_ns == now);
+			if (verdict != TC_ACT_OK)
+				return verdict;
+			return redirect_to_pod(skb, dst_ifindex, e->pod_mac);
+		}
+	}
+	struct endpoint *dst = endpoint_of(dst_ifindex);
+	if (!dst)
+		return TC_ACT_OK;
+	int verdict = ingress_verdict(skb, p, dst, path, tunnel_peer);
 	if (verdict != TC_ACT_OK)
 		return verdict;
 	return redirect_to_pod(skb, dst->ifindex, dst->mac);
@@ -143,20 +158,25 @@ static __always_inline int to_elsewhere(struct __sk_buff *skb, const struct pack
 }
 
 /* A packet of an established flow between two pods of this node, from
- * the pod of entry `e`. The receiver's side (its endpoint, its entry and
- * its policy's verdict) is consulted when `consult`: the entry was just
- * refreshed (at most once a second, which also keeps the receiver's entry
- * alive), the packet changes a TCP flow's state, or the receiver is not
- * known yet. Between those the entry carries the receiver as last
- * consulted, and the packet costs this one entry's lookup. */
+ * the pod of entry `e` (`ct` its direction). The receiver's side (its
+ * endpoint, its entry and its policy's verdict) is consulted when
+ * `consult`: the entry was just refreshed (at most once a second, which
+ * also keeps the receiver's entry alive), the packet changes a TCP flow's
+ * state, or the receiver is not known yet. Between those the entry
+ * carries the receiver as last consulted, and for a reply that the
+ * receiver turns back into a service's (a backend's to a client of this
+ * node) the service as well: the packet costs this one entry's lookup. */
 static __always_inline int egress_to_local_pod(struct __sk_buff *skb, struct packet *p,
-					       struct ct_entry *e, bool consult)
+					       struct ct_entry *e, int ct, bool consult)
 {
 	if (p->tcp_flags & (TCPF_SYN | TCPF_FIN | TCPF_RST))
 		consult = true;
 	if (!consult && e->peer_ifindex) {
 		if (p->ttl <= 1) /* the stack sends time-exceeded */
 			return TC_ACT_OK;
+		if (ct == CT_REPLY && e->turn_addr &&
+		    nat_rewrite(skb, p, true, e->turn_addr, e->turn_port) < 0)
+			return drop(p, e->peer_slot, e->peer_ifindex, DIR_INGRESS, DROP_NAT);
 		count_allowed(e->peer_slot, DIR_INGRESS, p->len);
 		return redirect_to_pod(skb, e->peer_ifindex, e->peer_mac);
 	}
@@ -168,18 +188,25 @@ static __always_inline int egress_to_local_pod(struct __sk_buff *skb, struct pac
 	}
 	if (p->ttl <= 1) /* the stack sends time-exceeded */
 		return TC_ACT_OK;
-	/* The receiver is remembered only when its side let the packet in
-	 * untouched: not when it had no entry (a new flow, judged by its
-	 * policy), nor for a reply its entry turns back into a service's. */
+	/* The receiver is remembered only when its side let the packet in on
+	 * its entry: not when it had none (a new flow, judged by its policy),
+	 * nor for a hairpin (whose destination its entry changes). A reply is
+	 * remembered with the source it was given (a service's, or its own). */
 	struct ct_entry *theirs;
-	int ct = ct_lookup(p, dst->ifindex, &theirs);
+	int their_ct = ct_lookup(p, dst->ifindex, flow_clock(), &theirs);
 	int verdict;
-	if (ct != CT_MISS) {
-		bool turned = ct == CT_REPLY && (theirs->flags & CT_F_SERVICE);
-		verdict = ingress_established(skb, p, dst->ifindex, theirs, ct);
-		ct_remember_peer(e, verdict == TC_ACT_OK && !turned ? dst : NULL);
+	if (their_ct != CT_MISS) {
+		__be32 saddr = p->saddr, daddr = p->daddr;
+		__be16 sport = p->sport;
+		verdict = ingress_established(skb, p, dst->ifindex, theirs, their_ct, true);
+		bool remember = verdict == TC_ACT_OK && p->daddr == daddr;
+		ct_remember_peer(e, remember ? dst : NULL);
+		if (remember && ct == CT_REPLY) {
+			bool turned = p->saddr != saddr || p->sport != sport;
+			ct_remember_turn(e, turned ? p->saddr : 0, turned ? p->sport : 0);
+		}
 	} else {
-		verdict = ingress_verdict(skb, p, dst, VIA_LOCAL_POD, 0, true);
+		verdict = ingress_verdict(skb, p, dst, VIA_LOCAL_POD, 0);
 		ct_remember_peer(e, NULL);
 	}
 	if (verdict != TC_ACT_OK)
@@ -199,7 +226,7 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 	 * client (NodePort), or to this very pod, which reached itself
 	 * through a service (hairpin) and takes it straight back. */
 	if (ct == CT_REPLY && (e->flags & CT_F_SERVICE)) {
-		int rev = nat_reverse(skb, p);
+		int rev = nat_reverse_reply(skb, p, e, consult);
 		if (rev == NAT_FAILED)
 			return drop(p, e->slot, ifindex, DIR_EGRESS, DROP_NAT);
 		if (rev != NAT_TRANSLATED)
@@ -214,7 +241,7 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 		return redirect_by_fib(skb, p);
 	}
 	if (e->flags & CT_F_LOCAL_DELIVERY)
-		return egress_to_local_pod(skb, p, e, consult);
+		return egress_to_local_pod(skb, p, e, ct, consult);
 	/* The way chosen when the flow began (route_to). */
 	return leave_node(skb, p, e->flags, e->tunnel_peer, e->slot);
 }
@@ -290,7 +317,7 @@ static __always_inline int from_pod_v6(struct __sk_buff *skb, struct packet *p,
 	if (flowless == TC_ACT_OK)
 		goto allowed;
 	struct ct_entry *e;
-	if (!ct_missed && ct_lookup(p, ifindex, &e) != CT_MISS)
+	if (!ct_missed && ct_lookup(p, ifindex, flow_clock(), &e) != CT_MISS)
 		goto allowed;
 	/* An error about a tracked flow passes as part of it, untracked. */
 	if (ct6_related(skb, p, ifindex))
@@ -416,7 +443,7 @@ int from_pod(struct __sk_buff *skb)
 	/* The short path looked this very tuple up unless it was translated. */
 	if (!ct_missed || lb == LB_TRANSLATED) {
 		struct ct_entry *e;
-		int ct = ct_lookup(&p, ifindex, &e);
+		int ct = ct_lookup(&p, ifindex, flow_clock(), &e);
 		if (ct != CT_MISS) {
 			if (lb == LB_TRANSLATED)
 				lb_record(&flow, p.proto);
@@ -465,7 +492,7 @@ int from_pod(struct __sk_buff *skb)
 		trace_new_flow(&p, ifindex, DIR_EGRESS);
 	}
 	count_allowed(slot, DIR_EGRESS, p.len);
-	return dst ? deliver_to_pod(skb, &p, dst, VIA_LOCAL_POD)
+	return dst ? deliver_to_pod(skb, &p, dst, VIA_LOCAL_POD, 0)
 		   : leave_node(skb, &p, ct_flags, via, slot);
 }
 
@@ -479,16 +506,15 @@ int to_pod(struct __sk_buff *skb)
 	/* Short path: a packet of an established flow (its entry stands for
 	 * the endpoint: an endpoint's entries name its slot, and no packet
 	 * meets them once the endpoint is gone, its programs detached). */
-	bool ct_missed = false;
 	if (parsed == PARSED_IPV4 && !p.fragment) {
 		struct ct_entry *e;
-		int ct = ct_lookup(&p, ifindex, &e);
+		__u64 now = flow_clock();
+		int ct = ct_lookup(&p, ifindex, now, &e);
 		if (ct != CT_MISS)
-			return ingress_established(skb, &p, ifindex, e, ct);
-		ct_missed = true;
+			return ingress_established(skb, &p, ifindex, e, ct, e->last_seen_ns == now);
 	} else if (parsed == PARSED_IPV6 && !p.fragment) {
 		struct ct_entry *e;
-		if (ct_lookup(&p, ifindex, &e) != CT_MISS) {
+		if (ct_lookup(&p, ifindex, flow_clock(), &e) != CT_MISS) {
 			count_allowed(e->slot, DIR_INGRESS, p.len);
 			return TC_ACT_OK;
 		}
@@ -505,7 +531,7 @@ int to_pod(struct __sk_buff *skb)
 	case PARSE_IPV6_EXT:
 		return drop(&p, ep->slot, ifindex, DIR_INGRESS, DROP_IPV6_EXT);
 	case PARSED_IPV4:
-		return ingress_verdict(skb, &p, ep, VIA_STACK, 0, ct_missed);
+		return ingress_verdict(skb, &p, ep, VIA_STACK, 0);
 	case PARSED_IPV6:
 		return to_pod_v6(skb, &p, ep);
 	default: /* ARP */
@@ -522,7 +548,7 @@ static __always_inline int from_net_to_pod(struct __sk_buff *skb, struct packet 
 {
 	if (skb->pkt_type != PACKET_HOST)
 		return TC_ACT_OK;
-	return deliver_to_pod(skb, p, local_endpoint_ifindex(p->daddr), VIA_NET);
+	return deliver_to_pod(skb, p, local_endpoint_ifindex(p->daddr), VIA_NET, 0);
 }
 
 /* NodePorts on a data interface: a connection from outside to the node's
@@ -593,18 +619,12 @@ int from_tunnel(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	__be32 from_node = bpf_htonl(key.remote_ipv4);
 	__u32 dst = local_endpoint_ifindex(p.daddr);
-	struct endpoint *ep = dst ? endpoint_of(dst) : NULL;
-	if (ep) {
+	if (dst) {
 		bool dsr = key.tunnel_id & VNI_DSR;
 		/* DSR: this node answers as the ingress node's NodePort. */
 		if (dsr)
 			nat_record_dsr(&p, from_node, bpf_htons(key.tunnel_id & 0xffff));
-		if (p.ttl <= 1)
-			return TC_ACT_OK;
-		int verdict = ingress_verdict(skb, &p, ep, VIA_TUNNEL, dsr ? 0 : from_node, false);
-		if (verdict != TC_ACT_OK)
-			return verdict;
-		return redirect_to_pod(skb, ep->ifindex, ep->mac);
+		return deliver_to_pod(skb, &p, dst, VIA_TUNNEL, dsr ? 0 : from_node);
 	}
 	int rev = nat_reverse(skb, &p);
 	if (rev == NAT_FAILED)

@@ -310,3 +310,26 @@ static __always_inline int nat_reverse(struct __sk_buff *skb, struct packet *p)
 		return NAT_FAILED;
 	return NAT_TRANSLATED;
 }
+
+/* nat_reverse for a reply on the flow of entry `e`, taking the service
+ * the entry remembers (turn_addr) unless `look`: then, at the entry's
+ * refresh (once a second), the translation is looked up and remembered
+ * again, so a reply costs no lookup of its own between refreshes and a
+ * changed or lost translation shows within a second, as the forward
+ * path's (egress_to_service_established). A hairpin's reply, whose
+ * destination changes too, is always looked up. */
+static __always_inline int nat_reverse_reply(struct __sk_buff *skb, struct packet *p,
+					     struct ct_entry *e, bool look)
+{
+	bool ports = p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP;
+	if (!look && ports && e->turn_addr)
+		return nat_rewrite(skb, p, true, e->turn_addr, e->turn_port) < 0 ? NAT_FAILED
+										  : NAT_TRANSLATED;
+	__be32 daddr = p->daddr;
+	int rev = nat_reverse(skb, p);
+	if (rev == NAT_TRANSLATED && ports && p->daddr == daddr)
+		ct_remember_turn(e, p->saddr, p->sport);
+	else if (rev != NAT_FAILED)
+		ct_remember_turn(e, 0, 0);
+	return rev;
+}

@@ -328,7 +328,12 @@ pub struct CtEntry {
     /// `CT_F_LOCAL_DELIVERY`: the receiving pod's counters slot and MAC.
     pub peer_slot: u16,
     pub peer_mac: [u8; 6],
-    pub pad: [u8; 2],
+    /// The service the flow's replies answer for (network order), as last
+    /// looked up: the source they are turned into between lookups; zero
+    /// when none is known.
+    pub turn_port: [u8; 2],
+    pub turn_addr: [u8; 4],
+    pub pad: [u8; 4],
 }
 
 #[repr(C)]
@@ -574,7 +579,7 @@ const _: () = {
     assert!(size_of::<PolicyRule>() == 16);
     assert!(size_of::<Policy>() == 8 + 16 * MAX_POLICY_RULES);
     assert!(size_of::<CtKey>() == 20);
-    assert!(size_of::<CtEntry>() == 40);
+    assert!(size_of::<CtEntry>() == 48);
     assert!(size_of::<Counters>() == 8 * (4 + DROP_REASON_MAX));
     assert!(size_of::<Config>() == 32);
     assert!(size_of::<FlowEvent>() == 32);

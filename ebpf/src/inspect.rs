@@ -136,6 +136,9 @@ pub struct CtRecord {
     /// the flow's second packet names it), `tunnel:NODE`, `routed` (by the
     /// programs, to a peer's pod on the LAN) or `stack`.
     pub path: String,
+    /// The service (`address:port`) the flow's replies are shown as,
+    /// as the entry remembers it between lookups of the translation.
+    pub replies_as: Option<String>,
 }
 
 /// `address:port`, IPv6 in brackets.
@@ -217,6 +220,8 @@ impl CtRecord {
             idle_s: now_ns.saturating_sub(e.last_seen_ns) / 1_000_000_000,
             local_delivery: e.flags & crate::abi::CT_F_LOCAL_DELIVERY != 0,
             path: ct_path(e),
+            replies_as: (e.turn_addr != [0; 4])
+                .then(|| endpoint_str(Ipv4Addr::from(e.turn_addr), e.turn_port)),
         }
     }
 }

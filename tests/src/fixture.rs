@@ -76,6 +76,11 @@ impl Pod {
             .expect("a host interface")
             .to_string()
     }
+
+    /// The host veth's ifindex.
+    pub fn host_ifindex(&self) -> u32 {
+        crate::netns::ifindex_of(&self.host_ifname())
+    }
 }
 
 impl Net {

@@ -163,6 +163,25 @@ impl Drop for ChildGuard {
     }
 }
 
+/// A host interface's number, from sysfs.
+pub fn ifindex_of(ifname: &str) -> u32 {
+    sysfs_number(ifname, "ifindex") as u32
+}
+
+/// Bytes a host interface has transmitted, from sysfs.
+pub fn tx_bytes(ifname: &str) -> u64 {
+    sysfs_number(ifname, "statistics/tx_bytes")
+}
+
+fn sysfs_number(ifname: &str, file: &str) -> u64 {
+    let path = format!("/sys/class/net/{ifname}/{file}");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
 /// Runs `cmd`, panicking with its stderr when it fails; returns stdout.
 pub fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));

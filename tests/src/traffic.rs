@@ -377,40 +377,70 @@ pub fn send_forged_udp(
     })
 }
 
-/// Sends `bytes` from `ns` to a server in another namespace over one TCP
-/// connection (the server discards them); returns when all were accepted.
+/// Which end of a [`bulk_transfer`] sends; the other discards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BulkSender {
+    Client,
+    Server,
+}
+
+/// Moves `bytes` over one TCP connection from `client`'s namespace to a
+/// server in `server`'s, or back (`sender`); returns when all arrived.
+/// `dial` gives the address to connect to for the server's port (the
+/// server's own, or a service in front of it).
 pub fn bulk_transfer(
-    from: &NetNs,
-    to: &NetNs,
-    addr_of_to: std::net::IpAddr,
+    client: &NetNs,
+    server: &NetNs,
+    dial: impl FnOnce(u16) -> SocketAddr,
+    sender: BulkSender,
     bytes: usize,
 ) -> std::io::Result<()> {
-    let listener = in_netns(Some(to), || TcpListener::bind("0.0.0.0:0"))?;
-    let port = listener.local_addr()?.port();
-    let sink = std::thread::spawn(move || -> std::io::Result<usize> {
-        let (mut conn, _) = listener.accept()?;
-        let mut buf = vec![0u8; 1 << 16];
-        let mut total = 0;
-        loop {
-            match conn.read(&mut buf)? {
-                0 => return Ok(total),
-                n => total += n,
-            }
+    let listener = in_netns(Some(server), || TcpListener::bind("0.0.0.0:0"))?;
+    let addr = dial(listener.local_addr()?.port());
+    let far_end = std::thread::spawn(move || -> std::io::Result<usize> {
+        let (conn, _) = listener.accept()?;
+        match sender {
+            BulkSender::Client => drain(conn),
+            BulkSender::Server => fill(conn, bytes),
         }
     });
-    let mut conn = connect(Some(from), SocketAddr::new(addr_of_to, port))?;
-    let chunk = vec![0x5au8; 1 << 16];
-    let mut sent = 0;
-    while sent < bytes {
-        conn.write_all(&chunk)?;
-        sent += chunk.len();
-    }
-    drop(conn);
-    let received = sink.join().expect("sink thread")?;
+    let conn = connect(Some(client), addr)?;
+    let near = match sender {
+        BulkSender::Client => fill(conn, bytes),
+        BulkSender::Server => drain(conn),
+    };
+    let far = far_end.join().expect("the server's thread")?;
+    let (sent, received) = match sender {
+        BulkSender::Client => (near?, far),
+        BulkSender::Server => (far, near?),
+    };
     if received != sent {
         return Err(std::io::Error::other(format!(
             "sent {sent}, received {received}"
         )));
     }
     Ok(())
+}
+
+/// Writes at least `bytes` on `conn` and closes it; how many it wrote.
+fn fill(mut conn: TcpStream, bytes: usize) -> std::io::Result<usize> {
+    let chunk = vec![0x5au8; 1 << 16];
+    let mut sent = 0;
+    while sent < bytes {
+        conn.write_all(&chunk)?;
+        sent += chunk.len();
+    }
+    Ok(sent)
+}
+
+/// Reads `conn` to its end; how many bytes came.
+fn drain(mut conn: TcpStream) -> std::io::Result<usize> {
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0;
+    loop {
+        match conn.read(&mut buf)? {
+            0 => return Ok(total),
+            n => total += n,
+        }
+    }
 }

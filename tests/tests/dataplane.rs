@@ -14,9 +14,9 @@ use margay_ebpf::{inspect, maps, policy, registry};
 use margay_model::policy::PolicySpec;
 use margay_tests::bins::bin;
 use margay_tests::fixture::{Net, NetSpec, Pod};
-use margay_tests::netns::NetNs;
+use margay_tests::netns::{NetNs, ifindex_of, tx_bytes};
 use margay_tests::require_root;
-use margay_tests::traffic::{self, EchoServer, TcpServer, UdpServer};
+use margay_tests::traffic::{self, BulkSender, EchoServer, TcpServer, UdpServer};
 use serde_json::json;
 
 fn v4(pod: &Pod) -> Ipv4Addr {
@@ -24,15 +24,6 @@ fn v4(pod: &Pod) -> Ipv4Addr {
         IpAddr::V4(a) => a,
         IpAddr::V6(_) => panic!("IPv4 expected"),
     }
-}
-
-fn ifindex_of(name: &str) -> u32 {
-    let path = format!("/sys/class/net/{name}/ifindex");
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{path}: {e}"))
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 /// Both programs of `root` are attached to `ifname`.
@@ -246,7 +237,15 @@ fn del_leaves_no_link_pin_or_endpoint_entry() {
             .split_whitespace()
             .collect::<Vec<_>>(),
         [
-            "IFINDEX", "PROTO", "SRC", "DST", "STATE", "AGE", "IDLE", "PATH"
+            "IFINDEX",
+            "PROTO",
+            "SRC",
+            "DST",
+            "STATE",
+            "AGE",
+            "IDLE",
+            "PATH",
+            "REPLIES-AS"
         ],
         "{dump}"
     );
@@ -560,15 +559,6 @@ fn a_pinned_map_of_an_unknown_layout_is_refused_clearly() {
     assert_eq!((ct.key_size as usize, ct.value_size as usize), sizes);
 }
 
-/// Transmit counters of a host interface, from sysfs.
-fn tx_bytes(ifname: &str) -> u64 {
-    std::fs::read_to_string(format!("/sys/class/net/{ifname}/statistics/tx_bytes"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn a_bulk_transfer_between_local_pods_stays_on_the_redirect_path() {
     require_root!(a_bulk_transfer_between_local_pods_stays_on_the_redirect_path);
@@ -579,7 +569,15 @@ fn a_bulk_transfer_between_local_pods_stays_on_the_redirect_path() {
     // Large enough for GSO packets, two CPUs and conntrack refreshes: a
     // flow that fell back to the host stack part way (as a conntrack entry
     // re-created mid-stream once made it) would show here.
-    traffic::bulk_transfer(&client.ns, &server.ns, server.ip(), 1 << 30).unwrap();
+    let server_ip = server.ip();
+    traffic::bulk_transfer(
+        &client.ns,
+        &server.ns,
+        |port| SocketAddr::new(server_ip, port),
+        BulkSender::Client,
+        1 << 30,
+    )
+    .unwrap();
     let via_stack = tx_bytes(&server.host_ifname()) - before;
     assert!(
         via_stack < 1 << 20,

@@ -9,14 +9,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use margay_ebpf::abi::DROP_NO_BACKEND;
+use margay_ebpf::abi::{DIR_INGRESS, DROP_NO_BACKEND};
 use margay_ebpf::{inspect, registry, service};
 use margay_model::protocol::Protocol;
 use margay_model::service::ServiceSpec;
 use margay_tests::fixture::{Net, NetSpec, Pod};
-use margay_tests::netns::{NetNs, run_ok, unique_name};
+use margay_tests::netns::{NetNs, run_ok, tx_bytes, unique_name};
 use margay_tests::require_root;
-use margay_tests::traffic::{self, TcpServer, UdpServer, in_netns};
+use margay_tests::traffic::{self, BulkSender, TcpServer, UdpServer, in_netns};
 use serde_json::{Value, json};
 
 fn v4(pod: &Pod) -> Ipv4Addr {
@@ -518,6 +518,67 @@ fn a_backend_off_the_node_is_reached_and_answers_as_the_service() {
     let (answer, from) = udp_exchange(&client.ns, SocketAddr::from((vip, 53))).unwrap();
     assert_eq!(answer, format!("remote {}", v4(&client)));
     assert_eq!(from, SocketAddr::from((vip, 53)));
+    // The client's entries remember the service their replies are turned
+    // into: a reply costs that entry's lookup alone.
+    let records = inspect::conntrack_records(net.bpf_root(), Some(client.host_ifindex())).unwrap();
+    for (protocol, port) in [(6, 80), (17, 53)] {
+        let flow = records
+            .iter()
+            .find(|r| r.protocol == protocol)
+            .unwrap_or_else(|| panic!("no flow of protocol {protocol}: {records:?}"));
+        assert_eq!(flow.replies_as, Some(format!("{vip}:{port}")), "{flow:?}");
+    }
+}
+
+#[test]
+fn a_bulk_transfer_from_a_local_backend_stays_on_the_redirect_path() {
+    require_root!(a_bulk_transfer_from_a_local_backend_stays_on_the_redirect_path);
+    let net = Net::new(NetSpec::bpf("10.245.13.0/24"));
+    let (client, server) = (net.pod("cli"), net.pod("srv"));
+    let vip = Ipv4Addr::new(10, 96, 13, 10);
+    let server_ip = v4(&server);
+    let before = tx_bytes(&client.host_ifname());
+    // Large enough for GSO packets, two CPUs and conntrack refreshes; the
+    // replies are the bulk, each turned back into the service's.
+    traffic::bulk_transfer(
+        &client.ns,
+        &server.ns,
+        |port| {
+            apply(
+                &net,
+                json!([{"name": "default/bulk", "vip": vip, "port": 80,
+                        "backends": [backend(server_ip, port)]}]),
+            );
+            SocketAddr::from((vip, 80))
+        },
+        BulkSender::Server,
+        1 << 29,
+    )
+    .expect("the backend's bulk reaches the client through the service");
+    let via_stack = tx_bytes(&client.host_ifname()) - before;
+    assert!(
+        via_stack < 1 << 20,
+        "{via_stack} bytes reached the client through the host stack"
+    );
+    // The backend's entry carries the client's veth and the service its
+    // replies are shown as: each costs that one lookup, rewrite included.
+    let records = inspect::conntrack_records(net.bpf_root(), Some(server.host_ifindex())).unwrap();
+    let flow = records
+        .iter()
+        .find(|r| r.protocol == 6)
+        .unwrap_or_else(|| panic!("no TCP flow tracked: {records:?}"));
+    assert_eq!(
+        flow.path,
+        format!("local:{}", client.host_ifindex()),
+        "{flow:?}"
+    );
+    assert_eq!(flow.replies_as, Some(format!("{vip}:80")), "{flow:?}");
+    let received = inspect::counters(net.bpf_root(), client.host_ifindex()).unwrap();
+    assert!(
+        received.bytes[DIR_INGRESS as usize] >= 1 << 29,
+        "the client's ingress counted {} bytes of the 512 MiB sent",
+        received.bytes[DIR_INGRESS as usize]
+    );
 }
 
 #[test]
@@ -618,7 +679,7 @@ fn changes_applied_one_by_one_leave_the_maps_as_a_whole_apply_would() {
     use margay_model::service::{Frontend, TrafficPolicy};
     use std::collections::BTreeMap;
 
-    let net = Net::new(NetSpec::bpf("10.245.12.0/24"));
+    let net = Net::new(NetSpec::bpf("10.245.14.0/24"));
     let (near, leaving) = (net.pod("near"), net.pod("leave"));
     let root = net.bpf_root();
     let remote = |i: u8| SocketAddrV4::new(Ipv4Addr::new(10, 244, 9, i), 80);
