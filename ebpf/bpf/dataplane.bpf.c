@@ -205,6 +205,11 @@ static __always_inline int egress_to_local_pod(struct __sk_buff *skb, struct pac
 			bool turned = p->saddr != saddr || p->sport != sport;
 			ct_remember_turn(e, turned ? p->saddr : 0, turned ? p->sport : 0);
 		}
+		/* A client's packet through a service: the backend's replies
+		 * are turned into the service this packet was for (a client
+		 * port may reach one backend through two services in turn). */
+		if (remember && ct == CT_ORIGINAL && (e->flags & CT_F_SERVICE))
+			ct_remember_turn(theirs, e->turn_addr, e->turn_port);
 	} else {
 		verdict = ingress_verdict(skb, p, dst, VIA_LOCAL_POD, 0);
 		ct_remember_peer(e, NULL);
@@ -226,7 +231,10 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 	 * client (NodePort), or to this very pod, which reached itself
 	 * through a service (hairpin) and takes it straight back. */
 	if (ct == CT_REPLY && (e->flags & CT_F_SERVICE)) {
-		int rev = nat_reverse_reply(skb, p, e, consult);
+		/* Looked up every time: the same client port may reach this
+		 * backend through another node or NodePort at any moment
+		 * (nat_record_dsr), which only the translation tells. */
+		int rev = nat_reverse(skb, p);
 		if (rev == NAT_FAILED)
 			return drop(p, e->slot, ifindex, DIR_EGRESS, DROP_NAT);
 		if (rev != NAT_TRANSLATED)
@@ -445,8 +453,15 @@ int from_pod(struct __sk_buff *skb)
 		struct ct_entry *e;
 		int ct = ct_lookup(&p, ifindex, flow_clock(), &e);
 		if (ct != CT_MISS) {
-			if (lb == LB_TRANSLATED)
+			if (lb == LB_TRANSLATED) {
 				lb_record(&flow, p.proto);
+				/* Its replies are this frontend's now (the entry
+				 * may have been another's, for the same client
+				 * port and backend); a hairpin's are looked up. */
+				bool hairpin = flow.fwd.peer != 0;
+				ct_remember_turn(e, hairpin ? 0 : flow.frontend,
+						 hairpin ? 0 : flow.frontend_port);
+			}
 			return egress_established(skb, &p, ifindex, e, ct, true);
 		}
 	}

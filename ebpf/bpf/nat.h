@@ -311,13 +311,15 @@ static __always_inline int nat_reverse(struct __sk_buff *skb, struct packet *p)
 	return NAT_TRANSLATED;
 }
 
-/* nat_reverse for a reply on the flow of entry `e`, taking the service
- * the entry remembers (turn_addr) unless `look`: then, at the entry's
- * refresh (once a second), the translation is looked up and remembered
- * again, so a reply costs no lookup of its own between refreshes and a
- * changed or lost translation shows within a second, as the forward
- * path's (egress_to_service_established). A hairpin's reply, whose
- * destination changes too, is always looked up. */
+/* nat_reverse for a reply to the client of the flow of entry `e` (the
+ * client's), taking the service the entry remembers (turn_addr) unless
+ * `look`: then, at the entry's refresh (once a second), the translation
+ * is looked up and remembered again. So a reply costs no lookup of its
+ * own between refreshes, a lost translation shows within a second, as
+ * the forward path's does (egress_to_service_established), and a new
+ * frontend at once: the forward packet that changes it (a SYN, every UDP
+ * datagram) sets the entry's turn as it writes the translation. A
+ * hairpin's reply, whose destination changes too, is always looked up. */
 static __always_inline int nat_reverse_reply(struct __sk_buff *skb, struct packet *p,
 					     struct ct_entry *e, bool look)
 {

@@ -100,7 +100,7 @@ pub fn attach(root: &Path, cgroup: &Path) -> Result<(), DataplaneError> {
             .map_err(|e: aya::programs::links::LinkError| fail(&e))?;
         // The old link goes once the new one is pinned: both run meanwhile,
         // never neither.
-        let aside = pin.with_extension("previous");
+        let aside = crate::paths::set_aside_path(&pin);
         let had_one = std::fs::rename(&pin, &aside).is_ok();
         link.pin(&pin)
             .map_err(|e| attach_error(cgroup, format!("pinning {}: {e}", pin.display())))?;

@@ -33,13 +33,14 @@ pub const PINNED_MAPS: [(&str, Durability); 26] = [
     ("node_addrs", Durability::Durable),
     ("node_config", Durability::Durable),
     ("node_peers", Durability::Durable),
-    // Losing translations breaks the replies of running service flows
-    // until their next forward packet; they are carried over whenever the
-    // layout allows, like every map.
-    ("nat", Durability::Rebuildable),
+    // Running flows: losing them re-judges every established connection's
+    // next packet as a new flow (a server pod whose egress policy does not
+    // name its clients would lose its connections) and breaks service
+    // replies until the next forward packet.
+    ("nat", Durability::Flows),
     ("svc_affinity", Durability::Rebuildable),
-    ("conntrack", Durability::Rebuildable),
-    ("conntrack6", Durability::Rebuildable),
+    ("conntrack", Durability::Flows),
+    ("conntrack6", Durability::Flows),
     ("counters", Durability::Rebuildable),
     // Which endpoint holds which counters slot: endpoints' entries name
     // their slots, so this is as durable as they are.
@@ -54,10 +55,19 @@ pub const PINNED_MAPS: [(&str, Durability); 26] = [
     ("policy_hits", Durability::Rebuildable),
 ];
 
+/// What a new build (or new settings) does with a pinned map whose
+/// layout differs from its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
+    /// Carried over into a map of the new capacity; refused when its
+    /// records differ.
     Durable,
+    /// Replaced: its contents are rebuilt, or not worth keeping.
     Rebuildable,
+    /// Running flows: carried over when the records are the same or an
+    /// earlier layout of them (fields are only ever added at the end, and
+    /// read as zero where the old entry had none), replaced otherwise.
+    Flows,
 }
 
 fn open(root: &Path, name: &str) -> Result<Map, DataplaneError> {

@@ -46,7 +46,7 @@ use rtnetlink::packet_route::tc::{
     TcAttribute, TcBpfFlags, TcFilterBpfOption, TcHandle, TcMessage, TcOption,
 };
 
-use crate::abi::{Config, Endpoint, LOG_INFO};
+use crate::abi::{Config, CtEntry, Endpoint, LOG_INFO};
 use crate::error::DataplaneError;
 use crate::maps::{self, Durability, Layout, PINNED_MAPS};
 use crate::object::{DATAPLANE_OBJECT, DATAPLANE_OBJECT_ID};
@@ -515,8 +515,10 @@ fn filter_messages(ifname: &str, kind: TcAttachType) -> Result<Vec<TcMessage>, S
 /// layout are reused (their contents survive); a rebuildable map of another
 /// layout is replaced; a durable one is copied into its replacement when its
 /// records are unchanged (only the capacity differs), else this fails
-/// clearly rather than hand programs a map they would misread. Running
-/// endpoints' links are then switched atomically to the new programs.
+/// clearly rather than hand programs a map they would misread; running
+/// flows are copied when their records are unchanged or an earlier layout
+/// of them ([`earlier_layout`]), else replaced. Running endpoints' links
+/// are then switched atomically to the new programs, after the copies.
 fn install(root: &Path, settings: &Settings) -> Result<(), DataplaneError> {
     let object = aya_obj::Object::parse(DATAPLANE_OBJECT)
         .map_err(|e| DataplaneError::Object(e.to_string()))?;
@@ -543,20 +545,22 @@ fn install(root: &Path, settings: &Settings) -> Result<(), DataplaneError> {
         if let Ok(pinned) = Layout::of_pin(&pin)
             && pinned != expected
         {
-            match durability {
-                Durability::Rebuildable => {
+            let carried_over = pinned.same_records(&expected)
+                || (durability == Durability::Flows && earlier_layout(name, &pinned, &expected));
+            match (durability, carried_over) {
+                (Durability::Rebuildable, _) | (Durability::Flows, false) => {
                     tracing::warn!(map = name, %pinned, %expected, "replacing a pinned map of another layout");
                     remove_pin(&pin)?;
                 }
-                Durability::Durable if pinned.same_records(&expected) => {
-                    tracing::warn!(map = name, %pinned, %expected, "resizing a pinned map, entries carried over");
+                (Durability::Durable | Durability::Flows, true) => {
+                    tracing::warn!(map = name, %pinned, %expected, "carrying a pinned map's entries over into one of the new layout");
                     // Set aside, not removed: should the load fail, it goes
                     // back, and the endpoints' state with it.
-                    let aside = set_aside_path(root, name);
+                    let aside = set_aside_path(&pin);
                     std::fs::rename(&pin, &aside).map_err(|e| pin_error(&pin, e))?;
                     carried.push((name, aside));
                 }
-                Durability::Durable => {
+                (Durability::Durable, false) => {
                     return Err(DataplaneError::IncompatibleMap {
                         path: pin,
                         pinned: pinned.to_string(),
@@ -726,9 +730,28 @@ fn relink(
 }
 
 /// Copies the entries of a durable map being resized into its replacement.
+/// Sizes of earlier layouts of the conntrack entry, each a prefix of
+/// today's: fields were only ever added at its end, and every entry the
+/// programs wrote zeroed what it did not set, so an old entry read with
+/// zeros after it says what it said (no receiver, no service remembered).
+const EARLIER_CT_ENTRY_SIZES: [u32; 2] = [32, 40];
+
+/// Whether pinned map `name` holds records of an earlier layout of the
+/// expected ones that [`copy_entries`] carries over.
+fn earlier_layout(name: &str, pinned: &Layout, expected: &Layout) -> bool {
+    matches!(name, "conntrack" | "conntrack6")
+        && (pinned.map_type, pinned.key_size, pinned.flags)
+            == (expected.map_type, expected.key_size, expected.flags)
+        && EARLIER_CT_ENTRY_SIZES.contains(&pinned.value_size)
+}
+
 fn copy_entries(root: &Path, name: &str, old: aya::maps::MapData) -> Result<(), DataplaneError> {
+    let value_size = old.info().map(|i| i.value_size()).unwrap_or_default() as usize;
     let old = aya::maps::Map::from_map_data(old).map_err(|e| DataplaneError::map(name, e))?;
     match name {
+        "conntrack" => copy_flows(name, old, value_size, maps::conntrack(root)?),
+        "conntrack6" => copy_flows(name, old, value_size, maps::conntrack6(root)?),
+        "nat" => copy(name, old, maps::nat(root)?),
         "endpoints" => copy(name, old, maps::endpoints(root)?),
         "endpoints6" => copy(name, old, maps::endpoints6(root)?),
         "policies6" => copy(name, old, maps::policies6(root)?),
@@ -748,13 +771,49 @@ fn copy_entries(root: &Path, name: &str, old: aya::maps::MapData) -> Result<(), 
 fn copy<K: aya::Pod, V: aya::Pod>(
     name: &str,
     from: aya::maps::Map,
+    to: aya::maps::HashMap<aya::maps::MapData, K, V>,
+) -> Result<(), DataplaneError> {
+    copy_converted(name, from, to, |v: V| v)
+}
+
+/// Copies conntrack entries of `value_size` bytes: today's, or an earlier
+/// layout's ([`EARLIER_CT_ENTRY_SIZES`]), zero-extended.
+fn copy_flows<K: aya::Pod>(
+    name: &str,
+    from: aya::maps::Map,
+    value_size: usize,
+    to: aya::maps::HashMap<aya::maps::MapData, K, CtEntry>,
+) -> Result<(), DataplaneError> {
+    match value_size {
+        32 => copy_converted(name, from, to, zero_extended::<32>),
+        40 => copy_converted(name, from, to, zero_extended::<40>),
+        _ => copy(name, from, to),
+    }
+}
+
+/// Conntrack entry `old`, of an earlier layout `N` bytes long.
+fn zero_extended<const N: usize>(old: [u8; N]) -> CtEntry {
+    const { assert!(N <= std::mem::size_of::<CtEntry>()) };
+    let mut entry = CtEntry::default();
+    // SAFETY: CtEntry is repr(C) plain data of at least N bytes (checked
+    // above), and any bytes make a valid one.
+    unsafe {
+        std::ptr::copy_nonoverlapping(old.as_ptr(), (&raw mut entry).cast::<u8>(), N);
+    }
+    entry
+}
+
+fn copy_converted<K: aya::Pod, Old: aya::Pod, V: aya::Pod>(
+    name: &str,
+    from: aya::maps::Map,
     mut to: aya::maps::HashMap<aya::maps::MapData, K, V>,
+    convert: impl Fn(Old) -> V,
 ) -> Result<(), DataplaneError> {
     let fail = |e: aya::maps::MapError| DataplaneError::map(name, e);
-    let from = aya::maps::HashMap::<_, K, V>::try_from(from).map_err(fail)?;
+    let from = aya::maps::HashMap::<_, K, Old>::try_from(from).map_err(fail)?;
     for kv in from.iter() {
         let (k, v) = kv.map_err(fail)?;
-        to.insert(k, v, 0).map_err(fail)?;
+        to.insert(k, convert(v), 0).map_err(fail)?;
     }
     Ok(())
 }

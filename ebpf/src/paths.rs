@@ -27,9 +27,12 @@ pub fn link_path(root: &Path, name: &str) -> PathBuf {
     root.join("links").join(name)
 }
 
-/// Where a durable map waits while its resized replacement is loaded.
-pub(crate) fn set_aside_path(root: &Path, name: &str) -> PathBuf {
-    root.join("maps").join(format!(".{name}.previous"))
+/// Where pin `pin` waits while its replacement is pinned (a map whose
+/// entries are carried over, a link replaced). No dot in it: bpffs
+/// refuses names with one (EPERM), they are the kernel's.
+pub(crate) fn set_aside_path(pin: &Path) -> PathBuf {
+    let name = pin.file_name().unwrap_or_default().to_string_lossy();
+    pin.with_file_name(format!("{name}-previous"))
 }
 
 /// Lock files cannot live on bpffs; one per root, under /run.

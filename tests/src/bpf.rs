@@ -101,13 +101,18 @@ fn test_run(
     (r.return_value, r.duration.as_nanos() as f64, out)
 }
 
-/// Creates a plain BPF hash map and pins it at `path`: a stand-in for a map
-/// some other build of Margay left behind.
-pub fn pin_hash_map(path: &Path, key_size: u32, value_size: u32, max_entries: u32) {
+/// BPF_MAP_TYPE_HASH and BPF_MAP_TYPE_LRU_HASH, for [`pin_hash_map`].
+pub const HASH: u32 = 1;
+pub const LRU_HASH: u32 = 9;
+
+/// Creates a BPF hash map of `map_type` ([`HASH`], [`LRU_HASH`]) and pins
+/// it at `path`: a stand-in for a map some other build of Margay left
+/// behind.
+pub fn pin_hash_map(path: &Path, map_type: u32, key_size: u32, value_size: u32, max_entries: u32) {
     use std::os::unix::ffi::OsStrExt;
     // union bpf_attr, the prefixes BPF_MAP_CREATE and BPF_OBJ_PIN read.
     let mut create = [0u8; 128];
-    create[0..4].copy_from_slice(&1u32.to_ne_bytes()); // BPF_MAP_TYPE_HASH
+    create[0..4].copy_from_slice(&map_type.to_ne_bytes());
     create[4..8].copy_from_slice(&key_size.to_ne_bytes());
     create[8..12].copy_from_slice(&value_size.to_ne_bytes());
     create[12..16].copy_from_slice(&max_entries.to_ne_bytes());

@@ -13,6 +13,7 @@ use margay_ebpf::paths::map_path;
 use margay_ebpf::{inspect, maps, policy, registry};
 use margay_model::policy::PolicySpec;
 use margay_tests::bins::bin;
+use margay_tests::bpf::{HASH, LRU_HASH};
 use margay_tests::fixture::{Net, NetSpec, Pod};
 use margay_tests::netns::{NetNs, ifindex_of, tx_bytes};
 use margay_tests::require_root;
@@ -457,6 +458,83 @@ fn an_unusable_bpf_root_is_a_clear_error_and_leaks_nothing() {
     net.assert_nothing_left("10.241.8.");
 }
 
+/// Makes the programs pinned at `r` read as another build's: the next
+/// `Node::open` loads this build's over them, as after an upgrade.
+fn pretend_another_build_is_pinned(r: &Path) {
+    let mut config = maps::config(r).unwrap();
+    let current = config.get(&0, 0).unwrap();
+    config
+        .set(
+            0,
+            Config {
+                object_id: 0xdead_beef,
+                ..current
+            },
+            0,
+        )
+        .unwrap();
+}
+
+/// A cgroup of its own in a cgroup v2 hierarchy mounted for the test:
+/// programs linked to it see no process. Unlinked, removed and unmounted
+/// when dropped.
+struct TestCgroup {
+    mount: tempfile::TempDir,
+    dir: std::path::PathBuf,
+    root: std::path::PathBuf,
+}
+
+impl TestCgroup {
+    fn new(root: &Path) -> TestCgroup {
+        let mount = tempfile::tempdir().unwrap();
+        nix::mount::mount(
+            Some("cgroup2"),
+            mount.path(),
+            Some("cgroup2"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        let dir = mount.path().join(margay_tests::netns::unique_name("mgcg"));
+        std::fs::create_dir(&dir).unwrap();
+        TestCgroup {
+            mount,
+            dir,
+            root: root.to_owned(),
+        }
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = margay_ebpf::host_lb::detach(&self.root);
+        let _ = std::fs::remove_dir(&self.dir);
+        let _ = nix::mount::umount2(self.mount.path(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn host_network_service_links_move_to_another_cgroup() {
+    require_root!(host_network_service_links_move_to_another_cgroup);
+    let root = margay_tests::bpf::BpfRoot::new();
+    let r = root.path();
+    Node::open(r, &Settings::default()).unwrap();
+    let (first, second) = (TestCgroup::new(r), TestCgroup::new(r));
+    margay_ebpf::host_lb::attach(r, &first.dir).unwrap();
+    // The agent told of another cgroup: each pinned link is replaced by
+    // one to it (the old pin set aside meanwhile, never a moment without).
+    margay_ebpf::host_lb::attach(r, &second.dir).expect("the links move to the other cgroup");
+    assert!(margay_ebpf::host_lb::attached(r));
+    let links: Vec<String> = std::fs::read_dir(r.join("links"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        links.iter().all(|l| !l.ends_with("previous")),
+        "nothing set aside is left: {links:?}"
+    );
+}
+
 #[test]
 fn upgrades_reuse_compatible_maps_and_move_running_endpoints() {
     require_root!(upgrades_reuse_compatible_maps_and_move_running_endpoints);
@@ -476,18 +554,7 @@ fn upgrades_reuse_compatible_maps_and_move_running_endpoints() {
 
     // Another build's programs are pinned (its fingerprint differs): the
     // next open loads ours, keeps the maps and moves the links over.
-    let mut config = maps::config(r).unwrap();
-    let current = config.get(&0, 0).unwrap();
-    config
-        .set(
-            0,
-            Config {
-                object_id: 0xdead_beef,
-                ..current
-            },
-            0,
-        )
-        .unwrap();
+    pretend_another_build_is_pinned(r);
     Node::open(r, &Settings::default()).unwrap();
     let new = prog_id("from_pod");
     assert_ne!(old, new, "programs were reloaded");
@@ -503,7 +570,14 @@ fn upgrades_reuse_compatible_maps_and_move_running_endpoints() {
         "the connection survived"
     );
 
-    // A new conntrack size: that map is rebuilt, the rest kept.
+    // A new conntrack size: that map is rebuilt, its flows carried over.
+    let flows = |r: &Path| {
+        let mut flows = inspect::conntrack(r, None).unwrap();
+        flows.sort_by_key(|(k, _)| (k.ifindex, k.port_a, k.port_b));
+        flows
+    };
+    let before = flows(r);
+    assert!(!before.is_empty());
     let bigger = Settings {
         conntrack_size: 131_072,
         ..Settings::default()
@@ -515,6 +589,10 @@ fn upgrades_reuse_compatible_maps_and_move_running_endpoints() {
             .max_entries,
         131_072
     );
+    let after = flows(r);
+    for flow in &before {
+        assert!(after.contains(flow), "{flow:?} was lost: {after:?}");
+    }
     assert_attached(r, &b.host_ifname());
     assert_eq!(
         traffic::round_trip(&mut conn, "resized").unwrap(),
@@ -528,7 +606,7 @@ fn a_pinned_map_of_an_unknown_layout_is_refused_clearly() {
     let r = margay_tests::bpf::BpfRoot::new();
     std::fs::create_dir_all(r.path().join("maps")).unwrap();
     // What some other build might have left: `endpoints` with 64-byte values.
-    margay_tests::bpf::pin_hash_map(&r.path().join("maps/endpoints"), 4, 64, 1024);
+    margay_tests::bpf::pin_hash_map(&r.path().join("maps/endpoints"), HASH, 4, 64, 1024);
     let err = Node::open(r.path(), &Settings::default())
         .err()
         .expect("refused");
@@ -549,7 +627,7 @@ fn a_pinned_map_of_an_unknown_layout_is_refused_clearly() {
     // A rebuildable map of another layout is simply replaced.
     let r2 = margay_tests::bpf::BpfRoot::new();
     std::fs::create_dir_all(r2.path().join("maps")).unwrap();
-    margay_tests::bpf::pin_hash_map(&r2.path().join("maps/conntrack"), 8, 8, 16);
+    margay_tests::bpf::pin_hash_map(&r2.path().join("maps/conntrack"), LRU_HASH, 8, 8, 16);
     Node::open(r2.path(), &Settings::default()).unwrap();
     let ct = maps::Layout::of_pin(&map_path(r2.path(), "conntrack")).unwrap();
     let sizes = (
@@ -557,6 +635,59 @@ fn a_pinned_map_of_an_unknown_layout_is_refused_clearly() {
         std::mem::size_of::<abi::CtEntry>(),
     );
     assert_eq!((ct.key_size as usize, ct.value_size as usize), sizes);
+}
+
+#[test]
+fn running_flows_survive_a_build_whose_conntrack_entries_are_longer() {
+    require_root!(running_flows_survive_a_build_whose_conntrack_entries_are_longer);
+    let r = margay_tests::bpf::BpfRoot::new();
+    std::fs::create_dir_all(r.path().join("maps")).unwrap();
+    // What the build before left: 40-byte entries (today's, without the
+    // service its replies are turned into).
+    let pin = r.path().join("maps/conntrack");
+    margay_tests::bpf::pin_hash_map(&pin, LRU_HASH, 20, 40, 1024);
+    let key = abi::CtKey {
+        addr_a: [10, 241, 11, 2],
+        addr_b: [10, 241, 11, 3],
+        port_a: 4000u16.to_be_bytes(),
+        port_b: 80u16.to_be_bytes(),
+        proto: 6,
+        ifindex: 77,
+        ..Default::default()
+    };
+    let entry = abi::CtEntry {
+        last_seen_ns: 123_456_789,
+        created_s: 42,
+        state: 2,
+        flags: abi::CT_F_ORIGIN_IS_A | abi::CT_F_LOCAL_DELIVERY,
+        slot: 9,
+        pod_ip: [10, 241, 11, 2],
+        pod_mac: [2, 0, 0, 0, 0, 2],
+        peer_slot: 10,
+        peer_mac: [2, 0, 0, 0, 0, 3],
+        ..Default::default()
+    };
+    let mut old: aya::maps::HashMap<_, abi::CtKey, [u8; 40]> = aya::maps::HashMap::try_from(
+        aya::maps::Map::LruHashMap(aya::maps::MapData::from_pin(&pin).unwrap()),
+    )
+    .unwrap();
+    // SAFETY: CtEntry is repr(C) plain data; its first 40 bytes are the
+    // earlier layout.
+    let bytes: [u8; 40] = unsafe { std::mem::transmute_copy(&entry) };
+    old.insert(key, bytes, 0).unwrap();
+    drop(old);
+
+    Node::open(r.path(), &Settings::default()).unwrap();
+    let layout = maps::Layout::of_pin(&pin).unwrap();
+    assert_eq!(
+        layout.value_size as usize,
+        std::mem::size_of::<abi::CtEntry>()
+    );
+    assert_eq!(
+        inspect::conntrack(r.path(), None).unwrap(),
+        vec![(key, entry)],
+        "the flow was carried over, what it did not carry read as zero"
+    );
 }
 
 #[test]
