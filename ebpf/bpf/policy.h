@@ -189,17 +189,17 @@ __attribute__((noinline)) int ip_set6_has(__u32 set_id, const struct policy_quer
 
 /* policy_check for an IPv6 flow. A direction without a policy allows
  * everything; with one but no IPv6 rules (all IPv4, or a deny-all), it
- * denies all IPv6. */
+ * denies all IPv6. A direction with a policy has an IPv6 list, empty or
+ * not (policy::set writes both families' lists, the loader gives one to
+ * a policy an older build wrote without), so that one lookup tells. */
 __attribute__((noinline)) int policy_check6(const struct policy_query6 *q)
 {
 	if (!q)
 		return POLICY_DENY;
 	struct policy_key k = {.ifindex = q->ifindex, .direction = q->dir};
-	if (!bpf_map_lookup_elem(&policies, &k))
-		return POLICY_ALLOW;
 	struct policy6 *pol = bpf_map_lookup_elem(&policies6, &k);
 	if (!pol)
-		return POLICY_DENY;
+		return POLICY_ALLOW;
 	__u32 proto = q->proto, dport = q->dport;
 	__be32 p0 = q->peer.w[0], p1 = q->peer.w[1], p2 = q->peer.w[2], p3 = q->peer.w[3];
 	__u32 n = pol->count;

@@ -1,7 +1,7 @@
 //! What the loader fills in, under the node lock, before freshly loaded
 //! programs run: what they read beside the durable maps that older builds
-//! did not write (running endpoints' counters slots and IPv6 addresses),
-//! and the frontend filter, rebuilt from the frontends.
+//! did not write (running endpoints' counters slots, IPv6 addresses and
+//! IPv6 rule lists), and the frontend filter, rebuilt from the frontends.
 
 use std::net::Ipv6Addr;
 use std::path::Path;
@@ -20,7 +20,28 @@ pub(crate) fn fill_in(root: &Path) -> Result<(), DataplaneError> {
             "recorded running endpoints' IPv6 addresses"
         );
     }
+    complete_ipv6_policies(root)?;
     maps::rebuild_svc_filter(root)
+}
+
+/// Gives every policy an IPv6 rule list: the programs judge IPv6 by that
+/// list alone, and a policy without one (an older build's) denies all
+/// IPv6, as it did when the programs looked at both.
+fn complete_ipv6_policies(root: &Path) -> Result<(), DataplaneError> {
+    let policies = maps::policies(root)?;
+    let mut policies6 = maps::policies6(root)?;
+    let keys = policies
+        .keys()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| DataplaneError::map("policies", e))?;
+    for key in keys {
+        if policies6.get(&key, 0).is_err() {
+            policies6
+                .insert(key, crate::abi::Policy6::default(), 0)
+                .map_err(|e| DataplaneError::map("policies6", e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Gives every registered endpoint that holds none a counters slot (those

@@ -101,6 +101,23 @@ fn test_run(
     (r.return_value, r.duration.as_nanos() as f64, out)
 }
 
+/// Makes the programs pinned at `root` read as another build's: the next
+/// `Node::open` loads this build's over them, as after an upgrade.
+pub fn pretend_another_build_is_pinned(root: &Path) {
+    let mut config = margay_ebpf::maps::config(root).unwrap();
+    let current = config.get(&0, 0).unwrap();
+    config
+        .set(
+            0,
+            margay_ebpf::abi::Config {
+                object_id: 0xdead_beef,
+                ..current
+            },
+            0,
+        )
+        .unwrap();
+}
+
 /// BPF_MAP_TYPE_HASH and BPF_MAP_TYPE_LRU_HASH, for [`pin_hash_map`].
 pub const HASH: u32 = 1;
 pub const LRU_HASH: u32 = 9;

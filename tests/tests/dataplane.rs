@@ -7,13 +7,13 @@ use std::path::Path;
 use std::process::Command;
 
 use margay_conf::netconf::AttachmentId;
-use margay_ebpf::abi::{self, Config};
+use margay_ebpf::abi;
 use margay_ebpf::node::{self, Node, PROGRAMS, Settings};
 use margay_ebpf::paths::map_path;
 use margay_ebpf::{inspect, maps, policy, registry};
 use margay_model::policy::PolicySpec;
 use margay_tests::bins::bin;
-use margay_tests::bpf::{HASH, LRU_HASH};
+use margay_tests::bpf::{HASH, LRU_HASH, pretend_another_build_is_pinned};
 use margay_tests::fixture::{Net, NetSpec, Pod};
 use margay_tests::netns::{NetNs, ifindex_of, tx_bytes};
 use margay_tests::require_root;
@@ -456,23 +456,6 @@ fn an_unusable_bpf_root_is_a_clear_error_and_leaks_nothing() {
     assert_eq!(err.code.number(), 106, "{err}");
     assert!(err.msg.contains("not on a bpffs"), "{err}");
     net.assert_nothing_left("10.241.8.");
-}
-
-/// Makes the programs pinned at `r` read as another build's: the next
-/// `Node::open` loads this build's over them, as after an upgrade.
-fn pretend_another_build_is_pinned(r: &Path) {
-    let mut config = maps::config(r).unwrap();
-    let current = config.get(&0, 0).unwrap();
-    config
-        .set(
-            0,
-            Config {
-                object_id: 0xdead_beef,
-                ..current
-            },
-            0,
-        )
-        .unwrap();
 }
 
 /// A cgroup of its own in a cgroup v2 hierarchy mounted for the test:

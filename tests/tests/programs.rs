@@ -5,7 +5,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use margay_ebpf::abi::{
-    self, CT_CLOSED, CT_CLOSING, CT_ESTABLISHED, CT_FIN_WAIT, CT_SYN_SENT, Endpoint,
+    self, CT_CLOSED, CT_CLOSING, CT_ESTABLISHED, CT_FIN_WAIT, CT_SYN_SENT, DIR_EGRESS, Endpoint,
+    PolicyKey,
 };
 use margay_ebpf::node::{Node, Settings};
 use margay_ebpf::{inspect, policy, registry};
@@ -773,6 +774,32 @@ fn ipv6_policy_denies_what_no_rule_allows() {
         .map(|r| r.cidr.unwrap().to_string())
         .collect();
     assert_eq!(cidrs, ["10.0.0.0/8", "fd00::/8"]);
+}
+
+#[test]
+fn a_policy_an_older_build_wrote_without_ipv6_rules_still_denies_ipv6() {
+    require_root!(a_policy_an_older_build_wrote_without_ipv6_rules_still_denies_ipv6);
+    let f = Fixture::new();
+    f.policy(r#"{"egress": [{"action": "allow", "cidr": "10.0.0.0/8"}]}"#);
+    assert_eq!(f.out6(tcp(2000, 80, TCP_SYN), PEER6), TC_ACT_SHOT);
+    // A build that kept its IPv6 rules apart only where there were some
+    // wrote the IPv4 list alone; its programs are pinned.
+    let key = PolicyKey {
+        ifindex: IFINDEX,
+        direction: DIR_EGRESS,
+    };
+    margay_ebpf::maps::policies6(f.root.path())
+        .unwrap()
+        .remove(&key)
+        .unwrap();
+    margay_tests::bpf::pretend_another_build_is_pinned(f.root.path());
+    let upgraded = Node::open(f.root.path(), &Settings::default()).unwrap();
+    let frame = ipv6(POD_MAC, POD6, PEER6, &tcp(2001, 80, TCP_SYN));
+    assert_eq!(
+        run(&upgraded, "from_pod", &frame, 0),
+        TC_ACT_SHOT,
+        "the policy still denies the IPv6 no rule allows"
+    );
 }
 
 #[test]
