@@ -255,7 +255,7 @@ struct ct_entry {
 	__u16 peer_slot;
 	__u8 peer_mac[6];
 	/* The service a reply of the flow answers for, as last looked up
-	 * (nat.h's reply_turn): the source its replies are turned into
+	 * (nat_reverse_reply): the source its replies are turned into
 	 * between lookups, 0 when none is known. Last, so that an upgrade
 	 * from entries without it carries them over zero-extended. */
 	__be16 turn_port;

@@ -729,7 +729,6 @@ fn relink(
     Ok(())
 }
 
-/// Copies the entries of a durable map being resized into its replacement.
 /// Sizes of earlier layouts of the conntrack entry, each a prefix of
 /// today's: fields were only ever added at its end, and every entry the
 /// programs wrote zeroed what it did not set, so an old entry read with
@@ -745,6 +744,8 @@ fn earlier_layout(name: &str, pinned: &Layout, expected: &Layout) -> bool {
         && EARLIER_CT_ENTRY_SIZES.contains(&pinned.value_size)
 }
 
+/// Copies the entries of map `name` being carried over (a new capacity,
+/// or an earlier layout of running flows) into its replacement.
 fn copy_entries(root: &Path, name: &str, old: aya::maps::MapData) -> Result<(), DataplaneError> {
     let value_size = old.info().map(|i| i.value_size()).unwrap_or_default() as usize;
     let old = aya::maps::Map::from_map_data(old).map_err(|e| DataplaneError::map(name, e))?;
