@@ -12,6 +12,9 @@ use margay_tests::netns::{NetNs, unique_name};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
+/// The pods' MTU, every plugin's alike.
+pub const POD_MTU: u32 = 1500;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     MargayBpf,
@@ -102,7 +105,7 @@ impl Network {
                     json!({"type": "margay-ipam", "pools": [pool], "data_dir": dir.path().join("ipam"),
                            "lock_timeout_ms": 60000})
                 });
-                let mut p = json!({"type": "margay", "nodename": "bench", "mtu": 1500,
+                let mut p = json!({"type": "margay", "nodename": "bench", "mtu": POD_MTU,
                     "dataplane": if kind == Kind::MargayBpf { "bpf" } else { "linux" },
                     "bpf_log_level": "off", "ipam": ipam});
                 if let Some(root) = &bpf {
@@ -113,7 +116,7 @@ impl Network {
             Kind::PtpHostLocal => (
                 // Debian's plugins (1.1.1) speak CNI up to 1.0.0.
                 "1.0.0",
-                json!({"type": "ptp", "ipMasq": false, "mtu": 1500,
+                json!({"type": "ptp", "ipMasq": false, "mtu": POD_MTU,
                        "ipam": {"type": "host-local", "ranges": [[{"subnet": pool}]],
                                 "routes": [{"dst": "0.0.0.0/0"}],
                                 "dataDir": dir.path().join("host-local")}}),

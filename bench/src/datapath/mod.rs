@@ -77,6 +77,12 @@ pub struct Options {
     /// NodePort, backends on another node).
     #[arg(long)]
     pub kubernetes: bool,
+    /// Only the setups whose label contains one of these (e.g. `--only
+    /// "margay bpf" --only ptp`), to look at one closely; ratios need the
+    /// baseline among them.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub only: Vec<String>,
     /// Directory holding margay, margay-ipam and margayctl [default: this
     /// executable's].
     #[arg(long)]
@@ -429,27 +435,28 @@ impl DatapathReport {
             "vs base".into(),
         ]);
         for row in &self.rows {
-            let Some(base) = self
+            // Without the baseline among the setups (`--only`), no ratios.
+            let base = self
                 .rows
                 .iter()
-                .find(|r| r.route == row.route && r.setup == self.baseline)
-            else {
-                continue;
-            };
+                .find(|r| r.route == row.route && r.setup == self.baseline);
+            let ratio =
+                |f: &dyn Fn(&Row) -> f64| base.map_or("-".into(), |b| fmt_ratio(f(row) / f(b)));
             let (sat, min, max) = row.saturation();
             let crr = |r: &Row| median_by(&r.crr, |x| x.per_second);
             let rr = |r: &Row| median_by(&r.rr, |x| x.per_second);
-            let cpu = |s: &[Stream]| Row::cpu(s, idle);
+            let tcp = |r: &Row| Row::cpu(&r.tcp, idle);
+            let udp = |r: &Row| Row::cpu(&r.udp, idle);
             t.row([
                 row.route.label().to_string(),
                 row.setup.to_string(),
-                format!("{:.1}", cpu(&row.tcp)),
-                fmt_ratio(cpu(&row.tcp) / cpu(&base.tcp)),
-                format!("{:.1}", cpu(&row.udp)),
-                fmt_ratio(cpu(&row.udp) / cpu(&base.udp)),
+                format!("{:.1}", tcp(row)),
+                ratio(&tcp),
+                format!("{:.1}", udp(row)),
+                ratio(&udp),
                 format!("{:.2}", row.udp_lost()),
                 format!("{:.0}", crr(row)),
-                fmt_ratio(crr(row) / crr(base)),
+                ratio(&crr),
                 format!(
                     "{:.0}/{:.0}",
                     median_by(&row.crr, |x| x.p50_us),
@@ -460,9 +467,9 @@ impl DatapathReport {
                     median_by(&row.rr, |x| x.p50_us),
                     median_by(&row.rr, |x| x.p99_us)
                 ),
-                fmt_ratio(rr(row) / rr(base)),
+                ratio(&rr),
                 format!("{sat:.2} ({min:.2}-{max:.2})"),
-                fmt_ratio(sat / base.saturation().0),
+                ratio(&|r: &Row| r.saturation().0),
             ]);
         }
         t
@@ -495,10 +502,16 @@ pub fn run(options: Options, bin_dir: &std::path::Path) -> Result<DatapathReport
     }
 }
 
-/// `rounds` interleaved rounds over `setups`, every path of each.
+/// `rounds` interleaved rounds over `setups` (those `--only` names), every
+/// path of each.
 fn measure(options: Options, baseline: &'static str, setups: &[Setup]) -> Result<DatapathReport> {
+    let setups: Vec<&Setup> = setups
+        .iter()
+        .filter(|s| options.only.is_empty() || options.only.iter().any(|o| s.label.contains(o)))
+        .collect();
+    ensure!(!setups.is_empty(), "--only names none of the setups");
     let mut rows: Vec<Row> = Vec::new();
-    for setup in setups {
+    for setup in &setups {
         for path in &setup.paths {
             rows.push(Row {
                 route: path.route,
@@ -519,7 +532,7 @@ fn measure(options: Options, baseline: &'static str, setups: &[Setup]) -> Result
         idle.push(idle_cpu(options.seconds)?);
         // Each round starts with another setup, so none is always the one
         // that runs right after the idle pause.
-        let order = (0..setups.len()).map(|i| &setups[(i + round) % setups.len()]);
+        let order = (0..setups.len()).map(|i| setups[(i + round) % setups.len()]);
         let order: Vec<&Setup> = order.collect();
         for route in [
             Route::SameNode,

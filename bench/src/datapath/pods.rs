@@ -3,7 +3,9 @@
 //! plugins run inside the nodes as a kubelet would run them): a client and
 //! a server pod on the first node, a server pod on the second. Beside
 //! them, what no network costs: client and servers in one namespace,
-//! over loopback, the ceiling any dataplane's same-node figures meet.
+//! over loopback, the ceiling any dataplane's same-node figures meet; once
+//! at loopback's own MTU (64 KiB segments, fewer and larger than any pod
+//! sends) and once at the pods' MTU, the ceiling at equal segment size.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -15,7 +17,7 @@ use margay_tests::netns::{ChildGuard, NetNs};
 use serde_json::json;
 
 use super::{DatapathReport, ECHO_PORT, IPERF_PORT, Options, Place, Route, Setup, UDP_PORT};
-use crate::network::{Kind, Network, Pod};
+use crate::network::{Kind, Network, POD_MTU, Pod};
 
 /// One setup's two-node cluster: nodes on a LAN of their own, a network
 /// on each, and routes between them.
@@ -165,16 +167,26 @@ impl<'s> Pods<'s> {
 /// Client and servers in one namespace, over loopback.
 struct Loopback {
     ns: NetNs,
+    label: &'static str,
     _running: Vec<ChildGuard>,
 }
 
 impl Loopback {
-    fn new() -> Result<Loopback> {
+    /// Loopback at its own MTU, or at `mtu`.
+    fn new(mtu: Option<u32>) -> Result<Loopback> {
         let ns = NetNs::new("dpo");
         ns.run_ok(&["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"]);
+        let label = match mtu {
+            Some(mtu) => {
+                ns.run_ok(&["ip", "link", "set", "lo", "mtu", &mtu.to_string()]);
+                "no network (loopback at the pods' MTU)"
+            }
+            None => "no network (loopback, ceiling)",
+        };
         let running = Place::netns(ns.name()).servers()?;
         Ok(Loopback {
             ns,
+            label,
             _running: running,
         })
     }
@@ -183,7 +195,7 @@ impl Loopback {
         let at = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let here = Place::netns(self.ns.name());
         Setup {
-            label: "no network (loopback, ceiling)",
+            label: self.label,
             paths: vec![super::Path {
                 route: Route::SameNode,
                 client: here.clone(),
@@ -204,8 +216,8 @@ pub(super) fn run(options: Options, bin_dir: &Path) -> Result<DatapathReport> {
         .map(|(kind, i)| Site::new(*kind, i, bin_dir, &options.peer_dir))
         .collect::<Result<Vec<_>>>()?;
     let pods = sites.iter().map(Pods::new).collect::<Result<Vec<_>>>()?;
-    let loopback = Loopback::new()?;
+    let loopbacks = [Loopback::new(None)?, Loopback::new(Some(POD_MTU))?];
     let mut setups = pods.iter().map(Pods::setup).collect::<Result<Vec<_>>>()?;
-    setups.push(loopback.setup());
+    setups.extend(loopbacks.iter().map(Loopback::setup));
     super::measure(options, Kind::PtpHostLocal.label(), &setups)
 }
