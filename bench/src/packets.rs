@@ -280,21 +280,37 @@ pub fn run(repeat: u32, rules: usize) -> Result<PacketReport> {
 const LOCAL_PEER: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 6);
 const LOCAL_PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x06];
 const SERVICE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const SERVICE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x10);
 
-/// An IPv4 TCP frame from the pod.
-fn tcp_from_pod(dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+/// A TCP frame from `src` to `dst` (of one family).
+fn tcp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     let l4 = L4::Tcp {
         sport,
         dport,
         flags,
     };
-    ipv4(POD_MAC, POD, dst, &l4)
+    match (src, dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => ipv4(POD_MAC, src, dst, &l4),
+        (IpAddr::V6(src), IpAddr::V6(dst)) => ipv6(POD_MAC, src, dst, &l4),
+        _ => unreachable!("one family"),
+    }
+}
+
+/// A TCP frame from the pod.
+fn tcp_from_pod(dst: impl Into<IpAddr>, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let dst = dst.into();
+    let pod = if dst.is_ipv6() {
+        IpAddr::V6(POD6)
+    } else {
+        IpAddr::V4(POD)
+    };
+    tcp(pod, dst, sport, dport, flags)
 }
 
 /// Established flows whose packets do more than pass: `from_pod` to
 /// another pod of the node (handed straight to it) and through a service
-/// (translated), `to_pod` on a service's reply (turned back into the
-/// service's), each beside the flow that leaves by the stack
+/// (translated, over IPv4 and IPv6), `to_pod` on a service's reply (turned
+/// back into the service's), each beside the flow that leaves by the stack
 /// (family_cases'), in interleaved single runs: a repetition would see
 /// the frame as the first left it (addressed from the node's MAC, or to
 /// the backend, or from the service). Run in a network namespace of the bench's own, where the
@@ -304,7 +320,9 @@ fn established_beside_the_stack(node: &Node, root: &std::path::Path) -> Result<V
     set_egress_policy(root, None)?;
     let file: margay_model::service::ServiceFile = serde_json::from_value(serde_json::json!({
         "services": [{"name": "bench/web", "vip": SERVICE, "port": 80,
-                      "backends": [format!("{PEER}:8080")]}]
+                      "backends": [format!("{PEER}:8080")]},
+                     {"name": "bench/web6", "vip": SERVICE6, "port": 80,
+                      "backends": [format!("[{PEER6}]:8080")]}]
     }))?;
     margay_ebpf::service::apply(root, &file.services)?;
     let ns = margay_tests::netns::NetNs::new("pkb");
@@ -331,20 +349,12 @@ fn established_beside_the_stack(node: &Node, root: &std::path::Path) -> Result<V
     )?;
     // The backend's answer on a service connection, as it reaches the
     // pod's veth (to_pod turns it back into the service's).
-    let service_reply = ipv4(
-        POD_MAC,
-        PEER,
-        POD,
-        &L4::Tcp {
-            sport: 8080,
-            dport: 7100,
-            flags: TCP_ACK,
-        },
-    );
-    // (case, its program, established packet, its verdict, the flow's
-    // first packet, from the pod)
+    let service_reply = |backend: IpAddr, pod: IpAddr| tcp(backend, pod, 8080, 7100, TCP_ACK);
+    // (family, case, its program, established packet, its verdict, the
+    // flow's first packet, from the pod)
     let cases = [
         (
+            "IPv4",
             "conntrack hit, to a local pod, single runs (median)",
             "from_pod",
             tcp_from_pod(LOCAL_PEER, 6000, 80, TCP_ACK),
@@ -352,6 +362,7 @@ fn established_beside_the_stack(node: &Node, root: &std::path::Path) -> Result<V
             tcp_from_pod(LOCAL_PEER, 6000, 80, TCP_SYN),
         ),
         (
+            "IPv4",
             "conntrack hit, to a service, single runs (median)",
             "from_pod",
             tcp_from_pod(SERVICE, 7000, 80, TCP_ACK),
@@ -359,18 +370,44 @@ fn established_beside_the_stack(node: &Node, root: &std::path::Path) -> Result<V
             tcp_from_pod(SERVICE, 7000, 80, TCP_SYN),
         ),
         (
+            "IPv4",
             "to_pod: a service's reply, conntrack hit, single runs (median)",
             "to_pod",
-            service_reply,
+            service_reply(PEER.into(), POD.into()),
             TC_ACT_OK,
             tcp_from_pod(SERVICE, 7100, 80, TCP_SYN),
         ),
         (
+            "IPv4",
             "conntrack hit, by the stack, single runs (median)",
             "from_pod",
             tcp_from_pod(PEER, 2000, 443, TCP_ACK),
             TC_ACT_OK,
             tcp_from_pod(PEER, 2000, 443, TCP_SYN),
+        ),
+        (
+            "IPv6",
+            "conntrack hit, to a service, single runs (median)",
+            "from_pod",
+            tcp_from_pod(SERVICE6, 7000, 80, TCP_ACK),
+            TC_ACT_OK,
+            tcp_from_pod(SERVICE6, 7000, 80, TCP_SYN),
+        ),
+        (
+            "IPv6",
+            "to_pod: a service's reply, conntrack hit, single runs (median)",
+            "to_pod",
+            service_reply(PEER6.into(), POD6.into()),
+            TC_ACT_OK,
+            tcp_from_pod(SERVICE6, 7100, 80, TCP_SYN),
+        ),
+        (
+            "IPv6",
+            "conntrack hit, by the stack, single runs (median)",
+            "from_pod",
+            tcp_from_pod(PEER6, 2000, 443, TCP_ACK),
+            TC_ACT_OK,
+            tcp_from_pod(PEER6, 2000, 443, TCP_SYN),
         ),
     ];
     let runs = 2_000;
@@ -382,13 +419,13 @@ fn established_beside_the_stack(node: &Node, root: &std::path::Path) -> Result<V
     nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)
         .context("entering the bench's namespace")?;
     let runs_there = || -> Result<Vec<Vec<f64>>> {
-        for (case, _, _, verdict, first) in &cases {
+        for (_, case, _, _, verdict, first) in &cases {
             let (got, _) = run_repeat(node, "from_pod", first, 0, 1);
             anyhow::ensure!(got == *verdict, "{case}: the first packet got {got}");
         }
         let mut times = vec![Vec::with_capacity(runs); cases.len()];
         for _ in 0..runs {
-            for ((case, program, packet, verdict, _), times) in cases.iter().zip(&mut times) {
+            for ((_, case, program, packet, verdict, _), times) in cases.iter().zip(&mut times) {
                 let (got, ns) = run_repeat(node, program, packet, 0, 1);
                 anyhow::ensure!(got == *verdict, "{case}: got {got}");
                 times.push(ns);
@@ -402,8 +439,8 @@ fn established_beside_the_stack(node: &Node, root: &std::path::Path) -> Result<V
     Ok(cases
         .iter()
         .zip(result?)
-        .map(|((case, ..), times)| PacketRow {
-            family: "IPv4",
+        .map(|((family, case, ..), times)| PacketRow {
+            family,
             case,
             ns_per_packet: crate::stats::median_of(&times),
             goal_ns: None,

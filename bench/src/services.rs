@@ -43,11 +43,11 @@ fn service_set(count: usize, target: SocketAddrV4) -> Vec<ServiceSpec> {
     (0..count)
         .map(|i| ServiceSpec {
             backends: vec![if i + 1 == count {
-                target
+                target.into()
             } else {
-                SocketAddrV4::new(Ipv4Addr::new(10, 255, (i >> 8) as u8, i as u8), 8080)
+                SocketAddrV4::new(Ipv4Addr::new(10, 255, (i >> 8) as u8, i as u8), 8080).into()
             }],
-            ..ServiceSpec::new(format!("bench/svc-{i}"), vip(i), PORT, Protocol::TCP)
+            ..ServiceSpec::new(format!("bench/svc-{i}"), vip(i).into(), PORT, Protocol::TCP)
         })
         .collect()
 }

@@ -496,9 +496,9 @@ fn run(cli: Cli) -> Result<(), String> {
             let mut records: Vec<NatRecord> = inspect::nat(root)
                 .map_err(err)?
                 .iter()
-                .map(|(k, v)| {
-                    let name = names.get(&v.svc_id).cloned().unwrap_or_default();
-                    NatRecord::new(k, v, name, now)
+                .map(|t| {
+                    let name = names.get(&t.svc_id).cloned().unwrap_or_default();
+                    NatRecord::new(t, name, now)
                 })
                 .collect();
             records

@@ -38,8 +38,17 @@ enum drop_reason {
 				    * the programs walk (IPV6_MAX_EXT_HEADERS) */
 	DROP_TOO_BIG = 12,         /* too big for the tunnel, DF set: answered
 				    * with ICMP fragmentation needed */
-	DROP_REASON_MAX = 13,
+	DROP_NO_PROGRAM = 13,      /* the program for the packet's family is
+				    * missing from `calls` (an incomplete load) */
+	DROP_REASON_MAX = 14,
 };
+
+/* The programs from_pod hands packets on to (map `calls`, filled by the
+ * loader before any endpoint runs from_pod): IPv6's, whose paths are a
+ * program of their own so that each family's has the verifier's whole
+ * budget (instructions and 512 bytes of stack). */
+#define CALL_FROM_POD6 0
+#define MAX_CALLS 1
 
 /* An IPv6 address as the programs compare it: four words. */
 union v6addr {
@@ -354,6 +363,37 @@ struct affinity_value {
 	__u16 ordinal;
 };
 
+/* IPv6 services: the same records with IPv6 addresses, in maps of their
+ * own (svc_frontends6, svc_backends6, svc_affinity6, nat6). A frontend's
+ * value is struct svc_value and its backends' slots are keyed by
+ * struct backend_key: the two families share one id space. */
+struct svc_key6 {
+	union v6addr addr;
+	__be16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct backend6 {
+	union v6addr addr;
+	__be16 port;
+	__u16 flags;
+	__u32 reserved;
+};
+
+struct affinity_key6 {
+	__u32 svc_id;
+	union v6addr client;
+};
+
+struct affinity_value6 {
+	__u64 last_used_ns;
+	union v6addr addr;
+	__be16 port;
+	__u16 ordinal;
+	__u32 reserved;
+};
+
 /* Translations of service flows (nat.h), two entries a flow, both keyed by
  * the tuple as the packet carries it when it reaches the translation. */
 #define NAT_FWD 1 /* client -> frontend; value: the backend */
@@ -378,6 +418,28 @@ struct nat_entry {
 	__u16 ordinal;      /* FWD: the backend's slot when chosen */
 	__u32 svc_id;
 	__u32 flags;        /* NAT_F_* */
+	__u32 reserved;
+};
+
+/* The same for IPv6 flows (map nat6). */
+struct nat_key6 {
+	union v6addr saddr;
+	union v6addr daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 kind; /* NAT_FWD or NAT_REV */
+	__u8 pad[2];
+};
+
+struct nat_entry6 {
+	__u64 last_seen_ns;
+	union v6addr addr; /* FWD: the backend; REV: the frontend */
+	union v6addr peer; /* hairpin only, as in nat_entry */
+	__be16 port;
+	__u16 ordinal;
+	__u32 svc_id;
+	__u32 flags; /* NAT_F_* */
 	__u32 reserved;
 };
 
@@ -507,4 +569,10 @@ _Static_assert(sizeof(struct sock_revnat_value) == 8, "sock_revnat_value layout"
 _Static_assert(sizeof(struct peer_key) == 8, "peer_key layout");
 _Static_assert(sizeof(struct peer) == 8, "peer layout");
 _Static_assert(sizeof(struct nat_entry) == 32, "nat_entry layout");
+_Static_assert(sizeof(struct svc_key6) == 20, "svc_key6 layout");
+_Static_assert(sizeof(struct backend6) == 24, "backend6 layout");
+_Static_assert(sizeof(struct affinity_key6) == 20, "affinity_key6 layout");
+_Static_assert(sizeof(struct affinity_value6) == 32, "affinity_value6 layout");
+_Static_assert(sizeof(struct nat_key6) == 40, "nat_key6 layout");
+_Static_assert(sizeof(struct nat_entry6) == 56, "nat_entry6 layout");
 _Static_assert(sizeof(struct svc_filter) == SVC_FILTER_BITS / 8, "svc_filter layout");

@@ -281,15 +281,16 @@ static __always_inline void ct_create(const struct packet *p, const struct endpo
 }
 
 /* Records a new IPv6 flow of endpoint `ep`, the packet's sender being its
- * initiator; `from_pod`: the sender is the pod (else it is the receiver). */
+ * initiator; `from_pod`: the sender is the pod (else it is the receiver).
+ * `flags`: CT_F_SERVICE for a pod's connection to a service. */
 static __always_inline void ct6_create(const struct packet *p, const struct endpoint *ep,
-				       bool from_pod)
+				       bool from_pod, __u8 flags)
 {
 	struct ct_key6 k;
 	bool src_is_a = ct_key6_fill(&k, &p->saddr6, &p->daddr6, p->sport, p->dport, p->proto,
 				     ep->ifindex);
 	struct ct_entry e = {};
-	ct_entry_init(&e, p, ep, src_is_a == from_pod ? CT_F_POD_IS_A : 0, src_is_a);
+	ct_entry_init(&e, p, ep, flags | (src_is_a == from_pod ? CT_F_POD_IS_A : 0), src_is_a);
 	bpf_map_update_elem(&conntrack6, &k, &e, BPF_ANY);
 }
 

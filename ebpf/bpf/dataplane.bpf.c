@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /* The dataplane's programs:
  *   from_pod: TC ingress of a pod's host veth, traffic leaving the pod;
+ *   from_pod6: its IPv6 half, tail-called by from_pod (map `calls`);
  *   to_pod:   TC egress of a pod's host veth, traffic entering the pod;
  *   from_net: TC ingress of a node's data interface (NodePorts);
  *   from_tunnel: TC ingress of the node's VXLAN device (other nodes);
@@ -22,8 +23,9 @@
  * a peer's pod on our L2 without the host stack, or by the stack.
  *
  * IPv6 takes the kernel stack after the pod's own verdict (anti-spoofing,
- * conntrack, policy): services, local redirects and the tunnel are IPv4's
- * so far. Neighbour discovery passes like ARP (ndisc.h).
+ * service translation, conntrack, policy): NodePorts, local redirects and
+ * the tunnel are IPv4's so far. Neighbour discovery passes like ARP
+ * (ndisc.h).
  *
  * Counters are by slot: an endpoint's own, or slot 0 for the node's
  * interfaces (data interfaces, the tunnel) and veths with no endpoint;
@@ -44,6 +46,14 @@
 #include "host_lb.h"
 
 char LICENSE[] SEC("license") = "GPL";
+
+/* The programs from_pod hands packets on to (abi.h's CALL_*). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, MAX_CALLS);
+	__type(key, __u32);
+	__type(value, __u32);
+} calls SEC(".maps");
 
 /* How a packet reached a pod's ingress decision. */
 enum ingress_path {
@@ -305,12 +315,31 @@ static __always_inline int v6_flowless(const struct packet *p, const struct endp
 	return TC_ACT_OK;
 }
 
+/* A reply of a pod's IPv6 service flow (`e`, CT_F_SERVICE): the
+ * backend's source becomes the service's again. For a hairpin (a pod that
+ * reached itself through a service; its reply leaves it for the hairpin
+ * address) the reply is the pod's own to take back, straight into it:
+ * through the stack it would arrive at its own to_pod as a new flow from
+ * the service. TC_ACT_OK when the stack takes it on. */
+static __always_inline int reverse_reply6(struct __sk_buff *skb, struct packet *p,
+					  const struct ct_entry *e, __u32 ifindex, __u8 dir)
+{
+	int rev = nat_reverse6(skb, p);
+	if (rev == NAT_FAILED)
+		return drop(p, e->slot, ifindex, dir, DROP_NAT);
+	count_allowed(e->slot, dir, p->len);
+	if (rev == NAT_TRANSLATED && dir == DIR_EGRESS && endpoint6_owns(ifindex, &p->daddr6))
+		return p->ttl > 1 ? redirect_to_pod6(skb, ifindex, e->pod_mac) : TC_ACT_OK;
+	return TC_ACT_OK;
+}
+
 /* An IPv6 packet from the pod, once its MAC is known to be the pod's:
  * its source must be the pod's address (or, for neighbour discovery, a
  * link-local or unspecified one); then what needs no flow (v6_flowless),
  * tracked flows and errors about them pass, and a new flow needs the
- * egress policy's leave. `ct_missed`: the short
- * path looked the flow up and found none. */
+ * egress policy's leave. A packet to a service's frontend is translated
+ * to a backend first (lb_translate6), and policy judges the backend.
+ * `ct_missed`: the short path looked the flow up and found none. */
 static __always_inline int from_pod_v6(struct __sk_buff *skb, struct packet *p,
 				       const struct endpoint *ep, int parsed, bool ct_missed)
 {
@@ -324,16 +353,35 @@ static __always_inline int from_pod_v6(struct __sk_buff *skb, struct packet *p,
 		return flowless;
 	if (flowless == TC_ACT_OK)
 		goto allowed;
+	struct lb_flow6 flow = {};
+	int lb = lb_translate6(skb, p, &flow);
+	if (lb == LB_NO_BACKEND) {
+		count_drop(p, slot, ifindex, DIR_EGRESS, DROP_NO_BACKEND);
+		return reject6_port_unreachable(skb, p);
+	}
+	if (lb == LB_FAILED)
+		return drop(p, slot, ifindex, DIR_EGRESS, DROP_NAT);
 	struct ct_entry *e;
-	if (!ct_missed && ct_lookup(p, ifindex, flow_clock(), &e) != CT_MISS)
-		goto allowed;
+	/* The short path looked this very tuple up unless it was translated. */
+	if (!ct_missed || lb == LB_TRANSLATED) {
+		int ct = ct_lookup(p, ifindex, flow_clock(), &e);
+		if (ct != CT_MISS) {
+			if (lb == LB_TRANSLATED)
+				lb_record6(&flow, p->proto);
+			if (ct == CT_REPLY && (e->flags & CT_F_SERVICE))
+				return reverse_reply6(skb, p, e, ifindex, DIR_EGRESS);
+			goto allowed;
+		}
+	}
 	/* An error about a tracked flow passes as part of it, untracked. */
 	if (ct6_related(skb, p, ifindex))
 		goto allowed;
 	int verdict = policy_judge6(ifindex, DIR_EGRESS, &p->daddr6, p);
 	if (policy_denies(verdict))
 		return drop_denied(p, slot, ifindex, DIR_EGRESS, DROP_POLICY_EGRESS, verdict);
-	ct6_create(p, ep, true);
+	if (lb == LB_TRANSLATED)
+		lb_record6(&flow, p->proto);
+	ct6_create(p, ep, true, lb == LB_TRANSLATED ? CT_F_SERVICE : 0);
 	trace_new_flow(p, ifindex, DIR_EGRESS);
 allowed:
 	count_allowed(slot, DIR_EGRESS, p->len);
@@ -362,7 +410,7 @@ static __always_inline int to_pod_v6(struct __sk_buff *skb, struct packet *p,
 			return drop_denied(p, slot, ifindex, DIR_INGRESS, DROP_POLICY_INGRESS,
 					   verdict);
 	}
-	ct6_create(p, ep, false);
+	ct6_create(p, ep, false, 0);
 	trace_new_flow(p, ifindex, DIR_INGRESS);
 allowed:
 	count_allowed(slot, DIR_INGRESS, p->len);
@@ -395,18 +443,9 @@ int from_pod(struct __sk_buff *skb)
 			return egress_established(skb, &p, ifindex, e, ct, e->last_seen_ns == now);
 		}
 		ct_missed = !e;
-	} else if (parsed == PARSED_IPV6 && !p.fragment) {
-		/* The entry says which side is the pod: the sender must be. */
-		__u64 now = flow_clock();
-		bool src_is_a;
-		struct ct_entry *e = ct6_find(&p, ifindex, now, &src_is_a);
-		if (e && src_is_a == !!(e->flags & CT_F_POD_IS_A) &&
-		    __builtin_memcmp(p.src_mac, e->pod_mac, ETH_ALEN) == 0) {
-			ct_update(e, &p, src_is_a, now);
-			count_allowed(e->slot, DIR_EGRESS, p.len);
-			return TC_ACT_OK;
-		}
-		ct_missed = !e;
+	} else if (parsed == PARSED_IPV6 || parsed == PARSE_IPV6_EXT) {
+		bpf_tail_call(skb, &calls, CALL_FROM_POD6);
+		return drop(&p, 0, ifindex, DIR_EGRESS, DROP_NO_PROGRAM);
 	}
 
 	struct endpoint *ep = endpoint_of(ifindex);
@@ -419,8 +458,6 @@ int from_pod(struct __sk_buff *skb)
 		return drop(&p, slot, ifindex, DIR_EGRESS, DROP_SPOOF_MAC);
 	if (parsed == PARSE_UNSUPPORTED)
 		return drop(&p, slot, ifindex, DIR_EGRESS, DROP_UNSUPPORTED_L3);
-	if (parsed == PARSED_IPV6 || parsed == PARSE_IPV6_EXT)
-		return from_pod_v6(skb, &p, ep, parsed, ct_missed);
 	if (parsed == PARSED_ARP) {
 		count_allowed(slot, DIR_EGRESS, p.len);
 		return TC_ACT_OK;
@@ -511,6 +548,41 @@ int from_pod(struct __sk_buff *skb)
 		   : leave_node(skb, &p, ct_flags, via, slot);
 }
 
+/* from_pod's IPv6 half, tail-called for every IPv6 packet (CALL_FROM_POD6):
+ * the same short path for an established flow, then the endpoint's checks
+ * and from_pod_v6. */
+SEC("classifier")
+int from_pod6(struct __sk_buff *skb)
+{
+	struct packet p = {};
+	__u32 ifindex = skb->ifindex;
+	int parsed = parse_packet(skb, &p);
+
+	/* The entry says which side is the pod: the sender must be. A packet
+	 * that may be to a service takes the long path, which translates it
+	 * before looking its flow up; so does a reply of a service flow (its
+	 * entry is CT_F_SERVICE). */
+	bool ct_missed = false;
+	if (parsed == PARSED_IPV6 && !p.fragment && !maybe_service(&p)) {
+		__u64 now = flow_clock();
+		bool src_is_a;
+		struct ct_entry *e = ct6_find(&p, ifindex, now, &src_is_a);
+		if (e && src_is_a == !!(e->flags & CT_F_POD_IS_A) && !(e->flags & CT_F_SERVICE) &&
+		    __builtin_memcmp(p.src_mac, e->pod_mac, ETH_ALEN) == 0) {
+			ct_update(e, &p, src_is_a, now);
+			count_allowed(e->slot, DIR_EGRESS, p.len);
+			return TC_ACT_OK;
+		}
+		ct_missed = !e;
+	}
+	struct endpoint *ep = endpoint_of(ifindex);
+	if (!ep)
+		return drop(&p, 0, 0, DIR_EGRESS, DROP_NO_ENDPOINT);
+	if (__builtin_memcmp(p.src_mac, ep->mac, ETH_ALEN) != 0)
+		return drop(&p, ep->slot, ifindex, DIR_EGRESS, DROP_SPOOF_MAC);
+	return from_pod_v6(skb, &p, ep, parsed, ct_missed);
+}
+
 SEC("classifier")
 int to_pod(struct __sk_buff *skb)
 {
@@ -529,7 +601,11 @@ int to_pod(struct __sk_buff *skb)
 			return ingress_established(skb, &p, ifindex, e, ct, e->last_seen_ns == now);
 	} else if (parsed == PARSED_IPV6 && !p.fragment) {
 		struct ct_entry *e;
-		if (ct_lookup(&p, ifindex, flow_clock(), &e) != CT_MISS) {
+		int ct = ct_lookup(&p, ifindex, flow_clock(), &e);
+		if (ct != CT_MISS) {
+			/* A reply to this pod's own service connection. */
+			if (ct == CT_REPLY && (e->flags & CT_F_SERVICE))
+				return reverse_reply6(skb, &p, e, ifindex, DIR_INGRESS);
 			count_allowed(e->slot, DIR_INGRESS, p.len);
 			return TC_ACT_OK;
 		}

@@ -82,6 +82,23 @@ static __always_inline int redirect_to_pod(struct __sk_buff *skb, __u32 ifindex,
 	return bpf_redirect_peer(ifindex, 0);
 }
 
+/* redirect_to_pod for an IPv6 packet: its hop limit decremented (IPv6
+ * has no header checksum). The stack takes a packet whose header is not
+ * in the linear part. */
+static __always_inline int redirect_to_pod6(struct __sk_buff *skb, __u32 ifindex, const __u8 *mac)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct ipv6hdr *ip6 = data + ETH_HLEN;
+	if ((void *)(ip6 + 1) > data_end)
+		return TC_ACT_OK;
+	ip6->hop_limit--;
+	__builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, gateway_mac, ETH_ALEN);
+	return bpf_redirect_peer(ifindex, 0);
+}
+
 /* Routes the packet itself, by the FIB, out of the interface it names:
  * for a peer's pod, and for a reply whose source became one of the node's
  * own addresses (a NodePort's), which the stack would drop as a martian,

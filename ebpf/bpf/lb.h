@@ -46,6 +46,30 @@ struct {
 	__type(value, struct affinity_value);
 } svc_affinity SEC(".maps");
 
+/* IPv6 frontends, their backends and their clients' affinity, as above. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct svc_key6);
+	__type(value, struct svc_value);
+} svc_frontends6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct backend_key);
+	__type(value, struct backend6);
+} svc_backends6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct affinity_key6);
+	__type(value, struct affinity_value6);
+} svc_affinity6 SEC(".maps");
+
 /* The node's addresses on its data interfaces (`margayctl node attach`),
  * where NodePorts answer: userspace writes a NodePort frontend for each.
  * Value: the interface's ifindex. */
@@ -63,8 +87,14 @@ struct {
 	__type(value, struct svc_filter);
 } svc_filter SEC(".maps");
 
-/* The frontend's bit in svc_filter; ebpf/src/service.rs computes the same
- * (`filter_bit`) from the same bytes, read as native-endian integers. */
+/* The frontend's bit in svc_filter; ebpf/src/abi.rs computes the same
+ * (`svc_filter_bit`) from the same bytes, read as native-endian integers.
+ * An IPv6 address counts as the xor of its four words (v6_fold). */
+static __always_inline __be32 v6_fold(const union v6addr *a)
+{
+	return a->w[0] ^ a->w[1] ^ a->w[2] ^ a->w[3];
+}
+
 static __always_inline __u32 svc_filter_bit(__be32 addr, __be16 port, __u8 proto)
 {
 	__u32 h = ((__u32)addr ^ ((__u32)port << 16) ^ proto) * 0x9e3779b1u;
@@ -81,7 +111,8 @@ static __always_inline bool maybe_service(const struct packet *p)
 	struct svc_filter *f = bpf_map_lookup_elem(&svc_filter, &zero);
 	if (!f)
 		return true;
-	__u32 bit = svc_filter_bit(p->daddr, p->dport, p->proto);
+	__be32 daddr = p->ipv6 ? v6_fold(&p->daddr6) : p->daddr;
+	__u32 bit = svc_filter_bit(daddr, p->dport, p->proto);
 	return (f->bits[(bit / 64) & (SVC_FILTER_BITS / 64 - 1)] >> (bit % 64)) & 1;
 }
 
@@ -111,7 +142,9 @@ struct lb_flow {
  * same). */
 static __always_inline __u32 flow_hash(const struct packet *p)
 {
-	__u32 h = p->saddr ^ (p->daddr * 0x9e3779b1u);
+	__u32 saddr = p->ipv6 ? v6_fold(&p->saddr6) : p->saddr;
+	__u32 daddr = p->ipv6 ? v6_fold(&p->daddr6) : p->daddr;
+	__u32 h = saddr ^ (daddr * 0x9e3779b1u);
 	h ^= (((__u32)p->sport << 16) | p->dport) * 0x85ebca6bu;
 	h ^= p->proto;
 	h ^= h >> 16;
@@ -260,4 +293,139 @@ static __always_inline void lb_record(const struct lb_flow *flow, __u8 proto)
 		nat_write_reverse(&flow->fwd, flow->client, flow->client_port, flow->frontend,
 				  flow->frontend_port, proto, flow->external ? NAT_F_AT_BACKEND : 0,
 				  !flow->is_new);
+}
+
+/* A translated IPv6 flow (lb_flow's). */
+struct lb_flow6 {
+	struct nat_entry6 fwd;
+	union v6addr client;
+	union v6addr frontend;
+	__be16 client_port;
+	__be16 frontend_port;
+	bool is_new;
+	bool check_reverse;
+};
+
+static __always_inline struct backend6 *backend6_at(const struct svc_value *svc, __u16 ordinal)
+{
+	struct backend_key k = {
+		.svc_id = svc->id,
+		.generation = svc->generation,
+		.ordinal = ordinal,
+	};
+	return bpf_map_lookup_elem(&svc_backends6, &k);
+}
+
+/* backend_serves for IPv6. */
+static __always_inline bool backend6_serves(const struct svc_value *svc, __u16 ordinal,
+					    const union v6addr *addr, __be16 port)
+{
+	if (ordinal >= svc->count)
+		return false;
+	struct backend6 *b = backend6_at(svc, ordinal);
+	return b && v6addr_equal(&b->addr, addr) && b->port == port;
+}
+
+/* lb_choose for IPv6. */
+static __always_inline bool lb_choose6(const struct svc_value *svc, const struct packet *p,
+				       __u64 now, struct nat_entry6 *out)
+{
+	struct affinity_key6 ak = {.svc_id = svc->id, .client = p->saddr6};
+	bool affinity = svc->flags & SVC_F_AFFINITY;
+	if (affinity) {
+		struct affinity_value6 *a = bpf_map_lookup_elem(&svc_affinity6, &ak);
+		if (a && (__s64)(now - a->last_used_ns) <= (__s64)(svc->affinity_timeout_s * SEC_NS) &&
+		    backend6_serves(svc, a->ordinal, &a->addr, a->port)) {
+			out->addr = a->addr;
+			out->port = a->port;
+			out->ordinal = a->ordinal;
+			a->last_used_ns = now;
+			return true;
+		}
+	}
+	if (svc->count == 0)
+		return false;
+	__u16 ordinal = flow_hash(p) % svc->count;
+	struct backend6 *b = backend6_at(svc, ordinal);
+	if (!b)
+		return false;
+	out->addr = b->addr;
+	out->port = b->port;
+	out->ordinal = ordinal;
+	if (affinity) {
+		struct affinity_value6 a = {.last_used_ns = now, .addr = b->addr, .port = b->port,
+					    .ordinal = ordinal};
+		bpf_map_update_elem(&svc_affinity6, &ak, &a, BPF_ANY);
+	}
+	return true;
+}
+
+/* lb_translate for IPv6 packets from pods: the same choice and the same
+ * keeping of a flow's backend, on IPv6's maps. A global function: its
+ * keys take a stack frame of their own, not from_pod6's. */
+__attribute__((noinline)) int lb_translate6(struct __sk_buff *skb, struct packet *p,
+					    struct lb_flow6 *flow)
+{
+	if (!p || !flow) /* never: the caller's; the verifier asks */
+		return LB_FAILED;
+	if (!maybe_service(p))
+		return LB_NONE;
+	struct svc_key6 sk = {.addr = p->daddr6, .port = p->dport, .proto = p->proto};
+	struct svc_value *svc = bpf_map_lookup_elem(&svc_frontends6, &sk);
+	if (!svc)
+		return LB_NONE;
+
+	flow->client = p->saddr6;
+	flow->client_port = p->sport;
+	flow->frontend = p->daddr6;
+	flow->frontend_port = p->dport;
+	struct nat_key6 fk;
+	nat_key6_fill(&fk, &p->saddr6, &p->daddr6, p->sport, p->dport, p->proto, NAT_FWD);
+	struct nat_entry6 *fwd = bpf_map_lookup_elem(&nat6, &fk);
+	__u64 now = flow_clock();
+	bool syn_only = p->proto == IPPROTO_TCP &&
+			(p->tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN;
+	/* As lb_translate keeps a flow's backend, and checks its reverse entry. */
+	if (fwd && fwd->svc_id == svc->id && !nat_expired_at(fwd->last_seen_ns, now, p->proto) &&
+	    (!syn_only || backend6_serves(svc, fwd->ordinal, &fwd->addr, fwd->port))) {
+		if (syn_only || p->proto == IPPROTO_UDP)
+			flow->check_reverse = true;
+		if ((__s64)(now - fwd->last_seen_ns) > (__s64)CT_REFRESH_NS) {
+			fwd->last_seen_ns = now;
+			flow->check_reverse = true;
+		}
+		flow->fwd = *fwd;
+	} else {
+		if (!lb_choose6(svc, p, now, &flow->fwd))
+			return LB_NO_BACKEND;
+		flow->fwd.svc_id = svc->id;
+		flow->fwd.last_seen_ns = now;
+		if (v6addr_equal(&flow->fwd.addr, &p->saddr6))
+			flow->fwd.peer = hairpin_addr6;
+		flow->is_new = true;
+	}
+	if (nat_rewrite6(skb, p, false, &flow->fwd.addr, flow->fwd.port) < 0)
+		return LB_FAILED;
+	if (!v6_unspecified(&flow->fwd.peer) &&
+	    nat_rewrite6(skb, p, true, &flow->fwd.peer, p->sport) < 0)
+		return LB_FAILED;
+	return LB_TRANSLATED;
+}
+
+/* lb_record for IPv6. A global function, for its stack frame (two keys
+ * and an entry). */
+__attribute__((noinline)) int lb_record6(const struct lb_flow6 *flow, __u32 proto)
+{
+	if (!flow) /* never: the caller's; the verifier asks */
+		return 0;
+	if (flow->is_new) {
+		struct nat_key6 fk;
+		nat_key6_fill(&fk, &flow->client, &flow->frontend, flow->client_port,
+			      flow->frontend_port, proto, NAT_FWD);
+		bpf_map_update_elem(&nat6, &fk, &flow->fwd, BPF_ANY);
+	}
+	if (flow->is_new || flow->check_reverse)
+		nat_write_reverse6(&flow->fwd, &flow->client, flow->client_port, &flow->frontend,
+				   flow->frontend_port, proto, !flow->is_new);
+	return 0;
 }

@@ -8,6 +8,7 @@
 #include "common.h"
 #include "parse.h"
 #include "conntrack.h"
+#include "ndisc.h"
 
 /* LRU like conntrack; the loader sizes it at twice conntrack (two entries
  * a flow). A lost reverse entry is written again by the next forward
@@ -19,11 +20,24 @@ struct {
 	__type(value, struct nat_entry);
 } nat SEC(".maps");
 
+/* IPv6 flows' translations, sized like nat. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 131072);
+	__type(key, struct nat_key6);
+	__type(value, struct nat_entry6);
+} nat6 SEC(".maps");
+
 /* The address a pod reaching itself through a service is shown as: a pod
  * does not accept packets from its own address, so the source of a
  * hairpin flow is swapped for this link-local one, which the pod's default
  * route sends back through its host veth. */
 #define HAIRPIN_ADDR bpf_htonl(0xa9fe2a01) /* 169.254.42.1 */
+/* IPv6's, from the discard-only prefix (RFC 6666: never a host's), with
+ * IPv4's in its last word: 100::a9fe:2a01. */
+static const union v6addr hairpin_addr6 = {
+	.w = {bpf_htonl(0x01000000), 0, 0, bpf_htonl(0xa9fe2a01)},
+};
 
 static __always_inline void nat_key_fill(struct nat_key *k, __be32 saddr, __be32 daddr,
 					 __be16 sport, __be16 dport, __u8 proto, __u8 kind)
@@ -37,12 +51,30 @@ static __always_inline void nat_key_fill(struct nat_key *k, __be32 saddr, __be32
 	k->pad[0] = k->pad[1] = 0;
 }
 
+static __always_inline void nat_key6_fill(struct nat_key6 *k, const union v6addr *saddr,
+					  const union v6addr *daddr, __be16 sport, __be16 dport,
+					  __u8 proto, __u8 kind)
+{
+	k->saddr = *saddr;
+	k->daddr = *daddr;
+	k->sport = sport;
+	k->dport = dport;
+	k->proto = proto;
+	k->kind = kind;
+	k->pad[0] = k->pad[1] = 0;
+}
+
 /* Idle timeouts of a translation, as long as the longest of conntrack's
  * for the protocol: a translation must outlive its flow's tracking. */
-static __always_inline bool nat_expired(const struct nat_entry *e, __u64 now, __u8 proto)
+static __always_inline bool nat_expired_at(__u64 last_seen_ns, __u64 now, __u8 proto)
 {
 	__u64 timeout = proto == IPPROTO_TCP ? 6 * 3600 * SEC_NS : 180 * SEC_NS;
-	return (__s64)(now - e->last_seen_ns) > (__s64)timeout;
+	return (__s64)(now - last_seen_ns) > (__s64)timeout;
+}
+
+static __always_inline bool nat_expired(const struct nat_entry *e, __u64 now, __u8 proto)
+{
+	return nat_expired_at(e->last_seen_ns, now, proto);
 }
 
 static __always_inline __u32 l4_csum_off(const struct packet *p)
@@ -108,6 +140,49 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, struct packet *p, 
 		ip->daddr = addr;
 		ports[1] = port;
 		p->daddr = addr;
+		p->dport = port;
+	}
+	return 0;
+}
+
+/* nat_rewrite for IPv6, which has no header checksum: the address's
+ * change is folded into the L4 checksum (its pseudo-header) by one
+ * csum_diff over the 16 bytes. */
+static __always_inline int nat_rewrite6(struct __sk_buff *skb, struct packet *p, bool source,
+					const union v6addr *addr, __be16 port)
+{
+	__u32 csum_off = l4_csum_off(p);
+	__u64 mangled = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	union v6addr *old_addr = source ? &p->saddr6 : &p->daddr6;
+	__be16 old_port = source ? p->sport : p->dport;
+
+	if (!v6addr_equal(old_addr, addr)) {
+		__s64 diff = bpf_csum_diff(old_addr->w, sizeof(*addr), (__be32 *)addr->w,
+					   sizeof(*addr), 0);
+		if (bpf_l4_csum_replace(skb, csum_off, 0, diff, BPF_F_PSEUDO_HDR | mangled) < 0)
+			return -1;
+	}
+	if (old_port != port &&
+	    bpf_l4_csum_replace(skb, csum_off, old_port, port, mangled | sizeof(port)) < 0)
+		return -1;
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ipv6hdr *ip6 = data + ETH_HLEN;
+	__u32 l4_off = p->l4_off;
+	if (l4_off > IPV6_MAX_L4_OFF) /* parse_ipv6's bound, for the verifier */
+		return -1;
+	__be16 *ports = data + l4_off;
+	if ((void *)(ip6 + 1) > data_end || (void *)(ports + 2) > data_end)
+		return -1;
+	if (source) {
+		__builtin_memcpy(&ip6->saddr, addr, sizeof(*addr));
+		ports[0] = port;
+		p->saddr6 = *addr;
+		p->sport = port;
+	} else {
+		__builtin_memcpy(&ip6->daddr, addr, sizeof(*addr));
+		ports[1] = port;
+		p->daddr6 = *addr;
 		p->dport = port;
 	}
 	return 0;
@@ -334,4 +409,53 @@ static __always_inline int nat_reverse_reply(struct __sk_buff *skb, struct packe
 	else if (rev != NAT_FAILED)
 		ct_remember_turn(e, 0, 0);
 	return rev;
+}
+
+/* nat_write_reverse for IPv6 (no NodePorts yet: the client is a pod, whose
+ * own endpoint turns the replies). */
+static __always_inline void nat_write_reverse6(const struct nat_entry6 *fwd,
+					       const union v6addr *client, __be16 client_port,
+					       const union v6addr *frontend, __be16 frontend_port,
+					       __u8 proto, bool check_first)
+{
+	bool hairpin = !v6_unspecified(&fwd->peer);
+	struct nat_key6 k;
+	nat_key6_fill(&k, &fwd->addr, hairpin ? &fwd->peer : client, fwd->port, client_port, proto,
+		      NAT_REV);
+	struct nat_entry6 rev = {
+		.last_seen_ns = fwd->last_seen_ns,
+		.addr = *frontend,
+		.port = frontend_port,
+		.svc_id = fwd->svc_id,
+	};
+	if (hairpin)
+		rev.peer = *client;
+	if (check_first) {
+		struct nat_entry6 *cur = bpf_map_lookup_elem(&nat6, &k);
+		if (cur && v6addr_equal(&cur->addr, &rev.addr) && cur->port == rev.port &&
+		    v6addr_equal(&cur->peer, &rev.peer))
+			return;
+	}
+	bpf_map_update_elem(&nat6, &k, &rev, BPF_ANY);
+}
+
+/* nat_reverse for IPv6 TCP and UDP: a backend's reply to a pod's service
+ * connection becomes the frontend's, and a hairpin's goes to the pod's
+ * own address. */
+static __always_inline int nat_reverse6(struct __sk_buff *skb, struct packet *p)
+{
+	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
+		return NAT_NO_ENTRY;
+	struct nat_key6 k;
+	nat_key6_fill(&k, &p->saddr6, &p->daddr6, p->sport, p->dport, p->proto, NAT_REV);
+	struct nat_entry6 *rev = bpf_map_lookup_elem(&nat6, &k);
+	if (!rev)
+		return NAT_NO_ENTRY;
+	union v6addr frontend = rev->addr, client = rev->peer;
+	__be16 frontend_port = rev->port;
+	if (!v6_unspecified(&client) && nat_rewrite6(skb, p, false, &client, p->dport) < 0)
+		return NAT_FAILED;
+	if (nat_rewrite6(skb, p, true, &frontend, frontend_port) < 0)
+		return NAT_FAILED;
+	return NAT_TRANSLATED;
 }

@@ -10,6 +10,7 @@
 
 #include "common.h"
 #include "parse.h"
+#include "forward.h"
 
 #define ICMP_PORT_UNREACH 3
 #define ICMP_FRAG_NEEDED 4
@@ -92,4 +93,108 @@ static __always_inline int reject_port_unreachable(struct __sk_buff *skb, const 
 						   enum reject_path path)
 {
 	return reject_unreachable(skb, p, ICMP_PORT_UNREACH, 0, p->daddr, p->dport, path);
+}
+
+/* IPv6's destination unreachable, laid out as reject_unreachable6 builds
+ * it: the offending header and 8 bytes of what follows it (as much as
+ * ICMPv6 must quote to name a flow). */
+struct icmp6_unreachable {
+	__u8 align[2];
+	struct ethhdr eth;
+	struct ipv6hdr ip;
+	struct icmp6hdr icmp;
+	__u8 quote[sizeof(struct ipv6hdr) + 8];
+};
+
+#define ICMP6_UNREACHABLE_LEN (sizeof(struct icmp6_unreachable) - 2)
+#define ICMP6_BODY_LEN (sizeof(struct icmp6hdr) + sizeof(struct ipv6hdr) + 8)
+
+/* A TCP reset, laid out as reject6_port_unreachable builds it. */
+struct tcp6_reset {
+	__u8 align[2];
+	struct ethhdr eth;
+	struct ipv6hdr ip;
+	struct tcphdr tcp;
+};
+
+#define TCP6_RESET_LEN (sizeof(struct tcp6_reset) - 2)
+
+/* The IPv6 header of a message built here: from `from` to the packet's
+ * sender, into the pod behind the interface it came in by; and the
+ * checksum of its pseudo-header (both addresses, `len` bytes of
+ * `nexthdr`), every part a multiple of 4 bytes for csum_diff. */
+static __always_inline __s64 reply6_header(struct ethhdr *eth, struct ipv6hdr *ip,
+					   const struct packet *p, __u16 len, __u8 nexthdr)
+{
+	__builtin_memcpy(eth->h_dest, p->src_mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, gateway_mac, ETH_ALEN);
+	eth->h_proto = bpf_htons(ETH_P_IPV6);
+	ip->version = 6;
+	ip->payload_len = bpf_htons(len);
+	ip->nexthdr = nexthdr;
+	ip->hop_limit = 64;
+	__builtin_memcpy(&ip->saddr, &p->daddr6, sizeof(ip->saddr));
+	__builtin_memcpy(&ip->daddr, &p->saddr6, sizeof(ip->daddr));
+	__be32 tail[2] = {bpf_htonl(len), bpf_htonl(nexthdr)};
+	__s64 sum = bpf_csum_diff(0, 0, (__be32 *)&ip->saddr, 2 * sizeof(ip->saddr), 0);
+	return bpf_csum_diff(0, 0, tail, sizeof(tail), sum);
+}
+
+/* Replaces the packet with `len` bytes from `frame` and sends it into the
+ * pod it came from. */
+static __always_inline int reply6_into_pod(struct __sk_buff *skb, void *frame, __u32 len)
+{
+	if (bpf_skb_change_tail(skb, len, 0) < 0 || bpf_skb_store_bytes(skb, 0, frame, len, 0) < 0)
+		return TC_ACT_SHOT;
+	return bpf_redirect_peer(skb->ifindex, 0);
+}
+
+/* "Port unreachable" from the address an IPv6 packet from a pod tried,
+ * sent back into the pod (reject_port_unreachable's IPv6 twin), for a
+ * service with no backend; the packet is quoted as the pod sent it. TCP
+ * gets a reset instead (RFC 9293's answer to a segment for no
+ * connection), which its socket takes as ECONNREFUSED as it takes port
+ * unreachable: the answer reaches the pod while its connect() still
+ * holds the socket, and IPv6 TCP drops an ICMPv6 error arriving then
+ * (LockDroppedIcmps), waiting for the SYN's retransmission a second
+ * later, where a segment is queued to the socket's backlog and handled as
+ * connect() returns. A global function: the answer is built on a stack
+ * frame of its own. */
+__attribute__((noinline)) int reject6_port_unreachable(struct __sk_buff *skb,
+						       const struct packet *p)
+{
+	if (!p) /* never: the caller's packet; the verifier asks */
+		return TC_ACT_SHOT;
+	if (p->proto == IPPROTO_TCP) {
+		struct tcphdr seg;
+		if (bpf_skb_load_bytes(skb, p->l4_off, &seg, sizeof(seg)) < 0)
+			return TC_ACT_SHOT;
+		struct tcp6_reset r = {};
+		r.tcp.source = seg.dest;
+		r.tcp.dest = seg.source;
+		r.tcp.doff = sizeof(r.tcp) / 4;
+		r.tcp.rst = 1;
+		if (seg.ack) {
+			r.tcp.seq = seg.ack_seq;
+		} else {
+			/* What the segment occupied of the sequence space. */
+			__u32 hdrs = p->l4_off - ETH_HLEN - sizeof(struct ipv6hdr) + seg.doff * 4;
+			__u32 data = skb->len - ETH_HLEN - sizeof(struct ipv6hdr) > hdrs
+					     ? skb->len - ETH_HLEN - sizeof(struct ipv6hdr) - hdrs
+					     : 0;
+			r.tcp.ack_seq = bpf_htonl(bpf_ntohl(seg.seq) + data + seg.syn + seg.fin);
+			r.tcp.ack = 1;
+		}
+		__s64 sum = reply6_header(&r.eth, &r.ip, p, sizeof(r.tcp), IPPROTO_TCP);
+		r.tcp.check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&r.tcp, sizeof(r.tcp), sum));
+		return reply6_into_pod(skb, &r.eth, TCP6_RESET_LEN);
+	}
+	struct icmp6_unreachable r = {};
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, r.quote, sizeof(r.quote)) < 0)
+		return TC_ACT_SHOT;
+	r.icmp.icmp6_type = ICMPV6_DEST_UNREACH;
+	r.icmp.icmp6_code = ICMPV6_PORT_UNREACH;
+	__s64 sum = reply6_header(&r.eth, &r.ip, p, ICMP6_BODY_LEN, IPPROTO_ICMPV6);
+	r.icmp.icmp6_cksum = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&r.icmp, ICMP6_BODY_LEN, sum));
+	return reply6_into_pod(skb, &r.eth, ICMP6_UNREACHABLE_LEN);
 }

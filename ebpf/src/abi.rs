@@ -35,8 +35,9 @@ pub const DROP_REASONS: [&str; DROP_REASON_MAX] = [
     "nat-failed",
     "ipv6-ext-headers",
     "too-big-for-tunnel",
+    "no-program",
 ];
-pub const DROP_REASON_MAX: usize = 13;
+pub const DROP_REASON_MAX: usize = 14;
 pub const DROP_PARSE: usize = 1;
 pub const DROP_SPOOF_MAC: usize = 3;
 pub const DROP_SPOOF_IP: usize = 4;
@@ -46,6 +47,10 @@ pub const DROP_NO_BACKEND: usize = 9;
 pub const DROP_FRAGMENT: usize = 7;
 pub const DROP_IPV6_EXT: usize = 11;
 pub const DROP_TOO_BIG: usize = 12;
+pub const DROP_NO_PROGRAM: usize = 13;
+
+/// Where from_pod's IPv6 half is in map `calls`.
+pub const CALL_FROM_POD6: u32 = 0;
 
 /// TCP states of a conntrack entry (`enum ct_state`).
 pub const CT_STATES: [&str; 6] = [
@@ -405,8 +410,9 @@ impl Default for SvcFilter {
 }
 
 impl SvcFilter {
-    pub fn set(&mut self, key: &SvcKey) {
-        let bit = svc_filter_bit(key) as usize % SVC_FILTER_BITS;
+    /// Sets the bit of a frontend of either family.
+    pub fn set(&mut self, key: &impl FilterKey) {
+        let bit = key.filter_bit() as usize % SVC_FILTER_BITS;
         self.bits[bit / 64] |= 1 << (bit % 64);
     }
 
@@ -420,8 +426,8 @@ impl SvcFilter {
 }
 
 /// The filter with the bits of these frontends.
-impl<'a> FromIterator<&'a SvcKey> for SvcFilter {
-    fn from_iter<I: IntoIterator<Item = &'a SvcKey>>(keys: I) -> SvcFilter {
+impl<'a, K: FilterKey + 'a> FromIterator<&'a K> for SvcFilter {
+    fn from_iter<I: IntoIterator<Item = &'a K>>(keys: I) -> SvcFilter {
         let mut filter = SvcFilter::default();
         for key in keys {
             filter.set(key);
@@ -430,12 +436,34 @@ impl<'a> FromIterator<&'a SvcKey> for SvcFilter {
     }
 }
 
-/// A frontend's bit, as `svc_filter_bit` in lb.h computes it: the address
-/// and port as the packet carries them, read as native-endian integers.
-pub fn svc_filter_bit(key: &SvcKey) -> u32 {
-    let addr = u32::from_ne_bytes(key.addr);
-    let port = u32::from(u16::from_ne_bytes(key.port));
-    (addr ^ (port << 16) ^ u32::from(key.proto)).wrapping_mul(0x9e37_79b1) >> 16
+/// A frontend key of either family, as `svc_filter_bit` in lb.h hashes it.
+pub trait FilterKey {
+    /// The frontend's bit: the address (an IPv6 one folded into the xor of
+    /// its four words, lb.h's `v6_fold`) and port as the packet carries
+    /// them, read as native-endian integers.
+    fn filter_bit(&self) -> u32;
+}
+
+fn svc_filter_bit(addr: u32, port: [u8; 2], proto: u8) -> u32 {
+    let port = u32::from(u16::from_ne_bytes(port));
+    (addr ^ (port << 16) ^ u32::from(proto)).wrapping_mul(0x9e37_79b1) >> 16
+}
+
+impl FilterKey for SvcKey {
+    fn filter_bit(&self) -> u32 {
+        svc_filter_bit(u32::from_ne_bytes(self.addr), self.port, self.proto)
+    }
+}
+
+impl FilterKey for SvcKey6 {
+    fn filter_bit(&self) -> u32 {
+        let folded = self
+            .addr
+            .chunks_exact(4)
+            .map(|w| u32::from_ne_bytes([w[0], w[1], w[2], w[3]]))
+            .fold(0, |acc, w| acc ^ w);
+        svc_filter_bit(folded, self.port, self.proto)
+    }
 }
 
 #[repr(C)]
@@ -520,6 +548,29 @@ pub struct Backend {
     pub reserved: u32,
 }
 
+/// An IPv6 service frontend (map `svc_frontends6`, whose values are
+/// [`SvcValue`]: the families share one id space).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SvcKey6 {
+    pub addr: [u8; 16],
+    /// Network byte order.
+    pub port: [u8; 2],
+    pub proto: u8,
+    pub pad: u8,
+}
+
+/// An IPv6 backend (map `svc_backends6`, keyed by [`BackendKey`]).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Backend6 {
+    pub addr: [u8; 16],
+    /// Network byte order.
+    pub port: [u8; 2],
+    pub flags: u16,
+    pub reserved: u32,
+}
+
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SvcMeta {
@@ -544,6 +595,32 @@ pub struct NatEntry {
     pub last_seen_ns: u64,
     pub addr: [u8; 4],
     pub peer: [u8; 4],
+    pub port: [u8; 2],
+    pub ordinal: u16,
+    pub svc_id: u32,
+    pub flags: u32,
+    pub reserved: u32,
+}
+
+/// An IPv6 flow's translation key (map `nat6`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct NatKey6 {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub proto: u8,
+    pub kind: u8,
+    pub pad: [u8; 2],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NatEntry6 {
+    pub last_seen_ns: u64,
+    pub addr: [u8; 16],
+    pub peer: [u8; 16],
     pub port: [u8; 2],
     pub ordinal: u16,
     pub svc_id: u32,
@@ -587,12 +664,16 @@ const _: () = {
     assert!(size_of::<SvcValue>() == 24);
     assert!(size_of::<BackendKey>() == 8);
     assert!(size_of::<Backend>() == 12);
+    assert!(size_of::<SvcKey6>() == 20);
+    assert!(size_of::<Backend6>() == 24);
     assert!(size_of::<SvcMeta>() == 64);
     assert!(size_of::<IpSetData>() == 12);
     assert!(size_of::<IpSetData6>() == 24);
     assert!(size_of::<NameRecord>() == 64);
     assert!(size_of::<NatKey>() == 16);
     assert!(size_of::<NatEntry>() == 32);
+    assert!(size_of::<NatKey6>() == 40);
+    assert!(size_of::<NatEntry6>() == 56);
     assert!(size_of::<NodeConfig>() == 32);
     assert!(size_of::<Peer>() == 8);
     assert!(size_of::<SvcFilter>() == SVC_FILTER_BITS / 8);
@@ -618,6 +699,10 @@ unsafe impl aya::Pod for SvcKey {}
 unsafe impl aya::Pod for SvcValue {}
 unsafe impl aya::Pod for BackendKey {}
 unsafe impl aya::Pod for Backend {}
+unsafe impl aya::Pod for SvcKey6 {}
+unsafe impl aya::Pod for NatKey6 {}
+unsafe impl aya::Pod for NatEntry6 {}
+unsafe impl aya::Pod for Backend6 {}
 unsafe impl aya::Pod for SvcMeta {}
 unsafe impl aya::Pod for IpSetData {}
 unsafe impl aya::Pod for IpSetData6 {}

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::abi::{
     CT_F_ORIGIN_IS_A, CT_STATES, Counters, CtEntry, CtKey, CtKey6, DROP_POLICY_EGRESS,
     DROP_POLICY_INGRESS, DROP_REASONS, FLOW_EVENT_IPV6, FlowEvent, FlowEvent6, NAT_FWD, NatEntry,
-    NatKey, SOURCE_UNNAMED,
+    NatEntry6, NatKey, NatKey6, SOURCE_UNNAMED,
 };
 use crate::error::DataplaneError;
 use crate::maps;
@@ -89,6 +89,7 @@ pub fn node_summary(root: &Path) -> Result<NodeSummary, DataplaneError> {
             fill("conntrack", maps::conntrack(root)?.keys().count())?,
             fill("conntrack6", maps::conntrack6(root)?.keys().count())?,
             fill("nat", maps::nat(root)?.keys().count())?,
+            fill("nat6", maps::nat6(root)?.keys().count())?,
             fill("ip_sets", maps::ip_sets(root)?.keys().count())?,
             fill("ip_sets6", maps::ip_sets6(root)?.keys().count())?,
         ],
@@ -281,7 +282,7 @@ pub struct NatRecord {
     pub translated: String,
     /// Hairpin: what the source (forward) or destination (reverse) becomes.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub hairpin: Option<Ipv4Addr>,
+    pub hairpin: Option<IpAddr>,
     pub service: String,
     /// Forward entries only: reverse entries are not refreshed (LRU keeps
     /// them by use), so their timestamp says nothing.
@@ -290,29 +291,85 @@ pub struct NatRecord {
 }
 
 impl NatRecord {
-    pub fn new(k: &NatKey, e: &NatEntry, service: String, now_ns: u64) -> NatRecord {
+    pub fn new(t: &Translation, service: String, now_ns: u64) -> NatRecord {
         NatRecord {
-            direction: if k.kind == NAT_FWD {
-                "forward"
-            } else {
-                "reverse"
-            },
-            protocol: k.proto,
-            src: endpoint_str(Ipv4Addr::from(k.saddr), k.sport),
-            dst: endpoint_str(Ipv4Addr::from(k.daddr), k.dport),
-            translated: endpoint_str(Ipv4Addr::from(e.addr), e.port),
-            hairpin: (e.peer != [0; 4]).then(|| Ipv4Addr::from(e.peer)),
+            direction: if t.forward { "forward" } else { "reverse" },
+            protocol: t.proto,
+            src: t.src.to_string(),
+            dst: t.dst.to_string(),
+            translated: t.translated.to_string(),
+            hairpin: t.hairpin,
             service,
-            idle_s: (k.kind == NAT_FWD)
-                .then(|| now_ns.saturating_sub(e.last_seen_ns) / 1_000_000_000),
+            idle_s: t
+                .forward
+                .then(|| now_ns.saturating_sub(t.last_seen_ns) / 1_000_000_000),
         }
     }
 }
 
-/// Every service translation.
-pub fn nat(root: &Path) -> Result<Vec<(NatKey, NatEntry)>, DataplaneError> {
-    let nat = maps::nat(root)?;
-    Ok(nat.iter().filter_map(Result::ok).collect())
+/// A service translation of either family (maps `nat` and `nat6`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Translation {
+    /// Forward (client -> frontend) or reverse (backend -> client).
+    pub forward: bool,
+    pub proto: u8,
+    /// The packet as it arrives.
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    /// What its destination (forward) or source (reverse) becomes.
+    pub translated: SocketAddr,
+    /// Hairpin: what the source (forward) or destination (reverse) becomes.
+    pub hairpin: Option<IpAddr>,
+    pub svc_id: u32,
+    pub last_seen_ns: u64,
+}
+
+impl From<(NatKey, NatEntry)> for Translation {
+    fn from((k, e): (NatKey, NatEntry)) -> Translation {
+        let at = |addr: [u8; 4], port: [u8; 2]| {
+            SocketAddr::new(Ipv4Addr::from(addr).into(), u16::from_be_bytes(port))
+        };
+        Translation {
+            forward: k.kind == NAT_FWD,
+            proto: k.proto,
+            src: at(k.saddr, k.sport),
+            dst: at(k.daddr, k.dport),
+            translated: at(e.addr, e.port),
+            hairpin: (e.peer != [0; 4]).then(|| Ipv4Addr::from(e.peer).into()),
+            svc_id: e.svc_id,
+            last_seen_ns: e.last_seen_ns,
+        }
+    }
+}
+
+impl From<(NatKey6, NatEntry6)> for Translation {
+    fn from((k, e): (NatKey6, NatEntry6)) -> Translation {
+        let at = |addr: [u8; 16], port: [u8; 2]| {
+            SocketAddr::new(Ipv6Addr::from(addr).into(), u16::from_be_bytes(port))
+        };
+        Translation {
+            forward: k.kind == NAT_FWD,
+            proto: k.proto,
+            src: at(k.saddr, k.sport),
+            dst: at(k.daddr, k.dport),
+            translated: at(e.addr, e.port),
+            hairpin: (e.peer != [0; 16]).then(|| Ipv6Addr::from(e.peer).into()),
+            svc_id: e.svc_id,
+            last_seen_ns: e.last_seen_ns,
+        }
+    }
+}
+
+/// Every service translation, of both families.
+pub fn nat(root: &Path) -> Result<Vec<Translation>, DataplaneError> {
+    let v4 = maps::nat(root)?;
+    let v6 = maps::nat6(root)?;
+    Ok(v4
+        .iter()
+        .filter_map(Result::ok)
+        .map(Translation::from)
+        .chain(v6.iter().filter_map(Result::ok).map(Translation::from))
+        .collect())
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

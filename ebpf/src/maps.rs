@@ -7,9 +7,9 @@ use aya::Pod;
 use aya::maps::{HashMap, Map, MapData, MapInfo, PerCpuArray, RingBuf};
 
 use crate::abi::{
-    Backend, BackendKey, Config, Counters, CtEntry, CtKey, CtKey6, Endpoint, Endpoint6, IpSetData,
-    IpSetData6, NameRecord, NatEntry, NatKey, NodeConfig, Peer, Policy, Policy6, PolicyKey,
-    SvcFilter, SvcKey, SvcMeta, SvcValue,
+    Backend, Backend6, BackendKey, Config, Counters, CtEntry, CtKey, CtKey6, Endpoint, Endpoint6,
+    IpSetData, IpSetData6, NameRecord, NatEntry, NatEntry6, NatKey, NatKey6, NodeConfig, Peer,
+    Policy, Policy6, PolicyKey, SvcFilter, SvcKey, SvcKey6, SvcMeta, SvcValue,
 };
 use crate::error::DataplaneError;
 use crate::paths::map_path;
@@ -17,7 +17,7 @@ use crate::paths::map_path;
 /// Every map the object defines and Margay pins, with what losing its
 /// contents costs. "Durable" maps describe running endpoints and must be
 /// carried over an upgrade; "rebuildable" ones refill by themselves.
-pub const PINNED_MAPS: [(&str, Durability); 26] = [
+pub const PINNED_MAPS: [(&str, Durability); 31] = [
     ("endpoints", Durability::Durable),
     ("endpoints6", Durability::Durable),
     ("endpoints_by_ip", Durability::Durable),
@@ -29,6 +29,8 @@ pub const PINNED_MAPS: [(&str, Durability); 26] = [
     ("policy_sources", Durability::Durable),
     ("svc_frontends", Durability::Durable),
     ("svc_backends", Durability::Durable),
+    ("svc_frontends6", Durability::Durable),
+    ("svc_backends6", Durability::Durable),
     ("svc_meta", Durability::Durable),
     ("node_addrs", Durability::Durable),
     ("node_config", Durability::Durable),
@@ -38,7 +40,9 @@ pub const PINNED_MAPS: [(&str, Durability); 26] = [
     // name its clients would lose its connections) and breaks service
     // replies until the next forward packet.
     ("nat", Durability::Flows),
+    ("nat6", Durability::Flows),
     ("svc_affinity", Durability::Rebuildable),
+    ("svc_affinity6", Durability::Rebuildable),
     ("conntrack", Durability::Flows),
     ("conntrack6", Durability::Flows),
     ("counters", Durability::Rebuildable),
@@ -53,6 +57,8 @@ pub const PINNED_MAPS: [(&str, Durability); 26] = [
     ("sock_revnat", Durability::Rebuildable),
     ("config", Durability::Rebuildable),
     ("policy_hits", Durability::Rebuildable),
+    // Refilled by every load, before any endpoint runs from_pod.
+    ("calls", Durability::Rebuildable),
 ];
 
 /// What a new build (or new settings) does with a pinned map whose
@@ -88,8 +94,11 @@ pub type SvcFilterMap = aya::maps::Array<MapData, SvcFilter>;
 pub type ConfigMap = aya::maps::Array<MapData, Config>;
 pub type Frontends = HashMap<MapData, SvcKey, SvcValue>;
 pub type Backends = HashMap<MapData, BackendKey, Backend>;
+pub type Frontends6 = HashMap<MapData, SvcKey6, SvcValue>;
+pub type Backends6 = HashMap<MapData, BackendKey, Backend6>;
 pub type ServiceNames = HashMap<MapData, u32, SvcMeta>;
 pub type Nat = HashMap<MapData, NatKey, NatEntry>;
+pub type Nat6 = HashMap<MapData, NatKey6, NatEntry6>;
 pub type NodeAddrs = HashMap<MapData, [u8; 4], u32>;
 pub type NodeConfigMap = aya::maps::Array<MapData, NodeConfig>;
 pub type NodePeers = aya::maps::lpm_trie::LpmTrie<MapData, [u8; 4], Peer>;
@@ -120,8 +129,11 @@ opener!(config, ConfigMap, "config");
 opener!(flow_events, RingBuf<MapData>, "flow_events");
 opener!(frontends, Frontends, "svc_frontends");
 opener!(backends, Backends, "svc_backends");
+opener!(frontends6, Frontends6, "svc_frontends6");
+opener!(backends6, Backends6, "svc_backends6");
 opener!(service_names, ServiceNames, "svc_meta");
 opener!(nat, Nat, "nat");
+opener!(nat6, Nat6, "nat6");
 opener!(node_addrs, NodeAddrs, "node_addrs");
 opener!(node_config, NodeConfigMap, "node_config");
 opener!(ip_sets, IpSets, "ip_sets");
@@ -174,7 +186,12 @@ pub fn rebuild_svc_filter(root: &Path) -> Result<(), DataplaneError> {
         .keys()
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| DataplaneError::map("svc_frontends", e))?;
-    write_svc_filter(root, &keys.iter().collect())
+    let keys6 = frontends6(root)?
+        .keys()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| DataplaneError::map("svc_frontends6", e))?;
+    let filter: SvcFilter = keys.iter().collect();
+    write_svc_filter(root, &filter.union(&keys6.iter().collect()))
 }
 
 /// A map's identity as the kernel checks it: what must match for programs

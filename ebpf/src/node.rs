@@ -46,7 +46,7 @@ use rtnetlink::packet_route::tc::{
     TcAttribute, TcBpfFlags, TcFilterBpfOption, TcHandle, TcMessage, TcOption,
 };
 
-use crate::abi::{Config, CtEntry, Endpoint, LOG_INFO};
+use crate::abi::{CALL_FROM_POD6, Config, CtEntry, Endpoint, LOG_INFO};
 use crate::error::DataplaneError;
 use crate::maps::{self, Durability, Layout, PINNED_MAPS};
 use crate::object::{DATAPLANE_OBJECT, DATAPLANE_OBJECT_ID};
@@ -94,9 +94,10 @@ impl Settings {
             // Per family.
             "conntrack" | "conntrack6" => Some(self.conntrack_size),
             // Two translations a flow: forward and reverse.
-            "nat" => Some(self.conntrack_size.saturating_mul(2)),
-            "svc_frontends" | "svc_meta" => Some(self.service_frontends),
-            "svc_backends" => Some(self.service_backends),
+            "nat" | "nat6" => Some(self.conntrack_size.saturating_mul(2)),
+            // Per family, but svc_meta: its ids are both families'.
+            "svc_frontends" | "svc_frontends6" | "svc_meta" => Some(self.service_frontends),
+            "svc_backends" | "svc_backends6" => Some(self.service_backends),
             "ip_sets" | "ip_sets6" => Some(self.ip_set_entries),
             _ => None,
         }
@@ -120,6 +121,10 @@ pub const PROGRAMS: [(&str, TcAttachType); 2] = [
     ("from_pod", TcAttachType::Ingress),
     ("to_pod", TcAttachType::Egress),
 ];
+
+/// from_pod's IPv6 half, which from_pod tail-calls (map `calls`): loaded
+/// and pinned with the others, attached nowhere.
+pub const FROM_POD6: &str = "from_pod6";
 
 /// The program of the node's data interfaces (NodePorts).
 pub const DATA_IFACE_PROGRAM: (&str, TcAttachType) = ("from_net", TcAttachType::Ingress);
@@ -596,6 +601,22 @@ fn install(root: &Path, settings: &Settings) -> Result<(), DataplaneError> {
         data_ifaces,
         tunnel,
     } = Running::recorded(root);
+    // from_pod's IPv6 half: in `calls` before from_pod runs anywhere (an
+    // older from_pod running meanwhile does not call it).
+    let from_pod6: &mut SchedClassifier = program_of(&mut ebpf, FROM_POD6)?;
+    from_pod6.load().map_err(load_error(FROM_POD6))?;
+    repin(root, FROM_POD6, |pin| from_pod6.pin(pin))?;
+    let from_pod6 = from_pod6
+        .fd()
+        .map_err(load_error(FROM_POD6))?
+        .try_clone()
+        .map_err(|e| DataplaneError::Load(format!("{FROM_POD6}: {e}")))?;
+    let calls = ebpf
+        .map_mut("calls")
+        .ok_or_else(|| DataplaneError::Object("map calls is missing".into()))?;
+    aya::maps::ProgramArray::try_from(calls)
+        .and_then(|mut calls| calls.set(CALL_FROM_POD6, &from_pod6, 0))
+        .map_err(|e| DataplaneError::map("calls", e))?;
     let all = PROGRAMS.iter().map(|p| (*p, &endpoints)).chain([
         (DATA_IFACE_PROGRAM, &data_ifaces),
         (TUNNEL_PROGRAM, &tunnel),
@@ -753,6 +774,7 @@ fn copy_entries(root: &Path, name: &str, old: aya::maps::MapData) -> Result<(), 
         "conntrack" => copy_flows(name, old, value_size, maps::conntrack(root)?),
         "conntrack6" => copy_flows(name, old, value_size, maps::conntrack6(root)?),
         "nat" => copy(name, old, maps::nat(root)?),
+        "nat6" => copy(name, old, maps::nat6(root)?),
         "endpoints" => copy(name, old, maps::endpoints(root)?),
         "endpoints6" => copy(name, old, maps::endpoints6(root)?),
         "policies6" => copy(name, old, maps::policies6(root)?),
@@ -760,6 +782,8 @@ fn copy_entries(root: &Path, name: &str, old: aya::maps::MapData) -> Result<(), 
         "policies" => copy(name, old, maps::policies(root)?),
         "svc_frontends" => copy(name, old, maps::frontends(root)?),
         "svc_backends" => copy(name, old, maps::backends(root)?),
+        "svc_frontends6" => copy(name, old, maps::frontends6(root)?),
+        "svc_backends6" => copy(name, old, maps::backends6(root)?),
         "svc_meta" => copy(name, old, maps::service_names(root)?),
         "node_addrs" => copy(name, old, maps::node_addrs(root)?),
         _ => Err(DataplaneError::map(

@@ -63,6 +63,14 @@ pub fn ipv6_of(root: &Path, ifindex: u32) -> Result<Option<Ipv6Addr>, DataplaneE
         .map(|e| e.ipv6()))
 }
 
+/// The IPv6 addresses of all registered endpoints that have one.
+pub fn ipv6_addresses(root: &Path) -> Result<Vec<Ipv6Addr>, DataplaneError> {
+    Ok(maps::values(&maps::endpoints6(root)?, "endpoints6")?
+        .iter()
+        .map(|e| e.ipv6())
+        .collect())
+}
+
 /// All registered endpoints.
 pub fn list(root: &Path) -> Result<Vec<Endpoint>, DataplaneError> {
     maps::values(&maps::endpoints(root)?, "endpoints")

@@ -17,7 +17,7 @@
 //! ```
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -30,8 +30,9 @@ use margay_model::service::{
 use serde::Serialize;
 
 use crate::abi::{
-    Backend, BackendKey, Endpoint, SVC_F_AFFINITY, SVC_F_EXTERNAL_IP, SVC_F_EXTERNAL_LOCAL,
-    SVC_F_INTERNAL_LOCAL, SVC_F_LOCAL_ONLY, SVC_F_NODE_PORT, SvcFilter, SvcKey, SvcMeta, SvcValue,
+    Backend, Backend6, BackendKey, SVC_F_AFFINITY, SVC_F_EXTERNAL_IP, SVC_F_EXTERNAL_LOCAL,
+    SVC_F_INTERNAL_LOCAL, SVC_F_LOCAL_ONLY, SVC_F_NODE_PORT, SvcFilter, SvcKey, SvcKey6, SvcMeta,
+    SvcValue,
 };
 use crate::error::DataplaneError;
 use crate::maps::{self, Layout};
@@ -98,10 +99,10 @@ pub struct FrontendRow {
     pub name: String,
     /// `cluster-ip`, `node-port` or `external-ip`.
     pub kind: &'static str,
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
-    pub backends: Vec<SocketAddrV4>,
+    pub backends: Vec<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub affinity_timeout: Option<u32>,
     pub local_only: bool,
@@ -113,15 +114,15 @@ struct Wanted<'a> {
     /// The service making it, and where it is in the caller's list.
     spec: &'a ServiceSpec,
     index: usize,
-    backends: Vec<SocketAddrV4>,
+    backends: Vec<SocketAddr>,
     flags: u16,
     /// The ClusterIP frontend's record of the service's NodePort.
     node_port: u16,
 }
 
 impl Wanted<'_> {
-    fn key(&self) -> SvcKey {
-        key_of(self.frontend)
+    fn key(&self) -> Frontend {
+        self.frontend
     }
 }
 
@@ -131,7 +132,7 @@ impl Wanted<'_> {
 #[derive(Debug, PartialEq, Eq)]
 struct Scope {
     node_addrs: Vec<Ipv4Addr>,
-    local: HashSet<Ipv4Addr>,
+    local: HashSet<IpAddr>,
 }
 
 impl Scope {
@@ -142,11 +143,12 @@ impl Scope {
             .collect();
         // A backend is local when it is a pod here or the node itself (a
         // host-networked backend).
-        let local = registry::list(root)?
+        let mut local: HashSet<IpAddr> = registry::list(root)?
             .iter()
-            .map(Endpoint::ipv4)
-            .chain(node_addrs.iter().copied())
+            .map(|e| IpAddr::V4(e.ipv4()))
+            .chain(node_addrs.iter().map(|&a| IpAddr::V4(a)))
             .collect();
+        local.extend(registry::ipv6_addresses(root)?.into_iter().map(IpAddr::V6));
         Ok(Scope { node_addrs, local })
     }
 }
@@ -159,10 +161,10 @@ fn scoped_to_local(spec: &ServiceSpec) -> bool {
 
 /// The frontends `spec` (the caller's `index`th) makes in `scope`.
 fn frontends<'a>(index: usize, spec: &'a ServiceSpec, scope: &Scope) -> Vec<Wanted<'a>> {
-    let scoped = |policy: TrafficPolicy| -> Vec<SocketAddrV4> {
+    let scoped = |policy: TrafficPolicy| -> Vec<SocketAddr> {
         spec.backends
             .iter()
-            .filter(|b| policy == TrafficPolicy::Cluster || scope.local.contains(b.ip()))
+            .filter(|b| policy == TrafficPolicy::Cluster || scope.local.contains(&b.ip()))
             .copied()
             .collect()
     };
@@ -185,9 +187,11 @@ fn frontends<'a>(index: usize, spec: &'a ServiceSpec, scope: &Scope) -> Vec<Want
     };
     let external_backends = scoped(spec.external_traffic_policy);
     let external_flags = affinity | flag(external_local, SVC_F_LOCAL_ONLY);
-    let node_ports = spec.node_port.into_iter().flat_map(|port| {
+    // The node's NodePort addresses are IPv4 (`margayctl node attach`).
+    let node_port = spec.node_port.filter(|_| spec.vip.is_ipv4());
+    let node_ports = node_port.into_iter().flat_map(|port| {
         scope.node_addrs.iter().map(move |&addr| Frontend {
-            addr,
+            addr: addr.into(),
             port,
             protocol: spec.protocol,
         })
@@ -210,38 +214,54 @@ fn flag(on: bool, flag: u16) -> u16 {
     if on { flag } else { 0 }
 }
 
-fn key_of(frontend: Frontend) -> SvcKey {
-    SvcKey {
-        addr: frontend.addr.octets(),
-        port: frontend.port.to_be_bytes(),
-        proto: frontend.protocol.number(),
-        pad: 0,
+/// A frontend's key, in the map of its family.
+enum Key {
+    V4(SvcKey),
+    V6(SvcKey6),
+}
+
+fn key_of(frontend: &Frontend) -> Key {
+    let port = frontend.port.to_be_bytes();
+    let proto = frontend.protocol.number();
+    match frontend.addr {
+        IpAddr::V4(a) => Key::V4(SvcKey {
+            addr: a.octets(),
+            port,
+            proto,
+            pad: 0,
+        }),
+        IpAddr::V6(a) => Key::V6(SvcKey6 {
+            addr: a.octets(),
+            port,
+            proto,
+            pad: 0,
+        }),
     }
 }
 
-/// The frontend `key` holds, when it is on a service's protocol.
-fn frontend_of(key: &SvcKey) -> Option<Frontend> {
+/// The frontend a key holds, when it is on a service's protocol.
+fn frontend_of(addr: IpAddr, port: [u8; 2], proto: u8) -> Option<Frontend> {
     Some(Frontend {
-        addr: Ipv4Addr::from(key.addr),
-        port: u16::from_be_bytes(key.port),
-        protocol: Protocol::from_number(key.proto).filter(|p| PROTOCOLS.contains(p))?,
+        addr,
+        port: u16::from_be_bytes(port),
+        protocol: Protocol::from_number(proto).filter(|p| PROTOCOLS.contains(p))?,
     })
+}
+
+/// The frontend filter with the bits of `frontends`.
+fn filter_of<'a>(frontends: impl IntoIterator<Item = &'a Frontend>) -> SvcFilter {
+    let mut filter = SvcFilter::default();
+    for frontend in frontends {
+        match key_of(frontend) {
+            Key::V4(k) => filter.set(&k),
+            Key::V6(k) => filter.set(&k),
+        }
+    }
+    filter
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
     move |e| DataplaneError::map(name, e)
-}
-
-fn backend_of(b: &SocketAddrV4) -> Backend {
-    Backend {
-        addr: b.ip().octets(),
-        port: b.port().to_be_bytes(),
-        ..Backend::default()
-    }
-}
-
-fn socket_of(b: &Backend) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::from(b.addr), u16::from_be_bytes(b.port))
 }
 
 fn meta_of(name: &str) -> SvcMeta {
@@ -255,18 +275,29 @@ fn name_of(meta: &SvcMeta) -> String {
     String::from_utf8_lossy(&meta.name[..end]).into_owned()
 }
 
-/// The open service maps of a root.
+/// The open service maps of a root: each family's frontends and backends,
+/// and the names of both.
 struct Maps {
     frontends: maps::Frontends,
     backends: maps::Backends,
+    frontends6: maps::Frontends6,
+    backends6: maps::Backends6,
     names: maps::ServiceNames,
 }
 
 /// A service as found in the maps.
 struct Installed {
     value: SvcValue,
-    backends: Vec<SocketAddrV4>,
+    backends: Vec<SocketAddr>,
     name: String,
+}
+
+fn slot_key(id: u32, generation: u16, ordinal: u16) -> BackendKey {
+    BackendKey {
+        svc_id: id,
+        generation,
+        ordinal,
+    }
 }
 
 impl Maps {
@@ -274,26 +305,29 @@ impl Maps {
         Ok(Maps {
             frontends: maps::frontends(root)?,
             backends: maps::backends(root)?,
+            frontends6: maps::frontends6(root)?,
+            backends6: maps::backends6(root)?,
             names: maps::service_names(root)?,
         })
     }
 
-    fn installed(&self) -> Result<BTreeMap<SvcKey, Installed>, DataplaneError> {
-        let mut all = BTreeMap::new();
+    /// Every frontend of both families, with its backends and name.
+    fn installed(&self) -> Result<BTreeMap<Frontend, Installed>, DataplaneError> {
+        let mut found = Vec::new();
         for kv in self.frontends.iter() {
             let (key, value) = kv.map_err(map_err("svc_frontends"))?;
+            let addr = IpAddr::V4(key.addr.into());
+            found.extend(frontend_of(addr, key.port, key.proto).map(|f| (f, value)));
+        }
+        for kv in self.frontends6.iter() {
+            let (key, value) = kv.map_err(map_err("svc_frontends6"))?;
+            let addr = IpAddr::V6(key.addr.into());
+            found.extend(frontend_of(addr, key.port, key.proto).map(|f| (f, value)));
+        }
+        let mut all = BTreeMap::new();
+        for (frontend, value) in found {
             let backends = (0..value.count)
-                .map(|ordinal| {
-                    let slot = BackendKey {
-                        svc_id: value.id,
-                        generation: value.generation,
-                        ordinal,
-                    };
-                    self.backends
-                        .get(&slot, 0)
-                        .map(|b| socket_of(&b))
-                        .map_err(map_err("svc_backends"))
-                })
+                .map(|ordinal| self.backend(frontend.addr, value.id, value.generation, ordinal))
                 .collect::<Result<_, _>>()?;
             let name = self
                 .names
@@ -301,7 +335,7 @@ impl Maps {
                 .map(|m| name_of(&m))
                 .unwrap_or_default();
             all.insert(
-                key,
+                frontend,
                 Installed {
                     value,
                     backends,
@@ -312,33 +346,116 @@ impl Maps {
         Ok(all)
     }
 
+    /// The backend in a slot of a service of `vip`'s family.
+    fn backend(
+        &self,
+        vip: IpAddr,
+        id: u32,
+        generation: u16,
+        ordinal: u16,
+    ) -> Result<SocketAddr, DataplaneError> {
+        let slot = slot_key(id, generation, ordinal);
+        Ok(match vip {
+            IpAddr::V4(_) => {
+                let b = self
+                    .backends
+                    .get(&slot, 0)
+                    .map_err(map_err("svc_backends"))?;
+                SocketAddr::new(Ipv4Addr::from(b.addr).into(), u16::from_be_bytes(b.port))
+            }
+            IpAddr::V6(_) => {
+                let b = self
+                    .backends6
+                    .get(&slot, 0)
+                    .map_err(map_err("svc_backends6"))?;
+                SocketAddr::new(
+                    std::net::Ipv6Addr::from(b.addr).into(),
+                    u16::from_be_bytes(b.port),
+                )
+            }
+        })
+    }
+
+    fn insert_frontend(
+        &mut self,
+        frontend: &Frontend,
+        value: SvcValue,
+    ) -> Result<(), DataplaneError> {
+        match key_of(frontend) {
+            Key::V4(k) => self
+                .frontends
+                .insert(k, value, 0)
+                .map_err(map_err("svc_frontends")),
+            Key::V6(k) => self
+                .frontends6
+                .insert(k, value, 0)
+                .map_err(map_err("svc_frontends6")),
+        }
+    }
+
+    fn remove_frontend(&mut self, frontend: &Frontend) -> Result<(), DataplaneError> {
+        match key_of(frontend) {
+            Key::V4(k) => {
+                ignore_missing(self.frontends.remove(&k)).map_err(map_err("svc_frontends"))
+            }
+            Key::V6(k) => {
+                ignore_missing(self.frontends6.remove(&k)).map_err(map_err("svc_frontends6"))
+            }
+        }
+    }
+
     fn write_slots(
         &mut self,
         id: u32,
         generation: u16,
-        backends: &[SocketAddrV4],
+        backends: &[SocketAddr],
     ) -> Result<(), DataplaneError> {
         for (ordinal, b) in backends.iter().enumerate() {
-            let slot = BackendKey {
-                svc_id: id,
-                generation,
-                ordinal: ordinal as u16,
-            };
-            self.backends
-                .insert(slot, backend_of(b), 0)
-                .map_err(map_err("svc_backends"))?;
+            let slot = slot_key(id, generation, ordinal as u16);
+            let port = b.port().to_be_bytes();
+            match b.ip() {
+                IpAddr::V4(a) => {
+                    let backend = Backend {
+                        addr: a.octets(),
+                        port,
+                        ..Backend::default()
+                    };
+                    self.backends
+                        .insert(slot, backend, 0)
+                        .map_err(map_err("svc_backends"))?
+                }
+                IpAddr::V6(a) => {
+                    let backend = Backend6 {
+                        addr: a.octets(),
+                        port,
+                        ..Backend6::default()
+                    };
+                    self.backends6
+                        .insert(slot, backend, 0)
+                        .map_err(map_err("svc_backends6"))?
+                }
+            }
         }
         Ok(())
     }
 
-    fn remove_slots(&mut self, id: u32, generation: u16, count: u16) -> Result<(), DataplaneError> {
+    /// Removes `count` slots of a service of `vip`'s family.
+    fn remove_slots(
+        &mut self,
+        vip: IpAddr,
+        id: u32,
+        generation: u16,
+        count: u16,
+    ) -> Result<(), DataplaneError> {
         for ordinal in 0..count {
-            let slot = BackendKey {
-                svc_id: id,
-                generation,
-                ordinal,
-            };
-            ignore_missing(self.backends.remove(&slot)).map_err(map_err("svc_backends"))?;
+            let slot = slot_key(id, generation, ordinal);
+            match vip {
+                IpAddr::V4(_) => {
+                    ignore_missing(self.backends.remove(&slot)).map_err(map_err("svc_backends"))?
+                }
+                IpAddr::V6(_) => ignore_missing(self.backends6.remove(&slot))
+                    .map_err(map_err("svc_backends6"))?,
+            }
         }
         Ok(())
     }
@@ -354,15 +471,15 @@ fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
 /// The new slot order of a changed backend set: kept backends stay in
 /// their slots (so affinity to them holds), new ones fill the holes of the
 /// removed, and the tail moves into holes that remain.
-fn reslot(current: &[SocketAddrV4], desired: &[SocketAddrV4]) -> Vec<SocketAddrV4> {
-    let wanted: HashSet<&SocketAddrV4> = desired.iter().collect();
-    let had: HashSet<&SocketAddrV4> = current.iter().collect();
-    let mut added: VecDeque<SocketAddrV4> = desired
+fn reslot(current: &[SocketAddr], desired: &[SocketAddr]) -> Vec<SocketAddr> {
+    let wanted: HashSet<&SocketAddr> = desired.iter().collect();
+    let had: HashSet<&SocketAddr> = current.iter().collect();
+    let mut added: VecDeque<SocketAddr> = desired
         .iter()
         .filter(|b| !had.contains(b))
         .copied()
         .collect();
-    let mut slots: Vec<Option<SocketAddrV4>> = current
+    let mut slots: Vec<Option<SocketAddr>> = current
         .iter()
         .map(|b| wanted.contains(b).then_some(*b))
         .collect();
@@ -426,7 +543,7 @@ pub struct ServiceTable {
 
 /// What the maps hold.
 struct Held {
-    frontends: BTreeMap<SvcKey, Installed>,
+    frontends: BTreeMap<Frontend, Installed>,
     ids: Ids,
     /// The services that made the frontends, when this table wrote them.
     /// None when read back from the maps, which tell what is there but not
@@ -441,14 +558,24 @@ struct Applied {
     services: HashMap<Frontend, AppliedService>,
     /// The services whose frontends depend on which backends are local.
     scoped_to_local: HashMap<Frontend, ServiceSpec>,
-    node_ports: HashMap<(u16, Protocol), Frontend>,
+    /// By NodePort, protocol and family (IPv6's or not).
+    node_ports: HashMap<NodePort, Frontend>,
     scope: Scope,
+}
+
+/// A NodePort as services claim it: its port and protocol, once per
+/// family (true: IPv6's).
+type NodePort = (u16, Protocol, bool);
+
+fn node_port_of(spec: &ServiceSpec) -> Option<NodePort> {
+    spec.node_port
+        .map(|port| (port, spec.protocol, spec.vip.is_ipv6()))
 }
 
 struct AppliedService {
     /// Every frontend it made.
-    keys: Vec<SvcKey>,
-    node_port: Option<(u16, Protocol)>,
+    keys: Vec<Frontend>,
+    node_port: Option<NodePort>,
 }
 
 impl Applied {
@@ -466,7 +593,7 @@ impl Applied {
     /// Records `specs` as written, with the frontends `wanted` (made from
     /// them, each naming its spec by index) as theirs.
     fn record(&mut self, specs: &[ServiceSpec], wanted: &[Wanted]) {
-        let mut keys: Vec<Vec<SvcKey>> = vec![Vec::new(); specs.len()];
+        let mut keys: Vec<Vec<Frontend>> = vec![Vec::new(); specs.len()];
         for w in wanted {
             keys[w.index].push(w.key());
         }
@@ -475,8 +602,8 @@ impl Applied {
         }
     }
 
-    fn insert(&mut self, spec: &ServiceSpec, keys: Vec<SvcKey>) {
-        let node_port = spec.node_port.map(|port| (port, spec.protocol));
+    fn insert(&mut self, spec: &ServiceSpec, keys: Vec<Frontend>) {
+        let node_port = node_port_of(spec);
         if let Some(port) = node_port {
             self.node_ports.insert(port, spec.cluster_ip());
         }
@@ -503,11 +630,11 @@ impl Applied {
         &self,
         changed: &[ServiceSpec],
         named: &HashSet<Frontend>,
-        frontends: &BTreeMap<SvcKey, Installed>,
+        frontends: &BTreeMap<Frontend, Installed>,
     ) -> Result<(), ServiceError> {
         for (index, spec) in changed.iter().enumerate() {
-            if let Some(port) = spec.node_port
-                && let Some(owner) = self.node_ports.get(&(port, spec.protocol))
+            if let Some(claim @ (port, _, _)) = node_port_of(spec)
+                && let Some(owner) = self.node_ports.get(&claim)
                 && !named.contains(owner)
             {
                 return Err(ServiceError::SharedNodePort {
@@ -516,7 +643,7 @@ impl Applied {
                     port,
                     protocol: spec.protocol,
                     other: frontends
-                        .get(&key_of(*owner))
+                        .get(owner)
                         .map(|i| i.name.clone())
                         .unwrap_or_default(),
                 });
@@ -672,33 +799,32 @@ fn write_serial(root: &Path, serial: u64) -> Result<(), DataplaneError> {
 /// NodePort from the frontend's record or, for frontends written before
 /// that record existed, from a NodePort frontend of the same name; its
 /// external IPs from the external-IP frontends of its name and port.
-fn installed_specs(installed: &BTreeMap<SvcKey, Installed>) -> Vec<ServiceSpec> {
-    let node_ports: HashMap<(&str, u8), u16> = installed
+fn installed_specs(installed: &BTreeMap<Frontend, Installed>) -> Vec<ServiceSpec> {
+    let node_ports: HashMap<(&str, Protocol), u16> = installed
         .iter()
         .filter(|(_, i)| i.value.flags & SVC_F_NODE_PORT != 0)
-        .map(|(k, i)| ((i.name.as_str(), k.proto), u16::from_be_bytes(k.port)))
+        .map(|(f, i)| ((i.name.as_str(), f.protocol), f.port))
         .collect();
-    let mut external_ips: HashMap<(&str, u8, [u8; 2]), Vec<Ipv4Addr>> = HashMap::new();
-    for (k, i) in installed {
+    let mut external_ips: HashMap<(&str, Protocol, u16), Vec<IpAddr>> = HashMap::new();
+    for (f, i) in installed {
         if i.value.flags & SVC_F_EXTERNAL_IP != 0 {
             external_ips
-                .entry((i.name.as_str(), k.proto, k.port))
+                .entry((i.name.as_str(), f.protocol, f.port))
                 .or_default()
-                .push(Ipv4Addr::from(k.addr));
+                .push(f.addr);
         }
     }
     let mut specs = Vec::new();
-    for (key, i) in installed.iter() {
+    for (&frontend, i) in installed.iter() {
         let flags = i.value.flags;
         if flags & (SVC_F_NODE_PORT | SVC_F_EXTERNAL_IP) != 0 {
             continue;
         }
-        let Some(frontend) = frontend_of(key) else {
-            continue;
-        };
-        let node_port = Some(i.value.node_port)
-            .filter(|p| *p != 0)
-            .or_else(|| node_ports.get(&(i.name.as_str(), key.proto)).copied());
+        let node_port = Some(i.value.node_port).filter(|p| *p != 0).or_else(|| {
+            node_ports
+                .get(&(i.name.as_str(), frontend.protocol))
+                .copied()
+        });
         let policy = |local: u16| {
             if flags & local != 0 {
                 TrafficPolicy::Local
@@ -715,7 +841,7 @@ fn installed_specs(installed: &BTreeMap<SvcKey, Installed>) -> Vec<ServiceSpec> 
             affinity_timeout: (flags & SVC_F_AFFINITY != 0).then_some(i.value.affinity_timeout_s),
             node_port,
             external_ips: external_ips
-                .remove(&(i.name.as_str(), key.proto, key.port))
+                .remove(&(i.name.as_str(), frontend.protocol, frontend.port))
                 .unwrap_or_default(),
             external_traffic_policy: policy(SVC_F_EXTERNAL_LOCAL),
             internal_traffic_policy: policy(SVC_F_INTERNAL_LOCAL),
@@ -738,7 +864,7 @@ fn write_whole(
         .enumerate()
         .flat_map(|(index, spec)| frontends(index, spec, &scope))
         .collect();
-    let replaced: HashSet<SvcKey> = held.frontends.keys().copied().collect();
+    let replaced: HashSet<Frontend> = held.frontends.keys().copied().collect();
     let report = write_frontends(root, maps, held, &wanted, &replaced)?;
     held.applied = Some(Applied::new(specs, &wanted, scope));
     Ok(report)
@@ -760,7 +886,7 @@ fn write_changes(
         .as_ref()
         .expect("only on a set this table applied");
     let named = cluster_ips(changed, removed);
-    let replaced: HashSet<SvcKey> = named
+    let replaced: HashSet<Frontend> = named
         .iter()
         .filter_map(|f| applied.services.get(f))
         .flat_map(|a| a.keys.iter().copied())
@@ -800,14 +926,14 @@ fn write_frontends(
     maps: &mut Maps,
     held: &mut Held,
     wanted: &[Wanted],
-    replaced: &HashSet<SvcKey>,
+    replaced: &HashSet<Frontend>,
 ) -> Result<ApplyReport, ServiceError> {
     let Held {
         frontends: installed,
         ids,
         ..
     } = held;
-    let mut seen: HashMap<SvcKey, &str> = HashMap::with_capacity(wanted.len());
+    let mut seen: HashMap<Frontend, &str> = HashMap::with_capacity(wanted.len());
     for w in wanted {
         let other = match seen.insert(w.key(), &w.spec.name) {
             Some(other) => Some(other.to_string()),
@@ -825,56 +951,28 @@ fn write_frontends(
             });
         }
     }
-    let capacity = |name: &'static str| -> Result<u32, DataplaneError> {
-        Ok(Layout::of_pin(&map_path(root, name))?.max_entries)
-    };
-    let frontend_capacity = capacity("svc_frontends")?;
-    let frontends_after = installed.len() - replaced.len() + wanted.len();
-    if frontends_after > frontend_capacity as usize {
-        return Err(ServiceError::Full {
-            map: "svc_frontends",
-            needed: frontends_after,
-            capacity: frontend_capacity,
-            key: "bpf_service_frontends",
-        });
-    }
-    // A changed frontend briefly holds both generations' slots.
-    let in_flight = wanted
-        .iter()
-        .filter_map(|w| installed.get(&w.key()))
-        .map(|i| i.backends.len())
-        .max()
-        .unwrap_or(0);
-    let slots = |keys: &mut dyn Iterator<Item = &SvcKey>| -> usize {
-        keys.filter_map(|k| installed.get(k))
-            .map(|i| i.backends.len())
-            .sum()
-    };
-    let kept_slots = slots(&mut installed.keys()) - slots(&mut replaced.iter());
-    let backend_capacity = capacity("svc_backends")?;
-    let needed = kept_slots + wanted.iter().map(|w| w.backends.len()).sum::<usize>() + in_flight;
-    if needed > backend_capacity as usize {
-        return Err(ServiceError::Full {
-            map: "svc_backends",
-            needed,
-            capacity: backend_capacity,
-            key: "bpf_service_backends",
-        });
+    for v6 in [false, true] {
+        check_capacity(root, installed, wanted, replaced, v6)?;
     }
 
     let mut report = ApplyReport::default();
     // The programs skip the frontend lookup for a packet whose filter bit
     // is clear, so the filter covers the old and the new frontends (ClusterIP
     // and NodePort alike) while they change, and only what is held after.
-    let during: SvcFilter = installed.keys().chain(seen.keys()).collect();
+    let during = filter_of(installed.keys().chain(seen.keys()));
     maps::write_svc_filter(root, &during)?;
     // Removals first: they free the room the rest may need.
     for key in replaced.iter().filter(|k| !seen.contains_key(k)) {
         let Some(old) = installed.remove(key) else {
             continue;
         };
-        ignore_missing(maps.frontends.remove(key)).map_err(map_err("svc_frontends"))?;
-        maps.remove_slots(old.value.id, old.value.generation, old.value.count)?;
+        maps.remove_frontend(key)?;
+        maps.remove_slots(
+            key.addr,
+            old.value.id,
+            old.value.generation,
+            old.value.count,
+        )?;
         ignore_missing(maps.names.remove(&old.value.id)).map_err(map_err("svc_meta"))?;
         ids.used.remove(&old.value.id);
         report.removed += 1;
@@ -914,11 +1012,10 @@ fn write_frontends(
                     node_port: w.node_port,
                     ..old.value
                 };
-                maps.frontends
-                    .insert(w.key(), value, 0)
-                    .map_err(map_err("svc_frontends"))?;
+                maps.insert_frontend(&w.frontend, value)?;
                 if !same_backends {
-                    maps.remove_slots(old.value.id, old.value.generation, old.value.count)?;
+                    let vip = w.frontend.addr;
+                    maps.remove_slots(vip, old.value.id, old.value.generation, old.value.count)?;
                 }
                 old.value = value;
                 old.backends = slots;
@@ -938,9 +1035,7 @@ fn write_frontends(
                     node_port: w.node_port,
                     ..SvcValue::default()
                 };
-                maps.frontends
-                    .insert(w.key(), value, 0)
-                    .map_err(map_err("svc_frontends"))?;
+                maps.insert_frontend(&w.frontend, value)?;
                 installed.insert(
                     w.key(),
                     Installed {
@@ -953,8 +1048,67 @@ fn write_frontends(
             }
         }
     }
-    maps::write_svc_filter(root, &installed.keys().collect())?;
+    maps::write_svc_filter(root, &filter_of(installed.keys()))?;
     Ok(report)
+}
+
+/// Fails, naming the map and its setting, when the frontends and backend
+/// slots of family `v6` (false: IPv4's) would not fit after writing
+/// `wanted` in place of `replaced`.
+fn check_capacity(
+    root: &Path,
+    installed: &BTreeMap<Frontend, Installed>,
+    wanted: &[Wanted],
+    replaced: &HashSet<Frontend>,
+    v6: bool,
+) -> Result<(), ServiceError> {
+    let ours = |f: &Frontend| f.addr.is_ipv6() == v6;
+    let (frontends_map, backends_map) = if v6 {
+        ("svc_frontends6", "svc_backends6")
+    } else {
+        ("svc_frontends", "svc_backends")
+    };
+    let capacity = |name: &'static str| -> Result<u32, DataplaneError> {
+        Ok(Layout::of_pin(&map_path(root, name))?.max_entries)
+    };
+    let wanted: Vec<&Wanted> = wanted.iter().filter(|w| ours(&w.frontend)).collect();
+    let frontend_capacity = capacity(frontends_map)?;
+    let frontends_after = installed.keys().filter(|f| ours(f)).count()
+        - replaced.iter().filter(|f| ours(f)).count()
+        + wanted.len();
+    if frontends_after > frontend_capacity as usize {
+        return Err(ServiceError::Full {
+            map: frontends_map,
+            needed: frontends_after,
+            capacity: frontend_capacity,
+            key: "bpf_service_frontends",
+        });
+    }
+    // A changed frontend briefly holds both generations' slots.
+    let in_flight = wanted
+        .iter()
+        .filter_map(|w| installed.get(&w.frontend))
+        .map(|i| i.backends.len())
+        .max()
+        .unwrap_or(0);
+    let slots = |keys: &mut dyn Iterator<Item = &Frontend>| -> usize {
+        keys.filter(|k| ours(k))
+            .filter_map(|k| installed.get(k))
+            .map(|i| i.backends.len())
+            .sum()
+    };
+    let kept_slots = slots(&mut installed.keys()) - slots(&mut replaced.iter());
+    let backend_capacity = capacity(backends_map)?;
+    let needed = kept_slots + wanted.iter().map(|w| w.backends.len()).sum::<usize>() + in_flight;
+    if needed > backend_capacity as usize {
+        return Err(ServiceError::Full {
+            map: backends_map,
+            needed,
+            capacity: backend_capacity,
+            key: "bpf_service_backends",
+        });
+    }
+    Ok(())
 }
 
 /// The service ids in use, and the last one handed out: ids are not
@@ -985,10 +1139,9 @@ pub fn list(root: &Path) -> Result<Vec<FrontendRow>, DataplaneError> {
     Ok(maps
         .installed()?
         .into_iter()
-        .filter_map(|(key, i)| {
+        .map(|(frontend, i)| {
             let flags = i.value.flags;
-            let frontend = frontend_of(&key)?;
-            Some(FrontendRow {
+            FrontendRow {
                 id: i.value.id,
                 name: i.name,
                 kind: if flags & SVC_F_NODE_PORT != 0 {
@@ -1005,7 +1158,7 @@ pub fn list(root: &Path) -> Result<Vec<FrontendRow>, DataplaneError> {
                 affinity_timeout: (flags & SVC_F_AFFINITY != 0)
                     .then_some(i.value.affinity_timeout_s),
                 local_only: flags & SVC_F_LOCAL_ONLY != 0,
-            })
+            }
         })
         .collect())
 }
@@ -1026,7 +1179,7 @@ pub fn names(root: &Path) -> Result<HashMap<u32, String>, DataplaneError> {
 mod tests {
     use super::*;
 
-    fn b(s: &str) -> SocketAddrV4 {
+    fn b(s: &str) -> SocketAddr {
         s.parse().unwrap()
     }
 
@@ -1050,7 +1203,7 @@ mod tests {
         );
         // Order in the file alone is not a change.
         assert_eq!(reslot(&cur, &[cur[2], cur[0], cur[1]]), cur.to_vec());
-        assert_eq!(reslot(&cur, &[]), Vec::<SocketAddrV4>::new());
+        assert_eq!(reslot(&cur, &[]), Vec::<SocketAddr>::new());
         assert_eq!(reslot(&[], &cur), cur.to_vec());
     }
 }

@@ -4,7 +4,8 @@
 //! ```yaml
 //! services:
 //!   - name: default/web          # namespace/name (and :port-name), for people
-//!     vip: 10.96.0.10            # the ClusterIP
+//!     vip: 10.96.0.10            # the ClusterIP (IPv4 or IPv6: a dual-stack
+//!                                # Service is a service per family)
 //!     port: 80
 //!     protocol: tcp              # tcp (default) | udp
 //!     backends: ["10.244.0.5:8080", "10.244.1.7:8080"]
@@ -17,10 +18,11 @@
 //! ```
 //!
 //! Each service is one ClusterIP frontend, plus a NodePort frontend per
-//! node address when it has a `node_port`, plus one per external IP.
+//! node address of its family when it has a `node_port`, plus one per
+//! external IP. Its backends and external IPs are of its ClusterIP's family.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -38,13 +40,13 @@ pub struct ServiceFile {
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     pub name: String,
-    pub vip: Ipv4Addr,
+    pub vip: IpAddr,
     pub port: u16,
     /// One of [`PROTOCOLS`].
     #[serde(default = "tcp", deserialize_with = "service_protocol")]
     pub protocol: Protocol,
     #[serde(default)]
-    pub backends: Vec<SocketAddrV4>,
+    pub backends: Vec<SocketAddr>,
     /// ClientIP session affinity, for this many seconds since last use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity_timeout: Option<u32>,
@@ -55,7 +57,7 @@ pub struct ServiceSpec {
     /// (`externalIPs`, a LoadBalancer's ingress IPs): external clients
     /// reach them through a node, as they reach NodePorts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub external_ips: Vec<Ipv4Addr>,
+    pub external_ips: Vec<IpAddr>,
     /// Which backends NodePort and external-IP traffic may reach.
     #[serde(default, skip_serializing_if = "is_default")]
     pub external_traffic_policy: TrafficPolicy,
@@ -106,14 +108,19 @@ pub const MAX_AFFINITY_TIMEOUT: u32 = 86_400;
 /// An address, port and protocol a service answers on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Frontend {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
 }
 
 impl std::fmt::Display for Frontend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}/{}", self.addr, self.port, self.protocol)
+        write!(
+            f,
+            "{}/{}",
+            SocketAddr::new(self.addr, self.port),
+            self.protocol
+        )
     }
 }
 
@@ -123,7 +130,7 @@ pub enum ServiceFault {
     #[error("name: must be 1..={MAX_NAME} bytes")]
     Name,
     #[error("vip: {0} cannot be a service address")]
-    Vip(Ipv4Addr),
+    Vip(IpAddr),
     #[error("port: 0 is not a port")]
     Port,
     #[error("protocol: {0} is neither tcp nor udp")]
@@ -135,13 +142,17 @@ pub enum ServiceFault {
     )]
     LocalWithoutExternalFrontend,
     #[error("external_ips[{index}]: {addr} cannot be a service address")]
-    ExternalIp { index: usize, addr: Ipv4Addr },
+    ExternalIp { index: usize, addr: IpAddr },
+    #[error("external_ips[{index}]: {addr} is not of the vip's family")]
+    ExternalIpFamily { index: usize, addr: IpAddr },
     #[error("backends: {0} is more than {MAX_BACKENDS}")]
     TooManyBackends(usize),
     #[error("backends[{index}]: {backend} is not a reachable endpoint")]
-    UnreachableBackend { index: usize, backend: SocketAddrV4 },
+    UnreachableBackend { index: usize, backend: SocketAddr },
+    #[error("backends[{index}]: {backend} is not of the vip's family")]
+    BackendFamily { index: usize, backend: SocketAddr },
     #[error("backends[{index}]: {backend} is listed twice")]
-    DuplicateBackend { index: usize, backend: SocketAddrV4 },
+    DuplicateBackend { index: usize, backend: SocketAddr },
     #[error("affinity_timeout: {0} is outside 1..={MAX_AFFINITY_TIMEOUT} seconds")]
     AffinityTimeout(u32),
 }
@@ -167,12 +178,7 @@ impl ServiceSpec {
     /// A service without backends, NodePort, external IPs or affinity,
     /// its traffic policies `cluster`: fill in the rest with
     /// `ServiceSpec { backends, ..ServiceSpec::new(..) }`.
-    pub fn new(
-        name: impl Into<String>,
-        vip: Ipv4Addr,
-        port: u16,
-        protocol: Protocol,
-    ) -> ServiceSpec {
+    pub fn new(name: impl Into<String>, vip: IpAddr, port: u16, protocol: Protocol) -> ServiceSpec {
         ServiceSpec {
             name: name.into(),
             vip,
@@ -221,6 +227,14 @@ impl ServiceSpec {
         {
             return Err(ServiceFault::ExternalIp { index, addr });
         }
+        if let Some((index, &addr)) = self
+            .external_ips
+            .iter()
+            .enumerate()
+            .find(|(_, a)| a.is_ipv6() != self.vip.is_ipv6())
+        {
+            return Err(ServiceFault::ExternalIpFamily { index, addr });
+        }
         if self.port == 0 {
             return Err(ServiceFault::Port);
         }
@@ -244,6 +258,9 @@ impl ServiceSpec {
             if backend.ip().is_unspecified() || backend.port() == 0 {
                 return Err(ServiceFault::UnreachableBackend { index, backend });
             }
+            if backend.is_ipv6() != self.vip.is_ipv6() {
+                return Err(ServiceFault::BackendFamily { index, backend });
+            }
             if !seen.insert(backend) {
                 return Err(ServiceFault::DuplicateBackend { index, backend });
             }
@@ -257,15 +274,20 @@ impl ServiceSpec {
     }
 }
 
-fn can_be_frontend(addr: Ipv4Addr) -> bool {
-    !(addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast())
+fn can_be_frontend(addr: IpAddr) -> bool {
+    let broadcast = match addr {
+        IpAddr::V4(a) => a.is_broadcast(),
+        IpAddr::V6(_) => false,
+    };
+    !(addr.is_unspecified() || broadcast || addr.is_multicast())
 }
 
 /// Checks a whole set: every service valid, no ClusterIP or external
-/// frontend or NodePort claimed twice.
+/// frontend or NodePort claimed twice (a NodePort once per family: a
+/// dual-stack Service's two services share theirs).
 pub fn validate(specs: &[ServiceSpec]) -> Result<(), ServiceSpecError> {
     let mut frontends: HashMap<Frontend, usize> = HashMap::new();
-    let mut node_ports: HashMap<(u16, Protocol), usize> = HashMap::new();
+    let mut node_ports: HashMap<(u16, Protocol, bool), usize> = HashMap::new();
     for (index, spec) in specs.iter().enumerate() {
         spec.check().map_err(|fault| ServiceSpecError::Invalid {
             index,
@@ -282,7 +304,7 @@ pub fn validate(specs: &[ServiceSpec]) -> Result<(), ServiceSpecError> {
             }
         }
         if let Some(port) = spec.node_port
-            && let Some(first) = node_ports.insert((port, spec.protocol), index)
+            && let Some(first) = node_ports.insert((port, spec.protocol, spec.vip.is_ipv6()), index)
         {
             return Err(ServiceSpecError::Duplicate {
                 first,
@@ -297,16 +319,63 @@ pub fn validate(specs: &[ServiceSpec]) -> Result<(), ServiceSpecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
-    fn b(s: &str) -> SocketAddrV4 {
+    fn b(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 
     fn spec(name: &str, port: u16, backends: &[&str]) -> ServiceSpec {
         ServiceSpec {
             backends: backends.iter().map(|s| b(s)).collect(),
-            ..ServiceSpec::new(name, Ipv4Addr::new(10, 96, 0, 1), port, Protocol::TCP)
+            ..ServiceSpec::new(name, ip("10.96.0.1"), port, Protocol::TCP)
         }
+    }
+
+    fn spec6(name: &str, port: u16, backends: &[&str]) -> ServiceSpec {
+        ServiceSpec {
+            vip: ip("fd00:96::1"),
+            ..spec(name, port, backends)
+        }
+    }
+
+    #[test]
+    fn an_ipv6_service_has_ipv6_backends_and_external_ips_and_its_own_node_port() {
+        let err = |specs: &[ServiceSpec]| validate(specs).unwrap_err().to_string();
+        validate(&[spec6("a", 80, &["[fd00:244::5]:8080"])]).expect("an IPv6 service");
+        assert!(
+            err(&[spec6("a", 80, &["[fd00:244::5]:8080", "10.244.0.5:8080"])])
+                .contains("backends[1]: 10.244.0.5:8080 is not of the vip's family")
+        );
+        assert!(
+            err(&[spec("a", 80, &["[fd00:244::5]:8080"])])
+                .contains("backends[0]: [fd00:244::5]:8080 is not of the vip's family")
+        );
+        let mut external = spec6("a", 80, &[]);
+        external.external_ips = vec![ip("2001:db8::7"), ip("203.0.113.7")];
+        assert!(
+            err(&[external]).contains("external_ips[1]: 203.0.113.7 is not of the vip's family")
+        );
+        assert!(err(&[spec6("a", 80, &["[::]:80"])]).contains("not a reachable endpoint"));
+        let mut multicast = spec6("a", 80, &[]);
+        multicast.vip = ip("ff02::1");
+        assert!(err(&[multicast]).contains("vip: ff02::1"));
+        // A dual-stack Service: a service per family, one NodePort.
+        let (mut v4, mut v6) = (spec("a/v4", 80, &[]), spec6("a/v6", 80, &[]));
+        v4.node_port = Some(30080);
+        v6.node_port = Some(30080);
+        validate(&[v4.clone(), v6]).expect("one NodePort, once per family");
+        let mut other = spec("b", 81, &[]);
+        other.node_port = Some(30080);
+        assert!(err(&[v4, other]).contains("node port 30080/tcp"));
+        assert_eq!(
+            spec6("a", 80, &[]).cluster_ip().to_string(),
+            "[fd00:96::1]:80/tcp"
+        );
     }
 
     #[test]
@@ -326,13 +395,13 @@ mod tests {
         np.external_traffic_policy = TrafficPolicy::Local;
         assert!(err(&[np]).contains("set node_port"));
         let mut external = spec("a", 80, &[]);
-        external.external_ips = vec![Ipv4Addr::new(203, 0, 113, 7), Ipv4Addr::BROADCAST];
+        external.external_ips = vec![ip("203.0.113.7"), Ipv4Addr::BROADCAST.into()];
         assert!(err(&[external.clone()]).contains("external_ips[1]: 255.255.255.255"));
         external.external_ips.pop();
         external.external_traffic_policy = TrafficPolicy::Local;
         validate(&[external.clone()]).expect("local applies to external IPs");
         let mut vip_is_external = spec("b", 80, &[]);
-        vip_is_external.vip = Ipv4Addr::new(203, 0, 113, 7);
+        vip_is_external.vip = ip("203.0.113.7");
         assert!(
             err(&[external, vip_is_external]).contains("both claim frontend 203.0.113.7:80/tcp")
         );
@@ -416,7 +485,7 @@ mod tests {
         );
         assert_eq!(serde_json::from_value::<ServiceSpec>(json).unwrap(), s);
         s.node_port = Some(30080);
-        s.external_ips = vec![Ipv4Addr::new(203, 0, 113, 7)];
+        s.external_ips = vec![ip("203.0.113.7")];
         s.external_traffic_policy = TrafficPolicy::Local;
         s.internal_traffic_policy = TrafficPolicy::Local;
         s.affinity_timeout = Some(60);

@@ -335,3 +335,109 @@ fn an_upgrade_from_an_ipv4_only_build_keeps_running_pods_ipv6() {
     );
     assert!(ping(&a.ns, IpAddr::V6(b.v6)), "A's IPv6 works again");
 }
+
+/// IPv6 services, as an operator declares them with `margayctl service
+/// apply`: a pod reaches an IPv6 ClusterIP over TCP and UDP, the backend
+/// sees the client's own address and the client the service's (its
+/// socket accepts nothing else); a service without backends refuses at
+/// once (TCP with a reset, UDP with ICMPv6 port unreachable); a pod
+/// reaches itself through a
+/// service (hairpin); the backend's policy judges the client.
+#[test]
+fn ipv6_services_balance_reverse_refuse_and_hairpin() {
+    require_root!(ipv6_services_balance_reverse_refuse_and_hairpin);
+    let node = Node::new("10.217.6.0/24", "fd00:217:6::/64");
+    let a = node.pod("a6s");
+    let b = node.pod("b6s");
+    let tcp_a = TcpServer::start_on(Some(&a.ns), ANY6, "a");
+    let tcp_b = TcpServer::start_on(Some(&b.ns), ANY6, "b");
+    let udp_b = UdpServer::start_on(Some(&b.ns), ANY6, "b");
+    let vip: Ipv6Addr = "fd00:96:6::10".parse().unwrap();
+    let (empty, itself): (Ipv6Addr, Ipv6Addr) = (
+        "fd00:96:6::11".parse().unwrap(),
+        "fd00:96:6::12".parse().unwrap(),
+    );
+    let services = serde_json::json!({"services": [
+        {"name": "ns/web6", "vip": vip, "port": 80, "backends": [v6(b.v6, tcp_b.port)]},
+        {"name": "ns/dns6", "vip": vip, "port": 53, "protocol": "udp",
+         "backends": [v6(b.v6, udp_b.port)]},
+        {"name": "ns/empty6", "vip": empty, "port": 80},
+        {"name": "ns/empty6-dns", "vip": empty, "port": 53, "protocol": "udp"},
+        {"name": "ns/self6", "vip": itself, "port": 80, "backends": [v6(a.v6, tcp_a.port)]},
+    ]});
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("services.json");
+    std::fs::write(&file, services.to_string()).unwrap();
+    node.node
+        .ctl(&["service", "apply", "-f", file.to_str().unwrap()])
+        .unwrap();
+
+    for round in 0..2 {
+        assert_eq!(
+            traffic::request(Some(&a.ns), v6(vip, 80)).unwrap(),
+            format!("b {}", a.v6),
+            "TCP through the ClusterIP, round {round}: the backend sees the client"
+        );
+        assert_eq!(
+            traffic::udp_request(Some(&a.ns), v6(vip, 53)).unwrap(),
+            format!("b {}", a.v6),
+            "UDP through the ClusterIP, round {round}"
+        );
+    }
+
+    let started = Instant::now();
+    let refused = traffic::request(Some(&a.ns), v6(empty, 80)).unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "{refused}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "refused at once, not after the SYN's retransmission: {:?}",
+        started.elapsed()
+    );
+    let refused = traffic::udp_request(Some(&a.ns), v6(empty, 53)).unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "UDP: {refused}"
+    );
+    assert!(node.drops(&a, abi::DROP_NO_BACKEND) >= 2);
+
+    assert_eq!(
+        traffic::request(Some(&a.ns), v6(itself, 80)).unwrap(),
+        "a 100::a9fe:2a01",
+        "a pod reaches itself through its service, from the hairpin address"
+    );
+
+    let listing = node.node.ctl(&["--json", "service", "list"]).unwrap();
+    assert!(
+        listing.contains(&format!("\"{vip}\"")) && listing.contains(&format!("[{}]:", b.v6)),
+        "{listing}"
+    );
+
+    let translations = node.node.ctl(&["nat", "dump"]).unwrap();
+    assert!(
+        translations.contains(&format!("[{vip}]:80"))
+            && translations.contains(&format!("[{}]:{}", b.v6, tcp_b.port))
+            && translations.contains("100::a9fe:2a01"),
+        "{translations}"
+    );
+
+    // Policy judges the backend pod, as for IPv4.
+    node.policy(&b, r#"{"ingress": []}"#);
+    assert!(traffic::request(Some(&a.ns), v6(vip, 80)).is_err());
+    assert!(node.drops(&b, abi::DROP_POLICY_INGRESS) >= 1);
+    node.policy(
+        &b,
+        &format!(
+            r#"{{"ingress": [{{"action": "allow", "cidr": "{}/128"}}]}}"#,
+            a.v6
+        ),
+    );
+    assert_eq!(
+        traffic::request(Some(&a.ns), v6(vip, 80)).unwrap(),
+        format!("b {}", a.v6)
+    );
+}

@@ -638,11 +638,11 @@ fn ten_thousand_services_apply_at_once_and_the_last_one_answers() {
     // Setting up the node's maps happens with the first pod; open them.
     let specs: Vec<ServiceSpec> = (0..10_000u32)
         .map(|i| ServiceSpec {
-            backends: vec![SocketAddrV4::new(v4(&b), server.port)],
+            backends: vec![SocketAddrV4::new(v4(&b), server.port).into()],
             // 10.96.0.1 ..
             ..ServiceSpec::new(
                 format!("ns/svc-{i}"),
-                Ipv4Addr::from(0x0a60_0000 + i + 1),
+                Ipv4Addr::from(0x0a60_0000 + i + 1).into(),
                 80,
                 Protocol::TCP,
             )
@@ -682,12 +682,12 @@ fn changes_applied_one_by_one_leave_the_maps_as_a_whole_apply_would() {
     let net = Net::new(NetSpec::bpf("10.245.14.0/24"));
     let (near, leaving) = (net.pod("near"), net.pod("leave"));
     let root = net.bpf_root();
-    let remote = |i: u8| SocketAddrV4::new(Ipv4Addr::new(10, 244, 9, i), 80);
-    let spec = |i: u32, backends: Vec<SocketAddrV4>| ServiceSpec {
+    let remote = |i: u8| SocketAddr::from((Ipv4Addr::new(10, 244, 9, i), 80));
+    let spec = |i: u32, backends: Vec<SocketAddr>| ServiceSpec {
         backends,
         ..ServiceSpec::new(
             format!("ns/s{i}"),
-            Ipv4Addr::from(0x0a60_0c00 + i),
+            Ipv4Addr::from(0x0a60_0c00 + i).into(),
             80,
             Protocol::TCP,
         )
@@ -701,8 +701,8 @@ fn changes_applied_one_by_one_leave_the_maps_as_a_whole_apply_would() {
         ..spec(
             41,
             vec![
-                SocketAddrV4::new(v4(&near), 80),
-                SocketAddrV4::new(v4(&leaving), 80),
+                SocketAddr::from((v4(&near), 80)),
+                SocketAddr::from((v4(&leaving), 80)),
                 remote(1),
             ],
         )
@@ -751,7 +751,7 @@ fn changes_applied_one_by_one_leave_the_maps_as_a_whole_apply_would() {
     ];
     let moved = spec(7, vec![remote(7)]);
     let moved_to = ServiceSpec {
-        vip: Ipv4Addr::new(10, 96, 99, 7),
+        vip: Ipv4Addr::new(10, 96, 99, 7).into(),
         ..moved.clone()
     };
     changed.push(moved_to.clone());
@@ -800,8 +800,8 @@ fn changes_applied_one_by_one_leave_the_maps_as_a_whole_apply_would() {
         b
     };
     let mut both = vec![
-        SocketAddrV4::new(v4(&near), 80),
-        SocketAddrV4::new(v4(&leaving), 80),
+        SocketAddr::from((v4(&near), 80)),
+        SocketAddr::from((v4(&leaving), 80)),
     ];
     both.sort();
     assert_eq!(local_backends(&service::list(root).unwrap()), both);
@@ -810,7 +810,7 @@ fn changes_applied_one_by_one_leave_the_maps_as_a_whole_apply_would() {
     set.insert(spec(4, vec![]).cluster_ip(), spec(4, vec![remote(44)]));
     assert_eq!(
         local_backends(&service::list(root).unwrap()),
-        vec![SocketAddrV4::new(v4(&near), 80)],
+        vec![SocketAddr::from((v4(&near), 80))],
         "the pod that left is no local backend"
     );
     nothing_left_to_do(&mut table, &set, "after a pod left");

@@ -8,7 +8,7 @@
 //! a reason ([`Skipped`]), so one bad Service never holds back the others.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Service, ServicePort};
@@ -404,7 +404,7 @@ impl Claimant {
     fn new(spec: ServiceSpec, node_addrs: &[Ipv4Addr]) -> Claimant {
         let node_port_frontends = spec.node_port.into_iter().flat_map(|port| {
             node_addrs.iter().map(move |&addr| Frontend {
-                addr,
+                addr: addr.into(),
                 port,
                 protocol: spec.protocol,
             })
@@ -713,10 +713,10 @@ fn translate_service(
             .filter(|p| *p != 0);
         let has_external = node_port.is_some() || !external_ips.is_empty();
         let model = ServiceSpec {
-            backends,
+            backends: backends.into_iter().map(SocketAddr::V4).collect(),
             affinity_timeout,
             node_port,
-            external_ips: external_ips.clone(),
+            external_ips: external_ips.iter().map(|&a| IpAddr::V4(a)).collect(),
             // Local without an external frontend means nothing (the API
             // refuses it on a ClusterIP Service; the model too).
             external_traffic_policy: if has_external {
@@ -725,7 +725,7 @@ fn translate_service(
                 TrafficPolicy::Cluster
             },
             internal_traffic_policy: internal_policy,
-            ..ServiceSpec::new(spec_name(&label), vip, service_port, protocol)
+            ..ServiceSpec::new(spec_name(&label), vip.into(), service_port, protocol)
         };
         if let Err(e) = model.check() {
             skip(label, &e.to_string());
@@ -897,7 +897,7 @@ mod tests {
         )
     }
 
-    fn sock(s: &str) -> SocketAddrV4 {
+    fn sock(s: &str) -> SocketAddr {
         s.parse().unwrap()
     }
 
