@@ -548,6 +548,38 @@ int from_pod(struct __sk_buff *skb)
 		   : leave_node(skb, &p, ct_flags, via, slot);
 }
 
+/* egress_to_service_established for IPv6: the NAT entry of the client's
+ * tuple while it is fresh, then the translated flow's conntrack entry,
+ * whose pod side must be the sender. A global function: its keys take a
+ * stack frame of their own. */
+__attribute__((noinline)) int egress_to_service6_established(struct __sk_buff *skb,
+							     struct packet *p, __u32 ifindex,
+							     __u64 now)
+{
+	if (!p || p->proto != IPPROTO_TCP || (p->tcp_flags & TCPF_SYN))
+		return SHORT_PATH_MISSED;
+	struct nat_key6 fk;
+	nat_key6_fill(&fk, &p->saddr6, &p->daddr6, p->sport, p->dport, p->proto, NAT_FWD);
+	struct nat_entry6 *fwd = bpf_map_lookup_elem(&nat6, &fk);
+	if (!fwd || !v6_unspecified(&fwd->peer) ||
+	    (__s64)(now - fwd->last_seen_ns) > (__s64)CT_REFRESH_NS)
+		return SHORT_PATH_MISSED;
+	union v6addr backend = fwd->addr;
+	__be16 backend_port = fwd->port;
+	struct ct_key6 k;
+	bool src_is_a =
+		ct_key6_fill(&k, &p->saddr6, &backend, p->sport, backend_port, p->proto, ifindex);
+	struct ct_entry *e = ct_live(bpf_map_lookup_elem(&conntrack6, &k), p, now);
+	if (!e || src_is_a != !!(e->flags & CT_F_POD_IS_A) ||
+	    __builtin_memcmp(p->src_mac, e->pod_mac, ETH_ALEN) != 0)
+		return SHORT_PATH_MISSED;
+	if (nat_rewrite6(skb, p, false, &backend, backend_port) < 0)
+		return drop(p, e->slot, ifindex, DIR_EGRESS, DROP_NAT);
+	ct_update(e, p, src_is_a, now);
+	count_allowed(e->slot, DIR_EGRESS, p->len);
+	return TC_ACT_OK;
+}
+
 /* from_pod's IPv6 half, tail-called for every IPv6 packet (CALL_FROM_POD6):
  * the same short path for an established flow, then the endpoint's checks
  * and from_pod_v6. */
@@ -559,11 +591,15 @@ int from_pod6(struct __sk_buff *skb)
 	int parsed = parse_packet(skb, &p);
 
 	/* The entry says which side is the pod: the sender must be. A packet
-	 * that may be to a service takes the long path, which translates it
-	 * before looking its flow up; so does a reply of a service flow (its
-	 * entry is CT_F_SERVICE). */
+	 * that may be to a service takes the service's short path, or the
+	 * long path, which translates it before looking its flow up; so does
+	 * a reply of a service flow (its entry is CT_F_SERVICE). */
 	bool ct_missed = false;
-	if (parsed == PARSED_IPV6 && !p.fragment && !maybe_service(&p)) {
+	if (parsed == PARSED_IPV6 && !p.fragment && maybe_service(&p)) {
+		int verdict = egress_to_service6_established(skb, &p, ifindex, flow_clock());
+		if (verdict != SHORT_PATH_MISSED)
+			return verdict;
+	} else if (parsed == PARSED_IPV6 && !p.fragment) {
 		__u64 now = flow_clock();
 		bool src_is_a;
 		struct ct_entry *e = ct6_find(&p, ifindex, now, &src_is_a);
