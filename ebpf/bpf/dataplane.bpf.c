@@ -361,6 +361,10 @@ static __always_inline int from_pod_v6(struct __sk_buff *skb, struct packet *p,
 	}
 	if (lb == LB_FAILED)
 		return drop(p, slot, ifindex, DIR_EGRESS, DROP_NAT);
+	/* An error this pod's kernel sends about a service's reply is the
+	 * backend's to hear (its own ingress then passes it as related). */
+	if (lb == LB_NONE && nat_forward_icmp6_error(skb, p) == NAT_FAILED)
+		return drop(p, slot, ifindex, DIR_EGRESS, DROP_NAT);
 	struct ct_entry *e;
 	/* The short path looked this very tuple up unless it was translated. */
 	if (!ct_missed || lb == LB_TRANSLATED) {
@@ -400,8 +404,12 @@ static __always_inline int to_pod_v6(struct __sk_buff *skb, struct packet *p,
 		return flowless;
 	if (flowless == TC_ACT_OK)
 		goto allowed;
-	if (ct6_related(skb, p, ifindex))
+	if (ct6_related(skb, p, ifindex)) {
+		/* About this pod's service connection: it must name the service. */
+		if (nat_reverse_icmp6_error(skb, p) == NAT_FAILED)
+			return drop(p, slot, ifindex, DIR_INGRESS, DROP_NAT);
 		goto allowed;
+	}
 	/* The node itself is let in, as for IPv4 (ingress_verdict). */
 	bool from_node = skb->ingress_ifindex == 0;
 	if (!from_node) {

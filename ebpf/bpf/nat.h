@@ -459,3 +459,103 @@ static __always_inline int nat_reverse6(struct __sk_buff *skb, struct packet *p)
 		return NAT_FAILED;
 	return NAT_TRANSLATED;
 }
+
+#define QUOTE6_SADDR(p) (icmp_quote_off(p) + __builtin_offsetof(struct ipv6hdr, saddr))
+#define QUOTE6_DADDR(p) (icmp_quote_off(p) + __builtin_offsetof(struct ipv6hdr, daddr))
+#define QUOTE6_SPORT(p) (icmp_quote_off(p) + sizeof(struct ipv6hdr))
+#define QUOTE6_DPORT(p) (icmp_quote_off(p) + sizeof(struct ipv6hdr) + 2)
+#define ICMP6_CSUM(p) ((p)->l4_off + __builtin_offsetof(struct icmp6hdr, icmp6_cksum))
+#define OUTER6_SADDR (ETH_HLEN + __builtin_offsetof(struct ipv6hdr, saddr))
+#define OUTER6_DADDR (ETH_HLEN + __builtin_offsetof(struct ipv6hdr, daddr))
+
+/* Writes address `to` over `from` at `off` of an ICMPv6 error, fixing its
+ * checksum, which covers the whole message and, for an outer address
+ * (`pseudo`), its pseudo-header. */
+static __always_inline int icmp6_store_addr(struct __sk_buff *skb, const struct packet *p,
+					    __u32 off, const union v6addr *from,
+					    const union v6addr *to, bool pseudo)
+{
+	if (v6addr_equal(from, to))
+		return 0;
+	__s64 diff = bpf_csum_diff((__be32 *)from->w, sizeof(*from), (__be32 *)to->w, sizeof(*to), 0);
+	if (bpf_l4_csum_replace(skb, ICMP6_CSUM(p), 0, diff, pseudo ? BPF_F_PSEUDO_HDR : 0) < 0)
+		return -1;
+	return bpf_skb_store_bytes(skb, off, to, sizeof(*to), 0);
+}
+
+/* The same for a quoted port. */
+static __always_inline int icmp6_store_port(struct __sk_buff *skb, const struct packet *p,
+					    __u32 off, __be16 from, __be16 to)
+{
+	if (from == to)
+		return 0;
+	if (bpf_l4_csum_replace(skb, ICMP6_CSUM(p), from, to, sizeof(to)) < 0)
+		return -1;
+	return bpf_skb_store_bytes(skb, off, &to, sizeof(to), 0);
+}
+
+/* nat_reverse_icmp_error for IPv6: an ICMPv6 error quoting a translated
+ * flow's packet (client -> backend), from the backend or a router on the
+ * way, made to quote the frontend the client spoke to (and to come from it
+ * when the backend sent it). A global function: its quote and key take a
+ * stack frame of their own. */
+__attribute__((noinline)) int nat_reverse_icmp6_error(struct __sk_buff *skb, struct packet *p)
+{
+	struct icmp6_quote q;
+	__be16 sport, dport;
+	if (!p || !icmp6_error_quote(skb, p, &q, &sport, &dport) ||
+	    (q.ip.nexthdr != IPPROTO_TCP && q.ip.nexthdr != IPPROTO_UDP))
+		return NAT_NO_ENTRY;
+	union v6addr *qsaddr = (union v6addr *)&q.ip.saddr, *qdaddr = (union v6addr *)&q.ip.daddr;
+	struct nat_key6 k;
+	nat_key6_fill(&k, qdaddr, qsaddr, dport, sport, q.ip.nexthdr, NAT_REV);
+	struct nat_entry6 *rev = bpf_map_lookup_elem(&nat6, &k);
+	if (!rev)
+		return NAT_NO_ENTRY;
+	union v6addr frontend = rev->addr, client = rev->peer;
+	__be16 frontend_port = rev->port;
+	if (icmp6_store_addr(skb, p, QUOTE6_DADDR(p), qdaddr, &frontend, false) < 0 ||
+	    icmp6_store_port(skb, p, QUOTE6_DPORT(p), dport, frontend_port) < 0)
+		return NAT_FAILED;
+	/* A hairpin: the quote's source and the error's destination are the
+	 * hairpin address, the client's own to the client. */
+	if (!v6_unspecified(&client)) {
+		if (icmp6_store_addr(skb, p, QUOTE6_SADDR(p), qsaddr, &client, false) < 0 ||
+		    icmp6_store_addr(skb, p, OUTER6_DADDR, &p->daddr6, &client, true) < 0)
+			return NAT_FAILED;
+		p->daddr6 = client;
+	}
+	if (v6addr_equal(&p->saddr6, qdaddr)) {
+		if (icmp6_store_addr(skb, p, OUTER6_SADDR, &p->saddr6, &frontend, true) < 0)
+			return NAT_FAILED;
+		p->saddr6 = frontend;
+	}
+	return NAT_TRANSLATED;
+}
+
+/* nat_forward_icmp_error for IPv6: an error a client sends about a
+ * service's reply (frontend -> client) goes to the backend, quoting the
+ * reply as the backend sent it. A hairpin's is left as it is. A global
+ * function, as nat_reverse_icmp6_error. */
+__attribute__((noinline)) int nat_forward_icmp6_error(struct __sk_buff *skb, struct packet *p)
+{
+	struct icmp6_quote q;
+	__be16 sport, dport;
+	if (!p || !icmp6_error_quote(skb, p, &q, &sport, &dport) ||
+	    (q.ip.nexthdr != IPPROTO_TCP && q.ip.nexthdr != IPPROTO_UDP))
+		return NAT_NO_ENTRY;
+	union v6addr *qsaddr = (union v6addr *)&q.ip.saddr, *qdaddr = (union v6addr *)&q.ip.daddr;
+	struct nat_key6 k;
+	nat_key6_fill(&k, qdaddr, qsaddr, dport, sport, q.ip.nexthdr, NAT_FWD);
+	struct nat_entry6 *fwd = bpf_map_lookup_elem(&nat6, &k);
+	if (!fwd || !v6_unspecified(&fwd->peer) || !v6addr_equal(&p->daddr6, qsaddr))
+		return NAT_NO_ENTRY;
+	union v6addr backend = fwd->addr;
+	__be16 backend_port = fwd->port;
+	if (icmp6_store_addr(skb, p, QUOTE6_SADDR(p), qsaddr, &backend, false) < 0 ||
+	    icmp6_store_port(skb, p, QUOTE6_SPORT(p), sport, backend_port) < 0 ||
+	    icmp6_store_addr(skb, p, OUTER6_DADDR, &p->daddr6, &backend, true) < 0)
+		return NAT_FAILED;
+	p->daddr6 = backend;
+	return NAT_TRANSLATED;
+}

@@ -311,8 +311,12 @@ pub fn backend_talks_after_the_client_left(
     addr: SocketAddr,
 ) -> std::io::Result<()> {
     backend.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let any = match addr {
+        SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        SocketAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    };
     let client = in_netns(client_ns, move || {
-        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        let s = std::net::UdpSocket::bind((any, 0))?;
         s.connect(addr)?;
         s.set_read_timeout(Some(Duration::from_secs(2)))?;
         Ok::<_, std::io::Error>(s)

@@ -364,13 +364,13 @@ fn ipv6_services_balance_reverse_refuse_and_hairpin() {
         {"name": "ns/empty6", "vip": empty, "port": 80},
         {"name": "ns/empty6-dns", "vip": empty, "port": 53, "protocol": "udp"},
         {"name": "ns/self6", "vip": itself, "port": 80, "backends": [v6(a.v6, tcp_a.port)]},
+        // Nothing listens on port 9 of B.
+        {"name": "ns/closed6", "vip": vip, "port": 54, "protocol": "udp",
+         "backends": [v6(b.v6, 9)]},
     ]});
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("services.json");
-    std::fs::write(&file, services.to_string()).unwrap();
-    node.node
-        .ctl(&["service", "apply", "-f", file.to_str().unwrap()])
-        .unwrap();
+    apply_more(&node, &file, &services, serde_json::json!([]));
 
     for round in 0..2 {
         assert_eq!(
@@ -411,6 +411,30 @@ fn ipv6_services_balance_reverse_refuse_and_hairpin() {
         "a pod reaches itself through its service, from the hairpin address"
     );
 
+    // ICMPv6 errors through a service, both ways: the backend's port
+    // unreachable reaches the client's socket as the service's; the
+    // client's, about a reply to a socket it closed, reaches the backend's
+    // as its own flow's.
+    let closed = traffic::udp_request(Some(&a.ns), v6(vip, 54)).unwrap_err();
+    assert_eq!(
+        closed.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "{closed}"
+    );
+    let talker = traffic::in_netns(Some(&b.ns), || std::net::UdpSocket::bind("[::]:0").unwrap());
+    let talker_port = talker.local_addr().unwrap().port();
+    apply_more(
+        &node,
+        &file,
+        &services,
+        serde_json::json!(
+        {"name": "ns/talk6", "vip": vip, "port": 55, "protocol": "udp",
+         "backends": [v6(b.v6, talker_port)]}),
+    );
+    let gone = traffic::backend_talks_after_the_client_left(&talker, Some(&a.ns), v6(vip, 55))
+        .unwrap_err();
+    assert_eq!(gone.kind(), std::io::ErrorKind::ConnectionRefused, "{gone}");
+
     let listing = node.node.ctl(&["--json", "service", "list"]).unwrap();
     assert!(
         listing.contains(&format!("\"{vip}\"")) && listing.contains(&format!("[{}]:", b.v6)),
@@ -440,4 +464,19 @@ fn ipv6_services_balance_reverse_refuse_and_hairpin() {
         traffic::request(Some(&a.ns), v6(vip, 80)).unwrap(),
         format!("b {}", a.v6)
     );
+}
+
+/// Applies `services` (a service file) with `more` (a service, or an array
+/// of them) added, with `margayctl service apply`.
+fn apply_more(node: &Node, file: &std::path::Path, services: &Value, more: Value) {
+    let mut all = services.clone();
+    let list = all["services"].as_array_mut().unwrap();
+    match more {
+        Value::Array(more) => list.extend(more),
+        one => list.push(one),
+    }
+    std::fs::write(file, all.to_string()).unwrap();
+    node.node
+        .ctl(&["service", "apply", "-f", file.to_str().unwrap()])
+        .unwrap();
 }
