@@ -8,7 +8,7 @@
 //! a reason ([`Skipped`]), so one bad Service never holds back the others.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Service, ServicePort};
@@ -37,6 +37,9 @@ pub struct Translation {
     pub health_checks: Vec<HealthCheck>,
 }
 
+/// The EndpointSlice address types balanced.
+const FAMILIES: [&str; 2] = ["IPv4", "IPv6"];
+
 /// A Service (or one of its ports) left out, and why.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Skipped {
@@ -59,7 +62,7 @@ pub struct HealthCheck {
 /// An endpoint address as kube-proxy judges it.
 #[derive(Debug, Clone, Copy)]
 struct Candidate {
-    addr: Ipv4Addr,
+    addr: IpAddr,
     ready: bool,
     serving: bool,
     terminating: bool,
@@ -103,7 +106,8 @@ pub struct Translator {
     node: String,
     node_addrs: Vec<Ipv4Addr>,
     services: HashMap<ObjectKey, Arc<Service>>,
-    /// The IPv4 slices of each Service, by name (most have one).
+    /// The IPv4 and IPv6 slices of each Service, by name (most have one
+    /// of each family it has).
     slices: HashMap<ObjectKey, Vec<Arc<EndpointSlice>>>,
     /// The Service each known slice counts for.
     slice_owner: HashMap<ObjectKey, ObjectKey>,
@@ -193,7 +197,9 @@ impl Translator {
             let owner = (key.0.clone(), service.clone());
             // The Service's own key when it is known: one copy of the names.
             let known = self.services.get_key_value(&owner).map(|(k, _)| k.clone());
-            (s.address_type == "IPv4").then(|| known.unwrap_or_else(|| Arc::new(owner)))
+            FAMILIES
+                .contains(&s.address_type.as_str())
+                .then(|| known.unwrap_or_else(|| Arc::new(owner)))
         });
         let old_owner = self.slice_owner.get(&key);
         if let (Some(new), Some(owner), Some(old_owner)) = (&slice, &owner, old_owner)
@@ -364,11 +370,12 @@ fn unlisted<'a, K: kube::Resource>(
 }
 
 /// What a spec needs to itself: a frontend, or a NodePort (on every node
-/// address, and reserved even on a node without one).
+/// address, and reserved even on a node without one), once per family
+/// (true: IPv6's): a dual-stack Service's two specs share theirs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum ClaimKey {
     Frontend(Frontend),
-    NodePort(u16, Protocol),
+    NodePort(u16, Protocol, bool),
 }
 
 /// The order claims are settled in: older Services first, then by name,
@@ -402,7 +409,9 @@ enum Judgement {
 
 impl Claimant {
     fn new(spec: ServiceSpec, node_addrs: &[Ipv4Addr]) -> Claimant {
-        let node_port_frontends = spec.node_port.into_iter().flat_map(|port| {
+        // The node's NodePort addresses are IPv4.
+        let node_port = spec.node_port.filter(|_| spec.vip.is_ipv4());
+        let node_port_frontends = node_port.into_iter().flat_map(|port| {
             node_addrs.iter().map(move |&addr| Frontend {
                 addr: addr.into(),
                 port,
@@ -413,7 +422,10 @@ impl Claimant {
             .chain(spec.external_frontends())
             .chain(node_port_frontends)
             .map(ClaimKey::Frontend)
-            .chain(spec.node_port.map(|p| ClaimKey::NodePort(p, spec.protocol)))
+            .chain(
+                spec.node_port
+                    .map(|p| ClaimKey::NodePort(p, spec.protocol, spec.vip.is_ipv6())),
+            )
             .collect();
         Claimant {
             spec,
@@ -560,7 +572,7 @@ impl std::fmt::Display for ClaimKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ClaimKey::Frontend(frontend) => frontend.fmt(f),
-            ClaimKey::NodePort(port, protocol) => write!(f, "node port {port}/{protocol}"),
+            ClaimKey::NodePort(port, protocol, _) => write!(f, "node port {port}/{protocol}"),
         }
     }
 }
@@ -617,17 +629,22 @@ fn translate_service(
     if cluster_ips.contains(&"None") {
         return left_out(whole, "headless: clients reach the pods directly");
     }
-    let Some(vip) = cluster_ips
+    // A dual-stack Service has a ClusterIP of each family: a service of
+    // the model each, the first (its primary family's) first.
+    let mut vips: Vec<IpAddr> = Vec::new();
+    for ip in cluster_ips
         .iter()
-        .find_map(|ip| ip.parse::<Ipv4Addr>().ok())
-    else {
-        return left_out(
-            whole,
-            "no IPv4 ClusterIP (IPv6 services are not balanced yet)",
-        );
-    };
+        .filter_map(|ip| ip.parse::<IpAddr>().ok())
+    {
+        if !vips.iter().any(|v| v.is_ipv6() == ip.is_ipv6()) {
+            vips.push(ip);
+        }
+    }
+    if vips.is_empty() {
+        return left_out(whole, "no ClusterIP");
+    }
     let node_ports_open = kind == "NodePort" || kind == "LoadBalancer";
-    let mut external_ips: Vec<Ipv4Addr> = spec
+    let mut external_ips: Vec<IpAddr> = spec
         .external_ips
         .iter()
         .flatten()
@@ -646,14 +663,10 @@ fn translate_service(
                 .into_iter()
                 .flatten()
                 .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
-                .filter_map(|i| i.ip.as_deref()?.parse::<Ipv4Addr>().ok()),
+                .filter_map(|i| i.ip.as_deref()?.parse::<IpAddr>().ok()),
         );
     }
-    let external_ips: Vec<Ipv4Addr> = external_ips
-        .into_iter()
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let external_ips: BTreeSet<IpAddr> = external_ips.into_iter().collect();
     let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
         spec.session_affinity_config
             .as_ref()
@@ -670,13 +683,30 @@ fn translate_service(
     let external_policy = policy(&spec.external_traffic_policy);
     let internal_policy = policy(&spec.internal_traffic_policy);
 
-    let mut local_endpoints: BTreeSet<Ipv4Addr> = BTreeSet::new();
+    // Counted for the health check in the primary family alone: a
+    // dual-stack pod is one endpoint.
+    let mut local_endpoints: BTreeSet<IpAddr> = BTreeSet::new();
     let mut translated = Vec::new();
-    for port in spec.ports.iter().flatten() {
+    for (vip, port) in vips
+        .iter()
+        .flat_map(|vip| spec.ports.iter().flatten().map(move |port| (*vip, port)))
+    {
+        let family = if vip.is_ipv6() { "IPv6" } else { "IPv4" };
+        let slices: Vec<&EndpointSlice> = slices
+            .iter()
+            .copied()
+            .filter(|s| s.address_type == family)
+            .collect();
         let port_name = port.name.as_deref().filter(|n| !n.is_empty());
-        let label = match port_name {
+        let port_label = match port_name {
             Some(p) => format!("{whole}:{p}"),
             None => whole.clone(),
+        };
+        // The second family's services say which they are.
+        let label = if vip == vips[0] {
+            port_label
+        } else {
+            format!("{port_label} ({family})")
         };
         let protocol_name = port.protocol.as_deref().unwrap_or("TCP");
         let protocol = match protocol_name {
@@ -691,7 +721,7 @@ fn translate_service(
             skip(label, &format!("port {} is not a port", port.port));
             continue;
         };
-        let chosen = serving(&candidates(slices, port, protocol_name, node));
+        let chosen = serving(&candidates(&slices, port, protocol_name, node));
         if chosen.len() > MAX_BACKENDS {
             skip(
                 label,
@@ -699,13 +729,20 @@ fn translate_service(
             );
             continue;
         }
-        local_endpoints.extend(
-            chosen
-                .iter()
-                .filter(|(_, local)| *local)
-                .map(|(b, _)| *b.ip()),
-        );
-        let backends: Vec<SocketAddrV4> = chosen.into_iter().map(|(b, _)| b).collect();
+        if vip == vips[0] {
+            local_endpoints.extend(
+                chosen
+                    .iter()
+                    .filter(|(_, local)| *local)
+                    .map(|(b, _)| b.ip()),
+            );
+        }
+        let backends: Vec<SocketAddr> = chosen.into_iter().map(|(b, _)| b).collect();
+        let external_ips: Vec<IpAddr> = external_ips
+            .iter()
+            .filter(|a| a.is_ipv6() == vip.is_ipv6())
+            .copied()
+            .collect();
         let node_port = port
             .node_port
             .filter(|_| node_ports_open)
@@ -713,10 +750,10 @@ fn translate_service(
             .filter(|p| *p != 0);
         let has_external = node_port.is_some() || !external_ips.is_empty();
         let model = ServiceSpec {
-            backends: backends.into_iter().map(SocketAddr::V4).collect(),
+            backends,
             affinity_timeout,
             node_port,
-            external_ips: external_ips.iter().map(|&a| IpAddr::V4(a)).collect(),
+            external_ips,
             // Local without an external frontend means nothing (the API
             // refuses it on a ClusterIP Service; the model too).
             external_traffic_policy: if has_external {
@@ -725,7 +762,7 @@ fn translate_service(
                 TrafficPolicy::Cluster
             },
             internal_traffic_policy: internal_policy,
-            ..ServiceSpec::new(spec_name(&label), vip.into(), service_port, protocol)
+            ..ServiceSpec::new(spec_name(&label), vip, service_port, protocol)
         };
         if let Err(e) = model.check() {
             skip(label, &e.to_string());
@@ -790,8 +827,8 @@ fn candidates(
     out
 }
 
-/// An endpoint's IPv4 addresses with its conditions, as kube-proxy reads
-/// them: unset `ready` and `serving` mean yes, unset `terminating` no.
+/// An endpoint's addresses with its conditions, as kube-proxy reads them:
+/// unset `ready` and `serving` mean yes, unset `terminating` no.
 fn judge(endpoint: &Endpoint, node: &str) -> Vec<Candidate> {
     let conditions = endpoint.conditions.as_ref();
     let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
@@ -801,7 +838,7 @@ fn judge(endpoint: &Endpoint, node: &str) -> Vec<Candidate> {
     endpoint
         .addresses
         .iter()
-        .filter_map(|a| a.parse::<Ipv4Addr>().ok())
+        .filter_map(|a| a.parse::<IpAddr>().ok())
         .map(|addr| Candidate {
             addr,
             ready,
@@ -816,12 +853,12 @@ fn judge(endpoint: &Endpoint, node: &str) -> Vec<Candidate> {
 /// the terminating ones still serving (so a rollout's last pod finishes
 /// its connections' successors instead of refusing them). Sorted, each
 /// once, with whether it runs on this node.
-fn serving(candidates: &[(Candidate, u16)]) -> Vec<(SocketAddrV4, bool)> {
-    let pick = |keep: &dyn Fn(&Candidate) -> bool| -> BTreeMap<SocketAddrV4, bool> {
+fn serving(candidates: &[(Candidate, u16)]) -> Vec<(SocketAddr, bool)> {
+    let pick = |keep: &dyn Fn(&Candidate) -> bool| -> BTreeMap<SocketAddr, bool> {
         candidates
             .iter()
             .filter(|(c, _)| keep(c))
-            .map(|(c, port)| (SocketAddrV4::new(c.addr, *port), c.local))
+            .map(|(c, port)| (SocketAddr::new(c.addr, *port), c.local))
             .collect()
     };
     let mut chosen = pick(&|c| c.ready && !c.terminating);
@@ -1039,6 +1076,60 @@ mod tests {
         assert_eq!(t.specs[0].backends, [], "no slice: a frontend that refuses");
     }
 
+    /// A dual-stack Service is a service of each family, the second named
+    /// as such: each with the endpoints of its family's slices and its
+    /// family's external IPs; both keep the one NodePort, whose frontends
+    /// are on the node's (IPv4) addresses.
+    #[test]
+    fn a_dual_stack_service_is_a_service_of_each_family() {
+        let web = service_with(
+            "web",
+            json!({"type": "LoadBalancer", "ipFamilies": ["IPv6", "IPv4"],
+                   "clusterIP": "fd00:96::10", "clusterIPs": ["fd00:96::10", "10.96.0.10"],
+                   "externalIPs": ["203.0.113.7", "2001:db8::7"],
+                   "ports": [{"name": "http", "port": 80, "nodePort": 30080}]}),
+            json!({}),
+            json!({}),
+        );
+        let slices = [
+            slice(
+                "web",
+                "IPv4",
+                &[("http", 8080, "TCP")],
+                &[("10.244.0.5", "n0", true, true, false)],
+            ),
+            slice(
+                "web",
+                "IPv6",
+                &[("http", 8080, "TCP")],
+                &[
+                    ("fd00:244::5", "n0", true, true, false),
+                    ("fd00:244::6", "n1", true, true, false),
+                ],
+            ),
+        ];
+        let t = translate(&[web], &slices, "n0", &NODE);
+        let names: Vec<&str> = t.specs.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["ns/web:http", "ns/web:http (IPv4)"],
+            "the primary family first"
+        );
+        let (v6, v4) = (&t.specs[0], &t.specs[1]);
+        assert_eq!(v6.vip, "fd00:96::10".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            v6.backends,
+            [sock("[fd00:244::5]:8080"), sock("[fd00:244::6]:8080")]
+        );
+        assert_eq!(v6.external_ips, ["2001:db8::7".parse::<IpAddr>().unwrap()]);
+        assert_eq!(v4.vip, "10.96.0.10".parse::<IpAddr>().unwrap());
+        assert_eq!(v4.backends, [sock("10.244.0.5:8080")]);
+        assert_eq!(v4.external_ips, ["203.0.113.7".parse::<IpAddr>().unwrap()]);
+        assert_eq!((v4.node_port, v6.node_port), (Some(30080), Some(30080)));
+        assert!(t.skipped.is_empty(), "{:?}", t.skipped);
+        margay_model::service::validate(&t.specs).expect("a valid set");
+    }
+
     #[test]
     fn what_cannot_be_balanced_is_skipped_with_a_reason() {
         let services = [
@@ -1056,10 +1147,7 @@ mod tests {
                 "alias",
                 json!({"type": "ExternalName", "externalName": "example.com"}),
             ),
-            service(
-                "v6",
-                json!({"clusterIP": "fd00::20", "clusterIPs": ["fd00::20"], "ports": [{"port": 80}]}),
-            ),
+            service("noip", json!({"clusterIP": "", "ports": [{"port": 80}]})),
             service(
                 "mixed",
                 json!({"clusterIP": "10.96.0.21", "ports": [{"name": "a", "port": 80},
@@ -1082,13 +1170,10 @@ mod tests {
                 ("ns/alias", "type ExternalName has nothing to balance"),
                 ("ns/headless", "headless: clients reach the pods directly"),
                 ("ns/mixed:s", "protocol SCTP is not balanced"),
+                ("ns/noip", "no ClusterIP"),
                 (
                     "ns/theirs",
                     "labelled for another proxy (service-proxy-name)"
-                ),
-                (
-                    "ns/v6",
-                    "no IPv4 ClusterIP (IPv6 services are not balanced yet)"
                 ),
             ]
         );
