@@ -6,6 +6,10 @@
 
 SERVICE_CIDR=10.96.0.0/16
 KUBERNETES_SERVICE_IP=10.96.0.1 # the first address of SERVICE_CIDR
+# A dual-stack cluster's (`up --dual-stack`) second Service range (the
+# apiserver allocates from at most 2^20 addresses: a /108).
+SERVICE_CIDR6=fd00:96::/108
+DUAL_STACK=0
 SA_ISSUER=https://kubernetes.default.svc.cluster.local
 
 # In the order they start (`down` stops the clients first, then etcd).

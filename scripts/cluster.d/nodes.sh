@@ -44,6 +44,10 @@ node_cgroup() { echo "$PREFIX-n$1"; }
 # The pod pool, a /20 per cluster from k, the LAN's: 10.160.0.0/20 for k 0
 # up to 10.175.240.0/20 for k 255 (room for 64 blocks of /26).
 pod_cidr() { echo "10.$((160 + LAN_K / 16)).$(((LAN_K % 16) * 16)).0/20"; }
+# A dual-stack cluster's IPv6 pod pool, as unique as pod_cidr.
+pod_cidr6() { printf 'fd00:244:%x::/64\n' "$LAN_K"; }
+# Margay's pools: the IPv4 pool, and in a dual-stack cluster the IPv6 one.
+pod_pools() { if ((DUAL_STACK)); then echo "$(pod_cidr),$(pod_cidr6)"; else pod_cidr; fi; }
 
 # margay-config ConfigMap values set by `up --margay-config KEY=VALUE`.
 MARGAY_CONFIG=()
@@ -392,12 +396,12 @@ nodes_explain() {
 margay_install() {
     local copy=$NODES_DIR/margay.yaml kv key value
     sed -e "s#^\( *\)image: margay/margay:latest\$#\1image: localhost/margay:latest\n\1imagePullPolicy: Never#" \
-        -e "s#^  pools: .*#  pools: \"$(pod_cidr)\"#" \
+        -e "s#^  pools: .*#  pools: \"$(pod_pools)\"#" \
         -e "s#^  dataplane: .*#  dataplane: \"$DATAPLANE\"#" \
         -e "s#\"bpf_external_service_mode\": \"tunnel\",#\"bpf_external_service_mode\": \"$EXTERNAL_SERVICE_MODE\",#" \
         "$ROOT/deploy/margay.yaml" >"$copy"
     [[ $(grep -c 'image: localhost/margay:latest' "$copy") -ge 3 &&
-        $(grep -c "^  pools: \"$(pod_cidr)\"" "$copy") == 1 &&
+        $(grep -c "^  pools: \"$(pod_pools)\"" "$copy") == 1 &&
         $(grep -c "^  dataplane: \"$DATAPLANE\"" "$copy") == 1 &&
         $(grep -c "\"bpf_external_service_mode\": \"$EXTERNAL_SERVICE_MODE\"," "$copy") == 1 ]] ||
         die "deploy/margay.yaml no longer has the image, pools, dataplane and external service mode lines this script replaces"
@@ -417,7 +421,7 @@ margay_install() {
         --from-literal=KUBERNETES_SERVICE_PORT="$APISERVER_PORT" \
         --dry-run=client -o yaml | kc apply -f - >/dev/null
     kc apply -f "$copy" >/dev/null
-    say "margay applied (dataplane $DATAPLANE, pools $(pod_cidr), external service mode $EXTERNAL_SERVICE_MODE${config[*]:+, ${config[*]}})"
+    say "margay applied (dataplane $DATAPLANE, pools $(pod_pools), external service mode $EXTERNAL_SERVICE_MODE${config[*]:+, ${config[*]}})"
 }
 
 # Every node's daemons run (the no-op check of `up`).
@@ -474,6 +478,7 @@ nodes_env() {
         printf 'EXTERNAL_NETNS=%q\n' "$PREFIX-$EXTERNAL_NETNS_NAME_SUFFIX"
         printf 'EXTERNAL_IP=%q\n' "$(external_ip)"
         printf 'POD_CIDR=%q\n' "$(pod_cidr)"
+        ((DUAL_STACK == 0)) || printf 'POD_CIDR6=%q\n' "$(pod_cidr6)"
         printf 'DATAPLANE=%q\n' "$DATAPLANE"
         printf 'KUBE_PROXY=%q\n' "$KUBE_PROXY"
         printf 'CNI=%q\n' "$CNI"

@@ -3,7 +3,7 @@
 //! `kubectl exec`.
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use ipnetwork::Ipv4Network;
@@ -206,7 +206,7 @@ pub type Who = Option<(String, String)>;
 
 /// The shell loop of `count` `GET /cgi-bin/who` requests to `to` with `nc`
 /// (`nc` the command naming it), one `answer:` line each.
-fn who_loop(nc: &str, to: SocketAddrV4, count: usize) -> String {
+fn who_loop(nc: &str, to: SocketAddr, count: usize) -> String {
     format!(
         "for i in $(seq {count}); do r=$(printf 'GET /cgi-bin/who HTTP/1.0\\r\\n\\r\\n' | {nc} -w 2 {} {} | tail -n 1); echo \"answer:$r\"; done",
         to.ip(),
@@ -225,14 +225,19 @@ fn parse_who(out: &str) -> Vec<Who> {
 }
 
 /// `count` requests from pod `from` to `to`, each a new connection.
-pub fn who_from_pod(c: &KubeCluster, from: &Pod, to: SocketAddrV4, count: usize) -> Vec<Who> {
+pub fn who_from_pod(
+    c: &KubeCluster,
+    from: &Pod,
+    to: impl Into<SocketAddr>,
+    count: usize,
+) -> Vec<Who> {
     let out = c.try_kubectl(&[
         "exec",
         &from.name,
         "--",
         "sh",
         "-c",
-        &who_loop("nc", to, count),
+        &who_loop("nc", to.into(), count),
     ]);
     parse_who(&out.stdout)
 }
@@ -247,7 +252,7 @@ pub fn who_from_outside(c: &KubeCluster, to: SocketAddrV4, count: usize) -> Vec<
             c.env("EXTERNAL_NETNS"),
             "sh",
             "-c",
-            &who_loop("/bin/busybox nc", to, count),
+            &who_loop("/bin/busybox nc", to.into(), count),
         ]),
         Duration::from_secs(30 + 3 * count as u64),
     );

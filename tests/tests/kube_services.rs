@@ -702,3 +702,63 @@ fn the_source_ip_demo_switches_kube_proxy_off_and_back() {
     let checks = out.stdout.matches("-> the pod saw").count();
     assert_eq!(checks, 4, "four addresses checked:\n{}", out.stdout);
 }
+
+/// A dual-stack cluster: a Service with `ipFamilyPolicy: RequireDualStack`
+/// answers on its IPv6 ClusterIP as on its IPv4 one, every backend reached,
+/// each seeing the client pod's own address of the family it was asked in.
+#[test]
+fn a_dual_stack_service_answers_on_both_families() {
+    require_root!(a_dual_stack_service_answers_on_both_families);
+    let c = KubeCluster::up("ksdual", &["--nodes", "1", "--dual-stack"]);
+    c.apply(&web("web", 2));
+    c.apply(&web("cli", 1));
+    c.apply(&service(
+        "web",
+        "web",
+        "\n  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv6, IPv4]",
+    ));
+    let backends = running_pods(&c, "web", 2);
+    let client = &running_pods(&c, "cli", 1)[0];
+    let pod = c.kubectl_json(&["get", "pod", &client.name]);
+    let client_v6: std::net::Ipv6Addr = pod["status"]["podIPs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|ip| ip["ip"].as_str()?.parse().ok())
+        .expect("a dual-stack pod has an IPv6 address");
+    let svc = c.kubectl_json(&["get", "service", "web"]);
+    let cluster_ips: Vec<std::net::IpAddr> = svc["spec"]["clusterIPs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|ip| ip.as_str().unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        cluster_ips[0].is_ipv6() && cluster_ips[1].is_ipv4(),
+        "{cluster_ips:?}"
+    );
+    for vip in cluster_ips {
+        let answers = all_answer(&format!("the ClusterIP {vip}"), || {
+            who_from_pod(&c, client, std::net::SocketAddr::new(vip, 80), SPREAD)
+        });
+        let client_ip = if vip.is_ipv6() {
+            client_v6.to_string()
+        } else {
+            client.ip.to_string()
+        };
+        assert_eq!(
+            seen_of(&answers),
+            BTreeSet::from([client_ip]),
+            "through {vip}"
+        );
+        assert_eq!(pods_of(&answers), names(&backends), "through {vip}");
+    }
+    let names: BTreeSet<String> = listed_frontends(&c)
+        .iter()
+        .filter_map(|f| Some(f["name"].as_str()?.to_string()))
+        .collect();
+    assert!(
+        names.contains("default/web:http") && names.contains("default/web:http (IPv4)"),
+        "a service per family, the second named so: {names:?}"
+    );
+}
