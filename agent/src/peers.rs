@@ -47,8 +47,9 @@ impl NodeAddress {
 }
 
 /// The peers this node (`me`, on `my_subnet`) should know: every other
-/// node with an IPv4 address and IPv4 blocks, sorted by name. A node
-/// without an address yet, or without blocks, gets no routes.
+/// node with an IPv4 address and blocks (of either family: IPv6's are
+/// routed via the IPv4 address too), sorted by name. A node without an
+/// address yet, or without blocks, gets no routes.
 pub fn desired(
     me: &str,
     my_subnet: Option<Ipv4Network>,
@@ -60,13 +61,10 @@ pub fn desired(
         .filter(|n| n.name != me)
         .filter_map(|n| {
             let address = n.address?;
-            let pod_cidrs: Vec<Ipv4Network> = holders
+            let pod_cidrs: Vec<IpNetwork> = holders
                 .iter()
                 .filter(|(_, holder)| **holder == n.name)
-                .filter_map(|(cidr, _)| match cidr {
-                    IpNetwork::V4(c) => Some(*c),
-                    IpNetwork::V6(_) => None,
-                })
+                .map(|(cidr, _)| *cidr)
                 .collect();
             (!pod_cidrs.is_empty()).then(|| PeerSpec {
                 name: n.name.clone(),
@@ -262,12 +260,17 @@ mod tests {
             [
                 (
                     "b".into(),
-                    vec!["10.0.0.64/26".into(), "10.0.1.0/26".into()],
+                    vec![
+                        "10.0.0.64/26".into(),
+                        "10.0.1.0/26".into(),
+                        "fd00::/122".into()
+                    ],
                     false
                 ),
                 ("c".into(), vec!["10.0.2.0/26".into()], true),
             ],
-            "no route to itself, to a node without an address or blocks, or for a gone node's block"
+            "blocks of both families; no route to itself, to a node without an address or \
+             blocks, or for a gone node's block"
         );
         assert!(
             desired("a", None, &nodes, &holders)

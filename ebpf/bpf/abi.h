@@ -493,6 +493,13 @@ struct peer {
 	__u32 flags;  /* PEER_F_* */
 };
 
+/* The same for the peers' IPv6 pod CIDRs (map node_peers6): the node is
+ * its IPv4 address still, their routes' next hop. */
+struct peer_key6 {
+	__u32 prefixlen;
+	union v6addr addr;
+};
+
 #define PEER_F_ENCAP 0x1 /* pod traffic to it goes through the tunnel (not
 			  * on one L2 with this node) */
 
@@ -568,6 +575,7 @@ _Static_assert(sizeof(struct sock_revnat_key) == 16, "sock_revnat_key layout");
 _Static_assert(sizeof(struct sock_revnat_value) == 8, "sock_revnat_value layout");
 _Static_assert(sizeof(struct peer_key) == 8, "peer_key layout");
 _Static_assert(sizeof(struct peer) == 8, "peer layout");
+_Static_assert(sizeof(struct peer_key6) == 20, "peer_key6 layout");
 _Static_assert(sizeof(struct nat_entry) == 32, "nat_entry layout");
 _Static_assert(sizeof(struct svc_key6) == 20, "svc_key6 layout");
 _Static_assert(sizeof(struct backend6) == 24, "backend6 layout");

@@ -749,8 +749,18 @@ int from_tunnel(struct __sk_buff *skb)
 {
 	struct bpf_tunnel_key key = {};
 	struct packet p = {};
-	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0 ||
-	    parse_packet(skb, &p) != PARSED_IPV4)
+	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
+		return TC_ACT_OK;
+	int parsed = parse_packet(skb, &p);
+	/* IPv6 between nodes always tunnels (cluster.rs: a peer is known by
+	 * its IPv4 address alone) and takes the stack here, to its pod's
+	 * to_pod: as a frame from a device without neighbours, addressed to
+	 * none, the stack would not forward it as another host's. */
+	if (parsed == PARSED_IPV6 || parsed == PARSE_IPV6_EXT) {
+		bpf_skb_change_type(skb, PACKET_HOST);
+		return TC_ACT_OK;
+	}
+	if (parsed != PARSED_IPV4)
 		return TC_ACT_OK;
 	__be32 from_node = bpf_htonl(key.remote_ipv4);
 	__u32 dst = local_endpoint_ifindex(p.daddr);

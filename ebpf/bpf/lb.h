@@ -175,6 +175,14 @@ static __always_inline bool backend_serves(const struct svc_value *svc, __u16 or
 	return b && b->addr == addr && b->port == port;
 }
 
+/* Whether a client's affinity, last used at `last_used_ns`, still holds.
+ * Signed: another CPU may have used it after we read `now`. */
+static __always_inline bool affinity_fresh(const struct svc_value *svc, __u64 last_used_ns,
+					   __u64 now)
+{
+	return (__s64)(now - last_used_ns) <= (__s64)(svc->affinity_timeout_s * SEC_NS);
+}
+
 /* Chooses a backend of `svc` for a new connection of `client`: the
  * client's affinity when the service has it and the backend still serves,
  * else by `hash`. */
@@ -185,8 +193,7 @@ static __always_inline bool lb_choose_for(const struct svc_value *svc, __be32 cl
 	bool affinity = svc->flags & SVC_F_AFFINITY;
 	if (affinity) {
 		struct affinity_value *a = bpf_map_lookup_elem(&svc_affinity, &ak);
-		/* Signed: another CPU may have used it after we read `now`. */
-		if (a && (__s64)(now - a->last_used_ns) <= (__s64)(svc->affinity_timeout_s * SEC_NS) &&
+		if (a && affinity_fresh(svc, a->last_used_ns, now) &&
 		    backend_serves(svc, a->ordinal, a->addr, a->port)) {
 			out->addr = a->addr;
 			out->port = a->port;
@@ -220,6 +227,39 @@ static __always_inline bool lb_choose(const struct svc_value *svc, const struct 
 	return lb_choose_for(svc, p->saddr, flow_hash(p), now, out);
 }
 
+/* A TCP packet that opens a connection (SYN without ACK). */
+static __always_inline bool syn_only(const struct packet *p)
+{
+	return p->proto == IPPROTO_TCP && (p->tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN;
+}
+
+/* Whether a flow keeps the backend of its live translation (of service
+ * `svc_id`, last seen at `*last_seen_ns`), refreshing it. A SYN on a known
+ * tuple is a retransmission or a reused port: it keeps the backend only
+ * while that still serves (`left`: it does not). Other packets keep
+ * theirs even after it left the service: established connections to a
+ * removed backend drain rather than break.
+ *
+ * The reverse entry may have been lost to LRU, or taken by another
+ * frontend's flow from this client port to the same backend
+ * (nat_write_reverse): `*check_reverse` asks for it to be checked at a
+ * connection's first packet (a reused port, a retransmission), on every
+ * UDP datagram (UDP has no first packet), and once a second. */
+static __always_inline bool lb_keeps(const struct svc_value *svc, __u32 svc_id,
+				     __u64 *last_seen_ns, const struct packet *p, __u64 now,
+				     bool *check_reverse, bool left)
+{
+	if (svc_id != svc->id || nat_expired(*last_seen_ns, now, p->proto) || left)
+		return false;
+	if (syn_only(p) || p->proto == IPPROTO_UDP)
+		*check_reverse = true;
+	if ((__s64)(now - *last_seen_ns) > (__s64)CT_REFRESH_NS) {
+		*last_seen_ns = now;
+		*check_reverse = true;
+	}
+	return true;
+}
+
 /* The forward half, in from_pod (and from_net) before conntrack: a packet to a frontend
  * gets its flow's backend (the live translation, or a new choice) as
  * destination, and for a hairpin the hairpin address as source. `p` then
@@ -244,25 +284,8 @@ static __always_inline int lb_translate(struct __sk_buff *skb, struct packet *p,
 	nat_key_fill(&fk, p->saddr, p->daddr, p->sport, p->dport, p->proto, NAT_FWD);
 	struct nat_entry *fwd = bpf_map_lookup_elem(&nat, &fk);
 	__u64 now = flow_clock();
-	bool syn_only = p->proto == IPPROTO_TCP &&
-			(p->tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN;
-	/* A SYN on a known tuple is a retransmission or a reused port: keep
-	 * the backend only while it still serves. Other packets keep theirs
-	 * even after it left the service: established connections to a
-	 * removed backend drain rather than break. */
-	if (fwd && fwd->svc_id == svc->id && !nat_expired(fwd, now, p->proto) &&
-	    (!syn_only || backend_serves(svc, fwd->ordinal, fwd->addr, fwd->port))) {
-		/* The reverse entry may have been lost to LRU, or taken by
-		 * another frontend's flow from this client port to the same
-		 * backend (nat_write_reverse): checked at a connection's first
-		 * packet (a reused port, a retransmission), on every UDP
-		 * datagram (UDP has no first packet), and once a second. */
-		if (syn_only || p->proto == IPPROTO_UDP)
-			flow->check_reverse = true;
-		if ((__s64)(now - fwd->last_seen_ns) > (__s64)CT_REFRESH_NS) {
-			fwd->last_seen_ns = now;
-			flow->check_reverse = true;
-		}
+	if (fwd && lb_keeps(svc, fwd->svc_id, &fwd->last_seen_ns, p, now, &flow->check_reverse,
+			    syn_only(p) && !backend_serves(svc, fwd->ordinal, fwd->addr, fwd->port))) {
 		flow->fwd = *fwd;
 	} else {
 		if (!lb_choose(svc, p, now, &flow->fwd))
@@ -334,7 +357,7 @@ static __always_inline bool lb_choose6(const struct svc_value *svc, const struct
 	bool affinity = svc->flags & SVC_F_AFFINITY;
 	if (affinity) {
 		struct affinity_value6 *a = bpf_map_lookup_elem(&svc_affinity6, &ak);
-		if (a && (__s64)(now - a->last_used_ns) <= (__s64)(svc->affinity_timeout_s * SEC_NS) &&
+		if (a && affinity_fresh(svc, a->last_used_ns, now) &&
 		    backend6_serves(svc, a->ordinal, &a->addr, a->port)) {
 			out->addr = a->addr;
 			out->port = a->port;
@@ -383,17 +406,8 @@ __attribute__((noinline)) int lb_translate6(struct __sk_buff *skb, struct packet
 	nat_key6_fill(&fk, &p->saddr6, &p->daddr6, p->sport, p->dport, p->proto, NAT_FWD);
 	struct nat_entry6 *fwd = bpf_map_lookup_elem(&nat6, &fk);
 	__u64 now = flow_clock();
-	bool syn_only = p->proto == IPPROTO_TCP &&
-			(p->tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN;
-	/* As lb_translate keeps a flow's backend, and checks its reverse entry. */
-	if (fwd && fwd->svc_id == svc->id && !nat_expired_at(fwd->last_seen_ns, now, p->proto) &&
-	    (!syn_only || backend6_serves(svc, fwd->ordinal, &fwd->addr, fwd->port))) {
-		if (syn_only || p->proto == IPPROTO_UDP)
-			flow->check_reverse = true;
-		if ((__s64)(now - fwd->last_seen_ns) > (__s64)CT_REFRESH_NS) {
-			fwd->last_seen_ns = now;
-			flow->check_reverse = true;
-		}
+	if (fwd && lb_keeps(svc, fwd->svc_id, &fwd->last_seen_ns, p, now, &flow->check_reverse,
+			    syn_only(p) && !backend6_serves(svc, fwd->ordinal, &fwd->addr, fwd->port))) {
 		flow->fwd = *fwd;
 	} else {
 		if (!lb_choose6(svc, p, now, &flow->fwd))

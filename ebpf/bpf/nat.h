@@ -66,15 +66,10 @@ static __always_inline void nat_key6_fill(struct nat_key6 *k, const union v6addr
 
 /* Idle timeouts of a translation, as long as the longest of conntrack's
  * for the protocol: a translation must outlive its flow's tracking. */
-static __always_inline bool nat_expired_at(__u64 last_seen_ns, __u64 now, __u8 proto)
+static __always_inline bool nat_expired(__u64 last_seen_ns, __u64 now, __u8 proto)
 {
 	__u64 timeout = proto == IPPROTO_TCP ? 6 * 3600 * SEC_NS : 180 * SEC_NS;
 	return (__s64)(now - last_seen_ns) > (__s64)timeout;
-}
-
-static __always_inline bool nat_expired(const struct nat_entry *e, __u64 now, __u8 proto)
-{
-	return nat_expired_at(e->last_seen_ns, now, proto);
 }
 
 static __always_inline __u32 l4_csum_off(const struct packet *p)
@@ -494,6 +489,24 @@ static __always_inline int icmp6_store_port(struct __sk_buff *skb, const struct 
 	return bpf_skb_store_bytes(skb, off, &to, sizeof(to), 0);
 }
 
+/* icmp_quote_translation for IPv6: the translation of `kind` whose key is
+ * the reply to the packet an ICMPv6 error quotes (loaded into `q`, its
+ * ports into `sport`/`dport`), or NULL. */
+static __always_inline struct nat_entry6 *icmp6_quote_translation(struct __sk_buff *skb,
+								  const struct packet *p,
+								  struct icmp6_quote *q,
+								  __be16 *sport, __be16 *dport,
+								  __u8 kind)
+{
+	if (!p || !icmp6_error_quote(skb, p, q, sport, dport) ||
+	    (q->ip.nexthdr != IPPROTO_TCP && q->ip.nexthdr != IPPROTO_UDP))
+		return NULL;
+	struct nat_key6 k;
+	nat_key6_fill(&k, (union v6addr *)&q->ip.daddr, (union v6addr *)&q->ip.saddr, *dport,
+		      *sport, q->ip.nexthdr, kind);
+	return bpf_map_lookup_elem(&nat6, &k);
+}
+
 /* nat_reverse_icmp_error for IPv6: an ICMPv6 error quoting a translated
  * flow's packet (client -> backend), from the backend or a router on the
  * way, made to quote the frontend the client spoke to (and to come from it
@@ -503,15 +516,10 @@ __attribute__((noinline)) int nat_reverse_icmp6_error(struct __sk_buff *skb, str
 {
 	struct icmp6_quote q;
 	__be16 sport, dport;
-	if (!p || !icmp6_error_quote(skb, p, &q, &sport, &dport) ||
-	    (q.ip.nexthdr != IPPROTO_TCP && q.ip.nexthdr != IPPROTO_UDP))
-		return NAT_NO_ENTRY;
-	union v6addr *qsaddr = (union v6addr *)&q.ip.saddr, *qdaddr = (union v6addr *)&q.ip.daddr;
-	struct nat_key6 k;
-	nat_key6_fill(&k, qdaddr, qsaddr, dport, sport, q.ip.nexthdr, NAT_REV);
-	struct nat_entry6 *rev = bpf_map_lookup_elem(&nat6, &k);
+	struct nat_entry6 *rev = icmp6_quote_translation(skb, p, &q, &sport, &dport, NAT_REV);
 	if (!rev)
 		return NAT_NO_ENTRY;
+	union v6addr *qsaddr = (union v6addr *)&q.ip.saddr, *qdaddr = (union v6addr *)&q.ip.daddr;
 	union v6addr frontend = rev->addr, client = rev->peer;
 	__be16 frontend_port = rev->port;
 	if (icmp6_store_addr(skb, p, QUOTE6_DADDR(p), qdaddr, &frontend, false) < 0 ||
@@ -541,13 +549,8 @@ __attribute__((noinline)) int nat_forward_icmp6_error(struct __sk_buff *skb, str
 {
 	struct icmp6_quote q;
 	__be16 sport, dport;
-	if (!p || !icmp6_error_quote(skb, p, &q, &sport, &dport) ||
-	    (q.ip.nexthdr != IPPROTO_TCP && q.ip.nexthdr != IPPROTO_UDP))
-		return NAT_NO_ENTRY;
-	union v6addr *qsaddr = (union v6addr *)&q.ip.saddr, *qdaddr = (union v6addr *)&q.ip.daddr;
-	struct nat_key6 k;
-	nat_key6_fill(&k, qdaddr, qsaddr, dport, sport, q.ip.nexthdr, NAT_FWD);
-	struct nat_entry6 *fwd = bpf_map_lookup_elem(&nat6, &k);
+	struct nat_entry6 *fwd = icmp6_quote_translation(skb, p, &q, &sport, &dport, NAT_FWD);
+	union v6addr *qsaddr = (union v6addr *)&q.ip.saddr;
 	if (!fwd || !v6_unspecified(&fwd->peer) || !v6addr_equal(&p->daddr6, qsaddr))
 		return NAT_NO_ENTRY;
 	union v6addr backend = fwd->addr;

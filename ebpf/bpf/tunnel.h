@@ -27,6 +27,16 @@ struct {
 	__type(value, struct peer);
 } node_peers SEC(".maps");
 
+/* Their IPv6 pod CIDRs: userspace's record of what it routes, read by no
+ * program yet (IPv6 leaves the node by the stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MAX_NODE_PEERS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct peer_key6);
+	__type(value, struct peer);
+} node_peers6 SEC(".maps");
+
 static __always_inline struct node_config *node_settings(void)
 {
 	__u32 zero = 0;

@@ -11,16 +11,17 @@
 //! removed and nobody else's are touched.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use aya::maps::lpm_trie::Key;
 use futures::TryStreamExt;
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use margay_model::peer::{PeerSpec, PeerSpecError, check_peers};
 use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::route::{
-    RouteAttribute, RouteIpTunnel, RouteLwEnCapType, RouteLwTunnelEncap, RouteProtocol,
+    RouteAddress, RouteAttribute, RouteIpTunnel, RouteLwEnCapType, RouteLwTunnelEncap,
+    RouteProtocol,
 };
 use rtnetlink::{LinkMessageBuilder, LinkVxlan, RouteMessageBuilder};
 use serde::Serialize;
@@ -208,48 +209,61 @@ pub fn apply_peers(root: &Path, peers: &[PeerSpec]) -> Result<PeersReport, Peers
 
 /// [`apply_peers`] once `peers` are checked.
 fn sync_peers(root: &Path, peers: &[PeerSpec]) -> Result<PeersReport, DataplaneError> {
-    let mut map = maps::node_peers(root)?;
-    let fail = |e: aya::maps::MapError| DataplaneError::map("node_peers", e);
-    let wanted: Vec<(Key<[u8; 4]>, Peer)> = peers
-        .iter()
-        .flat_map(|p| {
-            p.pod_cidrs.iter().map(move |c| {
-                (
-                    Key::new(u32::from(c.prefix()), c.network().octets()),
-                    Peer {
-                        node: p.address.octets(),
-                        flags: if p.encap { PEER_F_ENCAP } else { 0 },
-                    },
-                )
-            })
-        })
-        .collect();
-    let keep: BTreeSet<(u32, [u8; 4])> = wanted
+    let peer = |p: &PeerSpec| Peer {
+        node: p.address.octets(),
+        flags: if p.encap { PEER_F_ENCAP } else { 0 },
+    };
+    let mut wanted4 = Vec::new();
+    let mut wanted6 = Vec::new();
+    for p in peers {
+        for cidr in &p.pod_cidrs {
+            let prefix = u32::from(cidr.prefix());
+            match cidr {
+                IpNetwork::V4(c) => wanted4.push((Key::new(prefix, c.network().octets()), peer(p))),
+                IpNetwork::V6(c) => wanted6.push((Key::new(prefix, c.network().octets()), peer(p))),
+            }
+        }
+    }
+    let removed = sync_lpm(&mut maps::node_peers(root)?, "node_peers", &wanted4)?
+        + sync_lpm(&mut maps::node_peers6(root)?, "node_peers6", &wanted6)?;
+    Ok(PeersReport {
+        cidrs: wanted4.len() + wanted6.len(),
+        routes: sync_routes(root)?,
+        removed,
+        unreachable: Vec::new(),
+    })
+}
+
+/// Makes the LPM map `name` hold exactly `wanted`; returns how many
+/// entries went.
+fn sync_lpm<const N: usize>(
+    map: &mut aya::maps::lpm_trie::LpmTrie<aya::maps::MapData, [u8; N], Peer>,
+    name: &'static str,
+    wanted: &[(Key<[u8; N]>, Peer)],
+) -> Result<usize, DataplaneError> {
+    let fail = |e: aya::maps::MapError| DataplaneError::map(name, e);
+    let keep: BTreeSet<(u32, [u8; N])> = wanted
         .iter()
         .map(|(k, _)| (k.prefix_len(), k.data()))
         .collect();
-    let stale: Vec<Key<[u8; 4]>> = map
+    let stale: Vec<Key<[u8; N]>> = map
         .keys()
         .filter_map(Result::ok)
         .filter(|k| !keep.contains(&(k.prefix_len(), k.data())))
         .collect();
-    let mut report = PeersReport::default();
     for k in &stale {
         map.remove(k).map_err(fail)?;
-        report.removed += 1;
     }
-    for (k, v) in &wanted {
+    for (k, v) in wanted {
         map.insert(k, *v, 0).map_err(fail)?;
-        report.cidrs += 1;
     }
-    report.routes = sync_routes(root)?;
-    Ok(report)
+    Ok(stale.len())
 }
 
 /// The peers of a node without the eBPF dataplane (`dataplane: linux`):
 /// Margay's routes made exactly a route via each peer on this node's L2 to
-/// its pod CIDRs. There is no tunnel device, so `encap` peers get none and
-/// are named in the report.
+/// its IPv4 pod CIDRs. There is no tunnel device, so `encap` peers get none
+/// and are named in the report, and IPv6 CIDRs none (see [`sync_routes`]).
 ///
 /// # Errors
 /// A peer is invalid, or the routes cannot be listed or changed.
@@ -258,7 +272,13 @@ pub fn apply_routes(peers: &[PeerSpec]) -> Result<PeersReport, PeersError> {
     let routes: Vec<PeerRoute> = peers
         .iter()
         .filter(|p| !p.encap)
-        .flat_map(|p| p.pod_cidrs.iter().map(|c| PeerRoute::Via(*c, p.address)))
+        .flat_map(|p| p.pod_cidrs.iter().map(|c| (*c, p.address)))
+        .filter(|(c, _)| c.is_ipv4())
+        .map(|(cidr, node)| PeerRoute {
+            cidr,
+            node,
+            way: Way::Direct,
+        })
         .collect();
     sync_kernel_routes(&routes)?;
     Ok(PeersReport {
@@ -282,84 +302,111 @@ const VNI_POD: u64 = 1;
 /// a peer on our L2 by a route via the node; an `encap` peer through the
 /// tunnel device, each route carrying the far end and identifier the
 /// device needs (it is in external mode), once the device exists
-/// (`setup_tunnel` syncs again). Returns how many routes there are.
+/// (`setup_tunnel` syncs again). IPv6 pod CIDRs are routed so for every
+/// packet (the programs hand IPv6 to the stack), and always through the
+/// tunnel: a peer is known by its IPv4 address, and an IPv6 route cannot
+/// have an IPv4 next hop (the kernel refuses RTA_VIA for IPv6). Returns
+/// how many routes there are.
 fn sync_routes(root: &Path) -> Result<usize, DataplaneError> {
     let tunnel = nix::net::if_::if_nametoindex(TUNNEL_DEVICE).ok();
     let routes: Vec<PeerRoute> = peers(root)?
         .into_iter()
-        .filter_map(|(cidr, node, encap)| match (encap, tunnel) {
-            (false, _) => Some(PeerRoute::Via(cidr, node)),
-            (true, Some(dev)) => Some(PeerRoute::Tunnel(cidr, node, dev)),
-            (true, None) => None,
+        .filter_map(|(cidr, node, encap)| {
+            let way = match (encap || cidr.is_ipv6(), tunnel) {
+                (false, _) => Way::Direct,
+                (true, Some(dev)) => Way::Tunnel(dev),
+                (true, None) => return None,
+            };
+            Some(PeerRoute { cidr, node, way })
         })
         .collect();
     sync_kernel_routes(&routes)?;
     Ok(routes.len())
 }
 
-enum PeerRoute {
-    /// The CIDR via the node, on our L2.
-    Via(Ipv4Network, Ipv4Addr),
-    /// The CIDR through the tunnel device (its ifindex) to the node.
-    Tunnel(Ipv4Network, Ipv4Addr, u32),
+/// A route to a peer's pod CIDR.
+struct PeerRoute {
+    cidr: IpNetwork,
+    /// The peer's address.
+    node: Ipv4Addr,
+    way: Way,
+}
+
+/// How a [`PeerRoute`] reaches its peer.
+enum Way {
+    /// Via the node, on our L2 (IPv4 CIDRs).
+    Direct,
+    /// Through the tunnel device (its ifindex) to the node.
+    Tunnel(u32),
 }
 
 impl PeerRoute {
-    fn cidr(&self) -> Ipv4Network {
-        match self {
-            PeerRoute::Via(c, _) | PeerRoute::Tunnel(c, _, _) => *c,
-        }
-    }
-
     fn message(&self) -> rtnetlink::packet_route::route::RouteMessage {
-        let cidr = self.cidr();
-        let builder = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(cidr.network(), cidr.prefix())
-            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
-        match self {
-            PeerRoute::Via(_, node) => builder.gateway(*node).build(),
-            PeerRoute::Tunnel(_, node, dev) => {
-                let mut msg = builder.output_interface(*dev).build();
-                msg.attributes
-                    .push(RouteAttribute::EncapType(RouteLwEnCapType::Ip));
-                msg.attributes.push(RouteAttribute::Encap(vec![
-                    RouteLwTunnelEncap::Ip(RouteIpTunnel::Id(VNI_POD)),
-                    RouteLwTunnelEncap::Ip(RouteIpTunnel::Destination(*node)),
-                    RouteLwTunnelEncap::Ip(RouteIpTunnel::Ttl(64)),
-                ]));
-                msg
+        let mut msg = match (self.cidr, &self.way) {
+            (IpNetwork::V4(c), way) => {
+                let builder = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(c.network(), c.prefix())
+                    .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
+                match way {
+                    Way::Direct => builder.gateway(self.node),
+                    Way::Tunnel(dev) => builder.output_interface(*dev),
+                }
+                .build()
             }
+            (IpNetwork::V6(c), way) => {
+                let builder = RouteMessageBuilder::<Ipv6Addr>::new()
+                    .destination_prefix(c.network(), c.prefix())
+                    .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
+                match way {
+                    Way::Tunnel(dev) => builder.output_interface(*dev).build(),
+                    Way::Direct => unreachable!("IPv6 CIDRs are routed through the tunnel alone"),
+                }
+            }
+        };
+        if let Way::Tunnel(_) = self.way {
+            msg.attributes
+                .push(RouteAttribute::EncapType(RouteLwEnCapType::Ip));
+            msg.attributes.push(RouteAttribute::Encap(vec![
+                RouteLwTunnelEncap::Ip(RouteIpTunnel::Id(VNI_POD)),
+                RouteLwTunnelEncap::Ip(RouteIpTunnel::Destination(self.node)),
+                RouteLwTunnelEncap::Ip(RouteIpTunnel::Ttl(64)),
+            ]));
         }
+        msg
     }
 }
 
-/// Makes Margay's routes (by protocol) exactly `routes`.
+/// Makes Margay's routes (by protocol) exactly `routes`, of both families.
 fn sync_kernel_routes(routes: &[PeerRoute]) -> Result<(), DataplaneError> {
     let route_error =
         |what: String, e: rtnetlink::Error| DataplaneError::Check(format!("{what}: {e}"));
     netlink(async |h| {
-        let ours: Vec<_> = h
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute()
-            .try_collect::<Vec<_>>()
-            .await
-            .map_err(|e| route_error("listing routes".into(), e))?
-            .into_iter()
-            .filter(|m| m.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL))
-            .collect();
+        let mut ours = Vec::new();
+        for request in [
+            RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        ] {
+            ours.extend(
+                h.route()
+                    .get(request)
+                    .execute()
+                    .try_collect::<Vec<_>>()
+                    .await
+                    .map_err(|e| route_error("listing routes".into(), e))?
+                    .into_iter()
+                    .filter(|m| m.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL)),
+            );
+        }
         for m in ours {
             let dst = m.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Destination(
-                    rtnetlink::packet_route::route::RouteAddress::Inet(d),
-                ) => Some(*d),
+                RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(IpAddr::V4(*d)),
+                RouteAttribute::Destination(RouteAddress::Inet6(d)) => Some(IpAddr::V6(*d)),
                 _ => None,
             });
             let wanted = dst.is_some_and(|d| {
-                routes
-                    .iter()
-                    .map(PeerRoute::cidr)
-                    .any(|c| c.network() == d && c.prefix() == m.header.destination_prefix_length)
+                routes.iter().any(|r| {
+                    r.cidr.network() == d && r.cidr.prefix() == m.header.destination_prefix_length
+                })
             });
             if !wanted {
                 h.route()
@@ -375,21 +422,36 @@ fn sync_kernel_routes(routes: &[PeerRoute]) -> Result<(), DataplaneError> {
                 .replace()
                 .execute()
                 .await
-                .map_err(|e| route_error(format!("route to {}", r.cidr()), e))?;
+                .map_err(|e| route_error(format!("route to {}", r.cidr), e))?;
         }
         Ok(())
     })
 }
 
-/// The peers' CIDRs the programs know: (CIDR, node, encap).
-pub fn peers(root: &Path) -> Result<Vec<(Ipv4Network, Ipv4Addr, bool)>, DataplaneError> {
-    let map = maps::node_peers(root)?;
+/// The peers' CIDRs the programs and routes know: (CIDR, node, encap).
+pub fn peers(root: &Path) -> Result<Vec<(IpNetwork, Ipv4Addr, bool)>, DataplaneError> {
     let mut all = Vec::new();
-    for kv in map.iter() {
-        let (k, v) = kv.map_err(|e| DataplaneError::map("node_peers", e))?;
+    let v4 = |e| DataplaneError::map("node_peers", e);
+    let v6 = |e| DataplaneError::map("node_peers6", e);
+    for kv in maps::node_peers(root)?.iter() {
+        let (k, v) = kv.map_err(v4)?;
         let cidr = Ipv4Network::new(Ipv4Addr::from(k.data()), k.prefix_len() as u8)
             .map_err(|e| DataplaneError::map("node_peers", e))?;
-        all.push((cidr, Ipv4Addr::from(v.node), v.flags & PEER_F_ENCAP != 0));
+        all.push((
+            cidr.into(),
+            Ipv4Addr::from(v.node),
+            v.flags & PEER_F_ENCAP != 0,
+        ));
+    }
+    for kv in maps::node_peers6(root)?.iter() {
+        let (k, v) = kv.map_err(v6)?;
+        let cidr = Ipv6Network::new(Ipv6Addr::from(k.data()), k.prefix_len() as u8)
+            .map_err(|e| DataplaneError::map("node_peers6", e))?;
+        all.push((
+            cidr.into(),
+            Ipv4Addr::from(v.node),
+            v.flags & PEER_F_ENCAP != 0,
+        ));
     }
     all.sort();
     Ok(all)

@@ -324,39 +324,64 @@ pub struct Translation {
     pub last_seen_ns: u64,
 }
 
+impl Translation {
+    /// From a key's and an entry's fields, addresses already of their
+    /// family.
+    fn of(
+        kind: u8,
+        proto: u8,
+        [src, dst, translated]: [(IpAddr, [u8; 2]); 3],
+        hairpin: Option<IpAddr>,
+        svc_id: u32,
+        last_seen_ns: u64,
+    ) -> Translation {
+        let at = |(addr, port): (IpAddr, [u8; 2])| SocketAddr::new(addr, u16::from_be_bytes(port));
+        Translation {
+            forward: kind == NAT_FWD,
+            proto,
+            src: at(src),
+            dst: at(dst),
+            translated: at(translated),
+            hairpin,
+            svc_id,
+            last_seen_ns,
+        }
+    }
+}
+
 impl From<(NatKey, NatEntry)> for Translation {
     fn from((k, e): (NatKey, NatEntry)) -> Translation {
-        let at = |addr: [u8; 4], port: [u8; 2]| {
-            SocketAddr::new(Ipv4Addr::from(addr).into(), u16::from_be_bytes(port))
-        };
-        Translation {
-            forward: k.kind == NAT_FWD,
-            proto: k.proto,
-            src: at(k.saddr, k.sport),
-            dst: at(k.daddr, k.dport),
-            translated: at(e.addr, e.port),
-            hairpin: (e.peer != [0; 4]).then(|| Ipv4Addr::from(e.peer).into()),
-            svc_id: e.svc_id,
-            last_seen_ns: e.last_seen_ns,
-        }
+        let ip = |a: [u8; 4]| IpAddr::from(a);
+        Translation::of(
+            k.kind,
+            k.proto,
+            [
+                (ip(k.saddr), k.sport),
+                (ip(k.daddr), k.dport),
+                (ip(e.addr), e.port),
+            ],
+            (e.peer != [0; 4]).then(|| ip(e.peer)),
+            e.svc_id,
+            e.last_seen_ns,
+        )
     }
 }
 
 impl From<(NatKey6, NatEntry6)> for Translation {
     fn from((k, e): (NatKey6, NatEntry6)) -> Translation {
-        let at = |addr: [u8; 16], port: [u8; 2]| {
-            SocketAddr::new(Ipv6Addr::from(addr).into(), u16::from_be_bytes(port))
-        };
-        Translation {
-            forward: k.kind == NAT_FWD,
-            proto: k.proto,
-            src: at(k.saddr, k.sport),
-            dst: at(k.daddr, k.dport),
-            translated: at(e.addr, e.port),
-            hairpin: (e.peer != [0; 16]).then(|| Ipv6Addr::from(e.peer).into()),
-            svc_id: e.svc_id,
-            last_seen_ns: e.last_seen_ns,
-        }
+        let ip = |a: [u8; 16]| IpAddr::from(a);
+        Translation::of(
+            k.kind,
+            k.proto,
+            [
+                (ip(k.saddr), k.sport),
+                (ip(k.daddr), k.dport),
+                (ip(e.addr), e.port),
+            ],
+            (e.peer != [0; 16]).then(|| ip(e.peer)),
+            e.svc_id,
+            e.last_seen_ns,
+        )
     }
 }
 

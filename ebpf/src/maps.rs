@@ -17,7 +17,7 @@ use crate::paths::map_path;
 /// Every map the object defines and Margay pins, with what losing its
 /// contents costs. "Durable" maps describe running endpoints and must be
 /// carried over an upgrade; "rebuildable" ones refill by themselves.
-pub const PINNED_MAPS: [(&str, Durability); 31] = [
+pub const PINNED_MAPS: [(&str, Durability); 32] = [
     ("endpoints", Durability::Durable),
     ("endpoints6", Durability::Durable),
     ("endpoints_by_ip", Durability::Durable),
@@ -35,6 +35,7 @@ pub const PINNED_MAPS: [(&str, Durability); 31] = [
     ("node_addrs", Durability::Durable),
     ("node_config", Durability::Durable),
     ("node_peers", Durability::Durable),
+    ("node_peers6", Durability::Durable),
     // Running flows: losing them re-judges every established connection's
     // next packet as a new flow (a server pod whose egress policy does not
     // name its clients would lose its connections) and breaks service
@@ -102,6 +103,7 @@ pub type Nat6 = HashMap<MapData, NatKey6, NatEntry6>;
 pub type NodeAddrs = HashMap<MapData, [u8; 4], u32>;
 pub type NodeConfigMap = aya::maps::Array<MapData, NodeConfig>;
 pub type NodePeers = aya::maps::lpm_trie::LpmTrie<MapData, [u8; 4], Peer>;
+pub type NodePeers6 = aya::maps::lpm_trie::LpmTrie<MapData, [u8; 16], Peer>;
 pub type IpSets = aya::maps::lpm_trie::LpmTrie<MapData, IpSetData, u32>;
 pub type IpSets6 = aya::maps::lpm_trie::LpmTrie<MapData, IpSetData6, u32>;
 pub type Names = HashMap<MapData, u32, NameRecord>;
@@ -159,6 +161,7 @@ pub fn update_node_config(
     Ok(())
 }
 opener!(node_peers, NodePeers, "node_peers");
+opener!(node_peers6, NodePeers6, "node_peers6");
 
 /// Every value of `map`, pinned as `name`.
 pub fn values<K: Pod, V: Pod>(

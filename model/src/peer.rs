@@ -5,13 +5,13 @@
 //! peers:
 //!   - name: node-b
 //!     address: 192.168.0.12       # the node's address, the tunnel's far end
-//!     pod_cidrs: [10.244.1.0/26]  # its IPAM blocks
+//!     pod_cidrs: [10.244.1.0/26, "fd00:244::/122"]  # its IPAM blocks, of both families
 //!     encap: false                # true: not on one L2 with us, pods' traffic tunnels
 //! ```
 
 use std::net::Ipv4Addr;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
 /// What `margayctl node peers -f` reads.
@@ -26,7 +26,10 @@ pub struct PeerFile {
 pub struct PeerSpec {
     pub name: String,
     pub address: Ipv4Addr,
-    pub pod_cidrs: Vec<Ipv4Network>,
+    /// IPv4 and IPv6: IPv6's are routed via the node's IPv4 address too
+    /// (RFC 5549's next hop of the other family: no IPv6 on the nodes'
+    /// network needed).
+    pub pod_cidrs: Vec<IpNetwork>,
     /// Not on one L2 with this node: pods' traffic to it tunnels.
     #[serde(default)]
     pub encap: bool,
@@ -45,8 +48,8 @@ pub enum PeerSpecError {
     Overlap {
         index: usize,
         name: String,
-        cidr: Ipv4Network,
-        other: Ipv4Network,
+        cidr: IpNetwork,
+        other: IpNetwork,
         other_index: usize,
     },
 }
@@ -54,7 +57,7 @@ pub enum PeerSpecError {
 /// Checks a whole set: every address a node's, no pod CIDR behind two
 /// peers (or twice behind one).
 pub fn check_peers(peers: &[PeerSpec]) -> Result<(), PeerSpecError> {
-    let mut all: Vec<(Ipv4Network, usize)> = Vec::new();
+    let mut all: Vec<(IpNetwork, usize)> = Vec::new();
     for (index, p) in peers.iter().enumerate() {
         if p.address.is_unspecified() || p.address.is_broadcast() {
             return Err(PeerSpecError::NotANode {
@@ -64,7 +67,12 @@ pub fn check_peers(peers: &[PeerSpec]) -> Result<(), PeerSpecError> {
             });
         }
         for &cidr in &p.pod_cidrs {
-            if let Some(&(other, other_index)) = all.iter().find(|(o, _)| o.overlaps(cidr)) {
+            let overlaps = |o: &IpNetwork| match (o, cidr) {
+                (IpNetwork::V4(o), IpNetwork::V4(c)) => o.overlaps(c),
+                (IpNetwork::V6(o), IpNetwork::V6(c)) => o.overlaps(c),
+                _ => false,
+            };
+            if let Some(&(other, other_index)) = all.iter().find(|(o, _)| overlaps(o)) {
                 return Err(PeerSpecError::Overlap {
                     index,
                     name: p.name.clone(),
@@ -129,5 +137,16 @@ mod tests {
                 {"name": "c", "address": "192.168.0.13", "pod_cidrs": ["10.244.1.64/26"]}]}"#,
         ))
         .expect("disjoint CIDRs");
+        assert_eq!(
+            err(r#"{"peers": [
+                {"name": "b", "address": "192.168.0.12", "pod_cidrs": ["10.244.1.0/26", "fd00:244::/122"]},
+                {"name": "c", "address": "192.168.0.13", "pod_cidrs": ["fd00:244::40/122", "fd00:244::/64"]}]}"#),
+            "peers[1] (c): pod_cidrs: fd00:244::/64 overlaps fd00:244::/122 of peers[0]"
+        );
+        check_peers(&peers(
+            r#"{"peers": [{"name": "b", "address": "192.168.0.12",
+                           "pod_cidrs": ["10.244.1.0/26", "fd00:244::/122"]}]}"#,
+        ))
+        .expect("a CIDR of each family");
     }
 }

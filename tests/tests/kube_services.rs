@@ -703,15 +703,17 @@ fn the_source_ip_demo_switches_kube_proxy_off_and_back() {
     assert_eq!(checks, 4, "four addresses checked:\n{}", out.stdout);
 }
 
-/// A dual-stack cluster: a Service with `ipFamilyPolicy: RequireDualStack`
-/// answers on its IPv6 ClusterIP as on its IPv4 one, every backend reached,
-/// each seeing the client pod's own address of the family it was asked in.
+/// A dual-stack cluster of two nodes: a Service with `ipFamilyPolicy:
+/// RequireDualStack` answers on its IPv6 ClusterIP as on its IPv4 one,
+/// every backend reached (one on each node: pods' IPv6 is routed between
+/// nodes, via the nodes' IPv4 addresses), each seeing the client pod's own
+/// address of the family it was asked in.
 #[test]
 fn a_dual_stack_service_answers_on_both_families() {
     require_root!(a_dual_stack_service_answers_on_both_families);
-    let c = KubeCluster::up("ksdual", &["--nodes", "1", "--dual-stack"]);
-    c.apply(&web("web", 2));
-    c.apply(&web("cli", 1));
+    let c = KubeCluster::up("ksdual", &["--nodes", "2", "--dual-stack"]);
+    c.apply(&web_across_nodes("web", 2));
+    c.apply(&web_on_node("cli", 1, c.node_name(0)));
     c.apply(&service(
         "web",
         "web",
