@@ -49,6 +49,9 @@ enum drop_reason {
  * budget (instructions and 512 bytes of stack). */
 #define CALL_FROM_POD6 0
 #define MAX_CALLS 1
+/* What from_pod tells from_pod6 in skb->cb (which a tail call keeps):
+ * its short path looked the packet's flow up and found none. */
+#define CB_CT_MISSED 0
 
 /* An IPv6 address as the programs compare it: four words. */
 union v6addr {

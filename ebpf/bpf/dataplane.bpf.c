@@ -354,7 +354,8 @@ static __always_inline int from_pod_v6(struct __sk_buff *skb, struct packet *p,
 	if (flowless == TC_ACT_OK)
 		goto allowed;
 	struct lb_flow6 flow = {};
-	int lb = lb_translate6(skb, p, &flow);
+	/* Calls only for what may need them (a frontend's bit, an error). */
+	int lb = maybe_service(p) ? lb_translate6(skb, p, &flow) : LB_NONE;
 	if (lb == LB_NO_BACKEND) {
 		count_drop(p, slot, ifindex, DIR_EGRESS, DROP_NO_BACKEND);
 		return reject6_port_unreachable(skb, p);
@@ -363,7 +364,8 @@ static __always_inline int from_pod_v6(struct __sk_buff *skb, struct packet *p,
 		return drop(p, slot, ifindex, DIR_EGRESS, DROP_NAT);
 	/* An error this pod's kernel sends about a service's reply is the
 	 * backend's to hear (its own ingress then passes it as related). */
-	if (lb == LB_NONE && nat_forward_icmp6_error(skb, p) == NAT_FAILED)
+	if (lb == LB_NONE && p->proto == IPPROTO_ICMPV6 &&
+	    nat_forward_icmp6_error(skb, p) == NAT_FAILED)
 		return drop(p, slot, ifindex, DIR_EGRESS, DROP_NAT);
 	struct ct_entry *e;
 	/* The short path looked this very tuple up unless it was translated. */
@@ -452,6 +454,25 @@ int from_pod(struct __sk_buff *skb)
 		}
 		ct_missed = !e;
 	} else if (parsed == PARSED_IPV6 || parsed == PARSE_IPV6_EXT) {
+		/* IPv6's short path for a flow not to a service is here, with
+		 * no call: the entry says which side is the pod, and the
+		 * sender must be. A service flow's (CT_F_SERVICE: its replies
+		 * are turned) and everything else is from_pod6's, told in cb
+		 * whether this looked the flow up and missed. */
+		skb->cb[CB_CT_MISSED] = 0;
+		if (parsed == PARSED_IPV6 && !p.fragment && !maybe_service(&p)) {
+			__u64 now = flow_clock();
+			bool src_is_a;
+			struct ct_entry *e = ct6_find(&p, ifindex, now, &src_is_a);
+			if (e && src_is_a == !!(e->flags & CT_F_POD_IS_A) &&
+			    !(e->flags & CT_F_SERVICE) &&
+			    __builtin_memcmp(p.src_mac, e->pod_mac, ETH_ALEN) == 0) {
+				ct_update(e, &p, src_is_a, now);
+				count_allowed(e->slot, DIR_EGRESS, p.len);
+				return TC_ACT_OK;
+			}
+			skb->cb[CB_CT_MISSED] = !e;
+		}
 		bpf_tail_call(skb, &calls, CALL_FROM_POD6);
 		return drop(&p, 0, ifindex, DIR_EGRESS, DROP_NO_PROGRAM);
 	}
@@ -588,36 +609,21 @@ __attribute__((noinline)) int egress_to_service6_established(struct __sk_buff *s
 	return TC_ACT_OK;
 }
 
-/* from_pod's IPv6 half, tail-called for every IPv6 packet (CALL_FROM_POD6):
- * the same short path for an established flow, then the endpoint's checks
- * and from_pod_v6. */
+/* from_pod's IPv6 half, tail-called for the IPv6 packets its short path
+ * did not take (CALL_FROM_POD6): an established connection's through a
+ * service takes the service's short path (it translates before looking
+ * its flow up), the rest the endpoint's checks and from_pod_v6. */
 SEC("classifier")
 int from_pod6(struct __sk_buff *skb)
 {
 	struct packet p = {};
 	__u32 ifindex = skb->ifindex;
 	int parsed = parse_packet(skb, &p);
-
-	/* The entry says which side is the pod: the sender must be. A packet
-	 * that may be to a service takes the service's short path, or the
-	 * long path, which translates it before looking its flow up; so does
-	 * a reply of a service flow (its entry is CT_F_SERVICE). */
-	bool ct_missed = false;
+	bool ct_missed = skb->cb[CB_CT_MISSED];
 	if (parsed == PARSED_IPV6 && !p.fragment && maybe_service(&p)) {
 		int verdict = egress_to_service6_established(skb, &p, ifindex, flow_clock());
 		if (verdict != SHORT_PATH_MISSED)
 			return verdict;
-	} else if (parsed == PARSED_IPV6 && !p.fragment) {
-		__u64 now = flow_clock();
-		bool src_is_a;
-		struct ct_entry *e = ct6_find(&p, ifindex, now, &src_is_a);
-		if (e && src_is_a == !!(e->flags & CT_F_POD_IS_A) && !(e->flags & CT_F_SERVICE) &&
-		    __builtin_memcmp(p.src_mac, e->pod_mac, ETH_ALEN) == 0) {
-			ct_update(e, &p, src_is_a, now);
-			count_allowed(e->slot, DIR_EGRESS, p.len);
-			return TC_ACT_OK;
-		}
-		ct_missed = !e;
 	}
 	struct endpoint *ep = endpoint_of(ifindex);
 	if (!ep)
