@@ -788,6 +788,21 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_ip_block_is_a_set_of_its_family() {
+        let t = run(&[policy(
+            "shop/web-in6",
+            json!({"podSelector": {"matchLabels": {"app": "web"}},
+            "ingress": [{"from": [{"ipBlock": {"cidr": "fd00:db8::/48", "except": ["fd00:db8:9::/64"]}}]}]}),
+        )]);
+        let web = spec_of(&t, "web-1").unwrap().ingress.as_ref().unwrap();
+        assert_eq!(
+            members(&t, &web[0].set),
+            ["fd00:db8::/48", "!fd00:db8:9::/64"]
+        );
+        assert!(t.skipped.is_empty(), "{:?}", t.skipped);
+    }
+
+    #[test]
     fn ip_blocks_named_ports_and_ranges() {
         let t = run(&[
             policy(
