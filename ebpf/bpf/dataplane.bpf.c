@@ -339,9 +339,11 @@ static __always_inline int reverse_reply6(struct __sk_buff *skb, struct packet *
  * tracked flows and errors about them pass, and a new flow needs the
  * egress policy's leave. A packet to a service's frontend is translated
  * to a backend first (lb_translate6), and policy judges the backend.
- * `ct_missed`: the short path looked the flow up and found none. */
+ * `ct_missed`: the short path looked the flow up and found none;
+ * `service`: the packet may be to a frontend (maybe_service). */
 static __always_inline int from_pod_v6(struct __sk_buff *skb, struct packet *p,
-				       const struct endpoint *ep, int parsed, bool ct_missed)
+				       const struct endpoint *ep, int parsed, bool ct_missed,
+				       bool service)
 {
 	__u32 ifindex = ep->ifindex, slot = ep->slot;
 	if (!endpoint6_owns(ifindex, &p->saddr6) && !v6_pod_link_source_ok(p))
@@ -355,7 +357,7 @@ static __always_inline int from_pod_v6(struct __sk_buff *skb, struct packet *p,
 		goto allowed;
 	struct lb_flow6 flow = {};
 	/* Calls only for what may need them (a frontend's bit, an error). */
-	int lb = maybe_service(p) ? lb_translate6(skb, p, &flow) : LB_NONE;
+	int lb = service ? lb_translate6(skb, p, &flow) : LB_NONE;
 	if (lb == LB_NO_BACKEND) {
 		count_drop(p, slot, ifindex, DIR_EGRESS, DROP_NO_BACKEND);
 		return reject6_port_unreachable(skb, p);
@@ -620,7 +622,8 @@ int from_pod6(struct __sk_buff *skb)
 	__u32 ifindex = skb->ifindex;
 	int parsed = parse_packet(skb, &p);
 	bool ct_missed = skb->cb[CB_CT_MISSED];
-	if (parsed == PARSED_IPV6 && !p.fragment && maybe_service(&p)) {
+	bool service = parsed == PARSED_IPV6 && !p.fragment && maybe_service(&p);
+	if (service) {
 		int verdict = egress_to_service6_established(skb, &p, ifindex, flow_clock());
 		if (verdict != SHORT_PATH_MISSED)
 			return verdict;
@@ -630,7 +633,7 @@ int from_pod6(struct __sk_buff *skb)
 		return drop(&p, 0, 0, DIR_EGRESS, DROP_NO_ENDPOINT);
 	if (__builtin_memcmp(p.src_mac, ep->mac, ETH_ALEN) != 0)
 		return drop(&p, ep->slot, ifindex, DIR_EGRESS, DROP_SPOOF_MAC);
-	return from_pod_v6(skb, &p, ep, parsed, ct_missed);
+	return from_pod_v6(skb, &p, ep, parsed, ct_missed, service);
 }
 
 SEC("classifier")

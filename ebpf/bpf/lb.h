@@ -384,15 +384,14 @@ static __always_inline bool lb_choose6(const struct svc_value *svc, const struct
 }
 
 /* lb_translate for IPv6 packets from pods: the same choice and the same
- * keeping of a flow's backend, on IPv6's maps. A global function: its
- * keys take a stack frame of their own, not from_pod6's. */
+ * keeping of a flow's backend, on IPv6's maps, for a packet the caller
+ * found maybe_service. A global function: its keys take a stack frame of
+ * their own, not from_pod6's. */
 __attribute__((noinline)) int lb_translate6(struct __sk_buff *skb, struct packet *p,
 					    struct lb_flow6 *flow)
 {
 	if (!p || !flow) /* never: the caller's; the verifier asks */
 		return LB_FAILED;
-	if (!maybe_service(p))
-		return LB_NONE;
 	struct svc_key6 sk = {.addr = p->daddr6, .port = p->dport, .proto = p->proto};
 	struct svc_value *svc = bpf_map_lookup_elem(&svc_frontends6, &sk);
 	if (!svc)

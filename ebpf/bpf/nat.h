@@ -478,17 +478,6 @@ static __always_inline int icmp6_store_addr(struct __sk_buff *skb, const struct 
 	return bpf_skb_store_bytes(skb, off, to, sizeof(*to), 0);
 }
 
-/* The same for a quoted port. */
-static __always_inline int icmp6_store_port(struct __sk_buff *skb, const struct packet *p,
-					    __u32 off, __be16 from, __be16 to)
-{
-	if (from == to)
-		return 0;
-	if (bpf_l4_csum_replace(skb, ICMP6_CSUM(p), from, to, sizeof(to)) < 0)
-		return -1;
-	return bpf_skb_store_bytes(skb, off, &to, sizeof(to), 0);
-}
-
 /* icmp_quote_translation for IPv6: the translation of `kind` whose key is
  * the reply to the packet an ICMPv6 error quotes (loaded into `q`, its
  * ports into `sport`/`dport`), or NULL. */
@@ -523,7 +512,7 @@ __attribute__((noinline)) int nat_reverse_icmp6_error(struct __sk_buff *skb, str
 	union v6addr frontend = rev->addr, client = rev->peer;
 	__be16 frontend_port = rev->port;
 	if (icmp6_store_addr(skb, p, QUOTE6_DADDR(p), qdaddr, &frontend, false) < 0 ||
-	    icmp6_store_port(skb, p, QUOTE6_DPORT(p), dport, frontend_port) < 0)
+	    icmp_store(skb, QUOTE6_DPORT(p), ICMP6_CSUM(p), dport, frontend_port, 2) < 0)
 		return NAT_FAILED;
 	/* A hairpin: the quote's source and the error's destination are the
 	 * hairpin address, the client's own to the client. */
@@ -556,7 +545,7 @@ __attribute__((noinline)) int nat_forward_icmp6_error(struct __sk_buff *skb, str
 	union v6addr backend = fwd->addr;
 	__be16 backend_port = fwd->port;
 	if (icmp6_store_addr(skb, p, QUOTE6_SADDR(p), qsaddr, &backend, false) < 0 ||
-	    icmp6_store_port(skb, p, QUOTE6_SPORT(p), sport, backend_port) < 0 ||
+	    icmp_store(skb, QUOTE6_SPORT(p), ICMP6_CSUM(p), sport, backend_port, 2) < 0 ||
 	    icmp6_store_addr(skb, p, OUTER6_DADDR, &p->daddr6, &backend, true) < 0)
 		return NAT_FAILED;
 	p->daddr6 = backend;

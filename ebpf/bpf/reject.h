@@ -95,7 +95,7 @@ static __always_inline int reject_port_unreachable(struct __sk_buff *skb, const 
 	return reject_unreachable(skb, p, ICMP_PORT_UNREACH, 0, p->daddr, p->dport, path);
 }
 
-/* IPv6's destination unreachable, laid out as reject_unreachable6 builds
+/* IPv6's destination unreachable, laid out as reject6_port_unreachable builds
  * it: the offending header and 8 bytes of what follows it (as much as
  * ICMPv6 must quote to name a flow). */
 struct icmp6_unreachable {
@@ -178,10 +178,9 @@ __attribute__((noinline)) int reject6_port_unreachable(struct __sk_buff *skb,
 			r.tcp.seq = seg.ack_seq;
 		} else {
 			/* What the segment occupied of the sequence space. */
+			__u32 payload = skb->len - ETH_HLEN - sizeof(struct ipv6hdr);
 			__u32 hdrs = p->l4_off - ETH_HLEN - sizeof(struct ipv6hdr) + seg.doff * 4;
-			__u32 data = skb->len - ETH_HLEN - sizeof(struct ipv6hdr) > hdrs
-					     ? skb->len - ETH_HLEN - sizeof(struct ipv6hdr) - hdrs
-					     : 0;
+			__u32 data = payload > hdrs ? payload - hdrs : 0;
 			r.tcp.ack_seq = bpf_htonl(bpf_ntohl(seg.seq) + data + seg.syn + seg.fin);
 			r.tcp.ack = 1;
 		}

@@ -120,12 +120,6 @@ struct Wanted<'a> {
     node_port: u16,
 }
 
-impl Wanted<'_> {
-    fn key(&self) -> Frontend {
-        self.frontend
-    }
-}
-
 /// What the frontends of a service depend on besides the service: the
 /// node's NodePort addresses, and which backends are local (for the
 /// `Local` traffic policies).
@@ -595,7 +589,7 @@ impl Applied {
     fn record(&mut self, specs: &[ServiceSpec], wanted: &[Wanted]) {
         let mut keys: Vec<Vec<Frontend>> = vec![Vec::new(); specs.len()];
         for w in wanted {
-            keys[w.index].push(w.key());
+            keys[w.index].push(w.frontend);
         }
         for (spec, keys) in specs.iter().zip(keys) {
             self.insert(spec, keys);
@@ -935,11 +929,11 @@ fn write_frontends(
     } = held;
     let mut seen: HashMap<Frontend, &str> = HashMap::with_capacity(wanted.len());
     for w in wanted {
-        let other = match seen.insert(w.key(), &w.spec.name) {
+        let other = match seen.insert(w.frontend, &w.spec.name) {
             Some(other) => Some(other.to_string()),
             None => installed
-                .get(&w.key())
-                .filter(|_| !replaced.contains(&w.key()))
+                .get(&w.frontend)
+                .filter(|_| !replaced.contains(&w.frontend))
                 .map(|i| i.name.clone()),
         };
         if let Some(other) = other {
@@ -980,7 +974,7 @@ fn write_frontends(
 
     for w in wanted {
         let timeout = w.spec.affinity_timeout.unwrap_or(0);
-        match installed.get_mut(&w.key()) {
+        match installed.get_mut(&w.frontend) {
             Some(old) => {
                 let slots = reslot(&old.backends, &w.backends);
                 let same_backends = slots == old.backends;
@@ -1037,7 +1031,7 @@ fn write_frontends(
                 };
                 maps.insert_frontend(&w.frontend, value)?;
                 installed.insert(
-                    w.key(),
+                    w.frontend,
                     Installed {
                         value,
                         backends: w.backends.clone(),
