@@ -19,7 +19,7 @@ pub mod kube_proxy_rules;
 pub mod translate;
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -221,7 +221,7 @@ fn translate_and_apply(
     slices: &Cache<EndpointSlice>,
     state: &mut State,
 ) -> anyhow::Result<Option<ApplyReport>> {
-    let node_addrs: Vec<Ipv4Addr> = margay_ebpf::nodeport::data_ifaces(root)?
+    let node_addrs: Vec<IpAddr> = margay_ebpf::nodeport::data_ifaces(root)?
         .into_iter()
         .map(|d| d.address)
         .collect();

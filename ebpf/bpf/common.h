@@ -20,6 +20,9 @@
 #ifndef AF_INET
 #define AF_INET 2
 #endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
 
 /* <linux/icmp.h> drags in libc's socket headers, which do not build for
  * the BPF target; what we need of it: */

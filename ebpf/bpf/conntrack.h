@@ -282,14 +282,16 @@ static __always_inline void ct_create(const struct packet *p, const struct endpo
 
 /* Records a new IPv6 flow of endpoint `ep`, the packet's sender being its
  * initiator; `from_pod`: the sender is the pod (else it is the receiver).
- * `flags`: CT_F_SERVICE for a pod's connection to a service. */
+ * `flags`: CT_F_SERVICE for a flow whose replies are turned (a pod's
+ * connection to a service, a NodePort's to its backend), CT_F_TUNNEL with
+ * `tunnel_peer` for one whose pod's packets go back through the tunnel. */
 static __always_inline void ct6_create(const struct packet *p, const struct endpoint *ep,
-				       bool from_pod, __u8 flags)
+				       bool from_pod, __u8 flags, __be32 tunnel_peer)
 {
 	struct ct_key6 k;
 	bool src_is_a = ct_key6_fill(&k, &p->saddr6, &p->daddr6, p->sport, p->dport, p->proto,
 				     ep->ifindex);
-	struct ct_entry e = {};
+	struct ct_entry e = {.tunnel_peer = tunnel_peer};
 	ct_entry_init(&e, p, ep, flags | (src_is_a == from_pod ? CT_F_POD_IS_A : 0), src_is_a);
 	bpf_map_update_elem(&conntrack6, &k, &e, BPF_ANY);
 }

@@ -22,10 +22,12 @@
  * node (route_to, tunnel.h): to a local pod, through the tunnel, routed to
  * a peer's pod on our L2 without the host stack, or by the stack.
  *
- * IPv6 takes the kernel stack after the pod's own verdict (anti-spoofing,
- * service translation, conntrack, policy): NodePorts, local redirects and
- * the tunnel are IPv4's so far. Neighbour discovery passes like ARP
- * (ndisc.h).
+ * A pod's IPv6 takes the kernel stack after the pod's own verdict
+ * (anti-spoofing, service translation, conntrack, policy), but for flows
+ * that came through the tunnel, whose packets go back the same way:
+ * from_tunnel hands IPv6 straight to its pod, as IPv4. NodePorts of IPv6
+ * reach other nodes' backends through the tunnel in both external modes
+ * (from_net_v6). Neighbour discovery passes like ARP (ndisc.h).
  *
  * Counters are by slot: an endpoint's own, or slot 0 for the node's
  * interfaces (data interfaces, the tunnel) and veths with no endpoint;
@@ -315,8 +317,23 @@ static __always_inline int v6_flowless(const struct packet *p, const struct endp
 	return TC_ACT_OK;
 }
 
-/* A reply of a pod's IPv6 service flow (`e`, CT_F_SERVICE): the
- * backend's source becomes the service's again. For a hairpin (a pod that
+/* An IPv6 packet from a pod, allowed (on the flow of entry `e`, or NULL):
+ * counted, and sent on the way its flow's packets go: back through the
+ * tunnel to the node a flow came from (CT_F_TUNNEL: a NodePort's flow
+ * another node took in, a peer's pod's), else by the stack. */
+static __always_inline int egress6_allowed(struct __sk_buff *skb, const struct packet *p,
+					   const struct ct_entry *e, __u32 slot)
+{
+	count_allowed(slot, DIR_EGRESS, p->len);
+	if (e && (e->flags & CT_F_TUNNEL))
+		return tunnel_send(skb, e->tunnel_peer, VNI_POD);
+	return TC_ACT_OK;
+}
+
+/* A reply of an IPv6 service flow (`e`, CT_F_SERVICE): the
+ * backend's source becomes the service's again (on the client pod's
+ * ingress, or on the backend's egress for a NodePort's client outside,
+ * whom the stack then routes it to). For a hairpin (a pod that
  * reached itself through a service; its reply leaves it for the hairpin
  * address) the reply is the pod's own to take back, straight into it:
  * through the stack it would arrive at its own to_pod as a new flow from
@@ -360,7 +377,7 @@ static __always_inline int from_pod_v6(struct __sk_buff *skb, struct packet *p,
 	int lb = service ? lb_translate6(skb, p, &flow) : LB_NONE;
 	if (lb == LB_NO_BACKEND) {
 		count_drop(p, slot, ifindex, DIR_EGRESS, DROP_NO_BACKEND);
-		return reject6_port_unreachable(skb, p);
+		return reject6_port_unreachable(skb, p, REJECT_INTO_POD);
 	}
 	if (lb == LB_FAILED)
 		return drop(p, slot, ifindex, DIR_EGRESS, DROP_NAT);
@@ -378,18 +395,26 @@ static __always_inline int from_pod_v6(struct __sk_buff *skb, struct packet *p,
 				lb_record6(&flow, p->proto);
 			if (ct == CT_REPLY && (e->flags & CT_F_SERVICE))
 				return reverse_reply6(skb, p, e, ifindex, DIR_EGRESS);
-			goto allowed;
+			return egress6_allowed(skb, p, e, slot);
 		}
 	}
-	/* An error about a tracked flow passes as part of it, untracked. */
-	if (ct6_related(skb, p, ifindex))
-		goto allowed;
+	/* An error about a tracked flow passes as part of it, untracked, the
+	 * way the flow's replies go; about a NodePort's flow this pod serves,
+	 * it is turned here as they are (the translation's reverse entry is
+	 * this node's only then: a client pod's is on the client's node). */
+	struct ct_entry *related = ct6_related(skb, p, ifindex);
+	if (related) {
+		if ((related->flags & CT_F_SERVICE) &&
+		    nat_reverse_icmp6_error(skb, p) == NAT_FAILED)
+			return drop(p, slot, ifindex, DIR_EGRESS, DROP_NAT);
+		return egress6_allowed(skb, p, related, slot);
+	}
 	int verdict = policy_judge6(ifindex, DIR_EGRESS, &p->daddr6, p);
 	if (policy_denies(verdict))
 		return drop_denied(p, slot, ifindex, DIR_EGRESS, DROP_POLICY_EGRESS, verdict);
 	if (lb == LB_TRANSLATED)
 		lb_record6(&flow, p->proto);
-	ct6_create(p, ep, true, lb == LB_TRANSLATED ? CT_F_SERVICE : 0);
+	ct6_create(p, ep, true, lb == LB_TRANSLATED ? CT_F_SERVICE : 0, 0);
 	trace_new_flow(p, ifindex, DIR_EGRESS);
 allowed:
 	count_allowed(slot, DIR_EGRESS, p->len);
@@ -398,9 +423,12 @@ allowed:
 
 /* An IPv6 packet to the pod whose flow the short path did not find: what
  * needs no flow (v6_flowless) and errors about a tracked flow pass, the
- * node is let in, and a new flow needs the ingress policy's leave. */
+ * node is let in, and a new flow needs the ingress policy's leave. A
+ * NodePort's flow (its translation reversed on this node) is marked for
+ * its replies to be turned; `tunnel_peer`: the node a tunnelled flow's
+ * replies go back to (0: they take the stack). */
 static __always_inline int to_pod_v6(struct __sk_buff *skb, struct packet *p,
-				     const struct endpoint *ep)
+				     const struct endpoint *ep, __be32 tunnel_peer)
 {
 	__u32 ifindex = ep->ifindex, slot = ep->slot;
 	int flowless = v6_flowless(p, ep, DIR_INGRESS);
@@ -422,11 +450,44 @@ static __always_inline int to_pod_v6(struct __sk_buff *skb, struct packet *p,
 			return drop_denied(p, slot, ifindex, DIR_INGRESS, DROP_POLICY_INGRESS,
 					   verdict);
 	}
-	ct6_create(p, ep, false, 0);
+	__u8 flags = nat_reversed_at_backend6(p) ? CT_F_SERVICE : 0;
+	if (tunnel_peer)
+		flags |= CT_F_TUNNEL;
+	ct6_create(p, ep, false, flags, tunnel_peer);
 	trace_new_flow(p, ifindex, DIR_INGRESS);
 allowed:
 	count_allowed(slot, DIR_INGRESS, p->len);
 	return TC_ACT_OK;
+}
+
+/* deliver_to_pod for IPv6: hands a packet to the local pod behind host
+ * veth `dst_ifindex` (local_endpoint6_ifindex), its ingress decision
+ * taken first (to_pod_v6, with `tunnel_peer`); the stack takes what it
+ * cannot. */
+static __always_inline int deliver_to_pod6(struct __sk_buff *skb, struct packet *p,
+					   __u32 dst_ifindex, __be32 tunnel_peer)
+{
+	if (p->ttl <= 1) /* the stack sends time-exceeded */
+		return TC_ACT_OK;
+	struct ct_entry *e;
+	int ct = ct_lookup(p, dst_ifindex, flow_clock(), &e);
+	if (ct != CT_MISS) {
+		if (ct == CT_REPLY && (e->flags & CT_F_SERVICE)) {
+			int verdict = reverse_reply6(skb, p, e, dst_ifindex, DIR_INGRESS);
+			if (verdict != TC_ACT_OK)
+				return verdict;
+		} else {
+			count_allowed(e->slot, DIR_INGRESS, p->len);
+		}
+		return redirect_to_pod6(skb, dst_ifindex, e->pod_mac);
+	}
+	struct endpoint *ep = endpoint_of(dst_ifindex);
+	if (!ep)
+		return TC_ACT_OK;
+	int verdict = to_pod_v6(skb, p, ep, tunnel_peer);
+	if (verdict != TC_ACT_OK)
+		return verdict;
+	return redirect_to_pod6(skb, dst_ifindex, ep->mac);
 }
 
 SEC("classifier")
@@ -470,8 +531,7 @@ int from_pod(struct __sk_buff *skb)
 			    !(e->flags & CT_F_SERVICE) &&
 			    __builtin_memcmp(p.src_mac, e->pod_mac, ETH_ALEN) == 0) {
 				ct_update(e, &p, src_is_a, now);
-				count_allowed(e->slot, DIR_EGRESS, p.len);
-				return TC_ACT_OK;
+				return egress6_allowed(skb, &p, e, e->slot);
 			}
 			skb->cb[CB_CT_MISSED] = !e;
 		}
@@ -677,7 +737,7 @@ int to_pod(struct __sk_buff *skb)
 	case PARSED_IPV4:
 		return ingress_verdict(skb, &p, ep, VIA_STACK, 0);
 	case PARSED_IPV6:
-		return to_pod_v6(skb, &p, ep);
+		return to_pod_v6(skb, &p, ep, 0);
 	default: /* ARP */
 		count_allowed(ep->slot, DIR_INGRESS, p.len);
 		return TC_ACT_OK;
@@ -695,6 +755,45 @@ static __always_inline int from_net_to_pod(struct __sk_buff *skb, struct packet 
 	return deliver_to_pod(skb, p, local_endpoint_ifindex(p->daddr), VIA_NET, 0);
 }
 
+/* from_net for IPv6: a NodePort's flow gets its backend (lb_translate6)
+ * and the stack routes it to a local one, whose to_pod marks it for its
+ * replies to be turned (to_pod_v6); to another node's it goes through the
+ * tunnel and comes back the same way, in DSR mode too: the backend's node
+ * could not answer as the NodePort, which the tunnel's 24-bit identifier
+ * has no room to name. An ICMPv6 error about a NodePort's reply follows
+ * the flow to its backend. Everything else passes. */
+static __always_inline int from_net_v6(struct __sk_buff *skb, struct packet *p)
+{
+	__u32 ifindex = skb->ifindex;
+	struct lb_flow6 flow = {.external = true};
+	int lb = maybe_service(p) ? lb_translate6(skb, p, &flow) : LB_NONE;
+	switch (lb) {
+	case LB_NONE: {
+		if (p->proto != IPPROTO_ICMPV6)
+			return TC_ACT_OK;
+		int fwd = nat_forward_icmp6_error(skb, p);
+		if (fwd == NAT_FAILED)
+			return drop(p, NODE_SLOT, ifindex, DIR_INGRESS, DROP_NAT);
+		if (fwd != NAT_TRANSLATED)
+			return TC_ACT_OK;
+		break;
+	}
+	case LB_NO_BACKEND:
+		count_drop(p, NODE_SLOT, ifindex, DIR_INGRESS, DROP_NO_BACKEND);
+		return reject6_port_unreachable(skb, p, REJECT_BACK_OUT);
+	case LB_FAILED:
+		return drop(p, NODE_SLOT, ifindex, DIR_INGRESS, DROP_NAT);
+	default:
+		lb_record6(&flow, p->proto);
+		break;
+	}
+	count_allowed(NODE_SLOT, DIR_INGRESS, p->len);
+	struct peer *peer = peer6_of(&p->daddr6);
+	if (!peer)
+		return TC_ACT_OK;
+	return tunnel_send(skb, peer->node, VNI_POD);
+}
+
 /* NodePorts on a data interface: a connection from outside to the node's
  * address and a NodePort gets a backend, as a pod's connection to a
  * ClusterIP does, its source kept (the backend sees the real client); the
@@ -702,13 +801,16 @@ static __always_inline int from_net_to_pod(struct __sk_buff *skb, struct packet 
  * policy and whose from_pod turns the replies back into the NodePort's.
  * ICMP errors about such a flow follow it to the backend. Other packets
  * for a local pod go to it directly (from_net_to_pod). Everything else is
- * the node's own traffic and passes untouched. */
+ * the node's own traffic and passes untouched. IPv6: from_net_v6. */
 SEC("classifier")
 int from_net(struct __sk_buff *skb)
 {
 	struct packet p = {};
 	__u32 ifindex = skb->ifindex;
-	if (parse_packet(skb, &p) != PARSED_IPV4 || p.fragment)
+	int parsed = parse_packet(skb, &p);
+	if (parsed == PARSED_IPV6 && !p.fragment)
+		return from_net_v6(skb, &p);
+	if (parsed != PARSED_IPV4 || p.fragment)
 		return TC_ACT_OK;
 	struct lb_flow flow = {.external = true};
 	int lb = lb_translate(skb, &p, &flow);
@@ -761,17 +863,29 @@ int from_tunnel(struct __sk_buff *skb)
 	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
 		return TC_ACT_OK;
 	int parsed = parse_packet(skb, &p);
+	__be32 from_node = bpf_htonl(key.remote_ipv4);
 	/* IPv6 between nodes always tunnels (cluster.rs: a peer is known by
-	 * its IPv4 address alone) and takes the stack here, to its pod's
-	 * to_pod: as a frame from a device without neighbours, addressed to
-	 * none, the stack would not forward it as another host's. */
+	 * its IPv4 address alone): for a local pod it is delivered as IPv4
+	 * is (its replies go back through the tunnel: a NodePort's flow must
+	 * return to the node that took it in); a NodePort's reply is turned
+	 * back into the NodePort's. The stack takes the rest, as a frame for
+	 * this host: from a device without neighbours, addressed to none, it
+	 * would not forward it as another host's. */
 	if (parsed == PARSED_IPV6 || parsed == PARSE_IPV6_EXT) {
 		bpf_skb_change_type(skb, PACKET_HOST);
+		if (parsed != PARSED_IPV6 || p.fragment)
+			return TC_ACT_OK;
+		__u32 dst = local_endpoint6_ifindex(skb, &p);
+		if (dst)
+			return deliver_to_pod6(skb, &p, dst, from_node);
+		int rev = p.proto == IPPROTO_ICMPV6 ? nat_reverse_icmp6_error(skb, &p)
+						    : nat_reverse6(skb, &p);
+		if (rev == NAT_FAILED)
+			return drop(&p, NODE_SLOT, skb->ifindex, DIR_INGRESS, DROP_NAT);
 		return TC_ACT_OK;
 	}
 	if (parsed != PARSED_IPV4)
 		return TC_ACT_OK;
-	__be32 from_node = bpf_htonl(key.remote_ipv4);
 	__u32 dst = local_endpoint_ifindex(p.daddr);
 	if (dst) {
 		bool dsr = key.tunnel_id & VNI_DSR;

@@ -11,6 +11,7 @@
 
 #include "common.h"
 #include "parse.h"
+#include "endpoint.h"
 
 static const __u8 gateway_mac[ETH_ALEN] = {0xee, 0xee, 0xee, 0xee, 0xee, 0xee};
 
@@ -19,15 +20,21 @@ static const __u8 gateway_mac[ETH_ALEN] = {0xee, 0xee, 0xee, 0xee, 0xee, 0xee};
 static __always_inline long fib_lookup(struct __sk_buff *skb, const struct packet *p,
 				       struct bpf_fib_lookup *f)
 {
-	f->family = AF_INET;
 	f->l4_protocol = p->proto;
 	f->sport = p->sport;
 	f->dport = p->dport;
 	/* tot_len 0: we ask where the packet goes, not whether it fits; a
 	 * GSO packet's length would make the FIB answer FRAG_NEEDED. */
 	f->tot_len = 0;
-	f->ipv4_src = p->saddr;
-	f->ipv4_dst = p->daddr;
+	if (p->ipv6) {
+		f->family = AF_INET6;
+		__builtin_memcpy(f->ipv6_src, &p->saddr6, sizeof(f->ipv6_src));
+		__builtin_memcpy(f->ipv6_dst, &p->daddr6, sizeof(f->ipv6_dst));
+	} else {
+		f->family = AF_INET;
+		f->ipv4_src = p->saddr;
+		f->ipv4_dst = p->daddr;
+	}
 	f->ifindex = skb->ifindex;
 	return bpf_fib_lookup(skb, f, sizeof(*f), 0);
 }
@@ -41,6 +48,20 @@ static __always_inline bool fib_routes_to(struct __sk_buff *skb, const struct pa
 	/* NO_NEIGH is fine: we write the destination MAC ourselves. */
 	return (rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH) &&
 	       f.ifindex == dst_ifindex;
+}
+
+/* The host veth of the local pod an IPv6 packet is for, or 0: where the
+ * FIB routes it, if the pod there owns its destination. (IPv6 has no
+ * index of endpoints by address: the FIB's answer is the index, and it
+ * confirms that the kernel would route the packet there.) */
+static __always_inline __u32 local_endpoint6_ifindex(struct __sk_buff *skb,
+						     const struct packet *p)
+{
+	struct bpf_fib_lookup f = {};
+	long rc = fib_lookup(skb, p, &f);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
+		return 0;
+	return endpoint6_owns(f.ifindex, &p->daddr6) ? f.ifindex : 0;
 }
 
 /* Does what a router does to a packet it forwards (TTL decremented, with

@@ -80,6 +80,14 @@ struct {
 	__type(value, __u32);
 } node_addrs SEC(".maps");
 
+/* Its IPv6 addresses there, as node_addrs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_NODE_ADDRS);
+	__type(key, union v6addr);
+	__type(value, __u32);
+} node_addrs6 SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -327,6 +335,7 @@ struct lb_flow6 {
 	__be16 frontend_port;
 	bool is_new;
 	bool check_reverse;
+	bool external;
 };
 
 static __always_inline struct backend6 *backend6_at(const struct svc_value *svc, __u16 ordinal)
@@ -383,10 +392,10 @@ static __always_inline bool lb_choose6(const struct svc_value *svc, const struct
 	return true;
 }
 
-/* lb_translate for IPv6 packets from pods: the same choice and the same
- * keeping of a flow's backend, on IPv6's maps, for a packet the caller
- * found maybe_service. A global function: its keys take a stack frame of
- * their own, not from_pod6's. */
+/* lb_translate for IPv6 packets (a pod's, or a NodePort's from outside):
+ * the same choice and the same keeping of a flow's backend, on IPv6's
+ * maps, for a packet the caller found maybe_service. A global function:
+ * its keys take a stack frame of their own, not its caller's. */
 __attribute__((noinline)) int lb_translate6(struct __sk_buff *skb, struct packet *p,
 					    struct lb_flow6 *flow)
 {
@@ -439,6 +448,7 @@ __attribute__((noinline)) int lb_record6(const struct lb_flow6 *flow, __u32 prot
 	}
 	if (flow->is_new || flow->check_reverse)
 		nat_write_reverse6(&flow->fwd, &flow->client, flow->client_port, &flow->frontend,
-				   flow->frontend_port, proto, !flow->is_new);
+				   flow->frontend_port, proto,
+				   flow->external ? NAT_F_AT_BACKEND : 0, !flow->is_new);
 	return 0;
 }

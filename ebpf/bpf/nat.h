@@ -406,12 +406,11 @@ static __always_inline int nat_reverse_reply(struct __sk_buff *skb, struct packe
 	return rev;
 }
 
-/* nat_write_reverse for IPv6 (no NodePorts yet: the client is a pod, whose
- * own endpoint turns the replies). */
+/* nat_write_reverse for IPv6. */
 static __always_inline void nat_write_reverse6(const struct nat_entry6 *fwd,
 					       const union v6addr *client, __be16 client_port,
 					       const union v6addr *frontend, __be16 frontend_port,
-					       __u8 proto, bool check_first)
+					       __u8 proto, __u32 nat_flags, bool check_first)
 {
 	bool hairpin = !v6_unspecified(&fwd->peer);
 	struct nat_key6 k;
@@ -422,19 +421,31 @@ static __always_inline void nat_write_reverse6(const struct nat_entry6 *fwd,
 		.addr = *frontend,
 		.port = frontend_port,
 		.svc_id = fwd->svc_id,
+		.flags = nat_flags,
 	};
 	if (hairpin)
 		rev.peer = *client;
 	if (check_first) {
 		struct nat_entry6 *cur = bpf_map_lookup_elem(&nat6, &k);
 		if (cur && v6addr_equal(&cur->addr, &rev.addr) && cur->port == rev.port &&
-		    v6addr_equal(&cur->peer, &rev.peer))
+		    v6addr_equal(&cur->peer, &rev.peer) && cur->flags == rev.flags)
 			return;
 	}
 	bpf_map_update_elem(&nat6, &k, &rev, BPF_ANY);
 }
 
-/* nat_reverse for IPv6 TCP and UDP: a backend's reply to a pod's service
+/* nat_reversed_at_backend for IPv6. */
+static __always_inline bool nat_reversed_at_backend6(const struct packet *p)
+{
+	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
+		return false;
+	struct nat_key6 k;
+	nat_key6_fill(&k, &p->daddr6, &p->saddr6, p->dport, p->sport, p->proto, NAT_REV);
+	struct nat_entry6 *rev = bpf_map_lookup_elem(&nat6, &k);
+	return rev && (rev->flags & NAT_F_AT_BACKEND);
+}
+
+/* nat_reverse for IPv6 TCP and UDP: a backend's reply to a service
  * connection becomes the frontend's, and a hairpin's goes to the pod's
  * own address. */
 static __always_inline int nat_reverse6(struct __sk_buff *skb, struct packet *p)

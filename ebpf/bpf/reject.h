@@ -119,15 +119,14 @@ struct tcp6_reset {
 
 #define TCP6_RESET_LEN (sizeof(struct tcp6_reset) - 2)
 
-/* The IPv6 header of a message built here: from `from` to the packet's
- * sender, into the pod behind the interface it came in by; and the
- * checksum of its pseudo-header (both addresses, `len` bytes of
+/* The IPv6 header of a message built here: from the address the packet
+ * tried to its sender (the Ethernet source is filled in by reply6_send);
+ * and the checksum of its pseudo-header (both addresses, `len` bytes of
  * `nexthdr`), every part a multiple of 4 bytes for csum_diff. */
 static __always_inline __s64 reply6_header(struct ethhdr *eth, struct ipv6hdr *ip,
 					   const struct packet *p, __u16 len, __u8 nexthdr)
 {
 	__builtin_memcpy(eth->h_dest, p->src_mac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, gateway_mac, ETH_ALEN);
 	eth->h_proto = bpf_htons(ETH_P_IPV6);
 	ip->version = 6;
 	ip->payload_len = bpf_htons(len);
@@ -140,18 +139,22 @@ static __always_inline __s64 reply6_header(struct ethhdr *eth, struct ipv6hdr *i
 	return bpf_csum_diff(0, 0, tail, sizeof(tail), sum);
 }
 
-/* Replaces the packet with `len` bytes from `frame` and sends it into the
- * pod it came from. */
-static __always_inline int reply6_into_pod(struct __sk_buff *skb, void *frame, __u32 len)
+/* Replaces the packet with `len` bytes from `frame`, an Ethernet frame
+ * from the MAC the packet was sent to, and sends it back by `path`. */
+static __always_inline int reply6_send(struct __sk_buff *skb, struct ethhdr *frame, __u32 len,
+				       enum reject_path path)
 {
-	if (bpf_skb_change_tail(skb, len, 0) < 0 || bpf_skb_store_bytes(skb, 0, frame, len, 0) < 0)
+	if (bpf_skb_load_bytes(skb, 0, frame->h_source, ETH_ALEN) < 0 ||
+	    bpf_skb_change_tail(skb, len, 0) < 0 || bpf_skb_store_bytes(skb, 0, frame, len, 0) < 0)
 		return TC_ACT_SHOT;
-	return bpf_redirect_peer(skb->ifindex, 0);
+	if (path == REJECT_INTO_POD)
+		return bpf_redirect_peer(skb->ifindex, 0);
+	return bpf_redirect(skb->ifindex, 0);
 }
 
-/* "Port unreachable" from the address an IPv6 packet from a pod tried,
- * sent back into the pod (reject_port_unreachable's IPv6 twin), for a
- * service with no backend; the packet is quoted as the pod sent it. TCP
+/* "Port unreachable" from the address an IPv6 packet tried, sent back by
+ * `path` (reject_port_unreachable's IPv6 twin), for a service with no
+ * backend; the packet is quoted as its sender sent it. TCP
  * gets a reset instead (RFC 9293's answer to a segment for no
  * connection), which its socket takes as ECONNREFUSED as it takes port
  * unreachable: the answer reaches the pod while its connect() still
@@ -161,7 +164,8 @@ static __always_inline int reply6_into_pod(struct __sk_buff *skb, void *frame, _
  * connect() returns. A global function: the answer is built on a stack
  * frame of its own. */
 __attribute__((noinline)) int reject6_port_unreachable(struct __sk_buff *skb,
-						       const struct packet *p)
+						       const struct packet *p,
+						       enum reject_path path)
 {
 	if (!p) /* never: the caller's packet; the verifier asks */
 		return TC_ACT_SHOT;
@@ -186,7 +190,7 @@ __attribute__((noinline)) int reject6_port_unreachable(struct __sk_buff *skb,
 		}
 		__s64 sum = reply6_header(&r.eth, &r.ip, p, sizeof(r.tcp), IPPROTO_TCP);
 		r.tcp.check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&r.tcp, sizeof(r.tcp), sum));
-		return reply6_into_pod(skb, &r.eth, TCP6_RESET_LEN);
+		return reply6_send(skb, &r.eth, TCP6_RESET_LEN, path);
 	}
 	struct icmp6_unreachable r = {};
 	if (bpf_skb_load_bytes(skb, ETH_HLEN, r.quote, sizeof(r.quote)) < 0)
@@ -195,5 +199,5 @@ __attribute__((noinline)) int reject6_port_unreachable(struct __sk_buff *skb,
 	r.icmp.icmp6_code = ICMPV6_PORT_UNREACH;
 	__s64 sum = reply6_header(&r.eth, &r.ip, p, ICMP6_BODY_LEN, IPPROTO_ICMPV6);
 	r.icmp.icmp6_cksum = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&r.icmp, ICMP6_BODY_LEN, sum));
-	return reply6_into_pod(skb, &r.eth, ICMP6_UNREACHABLE_LEN);
+	return reply6_send(skb, &r.eth, ICMP6_UNREACHABLE_LEN, path);
 }

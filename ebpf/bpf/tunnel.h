@@ -27,8 +27,9 @@ struct {
 	__type(value, struct peer);
 } node_peers SEC(".maps");
 
-/* Their IPv6 pod CIDRs: userspace's record of what it routes, read by no
- * program yet (IPv6 leaves the node by the stack). */
+/* Their IPv6 pod CIDRs. A pod's IPv6 leaves the node by the stack (by the
+ * routes userspace writes from this map); from_net reads it to send a
+ * NodePort's flow to a backend on another node. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, MAX_NODE_PEERS);
@@ -48,6 +49,13 @@ static __always_inline struct peer *peer_of(__be32 addr)
 {
 	struct peer_key k = {.prefixlen = 32, .addr = addr};
 	return bpf_map_lookup_elem(&node_peers, &k);
+}
+
+/* The node whose pods' IPv6 CIDR holds `addr`, or NULL. */
+static __always_inline struct peer *peer6_of(const union v6addr *addr)
+{
+	struct peer_key6 k = {.prefixlen = 128, .addr = *addr};
+	return bpf_map_lookup_elem(&node_peers6, &k);
 }
 
 /* Sends the packet (its Ethernet frame, as is) through the tunnel to

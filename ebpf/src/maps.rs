@@ -17,7 +17,7 @@ use crate::paths::map_path;
 /// Every map the object defines and Margay pins, with what losing its
 /// contents costs. "Durable" maps describe running endpoints and must be
 /// carried over an upgrade; "rebuildable" ones refill by themselves.
-pub const PINNED_MAPS: [(&str, Durability); 32] = [
+pub const PINNED_MAPS: [(&str, Durability); 33] = [
     ("endpoints", Durability::Durable),
     ("endpoints6", Durability::Durable),
     ("endpoints_by_ip", Durability::Durable),
@@ -33,6 +33,7 @@ pub const PINNED_MAPS: [(&str, Durability); 32] = [
     ("svc_backends6", Durability::Durable),
     ("svc_meta", Durability::Durable),
     ("node_addrs", Durability::Durable),
+    ("node_addrs6", Durability::Durable),
     ("node_config", Durability::Durable),
     ("node_peers", Durability::Durable),
     ("node_peers6", Durability::Durable),
@@ -101,6 +102,7 @@ pub type ServiceNames = HashMap<MapData, u32, SvcMeta>;
 pub type Nat = HashMap<MapData, NatKey, NatEntry>;
 pub type Nat6 = HashMap<MapData, NatKey6, NatEntry6>;
 pub type NodeAddrs = HashMap<MapData, [u8; 4], u32>;
+pub type NodeAddrs6 = HashMap<MapData, [u8; 16], u32>;
 pub type NodeConfigMap = aya::maps::Array<MapData, NodeConfig>;
 pub type NodePeers = aya::maps::lpm_trie::LpmTrie<MapData, [u8; 4], Peer>;
 pub type NodePeers6 = aya::maps::lpm_trie::LpmTrie<MapData, [u8; 16], Peer>;
@@ -137,6 +139,7 @@ opener!(service_names, ServiceNames, "svc_meta");
 opener!(nat, Nat, "nat");
 opener!(nat6, Nat6, "nat6");
 opener!(node_addrs, NodeAddrs, "node_addrs");
+opener!(node_addrs6, NodeAddrs6, "node_addrs6");
 opener!(node_config, NodeConfigMap, "node_config");
 opener!(ip_sets, IpSets, "ip_sets");
 opener!(ip_sets6, IpSets6, "ip_sets6");

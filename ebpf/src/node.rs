@@ -701,9 +701,8 @@ impl Running {
             .and_then(|m| maps::values(&m, "endpoints"))
             .map(|l| l.iter().map(Endpoint::ifname).collect())
             .unwrap_or_default();
-        let data_ifaces = maps::node_addrs(root)
-            .and_then(|m| maps::values(&m, "node_addrs"))
-            .map(names_of)
+        let data_ifaces = crate::nodeport::data_ifaces(root)
+            .map(|l| names_of(l.iter().map(|d| d.ifindex).collect()))
             .unwrap_or_default();
         let tunnel = maps::node_config(root)
             .ok()
@@ -786,6 +785,7 @@ fn copy_entries(root: &Path, name: &str, old: aya::maps::MapData) -> Result<(), 
         "svc_backends6" => copy(name, old, maps::backends6(root)?),
         "svc_meta" => copy(name, old, maps::service_names(root)?),
         "node_addrs" => copy(name, old, maps::node_addrs(root)?),
+        "node_addrs6" => copy(name, old, maps::node_addrs6(root)?),
         _ => Err(DataplaneError::map(
             name,
             "no way to carry its entries over",

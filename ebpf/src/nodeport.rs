@@ -1,11 +1,14 @@
 //! Where NodePorts answer: the node's data interfaces (`from_net` on
-//! their ingress) and their IPv4 addresses, recorded in `node_addrs`.
-//! Services applied after an address is recorded open their NodePorts on
-//! it; `service::refresh_node_ports` opens (or closes) those of services
+//! their ingress) and their addresses, recorded in `node_addrs` (IPv4)
+//! and `node_addrs6` (IPv6, link-local ones left out). Services applied
+//! after an address is recorded open their NodePorts on it;
+//! `service::refresh_node_ports` opens (or closes) those of services
 //! applied before.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::Path;
+
+use aya::maps::{HashMap, MapData};
 
 use crate::error::DataplaneError;
 use crate::maps;
@@ -14,80 +17,126 @@ use crate::node::{DATA_IFACE_PROGRAM, Node};
 /// A NodePort address of the node and the data interface it is on.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub struct DataIface {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub ifindex: u32,
     /// None when the interface is gone.
     pub ifname: Option<String>,
 }
 
 /// Makes `ifname` one of the node's data interfaces: `from_net` on its
-/// ingress, and its IPv4 addresses recorded as where NodePorts answer
+/// ingress, and its addresses recorded as where NodePorts answer
 /// (services applied from now on open NodePorts on them). Returns the
 /// addresses.
-pub fn attach(node: &mut Node, root: &Path, ifname: &str) -> Result<Vec<Ipv4Addr>, DataplaneError> {
+///
+/// # Errors
+/// [`DataplaneError::Attach`] when the interface does not exist or has no
+/// address a NodePort could answer on (IPv4, or IPv6 beyond link-local);
+/// a map error when the addresses cannot be recorded.
+pub fn attach(node: &mut Node, root: &Path, ifname: &str) -> Result<Vec<IpAddr>, DataplaneError> {
     let ifindex = nix::net::if_::if_nametoindex(ifname).map_err(|e| DataplaneError::Attach {
         program: DATA_IFACE_PROGRAM.0,
         ifname: ifname.to_string(),
         reason: format!("no such interface: {e}"),
     })?;
-    let addrs = ipv4_addresses(ifname)?;
+    let addrs = node_port_addresses(ifname)?;
     if addrs.is_empty() {
         return Err(DataplaneError::Attach {
             program: DATA_IFACE_PROGRAM.0,
             ifname: ifname.to_string(),
-            reason: "it has no IPv4 address for NodePorts to answer on".into(),
+            reason: "it has no IPv4 or global IPv6 address for NodePorts to answer on".into(),
         });
     }
     node.attach_data_iface(ifname)?;
-    let mut map = maps::node_addrs(root)?;
+    let (mut v4, mut v6) = (maps::node_addrs(root)?, maps::node_addrs6(root)?);
     for a in &addrs {
-        map.insert(a.octets(), ifindex, 0)
-            .map_err(|e| DataplaneError::map("node_addrs", e))?;
+        match a {
+            IpAddr::V4(a) => v4
+                .insert(a.octets(), ifindex, 0)
+                .map_err(|e| DataplaneError::map("node_addrs", e))?,
+            IpAddr::V6(a) => v6
+                .insert(a.octets(), ifindex, 0)
+                .map_err(|e| DataplaneError::map("node_addrs6", e))?,
+        }
     }
     Ok(addrs)
 }
 
 /// Takes `from_net` off `ifname` and forgets its NodePort addresses.
+///
+/// # Errors
+/// When the program cannot be detached or the maps cannot be opened.
 pub fn detach(root: &Path, ifname: &str) -> Result<(), DataplaneError> {
     Node::detach_data_iface(ifname)?;
     let ifindex = nix::net::if_::if_nametoindex(ifname).ok();
-    let mut map = maps::node_addrs(root)?;
-    let theirs: Vec<[u8; 4]> = map
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(a, i)| {
-            Some(*i) == ifindex
-                || ipv4_addresses(ifname).is_ok_and(|l| l.contains(&Ipv4Addr::from(*a)))
-        })
-        .map(|(a, _)| a)
-        .collect();
-    for a in theirs {
-        let _ = map.remove(&a);
-    }
-    Ok(())
+    let current = node_port_addresses(ifname).unwrap_or_default();
+    // Recorded with this interface's index, or (the interface gone and
+    // back with another) one of its addresses.
+    let theirs = |(a, i): &(IpAddr, u32)| Some(*i) == ifindex || current.contains(a);
+    forget(&mut maps::node_addrs(root)?, "node_addrs", theirs)?;
+    forget(&mut maps::node_addrs6(root)?, "node_addrs6", theirs)
 }
 
-/// The node's data interfaces and NodePort addresses.
+/// The node's data interfaces and NodePort addresses, IPv4's first.
+///
+/// # Errors
+/// When a map cannot be opened or read.
 pub fn data_ifaces(root: &Path) -> Result<Vec<DataIface>, DataplaneError> {
-    let map = maps::node_addrs(root)?;
-    let mut all: Vec<DataIface> = map
-        .iter()
-        .map(|kv| {
-            kv.map(|(a, ifindex)| DataIface {
-                address: Ipv4Addr::from(a),
-                ifindex,
-                ifname: nix::net::if_::if_indextoname(ifindex)
-                    .ok()
-                    .map(|n| n.to_string_lossy().into_owned()),
-            })
+    let v4 = recorded(&maps::node_addrs(root)?, "node_addrs")?;
+    let v6 = recorded(&maps::node_addrs6(root)?, "node_addrs6")?;
+    let mut all: Vec<DataIface> = v4
+        .into_iter()
+        .chain(v6)
+        .map(|(address, ifindex)| DataIface {
+            address,
+            ifindex,
+            ifname: nix::net::if_::if_indextoname(ifindex)
+                .ok()
+                .map(|n| n.to_string_lossy().into_owned()),
         })
-        .collect::<Result<_, _>>()
-        .map_err(|e| DataplaneError::map("node_addrs", e))?;
+        .collect();
     all.sort();
     Ok(all)
 }
 
-fn ipv4_addresses(ifname: &str) -> Result<Vec<Ipv4Addr>, DataplaneError> {
+/// The addresses (with their interfaces' indexes) a map of them records.
+fn recorded<const N: usize>(
+    map: &HashMap<MapData, [u8; N], u32>,
+    name: &str,
+) -> Result<Vec<(IpAddr, u32)>, DataplaneError>
+where
+    IpAddr: From<[u8; N]>,
+{
+    map.iter()
+        .map(|kv| kv.map(|(a, i)| (IpAddr::from(a), i)))
+        .collect::<Result<_, _>>()
+        .map_err(|e| DataplaneError::map(name, e))
+}
+
+/// Removes the addresses `which` picks from a map of them.
+fn forget<const N: usize>(
+    map: &mut HashMap<MapData, [u8; N], u32>,
+    name: &str,
+    which: impl Fn(&(IpAddr, u32)) -> bool,
+) -> Result<(), DataplaneError>
+where
+    IpAddr: From<[u8; N]>,
+{
+    let gone: Vec<[u8; N]> = map
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|&(a, i)| which(&(IpAddr::from(a), i)))
+        .map(|(a, _)| a)
+        .collect();
+    for a in gone {
+        map.remove(&a).map_err(|e| DataplaneError::map(name, e))?;
+    }
+    Ok(())
+}
+
+/// The addresses of `ifname` a NodePort can answer on: its IPv4 ones and
+/// its IPv6 ones but link-local (scoped to the link, so no client beyond
+/// it could name them).
+fn node_port_addresses(ifname: &str) -> Result<Vec<IpAddr>, DataplaneError> {
     let all = nix::ifaddrs::getifaddrs().map_err(|e| DataplaneError::Attach {
         program: DATA_IFACE_PROGRAM.0,
         ifname: ifname.to_string(),
@@ -95,6 +144,12 @@ fn ipv4_addresses(ifname: &str) -> Result<Vec<Ipv4Addr>, DataplaneError> {
     })?;
     Ok(all
         .filter(|i| i.interface_name == ifname)
-        .filter_map(|i| i.address?.as_sockaddr_in().map(|s| s.ip()))
+        .filter_map(|i| {
+            let a = i.address?;
+            a.as_sockaddr_in()
+                .map(|s| IpAddr::V4(s.ip()))
+                .or_else(|| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
+        })
+        .filter(|a| !matches!(a, IpAddr::V6(v6) if v6.is_unicast_link_local()))
         .collect())
 }

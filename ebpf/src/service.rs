@@ -125,13 +125,13 @@ struct Wanted<'a> {
 /// `Local` traffic policies).
 #[derive(Debug, PartialEq, Eq)]
 struct Scope {
-    node_addrs: Vec<Ipv4Addr>,
+    node_addrs: Vec<IpAddr>,
     local: HashSet<IpAddr>,
 }
 
 impl Scope {
     fn read(root: &Path) -> Result<Scope, DataplaneError> {
-        let node_addrs: Vec<Ipv4Addr> = nodeport::data_ifaces(root)?
+        let node_addrs: Vec<IpAddr> = nodeport::data_ifaces(root)?
             .into_iter()
             .map(|d| d.address)
             .collect();
@@ -140,7 +140,7 @@ impl Scope {
         let mut local: HashSet<IpAddr> = registry::list(root)?
             .iter()
             .map(|e| IpAddr::V4(e.ipv4()))
-            .chain(node_addrs.iter().map(|&a| IpAddr::V4(a)))
+            .chain(node_addrs.iter().copied())
             .collect();
         local.extend(registry::ipv6_addresses(root)?.into_iter().map(IpAddr::V6));
         Ok(Scope { node_addrs, local })
@@ -181,14 +181,17 @@ fn frontends<'a>(index: usize, spec: &'a ServiceSpec, scope: &Scope) -> Vec<Want
     };
     let external_backends = scoped(spec.external_traffic_policy);
     let external_flags = affinity | flag(external_local, SVC_F_LOCAL_ONLY);
-    // The node's NodePort addresses are IPv4 (`margayctl node attach`).
-    let node_port = spec.node_port.filter(|_| spec.vip.is_ipv4());
-    let node_ports = node_port.into_iter().flat_map(|port| {
-        scope.node_addrs.iter().map(move |&addr| Frontend {
-            addr: addr.into(),
-            port,
-            protocol: spec.protocol,
-        })
+    // On the node's addresses of the service's family.
+    let node_ports = spec.node_port.into_iter().flat_map(|port| {
+        scope
+            .node_addrs
+            .iter()
+            .filter(|a| a.is_ipv6() == spec.vip.is_ipv6())
+            .map(move |&addr| Frontend {
+                addr,
+                port,
+                protocol: spec.protocol,
+            })
     });
     let externals = node_ports
         .map(|f| (f, SVC_F_NODE_PORT))

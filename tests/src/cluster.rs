@@ -4,7 +4,7 @@
 //! external client beside them. For the multi-node tests, the demo and the
 //! benchmarks.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 
 use serde_json::{Value, json};
@@ -50,6 +50,20 @@ impl Lan {
             .run_ok(&["ip", "link", "set", &port, "master", "br0", "up"]);
         host.run_ok(&["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
         host.run_ok(&["ip", "link", "set", "eth0", "up"]);
+    }
+
+    /// Gives `host`, plugged in, `addr`/64 on its `eth0` too, usable at
+    /// once (no duplicate address detection: the test owns the segment).
+    pub fn plug6(&self, host: &NetNs, addr: Ipv6Addr) {
+        host.run_ok(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{addr}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
     }
 
     /// A node's namespace on this segment at `addr`: forwarding on, no
@@ -104,6 +118,8 @@ pub struct ClusterNode {
     pub ns: NetNs,
     pub addr: Ipv4Addr,
     pub pool: &'static str,
+    /// Its IPv6 pod CIDR, when its pods are dual-stack.
+    pub pool6: Option<&'static str>,
     pub dir: TempDir,
     pub bpf: BpfRoot,
     pub rt: Runtime,
@@ -115,10 +131,10 @@ impl ClusterNode {
     }
 
     /// A node whose pods get an address from each of `pools` (the first
-    /// is its IPv4 pod CIDR, `pool`); IPv6 forwarding is on, as on every
-    /// dual-stack node.
+    /// is its IPv4 pod CIDR, `pool`, the second its IPv6 one, `pool6`);
+    /// IPv6 forwarding is on, as on every dual-stack node.
     pub fn with_pools(lan: &Lan, addr: Ipv4Addr, pools: &[&'static str]) -> ClusterNode {
-        let pool = pools[0];
+        let (pool, pool6) = (pools[0], pools.get(1).copied());
         let ns = lan.node(addr);
         let dir = tempfile::tempdir().unwrap();
         let bpf = BpfRoot::new();
@@ -136,6 +152,7 @@ impl ClusterNode {
             ns,
             addr,
             pool,
+            pool6,
             dir,
             bpf,
             rt,
@@ -210,7 +227,8 @@ impl Drop for ClusterNode {
 
 /// `node` as a peer entry of a peers file.
 pub fn peer(node: &ClusterNode, encap: bool) -> Value {
-    json!({"name": node.ns.name(), "address": node.addr, "pod_cidrs": [node.pool], "encap": encap})
+    let pod_cidrs: Vec<&str> = std::iter::once(node.pool).chain(node.pool6).collect();
+    json!({"name": node.ns.name(), "address": node.addr, "pod_cidrs": pod_cidrs, "encap": encap})
 }
 
 /// Two nodes on one LAN with a pod each, knowing each other; an external
@@ -220,6 +238,9 @@ pub struct Cluster {
     pub b: ClusterNode,
     pub client: NetNs,
     pub client_addr: Ipv4Addr,
+    /// The nodes' and the client's IPv6 addresses on the LAN (a dual-stack
+    /// cluster's), in that order.
+    pub lan6: Option<[Ipv6Addr; 3]>,
     _lan: Lan,
 }
 
@@ -227,6 +248,17 @@ impl Cluster {
     /// Nodes at 10.247.`subnet`.1 and .2, the client at .100; each node's
     /// pods from a /24 of 10.248 of its own.
     pub fn new(subnet: u8) -> Cluster {
+        Self::build(subnet, false)
+    }
+
+    /// [`Cluster::new`], dual-stack: the nodes at fd00:247:`subnet`::1 and
+    /// ::2 too, the client at ::100, pods with an address of each family
+    /// (IPv6 from fd00:248:1::/64 and fd00:248:2::/64).
+    pub fn dual_stack(subnet: u8) -> Cluster {
+        Self::build(subnet, true)
+    }
+
+    fn build(subnet: u8, dual_stack: bool) -> Cluster {
         let lan = Lan::new();
         let at = |host: u8| Ipv4Addr::new(10, 247, subnet, host);
         let pools: [&'static str; 2] = match subnet {
@@ -236,15 +268,30 @@ impl Cluster {
             4 => ["10.248.7.0/24", "10.248.8.0/24"],
             _ => ["10.248.9.0/24", "10.248.10.0/24"],
         };
-        let a = ClusterNode::new(&lan, at(1), pools[0]);
-        let b = ClusterNode::new(&lan, at(2), pools[1]);
+        let pools6 = ["fd00:248:1::/64", "fd00:248:2::/64"];
+        let pools_of = |k: usize| -> Vec<&'static str> {
+            std::iter::once(pools[k])
+                .chain(dual_stack.then_some(pools6[k]))
+                .collect()
+        };
+        let a = ClusterNode::with_pools(&lan, at(1), &pools_of(0));
+        let b = ClusterNode::with_pools(&lan, at(2), &pools_of(1));
         let client = NetNs::new("ext");
         lan.plug(&client, at(100));
+        let lan6 = dual_stack.then(|| {
+            let at6 = |host: u16| Ipv6Addr::new(0xfd00, 0x247, subnet.into(), 0, 0, 0, 0, host);
+            let lan6 = [at6(1), at6(2), at6(0x100)];
+            for (host, addr) in [&a.ns, &b.ns, &client].into_iter().zip(lan6) {
+                lan.plug6(host, addr);
+            }
+            lan6
+        });
         Cluster {
             a,
             b,
             client,
             client_addr: at(100),
+            lan6,
             _lan: lan,
         }
     }

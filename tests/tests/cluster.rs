@@ -3,9 +3,12 @@
 //! traffic from the client to a backend on the other node, in tunnel and
 //! in DSR mode, the backend logging the client's own address.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
 
 use margay_tests::cluster::Cluster;
+use margay_tests::driver::first_ipv6;
+use margay_tests::netns::NetNs;
 use margay_tests::require_root;
 use margay_tests::traffic::{self, TcpServer, UdpServer};
 use serde_json::{Value, json};
@@ -447,4 +450,121 @@ fn full_sized_packets_cross_the_tunnel_whole_their_senders_told_its_mtu() {
         0,
         "node A fragmented encapsulated packets"
     );
+}
+
+/// Asks `addr` over UDP from `ns`; the answer and whom it came from.
+fn udp_exchange(ns: &NetNs, addr: SocketAddr) -> std::io::Result<(String, SocketAddr)> {
+    traffic::in_netns(Some(ns), move || {
+        let any: SocketAddr = if addr.is_ipv6() {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        }
+        .parse()
+        .unwrap();
+        let s = std::net::UdpSocket::bind(any)?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.send_to(b"hello", addr)?;
+        let mut buf = [0u8; 256];
+        let (n, from) = s.recv_from(&mut buf)?;
+        Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
+    })
+}
+
+/// IPv6 NodePorts on node A of a dual-stack pair: to a backend on A and
+/// to one on B (through the tunnel, which in DSR mode takes IPv6 there
+/// and back too), the client's own address kept and the replies the
+/// NodePort's; refused at once without a backend; the backend's port
+/// unreachable reaching the client as the NodePort's.
+fn ipv6_node_ports(mode: &str, subnet: u8) {
+    let c = Cluster::dual_stack(subnet);
+    let [a6, _, client6] = c.lan6.unwrap();
+    let (pod_a, res_a) = c.a.add_pod("pa6").unwrap();
+    let (pod_b, res_b) = c.b.add_pod("pb6").unwrap();
+    let (ip_a, ip_b) = (first_ipv6(&res_a).unwrap(), first_ipv6(&res_b).unwrap());
+    c.attach_data_ifaces(mode).unwrap();
+    let shown = c.a.ctl(&["node", "show"]).unwrap();
+    assert!(
+        shown.contains(&a6.to_string()),
+        "NodePorts answer on A's IPv6 address: {shown}"
+    );
+    c.know_each_other(false).unwrap();
+    let any6 = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+    let (tcp_a, tcp_b) = (
+        TcpServer::start_on(Some(&pod_a), any6, "a"),
+        TcpServer::start_on(Some(&pod_b), any6, "b"),
+    );
+    let (udp_a, udp_b) = (
+        UdpServer::start_on(Some(&pod_a), any6, "a"),
+        UdpServer::start_on(Some(&pod_b), any6, "b"),
+    );
+    let at = |ip: Ipv6Addr, port: u16| SocketAddr::from((ip, port));
+    let vip = "fd00:96:5::10";
+    let services = json!({"services": [
+        {"name": "x/here", "vip": vip, "port": 80, "node_port": 30080,
+         "backends": [at(ip_a, tcp_a.port)]},
+        {"name": "x/there", "vip": vip, "port": 81, "node_port": 30081,
+         "backends": [at(ip_b, tcp_b.port)]},
+        {"name": "x/dns-here", "vip": vip, "port": 53, "protocol": "udp", "node_port": 30053,
+         "backends": [at(ip_a, udp_a.port)]},
+        {"name": "x/dns-there", "vip": vip, "port": 54, "protocol": "udp", "node_port": 30054,
+         "backends": [at(ip_b, udp_b.port)]},
+        {"name": "x/empty", "vip": vip, "port": 82, "node_port": 30082},
+        // Nothing listens on port 9 of B.
+        {"name": "x/closed", "vip": vip, "port": 55, "protocol": "udp", "node_port": 30055,
+         "backends": [at(ip_b, 9)]},
+    ]});
+    c.apply_on_both("services", services).unwrap();
+
+    for round in 0..3 {
+        for (port, who) in [(30080, "a"), (30081, "b")] {
+            let answer = traffic::request(Some(&c.client), at(a6, port))
+                .unwrap_or_else(|e| panic!("{mode}: TCP to [{a6}]:{port}, round {round}: {e}"));
+            assert_eq!(
+                answer,
+                format!("{who} {client6}"),
+                "{mode}: the backend sees the client's own address"
+            );
+        }
+        for (port, who) in [(30053, "a"), (30054, "b")] {
+            let (answer, from) = udp_exchange(&c.client, at(a6, port))
+                .unwrap_or_else(|e| panic!("{mode}: UDP to [{a6}]:{port}, round {round}: {e}"));
+            assert_eq!(answer, format!("{who} {client6}"), "{mode}");
+            assert_eq!(
+                from,
+                at(a6, port),
+                "{mode}: the reply comes from the NodePort"
+            );
+        }
+    }
+    let started = Instant::now();
+    let refused = traffic::request(Some(&c.client), at(a6, 30082)).unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "{refused}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "refused at once: {:?}",
+        started.elapsed()
+    );
+    let closed = traffic::udp_request(Some(&c.client), at(a6, 30055)).unwrap_err();
+    assert_eq!(
+        closed.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "{mode}: the backend's port unreachable reaches the client as the NodePort's ({closed})"
+    );
+}
+
+#[test]
+fn ipv6_node_ports_reach_backends_here_and_through_the_tunnel() {
+    require_root!(ipv6_node_ports_reach_backends_here_and_through_the_tunnel);
+    ipv6_node_ports("tunnel", 5);
+}
+
+#[test]
+fn ipv6_node_ports_in_dsr_mode_go_there_and_back_through_the_tunnel() {
+    require_root!(ipv6_node_ports_in_dsr_mode_go_there_and_back_through_the_tunnel);
+    ipv6_node_ports("dsr", 9);
 }

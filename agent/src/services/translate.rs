@@ -8,7 +8,7 @@
 //! a reason ([`Skipped`]), so one bad Service never holds back the others.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Service, ServicePort};
@@ -76,7 +76,7 @@ pub fn translate(
     services: &[Arc<Service>],
     slices: &[Arc<EndpointSlice>],
     node: &str,
-    node_addrs: &[Ipv4Addr],
+    node_addrs: &[IpAddr],
 ) -> Translation {
     let mut translator = Translator::new(node);
     translator.set_node_addrs(node_addrs);
@@ -104,7 +104,7 @@ pub type ObjectKey = Arc<(String, String)>;
 /// ```
 pub struct Translator {
     node: String,
-    node_addrs: Vec<Ipv4Addr>,
+    node_addrs: Vec<IpAddr>,
     services: HashMap<ObjectKey, Arc<Service>>,
     /// The IPv4 and IPv6 slices of each Service, by name (most have one
     /// of each family it has).
@@ -165,7 +165,7 @@ impl Translator {
     }
 
     /// The node's NodePort addresses; a change re-translates everything.
-    pub fn set_node_addrs(&mut self, node_addrs: &[Ipv4Addr]) {
+    pub fn set_node_addrs(&mut self, node_addrs: &[IpAddr]) {
         if self.node_addrs != node_addrs {
             self.node_addrs = node_addrs.to_vec();
             self.dirty.extend(self.services.keys().cloned());
@@ -408,15 +408,17 @@ enum Judgement {
 }
 
 impl Claimant {
-    fn new(spec: ServiceSpec, node_addrs: &[Ipv4Addr]) -> Claimant {
-        // The node's NodePort addresses are IPv4.
-        let node_port = spec.node_port.filter(|_| spec.vip.is_ipv4());
-        let node_port_frontends = node_port.into_iter().flat_map(|port| {
-            node_addrs.iter().map(move |&addr| Frontend {
-                addr: addr.into(),
-                port,
-                protocol: spec.protocol,
-            })
+    fn new(spec: ServiceSpec, node_addrs: &[IpAddr]) -> Claimant {
+        // On the node's addresses of the service's family.
+        let node_port_frontends = spec.node_port.into_iter().flat_map(|port| {
+            node_addrs
+                .iter()
+                .filter(|a| a.is_ipv6() == spec.vip.is_ipv6())
+                .map(move |&addr| Frontend {
+                    addr,
+                    port,
+                    protocol: spec.protocol,
+                })
         });
         let keys = std::iter::once(spec.cluster_ip())
             .chain(spec.external_frontends())
@@ -889,6 +891,7 @@ fn spec_name(label: &str) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::net::Ipv4Addr;
 
     fn service(name: &str, spec: serde_json::Value) -> Arc<Service> {
         service_with(name, spec, json!({}), json!({}))
@@ -938,7 +941,7 @@ mod tests {
         s.parse().unwrap()
     }
 
-    const NODE: [Ipv4Addr; 1] = [Ipv4Addr::new(192, 168, 0, 10)];
+    const NODE: [IpAddr; 1] = [IpAddr::V4(Ipv4Addr::new(192, 168, 0, 10))];
 
     #[test]
     fn every_kind_of_frontend_of_a_load_balancer_service_is_translated() {
@@ -1108,7 +1111,9 @@ mod tests {
                 ],
             ),
         ];
-        let t = translate(&[web], &slices, "n0", &NODE);
+        // The node's NodePorts answer on its address of each family.
+        let node_addrs = [NODE[0], "2001:db8:1::10".parse().unwrap()];
+        let t = translate(&[web], &slices, "n0", &node_addrs);
         let names: Vec<&str> = t.specs.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             names,
@@ -1319,7 +1324,7 @@ mod tests {
                 }
                 _ => {
                     node_addrs = if node_addrs.len() == 1 {
-                        vec![NODE[0], Ipv4Addr::new(203, 0, 113, next(5) as u8)]
+                        vec![NODE[0], Ipv4Addr::new(203, 0, 113, next(5) as u8).into()]
                     } else {
                         NODE.to_vec()
                     };
