@@ -483,6 +483,20 @@ struct sock_revnat_value {
 	__u16 pad;
 };
 
+/* The same for IPv6 sockets (map sock_revnat6). */
+struct sock_revnat_key6 {
+	__u64 cookie;
+	union v6addr addr;
+	__be16 port;
+	__u16 pad[3];
+};
+
+struct sock_revnat_value6 {
+	union v6addr addr;
+	__be16 port;
+	__u16 pad;
+};
+
 /* Other nodes: their pods' CIDRs (LPM) -> the node's address. */
 #define MAX_NODE_PEERS 4096
 
@@ -576,6 +590,8 @@ _Static_assert(sizeof(struct nat_key) == 16, "nat_key layout");
 _Static_assert(sizeof(struct node_config) == 32, "node_config layout");
 _Static_assert(sizeof(struct sock_revnat_key) == 16, "sock_revnat_key layout");
 _Static_assert(sizeof(struct sock_revnat_value) == 8, "sock_revnat_value layout");
+_Static_assert(sizeof(struct sock_revnat_key6) == 32, "sock_revnat_key6 layout");
+_Static_assert(sizeof(struct sock_revnat_value6) == 20, "sock_revnat_value6 layout");
 _Static_assert(sizeof(struct peer_key) == 8, "peer_key layout");
 _Static_assert(sizeof(struct peer) == 8, "peer layout");
 _Static_assert(sizeof(struct peer_key6) == 20, "peer_key6 layout");

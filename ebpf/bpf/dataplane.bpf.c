@@ -5,8 +5,9 @@
  *   to_pod:   TC egress of a pod's host veth, traffic entering the pod;
  *   from_net: TC ingress of a node's data interface (NodePorts);
  *   from_tunnel: TC ingress of the node's VXLAN device (other nodes);
- *   sock_connect4, sock_sendmsg4, sock_recvmsg4, sock_getpeername4: the
- *   node's cgroup, services for host-networked clients (host_lb.h).
+ *   sock_connect4, sock_sendmsg4, sock_recvmsg4, sock_getpeername4 and
+ *   their IPv6 twins: the node's cgroup, services for host-networked
+ *   clients (host_lb.h).
  * In order: parse, anti-spoofing (from_pod), service translation (from_pod),
  * conntrack, policy, counters, reverse translation of service replies,
  * forwarding. Every drop carries a reason (abi.h).
@@ -928,4 +929,28 @@ SEC("cgroup/getpeername4")
 int sock_getpeername4(struct bpf_sock_addr *ctx)
 {
 	return host_lb_reverse(ctx);
+}
+
+SEC("cgroup/connect6")
+int sock_connect6(struct bpf_sock_addr *ctx)
+{
+	return host_lb_translate6(ctx);
+}
+
+SEC("cgroup/sendmsg6")
+int sock_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return host_lb_translate6(ctx);
+}
+
+SEC("cgroup/recvmsg6")
+int sock_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	return host_lb_reverse6(ctx);
+}
+
+SEC("cgroup/getpeername6")
+int sock_getpeername6(struct bpf_sock_addr *ctx)
+{
+	return host_lb_reverse6(ctx);
 }

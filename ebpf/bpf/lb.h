@@ -358,11 +358,15 @@ static __always_inline bool backend6_serves(const struct svc_value *svc, __u16 o
 	return b && v6addr_equal(&b->addr, addr) && b->port == port;
 }
 
-/* lb_choose for IPv6. */
-static __always_inline bool lb_choose6(const struct svc_value *svc, const struct packet *p,
-				       __u64 now, struct nat_entry6 *out)
+/* lb_choose_for for IPv6, by packet `p`'s tuple hash (NULL: at random,
+ * for a socket). The hash is taken only once affinity has not decided:
+ * held across the affinity lookup it costs lb_translate6's stack frame
+ * the 32 bytes that from_pod6's calls cannot spare. */
+static __always_inline bool lb_choose6_for(const struct svc_value *svc,
+					   const union v6addr *client, const struct packet *p,
+					   __u64 now, struct nat_entry6 *out)
 {
-	struct affinity_key6 ak = {.svc_id = svc->id, .client = p->saddr6};
+	struct affinity_key6 ak = {.svc_id = svc->id, .client = *client};
 	bool affinity = svc->flags & SVC_F_AFFINITY;
 	if (affinity) {
 		struct affinity_value6 *a = bpf_map_lookup_elem(&svc_affinity6, &ak);
@@ -377,7 +381,8 @@ static __always_inline bool lb_choose6(const struct svc_value *svc, const struct
 	}
 	if (svc->count == 0)
 		return false;
-	__u16 ordinal = flow_hash(p) % svc->count;
+	__u32 hash = p ? flow_hash(p) : bpf_get_prandom_u32();
+	__u16 ordinal = hash % svc->count;
 	struct backend6 *b = backend6_at(svc, ordinal);
 	if (!b)
 		return false;
@@ -418,7 +423,7 @@ __attribute__((noinline)) int lb_translate6(struct __sk_buff *skb, struct packet
 			    syn_only(p) && !backend6_serves(svc, fwd->ordinal, &fwd->addr, fwd->port))) {
 		flow->fwd = *fwd;
 	} else {
-		if (!lb_choose6(svc, p, now, &flow->fwd))
+		if (!lb_choose6_for(svc, &p->saddr6, p, now, &flow->fwd))
 			return LB_NO_BACKEND;
 		flow->fwd.svc_id = svc->id;
 		flow->fwd.last_seen_ns = now;

@@ -17,7 +17,7 @@ use crate::paths::map_path;
 /// Every map the object defines and Margay pins, with what losing its
 /// contents costs. "Durable" maps describe running endpoints and must be
 /// carried over an upgrade; "rebuildable" ones refill by themselves.
-pub const PINNED_MAPS: [(&str, Durability); 33] = [
+pub const PINNED_MAPS: [(&str, Durability); 34] = [
     ("endpoints", Durability::Durable),
     ("endpoints6", Durability::Durable),
     ("endpoints_by_ip", Durability::Durable),
@@ -57,6 +57,7 @@ pub const PINNED_MAPS: [(&str, Durability); 33] = [
     // Host sockets' frontends: losing them only shows a connected socket
     // its backend's address.
     ("sock_revnat", Durability::Rebuildable),
+    ("sock_revnat6", Durability::Rebuildable),
     ("config", Durability::Rebuildable),
     ("policy_hits", Durability::Rebuildable),
     // Refilled by every load, before any endpoint runs from_pod.

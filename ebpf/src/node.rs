@@ -132,11 +132,15 @@ pub const DATA_IFACE_PROGRAM: (&str, TcAttachType) = ("from_net", TcAttachType::
 pub const TUNNEL_PROGRAM: (&str, TcAttachType) = ("from_tunnel", TcAttachType::Ingress);
 /// The programs of the node's cgroup (services for host-networked clients,
 /// [`crate::host_lb`]), by hook.
-pub const SOCKET_PROGRAMS: [(&str, CgroupSockAddrAttachType); 4] = [
+pub const SOCKET_PROGRAMS: [(&str, CgroupSockAddrAttachType); 8] = [
     ("sock_connect4", CgroupSockAddrAttachType::Connect4),
     ("sock_sendmsg4", CgroupSockAddrAttachType::UDPSendMsg4),
     ("sock_recvmsg4", CgroupSockAddrAttachType::UDPRecvMsg4),
     ("sock_getpeername4", CgroupSockAddrAttachType::GetPeerName4),
+    ("sock_connect6", CgroupSockAddrAttachType::Connect6),
+    ("sock_sendmsg6", CgroupSockAddrAttachType::UDPSendMsg6),
+    ("sock_recvmsg6", CgroupSockAddrAttachType::UDPRecvMsg6),
+    ("sock_getpeername6", CgroupSockAddrAttachType::GetPeerName6),
 ];
 /// Every program of a node, in `Node::programs` order: the endpoints' two,
 /// then the node's own.

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! <root>/progs/{from_pod,to_pod,from_net,from_tunnel,sock_connect4,…}
-//! <root>/links/{sock_connect4,sock_sendmsg4,sock_recvmsg4,sock_getpeername4}
+//! <root>/links/{sock_connect4,sock_sendmsg4,sock_recvmsg4,sock_getpeername4,sock_connect6,…}
 //! <root>/maps/{endpoints,endpoints6,endpoints_by_ip,policies,policies6,conntrack,conntrack6,
 //!              counters,flow_events,config,svc_frontends,svc_backends,svc_meta,svc_affinity,nat,…}
 //! /run/margay/locks/<root, flattened>[.<what>].lock

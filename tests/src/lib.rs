@@ -17,6 +17,7 @@
 
 pub mod bins;
 pub mod bpf;
+pub mod cgroup;
 pub mod cluster;
 pub mod driver;
 pub mod fixture;

@@ -14,6 +14,7 @@ use margay_ebpf::{inspect, maps, policy, registry};
 use margay_model::policy::PolicySpec;
 use margay_tests::bins::bin;
 use margay_tests::bpf::{HASH, LRU_HASH, pretend_another_build_is_pinned};
+use margay_tests::cgroup::TestCgroup;
 use margay_tests::fixture::{Net, NetSpec, Pod};
 use margay_tests::netns::{NetNs, tx_bytes};
 use margay_tests::require_root;
@@ -456,44 +457,6 @@ fn an_unusable_bpf_root_is_a_clear_error_and_leaks_nothing() {
     assert_eq!(err.code.number(), 106, "{err}");
     assert!(err.msg.contains("not on a bpffs"), "{err}");
     net.assert_nothing_left("10.241.8.");
-}
-
-/// A cgroup of its own in a cgroup v2 hierarchy mounted for the test:
-/// programs linked to it see no process. Unlinked, removed and unmounted
-/// when dropped.
-struct TestCgroup {
-    mount: tempfile::TempDir,
-    dir: std::path::PathBuf,
-    root: std::path::PathBuf,
-}
-
-impl TestCgroup {
-    fn new(root: &Path) -> TestCgroup {
-        let mount = tempfile::tempdir().unwrap();
-        nix::mount::mount(
-            Some("cgroup2"),
-            mount.path(),
-            Some("cgroup2"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .unwrap();
-        let dir = mount.path().join(margay_tests::netns::unique_name("mgcg"));
-        std::fs::create_dir(&dir).unwrap();
-        TestCgroup {
-            mount,
-            dir,
-            root: root.to_owned(),
-        }
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        let _ = margay_ebpf::host_lb::detach(&self.root);
-        let _ = std::fs::remove_dir(&self.dir);
-        let _ = nix::mount::umount2(self.mount.path(), nix::mount::MntFlags::MNT_DETACH);
-    }
 }
 
 #[test]

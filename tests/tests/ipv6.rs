@@ -7,7 +7,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use margay_ebpf::abi;
-use margay_ebpf::{inspect, registry};
+use margay_ebpf::{host_lb, inspect, registry};
+use margay_tests::bins::bin;
+use margay_tests::cgroup::TestCgroup;
 use margay_tests::cluster::{ClusterNode, Lan};
 use margay_tests::driver::{first_ipv4, first_ipv6};
 use margay_tests::netns::NetNs;
@@ -463,6 +465,86 @@ fn ipv6_services_balance_reverse_refuse_and_hairpin() {
     assert_eq!(
         traffic::request(Some(&a.ns), v6(vip, 80)).unwrap(),
         format!("b {}", a.v6)
+    );
+}
+
+/// Host-networked clients (the node's own sockets, in the cgroup the
+/// connect-time programs are linked to) reach IPv6 ClusterIPs, TCP and
+/// unconnected UDP, and IPv4 ones by their v4-mapped addresses; their
+/// sockets name the frontend as whom they spoke to; a frontend without
+/// backends refuses the connect.
+#[test]
+fn host_sockets_reach_ipv6_and_v4_mapped_cluster_ips() {
+    require_root!(host_sockets_reach_ipv6_and_v4_mapped_cluster_ips);
+    let node = Node::new("10.217.7.0/24", "fd00:217:7::/64");
+    let b = node.pod("b6h");
+    let tcp = TcpServer::start_on(Some(&b.ns), ANY6, "b");
+    let udp = UdpServer::start_on(Some(&b.ns), ANY6, "b");
+    let host6: Ipv6Addr = "fd00:217:100::1".parse().unwrap();
+    let ns = &node.node.ns;
+    ns.run_ok(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{host6}/64"),
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    let vip6: Ipv6Addr = "fd00:96:7::10".parse().unwrap();
+    let vip4: Ipv4Addr = "10.96.7.10".parse().unwrap();
+    let services = serde_json::json!({"services": [
+        {"name": "ns/web6", "vip": vip6, "port": 80, "backends": [v6(b.v6, tcp.port)]},
+        {"name": "ns/dns6", "vip": vip6, "port": 53, "protocol": "udp",
+         "backends": [v6(b.v6, udp.port)]},
+        {"name": "ns/web4", "vip": vip4, "port": 80, "backends": [format!("{}:{}", b.v4, tcp.port)]},
+        {"name": "ns/empty6", "vip": vip6, "port": 81},
+    ]});
+    let dir = tempfile::tempdir().unwrap();
+    apply_more(
+        &node,
+        &dir.path().join("services.json"),
+        &services,
+        Value::Array(vec![]),
+    );
+    let cgroup = TestCgroup::new(node.root());
+    let (root, cgroup_dir) = (node.root().to_owned(), cgroup.dir.clone());
+    traffic::in_netns(Some(ns), move || host_lb::attach(&root, &cgroup_dir))
+        .expect("linked in the node's namespace");
+
+    let ask_bin = bin("margay-ask");
+    let ask = |protocol: &str, to: SocketAddr| -> Result<(String, String), String> {
+        let out = ns.run(&[
+            ask_bin.to_str().unwrap(),
+            cgroup.dir.to_str().unwrap(),
+            protocol,
+            &to.to_string(),
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        match (out.status.success(), stdout.split_once('\n')) {
+            (true, Some((answer, from))) => Ok((answer.to_string(), from.trim().to_string())),
+            _ => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+        }
+    };
+    for (protocol, port) in [("tcp", 80), ("udp", 53)] {
+        let frontend = v6(vip6, port);
+        assert_eq!(
+            ask(protocol, frontend).unwrap(),
+            (format!("b {host6}"), frontend.to_string()),
+            "{protocol} to the IPv6 ClusterIP: the backend answers, the socket names the frontend"
+        );
+    }
+    let mapped = v6(vip4.to_ipv6_mapped(), 80);
+    let (answer, from) = ask("tcp", mapped).unwrap();
+    assert!(
+        answer.starts_with("b ") && answer.ends_with("10.217.100.1"),
+        "an IPv6 socket reaches the IPv4 ClusterIP by its v4-mapped address: {answer}"
+    );
+    assert_eq!(from, mapped.to_string());
+    let refused = ask("tcp", v6(vip6, 81)).unwrap_err();
+    assert!(
+        refused.contains("Operation not permitted"),
+        "a frontend without backends refuses the connect: {refused}"
     );
 }
 
