@@ -788,8 +788,22 @@ static __always_inline int from_net_v6(struct __sk_buff *skb, struct packet *p)
 		lb_record6(&flow, p->proto);
 		break;
 	}
-	count_allowed(NODE_SLOT, DIR_INGRESS, p->len);
 	struct peer *peer = peer6_of(&p->daddr6);
+	__u32 mtu;
+	/* The client hears "packet too big" from the NodePort (an error
+	 * about the flow is small). */
+	if (peer && lb == LB_TRANSLATED && tunnel_too_big(skb, p, &mtu)) {
+		count_drop(p, NODE_SLOT, ifindex, DIR_INGRESS, DROP_TOO_BIG);
+		struct reject6_how how = {
+			.from = flow.frontend,
+			.to_port = flow.frontend_port,
+			.type = ICMPV6_PKT_TOOBIG,
+			.path = REJECT_BACK_OUT,
+			.mtu = mtu,
+		};
+		return reject6(skb, p, &how);
+	}
+	count_allowed(NODE_SLOT, DIR_INGRESS, p->len);
 	if (!peer)
 		return TC_ACT_OK;
 	return tunnel_send(skb, peer->node, VNI_POD);

@@ -95,10 +95,10 @@ static __always_inline int reject_port_unreachable(struct __sk_buff *skb, const 
 	return reject_unreachable(skb, p, ICMP_PORT_UNREACH, 0, p->daddr, p->dport, path);
 }
 
-/* IPv6's destination unreachable, laid out as reject6_port_unreachable builds
- * it: the offending header and 8 bytes of what follows it (as much as
- * ICMPv6 must quote to name a flow). */
-struct icmp6_unreachable {
+/* An ICMPv6 error, laid out as reject6 builds it: the offending header and
+ * 8 bytes of what follows it (as much as ICMPv6 must quote to name a
+ * flow). */
+struct icmp6_error {
 	__u8 align[2];
 	struct ethhdr eth;
 	struct ipv6hdr ip;
@@ -106,10 +106,10 @@ struct icmp6_unreachable {
 	__u8 quote[sizeof(struct ipv6hdr) + 8];
 };
 
-#define ICMP6_UNREACHABLE_LEN (sizeof(struct icmp6_unreachable) - 2)
+#define ICMP6_ERROR_LEN (sizeof(struct icmp6_error) - 2)
 #define ICMP6_BODY_LEN (sizeof(struct icmp6hdr) + sizeof(struct ipv6hdr) + 8)
 
-/* A TCP reset, laid out as reject6_port_unreachable builds it. */
+/* A TCP reset, laid out as reject6 builds it. */
 struct tcp6_reset {
 	__u8 align[2];
 	struct ethhdr eth;
@@ -119,12 +119,25 @@ struct tcp6_reset {
 
 #define TCP6_RESET_LEN (sizeof(struct tcp6_reset) - 2)
 
-/* The IPv6 header of a message built here: from the address the packet
- * tried to its sender (the Ethernet source is filled in by reply6_send);
- * and the checksum of its pseudo-header (both addresses, `len` bytes of
+/* What reject6 answers, and how. */
+struct reject6_how {
+	/* Whom the packet's sender addressed (before a translation of ours):
+	 * the answer comes from it, and its quote names it, so that the
+	 * sender's kernel finds the socket. */
+	union v6addr from;
+	__be16 to_port;
+	__u8 type; /* ICMPV6_DEST_UNREACH (port unreachable) or ICMPV6_PKT_TOOBIG */
+	__u8 path; /* enum reject_path */
+	__u32 mtu; /* ICMPV6_PKT_TOOBIG's */
+};
+
+/* The IPv6 header of a message built here: from `from` to the packet's
+ * sender (the Ethernet source is filled in by reply6_send); and the
+ * checksum of its pseudo-header (both addresses, `len` bytes of
  * `nexthdr`), every part a multiple of 4 bytes for csum_diff. */
 static __always_inline __s64 reply6_header(struct ethhdr *eth, struct ipv6hdr *ip,
-					   const struct packet *p, __u16 len, __u8 nexthdr)
+					   const struct packet *p, const union v6addr *from,
+					   __u16 len, __u8 nexthdr)
 {
 	__builtin_memcpy(eth->h_dest, p->src_mac, ETH_ALEN);
 	eth->h_proto = bpf_htons(ETH_P_IPV6);
@@ -132,7 +145,7 @@ static __always_inline __s64 reply6_header(struct ethhdr *eth, struct ipv6hdr *i
 	ip->payload_len = bpf_htons(len);
 	ip->nexthdr = nexthdr;
 	ip->hop_limit = 64;
-	__builtin_memcpy(&ip->saddr, &p->daddr6, sizeof(ip->saddr));
+	__builtin_memcpy(&ip->saddr, from, sizeof(ip->saddr));
 	__builtin_memcpy(&ip->daddr, &p->saddr6, sizeof(ip->daddr));
 	__be32 tail[2] = {bpf_htonl(len), bpf_htonl(nexthdr)};
 	__s64 sum = bpf_csum_diff(0, 0, (__be32 *)&ip->saddr, 2 * sizeof(ip->saddr), 0);
@@ -142,7 +155,7 @@ static __always_inline __s64 reply6_header(struct ethhdr *eth, struct ipv6hdr *i
 /* Replaces the packet with `len` bytes from `frame`, an Ethernet frame
  * from the MAC the packet was sent to, and sends it back by `path`. */
 static __always_inline int reply6_send(struct __sk_buff *skb, struct ethhdr *frame, __u32 len,
-				       enum reject_path path)
+				       __u8 path)
 {
 	if (bpf_skb_load_bytes(skb, 0, frame->h_source, ETH_ALEN) < 0 ||
 	    bpf_skb_change_tail(skb, len, 0) < 0 || bpf_skb_store_bytes(skb, 0, frame, len, 0) < 0)
@@ -152,52 +165,81 @@ static __always_inline int reply6_send(struct __sk_buff *skb, struct ethhdr *fra
 	return bpf_redirect(skb->ifindex, 0);
 }
 
-/* "Port unreachable" from the address an IPv6 packet tried, sent back by
- * `path` (reject_port_unreachable's IPv6 twin), for a service with no
- * backend; the packet is quoted as its sender sent it. TCP
- * gets a reset instead (RFC 9293's answer to a segment for no
- * connection), which its socket takes as ECONNREFUSED as it takes port
- * unreachable: the answer reaches the pod while its connect() still
- * holds the socket, and IPv6 TCP drops an ICMPv6 error arriving then
- * (LockDroppedIcmps), waiting for the SYN's retransmission a second
- * later, where a segment is queued to the socket's backlog and handled as
- * connect() returns. A global function: the answer is built on a stack
- * frame of its own. */
-__attribute__((noinline)) int reject6_port_unreachable(struct __sk_buff *skb,
-						       const struct packet *p,
-						       enum reject_path path)
+/* A TCP reset answering the segment at p->l4_off, from how->from. */
+static __always_inline int reject6_reset(struct __sk_buff *skb, const struct packet *p,
+					 const struct reject6_how *how)
 {
-	if (!p) /* never: the caller's packet; the verifier asks */
+	struct tcphdr seg;
+	if (bpf_skb_load_bytes(skb, p->l4_off, &seg, sizeof(seg)) < 0)
 		return TC_ACT_SHOT;
-	if (p->proto == IPPROTO_TCP) {
-		struct tcphdr seg;
-		if (bpf_skb_load_bytes(skb, p->l4_off, &seg, sizeof(seg)) < 0)
-			return TC_ACT_SHOT;
-		struct tcp6_reset r = {};
-		r.tcp.source = seg.dest;
-		r.tcp.dest = seg.source;
-		r.tcp.doff = sizeof(r.tcp) / 4;
-		r.tcp.rst = 1;
-		if (seg.ack) {
-			r.tcp.seq = seg.ack_seq;
-		} else {
-			/* What the segment occupied of the sequence space. */
-			__u32 payload = skb->len - ETH_HLEN - sizeof(struct ipv6hdr);
-			__u32 hdrs = p->l4_off - ETH_HLEN - sizeof(struct ipv6hdr) + seg.doff * 4;
-			__u32 data = payload > hdrs ? payload - hdrs : 0;
-			r.tcp.ack_seq = bpf_htonl(bpf_ntohl(seg.seq) + data + seg.syn + seg.fin);
-			r.tcp.ack = 1;
-		}
-		__s64 sum = reply6_header(&r.eth, &r.ip, p, sizeof(r.tcp), IPPROTO_TCP);
-		r.tcp.check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&r.tcp, sizeof(r.tcp), sum));
-		return reply6_send(skb, &r.eth, TCP6_RESET_LEN, path);
+	struct tcp6_reset r = {};
+	r.tcp.source = how->to_port;
+	r.tcp.dest = seg.source;
+	r.tcp.doff = sizeof(r.tcp) / 4;
+	r.tcp.rst = 1;
+	if (seg.ack) {
+		r.tcp.seq = seg.ack_seq;
+	} else {
+		/* What the segment occupied of the sequence space. */
+		__u32 payload = skb->len - ETH_HLEN - sizeof(struct ipv6hdr);
+		__u32 hdrs = p->l4_off - ETH_HLEN - sizeof(struct ipv6hdr) + seg.doff * 4;
+		__u32 data = payload > hdrs ? payload - hdrs : 0;
+		r.tcp.ack_seq = bpf_htonl(bpf_ntohl(seg.seq) + data + seg.syn + seg.fin);
+		r.tcp.ack = 1;
 	}
-	struct icmp6_unreachable r = {};
+	__s64 sum = reply6_header(&r.eth, &r.ip, p, &how->from, sizeof(r.tcp), IPPROTO_TCP);
+	r.tcp.check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&r.tcp, sizeof(r.tcp), sum));
+	return reply6_send(skb, &r.eth, TCP6_RESET_LEN, how->path);
+}
+
+/* Answers an IPv6 packet, sent back by how->path, with ICMPv6 `how->type`
+ * from how->from quoting the packet as its sender sent it (to how->from,
+ * how->to_port): port unreachable for a service with no backend, packet
+ * too big (with how->mtu) for one too big for the tunnel
+ * (reject_unreachable's IPv6 twin). Port unreachable to TCP is a reset
+ * instead (RFC 9293's answer to a segment for no connection), which its
+ * socket takes as ECONNREFUSED as it takes port unreachable: the answer
+ * reaches the sender while its connect() still holds the socket, and IPv6
+ * TCP drops an ICMPv6 error arriving then (LockDroppedIcmps), waiting for
+ * the SYN's retransmission a second later, where a segment is queued to
+ * the socket's backlog and handled as connect() returns. A global
+ * function: the answer is built on a stack frame of its own. */
+__attribute__((noinline)) int reject6(struct __sk_buff *skb, const struct packet *p,
+				      const struct reject6_how *how)
+{
+	if (!p || !how) /* never: the caller's; the verifier asks */
+		return TC_ACT_SHOT;
+	if (how->type == ICMPV6_DEST_UNREACH && p->proto == IPPROTO_TCP)
+		return reject6_reset(skb, p, how);
+	struct icmp6_error r = {};
 	if (bpf_skb_load_bytes(skb, ETH_HLEN, r.quote, sizeof(r.quote)) < 0)
 		return TC_ACT_SHOT;
-	r.icmp.icmp6_type = ICMPV6_DEST_UNREACH;
-	r.icmp.icmp6_code = ICMPV6_PORT_UNREACH;
-	__s64 sum = reply6_header(&r.eth, &r.ip, p, ICMP6_BODY_LEN, IPPROTO_ICMPV6);
+	struct ipv6hdr *quoted = (struct ipv6hdr *)r.quote;
+	__builtin_memcpy(&quoted->daddr, &how->from, sizeof(quoted->daddr));
+	/* The ports follow the header unless extension headers do. */
+	if ((p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) &&
+	    p->l4_off == ETH_HLEN + sizeof(struct ipv6hdr))
+		__builtin_memcpy(r.quote + sizeof(struct ipv6hdr) + 2, &how->to_port, 2);
+	r.icmp.icmp6_type = how->type;
+	if (how->type == ICMPV6_PKT_TOOBIG)
+		r.icmp.icmp6_mtu = bpf_htonl(how->mtu);
+	else
+		r.icmp.icmp6_code = ICMPV6_PORT_UNREACH;
+	__s64 sum = reply6_header(&r.eth, &r.ip, p, &how->from, ICMP6_BODY_LEN, IPPROTO_ICMPV6);
 	r.icmp.icmp6_cksum = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&r.icmp, ICMP6_BODY_LEN, sum));
-	return reply6_send(skb, &r.eth, ICMP6_UNREACHABLE_LEN, path);
+	return reply6_send(skb, &r.eth, ICMP6_ERROR_LEN, how->path);
+}
+
+/* "Port unreachable" from the address an IPv6 packet tried (it was not
+ * translated), back by `path`. */
+static __always_inline int reject6_port_unreachable(struct __sk_buff *skb, const struct packet *p,
+						    enum reject_path path)
+{
+	struct reject6_how how = {
+		.from = p->daddr6,
+		.to_port = p->dport,
+		.type = ICMPV6_DEST_UNREACH,
+		.path = path,
+	};
+	return reject6(skb, p, &how);
 }

@@ -76,15 +76,16 @@ static __always_inline int tunnel_send(struct __sk_buff *skb, __be32 node, __u32
 	return bpf_redirect(cfg->tunnel_ifindex, 0);
 }
 
-/* Whether the packet, sent with DF, is too big for the tunnel device (a
- * GSO packet: its segments), whose MTU the loader keeps at the data
- * interfaces' less the encapsulation; that MTU in `*mtu`. A packet
- * without DF is not: its outer packet may be fragmented. */
+/* Whether the packet, sent with DF (as every IPv6 packet is), is too big
+ * for the tunnel device (a GSO packet: its segments), whose MTU the loader
+ * keeps at the data interfaces' less the encapsulation; that MTU in
+ * `*mtu`. An IPv4 packet without DF is not: its outer packet may be
+ * fragmented. */
 static __always_inline bool tunnel_too_big(struct __sk_buff *skb, const struct packet *p,
 					   __u32 *mtu)
 {
 	struct node_config *cfg = node_settings();
-	if (!cfg || !cfg->tunnel_ifindex || !p->dont_fragment)
+	if (!cfg || !cfg->tunnel_ifindex || !(p->ipv6 || p->dont_fragment))
 		return false;
 	*mtu = 0;
 	return bpf_check_mtu(skb, cfg->tunnel_ifindex, mtu, 0, BPF_MTU_CHK_SEGS) > 0;

@@ -498,6 +498,7 @@ fn ipv6_node_ports(mode: &str, subnet: u8) {
         UdpServer::start_on(Some(&pod_a), any6, "a"),
         UdpServer::start_on(Some(&pod_b), any6, "b"),
     );
+    let _bulk = pod_b.spawn(&["iperf3", "-s", "-p", "5201", "--logfile", "/dev/null"]);
     let at = |ip: Ipv6Addr, port: u16| SocketAddr::from((ip, port));
     let vip = "fd00:96:5::10";
     let services = json!({"services": [
@@ -510,6 +511,8 @@ fn ipv6_node_ports(mode: &str, subnet: u8) {
         {"name": "x/dns-there", "vip": vip, "port": 54, "protocol": "udp", "node_port": 30054,
          "backends": [at(ip_b, udp_b.port)]},
         {"name": "x/empty", "vip": vip, "port": 82, "node_port": 30082},
+        {"name": "x/bulk", "vip": vip, "port": 5201, "node_port": 30201,
+         "backends": [at(ip_b, 5201)]},
         // Nothing listens on port 9 of B.
         {"name": "x/closed", "vip": vip, "port": 55, "protocol": "udp", "node_port": 30055,
          "backends": [at(ip_b, 9)]},
@@ -554,6 +557,28 @@ fn ipv6_node_ports(mode: &str, subnet: u8) {
         closed.kind(),
         std::io::ErrorKind::ConnectionRefused,
         "{mode}: the backend's port unreachable reaches the client as the NodePort's ({closed})"
+    );
+
+    // Full-sized segments for B: node A tells the client the tunnel's MTU
+    // ("packet too big" from the NodePort) rather than fragment the
+    // encapsulation of every one.
+    let fragmented_before = ip_counter(&c.a.ns, "FragCreates");
+    upload(
+        &c.client,
+        at(a6, 30201),
+        &format!("{mode}: IPv6 NodePort, backend on B"),
+    );
+    let route = c
+        .client
+        .run_ok(&["ip", "-6", "route", "get", &a6.to_string()]);
+    assert!(
+        route.contains("mtu 1450"),
+        "{mode}: the client learnt the tunnel's MTU: {route}"
+    );
+    assert_eq!(
+        ip_counter(&c.a.ns, "FragCreates") - fragmented_before,
+        0,
+        "{mode}: node A fragmented encapsulated packets"
     );
 }
 
