@@ -7,7 +7,7 @@
 //! blocks change.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,26 +29,30 @@ pub struct NodeAddress {
     pub name: String,
     /// Its first IPv4 InternalIP.
     pub address: Option<Ipv4Addr>,
+    /// Its first IPv6 InternalIP (a dual-stack node's).
+    pub address6: Option<Ipv6Addr>,
 }
 
 impl NodeAddress {
     pub fn of(node: &Node) -> NodeAddress {
-        let address = node
-            .status
-            .iter()
-            .flat_map(|s| s.addresses.iter().flatten())
-            .filter(|a| a.type_ == "InternalIP")
-            .find_map(|a| a.address.parse::<Ipv4Addr>().ok());
+        let internal = || {
+            node.status
+                .iter()
+                .flat_map(|s| s.addresses.iter().flatten())
+                .filter(|a| a.type_ == "InternalIP")
+        };
         NodeAddress {
             name: node.metadata.name.clone().unwrap_or_default(),
-            address,
+            address: internal().find_map(|a| a.address.parse().ok()),
+            address6: internal().find_map(|a| a.address.parse().ok()),
         }
     }
 }
 
 /// The peers this node (`me`, on `my_subnet`) should know: every other
 /// node with an IPv4 address and blocks (of either family: IPv6's are
-/// routed via the IPv4 address too), sorted by name. A node without an
+/// routed via its IPv6 address when it has one, else through the tunnel),
+/// sorted by name. A node without an
 /// address yet, or without blocks, gets no routes.
 pub fn desired(
     me: &str,
@@ -69,6 +73,7 @@ pub fn desired(
             (!pod_cidrs.is_empty()).then(|| PeerSpec {
                 name: n.name.clone(),
                 address,
+                address6: n.address6,
                 pod_cidrs,
                 encap: my_subnet.is_some_and(|s| !s.contains(address)),
             })
@@ -215,14 +220,19 @@ mod tests {
         NodeAddress {
             name: name.into(),
             address: ip.map(|i| i.parse().unwrap()),
+            address6: None,
         }
     }
 
     #[test]
     fn peers_are_the_other_nodes_with_their_blocks_tunnelled_across_subnets() {
+        let b6: Ipv6Addr = "2001:db8::11".parse().unwrap();
         let nodes = [
             node("a", Some("192.168.0.10")),
-            node("b", Some("192.168.0.11")),
+            NodeAddress {
+                address6: Some(b6),
+                ..node("b", Some("192.168.0.11"))
+            },
             node("c", Some("192.168.7.12")),
             node("d", None),
             node("e", Some("192.168.0.14")),
@@ -271,6 +281,11 @@ mod tests {
             ],
             "blocks of both families; no route to itself, to a node without an address or \
              blocks, or for a gone node's block"
+        );
+        assert_eq!(
+            (peers[0].address6, peers[1].address6),
+            (Some(b6), None),
+            "a dual-stack node's IPv6 address goes with it"
         );
         assert!(
             desired("a", None, &nodes, &holders)

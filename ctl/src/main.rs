@@ -589,7 +589,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     "data_ifaces": rows,
                     "tunnel_ifindex": tunnel.tunnel_ifindex,
                     "external_mode": if tunnel.external_mode == 1 { "dsr" } else { "tunnel" },
-                    "peers": peers.iter().map(|(c, n, e)| serde_json::json!({"pod_cidr": c, "node": n, "encap": e})).collect::<Vec<_>>(),
+                    "peers": peers.iter().map(|p| serde_json::json!({"pod_cidr": p.cidr, "node": p.node, "node6": p.node6, "encap": p.encap})).collect::<Vec<_>>(),
                 }))
             } else {
                 let cells: Vec<Vec<String>> = rows
@@ -604,11 +604,13 @@ fn run(cli: Cli) -> Result<(), String> {
                     .collect();
                 let peer_cells: Vec<Vec<String>> = peers
                     .iter()
-                    .map(|(c, n, e)| {
+                    .map(|p| {
                         vec![
-                            c.to_string(),
-                            n.to_string(),
-                            if *e { "tunnel" } else { "route" }.into(),
+                            p.cidr.to_string(),
+                            p.node6
+                                .map_or(p.node.to_string(), |a| format!("{} {a}", p.node)),
+                            p.routed_via()
+                                .map_or("tunnel".into(), |via| format!("route via {via}")),
                         ]
                     })
                     .collect();

@@ -526,6 +526,9 @@ struct peer_key6 {
 #define VNI_POD 1
 #define VNI_DSR 0x800000
 #define VNI_DSR_UDP 0x10000
+/* What an IPv6 outer header costs beyond the IPv4 one the tunnel
+ * device's MTU allows for. */
+#define IPV6_OUTER_EXTRA 20
 
 /* Flow events in the ring: a record is struct flow_event or, when its
  * family says so, struct flow_event6; both begin alike. */

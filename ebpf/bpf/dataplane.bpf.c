@@ -759,10 +759,12 @@ static __always_inline int from_net_to_pod(struct __sk_buff *skb, struct packet 
 /* from_net for IPv6: a NodePort's flow gets its backend (lb_translate6)
  * and the stack routes it to a local one, whose to_pod marks it for its
  * replies to be turned (to_pod_v6); to another node's it goes through the
- * tunnel and comes back the same way, in DSR mode too: the backend's node
- * could not answer as the NodePort, which the tunnel's 24-bit identifier
- * has no room to name. An ICMPv6 error about a NodePort's reply follows
- * the flow to its backend. Everything else passes. */
+ * tunnel, to come back the same way; in DSR mode, to be answered from
+ * there, it tunnels over IPv6 from the NodePort's address (which the
+ * backend's node learns from the outer header, as IPv4's) to the peer's
+ * IPv6 address (peer_addrs6; a peer without one gets tunnel mode). An
+ * ICMPv6 error about a NodePort's reply follows the flow to its backend.
+ * Everything else passes. */
 static __always_inline int from_net_v6(struct __sk_buff *skb, struct packet *p)
 {
 	__u32 ifindex = skb->ifindex;
@@ -789,10 +791,15 @@ static __always_inline int from_net_v6(struct __sk_buff *skb, struct packet *p)
 		break;
 	}
 	struct peer *peer = peer6_of(&p->daddr6);
+	struct node_config *cfg = node_settings();
+	union v6addr *dsr_to = NULL;
+	if (peer && lb == LB_TRANSLATED && cfg && cfg->external_mode == EXT_MODE_DSR)
+		dsr_to = bpf_map_lookup_elem(&peer_addrs6, &peer->node);
 	__u32 mtu;
 	/* The client hears "packet too big" from the NodePort (an error
 	 * about the flow is small). */
-	if (peer && lb == LB_TRANSLATED && tunnel_too_big(skb, p, &mtu)) {
+	if (peer && lb == LB_TRANSLATED &&
+	    tunnel_too_big(skb, p, dsr_to ? IPV6_OUTER_EXTRA : 0, &mtu)) {
 		count_drop(p, NODE_SLOT, ifindex, DIR_INGRESS, DROP_TOO_BIG);
 		struct reject6_how how = {
 			.from = flow.frontend,
@@ -806,6 +813,8 @@ static __always_inline int from_net_v6(struct __sk_buff *skb, struct packet *p)
 	count_allowed(NODE_SLOT, DIR_INGRESS, p->len);
 	if (!peer)
 		return TC_ACT_OK;
+	if (dsr_to)
+		return tunnel_send6(skb, dsr_to, &flow.frontend, vni_dsr(flow.frontend_port, p->proto));
 	return tunnel_send(skb, peer->node, VNI_POD);
 }
 
@@ -875,10 +884,15 @@ int from_tunnel(struct __sk_buff *skb)
 {
 	struct bpf_tunnel_key key = {};
 	struct packet p = {};
-	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
-		return TC_ACT_OK;
+	/* An IPv6 outer header: an IPv6 NodePort's DSR packet (tunnel_send6). */
+	bool outer6 = false;
+	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0) {
+		if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), BPF_F_TUNINFO_IPV6) < 0)
+			return TC_ACT_OK;
+		outer6 = true;
+	}
 	int parsed = parse_packet(skb, &p);
-	__be32 from_node = bpf_htonl(key.remote_ipv4);
+	__be32 from_node = outer6 ? 0 : bpf_htonl(key.remote_ipv4);
 	/* IPv6 between nodes always tunnels (cluster.rs: a peer is known by
 	 * its IPv4 address alone): for a local pod it is delivered as IPv4
 	 * is (its replies go back through the tunnel: a NodePort's flow must
@@ -891,6 +905,10 @@ int from_tunnel(struct __sk_buff *skb)
 		if (parsed != PARSED_IPV6 || p.fragment)
 			return TC_ACT_OK;
 		__u32 dst = local_endpoint6_ifindex(skb, &p);
+		/* DSR: this node answers as the ingress node's NodePort. */
+		if (dst && outer6 && (key.tunnel_id & VNI_DSR))
+			nat_record_dsr6(&p, (union v6addr *)key.remote_ipv6,
+					bpf_htons(key.tunnel_id & 0xffff));
 		if (dst)
 			return deliver_to_pod6(skb, &p, dst, from_node);
 		int rev = p.proto == IPPROTO_ICMPV6 ? nat_reverse_icmp6_error(skb, &p)
@@ -899,7 +917,7 @@ int from_tunnel(struct __sk_buff *skb)
 			return drop(&p, NODE_SLOT, skb->ifindex, DIR_INGRESS, DROP_NAT);
 		return TC_ACT_OK;
 	}
-	if (parsed != PARSED_IPV4)
+	if (parsed != PARSED_IPV4 || outer6)
 		return TC_ACT_OK;
 	__u32 dst = local_endpoint_ifindex(p.daddr);
 	if (dst) {

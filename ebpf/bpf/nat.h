@@ -434,6 +434,28 @@ static __always_inline void nat_write_reverse6(const struct nat_entry6 *fwd,
 	bpf_map_update_elem(&nat6, &k, &rev, BPF_ANY);
 }
 
+/* nat_record_dsr for IPv6: the flow came from the node whose NodePort it
+ * was sent to, `node`:`node_port` (the tunnel's outer source). */
+static __always_inline void nat_record_dsr6(const struct packet *p, const union v6addr *node,
+					    __be16 node_port)
+{
+	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
+		return;
+	struct nat_key6 k;
+	nat_key6_fill(&k, &p->daddr6, &p->saddr6, p->dport, p->sport, p->proto, NAT_REV);
+	struct nat_entry6 *cur = bpf_map_lookup_elem(&nat6, &k);
+	if (cur && v6addr_equal(&cur->addr, node) && cur->port == node_port &&
+	    v6_unspecified(&cur->peer) && cur->flags == NAT_F_AT_BACKEND)
+		return;
+	struct nat_entry6 rev = {
+		.last_seen_ns = flow_clock(),
+		.addr = *node,
+		.port = node_port,
+		.flags = NAT_F_AT_BACKEND,
+	};
+	bpf_map_update_elem(&nat6, &k, &rev, BPF_ANY);
+}
+
 /* nat_reversed_at_backend for IPv6. */
 static __always_inline bool nat_reversed_at_backend6(const struct packet *p)
 {

@@ -38,6 +38,16 @@ struct {
 	__type(value, struct peer);
 } node_peers6 SEC(".maps");
 
+/* The peers' IPv6 addresses on the nodes' network, by their IPv4 ones
+ * (those their peer entries name), for the peers that have one: IPv6 DSR
+ * tunnels to it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_NODE_PEERS);
+	__type(key, __be32);
+	__type(value, union v6addr);
+} peer_addrs6 SEC(".maps");
+
 static __always_inline struct node_config *node_settings(void)
 {
 	__u32 zero = 0;
@@ -76,19 +86,61 @@ static __always_inline int tunnel_send(struct __sk_buff *skb, __be32 node, __u32
 	return bpf_redirect(cfg->tunnel_ifindex, 0);
 }
 
+/* tunnel_send with an IPv6 outer header, from `from` (which must be one
+ * of this node's addresses) to `node`: what an IPv6 DSR packet takes, its
+ * outer source naming the NodePort's address as the IPv4 one does. The
+ * UDP checksum is kept (IPv6 wants one). */
+static __always_inline int tunnel_send6(struct __sk_buff *skb, const union v6addr *node,
+					const union v6addr *from, __u32 vni)
+{
+	struct node_config *cfg = node_settings();
+	if (!cfg || !cfg->tunnel_ifindex)
+		return TC_ACT_SHOT;
+	struct bpf_tunnel_key key = {.tunnel_id = vni, .tunnel_ttl = 64};
+	__builtin_memcpy(key.remote_ipv6, node, sizeof(key.remote_ipv6));
+	__builtin_memcpy(key.local_ipv6, from, sizeof(key.local_ipv6));
+	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_TUNINFO_IPV6) < 0)
+		return TC_ACT_SHOT;
+	return bpf_redirect(cfg->tunnel_ifindex, 0);
+}
+
+/* The IP length of the packet's segments (a GSO packet's: its headers
+ * and gso_size of payload; others': the packet's). */
+static __always_inline __u32 segment_len(struct __sk_buff *skb, const struct packet *p)
+{
+	if (!skb->gso_size)
+		return skb->len - ETH_HLEN;
+	__u32 l4_header = sizeof(struct udphdr);
+	if (p->proto == IPPROTO_TCP) {
+		__u8 doff;
+		if (bpf_skb_load_bytes(skb, p->l4_off + 12, &doff, 1) < 0)
+			return skb->len - ETH_HLEN;
+		l4_header = (doff >> 4) * 4;
+	}
+	return p->l4_off - ETH_HLEN + l4_header + skb->gso_size;
+}
+
 /* Whether the packet, sent with DF (as every IPv6 packet is), is too big
  * for the tunnel device (a GSO packet: its segments), whose MTU the loader
- * keeps at the data interfaces' less the encapsulation; that MTU in
- * `*mtu`. An IPv4 packet without DF is not: its outer packet may be
+ * keeps at the data interfaces' less IPv4's encapsulation; that MTU in
+ * `*mtu`, less `extra` (an IPv6 outer header's 20 more bytes: the kernel
+ * checks segments only without such a difference, so those are measured
+ * here). An IPv4 packet without DF is not: its outer packet may be
  * fragmented. */
 static __always_inline bool tunnel_too_big(struct __sk_buff *skb, const struct packet *p,
-					   __u32 *mtu)
+					   __u32 extra, __u32 *mtu)
 {
 	struct node_config *cfg = node_settings();
 	if (!cfg || !cfg->tunnel_ifindex || !(p->ipv6 || p->dont_fragment))
 		return false;
 	*mtu = 0;
-	return bpf_check_mtu(skb, cfg->tunnel_ifindex, mtu, 0, BPF_MTU_CHK_SEGS) > 0;
+	if (!extra)
+		return bpf_check_mtu(skb, cfg->tunnel_ifindex, mtu, 0, BPF_MTU_CHK_SEGS) > 0;
+	/* Fills in the device's MTU. */
+	if (bpf_check_mtu(skb, cfg->tunnel_ifindex, mtu, 0, 0) < 0)
+		return false;
+	*mtu -= extra;
+	return segment_len(skb, p) > *mtu;
 }
 
 /* tunnel_send, unless the packet is too big for the tunnel
@@ -102,7 +154,7 @@ static __always_inline int tunnel_send_fitting(struct __sk_buff *skb, const stru
 					       __be32 from, __be16 to_port, enum reject_path path)
 {
 	__u32 mtu;
-	if (!tunnel_too_big(skb, p, &mtu))
+	if (!tunnel_too_big(skb, p, 0, &mtu))
 		return tunnel_send(skb, node, vni);
 	count_drop(p, slot, skb->ifindex, dir, DROP_TOO_BIG);
 	return reject_unreachable(skb, p, ICMP_FRAG_NEEDED, mtu, from, to_port, path);

@@ -10,7 +10,7 @@
 //! Margay's route protocol, so those of a removed peer are found and
 //! removed and nobody else's are touched.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
@@ -226,12 +226,35 @@ fn sync_peers(root: &Path, peers: &[PeerSpec]) -> Result<PeersReport, DataplaneE
     }
     let removed = sync_lpm(&mut maps::node_peers(root)?, "node_peers", &wanted4)?
         + sync_lpm(&mut maps::node_peers6(root)?, "node_peers6", &wanted6)?;
+    sync_peer_addrs6(root, peers)?;
     Ok(PeersReport {
         cidrs: wanted4.len() + wanted6.len(),
         routes: sync_routes(root)?,
         removed,
         unreachable: Vec::new(),
     })
+}
+
+/// Makes `peer_addrs6` hold exactly the peers' IPv6 addresses.
+fn sync_peer_addrs6(root: &Path, peers: &[PeerSpec]) -> Result<(), DataplaneError> {
+    let fail = |e| DataplaneError::map("peer_addrs6", e);
+    let mut map = maps::peer_addrs6(root)?;
+    let wanted: BTreeMap<[u8; 4], [u8; 16]> = peers
+        .iter()
+        .filter_map(|p| Some((p.address.octets(), p.address6?.octets())))
+        .collect();
+    let stale: Vec<[u8; 4]> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !wanted.contains_key(k))
+        .collect();
+    for k in stale {
+        map.remove(&k).map_err(fail)?;
+    }
+    for (k, v) in wanted {
+        map.insert(k, v, 0).map_err(fail)?;
+    }
+    Ok(())
 }
 
 /// Makes the LPM map `name` hold exactly `wanted`; returns how many
@@ -262,8 +285,9 @@ fn sync_lpm<const N: usize>(
 
 /// The peers of a node without the eBPF dataplane (`dataplane: linux`):
 /// Margay's routes made exactly a route via each peer on this node's L2 to
-/// its IPv4 pod CIDRs. There is no tunnel device, so `encap` peers get none
-/// and are named in the report, and IPv6 CIDRs none (see [`sync_routes`]).
+/// its pod CIDRs (IPv6's via its IPv6 address: a peer without one gets no
+/// IPv6 routes). There is no tunnel device, so `encap` peers get none and
+/// are named in the report.
 ///
 /// # Errors
 /// A peer is invalid, or the routes cannot be listed or changed.
@@ -272,12 +296,17 @@ pub fn apply_routes(peers: &[PeerSpec]) -> Result<PeersReport, PeersError> {
     let routes: Vec<PeerRoute> = peers
         .iter()
         .filter(|p| !p.encap)
-        .flat_map(|p| p.pod_cidrs.iter().map(|c| (*c, p.address)))
-        .filter(|(c, _)| c.is_ipv4())
-        .map(|(cidr, node)| PeerRoute {
-            cidr,
-            node,
-            way: Way::Direct,
+        .flat_map(|p| {
+            p.pod_cidrs.iter().filter_map(|&cidr| {
+                let via: IpAddr = match cidr {
+                    IpNetwork::V4(_) => p.address.into(),
+                    IpNetwork::V6(_) => p.address6?.into(),
+                };
+                Some(PeerRoute {
+                    cidr,
+                    way: Way::Direct(via),
+                })
+            })
         })
         .collect();
     sync_kernel_routes(&routes)?;
@@ -303,21 +332,21 @@ const VNI_POD: u64 = 1;
 /// tunnel device, each route carrying the far end and identifier the
 /// device needs (it is in external mode), once the device exists
 /// (`setup_tunnel` syncs again). IPv6 pod CIDRs are routed so for every
-/// packet (the programs hand IPv6 to the stack), and always through the
-/// tunnel: a peer is known by its IPv4 address, and an IPv6 route cannot
-/// have an IPv4 next hop (the kernel refuses RTA_VIA for IPv6). Returns
-/// how many routes there are.
+/// packet (the programs hand a pod's IPv6 to the stack): via the peer's
+/// IPv6 address on our L2, else through the tunnel to its IPv4 one (an
+/// IPv6 route cannot have an IPv4 next hop: the kernel refuses RTA_VIA
+/// for IPv6). Returns how many routes there are.
 fn sync_routes(root: &Path) -> Result<usize, DataplaneError> {
     let tunnel = nix::net::if_::if_nametoindex(TUNNEL_DEVICE).ok();
     let routes: Vec<PeerRoute> = peers(root)?
         .into_iter()
-        .filter_map(|(cidr, node, encap)| {
-            let way = match (encap || cidr.is_ipv6(), tunnel) {
-                (false, _) => Way::Direct,
-                (true, Some(dev)) => Way::Tunnel(dev),
-                (true, None) => return None,
+        .filter_map(|p| {
+            let way = match (p.routed_via(), tunnel) {
+                (Some(via), _) => Way::Direct(via),
+                (None, Some(dev)) => Way::Tunnel(dev, p.node),
+                (None, None) => return None,
             };
-            Some(PeerRoute { cidr, node, way })
+            Some(PeerRoute { cidr: p.cidr, way })
         })
         .collect();
     sync_kernel_routes(&routes)?;
@@ -327,52 +356,41 @@ fn sync_routes(root: &Path) -> Result<usize, DataplaneError> {
 /// A route to a peer's pod CIDR.
 struct PeerRoute {
     cidr: IpNetwork,
-    /// The peer's address.
-    node: Ipv4Addr,
     way: Way,
 }
 
 /// How a [`PeerRoute`] reaches its peer.
 enum Way {
-    /// Via the node, on our L2 (IPv4 CIDRs).
-    Direct,
-    /// Through the tunnel device (its ifindex) to the node.
-    Tunnel(u32),
+    /// Via the node's address of the CIDR's family, on our L2.
+    Direct(IpAddr),
+    /// Through the tunnel device (its ifindex) to the node's IPv4 address.
+    Tunnel(u32, Ipv4Addr),
 }
 
 impl PeerRoute {
-    fn message(&self) -> rtnetlink::packet_route::route::RouteMessage {
-        let mut msg = match (self.cidr, &self.way) {
-            (IpNetwork::V4(c), way) => {
-                let builder = RouteMessageBuilder::<Ipv4Addr>::new()
-                    .destination_prefix(c.network(), c.prefix())
-                    .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
-                match way {
-                    Way::Direct => builder.gateway(self.node),
-                    Way::Tunnel(dev) => builder.output_interface(*dev),
-                }
-                .build()
-            }
-            (IpNetwork::V6(c), way) => {
-                let builder = RouteMessageBuilder::<Ipv6Addr>::new()
-                    .destination_prefix(c.network(), c.prefix())
-                    .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
-                match way {
-                    Way::Tunnel(dev) => builder.output_interface(*dev).build(),
-                    Way::Direct => unreachable!("IPv6 CIDRs are routed through the tunnel alone"),
-                }
-            }
+    fn message(&self) -> Result<rtnetlink::packet_route::route::RouteMessage, DataplaneError> {
+        // (rtnetlink does not export its error's type.)
+        let invalid = |e: &dyn std::fmt::Display| {
+            DataplaneError::Check(format!("route to {}: {e}", self.cidr))
         };
-        if let Way::Tunnel(_) = self.way {
-            msg.attributes
-                .push(RouteAttribute::EncapType(RouteLwEnCapType::Ip));
-            msg.attributes.push(RouteAttribute::Encap(vec![
-                RouteLwTunnelEncap::Ip(RouteIpTunnel::Id(VNI_POD)),
-                RouteLwTunnelEncap::Ip(RouteIpTunnel::Destination(self.node)),
-                RouteLwTunnelEncap::Ip(RouteIpTunnel::Ttl(64)),
-            ]));
-        }
-        msg
+        let builder = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(self.cidr.network(), self.cidr.prefix())
+            .map_err(|e| invalid(&e))?
+            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
+        Ok(match self.way {
+            Way::Direct(via) => builder.gateway(via).map_err(|e| invalid(&e))?.build(),
+            Way::Tunnel(dev, node) => {
+                let mut msg = builder.output_interface(dev).build();
+                msg.attributes
+                    .push(RouteAttribute::EncapType(RouteLwEnCapType::Ip));
+                msg.attributes.push(RouteAttribute::Encap(vec![
+                    RouteLwTunnelEncap::Ip(RouteIpTunnel::Id(VNI_POD)),
+                    RouteLwTunnelEncap::Ip(RouteIpTunnel::Destination(node)),
+                    RouteLwTunnelEncap::Ip(RouteIpTunnel::Ttl(64)),
+                ]));
+                msg
+            }
+        })
     }
 }
 
@@ -418,7 +436,7 @@ fn sync_kernel_routes(routes: &[PeerRoute]) -> Result<(), DataplaneError> {
         }
         for r in routes {
             h.route()
-                .add(r.message())
+                .add(r.message()?)
                 .replace()
                 .execute()
                 .await
@@ -428,30 +446,54 @@ fn sync_kernel_routes(routes: &[PeerRoute]) -> Result<(), DataplaneError> {
     })
 }
 
-/// The peers' CIDRs the programs and routes know: (CIDR, node, encap).
-pub fn peers(root: &Path) -> Result<Vec<(IpNetwork, Ipv4Addr, bool)>, DataplaneError> {
+/// A peer's pod CIDR as the programs and routes know it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct PeerCidr {
+    pub cidr: IpNetwork,
+    /// The peer's address, the tunnel's far end.
+    pub node: Ipv4Addr,
+    /// Its IPv6 address on the nodes' network, if it has one.
+    pub node6: Option<Ipv6Addr>,
+    /// Its pods' traffic tunnels.
+    pub encap: bool,
+}
+
+impl PeerCidr {
+    /// The next hop of a route to it without the tunnel: the peer's
+    /// address of the CIDR's family, when it is on our L2 and has one.
+    pub fn routed_via(&self) -> Option<IpAddr> {
+        match self.cidr {
+            _ if self.encap => None,
+            IpNetwork::V4(_) => Some(self.node.into()),
+            IpNetwork::V6(_) => self.node6.map(IpAddr::V6),
+        }
+    }
+}
+
+/// The peers' CIDRs the programs and routes know.
+pub fn peers(root: &Path) -> Result<Vec<PeerCidr>, DataplaneError> {
+    let addrs6: BTreeMap<[u8; 4], [u8; 16]> = maps::peer_addrs6(root)?
+        .iter()
+        .collect::<Result<_, _>>()
+        .map_err(|e| DataplaneError::map("peer_addrs6", e))?;
+    let entry = |cidr: IpNetwork, v: Peer| PeerCidr {
+        cidr,
+        node: Ipv4Addr::from(v.node),
+        node6: addrs6.get(&v.node).map(|&a| Ipv6Addr::from(a)),
+        encap: v.flags & PEER_F_ENCAP != 0,
+    };
     let mut all = Vec::new();
-    let v4 = |e| DataplaneError::map("node_peers", e);
-    let v6 = |e| DataplaneError::map("node_peers6", e);
     for kv in maps::node_peers(root)?.iter() {
-        let (k, v) = kv.map_err(v4)?;
+        let (k, v) = kv.map_err(|e| DataplaneError::map("node_peers", e))?;
         let cidr = Ipv4Network::new(Ipv4Addr::from(k.data()), k.prefix_len() as u8)
             .map_err(|e| DataplaneError::map("node_peers", e))?;
-        all.push((
-            cidr.into(),
-            Ipv4Addr::from(v.node),
-            v.flags & PEER_F_ENCAP != 0,
-        ));
+        all.push(entry(cidr.into(), v));
     }
     for kv in maps::node_peers6(root)?.iter() {
-        let (k, v) = kv.map_err(v6)?;
+        let (k, v) = kv.map_err(|e| DataplaneError::map("node_peers6", e))?;
         let cidr = Ipv6Network::new(Ipv6Addr::from(k.data()), k.prefix_len() as u8)
             .map_err(|e| DataplaneError::map("node_peers6", e))?;
-        all.push((
-            cidr.into(),
-            Ipv4Addr::from(v.node),
-            v.flags & PEER_F_ENCAP != 0,
-        ));
+        all.push(entry(cidr.into(), v));
     }
     all.sort();
     Ok(all)

@@ -17,7 +17,7 @@ use crate::paths::map_path;
 /// Every map the object defines and Margay pins, with what losing its
 /// contents costs. "Durable" maps describe running endpoints and must be
 /// carried over an upgrade; "rebuildable" ones refill by themselves.
-pub const PINNED_MAPS: [(&str, Durability); 34] = [
+pub const PINNED_MAPS: [(&str, Durability); 35] = [
     ("endpoints", Durability::Durable),
     ("endpoints6", Durability::Durable),
     ("endpoints_by_ip", Durability::Durable),
@@ -37,6 +37,7 @@ pub const PINNED_MAPS: [(&str, Durability); 34] = [
     ("node_config", Durability::Durable),
     ("node_peers", Durability::Durable),
     ("node_peers6", Durability::Durable),
+    ("peer_addrs6", Durability::Durable),
     // Running flows: losing them re-judges every established connection's
     // next packet as a new flow (a server pod whose egress policy does not
     // name its clients would lose its connections) and breaks service
@@ -104,6 +105,7 @@ pub type Nat = HashMap<MapData, NatKey, NatEntry>;
 pub type Nat6 = HashMap<MapData, NatKey6, NatEntry6>;
 pub type NodeAddrs = HashMap<MapData, [u8; 4], u32>;
 pub type NodeAddrs6 = HashMap<MapData, [u8; 16], u32>;
+pub type PeerAddrs6 = HashMap<MapData, [u8; 4], [u8; 16]>;
 pub type NodeConfigMap = aya::maps::Array<MapData, NodeConfig>;
 pub type NodePeers = aya::maps::lpm_trie::LpmTrie<MapData, [u8; 4], Peer>;
 pub type NodePeers6 = aya::maps::lpm_trie::LpmTrie<MapData, [u8; 16], Peer>;
@@ -166,6 +168,7 @@ pub fn update_node_config(
 }
 opener!(node_peers, NodePeers, "node_peers");
 opener!(node_peers6, NodePeers6, "node_peers6");
+opener!(peer_addrs6, PeerAddrs6, "peer_addrs6");
 
 /// Every value of `map`, pinned as `name`.
 pub fn values<K: Pod, V: Pod>(

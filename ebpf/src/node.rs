@@ -790,6 +790,7 @@ fn copy_entries(root: &Path, name: &str, old: aya::maps::MapData) -> Result<(), 
         "svc_meta" => copy(name, old, maps::service_names(root)?),
         "node_addrs" => copy(name, old, maps::node_addrs(root)?),
         "node_addrs6" => copy(name, old, maps::node_addrs6(root)?),
+        "peer_addrs6" => copy(name, old, maps::peer_addrs6(root)?),
         _ => Err(DataplaneError::map(
             name,
             "no way to carry its entries over",

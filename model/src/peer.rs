@@ -5,11 +5,12 @@
 //! peers:
 //!   - name: node-b
 //!     address: 192.168.0.12       # the node's address, the tunnel's far end
+//!     address6: "2001:db8::12"    # optional: its IPv6 address on the nodes' network
 //!     pod_cidrs: [10.244.1.0/26, "fd00:244::/122"]  # its IPAM blocks, of both families
 //!     encap: false                # true: not on one L2 with us, pods' traffic tunnels
 //! ```
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
@@ -26,9 +27,13 @@ pub struct PeerFile {
 pub struct PeerSpec {
     pub name: String,
     pub address: Ipv4Addr,
-    /// IPv4 and IPv6: IPv6's are routed via the node's IPv4 address too
-    /// (RFC 5549's next hop of the other family: no IPv6 on the nodes'
-    /// network needed).
+    /// Its IPv6 address on the nodes' network, if it has one: its IPv6
+    /// pod CIDRs are then routed via it when it is on our L2 (else
+    /// through the tunnel, to `address`), and IPv6 NodePort replies in DSR
+    /// mode come from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address6: Option<Ipv6Addr>,
+    /// IPv4 and IPv6.
     pub pod_cidrs: Vec<IpNetwork>,
     /// Not on one L2 with this node: pods' traffic to it tunnels.
     #[serde(default)]
@@ -38,11 +43,12 @@ pub struct PeerSpec {
 /// What is wrong with a set of peers, naming the peer and its field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PeerSpecError {
-    #[error("peers[{index}] ({name}): address: {address} is not a node")]
+    #[error("peers[{index}] ({name}): {field}: {address} is not a node")]
     NotANode {
         index: usize,
         name: String,
-        address: Ipv4Addr,
+        field: &'static str,
+        address: std::net::IpAddr,
     },
     #[error("peers[{index}] ({name}): pod_cidrs: {cidr} overlaps {other} of peers[{other_index}]")]
     Overlap {
@@ -59,12 +65,22 @@ pub enum PeerSpecError {
 pub fn check_peers(peers: &[PeerSpec]) -> Result<(), PeerSpecError> {
     let mut all: Vec<(IpNetwork, usize)> = Vec::new();
     for (index, p) in peers.iter().enumerate() {
+        let not_a_node = |field, address: std::net::IpAddr| PeerSpecError::NotANode {
+            index,
+            name: p.name.clone(),
+            field,
+            address,
+        };
         if p.address.is_unspecified() || p.address.is_broadcast() {
-            return Err(PeerSpecError::NotANode {
-                index,
-                name: p.name.clone(),
-                address: p.address,
-            });
+            return Err(not_a_node("address", p.address.into()));
+        }
+        if let Some(a) = p.address6
+            && (a.is_unspecified()
+                || a.is_loopback()
+                || a.is_multicast()
+                || a.is_unicast_link_local())
+        {
+            return Err(not_a_node("address6", a.into()));
         }
         for &cidr in &p.pod_cidrs {
             let overlaps = |o: &IpNetwork| match (o, cidr) {
@@ -130,6 +146,13 @@ mod tests {
                 {"name": "b", "address": "192.168.0.12", "pod_cidrs": ["10.244.1.0/24"]},
                 {"name": "c", "address": "192.168.0.13", "pod_cidrs": ["10.244.1.64/26"]}]}"#),
             "peers[1] (c): pod_cidrs: 10.244.1.64/26 overlaps 10.244.1.0/24 of peers[0]"
+        );
+        assert_eq!(
+            err(
+                r#"{"peers": [{"name": "b", "address": "192.168.0.12", "address6": "fe80::1",
+                "pod_cidrs": []}]}"#
+            ),
+            "peers[0] (b): address6: fe80::1 is not a node"
         );
         check_peers(&peers(
             r#"{"peers": [

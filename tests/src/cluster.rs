@@ -120,6 +120,8 @@ pub struct ClusterNode {
     pub pool: &'static str,
     /// Its IPv6 pod CIDR, when its pods are dual-stack.
     pub pool6: Option<&'static str>,
+    /// Its IPv6 address on the LAN, when it has one.
+    pub addr6: Option<Ipv6Addr>,
     pub dir: TempDir,
     pub bpf: BpfRoot,
     pub rt: Runtime,
@@ -153,6 +155,7 @@ impl ClusterNode {
             addr,
             pool,
             pool6,
+            addr6: None,
             dir,
             bpf,
             rt,
@@ -228,7 +231,12 @@ impl Drop for ClusterNode {
 /// `node` as a peer entry of a peers file.
 pub fn peer(node: &ClusterNode, encap: bool) -> Value {
     let pod_cidrs: Vec<&str> = std::iter::once(node.pool).chain(node.pool6).collect();
-    json!({"name": node.ns.name(), "address": node.addr, "pod_cidrs": pod_cidrs, "encap": encap})
+    let mut peer = json!({"name": node.ns.name(), "address": node.addr, "pod_cidrs": pod_cidrs,
+                          "encap": encap});
+    if let Some(a) = node.addr6 {
+        peer["address6"] = json!(a);
+    }
+    peer
 }
 
 /// Two nodes on one LAN with a pod each, knowing each other; an external
@@ -274,8 +282,8 @@ impl Cluster {
                 .chain(dual_stack.then_some(pools6[k]))
                 .collect()
         };
-        let a = ClusterNode::with_pools(&lan, at(1), &pools_of(0));
-        let b = ClusterNode::with_pools(&lan, at(2), &pools_of(1));
+        let mut a = ClusterNode::with_pools(&lan, at(1), &pools_of(0));
+        let mut b = ClusterNode::with_pools(&lan, at(2), &pools_of(1));
         let client = NetNs::new("ext");
         lan.plug(&client, at(100));
         let lan6 = dual_stack.then(|| {
@@ -284,6 +292,7 @@ impl Cluster {
             for (host, addr) in [&a.ns, &b.ns, &client].into_iter().zip(lan6) {
                 lan.plug6(host, addr);
             }
+            (a.addr6, b.addr6) = (Some(lan6[0]), Some(lan6[1]));
             lan6
         });
         Cluster {
