@@ -707,7 +707,9 @@ fn the_source_ip_demo_switches_kube_proxy_off_and_back() {
 /// RequireDualStack` answers on its IPv6 ClusterIP as on its IPv4 one,
 /// every backend reached (one on each node: pods' IPv6 is routed between
 /// nodes, via the nodes' IPv4 addresses), each seeing the client pod's own
-/// address of the family it was asked in.
+/// address of the family it was asked in. A NetworkPolicy whose `ipBlock`
+/// is the client's IPv6 address admits it over IPv6 alone, and one whose
+/// block excepts it shuts it out of both.
 #[test]
 fn a_dual_stack_service_answers_on_both_families() {
     require_root!(a_dual_stack_service_answers_on_both_families);
@@ -739,7 +741,7 @@ fn a_dual_stack_service_answers_on_both_families() {
         cluster_ips[0].is_ipv6() && cluster_ips[1].is_ipv4(),
         "{cluster_ips:?}"
     );
-    for vip in cluster_ips {
+    for &vip in &cluster_ips {
         let answers = all_answer(&format!("the ClusterIP {vip}"), || {
             who_from_pod(&c, client, std::net::SocketAddr::new(vip, 80), SPREAD)
         });
@@ -763,4 +765,36 @@ fn a_dual_stack_service_answers_on_both_families() {
         names.contains("default/web:http") && names.contains("default/web:http (IPv4)"),
         "a service per family, the second named so: {names:?}"
     );
+
+    let from_block = |name: &str, block: &str| {
+        format!(
+            "\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}}}\n\
+             spec:\n  podSelector: {{matchLabels: {{app: web}}}}\n  policyTypes: [Ingress]\n  \
+             ingress:\n  - from:\n    - ipBlock: {block}\n"
+        )
+    };
+    let answered = |vip: std::net::IpAddr| {
+        who_from_pod(&c, client, std::net::SocketAddr::new(vip, 80), 4)
+            .iter()
+            .filter(|w| w.is_some())
+            .count()
+    };
+    c.apply(&from_block("web-from-cli6", &format!("{{cidr: \"{client_v6}/128\"}}")));
+    wait_for("the client admitted over IPv6 alone", POD_WAIT, || {
+        match (answered(cluster_ips[0]), answered(cluster_ips[1])) {
+            (4, 0) => Ok(()),
+            other => Err(format!("answers (IPv6, IPv4): {other:?}")),
+        }
+    });
+    c.kubectl(&["delete", "networkpolicy", "web-from-cli6"]);
+    c.apply(&from_block(
+        "web-but-cli6",
+        &format!("{{cidr: \"::/0\", except: [\"{client_v6}/128\"]}}"),
+    ));
+    wait_for("the client shut out of both families", POD_WAIT, || {
+        match (answered(cluster_ips[0]), answered(cluster_ips[1])) {
+            (0, 0) => Ok(()),
+            other => Err(format!("answers (IPv6, IPv4): {other:?}")),
+        }
+    });
 }
