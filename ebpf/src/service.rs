@@ -181,19 +181,8 @@ fn frontends<'a>(index: usize, spec: &'a ServiceSpec, scope: &Scope) -> Vec<Want
     };
     let external_backends = scoped(spec.external_traffic_policy);
     let external_flags = affinity | flag(external_local, SVC_F_LOCAL_ONLY);
-    // On the node's addresses of the service's family.
-    let node_ports = spec.node_port.into_iter().flat_map(|port| {
-        scope
-            .node_addrs
-            .iter()
-            .filter(|a| a.is_ipv6() == spec.vip.is_ipv6())
-            .map(move |&addr| Frontend {
-                addr,
-                port,
-                protocol: spec.protocol,
-            })
-    });
-    let externals = node_ports
+    let externals = spec
+        .node_port_frontends(&scope.node_addrs)
         .map(|f| (f, SVC_F_NODE_PORT))
         .chain(spec.external_frontends().map(|f| (f, SVC_F_EXTERNAL_IP)))
         .map(|(frontend, kind)| Wanted {

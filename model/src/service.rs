@@ -211,6 +211,24 @@ impl ServiceSpec {
         })
     }
 
+    /// Its NodePort frontends on those of the node's addresses
+    /// (`node_addrs`) of its own family.
+    pub fn node_port_frontends<'a>(
+        &'a self,
+        node_addrs: &'a [IpAddr],
+    ) -> impl Iterator<Item = Frontend> + 'a {
+        self.node_port.into_iter().flat_map(move |port| {
+            node_addrs
+                .iter()
+                .filter(|a| a.is_ipv6() == self.vip.is_ipv6())
+                .map(move |&addr| Frontend {
+                    addr,
+                    port,
+                    protocol: self.protocol,
+                })
+        })
+    }
+
     /// Checks this service alone.
     pub fn check(&self) -> Result<(), ServiceFault> {
         if self.name.is_empty() || self.name.len() > MAX_NAME {

@@ -1,7 +1,7 @@
 //! Traffic from inside network namespaces, in-process: a thread enters the
 //! namespace (and ends there), so tests need no external tools.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -86,6 +86,23 @@ pub fn request(ns: Option<&NetNs>, addr: SocketAddr) -> std::io::Result<String> 
         s.read_to_string(&mut out)?;
         Ok(out.trim().to_string())
     })
+}
+
+/// Asserts that a TCP connection from `ns` to `addr` is refused at once
+/// (an answer, not a timeout nor the SYN's retransmission a second later).
+pub fn assert_refused_at_once(ns: Option<&NetNs>, addr: SocketAddr) {
+    let started = std::time::Instant::now();
+    let err = request(ns, addr).expect_err("nothing serves it");
+    assert_eq!(
+        err.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "{addr}: {err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{addr}: refused at once, not after {:?}",
+        started.elapsed()
+    );
 }
 
 /// Connects from `ns` to `addr` from local port `port` (0: any) and
@@ -329,8 +346,18 @@ pub fn backend_talks_after_the_client_left(
     let n = client.recv(&mut buf)?;
     assert_eq!(&buf[..n], b"one", "the backend's answer reaches the client");
     drop(client);
-    backend.send(b"two")?;
-    backend.recv(&mut buf).map(|_| ())
+    // Sent until the client's kernel answers for want of a socket: a child
+    // that another test's thread forks meanwhile holds the socket until it
+    // execs, and a datagram arriving then is queued to it, unanswered.
+    backend.set_read_timeout(Some(Duration::from_millis(250)))?;
+    for _ in 0..8 {
+        backend.send(b"two")?;
+        match backend.recv(&mut buf) {
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            other => return other.map(|_| ()),
+        }
+    }
+    Err(ErrorKind::WouldBlock.into())
 }
 
 /// Sends, from inside `ns`, a UDP datagram whose IPv4 source address is

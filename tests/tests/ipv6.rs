@@ -387,18 +387,7 @@ fn ipv6_services_balance_reverse_refuse_and_hairpin() {
         );
     }
 
-    let started = Instant::now();
-    let refused = traffic::request(Some(&a.ns), v6(empty, 80)).unwrap_err();
-    assert_eq!(
-        refused.kind(),
-        std::io::ErrorKind::ConnectionRefused,
-        "{refused}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_millis(500),
-        "refused at once, not after the SYN's retransmission: {:?}",
-        started.elapsed()
-    );
+    traffic::assert_refused_at_once(Some(&a.ns), v6(empty, 80));
     let refused = traffic::udp_request(Some(&a.ns), v6(empty, 53)).unwrap_err();
     assert_eq!(
         refused.kind(),

@@ -779,7 +779,10 @@ fn a_dual_stack_service_answers_on_both_families() {
             .filter(|w| w.is_some())
             .count()
     };
-    c.apply(&from_block("web-from-cli6", &format!("{{cidr: \"{client_v6}/128\"}}")));
+    c.apply(&from_block(
+        "web-from-cli6",
+        &format!("{{cidr: \"{client_v6}/128\"}}"),
+    ));
     wait_for("the client admitted over IPv6 alone", POD_WAIT, || {
         match (answered(cluster_ips[0]), answered(cluster_ips[1])) {
             (4, 0) => Ok(()),
@@ -791,10 +794,11 @@ fn a_dual_stack_service_answers_on_both_families() {
         "web-but-cli6",
         &format!("{{cidr: \"::/0\", except: [\"{client_v6}/128\"]}}"),
     ));
-    wait_for("the client shut out of both families", POD_WAIT, || {
-        match (answered(cluster_ips[0]), answered(cluster_ips[1])) {
-            (0, 0) => Ok(()),
-            other => Err(format!("answers (IPv6, IPv4): {other:?}")),
-        }
+    wait_for("the client shut out of both families", POD_WAIT, || match (
+        answered(cluster_ips[0]),
+        answered(cluster_ips[1]),
+    ) {
+        (0, 0) => Ok(()),
+        other => Err(format!("answers (IPv6, IPv4): {other:?}")),
     });
 }

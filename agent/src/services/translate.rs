@@ -409,20 +409,9 @@ enum Judgement {
 
 impl Claimant {
     fn new(spec: ServiceSpec, node_addrs: &[IpAddr]) -> Claimant {
-        // On the node's addresses of the service's family.
-        let node_port_frontends = spec.node_port.into_iter().flat_map(|port| {
-            node_addrs
-                .iter()
-                .filter(|a| a.is_ipv6() == spec.vip.is_ipv6())
-                .map(move |&addr| Frontend {
-                    addr,
-                    port,
-                    protocol: spec.protocol,
-                })
-        });
         let keys = std::iter::once(spec.cluster_ip())
             .chain(spec.external_frontends())
-            .chain(node_port_frontends)
+            .chain(spec.node_port_frontends(node_addrs))
             .map(ClaimKey::Frontend)
             .chain(
                 spec.node_port
