@@ -893,11 +893,11 @@ int from_tunnel(struct __sk_buff *skb)
 	}
 	int parsed = parse_packet(skb, &p);
 	__be32 from_node = outer6 ? 0 : bpf_htonl(key.remote_ipv4);
-	/* IPv6 between nodes always tunnels (cluster.rs: a peer is known by
-	 * its IPv4 address alone): for a local pod it is delivered as IPv4
-	 * is (its replies go back through the tunnel: a NodePort's flow must
-	 * return to the node that took it in); a NodePort's reply is turned
-	 * back into the NodePort's. The stack takes the rest, as a frame for
+	/* IPv6 through the tunnel (a peer's pods' beyond our L2 or without
+	 * an IPv6 address, a NodePort's flow another node took in): for a
+	 * local pod it is delivered as IPv4 is (its replies go back through
+	 * the tunnel: a NodePort's flow must return to the node that took it
+	 * in); a NodePort's reply is turned back into the NodePort's. The stack takes the rest, as a frame for
 	 * this host: from a device without neighbours, addressed to none, it
 	 * would not forward it as another host's. */
 	if (parsed == PARSED_IPV6 || parsed == PARSE_IPV6_EXT) {

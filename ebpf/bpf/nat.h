@@ -406,6 +406,15 @@ static __always_inline int nat_reverse_reply(struct __sk_buff *skb, struct packe
 	return rev;
 }
 
+/* nat_reverse_current for IPv6. */
+static __always_inline bool nat_reverse6_current(const struct nat_key6 *k,
+						 const struct nat_entry6 *rev)
+{
+	struct nat_entry6 *cur = bpf_map_lookup_elem(&nat6, k);
+	return cur && v6addr_equal(&cur->addr, &rev->addr) && cur->port == rev->port &&
+	       v6addr_equal(&cur->peer, &rev->peer) && cur->flags == rev->flags;
+}
+
 /* nat_write_reverse for IPv6. */
 static __always_inline void nat_write_reverse6(const struct nat_entry6 *fwd,
 					       const union v6addr *client, __be16 client_port,
@@ -425,12 +434,8 @@ static __always_inline void nat_write_reverse6(const struct nat_entry6 *fwd,
 	};
 	if (hairpin)
 		rev.peer = *client;
-	if (check_first) {
-		struct nat_entry6 *cur = bpf_map_lookup_elem(&nat6, &k);
-		if (cur && v6addr_equal(&cur->addr, &rev.addr) && cur->port == rev.port &&
-		    v6addr_equal(&cur->peer, &rev.peer) && cur->flags == rev.flags)
-			return;
-	}
+	if (check_first && nat_reverse6_current(&k, &rev))
+		return;
 	bpf_map_update_elem(&nat6, &k, &rev, BPF_ANY);
 }
 
@@ -443,16 +448,15 @@ static __always_inline void nat_record_dsr6(const struct packet *p, const union 
 		return;
 	struct nat_key6 k;
 	nat_key6_fill(&k, &p->daddr6, &p->saddr6, p->dport, p->sport, p->proto, NAT_REV);
-	struct nat_entry6 *cur = bpf_map_lookup_elem(&nat6, &k);
-	if (cur && v6addr_equal(&cur->addr, node) && cur->port == node_port &&
-	    v6_unspecified(&cur->peer) && cur->flags == NAT_F_AT_BACKEND)
-		return;
 	struct nat_entry6 rev = {
-		.last_seen_ns = flow_clock(),
 		.addr = *node,
 		.port = node_port,
 		.flags = NAT_F_AT_BACKEND,
 	};
+	/* Kept while it names this ingress (nat_record_dsr). */
+	if (nat_reverse6_current(&k, &rev))
+		return;
+	rev.last_seen_ns = flow_clock();
 	bpf_map_update_elem(&nat6, &k, &rev, BPF_ANY);
 }
 
