@@ -40,7 +40,13 @@ enum drop_reason {
 				    * with ICMP fragmentation needed */
 	DROP_NO_PROGRAM = 13,      /* the program for the packet's family is
 				    * missing from `calls` (an incomplete load) */
-	DROP_REASON_MAX = 14,
+	DROP_FORWARD = 14,         /* its headers could not be rewritten to be
+				    * forwarded (redirected to a pod or a device) */
+	DROP_NO_TUNNEL = 15,       /* its way is the tunnel and the node has none */
+	DROP_ENCAP = 16,           /* the tunnel's encapsulation could not be set */
+	DROP_REJECT = 17,          /* dropped to be answered (no backend, too
+				    * big), and the answer could not be built */
+	DROP_REASON_MAX = 18,
 };
 
 /* The programs from_pod hands packets on to (map `calls`, filled by the
@@ -268,11 +274,15 @@ struct ct_entry {
 	__u8 peer_mac[6];
 	/* The service a reply of the flow answers for, as last looked up
 	 * (nat_reverse_reply): the source its replies are turned into
-	 * between lookups, 0 when none is known. Last, so that an upgrade
-	 * from entries without it carries them over zero-extended. */
+	 * between lookups, 0 (::) when none is known. Last, so that an
+	 * upgrade from entries without it carries them over zero-extended;
+	 * IPv4's address is the first word of IPv6's, where it was before
+	 * IPv6 entries had one. */
 	__be16 turn_port;
-	__be32 turn_addr;
-	__u8 pad[4];
+	union {
+		__be32 turn_addr;
+		union v6addr turn_addr6;
+	};
 };
 
 struct counters {
@@ -578,7 +588,7 @@ _Static_assert(sizeof(struct ip_set_key) == 16, "ip_set_key layout");
 _Static_assert(sizeof(struct ip_set_key6) == 28, "ip_set_key6 layout");
 _Static_assert(sizeof(struct name_record) == 64, "name_record layout");
 _Static_assert(sizeof(struct ct_key) == 20, "ct_key layout");
-_Static_assert(sizeof(struct ct_entry) == 48, "ct_entry layout");
+_Static_assert(sizeof(struct ct_entry) == 56, "ct_entry layout");
 _Static_assert(sizeof(struct counters) == 8 * (4 + DROP_REASON_MAX), "counters layout");
 _Static_assert(sizeof(struct config) == 32, "config layout");
 _Static_assert(sizeof(struct flow_event) == 32, "flow_event layout");

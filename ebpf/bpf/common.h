@@ -49,10 +49,22 @@ struct icmphdr {
 	} un;
 };
 
+/* What a helper that sends the packet on (a redirect, the tunnel, an
+ * answer in its place) returns when it cannot: the drop's reason (enum
+ * drop_reason), which the caller counts with the packet's endpoint and side
+ * (forwarded(), sent(), rejected() in events.h). Below every TC_ACT_*
+ * verdict, so that a helper's verdict is one int. */
+#define SEND_FAILED(reason) (-64 - (int)(reason))
+
 static __always_inline bool v6addr_equal(const union v6addr *a, const union v6addr *b)
 {
 	return ((a->w[0] ^ b->w[0]) | (a->w[1] ^ b->w[1]) | (a->w[2] ^ b->w[2]) |
 		(a->w[3] ^ b->w[3])) == 0;
+}
+
+static __always_inline bool v6_unspecified(const union v6addr *a)
+{
+	return (a->w[0] | a->w[1] | a->w[2] | a->w[3]) == 0;
 }
 
 /* What we need of the kernel's own IPv6 headers (net/ipv6.h, net/ndisc.h),

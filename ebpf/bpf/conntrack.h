@@ -245,6 +245,25 @@ static __always_inline void ct_remember_turn(struct ct_entry *e, __be32 addr, __
 	}
 }
 
+/* ct_remember_turn for an IPv6 flow's entry (turn_addr6; `addr` NULL:
+ * none). */
+static __always_inline void ct6_remember_turn(struct ct_entry *e, const union v6addr *addr,
+					      __be16 port)
+{
+	/* No address of its own for none: from_pod6's stack is full. */
+	if (!addr) {
+		if (!v6_unspecified(&e->turn_addr6) || e->turn_port) {
+			__builtin_memset(&e->turn_addr6, 0, sizeof(e->turn_addr6));
+			e->turn_port = 0;
+		}
+		return;
+	}
+	if (!v6addr_equal(&e->turn_addr6, addr) || e->turn_port != port) {
+		e->turn_addr6 = *addr;
+		e->turn_port = port;
+	}
+}
+
 /* A new flow's entry for endpoint `ep`, the packet's sender (side a when
  * `src_is_a`) being its initiator. */
 static __always_inline void ct_entry_init(struct ct_entry *e, const struct packet *p,
@@ -284,16 +303,20 @@ static __always_inline void ct_create(const struct packet *p, const struct endpo
  * initiator; `from_pod`: the sender is the pod (else it is the receiver).
  * `flags`: CT_F_SERVICE for a flow whose replies are turned (a pod's
  * connection to a service, a NodePort's to its backend), CT_F_TUNNEL with
- * `tunnel_peer` for one whose pod's packets go back through the tunnel. */
-static __always_inline void ct6_create(const struct packet *p, const struct endpoint *ep,
-				       bool from_pod, __u8 flags, __be32 tunnel_peer)
+ * `tunnel_peer` for one whose pod's packets go back through the tunnel.
+ * A global function: its key and entry take a stack frame of their own. */
+__attribute__((noinline)) int ct6_create(const struct packet *p, const struct endpoint *ep,
+					 bool from_pod, __u8 flags, __be32 tunnel_peer)
 {
+	if (!p || !ep) /* never: the caller's; the verifier asks */
+		return 0;
 	struct ct_key6 k;
 	bool src_is_a = ct_key6_fill(&k, &p->saddr6, &p->daddr6, p->sport, p->dport, p->proto,
 				     ep->ifindex);
 	struct ct_entry e = {.tunnel_peer = tunnel_peer};
 	ct_entry_init(&e, p, ep, flags | (src_is_a == from_pod ? CT_F_POD_IS_A : 0), src_is_a);
 	bpf_map_update_elem(&conntrack6, &k, &e, BPF_ANY);
+	return 0;
 }
 
 /* The entry of the flow tracked on `ifindex` that an ICMP error

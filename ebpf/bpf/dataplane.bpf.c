@@ -150,7 +150,8 @@ static __always_inline int deliver_to_pod(struct __sk_buff *skb, struct packet *
 							  e->last_seen_ns == now);
 			if (verdict != TC_ACT_OK)
 				return verdict;
-			return redirect_to_pod(skb, dst_ifindex, e->pod_mac);
+			return sent(redirect_to_pod(skb, dst_ifindex, e->pod_mac), p, e->slot,
+				    dst_ifindex, DIR_INGRESS);
 		}
 	}
 	struct endpoint *dst = endpoint_of(dst_ifindex);
@@ -159,7 +160,8 @@ static __always_inline int deliver_to_pod(struct __sk_buff *skb, struct packet *
 	int verdict = ingress_verdict(skb, p, dst, path, tunnel_peer);
 	if (verdict != TC_ACT_OK)
 		return verdict;
-	return redirect_to_pod(skb, dst->ifindex, dst->mac);
+	return sent(redirect_to_pod(skb, dst->ifindex, dst->mac), p, dst->slot, dst->ifindex,
+		    DIR_INGRESS);
 }
 
 /* A pod's packet for somewhere off this node that no flow's entry
@@ -190,8 +192,8 @@ static __always_inline int egress_to_local_pod(struct __sk_buff *skb, struct pac
 		if (ct == CT_REPLY && e->turn_addr &&
 		    nat_rewrite(skb, p, true, e->turn_addr, e->turn_port) < 0)
 			return drop(p, e->peer_slot, e->peer_ifindex, DIR_INGRESS, DROP_NAT);
-		count_allowed(e->peer_slot, DIR_INGRESS, p->len);
-		return redirect_to_pod(skb, e->peer_ifindex, e->peer_mac);
+		return forwarded(redirect_to_pod(skb, e->peer_ifindex, e->peer_mac), p, e->peer_slot,
+				 e->peer_ifindex, DIR_INGRESS);
 	}
 	__u32 dst_ifindex = local_endpoint_ifindex(p->daddr);
 	struct endpoint *dst = dst_ifindex ? endpoint_of(dst_ifindex) : NULL;
@@ -229,7 +231,25 @@ static __always_inline int egress_to_local_pod(struct __sk_buff *skb, struct pac
 	}
 	if (verdict != TC_ACT_OK)
 		return verdict;
-	return redirect_to_pod(skb, dst->ifindex, dst->mac);
+	return sent(redirect_to_pod(skb, dst->ifindex, dst->mac), p, dst->slot, dst->ifindex,
+		    DIR_INGRESS);
+}
+
+/* Where a backend's reply, turned into the service's on the backend's own
+ * side (entry `e`'s pod, host veth `ifindex`), goes: straight back into
+ * the pod for a hairpin (the entry knows the pod), to a client pod of this
+ * node, else by the FIB (a NodePort's client outside). A sending helper's
+ * verdict (the caller counts it: forwarded). */
+static __always_inline int backend_reply_way(struct __sk_buff *skb, const struct packet *p,
+					     const struct ct_entry *e, __u32 ifindex)
+{
+	if (p->daddr == e->pod_ip)
+		return p->ttl > 1 ? redirect_to_pod(skb, ifindex, e->pod_mac) : TC_ACT_OK;
+	__u32 dst = local_endpoint_ifindex(p->daddr);
+	struct endpoint *client = dst ? endpoint_of(dst) : NULL;
+	if (client)
+		return p->ttl > 1 ? redirect_to_pod(skb, client->ifindex, client->mac) : TC_ACT_OK;
+	return redirect_by_fib(skb, p);
 }
 
 /* A pod's packet on a flow its conntrack holds (`ct` from ct_lookup or
@@ -239,7 +259,6 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 					      __u32 ifindex, struct ct_entry *e, int ct,
 					      bool consult)
 {
-	count_allowed(e->slot, DIR_EGRESS, p->len);
 	/* A backend's reply translated on its own side: to an external
 	 * client (NodePort), or to this very pod, which reached itself
 	 * through a service (hairpin) and takes it straight back. */
@@ -250,19 +269,14 @@ static __always_inline int egress_established(struct __sk_buff *skb, struct pack
 		int rev = nat_reverse(skb, p);
 		if (rev == NAT_FAILED)
 			return drop(p, e->slot, ifindex, DIR_EGRESS, DROP_NAT);
-		if (rev != NAT_TRANSLATED)
-			return TC_ACT_OK;
-		if (p->daddr == e->pod_ip) /* hairpin: the entry knows the pod */
-			return p->ttl > 1 ? redirect_to_pod(skb, ifindex, e->pod_mac) : TC_ACT_OK;
-		__u32 dst = local_endpoint_ifindex(p->daddr);
-		struct endpoint *client = dst ? endpoint_of(dst) : NULL;
-		if (client)
-			return p->ttl > 1 ? redirect_to_pod(skb, client->ifindex, client->mac)
-					  : TC_ACT_OK;
-		return redirect_by_fib(skb, p);
+		int verdict = rev == NAT_TRANSLATED ? backend_reply_way(skb, p, e, ifindex) : TC_ACT_OK;
+		return forwarded(verdict, p, e->slot, ifindex, DIR_EGRESS);
 	}
-	if (e->flags & CT_F_LOCAL_DELIVERY)
+	if (e->flags & CT_F_LOCAL_DELIVERY) {
+		/* The receiver's side counts its own verdict. */
+		count_allowed(e->slot, DIR_EGRESS, p->len);
 		return egress_to_local_pod(skb, p, e, ct, consult);
+	}
 	/* The way chosen when the flow began (route_to). */
 	return leave_node(skb, p, e->flags, e->tunnel_peer, e->slot);
 }
@@ -325,10 +339,10 @@ static __always_inline int v6_flowless(const struct packet *p, const struct endp
 static __always_inline int egress6_allowed(struct __sk_buff *skb, const struct packet *p,
 					   const struct ct_entry *e, __u32 slot)
 {
-	count_allowed(slot, DIR_EGRESS, p->len);
+	int verdict = TC_ACT_OK;
 	if (e && (e->flags & CT_F_TUNNEL))
-		return tunnel_send(skb, e->tunnel_peer, VNI_POD);
-	return TC_ACT_OK;
+		verdict = tunnel_send(skb, e->tunnel_peer, VNI_POD);
+	return forwarded(verdict, p, slot, skb->ifindex, DIR_EGRESS);
 }
 
 /* A reply of an IPv6 service flow (`e`, CT_F_SERVICE): the
@@ -338,17 +352,36 @@ static __always_inline int egress6_allowed(struct __sk_buff *skb, const struct p
  * reached itself through a service; its reply leaves it for the hairpin
  * address) the reply is the pod's own to take back, straight into it:
  * through the stack it would arrive at its own to_pod as a new flow from
- * the service. TC_ACT_OK when the stack takes it on. */
+ * the service. TC_ACT_OK when the stack takes it on. On the client's
+ * ingress the entry's turn serves unless `look` (nat_reverse_reply); a
+ * backend's egress looks its translation up every time, as IPv4's
+ * (egress_established). */
 static __always_inline int reverse_reply6(struct __sk_buff *skb, struct packet *p,
-					  const struct ct_entry *e, __u32 ifindex, __u8 dir)
+					  struct ct_entry *e, __u32 ifindex, __u8 dir, bool look)
 {
-	int rev = nat_reverse6(skb, p);
+	int rev = dir == DIR_INGRESS ? nat_reverse_reply6(skb, p, e, look) : nat_reverse6(skb, p);
 	if (rev == NAT_FAILED)
 		return drop(p, e->slot, ifindex, dir, DROP_NAT);
 	count_allowed(e->slot, dir, p->len);
 	if (rev == NAT_TRANSLATED && dir == DIR_EGRESS && endpoint6_owns(ifindex, &p->daddr6))
 		return p->ttl > 1 ? redirect_to_pod6(skb, ifindex, e->pod_mac) : TC_ACT_OK;
 	return TC_ACT_OK;
+}
+
+/* Entry `e` of a flow whose packet was translated as `flow`: its replies
+ * answer for this frontend now (the entry may have been another's, for the
+ * same client port and backend), a hairpin's are looked up; as IPv4's
+ * (from_pod). A global function: from_pod6's stack has no room. */
+__attribute__((noinline)) int ct6_remember_frontend(struct ct_entry *e,
+						    const struct lb_flow6 *flow)
+{
+	if (!e || !flow) /* never: the caller's; the verifier asks */
+		return 0;
+	if (v6_unspecified(&flow->fwd.peer))
+		ct6_remember_turn(e, &flow->frontend, flow->frontend_port);
+	else
+		ct6_remember_turn(e, NULL, 0);
+	return 0;
 }
 
 /* An IPv6 packet from the pod, once its MAC is known to be the pod's:
@@ -376,10 +409,9 @@ static __always_inline int from_pod_v6(struct __sk_buff *skb, struct packet *p,
 	struct lb_flow6 flow = {};
 	/* Calls only for what may need them (a frontend's bit, an error). */
 	int lb = service ? lb_translate6(skb, p, &flow) : LB_NONE;
-	if (lb == LB_NO_BACKEND) {
-		count_drop(p, slot, ifindex, DIR_EGRESS, DROP_NO_BACKEND);
-		return reject6_port_unreachable(skb, p, REJECT_INTO_POD);
-	}
+	if (lb == LB_NO_BACKEND)
+		return rejected(reject6_port_unreachable(skb, p, REJECT_INTO_POD), p, slot, ifindex,
+				DIR_EGRESS, DROP_NO_BACKEND);
 	if (lb == LB_FAILED)
 		return drop(p, slot, ifindex, DIR_EGRESS, DROP_NAT);
 	/* An error this pod's kernel sends about a service's reply is the
@@ -392,10 +424,12 @@ static __always_inline int from_pod_v6(struct __sk_buff *skb, struct packet *p,
 	if (!ct_missed || lb == LB_TRANSLATED) {
 		int ct = ct_lookup(p, ifindex, flow_clock(), &e);
 		if (ct != CT_MISS) {
-			if (lb == LB_TRANSLATED)
+			if (lb == LB_TRANSLATED) {
 				lb_record6(&flow, p->proto);
+				ct6_remember_frontend(e, &flow);
+			}
 			if (ct == CT_REPLY && (e->flags & CT_F_SERVICE))
-				return reverse_reply6(skb, p, e, ifindex, DIR_EGRESS);
+				return reverse_reply6(skb, p, e, ifindex, DIR_EGRESS, true);
 			return egress6_allowed(skb, p, e, slot);
 		}
 	}
@@ -471,10 +505,12 @@ static __always_inline int deliver_to_pod6(struct __sk_buff *skb, struct packet 
 	if (p->ttl <= 1) /* the stack sends time-exceeded */
 		return TC_ACT_OK;
 	struct ct_entry *e;
-	int ct = ct_lookup(p, dst_ifindex, flow_clock(), &e);
+	__u64 now = flow_clock();
+	int ct = ct_lookup(p, dst_ifindex, now, &e);
 	if (ct != CT_MISS) {
 		if (ct == CT_REPLY && (e->flags & CT_F_SERVICE)) {
-			int verdict = reverse_reply6(skb, p, e, dst_ifindex, DIR_INGRESS);
+			int verdict = reverse_reply6(skb, p, e, dst_ifindex, DIR_INGRESS,
+						     e->last_seen_ns == now);
 			if (verdict != TC_ACT_OK)
 				return verdict;
 		} else {
@@ -566,10 +602,9 @@ int from_pod(struct __sk_buff *skb)
 
 	struct lb_flow flow = {};
 	int lb = lb_translate(skb, &p, &flow);
-	if (lb == LB_NO_BACKEND) {
-		count_drop(&p, slot, ifindex, DIR_EGRESS, DROP_NO_BACKEND);
-		return reject_port_unreachable(skb, &p, REJECT_INTO_POD);
-	}
+	if (lb == LB_NO_BACKEND)
+		return rejected(reject_port_unreachable(skb, &p, REJECT_INTO_POD), &p, slot, ifindex,
+				DIR_EGRESS, DROP_NO_BACKEND);
 	if (lb == LB_FAILED)
 		return drop(&p, slot, ifindex, DIR_EGRESS, DROP_NAT);
 	/* An error this pod's kernel sends about a service's reply is the
@@ -613,14 +648,14 @@ int from_pod(struct __sk_buff *skb)
 	 * turns it; or turned here (DSR, a local backend) and routed by us.
 	 * A local client's own ingress turns it. */
 	if (related && !dst) {
-		count_allowed(slot, DIR_EGRESS, p.len);
 		if (related->flags & CT_F_TUNNEL)
-			return tunnel_send(skb, related->tunnel_peer, VNI_POD);
+			return forwarded(tunnel_send(skb, related->tunnel_peer, VNI_POD), &p, slot,
+					 ifindex, DIR_EGRESS);
 		int rev = nat_reverse_icmp_error(skb, &p);
 		if (rev == NAT_FAILED)
 			return drop(&p, slot, ifindex, DIR_EGRESS, DROP_NAT);
 		if (rev == NAT_TRANSLATED)
-			return redirect_by_fib(skb, &p);
+			return forwarded(redirect_by_fib(skb, &p), &p, slot, ifindex, DIR_EGRESS);
 		return to_elsewhere(skb, &p, slot);
 	}
 	__u8 ct_flags = dst ? CT_F_LOCAL_DELIVERY : 0;
@@ -635,9 +670,11 @@ int from_pod(struct __sk_buff *skb)
 		ct_create(&p, ep, ct_flags, via);
 		trace_new_flow(&p, ifindex, DIR_EGRESS);
 	}
+	if (!dst)
+		return leave_node(skb, &p, ct_flags, via, slot);
+	/* The receiver's side counts its own verdict. */
 	count_allowed(slot, DIR_EGRESS, p.len);
-	return dst ? deliver_to_pod(skb, &p, dst, VIA_LOCAL_POD, 0)
-		   : leave_node(skb, &p, ct_flags, via, slot);
+	return deliver_to_pod(skb, &p, dst, VIA_LOCAL_POD, 0);
 }
 
 /* egress_to_service_established for IPv6: the NAT entry of the client's
@@ -715,11 +752,13 @@ int to_pod(struct __sk_buff *skb)
 			return ingress_established(skb, &p, ifindex, e, ct, e->last_seen_ns == now);
 	} else if (parsed == PARSED_IPV6 && !p.fragment) {
 		struct ct_entry *e;
-		int ct = ct_lookup(&p, ifindex, flow_clock(), &e);
+		__u64 now = flow_clock();
+		int ct = ct_lookup(&p, ifindex, now, &e);
 		if (ct != CT_MISS) {
 			/* A reply to this pod's own service connection. */
 			if (ct == CT_REPLY && (e->flags & CT_F_SERVICE))
-				return reverse_reply6(skb, &p, e, ifindex, DIR_INGRESS);
+				return reverse_reply6(skb, &p, e, ifindex, DIR_INGRESS,
+						      e->last_seen_ns == now);
 			count_allowed(e->slot, DIR_INGRESS, p.len);
 			return TC_ACT_OK;
 		}
@@ -782,8 +821,8 @@ static __always_inline int from_net_v6(struct __sk_buff *skb, struct packet *p)
 		break;
 	}
 	case LB_NO_BACKEND:
-		count_drop(p, NODE_SLOT, ifindex, DIR_INGRESS, DROP_NO_BACKEND);
-		return reject6_port_unreachable(skb, p, REJECT_BACK_OUT);
+		return rejected(reject6_port_unreachable(skb, p, REJECT_BACK_OUT), p, NODE_SLOT,
+				ifindex, DIR_INGRESS, DROP_NO_BACKEND);
 	case LB_FAILED:
 		return drop(p, NODE_SLOT, ifindex, DIR_INGRESS, DROP_NAT);
 	default:
@@ -800,7 +839,6 @@ static __always_inline int from_net_v6(struct __sk_buff *skb, struct packet *p)
 	 * about the flow is small). */
 	if (peer && lb == LB_TRANSLATED &&
 	    tunnel_too_big(skb, p, dsr_to ? IPV6_OUTER_EXTRA : 0, &mtu)) {
-		count_drop(p, NODE_SLOT, ifindex, DIR_INGRESS, DROP_TOO_BIG);
 		struct reject6_how how = {
 			.from = flow.frontend,
 			.to_port = flow.frontend_port,
@@ -808,14 +846,16 @@ static __always_inline int from_net_v6(struct __sk_buff *skb, struct packet *p)
 			.path = REJECT_BACK_OUT,
 			.mtu = mtu,
 		};
-		return reject6(skb, p, &how);
+		return rejected(reject6(skb, p, &how), p, NODE_SLOT, ifindex, DIR_INGRESS,
+				DROP_TOO_BIG);
 	}
-	count_allowed(NODE_SLOT, DIR_INGRESS, p->len);
-	if (!peer)
-		return TC_ACT_OK;
+	int verdict = TC_ACT_OK;
 	if (dsr_to)
-		return tunnel_send6(skb, dsr_to, &flow.frontend, vni_dsr(flow.frontend_port, p->proto));
-	return tunnel_send(skb, peer->node, VNI_POD);
+		verdict = tunnel_send6(skb, dsr_to, &flow.frontend,
+				       vni_dsr(flow.frontend_port, p->proto));
+	else if (peer)
+		verdict = tunnel_send(skb, peer->node, VNI_POD);
+	return forwarded(verdict, p, NODE_SLOT, ifindex, DIR_INGRESS);
 }
 
 /* NodePorts on a data interface: a connection from outside to the node's
@@ -850,25 +890,23 @@ int from_net(struct __sk_buff *skb)
 		break;
 	}
 	case LB_NO_BACKEND:
-		count_drop(&p, NODE_SLOT, ifindex, DIR_INGRESS, DROP_NO_BACKEND);
-		return reject_port_unreachable(skb, &p, REJECT_BACK_OUT);
+		return rejected(reject_port_unreachable(skb, &p, REJECT_BACK_OUT), &p, NODE_SLOT,
+				ifindex, DIR_INGRESS, DROP_NO_BACKEND);
 	case LB_FAILED:
 		return drop(&p, NODE_SLOT, ifindex, DIR_INGRESS, DROP_NAT);
 	default:
 		lb_record(&flow, p.proto);
 		break;
 	}
-	count_allowed(NODE_SLOT, DIR_INGRESS, p.len);
-	if (local_endpoint_ifindex(p.daddr))
-		return TC_ACT_OK;
 	/* A backend on another node: through the tunnel, to come back the
 	 * same way (tunnel) or to be answered from there (DSR). */
-	struct peer *peer = peer_of(p.daddr);
+	struct peer *peer = local_endpoint_ifindex(p.daddr) ? NULL : peer_of(p.daddr);
 	struct node_config *cfg = node_settings();
 	if (!peer || !cfg)
-		return TC_ACT_OK;
+		return forwarded(TC_ACT_OK, &p, NODE_SLOT, ifindex, DIR_INGRESS);
 	if (lb != LB_TRANSLATED) /* an ICMP error about the flow: small */
-		return tunnel_send(skb, peer->node, VNI_POD);
+		return forwarded(tunnel_send(skb, peer->node, VNI_POD), &p, NODE_SLOT, ifindex,
+				 DIR_INGRESS);
 	__u32 vni = cfg->external_mode == EXT_MODE_DSR ? vni_dsr(flow.frontend_port, p.proto)
 						       : VNI_POD;
 	/* The client hears "fragmentation needed" from the NodePort. */
@@ -931,7 +969,7 @@ int from_tunnel(struct __sk_buff *skb)
 	if (rev == NAT_FAILED)
 		return drop(&p, NODE_SLOT, skb->ifindex, DIR_INGRESS, DROP_NAT);
 	if (rev == NAT_TRANSLATED)
-		return redirect_by_fib(skb, &p);
+		return sent(redirect_by_fib(skb, &p), &p, NODE_SLOT, skb->ifindex, DIR_INGRESS);
 	/* For the node itself (a pod's reply to the node's own traffic): the
 	 * frame is addressed to the sending pod's gateway MAC, not to this
 	 * device, and the stack would drop it as another host's. */

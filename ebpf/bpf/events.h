@@ -113,8 +113,13 @@ static __always_inline void count_drop_by(const struct packet *p, __u32 slot, __
 					  __u8 dir, __u8 reason, __u32 source)
 {
 	struct counters *c = counters_of(slot);
-	if (c && reason < DROP_REASON_MAX)
-		c->drops[reason] += 1;
+	__u32 at = reason;
+	/* One register for the bound and the index: the compiler would
+	 * otherwise widen the reason anew for the index, unchecked in the
+	 * verifier's eyes. */
+	asm volatile("" : "+r"(at));
+	if (c && at < DROP_REASON_MAX)
+		c->drops[at] += 1;
 	if (log_level() >= LOG_INFO)
 		emit(p, ifindex, dir, reason, source);
 }
@@ -131,6 +136,47 @@ static __always_inline int drop(const struct packet *p, __u32 slot, __u32 ifinde
 {
 	count_drop(p, slot, ifindex, dir, reason);
 	return TC_ACT_SHOT;
+}
+
+/* The reason a SEND_FAILED verdict carries. */
+static __always_inline __u8 send_failure(int verdict)
+{
+	return SEND_FAILED(0) - verdict;
+}
+
+/* The verdict of a helper that sent the packet on (SEND_FAILED when it
+ * could not), for a packet of `slot`'s `dir` side: counted as allowed
+ * when it went on, and as dropped for the helper's reason when not. So a
+ * packet is counted once, after its fate is known. */
+static __always_inline int forwarded(int verdict, const struct packet *p, __u32 slot, __u32 ifindex,
+				     __u8 dir)
+{
+	if (verdict <= SEND_FAILED(0))
+		return drop(p, slot, ifindex, dir, send_failure(verdict));
+	count_allowed(slot, dir, p->len);
+	return verdict;
+}
+
+/* forwarded() for a packet its side counted as allowed already (on its
+ * entry or by its policy's verdict): only a failure to send is counted. */
+static __always_inline int sent(int verdict, const struct packet *p, __u32 slot, __u32 ifindex,
+				__u8 dir)
+{
+	if (verdict <= SEND_FAILED(0))
+		return drop(p, slot, ifindex, dir, send_failure(verdict));
+	return verdict;
+}
+
+/* The verdict of a helper that answered a packet dropped for `cause` (a
+ * reject): counted for the cause when the answer went out, as
+ * DROP_REJECT when it could not be built (its sender hears nothing). */
+static __always_inline int rejected(int verdict, const struct packet *p, __u32 slot, __u32 ifindex,
+				    __u8 dir, __u8 cause)
+{
+	if (verdict <= SEND_FAILED(0))
+		return drop(p, slot, ifindex, dir, send_failure(verdict));
+	count_drop(p, slot, ifindex, dir, cause);
+	return verdict;
 }
 
 /* drop for a policy's denial: `verdict` (policy.h) names the source of

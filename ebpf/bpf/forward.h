@@ -99,7 +99,7 @@ static __always_inline bool forward_rewrite(struct __sk_buff *skb, const __u8 *d
 static __always_inline int redirect_to_pod(struct __sk_buff *skb, __u32 ifindex, const __u8 *mac)
 {
 	if (!forward_rewrite(skb, mac, gateway_mac))
-		return TC_ACT_SHOT;
+		return SEND_FAILED(DROP_FORWARD);
 	return bpf_redirect_peer(ifindex, 0);
 }
 
@@ -137,10 +137,10 @@ static __always_inline int redirect_by_fib(struct __sk_buff *skb, const struct p
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
 		/* The neighbour subsystem writes L2 (resolving it first). */
 		if (!forward_rewrite(skb, NULL, NULL))
-			return TC_ACT_SHOT;
+			return SEND_FAILED(DROP_FORWARD);
 		return bpf_redirect_neigh(f.ifindex, NULL, 0, 0);
 	}
 	if (!forward_rewrite(skb, f.dmac, f.smac))
-		return TC_ACT_SHOT;
+		return SEND_FAILED(DROP_FORWARD);
 	return bpf_redirect(f.ifindex, 0);
 }

@@ -91,6 +91,24 @@ static __always_inline __sum16 csum_replace_word(__sum16 check, __be32 from, __b
 	return (__sum16)~sum;
 }
 
+/* The checksum difference of an IPv6 address changed from `from` to
+ * `to`, as bpf_csum_diff(from, 16, to, 16, 0) gives it (a 32-bit
+ * ones'-complement sum, for bpf_l4_csum_replace) without the helper call. */
+static __attribute__((noinline)) __u32 csum_diff_v6addr(const union v6addr *from, const union v6addr *to)
+{
+	__u64 sum = (__u32)~from->w[0];
+	sum += (__u32)~from->w[1];
+	sum += (__u32)~from->w[2];
+	sum += (__u32)~from->w[3];
+	sum += to->w[0];
+	sum += to->w[1];
+	sum += to->w[2];
+	sum += to->w[3];
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	return (__u32)sum;
+}
+
 /* Rewrites the source (or destination) of a TCP or UDP packet to
  * addr:port, fixing the IP and L4 checksums, and keeps `p` in step. The
  * L4 checksum is the helpers' (they handle CHECKSUM_PARTIAL packets, a
@@ -141,8 +159,8 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, struct packet *p, 
 }
 
 /* nat_rewrite for IPv6, which has no header checksum: the address's
- * change is folded into the L4 checksum (its pseudo-header) by one
- * csum_diff over the 16 bytes. */
+ * change is folded into the L4 checksum (its pseudo-header) as one
+ * difference over the 16 bytes. */
 static __always_inline int nat_rewrite6(struct __sk_buff *skb, struct packet *p, bool source,
 					const union v6addr *addr, __be16 port)
 {
@@ -152,8 +170,7 @@ static __always_inline int nat_rewrite6(struct __sk_buff *skb, struct packet *p,
 	__be16 old_port = source ? p->sport : p->dport;
 
 	if (!v6addr_equal(old_addr, addr)) {
-		__s64 diff = bpf_csum_diff(old_addr->w, sizeof(*addr), (__be32 *)addr->w,
-					   sizeof(*addr), 0);
+		__u32 diff = csum_diff_v6addr(old_addr, addr);
 		if (bpf_l4_csum_replace(skb, csum_off, 0, diff, BPF_F_PSEUDO_HDR | mangled) < 0)
 			return -1;
 	}
@@ -492,6 +509,24 @@ static __always_inline int nat_reverse6(struct __sk_buff *skb, struct packet *p)
 	return NAT_TRANSLATED;
 }
 
+/* nat_reverse_reply for IPv6, the turn remembered in turn_addr6. */
+static __always_inline int nat_reverse_reply6(struct __sk_buff *skb, struct packet *p,
+					      struct ct_entry *e, bool look)
+{
+	bool ports = p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP;
+	if (!look && ports && !v6_unspecified(&e->turn_addr6))
+		return nat_rewrite6(skb, p, true, &e->turn_addr6, e->turn_port) < 0
+			       ? NAT_FAILED
+			       : NAT_TRANSLATED;
+	union v6addr daddr = p->daddr6;
+	int rev = nat_reverse6(skb, p);
+	if (rev == NAT_TRANSLATED && v6addr_equal(&p->daddr6, &daddr))
+		ct6_remember_turn(e, &p->saddr6, p->sport);
+	else if (rev != NAT_FAILED)
+		ct6_remember_turn(e, NULL, 0);
+	return rev;
+}
+
 #define QUOTE6_SADDR(p) (icmp_quote_off(p) + __builtin_offsetof(struct ipv6hdr, saddr))
 #define QUOTE6_DADDR(p) (icmp_quote_off(p) + __builtin_offsetof(struct ipv6hdr, daddr))
 #define QUOTE6_SPORT(p) (icmp_quote_off(p) + sizeof(struct ipv6hdr))
@@ -509,7 +544,7 @@ static __always_inline int icmp6_store_addr(struct __sk_buff *skb, const struct 
 {
 	if (v6addr_equal(from, to))
 		return 0;
-	__s64 diff = bpf_csum_diff((__be32 *)from->w, sizeof(*from), (__be32 *)to->w, sizeof(*to), 0);
+	__u32 diff = csum_diff_v6addr(from, to);
 	if (bpf_l4_csum_replace(skb, ICMP6_CSUM(p), 0, diff, pseudo ? BPF_F_PSEUDO_HDR : 0) < 0)
 		return -1;
 	return bpf_skb_store_bytes(skb, off, to, sizeof(*to), 0);

@@ -22,11 +22,6 @@ static __always_inline bool v6_link_multicast(const union v6addr *a)
 	return a->b[0] == 0xff && (a->b[1] & 0x0f) == 0x02;
 }
 
-static __always_inline bool v6_unspecified(const union v6addr *a)
-{
-	return (a->w[0] | a->w[1] | a->w[2] | a->w[3]) == 0;
-}
-
 /* Neighbour discovery (RFC 4861) or multicast listener discovery (RFC
  * 2710, 3810) to a link-scoped destination. */
 static __always_inline bool v6_link_control(const struct packet *p)

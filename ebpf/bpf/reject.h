@@ -44,8 +44,9 @@ enum reject_path {
  * for fragmentation needed) from `from`, addressed to its sender (the MACs
  * swapped), and sends it back. The quoted header names `from`:`to_port`
  * as its destination: what the sender wrote, before a translation of
- * ours, so its kernel finds the socket. Packets with IP options are
- * dropped instead (the quote would need their length). */
+ * ours, so its kernel finds the socket. Packets with IP options are not
+ * answered (the quote would need their length): SEND_FAILED(DROP_REJECT),
+ * as when the answer cannot be written. */
 static __always_inline int reject_unreachable(struct __sk_buff *skb, const struct packet *p,
 					      __u8 code, __u16 mtu, __be32 from, __be16 to_port,
 					      enum reject_path path)
@@ -53,7 +54,7 @@ static __always_inline int reject_unreachable(struct __sk_buff *skb, const struc
 	struct icmp_unreachable r = {};
 	if (bpf_skb_load_bytes(skb, ETH_HLEN, r.quote, sizeof(r.quote)) < 0 || r.quote[0] != 0x45 ||
 	    bpf_skb_load_bytes(skb, 0, r.eth.h_source, ETH_ALEN) < 0)
-		return TC_ACT_SHOT;
+		return SEND_FAILED(DROP_REJECT);
 	struct iphdr *quoted = (struct iphdr *)r.quote;
 	if (quoted->daddr != from || (p->proto != IPPROTO_ICMP && p->dport != to_port)) {
 		quoted->daddr = from;
@@ -82,7 +83,7 @@ static __always_inline int reject_unreachable(struct __sk_buff *skb, const struc
 
 	if (bpf_skb_change_tail(skb, ICMP_UNREACHABLE_LEN, 0) < 0 ||
 	    bpf_skb_store_bytes(skb, 0, &r.eth, ICMP_UNREACHABLE_LEN, 0) < 0)
-		return TC_ACT_SHOT;
+		return SEND_FAILED(DROP_REJECT);
 	if (path == REJECT_INTO_POD)
 		return bpf_redirect_peer(skb->ifindex, 0);
 	return bpf_redirect(skb->ifindex, 0);
@@ -159,7 +160,7 @@ static __always_inline int reply6_send(struct __sk_buff *skb, struct ethhdr *fra
 {
 	if (bpf_skb_load_bytes(skb, 0, frame->h_source, ETH_ALEN) < 0 ||
 	    bpf_skb_change_tail(skb, len, 0) < 0 || bpf_skb_store_bytes(skb, 0, frame, len, 0) < 0)
-		return TC_ACT_SHOT;
+		return SEND_FAILED(DROP_REJECT);
 	if (path == REJECT_INTO_POD)
 		return bpf_redirect_peer(skb->ifindex, 0);
 	return bpf_redirect(skb->ifindex, 0);
@@ -171,7 +172,7 @@ static __always_inline int reject6_reset(struct __sk_buff *skb, const struct pac
 {
 	struct tcphdr seg;
 	if (bpf_skb_load_bytes(skb, p->l4_off, &seg, sizeof(seg)) < 0)
-		return TC_ACT_SHOT;
+		return SEND_FAILED(DROP_REJECT);
 	struct tcp6_reset r = {};
 	r.tcp.source = how->to_port;
 	r.tcp.dest = seg.source;
@@ -208,12 +209,12 @@ __attribute__((noinline)) int reject6(struct __sk_buff *skb, const struct packet
 				      const struct reject6_how *how)
 {
 	if (!p || !how) /* never: the caller's; the verifier asks */
-		return TC_ACT_SHOT;
+		return SEND_FAILED(DROP_REJECT);
 	if (how->type == ICMPV6_DEST_UNREACH && p->proto == IPPROTO_TCP)
 		return reject6_reset(skb, p, how);
 	struct icmp6_error r = {};
 	if (bpf_skb_load_bytes(skb, ETH_HLEN, r.quote, sizeof(r.quote)) < 0)
-		return TC_ACT_SHOT;
+		return SEND_FAILED(DROP_REJECT);
 	struct ipv6hdr *quoted = (struct ipv6hdr *)r.quote;
 	__builtin_memcpy(&quoted->daddr, &how->from, sizeof(quoted->daddr));
 	/* The ports follow the header unless extension headers do. */

@@ -69,20 +69,21 @@ static __always_inline struct peer *peer6_of(const union v6addr *addr)
 }
 
 /* Sends the packet (its Ethernet frame, as is) through the tunnel to
- * `node` with identifier `vni`. TC_ACT_SHOT when the node has no tunnel:
- * callers only choose the tunnel once a peer or a tunnel flow says so. */
+ * `node` with identifier `vni`. SEND_FAILED(DROP_NO_TUNNEL) when the node
+ * has no tunnel (a flow's entry or a peer still names the tunnel after it
+ * was removed). */
 static __always_inline int tunnel_send(struct __sk_buff *skb, __be32 node, __u32 vni)
 {
 	struct node_config *cfg = node_settings();
 	if (!cfg || !cfg->tunnel_ifindex)
-		return TC_ACT_SHOT;
+		return SEND_FAILED(DROP_NO_TUNNEL);
 	struct bpf_tunnel_key key = {
 		.remote_ipv4 = bpf_ntohl(node),
 		.tunnel_id = vni,
 		.tunnel_ttl = 64,
 	};
 	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0)
-		return TC_ACT_SHOT;
+		return SEND_FAILED(DROP_ENCAP);
 	return bpf_redirect(cfg->tunnel_ifindex, 0);
 }
 
@@ -95,12 +96,12 @@ static __always_inline int tunnel_send6(struct __sk_buff *skb, const union v6add
 {
 	struct node_config *cfg = node_settings();
 	if (!cfg || !cfg->tunnel_ifindex)
-		return TC_ACT_SHOT;
+		return SEND_FAILED(DROP_NO_TUNNEL);
 	struct bpf_tunnel_key key = {.tunnel_id = vni, .tunnel_ttl = 64};
 	__builtin_memcpy(key.remote_ipv6, node, sizeof(key.remote_ipv6));
 	__builtin_memcpy(key.local_ipv6, from, sizeof(key.local_ipv6));
 	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_TUNINFO_IPV6) < 0)
-		return TC_ACT_SHOT;
+		return SEND_FAILED(DROP_ENCAP);
 	return bpf_redirect(cfg->tunnel_ifindex, 0);
 }
 
@@ -143,21 +144,22 @@ static __always_inline bool tunnel_too_big(struct __sk_buff *skb, const struct p
 	return segment_len(skb, p) > *mtu;
 }
 
-/* tunnel_send, unless the packet is too big for the tunnel
- * (tunnel_too_big): then it is counted as dropped on `slot`'s `dir` side
- * and its sender told "fragmentation needed" with the tunnel's MTU, by
- * `from` about its packet to `from`:`to_port` (reject_unreachable), back
- * by `path`. Without this the kernel would fragment every full-sized
- * packet's encapsulation, and the far node reassemble it. */
+/* tunnel_send for a packet of `slot`'s `dir` side, counted (forwarded),
+ * unless it is too big for the tunnel (tunnel_too_big): then it is
+ * dropped (DROP_TOO_BIG) and its sender told "fragmentation needed" with
+ * the tunnel's MTU, by `from` about its packet to `from`:`to_port`
+ * (reject_unreachable), back by `path`. Without this the kernel would
+ * fragment every full-sized packet's encapsulation, and the far node
+ * reassemble it. */
 static __always_inline int tunnel_send_fitting(struct __sk_buff *skb, const struct packet *p,
 					       __be32 node, __u32 vni, __u32 slot, __u8 dir,
 					       __be32 from, __be16 to_port, enum reject_path path)
 {
 	__u32 mtu;
 	if (!tunnel_too_big(skb, p, 0, &mtu))
-		return tunnel_send(skb, node, vni);
-	count_drop(p, slot, skb->ifindex, dir, DROP_TOO_BIG);
-	return reject_unreachable(skb, p, ICMP_FRAG_NEEDED, mtu, from, to_port, path);
+		return forwarded(tunnel_send(skb, node, vni), p, slot, skb->ifindex, dir);
+	return rejected(reject_unreachable(skb, p, ICMP_FRAG_NEEDED, mtu, from, to_port, path), p,
+			slot, skb->ifindex, dir, DROP_TOO_BIG);
 }
 
 /* What a DSR packet's identifier says: the NodePort it was sent to. */
@@ -188,7 +190,8 @@ static __always_inline __u8 route_to(__be32 addr, __be32 *via)
 }
 
 /* Sends a pod's packet (of endpoint `slot`) off the node the way route_to
- * chose (`route`, in conntrack flags). One too big for the tunnel gets
+ * chose (`route`, in conntrack flags), and counts it (forwarded). One too
+ * big for the tunnel gets
  * its pod "fragmentation needed", unless it was translated to a service's
  * backend: the pod's kernel would not know the quoted destination, and
  * the packet goes fragmented rather than lost. */
@@ -196,11 +199,10 @@ static __always_inline int leave_node(struct __sk_buff *skb, const struct packet
 				      __be32 via, __u32 slot)
 {
 	if ((route & CT_F_TUNNEL) && (route & CT_F_SERVICE))
-		return tunnel_send(skb, via, VNI_POD);
+		return forwarded(tunnel_send(skb, via, VNI_POD), p, slot, skb->ifindex, DIR_EGRESS);
 	if (route & CT_F_TUNNEL)
 		return tunnel_send_fitting(skb, p, via, VNI_POD, slot, DIR_EGRESS, p->daddr, p->dport,
 					   REJECT_INTO_POD);
-	if (route & CT_F_PEER_ROUTED)
-		return redirect_by_fib(skb, p);
-	return TC_ACT_OK;
+	int verdict = route & CT_F_PEER_ROUTED ? redirect_by_fib(skb, p) : TC_ACT_OK;
+	return forwarded(verdict, p, slot, skb->ifindex, DIR_EGRESS);
 }

@@ -36,8 +36,12 @@ pub const DROP_REASONS: [&str; DROP_REASON_MAX] = [
     "ipv6-ext-headers",
     "too-big-for-tunnel",
     "no-program",
+    "forward-failed",
+    "no-tunnel",
+    "encap-failed",
+    "reject-failed",
 ];
-pub const DROP_REASON_MAX: usize = 14;
+pub const DROP_REASON_MAX: usize = 18;
 pub const DROP_PARSE: usize = 1;
 pub const DROP_SPOOF_MAC: usize = 3;
 pub const DROP_SPOOF_IP: usize = 4;
@@ -48,6 +52,7 @@ pub const DROP_FRAGMENT: usize = 7;
 pub const DROP_IPV6_EXT: usize = 11;
 pub const DROP_TOO_BIG: usize = 12;
 pub const DROP_NO_PROGRAM: usize = 13;
+pub const DROP_NO_TUNNEL: usize = 15;
 
 /// Where from_pod's IPv6 half is in map `calls`.
 pub const CALL_FROM_POD6: u32 = 0;
@@ -335,10 +340,9 @@ pub struct CtEntry {
     pub peer_mac: [u8; 6],
     /// The service the flow's replies answer for (network order), as last
     /// looked up: the source they are turned into between lookups; zero
-    /// when none is known.
+    /// when none is known. An IPv4 entry's address is the first 4 bytes.
     pub turn_port: [u8; 2],
-    pub turn_addr: [u8; 4],
-    pub pad: [u8; 4],
+    pub turn_addr: [u8; 16],
 }
 
 #[repr(C)]
@@ -656,7 +660,7 @@ const _: () = {
     assert!(size_of::<PolicyRule>() == 16);
     assert!(size_of::<Policy>() == 8 + 16 * MAX_POLICY_RULES);
     assert!(size_of::<CtKey>() == 20);
-    assert!(size_of::<CtEntry>() == 48);
+    assert!(size_of::<CtEntry>() == 56);
     assert!(size_of::<Counters>() == 8 * (4 + DROP_REASON_MAX));
     assert!(size_of::<Config>() == 32);
     assert!(size_of::<FlowEvent>() == 32);

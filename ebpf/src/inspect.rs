@@ -153,6 +153,9 @@ pub trait FlowKey {
     fn proto(&self) -> u8;
     /// Side a and side b, as `address:port`.
     fn sides(&self) -> (String, String);
+    /// The service entry `e` of this flow turns its replies into, as
+    /// `address:port`, when it knows one.
+    fn turn(&self, e: &CtEntry) -> Option<String>;
 }
 
 impl FlowKey for CtKey {
@@ -168,6 +171,11 @@ impl FlowKey for CtKey {
             endpoint_str(Ipv4Addr::from(self.addr_b), self.port_b),
         )
     }
+    fn turn(&self, e: &CtEntry) -> Option<String> {
+        let [a, b, c, d, ..] = e.turn_addr;
+        let addr = Ipv4Addr::from([a, b, c, d]);
+        (!addr.is_unspecified()).then(|| endpoint_str(addr, e.turn_port))
+    }
 }
 
 impl FlowKey for CtKey6 {
@@ -182,6 +190,10 @@ impl FlowKey for CtKey6 {
             endpoint_str(Ipv6Addr::from(self.addr_a), self.port_a),
             endpoint_str(Ipv6Addr::from(self.addr_b), self.port_b),
         )
+    }
+    fn turn(&self, e: &CtEntry) -> Option<String> {
+        let addr = Ipv6Addr::from(e.turn_addr);
+        (!addr.is_unspecified()).then(|| endpoint_str(addr, e.turn_port))
     }
 }
 
@@ -221,8 +233,7 @@ impl CtRecord {
             idle_s: now_ns.saturating_sub(e.last_seen_ns) / 1_000_000_000,
             local_delivery: e.flags & crate::abi::CT_F_LOCAL_DELIVERY != 0,
             path: ct_path(e),
-            replies_as: (e.turn_addr != [0; 4])
-                .then(|| endpoint_str(Ipv4Addr::from(e.turn_addr), e.turn_port)),
+            replies_as: k.turn(e),
         }
     }
 }

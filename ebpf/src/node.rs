@@ -757,7 +757,7 @@ fn relink(
 /// today's: fields were only ever added at its end, and every entry the
 /// programs wrote zeroed what it did not set, so an old entry read with
 /// zeros after it says what it said (no receiver, no service remembered).
-const EARLIER_CT_ENTRY_SIZES: [u32; 2] = [32, 40];
+const EARLIER_CT_ENTRY_SIZES: [u32; 3] = [32, 40, 48];
 
 /// Whether pinned map `name` holds records of an earlier layout of the
 /// expected ones that [`copy_entries`] carries over.
@@ -817,6 +817,7 @@ fn copy_flows<K: aya::Pod>(
     match value_size {
         32 => copy_converted(name, from, to, zero_extended::<32>),
         40 => copy_converted(name, from, to, zero_extended::<40>),
+        48 => copy_converted(name, from, to, zero_extended::<48>),
         _ => copy(name, from, to),
     }
 }

@@ -582,21 +582,6 @@ fn a_pinned_map_of_an_unknown_layout_is_refused_clearly() {
 #[test]
 fn running_flows_survive_a_build_whose_conntrack_entries_are_longer() {
     require_root!(running_flows_survive_a_build_whose_conntrack_entries_are_longer);
-    let r = margay_tests::bpf::BpfRoot::new();
-    std::fs::create_dir_all(r.path().join("maps")).unwrap();
-    // What the build before left: 40-byte entries (today's, without the
-    // service its replies are turned into).
-    let pin = r.path().join("maps/conntrack");
-    margay_tests::bpf::pin_hash_map(&pin, LRU_HASH, 20, 40, 1024);
-    let key = abi::CtKey {
-        addr_a: [10, 241, 11, 2],
-        addr_b: [10, 241, 11, 3],
-        port_a: 4000u16.to_be_bytes(),
-        port_b: 80u16.to_be_bytes(),
-        proto: 6,
-        ifindex: 77,
-        ..Default::default()
-    };
     let entry = abi::CtEntry {
         last_seen_ns: 123_456_789,
         created_s: 42,
@@ -609,13 +594,41 @@ fn running_flows_survive_a_build_whose_conntrack_entries_are_longer() {
         peer_mac: [2, 0, 0, 0, 0, 3],
         ..Default::default()
     };
-    let mut old: aya::maps::HashMap<_, abi::CtKey, [u8; 40]> = aya::maps::HashMap::try_from(
+    // 40-byte entries: without the service their replies are turned into.
+    flow_survives_from_layout::<40>(entry);
+    // 48-byte entries: an IPv4 service's turn without IPv6's room.
+    let mut turn = [0; 16];
+    turn[..4].copy_from_slice(&[10, 96, 0, 10]);
+    flow_survives_from_layout::<48>(abi::CtEntry {
+        turn_port: 80u16.to_be_bytes(),
+        turn_addr: turn,
+        ..entry
+    });
+}
+
+/// A flow of `entry`, left by a build whose entries were its first `N`
+/// bytes, is read back whole by this build's node.
+fn flow_survives_from_layout<const N: usize>(entry: abi::CtEntry) {
+    let r = margay_tests::bpf::BpfRoot::new();
+    std::fs::create_dir_all(r.path().join("maps")).unwrap();
+    let pin = r.path().join("maps/conntrack");
+    margay_tests::bpf::pin_hash_map(&pin, LRU_HASH, 20, N as u32, 1024);
+    let key = abi::CtKey {
+        addr_a: [10, 241, 11, 2],
+        addr_b: [10, 241, 11, 3],
+        port_a: 4000u16.to_be_bytes(),
+        port_b: 80u16.to_be_bytes(),
+        proto: 6,
+        ifindex: 77,
+        ..Default::default()
+    };
+    let mut old: aya::maps::HashMap<_, abi::CtKey, [u8; N]> = aya::maps::HashMap::try_from(
         aya::maps::Map::LruHashMap(aya::maps::MapData::from_pin(&pin).unwrap()),
     )
     .unwrap();
-    // SAFETY: CtEntry is repr(C) plain data; its first 40 bytes are the
+    // SAFETY: CtEntry is repr(C) plain data; its first N bytes are the
     // earlier layout.
-    let bytes: [u8; 40] = unsafe { std::mem::transmute_copy(&entry) };
+    let bytes: [u8; N] = unsafe { std::mem::transmute_copy(&entry) };
     old.insert(key, bytes, 0).unwrap();
     drop(old);
 
@@ -628,7 +641,7 @@ fn running_flows_survive_a_build_whose_conntrack_entries_are_longer() {
     assert_eq!(
         inspect::conntrack(r.path(), None).unwrap(),
         vec![(key, entry)],
-        "the flow was carried over, what it did not carry read as zero"
+        "the flow of a {N}-byte entry was carried over, what it did not carry read as zero"
     );
 }
 

@@ -386,6 +386,17 @@ fn ipv6_services_balance_reverse_refuse_and_hairpin() {
             "UDP through the ClusterIP, round {round}"
         );
     }
+    // The client's entries remember the service their replies are turned
+    // into, as IPv4's do: a reply costs that entry's lookup alone (and the
+    // second round's replies were turned from it).
+    let records = inspect::conntrack_records(node.root(), Some(node.ifindex(&a))).unwrap();
+    for (protocol, port) in [(6, 80), (17, 53)] {
+        let flow = records
+            .iter()
+            .find(|r| r.protocol == protocol && r.replies_as.is_some())
+            .unwrap_or_else(|| panic!("no flow of protocol {protocol} turned: {records:?}"));
+        assert_eq!(flow.replies_as, Some(v6(vip, port).to_string()), "{flow:?}");
+    }
 
     traffic::assert_refused_at_once(Some(&a.ns), v6(empty, 80));
     let refused = traffic::udp_request(Some(&a.ns), v6(empty, 53)).unwrap_err();

@@ -579,6 +579,47 @@ fn a_service_without_backends_is_answered_with_port_unreachable() {
     assert_eq!(f.drops(abi::DROP_NO_BACKEND), 1);
 }
 
+/// A packet whose way is the tunnel on a node that has none (a peer that
+/// tunnels, no tunnel device) is dropped for that reason, counted on the
+/// node's slot and reported, not lost unexplained.
+#[test]
+fn a_packet_for_a_missing_tunnel_is_dropped_with_its_reason() {
+    require_root!(a_packet_for_a_missing_tunnel_is_dropped_with_its_reason);
+    let f = Fixture::new();
+    let external = Ipv4Addr::new(203, 0, 113, 7);
+    let backend = Ipv4Addr::new(10, 201, 0, 9);
+    let peer: margay_model::peer::PeerSpec = serde_json::from_value(serde_json::json!({
+        "name": "far", "address": "192.0.2.2", "pod_cidrs": ["10.201.0.0/24"], "encap": true
+    }))
+    .unwrap();
+    margay_ebpf::cluster::apply_peers(f.root.path(), &[peer]).unwrap();
+    services(
+        &f,
+        serde_json::json!([{"name": "t/far", "vip": "10.96.0.9", "port": 80,
+                            "external_ips": [external], "backends": [format!("{backend}:8080")]}]),
+    );
+    let client = Ipv4Addr::new(198, 51, 100, 1);
+    let syn = ipv4(
+        [2, 0, 0, 0, 0, 0x99],
+        client,
+        external,
+        &tcp(40000, 80, TCP_SYN),
+    );
+    assert_eq!(run(&f.node, "from_net", &syn, FORWARDED), TC_ACT_SHOT);
+    let node = inspect::counters(f.root.path(), 0).unwrap();
+    assert_eq!(node.drops[abi::DROP_NO_TUNNEL], 1, "{node:?}");
+    assert_eq!(node.packets, [0, 0], "not counted as allowed as well");
+    let mut seen = Vec::new();
+    inspect::follow_events(f.root.path(), Some(Duration::from_millis(200)), |e| {
+        seen.push(e);
+        false
+    })
+    .unwrap();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].verdict, "no-tunnel");
+    assert_eq!(seen[0].src, format!("{client}:40000"));
+}
+
 fn icmp6(kind: u8) -> L4 {
     L4::IcmpOther { kind }
 }
