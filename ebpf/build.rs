@@ -1,6 +1,9 @@
 //! Compiles every `bpf/*.bpf.c` with Debian's clang-19 into OUT_DIR, and
 //! records a fingerprint of each object so a node can tell whether the
-//! programs it has pinned are this build's.
+//! programs it has pinned are this build's. Writes the constants of
+//! `bpf/abi.h` as Rust (abi_consts.rs, included by src/abi.rs): the header
+//! is their one source, so a reason, flag or limit added there cannot be
+//! missing or different on the Rust side.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -54,6 +57,166 @@ fn main() {
         ));
     }
     std::fs::write(out.join("object_ids.rs"), ids).expect("OUT_DIR is writable");
+    let abi_h = std::fs::read_to_string(src.join("abi.h")).expect("bpf/abi.h is readable");
+    std::fs::write(out.join("abi_consts.rs"), abi_consts(&abi_h)).expect("OUT_DIR is writable");
+}
+
+/// The Rust type of abi.h constant `name`, by what Rust indexes or stores
+/// with it (first matching prefix); u32 for the rest.
+const RUST_TYPES: [(&str, &str); 12] = [
+    ("DROP_", "usize"),
+    ("REASON_", "usize"),
+    ("MAX_POLICY_RULES", "usize"),
+    ("SVC_FILTER_BITS", "usize"),
+    ("CT_", "u8"),
+    ("POLICY_", "u8"),
+    ("RULE_F_", "u8"),
+    ("NAT_FWD", "u8"),
+    ("NAT_REV", "u8"),
+    ("FLOW_EVENT_", "u8"),
+    ("SVC_F_", "u16"),
+    ("VNI_", "u64"),
+];
+
+/// One constant of abi.h: its name, its value (a C integer expression,
+/// which is also Rust's), and its comment on the same line.
+struct Constant {
+    name: String,
+    value: String,
+    doc: String,
+}
+
+/// abi.h's `#define NAME value` constants and enum members as Rust
+/// constants, plus the names userspace shows for two enums:
+/// `DROP_REASONS` (each drop reason's comment begins `name:`) and
+/// `CT_STATES` (the state's name, lower case, dashed).
+fn abi_consts(abi_h: &str) -> String {
+    let mut constants = Vec::new();
+    let mut reasons = Vec::new();
+    let mut states = Vec::new();
+    let mut in_enum: Option<(String, u64)> = None;
+    for line in abi_h.lines() {
+        let (code, comment) = match line.split_once("/*") {
+            Some((code, rest)) => (code.trim(), rest.trim_end_matches("*/").trim()),
+            None => (line.trim(), ""),
+        };
+        if let Some(name) = code.strip_prefix("enum ").and_then(|r| r.strip_suffix('{')) {
+            in_enum = Some((name.trim().to_string(), 0));
+            continue;
+        }
+        if let Some((enum_name, next)) = in_enum.as_mut() {
+            if code.starts_with('}') {
+                in_enum = None;
+                continue;
+            }
+            let member = code.trim_end_matches(',');
+            // A comment's continuation lines.
+            if member.is_empty() || member.starts_with('*') {
+                continue;
+            }
+            let (name, value) = match member.split_once('=') {
+                Some((name, value)) => (name.trim(), parse_int(value.trim())),
+                None => (member, *next),
+            };
+            assert_eq!(
+                value, *next,
+                "abi.h: enum {enum_name}: {name} is not numbered in order"
+            );
+            *next += 1;
+            match enum_name.as_str() {
+                "drop_reason" if name != "DROP_REASON_MAX" => {
+                    let label = comment
+                        .split_once(':')
+                        .map(|(label, _)| label.trim())
+                        .filter(|label| !label.is_empty() && !label.contains(' '))
+                        .unwrap_or_else(|| panic!("abi.h: {name}'s comment must begin `name:`"));
+                    reasons.push(label.to_string());
+                }
+                "ct_state" => {
+                    let label = name
+                        .trim_start_matches("CT_")
+                        .to_lowercase()
+                        .replace('_', "-");
+                    states.push(label);
+                }
+                _ => {}
+            }
+            constants.push(Constant {
+                name: name.to_string(),
+                value: value.to_string(),
+                doc: comment.to_string(),
+            });
+            continue;
+        }
+        let Some(define) = code.strip_prefix("#define ") else {
+            continue;
+        };
+        let (name, value) = define
+            .split_once(char::is_whitespace)
+            .unwrap_or((define, ""));
+        let value = value.trim();
+        let value = value
+            .strip_prefix('(')
+            .and_then(|v| v.strip_suffix(')'))
+            .unwrap_or(value);
+        // Function-like macros and values that are not integer expressions
+        // (of numbers and earlier constants) are C's alone.
+        let integral = !value.is_empty()
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || " _+-*()x".contains(c))
+            && value
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .all(|word| {
+                    word.is_empty()
+                        || word.starts_with(|c: char| c.is_ascii_digit())
+                        || constants.iter().any(|k: &Constant| k.name == word)
+                });
+        if name.contains('(') || !integral {
+            continue;
+        }
+        constants.push(Constant {
+            name: name.to_string(),
+            value: value.to_string(),
+            doc: comment.to_string(),
+        });
+    }
+    assert!(
+        !reasons.is_empty() && !states.is_empty(),
+        "abi.h: enums drop_reason and ct_state"
+    );
+    let mut rust = String::from("// Generated by build.rs from bpf/abi.h: edit that.\n");
+    for k in &constants {
+        let ty = RUST_TYPES
+            .iter()
+            .find(|(prefix, _)| k.name.starts_with(prefix))
+            .map_or("u32", |(_, ty)| ty);
+        let doc = if k.doc.is_empty() {
+            format!("abi.h `{}`.", k.name)
+        } else {
+            format!("abi.h `{}`: {}", k.name, k.doc)
+        };
+        rust.push_str(&format!(
+            "#[doc = {doc:?}]\npub const {}: {ty} = {};\n",
+            k.name, k.value
+        ));
+    }
+    rust.push_str(&format!(
+        "/// Why a packet was dropped, by `enum drop_reason` (abi.h).\npub const DROP_REASONS: [&str; DROP_REASON_MAX] = {reasons:?};\n"
+    ));
+    rust.push_str(&format!(
+        "/// TCP states of a conntrack entry, by `enum ct_state` (abi.h).\npub const CT_STATES: [&str; {}] = {states:?};\n",
+        states.len()
+    ));
+    rust
+}
+
+fn parse_int(text: &str) -> u64 {
+    match text.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    }
+    .unwrap_or_else(|e| panic!("abi.h: {text}: {e}"))
 }
 
 /// FNV-1a, 64 bit: a fingerprint, not a defence against anyone.

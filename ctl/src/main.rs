@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use margay_conf::report::table;
 use margay_ctl::{policy_summary, read_yaml, resolve};
+use margay_ebpf::abi::EXT_MODE_DSR;
 use margay_ebpf::inspect::{self, CtRecord, NatRecord};
 use margay_ebpf::ip_set::IpSetTable;
 use margay_ebpf::node::Node;
@@ -588,7 +589,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 json(&serde_json::json!({
                     "data_ifaces": rows,
                     "tunnel_ifindex": tunnel.tunnel_ifindex,
-                    "external_mode": if tunnel.external_mode == 1 { "dsr" } else { "tunnel" },
+                    "external_mode": if tunnel.external_mode == EXT_MODE_DSR { "dsr" } else { "tunnel" },
                     "peers": peers.iter().map(|p| serde_json::json!({"pod_cidr": p.cidr, "node": p.node, "node6": p.node6, "encap": p.encap})).collect::<Vec<_>>(),
                 }))
             } else {
@@ -617,7 +618,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 format!(
                     "{}\nexternal mode: {}, tunnel ifindex {}\n{}",
                     table(&["IFACE", "IFINDEX", "NODEPORT ADDRESS"], &cells),
-                    if tunnel.external_mode == 1 {
+                    if tunnel.external_mode == EXT_MODE_DSR {
                         "dsr"
                     } else {
                         "tunnel"

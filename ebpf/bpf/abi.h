@@ -20,32 +20,42 @@ enum direction {
 	DIR_INGRESS = 1, /* to the pod */
 };
 
-/* Why a packet was dropped. Stable numbers: operators script on them. */
+/* Why a packet was dropped. Stable numbers: operators script on them.
+ * Each comment begins with the name userspace shows (build.rs reads it). */
 enum drop_reason {
-	REASON_ALLOWED = 0,        /* trace events only */
-	DROP_PARSE = 1,            /* truncated or malformed header */
-	DROP_UNSUPPORTED_L3 = 2,   /* neither IPv4, IPv6 nor ARP */
-	DROP_SPOOF_MAC = 3,        /* source MAC is not the endpoint's */
-	DROP_SPOOF_IP = 4,         /* source IP is not the endpoint's */
-	DROP_POLICY_EGRESS = 5,    /* the pod's egress policy denies it */
-	DROP_POLICY_INGRESS = 6,   /* the pod's ingress policy denies it */
-	DROP_FRAGMENT = 7,         /* non-first fragment under a policy */
-	DROP_NO_ENDPOINT = 8,      /* program on an interface with no endpoint */
-	DROP_NO_BACKEND = 9,       /* a service with no backend: rejected with
-				    * ICMP port unreachable */
-	DROP_NAT = 10,             /* a service translation could not be written */
-	DROP_IPV6_EXT = 11,        /* an IPv6 extension header chain longer than
-				    * the programs walk (IPV6_MAX_EXT_HEADERS) */
-	DROP_TOO_BIG = 12,         /* too big for the tunnel, DF set: answered
-				    * with ICMP fragmentation needed */
-	DROP_NO_PROGRAM = 13,      /* the program for the packet's family is
-				    * missing from `calls` (an incomplete load) */
-	DROP_FORWARD = 14,         /* its headers could not be rewritten to be
-				    * forwarded (redirected to a pod or a device) */
-	DROP_NO_TUNNEL = 15,       /* its way is the tunnel and the node has none */
-	DROP_ENCAP = 16,           /* the tunnel's encapsulation could not be set */
-	DROP_REJECT = 17,          /* dropped to be answered (no backend, too
-				    * big), and the answer could not be built */
+	REASON_ALLOWED = 0,        /* allowed: trace events only */
+	DROP_PARSE = 1,            /* parse: truncated or malformed header */
+	DROP_UNSUPPORTED_L3 = 2,   /* unsupported-l3: neither IPv4, IPv6 nor ARP */
+	DROP_SPOOF_MAC = 3,        /* spoofed-mac: source MAC is not the endpoint's */
+	DROP_SPOOF_IP = 4,         /* spoofed-ip: source IP is not the endpoint's */
+	DROP_POLICY_EGRESS = 5,    /* policy-egress: the pod's egress policy denies it */
+	DROP_POLICY_INGRESS = 6,   /* policy-ingress: the pod's ingress policy denies it */
+	DROP_FRAGMENT = 7,         /* fragment: non-first fragment under a policy */
+	DROP_NO_ENDPOINT = 8,      /* no-endpoint: program on an interface with no
+				    * endpoint */
+	DROP_NO_BACKEND = 9,       /* service-no-backend: a service with no backend,
+				    * answered with ICMP port unreachable */
+	DROP_NAT = 10,             /* nat-failed: a service translation could not be
+				    * written */
+	DROP_IPV6_EXT = 11,        /* ipv6-ext-headers: an IPv6 extension header
+				    * chain longer than the programs walk
+				    * (IPV6_MAX_EXT_HEADERS) */
+	DROP_TOO_BIG = 12,         /* too-big-for-tunnel: too big for the tunnel with
+				    * DF set, answered with ICMP
+				    * fragmentation needed */
+	DROP_NO_PROGRAM = 13,      /* no-program: the program for the packet's
+				    * family is missing from `calls` (an
+				    * incomplete load) */
+	DROP_FORWARD = 14,         /* forward-failed: its headers could not be
+				    * rewritten to be forwarded (redirected to a
+				    * pod or a device) */
+	DROP_NO_TUNNEL = 15,       /* no-tunnel: its way is the tunnel and the node
+				    * has none */
+	DROP_ENCAP = 16,           /* encap-failed: the tunnel's encapsulation
+				    * could not be set */
+	DROP_REJECT = 17,          /* reject-failed: dropped to be answered (no
+				    * backend, too big), and the answer could not
+				    * be built */
 	DROP_REASON_MAX = 18,
 };
 

@@ -7,6 +7,7 @@
 #pragma once
 
 #include "common.h"
+#include "config.h"
 #include "parse.h"
 #include "events.h"
 
@@ -27,25 +28,19 @@ struct {
 	__type(value, struct ct_entry);
 } conntrack6 SEC(".maps");
 
-#define SEC_NS 1000000000ULL
 /* How stale last_seen may get: timeouts are seconds to hours, and writing
  * the entry less often keeps it in both directions' CPU caches. */
 #define CT_REFRESH_NS SEC_NS
 
-/* The clock of flow timestamps: CLOCK_MONOTONIC to a kernel tick (what
- * userspace compares them with, ebpf/src/inspect.rs). From jiffies, which
- * the verifier turns into a memory load, scaled by the tick length the
- * loader measured (clock_getres of CLOCK_MONOTONIC_COARSE); the exact clock
- * is a helper call reading the TSC, ~45 ns on a guest, a quarter of an
- * established packet's cost. Timeouts and refreshes are seconds. */
-static __always_inline __u64 flow_clock(void)
-{
-	__u32 zero = 0;
-	struct config *c = bpf_map_lookup_elem(&config, &zero);
-	if (c && c->jiffy_ns)
-		return (bpf_jiffies64() - c->jiffies_at_0) * c->jiffy_ns;
-	return bpf_ktime_get_ns();
-}
+/* Idle timeouts. A translation (nat.h) lives as long as the longest of
+ * its protocol's, to outlive its flow's tracking. */
+#define CT_TIMEOUT_TCP_SYN_SENT (60 * SEC_NS)
+#define CT_TIMEOUT_TCP_ESTABLISHED (6 * 3600 * SEC_NS)
+#define CT_TIMEOUT_TCP_FIN_WAIT (120 * SEC_NS)
+#define CT_TIMEOUT_TCP_CLOSING (10 * SEC_NS)
+#define CT_TIMEOUT_UDP_ESTABLISHED (180 * SEC_NS)
+#define CT_TIMEOUT_UDP_NEW (60 * SEC_NS)
+#define CT_TIMEOUT_OTHER (30 * SEC_NS)
 
 /* Idle timeouts, refreshed by every packet of the flow. */
 static __always_inline __u64 ct_timeout(const struct ct_entry *e, __u8 proto)
@@ -53,18 +48,18 @@ static __always_inline __u64 ct_timeout(const struct ct_entry *e, __u8 proto)
 	if (proto == IPPROTO_TCP) {
 		switch (e->state) {
 		case CT_SYN_SENT:
-			return 60 * SEC_NS;
+			return CT_TIMEOUT_TCP_SYN_SENT;
 		case CT_ESTABLISHED:
-			return 6 * 3600 * SEC_NS;
+			return CT_TIMEOUT_TCP_ESTABLISHED;
 		case CT_FIN_WAIT:
-			return 120 * SEC_NS;
+			return CT_TIMEOUT_TCP_FIN_WAIT;
 		default: /* closing, closed */
-			return 10 * SEC_NS;
+			return CT_TIMEOUT_TCP_CLOSING;
 		}
 	}
 	if (proto == IPPROTO_UDP)
-		return (e->state == CT_ESTABLISHED ? 180 : 60) * SEC_NS;
-	return 30 * SEC_NS;
+		return e->state == CT_ESTABLISHED ? CT_TIMEOUT_UDP_ESTABLISHED : CT_TIMEOUT_UDP_NEW;
+	return CT_TIMEOUT_OTHER;
 }
 
 /* Whether `e` has been idle longer than its timeout at `now`. Another CPU

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "common.h"
+#include "config.h"
 #include "parse.h"
 
 /* Slot 0: the node's. It counts the packets of the node's own interfaces
@@ -33,20 +34,6 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);
 } flow_events SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct config);
-} config SEC(".maps");
-
-static __always_inline __u32 log_level(void)
-{
-	__u32 zero = 0;
-	struct config *c = bpf_map_lookup_elem(&config, &zero);
-	return c ? c->log_level : LOG_OFF;
-}
 
 static __always_inline struct counters *counters_of(__u32 slot)
 {

@@ -70,24 +70,6 @@ struct {
 	__type(value, struct affinity_value6);
 } svc_affinity6 SEC(".maps");
 
-/* The node's addresses on its data interfaces (`margayctl node attach`),
- * where NodePorts answer: userspace writes a NodePort frontend for each.
- * Value: the interface's ifindex. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAX_NODE_ADDRS);
-	__type(key, __be32);
-	__type(value, __u32);
-} node_addrs SEC(".maps");
-
-/* Its IPv6 addresses there, as node_addrs. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAX_NODE_ADDRS);
-	__type(key, union v6addr);
-	__type(value, __u32);
-} node_addrs6 SEC(".maps");
-
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);

@@ -68,7 +68,8 @@ static __always_inline void nat_key6_fill(struct nat_key6 *k, const union v6addr
  * for the protocol: a translation must outlive its flow's tracking. */
 static __always_inline bool nat_expired(__u64 last_seen_ns, __u64 now, __u8 proto)
 {
-	__u64 timeout = proto == IPPROTO_TCP ? 6 * 3600 * SEC_NS : 180 * SEC_NS;
+	__u64 timeout =
+		proto == IPPROTO_TCP ? CT_TIMEOUT_TCP_ESTABLISHED : CT_TIMEOUT_UDP_ESTABLISHED;
 	return (__s64)(now - last_seen_ns) > (__s64)timeout;
 }
 

@@ -7,17 +7,11 @@
 #pragma once
 
 #include "common.h"
+#include "node.h"
 #include "parse.h"
 #include "events.h"
 #include "forward.h"
 #include "reject.h"
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct node_config);
-} node_config SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -47,12 +41,6 @@ struct {
 	__type(key, __be32);
 	__type(value, union v6addr);
 } peer_addrs6 SEC(".maps");
-
-static __always_inline struct node_config *node_settings(void)
-{
-	__u32 zero = 0;
-	return bpf_map_lookup_elem(&node_config, &zero);
-}
 
 /* The node whose pods' CIDR holds `addr`, or NULL. */
 static __always_inline struct peer *peer_of(__be32 addr)

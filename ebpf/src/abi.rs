@@ -1,114 +1,11 @@
-//! Rust mirrors of `bpf/abi.h`. Sizes are asserted here and there, so a
+//! Rust mirrors of `bpf/abi.h`. Its constants, and the names of drop
+//! reasons and conntrack states, are generated from it (build.rs); the
+//! structs are written here, their sizes asserted on both sides, so a
 //! change on one side that is not made on the other fails the build.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-pub const MAX_POLICY_RULES: usize = 256;
-/// Rule sources a node counts and names (`policy_hits`, `policy_sources`).
-pub const MAX_POLICY_SOURCES: u32 = 16384;
-/// A drop event's source when the deciding rule names none.
-pub const SOURCE_UNNAMED: u32 = MAX_POLICY_SOURCES;
-pub const MAX_ENDPOINTS: u32 = 1024;
-
-pub const DIR_EGRESS: u32 = 0;
-pub const DIR_INGRESS: u32 = 1;
-
-pub const POLICY_ALLOW: u8 = 1;
-pub const POLICY_DENY: u8 = 2;
-
-pub const LOG_OFF: u32 = 0;
-pub const LOG_INFO: u32 = 1;
-pub const LOG_DEBUG: u32 = 2;
-
-/// Why a packet was dropped (`enum drop_reason`).
-pub const DROP_REASONS: [&str; DROP_REASON_MAX] = [
-    "allowed",
-    "parse",
-    "unsupported-l3",
-    "spoofed-mac",
-    "spoofed-ip",
-    "policy-egress",
-    "policy-ingress",
-    "fragment",
-    "no-endpoint",
-    "service-no-backend",
-    "nat-failed",
-    "ipv6-ext-headers",
-    "too-big-for-tunnel",
-    "no-program",
-    "forward-failed",
-    "no-tunnel",
-    "encap-failed",
-    "reject-failed",
-];
-pub const DROP_REASON_MAX: usize = 18;
-pub const DROP_PARSE: usize = 1;
-pub const DROP_SPOOF_MAC: usize = 3;
-pub const DROP_SPOOF_IP: usize = 4;
-pub const DROP_POLICY_EGRESS: usize = 5;
-pub const DROP_POLICY_INGRESS: usize = 6;
-pub const DROP_NO_BACKEND: usize = 9;
-pub const DROP_FRAGMENT: usize = 7;
-pub const DROP_IPV6_EXT: usize = 11;
-pub const DROP_TOO_BIG: usize = 12;
-pub const DROP_NO_PROGRAM: usize = 13;
-pub const DROP_NO_TUNNEL: usize = 15;
-
-/// Where from_pod's IPv6 half is in map `calls`.
-pub const CALL_FROM_POD6: u32 = 0;
-
-/// TCP states of a conntrack entry (`enum ct_state`).
-pub const CT_STATES: [&str; 6] = [
-    "new",
-    "syn-sent",
-    "established",
-    "fin-wait",
-    "closing",
-    "closed",
-];
-pub const CT_SYN_SENT: u8 = 1;
-pub const CT_ESTABLISHED: u8 = 2;
-pub const CT_FIN_WAIT: u8 = 3;
-pub const CT_CLOSING: u8 = 4;
-pub const CT_CLOSED: u8 = 5;
-pub const CT_F_ORIGIN_IS_A: u8 = 0x1;
-pub const CT_F_LOCAL_DELIVERY: u8 = 0x8;
-pub const CT_F_SERVICE: u8 = 0x10;
-pub const CT_F_TUNNEL: u8 = 0x20;
-pub const CT_F_POD_IS_A: u8 = 0x40;
-pub const CT_F_PEER_ROUTED: u8 = 0x80;
-
-/// On a rule of either family: it was written without a CIDR (both lists
-/// hold it), so `policy show` shows it once.
-pub const RULE_F_ANY_FAMILY: u8 = 0x1;
-/// The rule's peer is a set (0: any address) and it names its source:
-/// `addr` holds the set's number and `mask` the source's, native-endian.
-pub const RULE_F_SET: u8 = 0x2;
-
-/// `struct ip_set_key`'s prefix for a member on one port of one address.
-pub const IP_SET_PORT_PREFIX: u32 = 32 + 32 + 16 + 8;
-pub const IP_SET6_PORT_PREFIX: u32 = 32 + 128 + 16 + 8;
-/// An `ip_sets` value: in the set, or taken out of it.
-pub const IP_SET_MEMBER: u32 = 1;
-pub const IP_SET_EXCEPT: u32 = 2;
-
-/// `flow_event.family`: which record a flow event is.
-pub const FLOW_EVENT_IPV4: u8 = 0;
-pub const FLOW_EVENT_IPV6: u8 = 6;
-
-pub const EXT_MODE_TUNNEL: u32 = 0;
-pub const EXT_MODE_DSR: u32 = 1;
-pub const PEER_F_ENCAP: u32 = 0x1;
-
-pub const SVC_F_AFFINITY: u16 = 0x1;
-pub const SVC_F_LOCAL_ONLY: u16 = 0x2;
-pub const SVC_F_NODE_PORT: u16 = 0x4;
-pub const SVC_F_EXTERNAL_LOCAL: u16 = 0x8;
-pub const SVC_F_EXTERNAL_IP: u16 = 0x10;
-pub const SVC_F_INTERNAL_LOCAL: u16 = 0x20;
-pub const NAT_FWD: u8 = 1;
-pub const NAT_REV: u8 = 2;
-pub const NAT_F_AT_BACKEND: u32 = 0x1;
+include!(concat!(env!("OUT_DIR"), "/abi_consts.rs"));
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -394,9 +291,6 @@ impl Config {
         }
     }
 }
-
-/// Bits of the service filter (`struct svc_filter`).
-pub const SVC_FILTER_BITS: usize = 65536;
 
 /// Which frontends may exist, by [`svc_filter_bit`].
 #[repr(C)]

@@ -26,7 +26,7 @@ use rtnetlink::packet_route::route::{
 use rtnetlink::{LinkMessageBuilder, LinkVxlan, RouteMessageBuilder};
 use serde::Serialize;
 
-use crate::abi::{EXT_MODE_DSR, EXT_MODE_TUNNEL, NodeConfig, PEER_F_ENCAP, Peer};
+use crate::abi::{EXT_MODE_DSR, EXT_MODE_TUNNEL, NodeConfig, PEER_F_ENCAP, Peer, VNI_POD};
 use crate::error::DataplaneError;
 use crate::maps;
 use crate::node::Node;
@@ -321,9 +321,6 @@ pub fn apply_routes(peers: &[PeerSpec]) -> Result<PeersReport, PeersError> {
             .collect(),
     })
 }
-
-/// The network identifier of pod traffic in the tunnel (abi.h `VNI_POD`).
-const VNI_POD: u64 = 1;
 
 /// Makes Margay's routes (by protocol) exactly those the known peers
 /// need, so that the node's own traffic (host-network pods, the API

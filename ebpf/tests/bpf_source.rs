@@ -1,11 +1,8 @@
-//! Rules of the programs' C source that no packet test can see whole:
+//! A rule of the programs' C source that no packet test can see whole:
 //! every drop is counted with a reason (paths TestRun can force are
-//! tested in tests/tests/programs.rs; this covers the rest), and the drop
-//! reasons userspace names are the ones `abi.h` numbers.
+//! tested in tests/tests/programs.rs; this covers the rest).
 
 use std::path::PathBuf;
-
-use margay_ebpf::abi;
 
 fn bpf_sources() -> Vec<(String, String)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bpf");
@@ -89,57 +86,4 @@ fn the_check_finds_functions_as_c_begins_them() {
         function_begun("\treturn drop(p, 0, 0, DIR_EGRESS, DROP_NAT);"),
         None
     );
-}
-
-/// `enum drop_reason` of abi.h: (name, number) in order.
-fn c_drop_reasons() -> Vec<(String, usize)> {
-    let abi_h = bpf_sources()
-        .into_iter()
-        .find(|(file, _)| file == "abi.h")
-        .expect("abi.h")
-        .1;
-    let body = abi_h
-        .split("enum drop_reason {")
-        .nth(1)
-        .and_then(|rest| rest.split("};").next())
-        .expect("enum drop_reason in abi.h");
-    body.lines()
-        .filter_map(|line| {
-            let code = line.split("/*").next()?.trim().trim_end_matches(',');
-            let (name, number) = code.split_once('=')?;
-            Some((name.trim().to_string(), number.trim().parse().ok()?))
-        })
-        .collect()
-}
-
-#[test]
-fn drop_reasons_are_the_ones_abi_h_numbers() {
-    let reasons = c_drop_reasons();
-    let (last, max) = reasons.last().expect("reasons").clone();
-    assert_eq!(last, "DROP_REASON_MAX");
-    assert_eq!(max, abi::DROP_REASON_MAX, "DROP_REASON_MAX");
-    for (at, (name, number)) in reasons.iter().enumerate() {
-        assert_eq!(
-            *number, at,
-            "{name}: reasons are numbered 0, 1, 2... in order"
-        );
-    }
-    assert_eq!(abi::DROP_REASONS.len(), max);
-    let named = [
-        ("DROP_PARSE", abi::DROP_PARSE),
-        ("DROP_SPOOF_MAC", abi::DROP_SPOOF_MAC),
-        ("DROP_SPOOF_IP", abi::DROP_SPOOF_IP),
-        ("DROP_POLICY_EGRESS", abi::DROP_POLICY_EGRESS),
-        ("DROP_POLICY_INGRESS", abi::DROP_POLICY_INGRESS),
-        ("DROP_FRAGMENT", abi::DROP_FRAGMENT),
-        ("DROP_NO_BACKEND", abi::DROP_NO_BACKEND),
-        ("DROP_IPV6_EXT", abi::DROP_IPV6_EXT),
-        ("DROP_TOO_BIG", abi::DROP_TOO_BIG),
-        ("DROP_NO_PROGRAM", abi::DROP_NO_PROGRAM),
-        ("DROP_NO_TUNNEL", abi::DROP_NO_TUNNEL),
-    ];
-    for (name, value) in named {
-        let c = reasons.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
-        assert_eq!(c, Some(value), "{name}: abi.h and abi.rs disagree");
-    }
 }
