@@ -543,15 +543,23 @@ fn run(cli: Cli) -> Result<(), String> {
                 },
         } => {
             let mut node = Node::open_pinned_as_is(root).map_err(err)?;
-            let addrs = nodeport::attach(&mut node, root, &iface).map_err(err)?;
-            cluster::setup_tunnel(&mut node, root, external_mode).map_err(err)?;
-            let opened = service::refresh_node_ports(root).map_err(|e| e.to_string())?;
-            let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+            let done = nodeport::attach_data_ifaces(
+                &mut node,
+                root,
+                std::slice::from_ref(&iface),
+                external_mode,
+            )
+            .map_err(|e| e.to_string())?;
+            let addrs: Vec<String> = done
+                .ifaces
+                .iter()
+                .flat_map(|(_, addrs)| addrs.iter().map(ToString::to_string))
+                .collect();
             emit(format!(
                 "from_net attached to {iface}; NodePorts answer on {} ({} frontends of applied \
                  services opened); backends on other nodes through {} ({external_mode:?})",
                 addrs.join(", "),
-                opened.added,
+                done.node_ports.added,
                 cluster::TUNNEL_DEVICE
             ));
         }

@@ -153,3 +153,77 @@ fn node_port_addresses(ifname: &str) -> Result<Vec<IpAddr>, DataplaneError> {
         .filter(|a| !matches!(a, IpAddr::V6(v6) if v6.is_unicast_link_local()))
         .collect())
 }
+
+/// What [`attach_data_ifaces`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataIfacesAttached {
+    /// Each interface, with the addresses NodePorts now answer on there.
+    pub ifaces: Vec<(String, Vec<IpAddr>)>,
+    /// The NodePort frontends of services applied before that were opened
+    /// (`added`) or closed (`removed`) on them.
+    pub node_ports: crate::service::ApplyReport,
+}
+
+/// Which step of [`attach_data_ifaces`] failed; what came before it stays.
+/// Each shows as its cause, which names the object at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum DataIfacesError {
+    /// `from_net` could not be attached, or the addresses recorded.
+    #[error("{source}")]
+    Iface {
+        ifname: String,
+        #[source]
+        source: DataplaneError,
+    },
+    /// The tunnel to other nodes could not be set up.
+    #[error("{source}")]
+    Tunnel {
+        #[source]
+        source: DataplaneError,
+    },
+    /// The NodePorts of services already applied could not be opened.
+    #[error("{source}")]
+    NodePorts {
+        #[source]
+        source: crate::service::ServiceError,
+    },
+}
+
+/// Makes `ifnames` the node's data interfaces, as every caller must for
+/// NodePorts to work: [`attach`] on each, the tunnel to other nodes set up
+/// in `mode` (a NodePort's backend may be on another node:
+/// [`crate::cluster::setup_tunnel`]), and the NodePorts of services applied
+/// before opened on the new addresses
+/// ([`crate::service::refresh_node_ports`]).
+///
+/// ```no_run
+/// # use margay_ebpf::{cluster::ExternalMode, node::{Node, Settings}, nodeport};
+/// # let root = std::path::Path::new("/sys/fs/bpf/margay");
+/// let mut node = Node::open(root, &Settings::default())?;
+/// let done = nodeport::attach_data_ifaces(&mut node, root, &["eth0".into()], ExternalMode::Tunnel)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+/// [`DataIfacesError`], naming the step and (for [`attach`]) the
+/// interface; the interfaces attached before a failure stay attached.
+pub fn attach_data_ifaces(
+    node: &mut Node,
+    root: &Path,
+    ifnames: &[String],
+    mode: crate::cluster::ExternalMode,
+) -> Result<DataIfacesAttached, DataIfacesError> {
+    let mut ifaces = Vec::new();
+    for ifname in ifnames {
+        let addrs = attach(node, root, ifname).map_err(|source| DataIfacesError::Iface {
+            ifname: ifname.clone(),
+            source,
+        })?;
+        ifaces.push((ifname.clone(), addrs));
+    }
+    crate::cluster::setup_tunnel(node, root, mode)
+        .map_err(|source| DataIfacesError::Tunnel { source })?;
+    let node_ports = crate::service::refresh_node_ports(root)
+        .map_err(|source| DataIfacesError::NodePorts { source })?;
+    Ok(DataIfacesAttached { ifaces, node_ports })
+}

@@ -112,22 +112,30 @@ pub fn data_ifaces(
         return Ok(log);
     }
     let mut node = Node::open(root, settings)?;
-    for name in wanted {
-        let addrs = margay_ebpf::nodeport::attach(&mut node, root, name)
-            .map_err(|e| anyhow::anyhow!("bpf_data_ifaces: {e}"))?;
+    let wanted: Vec<String> = wanted.into_iter().cloned().collect();
+    let done =
+        margay_ebpf::nodeport::attach_data_ifaces(&mut node, root, &wanted, mode).map_err(|e| {
+            use margay_ebpf::nodeport::DataIfacesError as Failed;
+            match e {
+                Failed::Iface { .. } => anyhow::anyhow!("bpf_data_ifaces: {e}"),
+                Failed::Tunnel { .. } => anyhow::anyhow!("bpf_external_service_mode: {e}"),
+                Failed::NodePorts { .. } => {
+                    anyhow::anyhow!("opening the NodePorts of applied services: {e}")
+                }
+            }
+        })?;
+    for (name, addrs) in &done.ifaces {
         let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
         log.push(format!(
             "from_net attached to {name}: NodePorts answer on {}",
             addrs.join(", ")
         ));
     }
-    margay_ebpf::cluster::setup_tunnel(&mut node, root, mode)
-        .map_err(|e| anyhow::anyhow!("bpf_external_service_mode: {e}"))?;
     log.push(format!(
         "{} up: backends on other nodes are reached in {mode:?} mode",
         margay_ebpf::cluster::TUNNEL_DEVICE
     ));
-    refresh_node_ports(root, &mut log)?;
+    log_node_ports(&done.node_ports, &mut log);
     Ok(log)
 }
 
@@ -168,13 +176,17 @@ pub fn node_programs_off(root: &Path, dry_run: bool) -> Result<Vec<String>> {
 fn refresh_node_ports(root: &Path, log: &mut Vec<String>) -> anyhow::Result<()> {
     let report = margay_ebpf::service::refresh_node_ports(root)
         .map_err(|e| anyhow::anyhow!("opening the NodePorts of applied services: {e}"))?;
+    log_node_ports(&report, log);
+    Ok(())
+}
+
+fn log_node_ports(report: &margay_ebpf::service::ApplyReport, log: &mut Vec<String>) {
     if report.added + report.removed > 0 {
         log.push(format!(
             "services already applied: {} NodePort frontends opened, {} closed",
             report.added, report.removed
         ));
     }
-    Ok(())
 }
 
 #[cfg(test)]
