@@ -44,7 +44,7 @@ fn main() -> ExitCode {
     match runtime.block_on(margay_agent::run(settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            tracing::error!("{}", margay_ebpf::error::report(e.as_ref()));
             ExitCode::FAILURE
         }
     }

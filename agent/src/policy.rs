@@ -16,6 +16,7 @@
 
 pub mod translate;
 
+use margay_ebpf::error::report;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -115,10 +116,10 @@ impl PolicySync {
                             .apply_errors
                             .get_or_create(&WhatLabel { what: "policy" })
                             .inc();
-                        tracing::error!("policy: {e:#}");
+                        tracing::error!("policy: {}", report(e.as_ref()));
                         for (request, _) in waiting.drain(..) {
                             let _ = request.reply.send(Answer::Unavailable {
-                                reason: format!("applying NetworkPolicy: {e:#}"),
+                                reason: format!("applying NetworkPolicy: {}", report(e.as_ref())),
                             });
                         }
                         tokio::time::sleep(RETRY).await;

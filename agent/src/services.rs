@@ -18,6 +18,7 @@ pub mod health_check;
 pub mod kube_proxy_rules;
 pub mod translate;
 
+use margay_ebpf::error::report;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -99,7 +100,7 @@ impl ServiceSync {
                             .apply_errors
                             .get_or_create(&WhatLabel { what: "services" })
                             .inc();
-                        tracing::error!("services: {e:#}");
+                        tracing::error!("services: {}", report(e.as_ref()));
                         tokio::time::sleep(RETRY).await;
                         continue;
                     }

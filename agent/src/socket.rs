@@ -6,6 +6,7 @@
 //! The socket is made anew at start (a crashed agent leaves its file) and
 //! is only root's: whoever can write to it can make the node claim blocks.
 
+use margay_ebpf::error::report;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -66,7 +67,7 @@ pub async fn serve(path: &Path, handlers: Handlers) -> anyhow::Result<()> {
         let handlers = handlers.clone();
         tokio::spawn(async move {
             if let Err(e) = answer(stream, handlers).await {
-                tracing::debug!("agent socket: {e:#}");
+                tracing::debug!("agent socket: {}", report(e.as_ref()));
             }
         });
     }

@@ -25,16 +25,16 @@ pub fn ensure_root(root: &Path) -> Result<(), DataplaneError> {
             MsFlags::empty(),
             None::<&str>,
         )
-        .map_err(|e| DataplaneError::Bpffs(e.to_string()))?;
+        .map_err(|e| DataplaneError::Bpffs { source: e.into() })?;
     }
     std::fs::create_dir_all(root).map_err(|e| DataplaneError::Root {
         path: root.to_owned(),
-        reason: e.to_string(),
+        source: e.into(),
     })?;
     if !is_bpffs(root) {
         return Err(DataplaneError::Root {
             path: root.to_owned(),
-            reason: "is not on a bpffs (mount -t bpf bpf /sys/fs/bpf)".into(),
+            source: "is not on a bpffs (mount -t bpf bpf /sys/fs/bpf)".into(),
         });
     }
     Ok(())

@@ -27,7 +27,7 @@ use rtnetlink::{LinkMessageBuilder, LinkVxlan, RouteMessageBuilder};
 use serde::Serialize;
 
 use crate::abi::{EXT_MODE_DSR, EXT_MODE_TUNNEL, NodeConfig, PEER_F_ENCAP, Peer, VNI_POD};
-use crate::error::DataplaneError;
+use crate::error::{Cause, DataplaneError};
 use crate::maps;
 use crate::node::Node;
 
@@ -52,11 +52,11 @@ pub enum PeersError {
     Dataplane(#[from] DataplaneError),
 }
 
-fn net_error(what: impl std::fmt::Display, e: impl std::fmt::Display) -> DataplaneError {
-    DataplaneError::Attach {
-        program: "from_tunnel",
-        ifname: TUNNEL_DEVICE.to_string(),
-        reason: format!("{what}: {e}"),
+fn net_error(action: impl std::fmt::Display, e: impl Into<Cause>) -> DataplaneError {
+    DataplaneError::Tunnel {
+        device: TUNNEL_DEVICE,
+        action: action.to_string(),
+        source: e.into(),
     }
 }
 
@@ -64,7 +64,7 @@ fn net_error(what: impl std::fmt::Display, e: impl std::fmt::Display) -> Datapla
 fn netlink<T>(
     work: impl AsyncFnOnce(&rtnetlink::Handle) -> Result<T, DataplaneError>,
 ) -> Result<T, DataplaneError> {
-    crate::netlink::with_netlink(work, |reason| net_error("the tunnel", reason))
+    crate::netlink::with_netlink(work, |reason| net_error("netlink", reason))
 }
 
 /// The tunnel's MTU: the smallest of the data interfaces' (those
@@ -367,8 +367,9 @@ enum Way {
 impl PeerRoute {
     fn message(&self) -> Result<rtnetlink::packet_route::route::RouteMessage, DataplaneError> {
         // (rtnetlink does not export its error's type.)
-        let invalid = |e: &dyn std::fmt::Display| {
-            DataplaneError::Check(format!("route to {}: {e}", self.cidr))
+        let invalid = |e: &dyn std::fmt::Display| DataplaneError::Route {
+            what: format!("route to {}", self.cidr),
+            source: e.to_string().into(),
         };
         let builder = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(self.cidr.network(), self.cidr.prefix())
@@ -393,8 +394,10 @@ impl PeerRoute {
 
 /// Makes Margay's routes (by protocol) exactly `routes`, of both families.
 fn sync_kernel_routes(routes: &[PeerRoute]) -> Result<(), DataplaneError> {
-    let route_error =
-        |what: String, e: rtnetlink::Error| DataplaneError::Check(format!("{what}: {e}"));
+    let route_error = |what: String, e: rtnetlink::Error| DataplaneError::Route {
+        what,
+        source: e.into(),
+    };
     netlink(async |h| {
         let mut ours = Vec::new();
         for request in [

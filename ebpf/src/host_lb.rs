@@ -21,7 +21,7 @@ use std::path::Path;
 
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, ProgramInfo};
 
-use crate::error::DataplaneError;
+use crate::error::{Cause, DataplaneError};
 use crate::link;
 use crate::maps;
 use crate::node::SOCKET_PROGRAMS;
@@ -32,11 +32,11 @@ const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 /// `SO_NETNS_COOKIE` (Linux 5.14): the calling socket's network namespace.
 const SO_NETNS_COOKIE: libc::c_int = 71;
 
-fn attach_error(cgroup: &Path, reason: impl std::fmt::Display) -> DataplaneError {
+fn attach_error(cgroup: &Path, reason: impl Into<Cause>) -> DataplaneError {
     DataplaneError::Attach {
         program: "sock_connect4",
         ifname: format!("cgroup {}", cgroup.display()),
-        reason: reason.to_string(),
+        source: reason.into(),
     }
 }
 
@@ -156,7 +156,7 @@ pub fn detach(root: &Path) -> Result<(), DataplaneError> {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(DataplaneError::Pin {
                     path: pin,
-                    reason: e.to_string(),
+                    source: e.into(),
                 });
             }
             _ => {}
@@ -177,7 +177,7 @@ pub fn attached(root: &Path) -> bool {
 
 fn record_netns(root: &Path) -> Result<(), DataplaneError> {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0")
-        .map_err(|e| DataplaneError::Check(format!("a socket to learn the netns cookie: {e}")))?;
+        .map_err(|source| DataplaneError::NetnsCookie { source })?;
     let mut cookie: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: cookie and len are valid for the kernel to write a u64 into.
@@ -191,10 +191,9 @@ fn record_netns(root: &Path) -> Result<(), DataplaneError> {
         )
     };
     if r != 0 {
-        return Err(DataplaneError::Check(format!(
-            "SO_NETNS_COOKIE (Linux ≥ 5.14): {}",
-            std::io::Error::last_os_error()
-        )));
+        return Err(DataplaneError::NetnsCookie {
+            source: std::io::Error::last_os_error(),
+        });
     }
     set_netns_cookie(root, cookie)
 }

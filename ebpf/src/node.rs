@@ -47,7 +47,7 @@ use rtnetlink::packet_route::tc::{
 };
 
 use crate::abi::{CALL_FROM_POD6, Config, CtEntry, Endpoint, LOG_INFO};
-use crate::error::DataplaneError;
+use crate::error::{Cause, DataplaneError};
 use crate::maps::{self, Durability, Layout, PINNED_MAPS};
 use crate::object::{DATAPLANE_OBJECT, DATAPLANE_OBJECT_ID};
 use crate::paths::{link_path, lock_path, map_path, program_path, set_aside_path};
@@ -167,7 +167,7 @@ fn pinned_programs(root: &Path) -> Result<[ProgramInfo; 4], DataplaneError> {
     let open = |(name, _): (&str, TcAttachType)| {
         ProgramInfo::from_pin(program_path(root, name)).map_err(|e| DataplaneError::Root {
             path: root.to_owned(),
-            reason: format!("program {name} is not pinned here: {e}"),
+            source: format!("program {name} is not pinned here: {e}").into(),
         })
     };
     let [from_pod, to_pod, from_net, from_tunnel] = ALL_PROGRAMS;
@@ -179,10 +179,10 @@ fn pinned_programs(root: &Path) -> Result<[ProgramInfo; 4], DataplaneError> {
     ])
 }
 
-fn pin_error(path: &Path, e: impl std::fmt::Display) -> DataplaneError {
+fn pin_error(path: &Path, e: impl Into<Cause>) -> DataplaneError {
     DataplaneError::Pin {
         path: path.to_owned(),
-        reason: e.to_string(),
+        source: e.into(),
     }
 }
 
@@ -212,7 +212,7 @@ impl Node {
         install(root, settings)?;
         Self::open_pinned(root, settings)?.ok_or_else(|| DataplaneError::Root {
             path: root.to_owned(),
-            reason: "programs were pinned but cannot be opened".into(),
+            source: "programs were pinned but cannot be opened".into(),
         })
     }
 
@@ -281,7 +281,7 @@ impl Node {
                 info.fd().map_err(|e| DataplaneError::Attach {
                     program: name,
                     ifname: ifname.to_string(),
-                    reason: format!("the pinned program cannot be opened: {e}"),
+                    source: format!("the pinned program cannot be opened: {e}").into(),
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -311,9 +311,10 @@ impl Node {
     pub fn verify_attached(&self, ifname: &str) -> Result<(), DataplaneError> {
         for (prog, (name, kind)) in self.programs[ENDPOINT].iter().zip(PROGRAMS) {
             if !attached(ifname, kind).contains(&prog.id()) {
-                return Err(DataplaneError::Check(format!(
-                    "program {name} is not attached to {ifname}"
-                )));
+                return Err(DataplaneError::NotAttached {
+                    program: name,
+                    ifname: ifname.to_string(),
+                });
             }
         }
         Ok(())
@@ -356,7 +357,7 @@ fn detach_program(
         Err(e) => Err(DataplaneError::Attach {
             program: name,
             ifname: ifname.to_string(),
-            reason: format!("detaching: {e}"),
+            source: format!("detaching: {e}").into(),
         }),
     }
 }
@@ -378,7 +379,7 @@ fn attach_filters(
     let failed = |program: &'static str, reason: String| DataplaneError::Attach {
         program,
         ifname: ifname.to_string(),
-        reason,
+        source: reason.into(),
     };
     let index = nix::net::if_::if_nametoindex(ifname)
         .map_err(|e| failed("clsact", format!("no such interface: {e}")))? as i32;
@@ -530,16 +531,19 @@ fn filter_messages(ifname: &str, kind: TcAttachType) -> Result<Vec<TcMessage>, S
 /// are then switched atomically to the new programs, after the copies.
 fn install(root: &Path, settings: &Settings) -> Result<(), DataplaneError> {
     let object = aya_obj::Object::parse(DATAPLANE_OBJECT)
-        .map_err(|e| DataplaneError::Object(e.to_string()))?;
+        .map_err(|e| DataplaneError::Object { source: e.into() })?;
     for dir in ["maps", "progs"] {
         std::fs::create_dir_all(root.join(dir)).map_err(|e| pin_error(&root.join(dir), e))?;
     }
     let mut loader = EbpfLoader::new();
     let mut carried = Vec::new();
     for (name, durability) in PINNED_MAPS {
-        let def = object.maps.get(name).ok_or_else(|| {
-            DataplaneError::Object(format!("map {name} is missing from the object"))
-        })?;
+        let def = object
+            .maps
+            .get(name)
+            .ok_or_else(|| DataplaneError::Object {
+                source: format!("map {name} is missing from the object").into(),
+            })?;
         if let Some(size) = settings.map_size(name) {
             loader.map_max_entries(name, size);
         }
@@ -590,7 +594,9 @@ fn install(root: &Path, settings: &Settings) -> Result<(), DataplaneError> {
                     tracing::error!(map = name, aside = %aside.display(), "cannot put a set-aside map back: {e}");
                 }
             }
-            return Err(DataplaneError::Load(format!("{e:#}")));
+            return Err(DataplaneError::Load {
+                source: format!("{e:#}").into(),
+            });
         }
     };
     for (name, aside) in carried {
@@ -614,10 +620,14 @@ fn install(root: &Path, settings: &Settings) -> Result<(), DataplaneError> {
         .fd()
         .map_err(load_error(FROM_POD6))?
         .try_clone()
-        .map_err(|e| DataplaneError::Load(format!("{FROM_POD6}: {e}")))?;
+        .map_err(|e| DataplaneError::Load {
+            source: format!("{FROM_POD6}: {e}").into(),
+        })?;
     let calls = ebpf
         .map_mut("calls")
-        .ok_or_else(|| DataplaneError::Object("map calls is missing".into()))?;
+        .ok_or_else(|| DataplaneError::Object {
+            source: "map calls is missing".into(),
+        })?;
     aya::maps::ProgramArray::try_from(calls)
         .and_then(|mut calls| calls.set(CALL_FROM_POD6, &from_pod6, 0))
         .map_err(|e| DataplaneError::map("calls", e))?;
@@ -636,7 +646,9 @@ fn install(root: &Path, settings: &Settings) -> Result<(), DataplaneError> {
         prog.load().map_err(load_error(name))?;
         // A link to the node's cgroup moves onto the new program in place.
         if let Ok(running) = link::open_pinned(&link_path(root, name)) {
-            let fd = prog.fd().map_err(|e| DataplaneError::Load(e.to_string()))?;
+            let fd = prog
+                .fd()
+                .map_err(|e| DataplaneError::Load { source: e.into() })?;
             link::update(running.as_fd(), fd.as_fd())
                 .map_err(|e| pin_error(&link_path(root, name), format!("moving the link: {e}")))?;
             tracing::info!(
@@ -667,13 +679,17 @@ where
     &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
     ebpf.program_mut(name)
-        .ok_or_else(|| DataplaneError::Object(format!("program {name} is missing")))?
+        .ok_or_else(|| DataplaneError::Object {
+            source: format!("program {name} is missing").into(),
+        })?
         .try_into()
-        .map_err(|e: aya::programs::ProgramError| DataplaneError::Load(e.to_string()))
+        .map_err(|e: aya::programs::ProgramError| DataplaneError::Load { source: e.into() })
 }
 
 fn load_error(name: &str) -> impl Fn(aya::programs::ProgramError) -> DataplaneError + '_ {
-    move |e| DataplaneError::Load(format!("{name}: {e:#}"))
+    move |e| DataplaneError::Load {
+        source: format!("{name}: {e:#}").into(),
+    }
 }
 
 /// Pins program `name` (with `pin`, its kind's) in place of the pin there.
@@ -745,7 +761,9 @@ fn relink(
 ) -> Result<(), DataplaneError> {
     for ifname in ifnames {
         if filters(ifname, kind).is_ok_and(|ids| !ids.is_empty()) {
-            let fd = prog.fd().map_err(|e| DataplaneError::Load(e.to_string()))?;
+            let fd = prog
+                .fd()
+                .map_err(|e| DataplaneError::Load { source: e.into() })?;
             attach_filters(ifname, &[(fd.as_fd(), program, kind)], false)?;
             tracing::info!(%ifname, program, "moved a running interface onto the new program");
         }

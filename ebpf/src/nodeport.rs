@@ -36,14 +36,14 @@ pub fn attach(node: &mut Node, root: &Path, ifname: &str) -> Result<Vec<IpAddr>,
     let ifindex = nix::net::if_::if_nametoindex(ifname).map_err(|e| DataplaneError::Attach {
         program: DATA_IFACE_PROGRAM.0,
         ifname: ifname.to_string(),
-        reason: format!("no such interface: {e}"),
+        source: format!("no such interface: {e}").into(),
     })?;
     let addrs = node_port_addresses(ifname)?;
     if addrs.is_empty() {
         return Err(DataplaneError::Attach {
             program: DATA_IFACE_PROGRAM.0,
             ifname: ifname.to_string(),
-            reason: "it has no IPv4 or global IPv6 address for NodePorts to answer on".into(),
+            source: "it has no IPv4 or global IPv6 address for NodePorts to answer on".into(),
         });
     }
     node.attach_data_iface(ifname)?;
@@ -140,7 +140,7 @@ fn node_port_addresses(ifname: &str) -> Result<Vec<IpAddr>, DataplaneError> {
     let all = nix::ifaddrs::getifaddrs().map_err(|e| DataplaneError::Attach {
         program: DATA_IFACE_PROGRAM.0,
         ifname: ifname.to_string(),
-        reason: format!("listing addresses: {e}"),
+        source: format!("listing addresses: {e}").into(),
     })?;
     Ok(all
         .filter(|i| i.interface_name == ifname)

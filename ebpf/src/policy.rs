@@ -375,7 +375,11 @@ pub fn set(root: &Path, ifindex: u32, spec: &PolicySpec) -> Result<(), Dataplane
             .flatten()
     };
     let sets = if rules().any(|r| r.set.is_some()) {
-        Some(IpSetTable::open(root).map_err(|e| DataplaneError::map("ip_sets", e))?)
+        // Opening reads the maps: its error is the dataplane's.
+        Some(IpSetTable::open(root).map_err(|e| match e {
+            crate::ip_set::IpSetError::Dataplane(e) => e,
+            other => DataplaneError::map("ip_sets", other),
+        })?)
     } else {
         None
     };
@@ -407,8 +411,7 @@ pub fn set_numbered(
         let key = PolicyKey { ifindex, direction };
         match rules {
             Some(rules) => {
-                let (v4, v6) = compile(name, rules, numbers)
-                    .map_err(|e| DataplaneError::map("policies", e))?;
+                let (v4, v6) = compile(name, rules, numbers)?;
                 policies6
                     .insert(key, v6, 0)
                     .map_err(|e| DataplaneError::map("policies6", e))?;

@@ -776,7 +776,7 @@ fn read_serial(root: &Path) -> u64 {
 fn write_serial(root: &Path, serial: u64) -> Result<(), DataplaneError> {
     let path = serial_path(root, "services");
     std::fs::write(&path, format!("{serial}\n")).map_err(|e| DataplaneError::RunState {
-        reason: format!("writing the services' serial: {e}"),
+        source: format!("writing the services' serial: {e}").into(),
         path,
     })
 }

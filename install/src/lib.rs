@@ -286,7 +286,7 @@ pub fn watch(
                     last_error = None;
                 }
                 Err(e) => {
-                    let text = format!("{e:#}");
+                    let text = margay_ebpf::error::report(e.as_ref());
                     if last_error.as_ref() != Some(&text) {
                         report(Err(e));
                         last_error = Some(text);

@@ -2,6 +2,7 @@
 //! can be given as an environment variable, as init containers are
 //! configured by env.
 
+use margay_ebpf::error::report;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -93,7 +94,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("margay-install: {e:#}");
+            eprintln!("margay-install: {}", report(e.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -145,7 +146,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(lines) => say(&lines),
             // A bad template while watching keeps the installed conflist
             // and the container running; the next change is tried again.
-            Err(e) => eprintln!("margay-install: {e:#}"),
+            Err(e) => eprintln!("margay-install: {}", report(e.as_ref())),
         })?;
         say(&["SIGTERM: stopping".to_string()]);
         return Ok(());
