@@ -14,6 +14,28 @@ use crate::error::IpamError;
 use crate::handle::HandleRecord;
 use crate::store::{Changes, Store, block_key};
 
+/// One operation on an open store. Blocks it changed are read back from
+/// its own copies, not the store; every write waits in it until
+/// [`into_changes`](Allocator::into_changes) hands them over for one
+/// [`Store::commit`], so a failed operation leaves the store as it was.
+///
+/// ```no_run
+/// # use margay_conf::env::Attachment;
+/// # use margay_conf::margay::IpamConf;
+/// # use margay_ipam::IpamError;
+/// use std::time::Duration;
+///
+/// use margay_ipam::allocator::Allocator;
+/// use margay_ipam::handle::HandleRecord;
+/// use margay_ipam::store::Store;
+///
+/// # fn f(conf: &IpamConf, att: &Attachment) -> Result<(), IpamError> {
+/// let store = Store::open(&conf.data_dir, Duration::from_millis(conf.lock_timeout_ms))?;
+/// let mut alloc = Allocator::new(&store, conf);
+/// let record = alloc.assign(HandleRecord::new("k8s-pod-network", att, &conf.nodename), &[])?;
+/// store.commit(alloc.into_changes())?;
+/// # Ok(()) }
+/// ```
 pub struct Allocator<'a> {
     store: &'a Store,
     conf: &'a IpamConf,
@@ -23,7 +45,8 @@ pub struct Allocator<'a> {
     handles: BTreeMap<String, Option<HandleRecord>>,
 }
 
-/// IP families present in the configured pools, IPv4 first.
+/// IP families (4, 6) present in the configured pools, IPv4 first: an ADD
+/// that names no address gets one of each.
 pub fn families(pools: &[IpNetwork]) -> impl Iterator<Item = u8> + '_ {
     [4u8, 6]
         .into_iter()
@@ -46,7 +69,8 @@ impl<'a> Allocator<'a> {
         }
     }
 
-    /// The writes to commit.
+    /// The writes gathered, to pass to [`Store::commit`]; dropping the
+    /// allocator instead discards them.
     pub fn into_changes(self) -> Changes {
         Changes {
             blocks: self.blocks.into_iter().map(|(k, b)| (k, Some(b))).collect(),
@@ -58,6 +82,16 @@ impl<'a> Allocator<'a> {
     /// per configured family. A handle that already holds addresses gets
     /// them back unchanged (a retried ADD must not allocate twice), unless
     /// the record under it is another attachment's.
+    ///
+    /// # Errors
+    ///
+    /// [`IpamError::HandleTaken`] when the record's handle is another
+    /// attachment's; [`IpamError::Exhausted`] when a family has no free
+    /// address and no block can be claimed; [`IpamError::OutsidePools`] when
+    /// a requested address is in no pool; [`IpamError::Unavailable`] when a
+    /// requested address is held, reserved, fenced or in a block this node
+    /// cannot have; [`IpamError::Io`] or [`IpamError::Corrupt`] when the
+    /// store cannot be read.
     pub fn assign(
         &mut self,
         mut record: HandleRecord,
@@ -89,7 +123,13 @@ impl<'a> Allocator<'a> {
     }
 
     /// Frees what the attachment of `wanted` holds. `None` when it holds
-    /// nothing; an error when its handle is another attachment's.
+    /// nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`IpamError::HandleTaken`] when its handle is another attachment's
+    /// (which keeps its addresses); [`IpamError::Io`] or
+    /// [`IpamError::Corrupt`] when the store cannot be read.
     pub fn release_attachment(
         &mut self,
         wanted: &HandleRecord,
@@ -104,6 +144,10 @@ impl<'a> Allocator<'a> {
     }
 
     /// Frees what `handle` holds, whoever it is. `None` when it held nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`IpamError::Io`] or [`IpamError::Corrupt`] when the store cannot be read.
     pub fn release(&mut self, handle: &str) -> Result<Option<HandleRecord>, IpamError> {
         let Some(record) = self.store.handle(handle)? else {
             return Ok(None);
@@ -119,7 +163,13 @@ impl<'a> Allocator<'a> {
         Ok(Some(record))
     }
 
-    /// Whether an ADD could get an address of `family` now.
+    /// Whether an ADD could get an address of `family_wanted` (4 or 6) now:
+    /// a block of this node has a usable address, or the claimer would find
+    /// a block.
+    ///
+    /// # Errors
+    ///
+    /// [`IpamError::Io`] or [`IpamError::Corrupt`] when the store cannot be read.
     pub fn can_allocate(&self, family_wanted: u8) -> Result<bool, IpamError> {
         for pool in self.pools(family_wanted) {
             let prefix = self.conf.block_prefix(pool);

@@ -8,8 +8,20 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
+/// One block with its allocations, as the store keeps it (JSON under
+/// [`block_key`](crate::store::block_key)).
+///
+/// ```no_run
+/// use margay_ipam::block::Block;
+///
+/// let pool = "10.244.0.0/16".parse().unwrap();
+/// let mut block = Block::new("10.244.3.0/26".parse().unwrap(), "node-a", &pool);
+/// let ip = block.allocate("k8s-pod-network.abc123.eth0");
+/// assert_eq!(ip, Some("10.244.3.0".parse().unwrap()));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Block {
+    /// The block's addresses; aligned, inside one pool.
     pub cidr: IpNetwork,
     /// The node whose pods get addresses from this block.
     pub node: String,
@@ -93,10 +105,14 @@ impl Block {
         1 << host_bits
     }
 
+    /// Addresses that can ever be handed out: [`size`](Self::size) less
+    /// the reserved ones.
     pub fn capacity(&self) -> u32 {
         self.size() - self.reserved.len() as u32
     }
 
+    /// Addresses no handle holds, counted in a fenced block too; what the
+    /// node may hand out is [`usable`](Self::usable).
     pub fn free(&self) -> u32 {
         self.capacity() - self.allocations.len() as u32
     }
@@ -110,10 +126,14 @@ impl Block {
         }
     }
 
+    /// Whether no handle holds an address of it, so it can be dropped
+    /// without forgetting an address in use.
     pub fn is_empty(&self) -> bool {
         self.allocations.is_empty()
     }
 
+    /// The address at `ordinal` (0 is the block's first): the inverse of
+    /// [`ordinal`](Self::ordinal), to turn an allocation back into an address.
     pub fn address(&self, ordinal: u32) -> IpAddr {
         match self.cidr {
             IpNetwork::V4(n) => IpAddr::V4(Ipv4Addr::from(u32::from(n.network()) + ordinal)),
@@ -123,6 +143,8 @@ impl Block {
         }
     }
 
+    /// The position of `ip` in the block, the key of
+    /// [`allocations`](Self::allocations); `None` when `ip` is outside it.
     pub fn ordinal(&self, ip: IpAddr) -> Option<u32> {
         if !self.cidr.contains(ip) {
             return None;
@@ -152,7 +174,15 @@ impl Block {
     }
 
     /// Gives `ip` to `handle`, unless it is reserved, held by another
-    /// handle or in a fenced block.
+    /// handle or in a fenced block. Giving a handle the address it already
+    /// holds succeeds, fenced or not, so a retried ADD keeps its address.
+    ///
+    /// # Errors
+    ///
+    /// [`Refusal::Reserved`] when `ip` is one of the block's reserved
+    /// addresses or lies outside the block; [`Refusal::HeldBy`] when another
+    /// handle holds it; [`Refusal::Fenced`] when it is free but the block is
+    /// fenced.
     pub fn assign(&mut self, ip: IpAddr, handle: &str) -> Result<(), Refusal> {
         let ordinal = self.ordinal(ip).ok_or(Refusal::Reserved)?;
         if self.reserved.contains(&ordinal) {

@@ -16,7 +16,8 @@ use margay_conf::margay::{Datastore, IpamConf};
 use crate::error::IpamError;
 use crate::store::Store;
 
-/// The claimer `conf.datastore` names.
+/// The claimer `conf.datastore` names: [`LocalClaimer`] for `local`,
+/// [`AgentClaims`] for `kubernetes`.
 pub fn claimer_for(conf: &IpamConf) -> &'static dyn BlockClaimer {
     match conf.datastore {
         Datastore::Local => &LocalClaimer,
@@ -24,9 +25,18 @@ pub fn claimer_for(conf: &IpamConf) -> &'static dyn BlockClaimer {
     }
 }
 
+/// Who decides which node owns a block, asked by the
+/// [`Allocator`](crate::allocator::Allocator) when the node's own blocks are
+/// full or an address outside them is asked for. A claim is returned, not
+/// written: the allocator commits the new block with the allocation.
 pub trait BlockClaimer {
     /// Claims for `node` the first block of `pool` (of prefix `prefix`) that
     /// no node holds. `None` when every block of the pool is taken.
+    ///
+    /// # Errors
+    ///
+    /// [`IpamError::Io`] or [`IpamError::Corrupt`] when the store's blocks
+    /// cannot be read.
     fn claim(
         &self,
         store: &Store,
@@ -37,6 +47,11 @@ pub trait BlockClaimer {
 
     /// Claims exactly `block` for `node` (an address inside it was asked
     /// for by name). `Some(why)` when it cannot be had.
+    ///
+    /// # Errors
+    ///
+    /// [`IpamError::Io`] or [`IpamError::Corrupt`] when the store's blocks
+    /// cannot be read.
     fn claim_block(
         &self,
         store: &Store,
@@ -45,6 +60,11 @@ pub trait BlockClaimer {
     ) -> Result<Option<String>, IpamError>;
 
     /// Whether [`claim`](Self::claim) would find a block, without claiming it.
+    ///
+    /// # Errors
+    ///
+    /// [`IpamError::Io`] or [`IpamError::Corrupt`] when the store's blocks
+    /// cannot be read.
     fn can_claim(&self, store: &Store, pool: &IpNetwork, prefix: u8) -> Result<bool, IpamError>;
 }
 

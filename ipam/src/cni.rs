@@ -17,7 +17,9 @@ use crate::handle::HandleRecord;
 use crate::store::Store;
 use margay_conf::agent::{self, Answer, Request};
 
-/// The IPAM plugin.
+/// The IPAM plugin that `margay-ipam` runs when `CNI_COMMAND` is set: each
+/// verb opens the store, does its work in one transaction and closes it, so
+/// concurrent calls on the node take turns on the store's lock.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct IpamPlugin;
 

@@ -20,17 +20,28 @@ pub fn handle_id(network: &str, container_id: &str, ifname: &str) -> String {
 /// tell which pod it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HandleRecord {
+    /// The key the record is stored under, from [`handle_id`].
     pub handle: String,
+    /// The network's name (`name` in its configuration).
     pub network: String,
+    /// `CNI_CONTAINERID`.
     pub container_id: String,
+    /// `CNI_IFNAME`: the interface inside the container.
     pub ifname: String,
+    /// The pod's namespace, when `CNI_ARGS` carried `K8S_POD_NAMESPACE`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_namespace: Option<String>,
+    /// The pod's name, when `CNI_ARGS` carried `K8S_POD_NAME`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_name: Option<String>,
+    /// The node that made the allocation.
     pub node: String,
-    /// Seconds since the Unix epoch.
+    /// When the allocation was made, in seconds since the Unix epoch (0 if
+    /// the clock reads earlier than that).
     pub created: u64,
+    /// The addresses held: one per configured family, or exactly those
+    /// asked for by name. Empty until
+    /// [`Allocator::assign`](crate::allocator::Allocator::assign) fills it.
     pub addresses: Vec<IpAddr>,
 }
 

@@ -49,26 +49,38 @@ pub struct Reconciled {
     pub outside_pools: Vec<IpNetwork>,
 }
 
+/// A block in use on this node that the authority gives to another node
+/// (or that overlaps another node's): fenced, so this node hands out no new
+/// address of it, and reported as an alarm.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Conflict {
+    /// The block, as the store has it.
     pub block: IpNetwork,
     /// Addresses of it in use on this node.
     pub in_use: u32,
+    /// Which node the authority gives it to, or which other node's block
+    /// it overlaps; also the block's fence reason.
     pub why: String,
 }
 
 /// One block of the store, for reports and headroom.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BlockUsage {
+    /// The block.
     pub cidr: IpNetwork,
+    /// Addresses held by a handle.
     pub used: u32,
+    /// Addresses that can ever be handed out (reserved ones excluded).
     pub capacity: u32,
     /// Free addresses the node may hand out (0 when fenced).
     pub usable: u32,
+    /// Why the node may hand out no new address from it, when fenced.
     pub fenced: Option<String>,
 }
 
 impl BlockUsage {
+    /// The block's IP family, 4 or 6: margay-agent keeps headroom and
+    /// metrics per family.
     pub fn family(&self) -> u8 {
         if self.cidr.is_ipv4() { 4 } else { 6 }
     }
@@ -78,7 +90,9 @@ impl BlockUsage {
 /// `conf.nodename`, as the module's documentation says.
 ///
 /// # Errors
-/// The store cannot be read or written.
+///
+/// [`IpamError::Io`] or [`IpamError::Corrupt`] when the store cannot be
+/// read or written.
 pub fn reconcile(
     store: &Store,
     conf: &IpamConf,
@@ -159,7 +173,9 @@ enum Verdict {
 /// Every block of the store with its use.
 ///
 /// # Errors
-/// The store cannot be read.
+///
+/// [`IpamError::Io`] or [`IpamError::Corrupt`] when the store cannot be
+/// read.
 pub fn usage(store: &Store) -> Result<Vec<BlockUsage>, IpamError> {
     Ok(store
         .all_blocks()?
@@ -178,7 +194,9 @@ pub fn usage(store: &Store) -> Result<Vec<BlockUsage>, IpamError> {
 /// it was dropped (or was not there).
 ///
 /// # Errors
-/// The store cannot be read or written.
+///
+/// [`IpamError::Io`] or [`IpamError::Corrupt`] when the store cannot be
+/// read or written.
 pub fn drop_if_empty(store: &Store, cidr: &IpNetwork) -> Result<bool, IpamError> {
     let Some(block) = store.block_containing(cidr.network())? else {
         return Ok(true);
@@ -196,7 +214,9 @@ pub fn drop_if_empty(store: &Store, cidr: &IpNetwork) -> Result<bool, IpamError>
 /// handles that held something.
 ///
 /// # Errors
-/// The store cannot be read or written.
+///
+/// [`IpamError::Io`] or [`IpamError::Corrupt`] when the store cannot be
+/// read or written.
 pub fn release_handles(
     store: &Store,
     conf: &IpamConf,

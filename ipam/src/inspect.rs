@@ -15,21 +15,34 @@ use crate::handle::HandleRecord;
 use crate::store::Store;
 use margay_conf::agent::ApiBlock;
 
+/// One configured pool's use on this node (`margay-ipam pools`).
 #[derive(Debug, Serialize)]
 pub struct PoolReport {
+    /// The pool.
     pub pool: IpNetwork,
+    /// Prefix length of the blocks the pool is cut into.
     pub block_prefix: u8,
+    /// Blocks of the pool in the store.
     pub blocks_claimed: usize,
+    /// Addresses held in those blocks.
     pub addresses_used: u64,
+    /// Addresses not held in those blocks, fenced blocks included.
     pub addresses_free_in_claimed_blocks: u64,
+    /// Whether an ADD could get an address of the pool now, from a block
+    /// or by claiming one.
     pub can_allocate: bool,
 }
 
+/// One block of the store (`margay-ipam blocks`).
 #[derive(Debug, Serialize)]
 pub struct BlockReport {
+    /// The block.
     pub cidr: IpNetwork,
+    /// The node the store gives it to.
     pub node: String,
+    /// Addresses held by a handle.
     pub used: u32,
+    /// Addresses that can ever be handed out (reserved ones excluded).
     pub capacity: u32,
     /// Why the node hands out no new address from it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -41,6 +54,12 @@ pub struct BlockReport {
 
 /// Reads the IPAM configuration out of a network configuration or conflist
 /// file: the plugin whose `ipam.type` is `margay-ipam`.
+///
+/// # Errors
+///
+/// A message naming `path` when the file cannot be read, is not JSON, has
+/// no plugin with `ipam.type` `margay-ipam`, or its `ipam` section is
+/// invalid.
 pub fn conf_from_file(path: &Path) -> Result<IpamConf, String> {
     let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let doc: Value =
@@ -56,6 +75,13 @@ pub fn conf_from_file(path: &Path) -> Result<IpamConf, String> {
     IpamConf::from_conf(plugin).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// Each configured pool's use on this node. `store` is `None` when none
+/// exists yet: every pool is then reported unused and able to allocate.
+///
+/// # Errors
+///
+/// [`IpamError::Io`] or [`IpamError::Corrupt`] when the store cannot be
+/// read.
 pub fn pools(store: Option<&Store>, conf: &IpamConf) -> Result<Vec<PoolReport>, IpamError> {
     conf.pools
         .iter()
@@ -92,6 +118,12 @@ fn single_pool(conf: &IpamConf, pool: &IpNetwork) -> IpamConf {
     }
 }
 
+/// Every block of the store; the API's view is added by [`with_api`].
+///
+/// # Errors
+///
+/// [`IpamError::Io`] or [`IpamError::Corrupt`] when the store cannot be
+/// read.
 pub fn blocks(store: &Store) -> Result<Vec<BlockReport>, IpamError> {
     Ok(store
         .all_blocks()?
@@ -154,6 +186,8 @@ pub fn with_api(
     blocks
 }
 
+/// The table rows of `margay-ipam allocations`: addresses, handle,
+/// `namespace/pod` (or `-`), node and creation time in RFC 3339.
 pub fn allocation_rows(records: &[HandleRecord]) -> Vec<Vec<String>> {
     records
         .iter()

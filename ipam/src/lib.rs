@@ -6,12 +6,17 @@
 //! - [`claim`]: which node owns which block, behind a trait;
 //! - [`holdings`]: the store's blocks made to agree with the Kubernetes API
 //!   (`datastore: kubernetes`, driven by margay-agent);
-//! - [`agent`]: what margay-ipam asks margay-agent over its socket;
+//! - [`margay_conf::agent`] (in margay-conf): what margay-ipam asks
+//!   margay-agent over its socket;
 //! - [`store`]: sled, the lock, atomic commits, corruption checks;
 //! - [`allocator`]: assign/release/capacity over an open store;
 //! - [`handle`]: the per-attachment record;
 //! - [`cni`]: the CNI verbs;
-//! - [`inspect`]: what the operator commands report.
+//! - [`inspect`]: what the operator commands report;
+//! - [`error`]: the failures, and the CNI code each is reported with.
+
+#![warn(missing_docs)]
+#![warn(clippy::missing_errors_doc)]
 
 pub mod allocator;
 pub mod block;

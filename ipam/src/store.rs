@@ -28,7 +28,23 @@ use crate::handle::HandleRecord;
 const FORMAT_KEY: &[u8] = b"format";
 const FORMAT: &[u8] = b"margay-ipam/1";
 
-/// An open store. Fields drop in order: sled closes before the lock goes.
+/// An open store, holding the node-wide lock until it is dropped. Fields
+/// drop in order: sled closes before the lock goes.
+///
+/// ```no_run
+/// use std::path::Path;
+/// use std::time::Duration;
+///
+/// use margay_ipam::store::Store;
+///
+/// let data_dir = Path::new("/var/lib/cni/margay");
+/// // None: nothing was ever allocated on this node.
+/// if let Some(store) = Store::open_existing(data_dir, Duration::from_secs(10))? {
+///     let held = store.handle("k8s-pod-network.abc123.eth0")?;
+/// }
+/// // The lock is released here, with `store`.
+/// # Ok::<(), margay_ipam::IpamError>(())
+/// ```
 pub struct Store {
     db: sled::Db,
     blocks: sled::Tree,
@@ -41,11 +57,15 @@ pub struct Store {
 /// `None` deletes.
 #[derive(Debug, Default)]
 pub struct Changes {
+    /// Blocks to write, by [`block_key`].
     pub blocks: BTreeMap<Vec<u8>, Option<Block>>,
+    /// Handle records to write, by handle.
     pub handles: BTreeMap<String, Option<HandleRecord>>,
 }
 
 impl Changes {
+    /// Whether there is nothing to write, so that a commit can skip the
+    /// transaction and the flush.
     pub fn is_empty(&self) -> bool {
         self.blocks.is_empty() && self.handles.is_empty()
     }
@@ -70,7 +90,16 @@ fn address_key(ip: IpAddr, last: u8) -> Vec<u8> {
 }
 
 impl Store {
-    /// Opens the store under `data_dir`, creating it on first use.
+    /// Opens the store under `data_dir`, creating it on first use, once the
+    /// lock is taken (waiting up to `timeout` for another holder).
+    ///
+    /// # Errors
+    ///
+    /// [`IpamError::Lock`] when the lock file cannot be opened or locked,
+    /// or is still held after `timeout`; [`IpamError::Io`] when the store
+    /// cannot be created or sled cannot read it; [`IpamError::Corrupt`] when
+    /// its files or format marker are missing, the marker is unknown, or
+    /// sled finds it damaged.
     pub fn open(data_dir: &Path, timeout: Duration) -> Result<Store, IpamError> {
         let lock = FileLock::acquire(&data_dir.join("ipam.lock"), timeout)?;
         let path = data_dir.join("store");
@@ -83,6 +112,10 @@ impl Store {
     /// Opens the store if it exists. `None` means nothing was ever
     /// allocated here, which DEL, CHECK, GC, STATUS and the inspection
     /// commands treat as an empty store rather than creating one.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::open`], except that the store is never created.
     pub fn open_existing(data_dir: &Path, timeout: Duration) -> Result<Option<Store>, IpamError> {
         if !data_dir.join("store").exists() {
             return Ok(None);
@@ -123,10 +156,19 @@ impl Store {
         })
     }
 
+    /// The store's directory (`<data_dir>/store`), for messages.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// The record held under `handle`, if any. It may be another
+    /// attachment's: see [`HandleRecord::same_attachment`].
+    ///
+    /// # Errors
+    ///
+    /// [`IpamError::Io`] when sled cannot read the store;
+    /// [`IpamError::Corrupt`] when sled finds it damaged or a record does not
+    /// decode.
     pub fn handle(&self, handle: &str) -> Result<Option<HandleRecord>, IpamError> {
         let value = self
             .handles
@@ -135,6 +177,13 @@ impl Store {
         value.map(|v| self.decode(&v)).transpose()
     }
 
+    /// Every handle record, in handle order.
+    ///
+    /// # Errors
+    ///
+    /// [`IpamError::Io`] when sled cannot read the store;
+    /// [`IpamError::Corrupt`] when sled finds it damaged or a record does not
+    /// decode.
     pub fn handles(&self) -> Result<Vec<HandleRecord>, IpamError> {
         self.handles
             .iter()
@@ -146,6 +195,12 @@ impl Store {
     }
 
     /// Every block that overlaps `range`, in address order.
+    ///
+    /// # Errors
+    ///
+    /// [`IpamError::Io`] when sled cannot read the store;
+    /// [`IpamError::Corrupt`] when sled finds it damaged or a record does not
+    /// decode.
     pub fn blocks_in(&self, range: &IpNetwork) -> Result<Vec<Block>, IpamError> {
         let (first, last) = match range {
             IpNetwork::V4(n) => (IpAddr::V4(n.network()), IpAddr::V4(n.broadcast())),
@@ -166,6 +221,14 @@ impl Store {
         Ok(found)
     }
 
+    /// Every block of the store, whichever node it is for, IPv4 before
+    /// IPv6 and in address order.
+    ///
+    /// # Errors
+    ///
+    /// [`IpamError::Io`] when sled cannot read the store;
+    /// [`IpamError::Corrupt`] when sled finds it damaged or a record does not
+    /// decode.
     pub fn all_blocks(&self) -> Result<Vec<Block>, IpamError> {
         self.blocks
             .iter()
@@ -177,6 +240,12 @@ impl Store {
     }
 
     /// The block holding `ip`, if any: the last block starting at or before it.
+    ///
+    /// # Errors
+    ///
+    /// [`IpamError::Io`] when sled cannot read the store;
+    /// [`IpamError::Corrupt`] when sled finds it damaged or a record does not
+    /// decode.
     pub fn block_containing(&self, ip: IpAddr) -> Result<Option<Block>, IpamError> {
         let before = self
             .blocks
@@ -195,6 +264,11 @@ impl Store {
 
     /// Applies `changes` in one transaction and flushes them to disk, so a
     /// reply is never printed for an allocation that a crash could lose.
+    ///
+    /// # Errors
+    ///
+    /// [`IpamError::Io`] when sled cannot write or flush;
+    /// [`IpamError::Corrupt`] when sled reports any other storage error.
     pub fn commit(&self, changes: Changes) -> Result<(), IpamError> {
         if changes.is_empty() {
             return Ok(());

@@ -20,6 +20,10 @@ use crate::link::{self, HOST_MAC, format_mac};
 use crate::names::{alias, host_ifname, parse_alias};
 use crate::netlink::{Netlink, open_netns};
 
+/// The `margay` plugin that the binary runs: each verb wires or unwires
+/// one pod, delegates its addresses to the plugin named in `ipam.type`, and
+/// hands the endpoint to the dataplane named in `dataplane`. A failed ADD
+/// undoes what it did itself, and nothing a running pod uses.
 pub struct MargayPlugin;
 
 /// The netns of an ADD or CHECK (the environment check guarantees one).

@@ -19,28 +19,66 @@ use crate::netlink::Netlink;
 
 /// What a dataplane does beyond the Linux wiring every endpoint gets.
 /// Implementations must tolerate being asked to forget what is not there.
+/// The errors below are [`Ebpf`]'s; [`Routing`] never fails.
 pub trait Dataplane: Sync {
     /// Programs the host veth `host_ifname` as soon as it exists, while ADD
     /// goes on with IPAM and the wiring (attaching can wait for a kernel RCU
     /// grace period). Until `register`, the endpoint's traffic is dropped.
+    ///
+    /// # Errors
+    ///
+    /// [`Code::Dataplane`] when the dataplane cannot be loaded or opened on
+    /// the node, or cannot be attached to `host_ifname`.
     fn attach(&self, host_ifname: &str) -> Result<(), CniError>;
     /// Records the wired endpoint; ADD fails (and unwinds) on error.
+    ///
+    /// # Errors
+    ///
+    /// [`Code::Dataplane`] when the endpoint does not fit the dataplane
+    /// (for eBPF: no IPv4 address, more than one address of a family, or
+    /// no MAC on the pod interface) or cannot be recorded.
     fn register(&self, ep: &Endpoint) -> Result<(), CniError>;
     /// Returns once the registered endpoint's NetworkPolicy is in force,
     /// before the runtime starts the pod's containers; ADD fails (and
     /// unwinds) when that cannot be confirmed.
+    ///
+    /// # Errors
+    ///
+    /// [`Code::TryAgainLater`] when margay-agent does not confirm the policy
+    /// in force: it answers that it cannot apply it, answers something
+    /// else, or takes the request and fails to answer. The default, for a
+    /// dataplane without policy, never fails; nor does the eBPF one when no
+    /// agent listens, since the agent applies the pod's policy when it runs.
     fn enforce_policy(&self, _ep: &Endpoint, _att: &Attachment) -> Result<(), CniError> {
         Ok(())
     }
     /// Forgets the endpoint on host veth `host_ifname`, whose interface is
     /// being deleted (or is gone) and takes any attached programs with it.
+    ///
+    /// # Errors
+    ///
+    /// [`Code::Dataplane`] when the dataplane's record of it cannot be
+    /// removed. An endpoint it does not know is not an error.
     fn forget(&self, host_ifname: &str) -> Result<(), CniError>;
-    /// Verifies what `attach` did.
+    /// Verifies what `attach` and `register` did, for CHECK.
+    ///
+    /// # Errors
+    ///
+    /// [`Code::CheckFailed`] when the programs are not attached to the host
+    /// veth, or its record is missing, stale or names other addresses;
+    /// [`Code::Dataplane`] when the endpoint's addresses do not fit the
+    /// dataplane.
     fn check(&self, ep: &Endpoint) -> Result<(), CniError>;
     /// Forgets every endpoint whose host veth no longer exists (it vanished
     /// without a DEL), whichever network it was on: it can never carry
     /// traffic again, but it would hold a registry slot forever. Returns
     /// the host veth names forgotten.
+    ///
+    /// # Errors
+    ///
+    /// [`Code::Kernel`] when the host's links cannot be listed;
+    /// [`Code::Dataplane`] when the dataplane's records cannot be read or
+    /// removed.
     fn forget_vanished(&self, host: &Netlink) -> Result<Vec<String>, CniError>;
 }
 
@@ -254,6 +292,12 @@ fn pod_addresses(addresses: &[IpAddr]) -> Result<(Ipv4Addr, Option<Ipv6Addr>), C
 
 /// The dataplane the configuration asks for. There is no silent fallback:
 /// asking for eBPF where it cannot run is an error.
+///
+/// # Errors
+///
+/// None at present: both dataplanes are built from the configuration
+/// alone. An eBPF dataplane that cannot run fails at its first
+/// [`Dataplane::attach`] (or [`Dataplane::check`]) instead.
 pub fn select(conf: &PluginConf) -> Result<Box<dyn Dataplane>, CniError> {
     match conf.dataplane {
         Mode::Linux => Ok(Box::new(Routing)),

@@ -17,11 +17,15 @@ use crate::netlink::Netlink;
 use crate::route::{self, GATEWAY_V4, GATEWAY_V6, RouteSpec};
 use crate::sysctl;
 
-/// A wired endpoint.
+/// A wired endpoint: what the dataplane registers and the ADD result
+/// reports.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
+    /// The host side, `mrg…`, in the host's namespace.
     pub host: Link,
+    /// The pod side, `CNI_IFNAME`, as seen from the pod's namespace.
     pub pod: Link,
+    /// The pod's addresses, as IPAM gave them.
     pub addresses: Vec<IpAddr>,
 }
 
@@ -40,7 +44,10 @@ pub enum Existing {
 /// Both sides as [`survey`] saw them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Survey {
+    /// Neither our host veth nor `ifname` in the pod exists.
     Nothing,
+    /// Our host veth and `ifname` in the pod exist and are each other's
+    /// peers.
     OurPair,
     /// `ifname` exists in the pod but is not the peer of our host veth.
     ForeignPodIfname,
@@ -105,6 +112,10 @@ pub fn host_routes(host_index: u32, addresses: &[IpAddr]) -> Vec<RouteSpec> {
 
 /// Looks at both sides (`pod` is the connection in the pod's namespace)
 /// without changing anything; ADD does it while IPAM allocates.
+///
+/// # Errors
+///
+/// [`Code::Kernel`] when either link cannot be looked up.
 pub fn survey(
     host: &Netlink,
     pod: &Handle,
@@ -127,6 +138,12 @@ pub fn survey(
 
 /// Acts on what [`survey`] found before ADD creates the pair: a foreign
 /// `ifname` in the pod is an error; a stale host veth is removed.
+///
+/// # Errors
+///
+/// [`Code::InvalidEnvironment`] when `ifname` exists in the pod but is not
+/// our veth's peer; [`Code::Kernel`] when the stale host veth cannot be
+/// deleted.
 pub fn prepare(host: &Netlink, found: Survey, ifname: &str) -> Result<Existing, CniError> {
     match found {
         Survey::ForeignPodIfname => Err(CniError::new(
@@ -145,6 +162,11 @@ pub fn prepare(host: &Netlink, found: Survey, ifname: &str) -> Result<Existing, 
 }
 
 /// Creates the pair: host side `host_name` here, pod side `ifname` in the pod.
+///
+/// # Errors
+///
+/// [`Code::Kernel`] when the kernel refuses the pair, for instance because
+/// `host_name` already exists or `netns` is gone.
 pub fn create(
     host: &Netlink,
     netns: &File,
@@ -169,6 +191,12 @@ pub fn create(
 /// Both ends of an existing pair, readied with what does not depend on the
 /// addresses, so that ADD does it while IPAM allocates: the pod end up, the
 /// host end's alias and IPv4 sysctls. Converges what is already there.
+///
+/// # Errors
+///
+/// [`Code::Kernel`] when either end cannot be found (it vanished) or looked
+/// up, the pod end cannot be brought up, the alias cannot be set or a
+/// sysctl cannot be written.
 pub fn ready(
     host: &Netlink,
     pod: &Handle,
@@ -207,6 +235,11 @@ pub fn ready(
 /// in order, so the gateway route exists before the default route needs
 /// it): one round trip, not one per object. Converges what is already
 /// there.
+///
+/// # Errors
+///
+/// [`Code::Kernel`] when an IPv6 sysctl cannot be written or the kernel
+/// refuses an address or a route.
 pub fn configure(
     host: &Netlink,
     pod: &Handle,
@@ -253,6 +286,13 @@ fn missing(what: String) -> CniError {
 
 /// Verifies both sides against `addresses`; the error names the first
 /// thing missing. Extra routes or addresses (a later plugin's) are fine.
+///
+/// # Errors
+///
+/// [`Code::CheckFailed`] naming the first thing missing or wrong: an
+/// interface, its link state, its pairing, an address, a route or a
+/// sysctl; [`Code::Kernel`] when links, addresses or routes cannot be
+/// listed.
 pub fn check(
     host: &Netlink,
     pod: &Handle,
@@ -331,6 +371,10 @@ pub fn check(
 
 /// Removes the pair by its host side (which takes the pod side, addresses
 /// and routes with it); true if it existed.
+///
+/// # Errors
+///
+/// [`Code::Kernel`] when the host veth cannot be looked up or deleted.
 pub fn remove(host: &Netlink, host_name: &str) -> Result<bool, CniError> {
     match host.run(link::find(&host.handle, host_name))? {
         Some(l) => host.run(link::delete(&host.handle, l.index)),

@@ -10,6 +10,9 @@
 //! - [`ipam`]: delegation to the IPAM plugin;
 //! - [`dataplane`]: the hook a dataplane programs endpoints through.
 
+#![warn(missing_docs)]
+#![warn(clippy::missing_errors_doc)]
+
 pub mod cni;
 pub mod dataplane;
 pub mod endpoint;

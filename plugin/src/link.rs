@@ -19,11 +19,18 @@ pub const HOST_MAC: [u8; 6] = [0xee; 6];
 /// What we need to know about a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {
+    /// The ifindex, in the link's own namespace.
     pub index: u32,
+    /// The interface name.
     pub name: String,
+    /// The hardware address, when the link has a 6-byte one.
     pub mac: Option<[u8; 6]>,
+    /// The MTU, when the kernel reported it.
     pub mtu: Option<u32>,
+    /// Whether the link is administratively up (`IFF_UP`).
     pub up: bool,
+    /// The `ifalias`: on Margay's host veths, whose attachment it is (see
+    /// [`alias`](crate::names::alias)).
     pub alias: Option<String>,
     /// For a veth: the peer's index (in the peer's namespace).
     pub peer_index: Option<u32>,
@@ -54,6 +61,7 @@ impl From<LinkMessage> for Link {
     }
 }
 
+/// `mac` as a CNI result writes it: six lowercase hex pairs joined by `:`.
 pub fn format_mac(mac: &[u8; 6]) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))
@@ -62,6 +70,11 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
 }
 
 /// The link called `name`, if there is one.
+///
+/// # Errors
+///
+/// [`Code::Kernel`](margay_conf::Code::Kernel) when the kernel refuses the
+/// lookup for another reason than there being no such link.
 pub async fn find(h: &Handle, name: &str) -> Result<Option<Link>, CniError> {
     let found = h
         .link()
@@ -78,6 +91,11 @@ pub async fn find(h: &Handle, name: &str) -> Result<Option<Link>, CniError> {
 }
 
 /// Every link in the namespace.
+///
+/// # Errors
+///
+/// [`Code::Kernel`](margay_conf::Code::Kernel) when the links cannot be
+/// listed.
 pub async fn list(h: &Handle) -> Result<Vec<Link>, CniError> {
     h.link()
         .get()
@@ -94,6 +112,11 @@ pub async fn list(h: &Handle) -> Result<Vec<Link>, CniError> {
 /// The peer cannot be brought up in the same request: the kernel opens it
 /// before the pair is linked and refuses with ENOTCONN; [`set_up`] it from
 /// inside the namespace.
+///
+/// # Errors
+///
+/// [`Code::Kernel`](margay_conf::Code::Kernel) when the kernel refuses the
+/// pair, for instance because either name is taken in its namespace.
 pub async fn create_veth(
     h: &Handle,
     host: &str,
@@ -120,6 +143,11 @@ pub async fn create_veth(
 }
 
 /// Brings a link up; already up is fine.
+///
+/// # Errors
+///
+/// [`Code::Kernel`](margay_conf::Code::Kernel) when the kernel refuses,
+/// for instance because link `index` does not exist.
 pub async fn set_up(h: &Handle, index: u32) -> Result<(), CniError> {
     h.link()
         .set(LinkUnspec::new_with_index(index).up().build())
@@ -129,6 +157,11 @@ pub async fn set_up(h: &Handle, index: u32) -> Result<(), CniError> {
 }
 
 /// Sets the link's alias (it cannot be given at creation).
+///
+/// # Errors
+///
+/// [`Code::Kernel`](margay_conf::Code::Kernel) when the kernel refuses,
+/// for instance because link `index` does not exist.
 pub async fn set_alias(h: &Handle, index: u32, alias: &str) -> Result<(), CniError> {
     let msg = LinkUnspec::new_with_index(index)
         .alias(alias.to_string())
@@ -142,6 +175,11 @@ pub async fn set_alias(h: &Handle, index: u32, alias: &str) -> Result<(), CniErr
 
 /// Deletes a link; true if it existed. Deleting either end of a veth
 /// removes both, and with them their addresses and routes.
+///
+/// # Errors
+///
+/// [`Code::Kernel`](margay_conf::Code::Kernel) when the kernel refuses for
+/// another reason than the link being gone already.
 pub async fn delete(h: &Handle, index: u32) -> Result<bool, CniError> {
     match h.link().del(index).execute().await {
         Ok(()) => Ok(true),

@@ -15,13 +15,36 @@ use tokio::runtime::Runtime;
 /// A netlink socket in the namespace of the thread that opened it (sockets
 /// stay in the namespace they were created in), and the runtime that drives
 /// it and any connection [`Netlink::open_in`] adds.
+///
+/// ```no_run
+/// # use margay_conf::CniError;
+/// use std::path::Path;
+///
+/// use margay_plugin::link;
+/// use margay_plugin::netlink::{Netlink, open_netns};
+///
+/// let host = Netlink::open()?;
+/// let pod = host.open_in(&open_netns(Path::new("/var/run/netns/cni-1234"))?)?;
+/// // Both lookups go out at once, one in each namespace.
+/// let (veth, eth0) = host.run(futures::future::try_join(
+///     link::find(&host.handle, "mrg0123456789a"),
+///     link::find(&pod, "eth0"),
+/// ))?;
+/// # Ok::<(), CniError>(())
+/// ```
 pub struct Netlink {
     rt: Runtime,
+    /// The request handle of the socket in the opening thread's namespace.
     pub handle: Handle,
 }
 
 impl Netlink {
     /// A connection in the current thread's namespace.
+    ///
+    /// # Errors
+    ///
+    /// [`Code::Kernel`] when the runtime cannot be started or the netlink
+    /// socket cannot be opened.
     pub fn open() -> Result<Netlink, CniError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_io()
@@ -42,6 +65,11 @@ impl Netlink {
     /// and a socket per step in the pod. Only the socket is made inside the
     /// namespace, by a thread that enters it, makes it and ends there: no
     /// other code of ours ever runs in the pod's namespace by accident.
+    ///
+    /// # Errors
+    ///
+    /// [`Code::Kernel`] when the thread cannot enter `netns` or the socket
+    /// cannot be opened there.
     pub fn open_in(&self, netns: &File) -> Result<Handle, CniError> {
         let socket = std::thread::scope(|s| {
             s.spawn(|| {
@@ -68,6 +96,12 @@ impl Netlink {
 }
 
 /// Opens the namespace file a runtime passed in `CNI_NETNS`.
+///
+/// # Errors
+///
+/// [`Code::UnknownContainer`] when the file does not exist (the container
+/// is gone); [`Code::InvalidEnvironment`] when it cannot be opened for
+/// another reason.
 pub fn open_netns(path: &Path) -> Result<File, CniError> {
     File::open(path).map_err(|e| {
         let code = if e.kind() == std::io::ErrorKind::NotFound {
@@ -83,7 +117,8 @@ pub fn open_netns(path: &Path) -> Result<File, CniError> {
     })
 }
 
-/// The errno of a failed netlink request, if the kernel sent one.
+/// The errno of a failed netlink request, if the kernel sent one: what
+/// tells an expected refusal (`EEXIST`, `ENODEV`) from a failure.
 pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
     match e {
         rtnetlink::Error::NetlinkError(msg) => Some(-msg.raw_code()),

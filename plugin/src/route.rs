@@ -24,8 +24,11 @@ pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0xecee, 0xeeff, 
 /// One route as Margay creates or checks it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteSpec {
+    /// The destination prefix.
     pub dst: IpNetwork,
+    /// The next hop, if the route goes through one.
     pub gw: Option<IpAddr>,
+    /// The output interface's ifindex (0 when a listed route has none).
     pub oif: u32,
     /// Scope link: the destination is directly on `oif`.
     pub link_scope: bool,
@@ -49,6 +52,11 @@ impl RouteSpec {
 }
 
 /// Adds `ip/prefix` to link `index`; already present is fine.
+///
+/// # Errors
+///
+/// [`Code::Kernel`](margay_conf::Code::Kernel) when the kernel refuses the
+/// address for another reason than its being there already.
 pub async fn ensure_address(
     h: &Handle,
     index: u32,
@@ -76,6 +84,11 @@ pub async fn ensure_address(
 }
 
 /// Addresses on link `index`.
+///
+/// # Errors
+///
+/// [`Code::Kernel`](margay_conf::Code::Kernel) when the addresses cannot be
+/// listed.
 pub async fn addresses(h: &Handle, index: u32) -> Result<Vec<IpNetwork>, CniError> {
     let msgs: Vec<_> = h
         .address()
@@ -98,6 +111,13 @@ pub async fn addresses(h: &Handle, index: u32) -> Result<Vec<IpNetwork>, CniErro
 }
 
 /// Adds or replaces the route to `spec.dst`.
+///
+/// # Errors
+///
+/// [`Code::Kernel`](margay_conf::Code::Kernel) when `spec` cannot be turned
+/// into a route message (a gateway of the other family) or the kernel
+/// refuses the route, for instance because its gateway is not reachable
+/// yet.
 pub async fn ensure_route(h: &Handle, spec: &RouteSpec) -> Result<(), CniError> {
     h.route()
         .add(spec.message()?)
@@ -108,6 +128,11 @@ pub async fn ensure_route(h: &Handle, spec: &RouteSpec) -> Result<(), CniError> 
 }
 
 /// Routes of the main table of one family, as [`RouteSpec`]s.
+///
+/// # Errors
+///
+/// [`Code::Kernel`](margay_conf::Code::Kernel) when the routes cannot be
+/// listed.
 pub async fn routes(h: &Handle, v6: bool) -> Result<Vec<RouteSpec>, CniError> {
     let mut query = RouteMessageBuilder::<Ipv4Addr>::new().build();
     if v6 {

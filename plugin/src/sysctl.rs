@@ -27,11 +27,22 @@ fn wanted(v6: bool) -> impl Iterator<Item = &'static (&'static str, &'static str
 
 /// Writes the host veth's IPv4 sysctls, which every pod needs (ADD writes
 /// them while IPAM allocates).
+///
+/// # Errors
+///
+/// [`Code::Kernel`](margay_conf::Code::Kernel) naming the first sysctl
+/// that cannot be written, for instance because `ifname` does not exist.
 pub fn apply_v4(ifname: &str) -> Result<(), CniError> {
     write(ifname, &IPV4)
 }
 
 /// Writes the host veth's IPv6 sysctls, for a pod that got an IPv6 address.
+///
+/// # Errors
+///
+/// [`Code::Kernel`](margay_conf::Code::Kernel) naming the first sysctl
+/// that cannot be written, for instance because the host has IPv6 turned
+/// off.
 pub fn apply_v6(ifname: &str) -> Result<(), CniError> {
     write(ifname, &IPV6)
 }
