@@ -23,6 +23,19 @@ pub struct CniResult {
     pub dns: Dns,
 }
 
+/// `mac` as a CNI result (and `margayctl`) writes it: six lowercase hex
+/// pairs joined by `:`.
+///
+/// ```
+/// assert_eq!(margay_conf::result::format_mac(&[2, 0, 0xab, 0, 0, 1]), "02:00:ab:00:00:01");
+/// ```
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Interface {
     pub name: String,

@@ -25,13 +25,6 @@ pub struct EndpointRow {
     pub policy: PolicySpec,
 }
 
-fn mac(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 /// Pinned program IDs of this root, by name.
 fn pinned_program_ids(root: &Path) -> Vec<(&'static str, u32)> {
     PROGRAMS
@@ -60,7 +53,7 @@ pub fn endpoints(root: &Path) -> Result<Vec<EndpointRow>, DataplaneError> {
             ifindex: ep.ifindex,
             ip: ep.ipv4(),
             ipv6: registry::ipv6_of(root, ep.ifindex)?,
-            mac: mac(&ep.mac),
+            mac: margay_conf::result::format_mac(&ep.mac),
             programs,
         });
     }

@@ -10,13 +10,13 @@ use margay_conf::env::{Attachment, Command};
 use margay_conf::error::panic_message;
 use margay_conf::margay::PluginConf;
 use margay_conf::netconf::AttachmentId;
-use margay_conf::result::{CniResult, Interface, IpConfig, Route};
+use margay_conf::result::{CniResult, Interface, IpConfig, Route, format_mac};
 use margay_conf::{CniError, Code};
 
 use crate::dataplane::{self, Dataplane};
 use crate::endpoint::{self, Endpoint, Existing};
 use crate::ipam;
-use crate::link::{self, HOST_MAC, format_mac};
+use crate::link::{self, HOST_MAC};
 use crate::names::{alias, host_ifname, parse_alias};
 use crate::netlink::{Netlink, open_netns};
 

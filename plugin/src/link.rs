@@ -61,14 +61,6 @@ impl From<LinkMessage> for Link {
     }
 }
 
-/// `mac` as a CNI result writes it: six lowercase hex pairs joined by `:`.
-pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 /// The link called `name`, if there is one.
 ///
 /// # Errors
