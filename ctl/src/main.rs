@@ -1,6 +1,6 @@
 //! `margayctl`: inspect and program the eBPF dataplane of this node.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -225,73 +225,102 @@ fn run(cli: Cli) -> Result<(), String> {
             root.display()
         ));
     }
-    let err = |e: margay_ebpf::DataplaneError| e.to_string();
-    let endpoint = |which: &Option<String>| which.as_deref().map(|w| resolve(root, w)).transpose();
     match cli.command {
-        Cmd::Endpoints => {
-            let rows = margay_ctl::endpoints(root).map_err(err)?;
-            emit_rows(
-                cli.json,
-                &rows,
-                &[
-                    "IFNAME", "IFINDEX", "IP", "IPV6", "POD-MAC", "PROGRAMS", "INGRESS", "EGRESS",
-                ],
-                |r| {
-                    vec![
-                        r.ifname.clone(),
-                        r.ifindex.to_string(),
-                        r.ip.to_string(),
-                        r.ipv6.map_or("-".into(), |a| a.to_string()),
-                        r.mac.clone(),
-                        if r.programs.is_empty() {
-                            "-".into()
-                        } else {
-                            r.programs.join(",")
-                        },
-                        policy_summary(&r.policy.ingress),
-                        policy_summary(&r.policy.egress),
-                    ]
+        Cmd::Endpoints => endpoints(root, cli.json),
+        Cmd::Counters { endpoint: which } => counters(root, cli.json, which),
+        Cmd::Conntrack { action } => conntrack(root, cli.json, action),
+        Cmd::Policy { action } => policy_cmd(root, cli.json, action),
+        Cmd::Drops { follow } => drops(root, cli.json, follow),
+        Cmd::Service { action } => service_cmd(root, cli.json, action),
+        Cmd::Nat { action } => nat(root, cli.json, action),
+        Cmd::Node { action } => node(root, cli.json, action),
+        Cmd::Dataplane { action } => dataplane(root, action),
+    }
+}
+
+fn err(e: margay_ebpf::DataplaneError) -> String {
+    e.to_string()
+}
+
+/// The endpoint `which` names (host veth, ifindex or pod IP), if given.
+fn endpoint(
+    root: &Path,
+    which: &Option<String>,
+) -> Result<Option<margay_ebpf::abi::Endpoint>, String> {
+    which.as_deref().map(|w| resolve(root, w)).transpose()
+}
+
+/// `margayctl endpoints`.
+fn endpoints(root: &Path, json_out: bool) -> Result<(), String> {
+    let rows = margay_ctl::endpoints(root).map_err(err)?;
+    emit_rows(
+        json_out,
+        &rows,
+        &[
+            "IFNAME", "IFINDEX", "IP", "IPV6", "POD-MAC", "PROGRAMS", "INGRESS", "EGRESS",
+        ],
+        |r| {
+            vec![
+                r.ifname.clone(),
+                r.ifindex.to_string(),
+                r.ip.to_string(),
+                r.ipv6.map_or("-".into(), |a| a.to_string()),
+                r.mac.clone(),
+                if r.programs.is_empty() {
+                    "-".into()
+                } else {
+                    r.programs.join(",")
                 },
-            );
-        }
-        Cmd::Counters { endpoint: which } => {
-            let only = endpoint(&which)?;
-            let rows = margay_ctl::counters(root, only.as_ref()).map_err(err)?;
-            emit_rows(
-                cli.json,
-                &rows,
-                &[
-                    "IFNAME",
-                    "IP",
-                    "FROM-POD PKTS/BYTES",
-                    "TO-POD PKTS/BYTES",
-                    "DROPS",
-                ],
-                |r| {
-                    let drops = r
-                        .drops
-                        .iter()
-                        .map(|(k, v)| format!("{k}={v}"))
-                        .collect::<Vec<_>>()
-                        .join(",");
-                    vec![
-                        r.ifname.clone(),
-                        r.ip.to_string(),
-                        format!("{}/{}", r.from_pod_packets, r.from_pod_bytes),
-                        format!("{}/{}", r.to_pod_packets, r.to_pod_bytes),
-                        if drops.is_empty() { "-".into() } else { drops },
-                    ]
-                },
-            );
-        }
-        Cmd::Conntrack {
-            action: CtAction::Dump { endpoint: which },
-        } => {
-            let only = endpoint(&which)?;
+                policy_summary(&r.policy.ingress),
+                policy_summary(&r.policy.egress),
+            ]
+        },
+    );
+    Ok(())
+}
+
+/// `margayctl counters`.
+fn counters(root: &Path, json_out: bool, which: Option<String>) -> Result<(), String> {
+    let only = endpoint(root, &which)?;
+    let rows = margay_ctl::counters(root, only.as_ref()).map_err(err)?;
+    emit_rows(
+        json_out,
+        &rows,
+        &[
+            "IFNAME",
+            "IP",
+            "FROM-POD PKTS/BYTES",
+            "TO-POD PKTS/BYTES",
+            "DROPS",
+        ],
+        |r| {
+            let drops = r
+                .drops
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            vec![
+                r.ifname.clone(),
+                r.ip.to_string(),
+                format!("{}/{}", r.from_pod_packets, r.from_pod_bytes),
+                format!("{}/{}", r.to_pod_packets, r.to_pod_bytes),
+                if drops.is_empty() { "-".into() } else { drops },
+            ]
+        },
+    );
+    Ok(())
+}
+
+/// `margayctl conntrack dump|flush`.
+fn conntrack(root: &Path, json_out: bool, action: CtAction) -> Result<(), String> {
+    match action {
+        CtAction::Dump { endpoint: which } => {
+            let only = endpoint(root, &which)?;
             let records: Vec<CtRecord> =
                 inspect::conntrack_records(root, only.map(|e| e.ifindex)).map_err(err)?;
             emit_rows(
-                cli.json,
+                json_out,
                 &records,
                 &[
                     "IFINDEX",
@@ -319,19 +348,21 @@ fn run(cli: Cli) -> Result<(), String> {
                 },
             );
         }
-        Cmd::Conntrack {
-            action: CtAction::Flush { endpoint: which },
-        } => {
-            let only = endpoint(&which)?;
+        CtAction::Flush { endpoint: which } => {
+            let only = endpoint(root, &which)?;
             let n = registry::flush_conntrack(root, only.map(|e| e.ifindex)).map_err(err)?;
             emit(format!("flushed {n} conntrack entries"));
         }
-        Cmd::Policy {
-            action:
-                PolicyAction::Set {
-                    endpoint: which,
-                    file,
-                },
+    }
+    Ok(())
+}
+
+/// `margayctl policy set|show|sets`.
+fn policy_cmd(root: &Path, json_out: bool, action: PolicyAction) -> Result<(), String> {
+    match action {
+        PolicyAction::Set {
+            endpoint: which,
+            file,
         } => {
             let ep = resolve(root, &which)?;
             let spec: PolicySpec = read_yaml(&file)?;
@@ -344,10 +375,8 @@ fn run(cli: Cli) -> Result<(), String> {
                 policy_summary(&spec.egress)
             ));
         }
-        Cmd::Policy {
-            action: PolicyAction::Show { endpoint: which },
-        } => {
-            let eps = match endpoint(&which)? {
+        PolicyAction::Show { endpoint: which } => {
+            let eps = match endpoint(root, &which)? {
                 Some(e) => vec![e],
                 None => registry::list(root).map_err(err)?,
             };
@@ -359,7 +388,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     policy::get(root, ep.ifindex).map_err(err)?,
                 ));
             }
-            emit(if cli.json {
+            emit(if json_out {
                 let map: Vec<_> = shown
                     .iter()
                     .map(|(n, ip, p)| serde_json::json!({"ifname": n, "ip": ip, "policy": p}))
@@ -378,14 +407,12 @@ fn run(cli: Cli) -> Result<(), String> {
                     .join("\n")
             });
         }
-        Cmd::Policy {
-            action: PolicyAction::Sets { file },
-        } => {
+        PolicyAction::Sets { file } => {
             let set_err = |e: margay_ebpf::ip_set::IpSetError| e.to_string();
             let mut table = IpSetTable::open(root).map_err(set_err)?;
             let Some(file) = file else {
                 let sets = table.sets();
-                emit(if cli.json {
+                emit(if json_out {
                     json(&sets)
                 } else {
                     serde_yaml_ng::to_string(&sets).unwrap_or_default()
@@ -409,44 +436,52 @@ fn run(cli: Cli) -> Result<(), String> {
                 report.sets_added, report.members_added, report.members_removed
             ));
         }
-        Cmd::Drops { follow } => {
-            let timeout = if follow {
-                None
-            } else {
-                Some(std::time::Duration::ZERO)
-            };
-            inspect::follow_events(root, timeout, |r| {
-                let name = registry::list(root)
-                    .ok()
-                    .and_then(|l| l.into_iter().find(|ep| ep.ifindex == r.ifindex))
-                    .map(|ep| ep.ifname())
-                    .unwrap_or_else(|| format!("ifindex {}", r.ifindex));
-                emit(if cli.json {
-                    serde_json::to_string(&serde_json::json!({"endpoint": name, "event": r}))
-                        .expect("serializes")
-                } else {
-                    let why = r.denied_by.as_ref().map(|d| format!(" ({d})"));
-                    format!(
-                        "{:<15} {:<9} {:<15} proto {:<3} {} -> {}{}",
-                        name,
-                        r.direction,
-                        r.verdict,
-                        r.protocol,
-                        r.src,
-                        r.dst,
-                        why.unwrap_or_default()
-                    )
-                });
-                true
-            })
-            .map_err(err)?;
-        }
-        Cmd::Service {
-            action: ServiceAction::Apply { file },
-        } => {
+    }
+    Ok(())
+}
+
+/// `margayctl drops`.
+fn drops(root: &Path, json_out: bool, follow: bool) -> Result<(), String> {
+    let timeout = if follow {
+        None
+    } else {
+        Some(std::time::Duration::ZERO)
+    };
+    inspect::follow_events(root, timeout, |r| {
+        let name = registry::list(root)
+            .ok()
+            .and_then(|l| l.into_iter().find(|ep| ep.ifindex == r.ifindex))
+            .map(|ep| ep.ifname())
+            .unwrap_or_else(|| format!("ifindex {}", r.ifindex));
+        emit(if json_out {
+            serde_json::to_string(&serde_json::json!({"endpoint": name, "event": r}))
+                .expect("serializes")
+        } else {
+            let why = r.denied_by.as_ref().map(|d| format!(" ({d})"));
+            format!(
+                "{:<15} {:<9} {:<15} proto {:<3} {} -> {}{}",
+                name,
+                r.direction,
+                r.verdict,
+                r.protocol,
+                r.src,
+                r.dst,
+                why.unwrap_or_default()
+            )
+        });
+        true
+    })
+    .map_err(err)?;
+    Ok(())
+}
+
+/// `margayctl service apply|list`.
+fn service_cmd(root: &Path, json_out: bool, action: ServiceAction) -> Result<(), String> {
+    match action {
+        ServiceAction::Apply { file } => {
             let specs = read_yaml::<ServiceFile>(&file)?.services;
             let report = service::apply(root, &specs).map_err(|e| e.to_string())?;
-            emit(if cli.json {
+            emit(if json_out {
                 json(&report)
             } else {
                 format!(
@@ -455,12 +490,10 @@ fn run(cli: Cli) -> Result<(), String> {
                 )
             });
         }
-        Cmd::Service {
-            action: ServiceAction::List,
-        } => {
+        ServiceAction::List => {
             let rows = service::list(root).map_err(err)?;
             emit_rows(
-                cli.json,
+                json_out,
                 &rows,
                 &["NAME", "KIND", "FRONTEND", "BACKENDS", "OPTIONS"],
                 |r| {
@@ -489,9 +522,14 @@ fn run(cli: Cli) -> Result<(), String> {
                 },
             );
         }
-        Cmd::Nat {
-            action: NatAction::Dump,
-        } => {
+    }
+    Ok(())
+}
+
+/// `margayctl nat dump`.
+fn nat(root: &Path, json_out: bool, action: NatAction) -> Result<(), String> {
+    match action {
+        NatAction::Dump => {
             let names = service::names(root).map_err(err)?;
             let now = inspect::monotonic_ns();
             let mut records: Vec<NatRecord> = inspect::nat(root)
@@ -505,7 +543,7 @@ fn run(cli: Cli) -> Result<(), String> {
             records
                 .sort_by(|a, b| (a.direction, &a.src, &a.dst).cmp(&(b.direction, &b.src, &b.dst)));
             emit_rows(
-                cli.json,
+                json_out,
                 &records,
                 &[
                     "DIRECTION",
@@ -535,12 +573,16 @@ fn run(cli: Cli) -> Result<(), String> {
                 },
             );
         }
-        Cmd::Node {
-            action:
-                NodeAction::Attach {
-                    iface,
-                    external_mode,
-                },
+    }
+    Ok(())
+}
+
+/// `margayctl node attach|peers|detach|show`.
+fn node(root: &Path, json_out: bool, action: NodeAction) -> Result<(), String> {
+    match action {
+        NodeAction::Attach {
+            iface,
+            external_mode,
         } => {
             let mut node = Node::open_pinned_as_is(root).map_err(err)?;
             let done = nodeport::attach_data_ifaces(
@@ -557,18 +599,16 @@ fn run(cli: Cli) -> Result<(), String> {
                 .collect();
             emit(format!(
                 "from_net attached to {iface}; NodePorts answer on {} ({} frontends of applied \
-                 services opened); backends on other nodes through {} ({external_mode:?})",
+             services opened); backends on other nodes through {} ({external_mode:?})",
                 addrs.join(", "),
                 done.node_ports.added,
                 cluster::TUNNEL_DEVICE
             ));
         }
-        Cmd::Node {
-            action: NodeAction::Peers { file },
-        } => {
+        NodeAction::Peers { file } => {
             let peers = read_yaml::<PeerFile>(&file)?.peers;
             let report = cluster::apply_peers(root, &peers).map_err(|e| e.to_string())?;
-            emit(if cli.json {
+            emit(if json_out {
                 json(&report)
             } else {
                 format!(
@@ -577,9 +617,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 )
             });
         }
-        Cmd::Node {
-            action: NodeAction::Detach { iface },
-        } => {
+        NodeAction::Detach { iface } => {
             nodeport::detach(root, &iface).map_err(err)?;
             let closed = service::refresh_node_ports(root).map_err(|e| e.to_string())?;
             emit(format!(
@@ -587,13 +625,11 @@ fn run(cli: Cli) -> Result<(), String> {
                 closed.removed
             ));
         }
-        Cmd::Node {
-            action: NodeAction::Show,
-        } => {
+        NodeAction::Show => {
             let rows = nodeport::data_ifaces(root).map_err(err)?;
             let peers = cluster::peers(root).map_err(err)?;
             let tunnel = cluster::tunnel_settings(root).map_err(err)?;
-            emit(if cli.json {
+            emit(if json_out {
                 json(&serde_json::json!({
                     "data_ifaces": rows,
                     "tunnel_ifindex": tunnel.tunnel_ifindex,
@@ -636,9 +672,14 @@ fn run(cli: Cli) -> Result<(), String> {
                 )
             });
         }
-        Cmd::Dataplane {
-            action: DataplaneAction::DetachAll,
-        } => {
+    }
+    Ok(())
+}
+
+/// `margayctl dataplane detach-all`.
+fn dataplane(root: &Path, action: DataplaneAction) -> Result<(), String> {
+    match action {
+        DataplaneAction::DetachAll => {
             let names = margay_ctl::detach_all(root).map_err(err)?;
             emit(format!(
                 "detached {} endpoint(s): {}",

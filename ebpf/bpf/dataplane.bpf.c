@@ -527,6 +527,129 @@ static __always_inline int deliver_to_pod6(struct __sk_buff *skb, struct packet 
 	return redirect_to_pod6(skb, dst_ifindex, ep->mac);
 }
 
+/* IPv6's short path, in from_pod with no call: a flow not to a service
+ * whose entry says the pod is the sender. A service flow's (CT_F_SERVICE:
+ * its replies are turned) and everything else is from_pod6's, told in cb
+ * whether this looked the flow up and missed. SHORT_PATH_MISSED when the
+ * packet is from_pod6's. */
+static __always_inline int from_pod_v6_established(struct __sk_buff *skb, struct packet *p,
+						   int parsed, __u32 ifindex)
+{
+	skb->cb[CB_CT_MISSED] = 0;
+	if (parsed != PARSED_IPV6 || p->fragment || maybe_service(p))
+		return SHORT_PATH_MISSED;
+	__u64 now = flow_clock();
+	bool src_is_a;
+	struct ct_entry *e = ct6_find(p, ifindex, now, &src_is_a);
+	if (e && src_is_a == !!(e->flags & CT_F_POD_IS_A) && !(e->flags & CT_F_SERVICE) &&
+	    __builtin_memcmp(p->src_mac, e->pod_mac, ETH_ALEN) == 0) {
+		ct_update(e, p, src_is_a, now);
+		return egress6_allowed(skb, p, e, e->slot);
+	}
+	skb->cb[CB_CT_MISSED] = !e;
+	return SHORT_PATH_MISSED;
+}
+
+/* An IPv4 packet from the pod, once its MAC is known to be the pod's and
+ * the short path did not take it (`ct_missed`: it looked the flow up and
+ * found none): its source must be the pod's address; a later fragment
+ * passes unless a policy applies; a packet to a service's frontend is
+ * translated to a backend first (lb_translate) and policy judges the
+ * backend; tracked flows and errors about them pass, and a new flow needs
+ * the egress policy's leave, then goes to a local pod straight or leaves
+ * the node the way its flow's entry records. */
+static __always_inline int from_pod_v4(struct __sk_buff *skb, struct packet *p,
+				       const struct endpoint *ep, bool ct_missed)
+{
+	__u32 ifindex = ep->ifindex, slot = ep->slot;
+	if (p->saddr != ep->ip)
+		return drop(p, slot, ifindex, DIR_EGRESS, DROP_SPOOF_IP);
+
+	if (p->fragment) {
+		if (policy_of(ifindex, DIR_EGRESS))
+			return drop(p, slot, ifindex, DIR_EGRESS, DROP_FRAGMENT);
+		count_allowed(slot, DIR_EGRESS, p->len);
+		return TC_ACT_OK;
+	}
+
+	struct lb_flow flow = {};
+	int lb = lb_translate(skb, p, &flow);
+	if (lb == LB_NO_BACKEND)
+		return rejected(reject_port_unreachable(skb, p, REJECT_INTO_POD), p, slot, ifindex,
+				DIR_EGRESS, DROP_NO_BACKEND);
+	if (lb == LB_FAILED)
+		return drop(p, slot, ifindex, DIR_EGRESS, DROP_NAT);
+	/* An error this pod's kernel sends about a service's reply is the
+	 * backend's to hear (its own ingress then passes it as related). */
+	if (lb == LB_NONE && nat_forward_icmp_error(skb, p) == NAT_FAILED)
+		return drop(p, slot, ifindex, DIR_EGRESS, DROP_NAT);
+
+	/* The short path looked this very tuple up unless it was translated. */
+	if (!ct_missed || lb == LB_TRANSLATED) {
+		struct ct_entry *e;
+		int ct = ct_lookup(p, ifindex, flow_clock(), &e);
+		if (ct != CT_MISS) {
+			if (lb == LB_TRANSLATED) {
+				lb_record(&flow, p->proto);
+				/* Its replies are this frontend's now (the entry
+				 * may have been another's, for the same client
+				 * port and backend); a hairpin's are looked up. */
+				bool hairpin = flow.fwd.peer != 0;
+				ct_remember_turn(e, hairpin ? 0 : flow.frontend,
+						 hairpin ? 0 : flow.frontend_port);
+			}
+			return egress_established(skb, p, ifindex, e, ct, true);
+		}
+	}
+	/* An ICMP error about a tracked flow passes as part of that flow and
+	 * is not a flow of its own: tracking it (ports 0/0) would let every
+	 * other ICMP error between the two addresses past policy. */
+	struct ct_entry *related = ct_related(skb, p, ifindex);
+	if (!related) {
+		int verdict =
+			policy_check(ifindex, DIR_EGRESS, p->daddr, p->proto, bpf_ntohs(p->dport));
+		if (policy_denies(verdict))
+			return drop_denied(p, slot, ifindex, DIR_EGRESS, DROP_POLICY_EGRESS, verdict);
+	}
+
+	__u32 dst = local_endpoint_ifindex(p->daddr);
+	if (dst && !fib_routes_to(skb, p, dst))
+		dst = 0;
+	/* An error about a NodePort flow this pod serves, for the client
+	 * outside, goes the way the flow's replies go (egress_established):
+	 * back through the tunnel to the node that took the flow in, which
+	 * turns it; or turned here (DSR, a local backend) and routed by us.
+	 * A local client's own ingress turns it. */
+	if (related && !dst) {
+		if (related->flags & CT_F_TUNNEL)
+			return forwarded(tunnel_send(skb, related->tunnel_peer, VNI_POD), p, slot,
+					 ifindex, DIR_EGRESS);
+		int rev = nat_reverse_icmp_error(skb, p);
+		if (rev == NAT_FAILED)
+			return drop(p, slot, ifindex, DIR_EGRESS, DROP_NAT);
+		if (rev == NAT_TRANSLATED)
+			return forwarded(redirect_by_fib(skb, p), p, slot, ifindex, DIR_EGRESS);
+		return to_elsewhere(skb, p, slot);
+	}
+	__u8 ct_flags = dst ? CT_F_LOCAL_DELIVERY : 0;
+	__be32 via = 0;
+	if (!dst)
+		ct_flags |= route_to(p->daddr, &via);
+	if (lb == LB_TRANSLATED) {
+		lb_record(&flow, p->proto);
+		ct_flags |= CT_F_SERVICE;
+	}
+	if (!related) {
+		ct_create(p, ep, ct_flags, via);
+		trace_new_flow(p, ifindex, DIR_EGRESS);
+	}
+	if (!dst)
+		return leave_node(skb, p, ct_flags, via, slot);
+	/* The receiver's side counts its own verdict. */
+	count_allowed(slot, DIR_EGRESS, p->len);
+	return deliver_to_pod(skb, p, dst, VIA_LOCAL_POD, 0);
+}
+
 SEC("classifier")
 int from_pod(struct __sk_buff *skb)
 {
@@ -554,24 +677,9 @@ int from_pod(struct __sk_buff *skb)
 		}
 		ct_missed = !e;
 	} else if (parsed == PARSED_IPV6 || parsed == PARSE_IPV6_EXT) {
-		/* IPv6's short path for a flow not to a service is here, with
-		 * no call: the entry says which side is the pod, and the
-		 * sender must be. A service flow's (CT_F_SERVICE: its replies
-		 * are turned) and everything else is from_pod6's, told in cb
-		 * whether this looked the flow up and missed. */
-		skb->cb[CB_CT_MISSED] = 0;
-		if (parsed == PARSED_IPV6 && !p.fragment && !maybe_service(&p)) {
-			__u64 now = flow_clock();
-			bool src_is_a;
-			struct ct_entry *e = ct6_find(&p, ifindex, now, &src_is_a);
-			if (e && src_is_a == !!(e->flags & CT_F_POD_IS_A) &&
-			    !(e->flags & CT_F_SERVICE) &&
-			    __builtin_memcmp(p.src_mac, e->pod_mac, ETH_ALEN) == 0) {
-				ct_update(e, &p, src_is_a, now);
-				return egress6_allowed(skb, &p, e, e->slot);
-			}
-			skb->cb[CB_CT_MISSED] = !e;
-		}
+		int verdict = from_pod_v6_established(skb, &p, parsed, ifindex);
+		if (verdict != SHORT_PATH_MISSED)
+			return verdict;
 		bpf_tail_call(skb, &calls, CALL_FROM_POD6);
 		return drop(&p, 0, ifindex, DIR_EGRESS, DROP_NO_PROGRAM);
 	}
@@ -590,91 +698,7 @@ int from_pod(struct __sk_buff *skb)
 		count_allowed(slot, DIR_EGRESS, p.len);
 		return TC_ACT_OK;
 	}
-	if (p.saddr != ep->ip)
-		return drop(&p, slot, ifindex, DIR_EGRESS, DROP_SPOOF_IP);
-
-	if (p.fragment) {
-		if (policy_of(ifindex, DIR_EGRESS))
-			return drop(&p, slot, ifindex, DIR_EGRESS, DROP_FRAGMENT);
-		count_allowed(slot, DIR_EGRESS, p.len);
-		return TC_ACT_OK;
-	}
-
-	struct lb_flow flow = {};
-	int lb = lb_translate(skb, &p, &flow);
-	if (lb == LB_NO_BACKEND)
-		return rejected(reject_port_unreachable(skb, &p, REJECT_INTO_POD), &p, slot, ifindex,
-				DIR_EGRESS, DROP_NO_BACKEND);
-	if (lb == LB_FAILED)
-		return drop(&p, slot, ifindex, DIR_EGRESS, DROP_NAT);
-	/* An error this pod's kernel sends about a service's reply is the
-	 * backend's to hear (its own ingress then passes it as related). */
-	if (lb == LB_NONE && nat_forward_icmp_error(skb, &p) == NAT_FAILED)
-		return drop(&p, slot, ifindex, DIR_EGRESS, DROP_NAT);
-
-	/* The short path looked this very tuple up unless it was translated. */
-	if (!ct_missed || lb == LB_TRANSLATED) {
-		struct ct_entry *e;
-		int ct = ct_lookup(&p, ifindex, flow_clock(), &e);
-		if (ct != CT_MISS) {
-			if (lb == LB_TRANSLATED) {
-				lb_record(&flow, p.proto);
-				/* Its replies are this frontend's now (the entry
-				 * may have been another's, for the same client
-				 * port and backend); a hairpin's are looked up. */
-				bool hairpin = flow.fwd.peer != 0;
-				ct_remember_turn(e, hairpin ? 0 : flow.frontend,
-						 hairpin ? 0 : flow.frontend_port);
-			}
-			return egress_established(skb, &p, ifindex, e, ct, true);
-		}
-	}
-	/* An ICMP error about a tracked flow passes as part of that flow and
-	 * is not a flow of its own: tracking it (ports 0/0) would let every
-	 * other ICMP error between the two addresses past policy. */
-	struct ct_entry *related = ct_related(skb, &p, ifindex);
-	if (!related) {
-		int verdict = policy_check(ifindex, DIR_EGRESS, p.daddr, p.proto, bpf_ntohs(p.dport));
-		if (policy_denies(verdict))
-			return drop_denied(&p, slot, ifindex, DIR_EGRESS, DROP_POLICY_EGRESS, verdict);
-	}
-
-	__u32 dst = local_endpoint_ifindex(p.daddr);
-	if (dst && !fib_routes_to(skb, &p, dst))
-		dst = 0;
-	/* An error about a NodePort flow this pod serves, for the client
-	 * outside, goes the way the flow's replies go (egress_established):
-	 * back through the tunnel to the node that took the flow in, which
-	 * turns it; or turned here (DSR, a local backend) and routed by us.
-	 * A local client's own ingress turns it. */
-	if (related && !dst) {
-		if (related->flags & CT_F_TUNNEL)
-			return forwarded(tunnel_send(skb, related->tunnel_peer, VNI_POD), &p, slot,
-					 ifindex, DIR_EGRESS);
-		int rev = nat_reverse_icmp_error(skb, &p);
-		if (rev == NAT_FAILED)
-			return drop(&p, slot, ifindex, DIR_EGRESS, DROP_NAT);
-		if (rev == NAT_TRANSLATED)
-			return forwarded(redirect_by_fib(skb, &p), &p, slot, ifindex, DIR_EGRESS);
-		return to_elsewhere(skb, &p, slot);
-	}
-	__u8 ct_flags = dst ? CT_F_LOCAL_DELIVERY : 0;
-	__be32 via = 0;
-	if (!dst)
-		ct_flags |= route_to(p.daddr, &via);
-	if (lb == LB_TRANSLATED) {
-		lb_record(&flow, p.proto);
-		ct_flags |= CT_F_SERVICE;
-	}
-	if (!related) {
-		ct_create(&p, ep, ct_flags, via);
-		trace_new_flow(&p, ifindex, DIR_EGRESS);
-	}
-	if (!dst)
-		return leave_node(skb, &p, ct_flags, via, slot);
-	/* The receiver's side counts its own verdict. */
-	count_allowed(slot, DIR_EGRESS, p.len);
-	return deliver_to_pod(skb, &p, dst, VIA_LOCAL_POD, 0);
+	return from_pod_v4(skb, &p, ep, ct_missed);
 }
 
 /* egress_to_service_established for IPv6: the NAT entry of the client's
