@@ -67,6 +67,11 @@ pub fn judge<'a>(
                 c.network(),
                 c.prefix()
             )),
+            Some(c) if !block_prefixes(&c).contains(&c.prefix()) => Some(format!(
+                "spec.cidr {c}: a block is /{}../{} (ipam.block_size)",
+                block_prefixes(&c).start(),
+                block_prefixes(&c).end()
+            )),
             Some(c) if block_name(&c) != name => Some(format!(
                 "its name is not its block's ({}): a block has one object, named after it",
                 block_name(&c)
@@ -107,6 +112,15 @@ pub fn judge<'a>(
         });
     }
     views
+}
+
+/// The prefix lengths a block of `cidr`'s family may have: a larger block
+/// would not fit what a node keeps of one (`margay_ipam::block::Block`).
+fn block_prefixes(cidr: &IpNetwork) -> std::ops::RangeInclusive<u8> {
+    match cidr {
+        IpNetwork::V4(_) => margay_conf::margay::BLOCK_PREFIXES_V4,
+        IpNetwork::V6(_) => margay_conf::margay::BLOCK_PREFIXES_V6,
+    }
 }
 
 /// Block → node, for the valid claims: what `holdings::reconcile` and the
@@ -159,6 +173,7 @@ mod tests {
             object("10-0-2-5-26", "10.0.2.5/26", "c", 1),
             object("x", "ten/26", "c", 1),
             object("10-0-3-0-26", "10.0.3.0/26", "", 1),
+            object("10-0-128-0-17", "10.0.128.0/17", "c", 1),
         ];
         let views = judge(&objects, &pools);
         let verdict = |name: &str| {
@@ -189,12 +204,17 @@ mod tests {
         assert!(verdict("x").unwrap().contains("not a CIDR"));
         assert!(verdict("10-0-3-0-26").unwrap().contains("spec.node"));
         assert_eq!(
+            verdict("10-0-128-0-17").unwrap(),
+            "spec.cidr 10.0.128.0/17: a block is /20../32 (ipam.block_size)",
+            "a block too large for a node to hold is refused, not adopted"
+        );
+        assert_eq!(
             holders(&views),
             BTreeMap::from([
                 ("10.0.0.0/26".parse().unwrap(), "a".to_string()),
                 ("10.0.0.64/26".parse().unwrap(), "b".to_string())
             ])
         );
-        assert_eq!(occupied(&views).len(), 7, "every parseable CIDR is avoided");
+        assert_eq!(occupied(&views).len(), 8, "every parseable CIDR is avoided");
     }
 }

@@ -13,6 +13,12 @@ use serde_json::Value;
 use crate::error::{CniError, Code};
 
 /// Keys the CNI spec or libcni put in any plugin's configuration.
+/// The prefix lengths an IPv4 block may have (`ipam.block_size`): at most
+/// 4096 addresses, so a block's bitmap and counts stay small.
+pub const BLOCK_PREFIXES_V4: std::ops::RangeInclusive<u8> = 20..=32;
+/// The prefix lengths an IPv6 block may have (`ipam.block_size_v6`).
+pub const BLOCK_PREFIXES_V6: std::ops::RangeInclusive<u8> = 116..=128;
+
 const STANDARD_KEYS: [&str; 10] = [
     "cniVersion",
     "cniVersions",
@@ -473,13 +479,13 @@ impl IpamConf {
                 )));
             }
         }
-        if !(20..=32).contains(&self.block_size) {
+        if !BLOCK_PREFIXES_V4.contains(&self.block_size) {
             return Err(CniError::invalid_config(format!(
                 "ipam.block_size: /{} is outside /20../32",
                 self.block_size
             )));
         }
-        if !(116..=128).contains(&self.block_size_v6) {
+        if !BLOCK_PREFIXES_V6.contains(&self.block_size_v6) {
             return Err(CniError::invalid_config(format!(
                 "ipam.block_size_v6: /{} is outside /116../128",
                 self.block_size_v6
