@@ -6,7 +6,8 @@ use nix::mount::{MsFlags, mount};
 
 use crate::error::DataplaneError;
 
-const BPFFS: &str = "/sys/fs/bpf";
+/// Where bpffs is mounted; [`ensure_root`] mounts it there when it is not.
+pub const BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// True when `path` is on a bpffs.

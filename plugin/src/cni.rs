@@ -391,6 +391,7 @@ impl Plugin for MargayPlugin {
     fn status(&self, inv: &Invocation) -> Result<(), CniError> {
         let conf = PluginConf::from_conf(&inv.raw)?;
         dataplane::select(&conf)
+            .and_then(|dataplane| dataplane.ready())
             .map_err(|e| CniError::new(Code::PluginNotAvailable, e.msg).with_details(e.details))?;
         ipam::network_call(inv, Command::Status, &conf.ipam.plugin_type, None)
     }

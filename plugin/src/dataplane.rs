@@ -21,6 +21,18 @@ use crate::netlink::Netlink;
 /// Implementations must tolerate being asked to forget what is not there.
 /// The errors below are [`Ebpf`]'s; [`Routing`] never fails.
 pub trait Dataplane: Sync {
+    /// Whether the dataplane can serve ADD on this node, for STATUS: what
+    /// it needs of the node and can tell without changing anything.
+    ///
+    /// # Errors
+    ///
+    /// [`Code::PluginNotAvailable`] naming what is missing (for eBPF:
+    /// kernel BTF, or a `bpf_root` that is not and cannot become a bpffs
+    /// directory). The default, for a dataplane that needs nothing, never
+    /// fails.
+    fn ready(&self) -> Result<(), CniError> {
+        Ok(())
+    }
     /// Programs the host veth `host_ifname` as soon as it exists, while ADD
     /// goes on with IPAM and the wiring (attaching can wait for a kernel RCU
     /// grace period). Until `register`, the endpoint's traffic is dropped.
@@ -103,6 +115,10 @@ impl Dataplane for Routing {
     }
 }
 
+/// Where the kernel describes its own types, which the programs' loading
+/// needs (CO-RE).
+const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
 /// `"dataplane": "bpf"`: `from_pod`/`to_pod` on the host veth, the endpoint
 /// in the pinned maps. Programs are loaded once per node; an ADD opens
 /// pins, writes two map entries and creates two links.
@@ -122,6 +138,30 @@ fn dataplane_error(e: DataplaneError) -> CniError {
 }
 
 impl Dataplane for Ebpf {
+    fn ready(&self) -> Result<(), CniError> {
+        let not_available = |what: String| CniError::new(Code::PluginNotAvailable, what);
+        if !std::path::Path::new(KERNEL_BTF).exists() {
+            return Err(not_available(format!(
+                "dataplane bpf: the kernel has no BTF ({KERNEL_BTF}), which the programs need"
+            )));
+        }
+        // ADD mounts bpffs at /sys/fs/bpf when it is not (bpffs::ensure_root);
+        // anywhere else the root must already be on one.
+        let on_bpffs = self.root.starts_with(margay_ebpf::bpffs::BPFFS)
+            || self
+                .root
+                .ancestors()
+                .find(|dir| dir.exists())
+                .is_some_and(margay_ebpf::bpffs::is_bpffs);
+        if !on_bpffs {
+            return Err(not_available(format!(
+                "bpf_root: {} is not on a bpffs (mount -t bpf bpf /sys/fs/bpf)",
+                self.root.display()
+            )));
+        }
+        Ok(())
+    }
+
     fn attach(&self, host_ifname: &str) -> Result<(), CniError> {
         let mut node = Node::open(&self.root, &self.settings).map_err(dataplane_error)?;
         node.attach(host_ifname).map_err(dataplane_error)

@@ -499,6 +499,25 @@ fn host_local_ipam_adds_and_deletes_without_leftovers() {
     net.assert_nothing_left("10.231.3.");
 }
 
+/// STATUS in bpf mode tells the runtime the plugin cannot serve ADD when
+/// its bpf_root cannot hold pins, naming the key, before any pod fails.
+#[test]
+fn status_in_bpf_mode_says_when_bpf_root_cannot_hold_pins() {
+    require_root!(status_in_bpf_mode_says_when_bpf_root_cannot_hold_pins);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let net = Net::new(NetSpec {
+        extra: serde_json::json!({"bpf_root": elsewhere.path().join("margay")}),
+        ..NetSpec::bpf("10.231.5.0/31")
+    });
+    let err = net.rt.status().unwrap_err();
+    assert_eq!(err.code.number(), 50, "{err}");
+    assert!(
+        err.msg.contains("bpf_root") && err.msg.contains("not on a bpffs"),
+        "{err}"
+    );
+    Net::new(NetSpec::bpf("10.231.6.0/31")).rt.status().unwrap();
+}
+
 #[test]
 fn status_is_answered_by_ipam() {
     require_root!(status_is_answered_by_ipam);
