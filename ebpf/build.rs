@@ -51,7 +51,10 @@ fn main() {
         assert!(status.success(), "{CLANG} failed on {}", path.display());
         let bytes = std::fs::read(&obj).expect("object written");
         ids.push_str(&format!(
-            "pub const {}_OBJECT_ID: u64 = {:#018x};\n",
+            "/// Fingerprint of `bpf/{stem}.bpf.o` as this build compiled it: the\n\
+             /// loader records it in map `config` and compares it with the\n\
+             /// pinned one, to tell whether the pinned programs are this build's.\n\
+             pub const {}_OBJECT_ID: u64 = {:#018x};\n",
             stem.to_uppercase(),
             fnv1a(&bytes)
         ));
@@ -79,7 +82,7 @@ const RUST_TYPES: [(&str, &str); 12] = [
 ];
 
 /// One constant of abi.h: its name, its value (a C integer expression,
-/// which is also Rust's), and its comment on the same line.
+/// which is also Rust's), and its comment ([`line_docs`]).
 struct Constant {
     name: String,
     value: String,
@@ -95,7 +98,8 @@ fn abi_consts(abi_h: &str) -> String {
     let mut reasons = Vec::new();
     let mut states = Vec::new();
     let mut in_enum: Option<(String, u64)> = None;
-    for line in abi_h.lines() {
+    let docs = line_docs(abi_h);
+    for (line, doc) in abi_h.lines().zip(docs) {
         let (code, comment) = match line.split_once("/*") {
             Some((code, rest)) => (code.trim(), rest.trim_end_matches("*/").trim()),
             None => (line.trim(), ""),
@@ -144,7 +148,7 @@ fn abi_consts(abi_h: &str) -> String {
             constants.push(Constant {
                 name: name.to_string(),
                 value: value.to_string(),
-                doc: comment.to_string(),
+                doc,
             });
             continue;
         }
@@ -178,7 +182,7 @@ fn abi_consts(abi_h: &str) -> String {
         constants.push(Constant {
             name: name.to_string(),
             value: value.to_string(),
-            doc: comment.to_string(),
+            doc,
         });
     }
     assert!(
@@ -209,6 +213,49 @@ fn abi_consts(abi_h: &str) -> String {
         states.len()
     ));
     rust
+}
+
+/// The comment that documents each line of `c`: its own (from `/*` on
+/// that line to the `*/` that closes it, lines later maybe), else a comment
+/// standing alone that ends on the line just above; "" for neither. Its
+/// lines are joined, without their leading `*`.
+fn line_docs(c: &str) -> Vec<String> {
+    let lines: Vec<&str> = c.lines().collect();
+    let mut docs = vec![String::new(); lines.len()];
+    // A comment alone on its lines, which documents the next line.
+    let mut above = String::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let Some((code, mut rest)) = lines[i].split_once("/*") else {
+            docs[i] = std::mem::take(&mut above);
+            i += 1;
+            continue;
+        };
+        let mut words = Vec::new();
+        let mut end = i;
+        loop {
+            let (text, closed) = match rest.split_once("*/") {
+                Some((text, _)) => (text, true),
+                None => (rest, false),
+            };
+            let text = text.trim_start();
+            words.extend(text.strip_prefix('*').unwrap_or(text).split_whitespace());
+            if closed || end + 1 == lines.len() {
+                break;
+            }
+            end += 1;
+            rest = lines[end];
+        }
+        let text = words.join(" ");
+        if code.trim().is_empty() {
+            above = text;
+        } else {
+            docs[i] = text;
+            above.clear();
+        }
+        i = end + 1;
+    }
+    docs
 }
 
 fn parse_int(text: &str) -> u64 {

@@ -44,10 +44,15 @@ pub const ROUTE_PROTOCOL: u8 = 77;
 
 pub use margay_conf::margay::ExternalServiceMode as ExternalMode;
 
+/// Why the node's peers could not be set.
 #[derive(Debug, thiserror::Error)]
 pub enum PeersError {
+    /// The peers are refused by `margay_model::peer::check_peers` (which
+    /// names the peer); nothing was written.
     #[error(transparent)]
     Invalid(#[from] PeerSpecError),
+    /// A map or a route could not be read or written; what was written
+    /// before stays, and applying the peers again completes it.
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
 }
@@ -104,7 +109,17 @@ fn tunnel_mtu(root: &Path) -> Result<Option<u32>, DataplaneError> {
 /// programs answer a packet too big for it with "fragmentation needed"
 /// rather than have the kernel fragment its encapsulation), puts
 /// `from_tunnel` on it and records it with `mode` in the node's settings.
-/// Returns its ifindex.
+/// Returns its ifindex. Routes to the pods of `encap` peers told of
+/// before are added now.
+///
+/// # Errors
+///
+/// [`DataplaneError::Tunnel`] when the device cannot be created, found or
+/// brought up, or its forwarding turned on; [`DataplaneError::Attach`] when
+/// `from_tunnel` cannot be put on it; [`DataplaneError::Map`] naming
+/// `node_addrs` (the data interfaces, for the MTU), `node_config` or a
+/// peers' map when it cannot be read or written; [`DataplaneError::Route`]
+/// when the routes to peers' pods cannot be listed or written.
 pub fn setup_tunnel(
     node: &mut Node,
     root: &Path,
@@ -166,7 +181,14 @@ pub fn setup_tunnel(
     Ok(ifindex)
 }
 
-/// Removes the tunnel device (its filter goes with it) and forgets it.
+/// Removes the tunnel device (its filter goes with it) and forgets it;
+/// the node's routes through it go with it too.
+///
+/// # Errors
+///
+/// [`DataplaneError::Tunnel`] when the device exists and cannot be
+/// deleted; [`DataplaneError::Map`] naming `node_config` when `root`
+/// exists and it cannot be written.
 pub fn teardown_tunnel(root: &Path) -> Result<(), DataplaneError> {
     if let Ok(index) = nix::net::if_::if_nametoindex(TUNNEL_DEVICE) {
         netlink(async |h| match h.link().del(index).execute().await {
@@ -184,6 +206,11 @@ pub fn teardown_tunnel(root: &Path) -> Result<(), DataplaneError> {
 }
 
 /// The node's external mode and tunnel device index (0: no tunnel).
+///
+/// # Errors
+///
+/// [`DataplaneError::Map`] naming `node_config` when it cannot be opened
+/// or read.
 pub fn tunnel_settings(root: &Path) -> Result<NodeConfig, DataplaneError> {
     maps::node_config(root)?
         .get(&0, 0)
@@ -193,8 +220,12 @@ pub fn tunnel_settings(root: &Path) -> Result<NodeConfig, DataplaneError> {
 /// What [`apply_peers`] or [`apply_routes`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct PeersReport {
+    /// Peers' pod CIDRs the node now knows; for [`apply_routes`], those
+    /// that got a route.
     pub cidrs: usize,
+    /// Margay's routes to peers' pods now in the kernel.
     pub routes: usize,
+    /// Pod CIDRs the node forgot (always 0 from [`apply_routes`]).
     pub removed: usize,
     /// `encap` peers that got no route: [`apply_routes`] has no tunnel.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -202,6 +233,28 @@ pub struct PeersReport {
 }
 
 /// Makes the node know exactly `peers` (see the module's documentation).
+///
+/// ```no_run
+/// # use margay_ebpf::cluster;
+/// # use margay_model::peer::PeerSpec;
+/// let peer = PeerSpec {
+///     name: "node-b".into(),
+///     address: "192.168.1.12".parse()?,
+///     address6: None,
+///     pod_cidrs: vec!["10.244.1.0/24".parse()?],
+///     encap: false,
+/// };
+/// let report = cluster::apply_peers("/sys/fs/bpf/margay".as_ref(), &[peer])?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+///
+/// [`PeersError::Invalid`] when the peers are refused;
+/// [`PeersError::Dataplane`] with [`DataplaneError::Map`] naming
+/// `node_peers`, `node_peers6` or `peer_addrs6` when it cannot be read or
+/// written, or [`DataplaneError::Route`] when the routes cannot be listed
+/// or written.
 pub fn apply_peers(root: &Path, peers: &[PeerSpec]) -> Result<PeersReport, PeersError> {
     check_peers(peers)?;
     Ok(sync_peers(root, peers)?)
@@ -290,7 +343,11 @@ fn sync_lpm<const N: usize>(
 /// are named in the report.
 ///
 /// # Errors
-/// A peer is invalid, or the routes cannot be listed or changed.
+///
+/// [`PeersError::Invalid`] when the peers are refused;
+/// [`PeersError::Dataplane`] with [`DataplaneError::Route`] when the
+/// routes cannot be listed or changed (or [`DataplaneError::Tunnel`],
+/// action `netlink`, when no netlink connection can be made).
 pub fn apply_routes(peers: &[PeerSpec]) -> Result<PeersReport, PeersError> {
     check_peers(peers)?;
     let routes: Vec<PeerRoute> = peers
@@ -449,6 +506,7 @@ fn sync_kernel_routes(routes: &[PeerRoute]) -> Result<(), DataplaneError> {
 /// A peer's pod CIDR as the programs and routes know it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct PeerCidr {
+    /// One of the peer's pod CIDRs.
     pub cidr: IpNetwork,
     /// The peer's address, the tunnel's far end.
     pub node: Ipv4Addr,
@@ -470,7 +528,12 @@ impl PeerCidr {
     }
 }
 
-/// The peers' CIDRs the programs and routes know.
+/// The peers' CIDRs the programs and routes know, sorted.
+///
+/// # Errors
+///
+/// [`DataplaneError::Map`] naming `peer_addrs6`, `node_peers` or
+/// `node_peers6` when it cannot be opened or read.
 pub fn peers(root: &Path) -> Result<Vec<PeerCidr>, DataplaneError> {
     let addrs6: BTreeMap<[u8; 4], [u8; 16]> = maps::peer_addrs6(root)?
         .iter()
@@ -501,6 +564,12 @@ pub fn peers(root: &Path) -> Result<Vec<PeerCidr>, DataplaneError> {
 
 /// Removes what this root set up: its peers and their routes, and the
 /// tunnel device when this root's node settings name it (uninstall).
+///
+/// # Errors
+///
+/// [`DataplaneError::Map`] when the peers' maps or `node_config` cannot be
+/// read or written; [`DataplaneError::Route`] when the routes cannot be
+/// removed; [`DataplaneError::Tunnel`] when the device cannot be deleted.
 pub fn forget_all(root: &Path) -> Result<(), DataplaneError> {
     if !root.exists() {
         return Ok(());

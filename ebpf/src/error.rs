@@ -17,13 +17,17 @@ pub enum DataplaneError {
     /// bpffs is not at /sys/fs/bpf and mounting it failed.
     #[error("bpffs is not mounted at /sys/fs/bpf and cannot be mounted: {source}")]
     Bpffs {
+        /// Why the mount failed (the `mount(2)` errno).
         #[source]
         source: Cause,
     },
     /// The BPF root directory (where this node's pins live) is unusable.
     #[error("BPF root {path}: {source}")]
     Root {
+        /// The BPF root, as the caller named it.
         path: PathBuf,
+        /// Why: it cannot be created, is not on a bpffs, or lacks a pinned
+        /// program.
         #[source]
         source: Cause,
     },
@@ -33,12 +37,16 @@ pub enum DataplaneError {
     /// The programs' object, built into this binary, lacks what it must have.
     #[error("the eBPF object does not parse: {source}")]
     Object {
+        /// What is missing or fails to parse (a map or program named by the
+        /// loader).
         #[source]
         source: Cause,
     },
     /// The kernel refused the programs (its verifier's log is in the cause).
     #[error("loading the eBPF programs failed (is this kernel ≥ 5.10 with BTF?): {source}")]
     Load {
+        /// aya's error, with the verifier's log when the kernel refused a
+        /// program.
         #[source]
         source: Cause,
     },
@@ -50,22 +58,31 @@ pub enum DataplaneError {
          (margayctl dataplane detach-all), then re-create the pods"
     )]
     IncompatibleMap {
+        /// The pinned map.
         path: PathBuf,
+        /// Its layout, as [`Layout`](crate::maps::Layout) shows it.
         pinned: String,
+        /// The layout this build's object (with the configured sizes) has.
         expected: String,
     },
     /// A program, map or link could not be pinned, opened or replaced at
     /// `path`.
     #[error("pinning {path} failed: {source}")]
     Pin {
+        /// The pin under the BPF root.
         path: PathBuf,
+        /// The filesystem's or the kernel's error.
         #[source]
         source: Cause,
     },
     /// Map `map` could not be opened, read or written.
     #[error("map {map}: {source}")]
     Map {
+        /// The map's name as the object defines it (`conntrack`,
+        /// `svc_frontends`, …), or its pin's path when only that is known.
         map: String,
+        /// aya's map error, or what the map cannot take (full, no free
+        /// slot).
         #[source]
         source: Cause,
     },
@@ -73,8 +90,14 @@ pub enum DataplaneError {
     /// interface or a cgroup.
     #[error("attaching {program} to {ifname} failed: {source}")]
     Attach {
+        /// The program (`from_pod`, `to_pod`, `from_net`, `from_tunnel`), or
+        /// `clsact` when the interface or its qdisc failed first. Linking to
+        /// a cgroup names `sock_connect4` whichever socket program failed;
+        /// the cause names that one.
         program: &'static str,
+        /// The interface's name, or `cgroup <path>`.
         ifname: String,
+        /// netlink's, aya's or the system's error.
         #[source]
         source: Cause,
     },
@@ -84,15 +107,21 @@ pub enum DataplaneError {
     /// A program that should be on an interface is not.
     #[error("program {program} is not attached to {ifname}")]
     NotAttached {
+        /// The missing program, as [`PROGRAMS`](crate::node::PROGRAMS) names it.
         program: &'static str,
+        /// The interface it is missing from.
         ifname: String,
     },
     /// The tunnel device to other nodes (`cluster::TUNNEL_DEVICE`) could
     /// not be set up, read or removed; `action` says which step.
     #[error("the tunnel {device}: {action}: {source}")]
     Tunnel {
+        /// The device, [`TUNNEL_DEVICE`](crate::cluster::TUNNEL_DEVICE).
         device: &'static str,
+        /// The step that failed (`creating the VXLAN device`, `bringing it
+        /// up`, …).
         action: String,
+        /// netlink's or the system's error.
         #[source]
         source: Cause,
     },
@@ -100,7 +129,9 @@ pub enum DataplaneError {
     /// read; `what` names the route or the listing.
     #[error("routes to other nodes' pods: {what}: {source}")]
     Route {
+        /// `route to <cidr>`, or the listing or removal that failed.
         what: String,
+        /// netlink's error.
         #[source]
         source: Cause,
     },
@@ -108,20 +139,25 @@ pub enum DataplaneError {
     /// with their socket's, could not be learnt (Linux ≥ 5.14 has it).
     #[error("the network namespace's cookie (SO_NETNS_COOKIE, Linux ≥ 5.14): {source}")]
     NetnsCookie {
+        /// The socket's or `getsockopt`'s error (`ENOPROTOOPT` before 5.14).
         #[source]
         source: std::io::Error,
     },
-    /// A file the dataplane keeps beside its pins (under /run/margay).
+    /// A file the dataplane keeps beside its pins (under /run/margay)
+    /// could not be written, such as the services' apply serial.
     #[error("{path}: {source}")]
     RunState {
+        /// The file.
         path: PathBuf,
+        /// What was being done and the system's error.
         #[source]
         source: Cause,
     },
 }
 
 impl DataplaneError {
-    /// [`DataplaneError::Map`] for map `map`, with its cause.
+    /// [`DataplaneError::Map`] for map `map`, with its cause: the one way
+    /// this crate builds it, so that every map error names its map.
     pub fn map(map: &str, source: impl Into<Cause>) -> Self {
         DataplaneError::Map {
             map: map.to_string(),

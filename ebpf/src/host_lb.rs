@@ -57,6 +57,16 @@ fn with_sources(e: &dyn std::error::Error) -> String {
 /// process's network namespace as the node's. Links already there for the
 /// same programs and cgroup are kept; others are replaced (a changed
 /// cgroup, programs pinned anew).
+///
+/// # Errors
+///
+/// [`DataplaneError::Attach`] (interface `cgroup <path>`) when `cgroup` is
+/// neither a cgroup v2 directory nor an empty one the hierarchy can be
+/// mounted on, a socket program is not pinned under `root`, or a program
+/// cannot be linked or its link pinned; [`DataplaneError::NetnsCookie`]
+/// when the kernel cannot tell this network namespace's cookie (before
+/// Linux 5.14); [`DataplaneError::Map`] naming `node_config` when the
+/// cookie cannot be recorded.
 pub fn attach(root: &Path, cgroup: &Path) -> Result<(), DataplaneError> {
     ensure_cgroup2(cgroup)?;
     let cgroup_id = std::fs::metadata(cgroup)
@@ -148,7 +158,14 @@ fn ensure_cgroup2(cgroup: &Path) -> Result<(), DataplaneError> {
 }
 
 /// Unlinks the programs: host-networked clients reach services no more
-/// (kube-proxy's job again).
+/// (kube-proxy's job again). The node's network namespace is forgotten
+/// too (its cookie in `node_config` set to 0).
+///
+/// # Errors
+///
+/// [`DataplaneError::Pin`] when a link's pin exists and cannot be removed;
+/// [`DataplaneError::Map`] naming `node_config` when it exists and cannot
+/// be written.
 pub fn detach(root: &Path) -> Result<(), DataplaneError> {
     for (name, _) in SOCKET_PROGRAMS {
         let pin = link_path(root, name);
@@ -168,7 +185,8 @@ pub fn detach(root: &Path) -> Result<(), DataplaneError> {
     Ok(())
 }
 
-/// Whether the programs are linked (to some cgroup).
+/// Whether every socket program is linked (to some cgroup), as its pinned
+/// link says.
 pub fn attached(root: &Path) -> bool {
     SOCKET_PROGRAMS
         .iter()

@@ -19,7 +19,19 @@ use crate::maps;
 /// An endpoint's counters, summed over CPUs; ifindex 0: the node's slot
 /// (slot 0), which counts packets on interfaces with no endpoint: the data
 /// interfaces' NodePorts, the tunnel, unregistered veths. An endpoint not
-/// registered has none.
+/// registered has none (all zero).
+///
+/// ```no_run
+/// # use margay_ebpf::{abi::DROP_REASONS, inspect};
+/// let c = inspect::counters("/sys/fs/bpf/margay".as_ref(), 42)?;
+/// let drops: Vec<(&str, u64)> = DROP_REASONS.into_iter().zip(c.drops).filter(|&(_, n)| n > 0).collect();
+/// # Ok::<(), margay_ebpf::DataplaneError>(())
+/// ```
+///
+/// # Errors
+///
+/// [`DataplaneError::Map`] naming `endpoints` or `counters` when it cannot
+/// be opened.
 pub fn counters(root: &Path, ifindex: u32) -> Result<Counters, DataplaneError> {
     let slot = match ifindex {
         0 => Some(0),
@@ -60,15 +72,26 @@ pub struct NodeSummary {
     pub maps: Vec<MapFill>,
 }
 
+/// How full one map is: a flow table near its capacity evicts running
+/// flows, a full set trie refuses members.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MapFill {
+    /// The map, as the object names it.
     pub name: &'static str,
+    /// Entries it holds now.
     pub entries: u32,
+    /// Entries it can hold.
     pub capacity: u32,
 }
 
 /// Reads [`NodeSummary`]: one pass over the counters, the endpoints and
 /// the keys of the conntrack, NAT and peer-set maps.
+///
+/// # Errors
+///
+/// [`DataplaneError::Map`] naming `counters`, `endpoints`, `conntrack`,
+/// `conntrack6`, `nat`, `nat6`, `ip_sets` or `ip_sets6` when it cannot be
+/// opened or its layout read.
 pub fn node_summary(root: &Path) -> Result<NodeSummary, DataplaneError> {
     let mut counters = Counters::default();
     for per_cpu in maps::counters(root)?.iter().filter_map(Result::ok) {
@@ -97,7 +120,12 @@ pub fn node_summary(root: &Path) -> Result<NodeSummary, DataplaneError> {
 }
 
 /// How many new flows the rules of each source (a NetworkPolicy's
-/// `namespace/name`) decided, over the node's CPUs.
+/// `namespace/name`) decided, over the node's CPUs, sorted by source.
+///
+/// # Errors
+///
+/// [`DataplaneError::Map`] naming `policy_sources` or `policy_hits` when
+/// it cannot be opened or read.
 pub fn policy_flows(root: &Path) -> Result<Vec<(String, u64)>, DataplaneError> {
     let hits = maps::policy_hits(root)?;
     let names = maps::policy_sources(root)?;
@@ -120,17 +148,26 @@ pub fn monotonic_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// A conntrack entry as `margayctl conntrack` shows it: the flow from its
+/// initiator, its state and ages, and where its packets go.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct CtRecord {
+    /// The endpoint's host veth.
     pub ifindex: u32,
+    /// IP protocol number.
     pub protocol: u8,
-    /// The initiator.
+    /// The initiator, `address:port`.
     pub src: String,
+    /// The other side, `address:port`.
     pub dst: String,
+    /// The state's name ([`CT_STATES`]); `?` for one this build does not
+    /// know.
     pub state: &'static str,
+    /// Seconds since the flow began.
     pub age_s: u64,
     /// To the second: entries are refreshed at most once a second.
     pub idle_s: u64,
+    /// The endpoint's packets of the flow are redirected to a local pod.
     pub local_delivery: bool,
     /// How the endpoint's packets of the flow leave it: `local:IFINDEX`
     /// (redirected to the local pod behind that host veth; `local` until
@@ -149,7 +186,9 @@ fn endpoint_str(addr: impl Into<IpAddr>, port: [u8; 2]) -> String {
 
 /// A conntrack key of either family, as a record needs it.
 pub trait FlowKey {
+    /// The endpoint's host veth the entry belongs to.
     fn ifindex(&self) -> u32;
+    /// IP protocol number.
     fn proto(&self) -> u8;
     /// Side a and side b, as `address:port`.
     fn sides(&self) -> (String, String);
@@ -216,6 +255,8 @@ fn ct_path(e: &CtEntry) -> String {
 }
 
 impl CtRecord {
+    /// The record of entry `e` under key `k`, its ages as of `now_ns`
+    /// ([`monotonic_ns`]).
     pub fn new(k: &impl FlowKey, e: &CtEntry, now_ns: u64) -> CtRecord {
         let (a, b) = k.sides();
         let (src, dst) = if e.flags & CT_F_ORIGIN_IS_A != 0 {
@@ -238,7 +279,12 @@ impl CtRecord {
     }
 }
 
-/// Every IPv4 conntrack entry (of one endpoint, when given).
+/// Every IPv4 conntrack entry (of one endpoint, when given); entries that
+/// cannot be read, as one evicted meanwhile, are left out.
+///
+/// # Errors
+///
+/// [`DataplaneError::Map`] naming `conntrack` when it cannot be opened.
 pub fn conntrack(
     root: &Path,
     ifindex: Option<u32>,
@@ -246,7 +292,12 @@ pub fn conntrack(
     Ok(entries(maps::conntrack(root)?, ifindex))
 }
 
-/// Every IPv6 conntrack entry (of one endpoint, when given).
+/// Every IPv6 conntrack entry (of one endpoint, when given), as
+/// [`conntrack`].
+///
+/// # Errors
+///
+/// [`DataplaneError::Map`] naming `conntrack6` when it cannot be opened.
 pub fn conntrack6(
     root: &Path,
     ifindex: Option<u32>,
@@ -265,6 +316,11 @@ fn entries<K: aya::Pod + FlowKey>(
 }
 
 /// Every conntrack entry of both families as records, IPv4's first.
+///
+/// # Errors
+///
+/// [`DataplaneError::Map`] naming `conntrack` or `conntrack6` when it
+/// cannot be opened.
 pub fn conntrack_records(
     root: &Path,
     ifindex: Option<u32>,
@@ -285,15 +341,18 @@ pub struct NatRecord {
     /// `forward` (client -> frontend, rewritten to the backend) or
     /// `reverse` (backend -> client, rewritten to the frontend).
     pub direction: &'static str,
+    /// IP protocol number.
     pub protocol: u8,
     /// The packet as it arrives.
     pub src: String,
+    /// The packet's destination as it arrives, `address:port`.
     pub dst: String,
     /// What its destination (forward) or source (reverse) becomes.
     pub translated: String,
     /// Hairpin: what the source (forward) or destination (reverse) becomes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hairpin: Option<IpAddr>,
+    /// The service's name, as the caller found it for the frontend's id.
     pub service: String,
     /// Forward entries only: reverse entries are not refreshed (LRU keeps
     /// them by use), so their timestamp says nothing.
@@ -302,6 +361,9 @@ pub struct NatRecord {
 }
 
 impl NatRecord {
+    /// The record of `t`, of service `service` (by
+    /// [`names`](crate::service::names)), its idle time as of `now_ns`
+    /// ([`monotonic_ns`]).
     pub fn new(t: &Translation, service: String, now_ns: u64) -> NatRecord {
         NatRecord {
             direction: if t.forward { "forward" } else { "reverse" },
@@ -323,15 +385,21 @@ impl NatRecord {
 pub struct Translation {
     /// Forward (client -> frontend) or reverse (backend -> client).
     pub forward: bool,
+    /// IP protocol number.
     pub proto: u8,
     /// The packet as it arrives.
     pub src: SocketAddr,
+    /// The packet's destination as it arrives.
     pub dst: SocketAddr,
     /// What its destination (forward) or source (reverse) becomes.
     pub translated: SocketAddr,
     /// Hairpin: what the source (forward) or destination (reverse) becomes.
     pub hairpin: Option<IpAddr>,
+    /// The frontend's number, which [`names`](crate::service::names) maps
+    /// to its service's name.
     pub svc_id: u32,
+    /// Forward: when a packet last used it, on the flow clock; reverse:
+    /// when it was written.
     pub last_seen_ns: u64,
 }
 
@@ -396,7 +464,12 @@ impl From<(NatKey6, NatEntry6)> for Translation {
     }
 }
 
-/// Every service translation, of both families.
+/// Every service translation, of both families; entries that cannot be
+/// read, as one evicted meanwhile, are left out.
+///
+/// # Errors
+///
+/// [`DataplaneError::Map`] naming `nat` or `nat6` when it cannot be opened.
 pub fn nat(root: &Path) -> Result<Vec<Translation>, DataplaneError> {
     let v4 = maps::nat(root)?;
     let v6 = maps::nat6(root)?;
@@ -408,13 +481,22 @@ pub fn nat(root: &Path) -> Result<Vec<Translation>, DataplaneError> {
         .collect())
 }
 
+/// A flow event as `margayctl` shows it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct FlowRecord {
+    /// The interface the packet was seen on.
     pub ifindex: u32,
+    /// `from-pod` or `to-pod`.
     pub direction: &'static str,
+    /// The reason's name ([`DROP_REASONS`]): `allowed` for a traced
+    /// verdict, else why it was dropped; `?` for a reason this build does
+    /// not know.
     pub verdict: &'static str,
+    /// IP protocol number.
     pub protocol: u8,
+    /// The packet's source, `address:port`.
     pub src: String,
+    /// The packet's destination, `address:port`.
     pub dst: String,
     /// A policy drop: who denied it, `no policy allows` when no rule did.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -490,6 +572,26 @@ impl FlowRecord {
 
 /// Reads flow events as they come, calling `each` for every one, until
 /// `each` returns false or `timeout` (if any) passes without an event.
+/// Events too short to be one are skipped.
+///
+/// ```no_run
+/// # use std::time::Duration;
+/// # use margay_ebpf::inspect;
+/// // The next 100 policy drops, or fewer if the ring is quiet for 10 s.
+/// let mut denied = Vec::new();
+/// inspect::follow_events("/sys/fs/bpf/margay".as_ref(), Some(Duration::from_secs(10)), |r| {
+///     if r.denied_by.is_some() {
+///         denied.push(r);
+///     }
+///     denied.len() < 100
+/// })?;
+/// # Ok::<(), margay_ebpf::DataplaneError>(())
+/// ```
+///
+/// # Errors
+///
+/// [`DataplaneError::Map`] naming `flow_events` or `policy_sources` when it
+/// cannot be opened, or `flow_events` when waiting on the ring fails.
 pub fn follow_events(
     root: &Path,
     timeout: Option<Duration>,

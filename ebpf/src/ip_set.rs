@@ -31,19 +31,31 @@ use crate::error::DataplaneError;
 use crate::maps::{self, Layout};
 use crate::paths::map_path;
 
+/// Why the node's sets could not be read or changed. [`IpSetError::Invalid`]
+/// and [`IpSetError::Full`] are found before anything is written.
 #[derive(Debug, thiserror::Error)]
 pub enum IpSetError {
+    /// A set is refused by `margay_model::ip_set::validate` (its name, or
+    /// a member's port); nothing was written.
     #[error(transparent)]
     Invalid(#[from] SetError),
+    /// A trie cannot hold the sets (`bpf_ip_set_entries` is too small);
+    /// nothing was written.
     #[error(
         "map {map} is too small: the sets need {needed} entries and it holds {capacity} \
          (nothing was changed; raise bpf_ip_set_entries)"
     )]
     Full {
+        /// The trie, `ip_sets` or `ip_sets6`.
         map: &'static str,
+        /// Entries it would hold: those held and those added, before any
+        /// is taken out.
         needed: usize,
+        /// Entries it holds at most.
         capacity: u32,
     },
+    /// A map could not be opened, read or written, or `ip_set_names` has no
+    /// number left; members written before stay.
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
 }
@@ -51,8 +63,11 @@ pub enum IpSetError {
 /// What [`IpSetTable::apply`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct SetsReport {
+    /// Sets that got a number: new on this node.
     pub sets_added: usize,
+    /// Members written into the tries, over all sets.
     pub members_added: usize,
+    /// Members taken out of the tries, over all sets.
     pub members_removed: usize,
 }
 
@@ -247,6 +262,12 @@ pub struct IpSetTable {
 
 impl IpSetTable {
     /// Opens the sets of `root` and reads what they hold.
+    ///
+    /// # Errors
+    ///
+    /// [`IpSetError::Dataplane`] with [`DataplaneError::Map`] naming
+    /// `ip_sets`, `ip_sets6` or `ip_set_names` when it cannot be opened or
+    /// read.
     pub fn open(root: &Path) -> Result<IpSetTable, IpSetError> {
         let v4 = maps::ip_sets(root)?;
         let v6 = maps::ip_sets6(root)?;
@@ -273,7 +294,8 @@ impl IpSetTable {
         })
     }
 
-    /// The number rules name set `name` by, once applied.
+    /// The number rules name set `name` by, once applied; `None` for a set
+    /// this node does not hold.
     pub fn id(&self, name: &str) -> Option<u32> {
         self.names.get(name)
     }
@@ -284,6 +306,15 @@ impl IpSetTable {
     /// it. Sets not in `sets` stay until [`IpSetTable::retire`] (rules may
     /// still name them). Checks capacity first and writes nothing when the
     /// tries are too small.
+    ///
+    /// # Errors
+    ///
+    /// [`IpSetError::Invalid`] when a set is refused;
+    /// [`IpSetError::Full`] when a trie cannot take the members added;
+    /// [`IpSetError::Dataplane`] with [`DataplaneError::Map`] naming
+    /// `ip_sets` or `ip_sets6` when its capacity cannot be read or a member
+    /// written or removed, or `ip_set_names` when a new set's number cannot
+    /// be recorded or none is left.
     pub fn apply(&mut self, sets: &IpSets) -> Result<SetsReport, IpSetError> {
         model::validate(sets)?;
         let empty = BTreeSet::new();
@@ -332,7 +363,15 @@ impl IpSetTable {
         Ok(report)
     }
 
-    /// Removes every set whose name `keep` refuses, members and number.
+    /// Removes every set whose name `keep` refuses, members and number;
+    /// returns how many. Only for sets no rule names any more: a rule
+    /// naming a removed set's number matches no peer.
+    ///
+    /// # Errors
+    ///
+    /// [`IpSetError::Dataplane`] with [`DataplaneError::Map`] naming
+    /// `ip_sets`, `ip_sets6` or `ip_set_names` when a member or name cannot
+    /// be removed; sets removed before stay removed.
     pub fn retire(&mut self, keep: &dyn Fn(&str) -> bool) -> Result<usize, IpSetError> {
         let gone: Vec<(String, u32)> = self
             .names
@@ -349,7 +388,8 @@ impl IpSetTable {
         Ok(gone.len())
     }
 
-    /// Every set, by name, as the tries hold it.
+    /// Every set, by name, as the tries hold it (as of this table's last
+    /// read or write).
     pub fn sets(&self) -> IpSets {
         self.names
             .names()

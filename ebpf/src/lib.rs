@@ -9,6 +9,7 @@
 //! Cluster features:
 //! - [`registry`]: endpoint entries an ADD writes and a DEL removes;
 //! - [`policy`]: an endpoint's rules compiled into the programs' form;
+//! - [`ip_set`]: the named address sets policy rules match peers against;
 //! - [`service`]: services (frontends and backends) synced into the maps;
 //! - [`nodeport`]: the data interfaces and addresses NodePorts answer on;
 //! - [`cluster`]: the tunnel to other nodes, where their pods are, the routes;
@@ -18,11 +19,17 @@
 //! Kernel objects:
 //! - [`node`]: loading, pinning, upgrading, attaching, detaching;
 //! - [`maps`]: typed handles on the pinned maps and their layouts;
-//! - [`link`]: pinned cgroup links (what aya does not expose);
+//! - `link` (private): pinned cgroup links (what aya does not expose);
 //! - [`paths`]: where a BPF root keeps its pins and locks;
 //! - [`abi`]: Rust mirrors of `bpf/abi.h`;
 //! - [`object`]: the compiled programs, embedded;
 //! - [`bpffs`]: the filesystem pins live on.
+//!
+//! Every failure is a [`DataplaneError`] (or a feature's own error wrapping
+//! one) naming the object at fault, with its cause kept: [`error`].
+
+#![warn(missing_docs)]
+#![warn(clippy::missing_errors_doc)]
 
 pub mod abi;
 pub mod bpffs;

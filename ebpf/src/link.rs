@@ -50,6 +50,7 @@ pub fn open_pinned(pin: &Path) -> std::io::Result<OwnedFd> {
 /// What a cgroup link runs and where.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CgroupLink {
+    /// The program it runs.
     pub program_id: u32,
     /// The cgroup's id: its directory's inode number on cgroup v2.
     pub cgroup_id: u64,

@@ -85,73 +85,209 @@ fn open(root: &Path, name: &str) -> Result<Map, DataplaneError> {
     Map::from_map_data(data).map_err(|e| DataplaneError::map(name, e))
 }
 
+/// Map `endpoints`: the registered pods ([`Endpoint`]) by host veth ifindex.
 pub type Endpoints = HashMap<MapData, u32, Endpoint>;
+/// Map `endpoints6`: pods' IPv6 addresses ([`Endpoint6`]) by host veth
+/// ifindex.
 pub type Endpoints6 = HashMap<MapData, u32, Endpoint6>;
+/// Map `endpoints_by_ip`: a local pod's IPv4 address (network order) to
+/// its host veth's ifindex, where packets to it are delivered.
 pub type EndpointsByIp = HashMap<MapData, [u8; 4], u32>;
+/// Map `policies`: each endpoint direction's IPv4 rules; an entry is what
+/// gives the direction a policy.
 pub type Policies = HashMap<MapData, PolicyKey, Policy>;
+/// Map `policies6`: the IPv6 rules of the directions that have a policy.
 pub type Policies6 = HashMap<MapData, PolicyKey, Policy6>;
+/// Map `conntrack` (LRU): the endpoints' IPv4 flows.
 pub type Conntrack = HashMap<MapData, CtKey, CtEntry>;
+/// Map `conntrack6` (LRU): the endpoints' IPv6 flows, with the same entries.
 pub type Conntrack6 = HashMap<MapData, CtKey6, CtEntry>;
+/// Map `counters`: per-CPU [`Counters`] by slot (0: the node's).
 pub type CountersMap = PerCpuArray<MapData, Counters>;
+/// Map `counter_slots`: which endpoint (ifindex) holds each counters slot,
+/// so that no two share one.
 pub type CounterSlots = HashMap<MapData, u32, u32>;
+/// Map `svc_filter`: its one [`SvcFilter`], at index 0.
 pub type SvcFilterMap = aya::maps::Array<MapData, SvcFilter>;
+/// Map `config`: its one [`Config`], at index 0.
 pub type ConfigMap = aya::maps::Array<MapData, Config>;
+/// Map `svc_frontends`: the IPv4 service frontends.
 pub type Frontends = HashMap<MapData, SvcKey, SvcValue>;
+/// Map `svc_backends`: IPv4 backends by slot.
 pub type Backends = HashMap<MapData, BackendKey, Backend>;
+/// Map `svc_frontends6`: the IPv6 service frontends.
 pub type Frontends6 = HashMap<MapData, SvcKey6, SvcValue>;
+/// Map `svc_backends6`: IPv6 backends by slot.
 pub type Backends6 = HashMap<MapData, BackendKey, Backend6>;
+/// Map `svc_meta`: frontends' service names by [`SvcValue::id`].
 pub type ServiceNames = HashMap<MapData, u32, SvcMeta>;
+/// Map `nat` (LRU): the translations of IPv4 service flows.
 pub type Nat = HashMap<MapData, NatKey, NatEntry>;
+/// Map `nat6` (LRU): the translations of IPv6 service flows.
 pub type Nat6 = HashMap<MapData, NatKey6, NatEntry6>;
+/// Map `node_addrs`: the node's IPv4 addresses NodePorts answer on, each
+/// to the ifindex of the data interface it is on.
 pub type NodeAddrs = HashMap<MapData, [u8; 4], u32>;
+/// Map `node_addrs6`: the same for the node's IPv6 addresses.
 pub type NodeAddrs6 = HashMap<MapData, [u8; 16], u32>;
+/// Map `peer_addrs6`: a peer's IPv6 address on the nodes' network, by its
+/// IPv4 address ([`Peer::node`]).
 pub type PeerAddrs6 = HashMap<MapData, [u8; 4], [u8; 16]>;
+/// Map `node_config`: its one [`NodeConfig`], at index 0.
 pub type NodeConfigMap = aya::maps::Array<MapData, NodeConfig>;
+/// Map `node_peers` (LPM trie): other nodes' IPv4 pod CIDRs, to the node.
 pub type NodePeers = aya::maps::lpm_trie::LpmTrie<MapData, [u8; 4], Peer>;
+/// Map `node_peers6` (LPM trie): other nodes' IPv6 pod CIDRs, to the node.
 pub type NodePeers6 = aya::maps::lpm_trie::LpmTrie<MapData, [u8; 16], Peer>;
+/// Map `ip_sets` (LPM trie): the IPv4 members of the policy peer sets,
+/// each [`IP_SET_MEMBER`](crate::abi::IP_SET_MEMBER) or
+/// [`IP_SET_EXCEPT`](crate::abi::IP_SET_EXCEPT).
 pub type IpSets = aya::maps::lpm_trie::LpmTrie<MapData, IpSetData, u32>;
+/// Map `ip_sets6` (LPM trie): the IPv6 members of the policy peer sets.
 pub type IpSets6 = aya::maps::lpm_trie::LpmTrie<MapData, IpSetData6, u32>;
+/// Maps `ip_set_names` and `policy_sources`: names by number.
 pub type Names = HashMap<MapData, u32, NameRecord>;
+/// Map `policy_hits`: per CPU, how many new flows each rule source's rules
+/// decided, by source number.
 pub type PolicyHits = PerCpuArray<MapData, u64>;
 
+/// A function opening one pinned map as its type, documented by the
+/// attributes given before its name.
 macro_rules! opener {
-    ($fn:ident, $ty:ty, $name:literal) => {
+    ($(#[$doc:meta])* $fn:ident, $ty:ty, $name:literal) => {
+        $(#[$doc])*
+        ///
+        /// # Errors
+        ///
+        #[doc = concat!(
+            "[`DataplaneError::Map`] naming `", $name, "` when its pin under `root` ",
+            "cannot be opened (nothing loaded there, or no permission) or is not ",
+            "a map of this type, key and value size."
+        )]
         pub fn $fn(root: &Path) -> Result<$ty, DataplaneError> {
             <$ty>::try_from(open(root, $name)?).map_err(|e| DataplaneError::map($name, e))
         }
     };
 }
 
-opener!(endpoints, Endpoints, "endpoints");
-opener!(endpoints6, Endpoints6, "endpoints6");
-opener!(endpoints_by_ip, EndpointsByIp, "endpoints_by_ip");
-opener!(policies, Policies, "policies");
-opener!(policies6, Policies6, "policies6");
-opener!(conntrack, Conntrack, "conntrack");
-opener!(conntrack6, Conntrack6, "conntrack6");
-opener!(counters, CountersMap, "counters");
-opener!(counter_slots, CounterSlots, "counter_slots");
-opener!(svc_filter, SvcFilterMap, "svc_filter");
-opener!(config, ConfigMap, "config");
-opener!(flow_events, RingBuf<MapData>, "flow_events");
-opener!(frontends, Frontends, "svc_frontends");
-opener!(backends, Backends, "svc_backends");
-opener!(frontends6, Frontends6, "svc_frontends6");
-opener!(backends6, Backends6, "svc_backends6");
-opener!(service_names, ServiceNames, "svc_meta");
-opener!(nat, Nat, "nat");
-opener!(nat6, Nat6, "nat6");
-opener!(node_addrs, NodeAddrs, "node_addrs");
-opener!(node_addrs6, NodeAddrs6, "node_addrs6");
-opener!(node_config, NodeConfigMap, "node_config");
-opener!(ip_sets, IpSets, "ip_sets");
-opener!(ip_sets6, IpSets6, "ip_sets6");
-opener!(ip_set_names, Names, "ip_set_names");
-opener!(policy_sources, Names, "policy_sources");
-opener!(policy_hits, PolicyHits, "policy_hits");
+opener!(
+    /// Opens [`Endpoints`], the registered pods.
+    endpoints, Endpoints, "endpoints"
+);
+opener!(
+    /// Opens [`Endpoints6`], the pods' IPv6 addresses.
+    endpoints6, Endpoints6, "endpoints6"
+);
+opener!(
+    /// Opens [`EndpointsByIp`], local pods by IPv4 address.
+    endpoints_by_ip, EndpointsByIp, "endpoints_by_ip"
+);
+opener!(
+    /// Opens [`Policies`], the endpoints' IPv4 rules.
+    policies, Policies, "policies"
+);
+opener!(
+    /// Opens [`Policies6`], the endpoints' IPv6 rules.
+    policies6, Policies6, "policies6"
+);
+opener!(
+    /// Opens [`Conntrack`], the IPv4 flows.
+    conntrack, Conntrack, "conntrack"
+);
+opener!(
+    /// Opens [`Conntrack6`], the IPv6 flows.
+    conntrack6, Conntrack6, "conntrack6"
+);
+opener!(
+    /// Opens [`CountersMap`], the per-CPU counters.
+    counters, CountersMap, "counters"
+);
+opener!(
+    /// Opens [`CounterSlots`], which endpoint holds which counters slot.
+    counter_slots, CounterSlots, "counter_slots"
+);
+opener!(
+    /// Opens [`SvcFilterMap`]; write it with [`write_svc_filter`].
+    svc_filter, SvcFilterMap, "svc_filter"
+);
+opener!(
+    /// Opens [`ConfigMap`], the programs' settings.
+    config, ConfigMap, "config"
+);
+opener!(
+    /// Opens the flow-event ring (`flow_events`), which
+    /// [`follow_events`](crate::inspect::follow_events) reads.
+    flow_events, RingBuf<MapData>, "flow_events"
+);
+opener!(
+    /// Opens [`Frontends`], the IPv4 service frontends.
+    frontends, Frontends, "svc_frontends"
+);
+opener!(
+    /// Opens [`Backends`], the IPv4 backend slots.
+    backends, Backends, "svc_backends"
+);
+opener!(
+    /// Opens [`Frontends6`], the IPv6 service frontends.
+    frontends6, Frontends6, "svc_frontends6"
+);
+opener!(
+    /// Opens [`Backends6`], the IPv6 backend slots.
+    backends6, Backends6, "svc_backends6"
+);
+opener!(
+    /// Opens [`ServiceNames`] (map `svc_meta`).
+    service_names, ServiceNames, "svc_meta"
+);
+opener!(
+    /// Opens [`Nat`], the IPv4 service translations.
+    nat, Nat, "nat"
+);
+opener!(
+    /// Opens [`Nat6`], the IPv6 service translations.
+    nat6, Nat6, "nat6"
+);
+opener!(
+    /// Opens [`NodeAddrs`], the node's IPv4 NodePort addresses.
+    node_addrs, NodeAddrs, "node_addrs"
+);
+opener!(
+    /// Opens [`NodeAddrs6`], the node's IPv6 NodePort addresses.
+    node_addrs6, NodeAddrs6, "node_addrs6"
+);
+opener!(
+    /// Opens [`NodeConfigMap`]; change it with [`update_node_config`].
+    node_config, NodeConfigMap, "node_config"
+);
+opener!(
+    /// Opens [`IpSets`], the IPv4 set members.
+    ip_sets, IpSets, "ip_sets"
+);
+opener!(
+    /// Opens [`IpSets6`], the IPv6 set members.
+    ip_sets6, IpSets6, "ip_sets6"
+);
+opener!(
+    /// Opens map `ip_set_names` ([`Names`]): the sets' names by number.
+    ip_set_names, Names, "ip_set_names"
+);
+opener!(
+    /// Opens map `policy_sources` ([`Names`]): rule sources' names by number.
+    policy_sources, Names, "policy_sources"
+);
+opener!(
+    /// Opens [`PolicyHits`], new flows decided by each rule source.
+    policy_hits, PolicyHits, "policy_hits"
+);
 
 /// Changes the node settings the programs read with `change`, keeping the
-/// rest (the tunnel's and the host sockets' parts are set apart).
+/// rest (the tunnel's and the host sockets' parts are set apart). Nothing
+/// is written when `change` changes nothing.
+///
+/// # Errors
+///
+/// [`DataplaneError::Map`] naming `node_config` when it cannot be opened,
+/// read or written.
 pub fn update_node_config(
     root: &Path,
     change: impl FnOnce(&mut NodeConfig),
@@ -166,11 +302,24 @@ pub fn update_node_config(
     }
     Ok(())
 }
-opener!(node_peers, NodePeers, "node_peers");
-opener!(node_peers6, NodePeers6, "node_peers6");
-opener!(peer_addrs6, PeerAddrs6, "peer_addrs6");
+opener!(
+    /// Opens [`NodePeers`], other nodes' IPv4 pod CIDRs.
+    node_peers, NodePeers, "node_peers"
+);
+opener!(
+    /// Opens [`NodePeers6`], other nodes' IPv6 pod CIDRs.
+    node_peers6, NodePeers6, "node_peers6"
+);
+opener!(
+    /// Opens [`PeerAddrs6`], the peers' IPv6 addresses.
+    peer_addrs6, PeerAddrs6, "peer_addrs6"
+);
 
-/// Every value of `map`, pinned as `name`.
+/// Every value of `map`, pinned as `name` (which errors name).
+///
+/// # Errors
+///
+/// [`DataplaneError::Map`] naming `name` when an entry cannot be read.
 pub fn values<K: Pod, V: Pod>(
     map: &HashMap<MapData, K, V>,
     name: &str,
@@ -182,6 +331,11 @@ pub fn values<K: Pod, V: Pod>(
 
 /// Writes the frontend filter. Readers may see a mix of the old and the new
 /// words, so a bit set in both stays set throughout.
+///
+/// # Errors
+///
+/// [`DataplaneError::Map`] naming `svc_filter` when it cannot be opened or
+/// written.
 pub fn write_svc_filter(root: &Path, filter: &SvcFilter) -> Result<(), DataplaneError> {
     svc_filter(root)?
         .set(0, *filter, 0)
@@ -191,6 +345,11 @@ pub fn write_svc_filter(root: &Path, filter: &SvcFilter) -> Result<(), Dataplane
 /// Sets the frontend filter from the frontends the maps hold: the loader
 /// does it for a new filter map before any program reads it (the caller
 /// holds the node lock).
+///
+/// # Errors
+///
+/// [`DataplaneError::Map`] naming `svc_frontends` or `svc_frontends6` when
+/// its keys cannot be read, or `svc_filter` when it cannot be written.
 pub fn rebuild_svc_filter(root: &Path) -> Result<(), DataplaneError> {
     let keys = frontends(root)?
         .keys()
@@ -208,14 +367,27 @@ pub fn rebuild_svc_filter(root: &Path) -> Result<(), DataplaneError> {
 /// built against one definition to use a map made from another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
+    /// `BPF_MAP_TYPE_*`; `u32::MAX` for a type aya does not know.
     pub map_type: u32,
+    /// Key size, in bytes.
     pub key_size: u32,
+    /// Value size, in bytes: what grows when a record gains a field.
     pub value_size: u32,
+    /// Capacity: what the settings may change, a durable map's entries
+    /// being copied into the new one.
     pub max_entries: u32,
+    /// `BPF_F_*` map flags.
     pub flags: u32,
 }
 
 impl Layout {
+    /// The layout of the map pinned at `path`, to compare with this
+    /// build's before the pin is reused.
+    ///
+    /// # Errors
+    ///
+    /// [`DataplaneError::Map`] naming `path` when nothing is pinned there or
+    /// it is not a map.
     pub fn of_pin(path: &Path) -> Result<Layout, DataplaneError> {
         let info = MapInfo::from_pin(path)
             .map_err(|e| DataplaneError::map(&path.display().to_string(), e))?;

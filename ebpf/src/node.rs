@@ -195,10 +195,24 @@ fn remove_pin(path: &Path) -> Result<(), DataplaneError> {
 
 impl Node {
     /// Opens the dataplane pinned at `root`. When this build's programs are
-    /// not pinned there yet (first use, an upgrade, a changed conntrack
-    /// size) they are loaded and pinned under a node-wide lock, and running
+    /// not pinned there yet (first use, an upgrade, a changed map size)
+    /// they are loaded and pinned under a node-wide lock, and running
     /// endpoints are moved onto them; otherwise nothing is loaded or
     /// verified: an ADD only opens pins.
+    ///
+    /// # Errors
+    ///
+    /// [`DataplaneError::Bpffs`] or [`DataplaneError::Root`] when `root`
+    /// cannot hold pins; [`DataplaneError::Lock`] when the node lock is not
+    /// had within 60 s. Loading: [`DataplaneError::Object`] when the
+    /// embedded object lacks a map or program; [`DataplaneError::IncompatibleMap`]
+    /// when a durable map's records changed; [`DataplaneError::Load`] when
+    /// the kernel refuses the programs (pinned maps set aside are put
+    /// back); [`DataplaneError::Pin`] when a pin cannot be made, moved or
+    /// removed; [`DataplaneError::Map`] when the `config` map cannot be
+    /// read or written or a map's entries cannot be carried over or filled
+    /// in; [`DataplaneError::Attach`] when a running interface cannot be
+    /// moved onto the new programs.
     pub fn open(root: &Path, settings: &Settings) -> Result<Node, DataplaneError> {
         bpffs::ensure_root(root)?;
         if let Some(node) = Self::open_pinned(root, settings)? {
@@ -219,6 +233,10 @@ impl Node {
     /// The programs pinned at `root`, whatever settings they were loaded
     /// with (for operators' tools, which do not know the network
     /// configuration and must not reload anything).
+    ///
+    /// # Errors
+    ///
+    /// [`DataplaneError::Root`] when a program is not pinned under `root`.
     pub fn open_pinned_as_is(root: &Path) -> Result<Node, DataplaneError> {
         Ok(Node {
             root: root.to_owned(),
@@ -266,6 +284,12 @@ impl Node {
     /// clsact qdisc; one already there is fine). A filter of ours already
     /// there is replaced atomically, so a retried ADD or an upgrade never
     /// leaves the interface without a program.
+    ///
+    /// # Errors
+    ///
+    /// [`DataplaneError::Attach`] naming the program when its pin cannot be
+    /// opened or its filter cannot be added, or naming `clsact` when
+    /// `ifname` does not exist or its clsact qdisc cannot be created.
     pub fn attach(&mut self, ifname: &str) -> Result<(), DataplaneError> {
         self.attach_pinned(ENDPOINT, ifname)
     }
@@ -295,6 +319,11 @@ impl Node {
 
     /// Removes the endpoint's filters when its interface still exists
     /// (when it is gone, they went with it).
+    ///
+    /// # Errors
+    ///
+    /// [`DataplaneError::Attach`] naming the program when its filter is
+    /// there and cannot be removed.
     pub fn detach(ifname: &str) -> Result<(), DataplaneError> {
         for program in PROGRAMS {
             detach_program(program, ifname)?;
@@ -303,11 +332,22 @@ impl Node {
     }
 
     /// Takes `from_net` off the data interface `ifname`, when both exist.
+    ///
+    /// # Errors
+    ///
+    /// [`DataplaneError::Attach`] naming `from_net` when its filter is
+    /// there and cannot be removed.
     pub fn detach_data_iface(ifname: &str) -> Result<(), DataplaneError> {
         detach_program(DATA_IFACE_PROGRAM, ifname)
     }
 
-    /// Verifies that both programs of this node are attached to `ifname`.
+    /// Verifies that both programs of this node are attached to `ifname`:
+    /// this node's, not an older build's left on it.
+    ///
+    /// # Errors
+    ///
+    /// [`DataplaneError::NotAttached`] naming the first program missing
+    /// (all are, when the interface or its qdisc is gone or cannot be read).
     pub fn verify_attached(&self, ifname: &str) -> Result<(), DataplaneError> {
         for (prog, (name, kind)) in self.programs[ENDPOINT].iter().zip(PROGRAMS) {
             if !attached(ifname, kind).contains(&prog.id()) {
@@ -330,11 +370,23 @@ impl Node {
 
     /// Puts `from_net` on the data interface `ifname` (the NodePort
     /// addresses on it are recorded above, by `nodeport`).
+    ///
+    /// # Errors
+    ///
+    /// [`DataplaneError::Attach`] naming the program when its pin cannot be
+    /// opened or its filter cannot be added, or naming `clsact` when
+    /// `ifname` does not exist or its clsact qdisc cannot be created.
     pub fn attach_data_iface(&mut self, ifname: &str) -> Result<(), DataplaneError> {
         self.attach_pinned(DATA_IFACE, ifname)
     }
 
     /// Puts `from_tunnel` on the node's tunnel device `ifname`.
+    ///
+    /// # Errors
+    ///
+    /// [`DataplaneError::Attach`] naming the program when its pin cannot be
+    /// opened or its filter cannot be added, or naming `clsact` when
+    /// `ifname` does not exist or its clsact qdisc cannot be created.
     pub fn attach_tunnel(&mut self, ifname: &str) -> Result<(), DataplaneError> {
         self.attach_pinned(TUNNEL, ifname)
     }

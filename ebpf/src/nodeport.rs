@@ -17,7 +17,9 @@ use crate::node::{DATA_IFACE_PROGRAM, Node};
 /// A NodePort address of the node and the data interface it is on.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub struct DataIface {
+    /// The address NodePorts answer on.
     pub address: IpAddr,
+    /// The data interface it was recorded with (`from_net` runs there).
     pub ifindex: u32,
     /// None when the interface is gone.
     pub ifname: Option<String>,
@@ -29,9 +31,12 @@ pub struct DataIface {
 /// addresses.
 ///
 /// # Errors
-/// [`DataplaneError::Attach`] when the interface does not exist or has no
-/// address a NodePort could answer on (IPv4, or IPv6 beyond link-local);
-/// a map error when the addresses cannot be recorded.
+///
+/// [`DataplaneError::Attach`] when the interface does not exist, its
+/// addresses cannot be listed, it has no address a NodePort could answer
+/// on (IPv4, or IPv6 beyond link-local), or `from_net` cannot be put on
+/// it; [`DataplaneError::Map`] naming `node_addrs` or `node_addrs6` when
+/// the addresses cannot be recorded.
 pub fn attach(node: &mut Node, root: &Path, ifname: &str) -> Result<Vec<IpAddr>, DataplaneError> {
     let ifindex = nix::net::if_::if_nametoindex(ifname).map_err(|e| DataplaneError::Attach {
         program: DATA_IFACE_PROGRAM.0,
@@ -64,7 +69,11 @@ pub fn attach(node: &mut Node, root: &Path, ifname: &str) -> Result<Vec<IpAddr>,
 /// Takes `from_net` off `ifname` and forgets its NodePort addresses.
 ///
 /// # Errors
-/// When the program cannot be detached or the maps cannot be opened.
+///
+/// [`DataplaneError::Attach`] when `from_net` cannot be taken off (an
+/// interface or filter already gone is not an error);
+/// [`DataplaneError::Map`] naming `node_addrs` or `node_addrs6` when it
+/// cannot be opened or an address removed.
 pub fn detach(root: &Path, ifname: &str) -> Result<(), DataplaneError> {
     Node::detach_data_iface(ifname)?;
     let ifindex = nix::net::if_::if_nametoindex(ifname).ok();
@@ -79,7 +88,9 @@ pub fn detach(root: &Path, ifname: &str) -> Result<(), DataplaneError> {
 /// The node's data interfaces and NodePort addresses, IPv4's first.
 ///
 /// # Errors
-/// When a map cannot be opened or read.
+///
+/// [`DataplaneError::Map`] naming `node_addrs` or `node_addrs6` when it
+/// cannot be opened or read.
 pub fn data_ifaces(root: &Path) -> Result<Vec<DataIface>, DataplaneError> {
     let v4 = recorded(&maps::node_addrs(root)?, "node_addrs")?;
     let v6 = recorded(&maps::node_addrs6(root)?, "node_addrs6")?;
@@ -171,19 +182,23 @@ pub enum DataIfacesError {
     /// `from_net` could not be attached, or the addresses recorded.
     #[error("{source}")]
     Iface {
+        /// The interface that failed.
         ifname: String,
+        /// [`attach`]'s error.
         #[source]
         source: DataplaneError,
     },
     /// The tunnel to other nodes could not be set up.
     #[error("{source}")]
     Tunnel {
+        /// [`setup_tunnel`](crate::cluster::setup_tunnel)'s error.
         #[source]
         source: DataplaneError,
     },
     /// The NodePorts of services already applied could not be opened.
     #[error("{source}")]
     NodePorts {
+        /// [`refresh_node_ports`](crate::service::refresh_node_ports)'s error.
         #[source]
         source: crate::service::ServiceError,
     },
@@ -205,8 +220,11 @@ pub enum DataIfacesError {
 /// ```
 ///
 /// # Errors
-/// [`DataIfacesError`], naming the step and (for [`attach`]) the
-/// interface; the interfaces attached before a failure stay attached.
+///
+/// [`DataIfacesError::Iface`] when [`attach`] fails on an interface (the
+/// ones before it stay attached); [`DataIfacesError::Tunnel`] when the
+/// tunnel cannot be set up; [`DataIfacesError::NodePorts`] when the
+/// NodePorts of applied services cannot be opened on the new addresses.
 pub fn attach_data_ifaces(
     node: &mut Node,
     root: &Path,

@@ -21,27 +21,43 @@ use crate::error::DataplaneError;
 use crate::ip_set::{IpSetTable, NameTable};
 use crate::maps;
 
+/// Why a direction's rules cannot be put in the programs' form, naming
+/// the direction (`ingress`, `egress`) and, for one rule, its index there.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PolicyError {
+    /// A rule is refused by `margay_model::policy::Rule::check` (ports
+    /// without TCP or UDP, a CIDR and a set, a bad set name or source).
     #[error(transparent)]
     Invalid(#[from] RuleError),
+    /// A family's list would hold more than [`MAX_POLICY_RULES`] rules (a
+    /// rule without a CIDR is in both lists).
     #[error("{direction}: {count} rules, at most {MAX_POLICY_RULES} are supported")]
     TooManyRules {
+        /// `ingress` or `egress`.
         direction: &'static str,
+        /// The direction's rules, as given.
         count: usize,
     },
     /// A rule names a set the node does not hold (apply the sets first):
     /// refused, never read as "any address".
     #[error("{direction}[{index}]: set {set:?} is not applied on this node")]
     UnknownSet {
+        /// `ingress` or `egress`.
         direction: &'static str,
+        /// The rule's index in its direction.
         index: usize,
+        /// The set's name.
         set: String,
     },
+    /// A rule's source could not be given a number in `policy_sources`
+    /// (the map is full, or cannot be written).
     #[error("{direction}[{index}]: recording its source: {error}")]
     Source {
+        /// `ingress` or `egress`.
         direction: &'static str,
+        /// The rule's index in its direction.
         index: usize,
+        /// The map's error, as text.
         error: String,
     },
 }
@@ -49,7 +65,11 @@ pub enum PolicyError {
 /// The numbers rules name sets and sources by: the node's sets, and its
 /// sources (handed out as rules name them).
 pub struct RuleNumbers<'a> {
+    /// The node's sets, which a rule's set is numbered by; `None` refuses
+    /// every rule with a set ([`PolicyError::UnknownSet`]).
     pub sets: Option<&'a IpSetTable>,
+    /// The rule sources, numbered as rules name them; `None` keeps no
+    /// source (rules are written with source 0).
     pub sources: Option<&'a mut SourceTable>,
 }
 
@@ -98,12 +118,19 @@ impl RuleNumbers<'_> {
 /// What set and source numbers stand for, for showing rules.
 #[derive(Debug, Default)]
 pub struct RuleNames {
+    /// Sets' names by number (`ip_set_names`).
     pub sets: HashMap<u32, String>,
+    /// Rule sources' names by number (`policy_sources`).
     pub sources: HashMap<u32, String>,
 }
 
 impl RuleNames {
     /// The node's.
+    ///
+    /// # Errors
+    ///
+    /// [`DataplaneError::Map`] naming `ip_set_names` or `policy_sources`
+    /// when it cannot be opened or read.
     pub fn read(root: &Path) -> Result<RuleNames, DataplaneError> {
         let read = |map: maps::Names,
                     name: &'static str|
@@ -142,6 +169,13 @@ pub struct SourceTable {
 }
 
 impl SourceTable {
+    /// Opens the rule sources of `root` and reads their numbers, so that a
+    /// source keeps its number across writers.
+    ///
+    /// # Errors
+    ///
+    /// [`DataplaneError::Map`] naming `policy_sources` when it cannot be
+    /// opened or read.
     pub fn open(root: &Path) -> Result<SourceTable, DataplaneError> {
         Ok(SourceTable {
             names: NameTable::open(
@@ -152,7 +186,14 @@ impl SourceTable {
         })
     }
 
-    /// Forgets every source whose name `keep` refuses.
+    /// Forgets every source whose name `keep` refuses; returns how many.
+    /// Their numbers may be handed out again, so only for sources no rule
+    /// names any more.
+    ///
+    /// # Errors
+    ///
+    /// [`DataplaneError::Map`] naming `policy_sources` when a name cannot be
+    /// removed; those removed before stay removed.
     pub fn retire(&mut self, keep: &dyn Fn(&str) -> bool) -> Result<usize, DataplaneError> {
         let gone: Vec<String> = self
             .names
@@ -168,8 +209,16 @@ impl SourceTable {
 }
 
 /// The programs' form of one direction's rules: its IPv4 and its IPv6
-/// list. A rule with a set or a source is numbered by `numbers`; one with
-/// a set is in both lists, as the set may hold both families.
+/// list. A rule with a set, or with a source and no CIDR, is numbered by
+/// `numbers` and is in both lists, as the set may hold both families (a
+/// CIDR rule's source is not kept: its form has no room for it).
+///
+/// # Errors
+///
+/// [`PolicyError::Invalid`] when a rule is refused by its check;
+/// [`PolicyError::TooManyRules`] when a family's list would overflow;
+/// [`PolicyError::UnknownSet`] when a rule names a set `numbers` does not
+/// hold; [`PolicyError::Source`] when a source cannot be numbered.
 pub fn compile(
     direction: &'static str,
     rules: &[Rule],
@@ -367,6 +416,26 @@ pub fn decompile(v4: &abi::Policy, v6: &abi::Policy6, names: &RuleNames) -> Vec<
 /// The IPv6 list is written before the entry that makes the direction a
 /// policy's, and removed after it, so that no moment judges IPv6 by a
 /// stale list (a direction with a policy and no IPv6 list denies IPv6).
+///
+/// ```no_run
+/// # use margay_ebpf::policy;
+/// # use margay_model::policy::PolicySpec;
+/// // Ingress: TCP 80 from 10.244.0.0/16 only. Egress: no policy, all allowed.
+/// let spec: PolicySpec = serde_json::from_str(
+///     r#"{"ingress": [{"action": "allow", "cidr": "10.244.0.0/16", "protocol": "tcp", "ports": 80}]}"#,
+/// )?;
+/// policy::set("/sys/fs/bpf/margay".as_ref(), 42, &spec)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+///
+/// [`DataplaneError::Policy`] when a rule is refused ([`compile`]'s
+/// errors); ingress is written before egress is compiled, so a refused
+/// egress leaves the new ingress in force. [`DataplaneError::Map`] when
+/// `ip_sets`, `ip_sets6`, `ip_set_names` or `policy_sources` cannot be
+/// opened or read (each only when a rule names a set or a source), or
+/// `policies` or `policies6` cannot be opened or written.
 pub fn set(root: &Path, ifindex: u32, spec: &PolicySpec) -> Result<(), DataplaneError> {
     let rules = || {
         [&spec.ingress, &spec.egress]
@@ -395,7 +464,14 @@ pub fn set(root: &Path, ifindex: u32, spec: &PolicySpec) -> Result<(), Dataplane
     set_numbered(root, ifindex, spec, &mut numbers)
 }
 
-/// [`set`] with the node's sets and sources as the caller keeps them.
+/// [`set`] with the node's sets and sources as the caller keeps them (a
+/// writer that sets many endpoints' policies reads them once).
+///
+/// # Errors
+///
+/// As [`set`]'s: [`DataplaneError::Policy`] when a rule is refused (after
+/// ingress is written, for egress's rules); [`DataplaneError::Map`]
+/// naming `policies` or `policies6` when it cannot be opened or written.
 pub fn set_numbered(
     root: &Path,
     ifindex: u32,
@@ -428,7 +504,13 @@ pub fn set_numbered(
     Ok(())
 }
 
-/// The endpoint's policy as set.
+/// The endpoint's policy as set, in the operator's form ([`decompile`]): a
+/// direction without an entry is `None`, no policy.
+///
+/// # Errors
+///
+/// [`DataplaneError::Map`] naming `policies`, `policies6`, `ip_set_names`
+/// or `policy_sources` when it cannot be opened or read.
 pub fn get(root: &Path, ifindex: u32) -> Result<PolicySpec, DataplaneError> {
     let policies = maps::policies(root)?;
     let policies6 = maps::policies6(root)?;

@@ -20,6 +20,12 @@ use crate::{maps, slots};
 /// registry::register("/sys/fs/bpf/margay".as_ref(), &ep, Some("fd00:244::5".parse()?))?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+///
+/// # Errors
+///
+/// [`DataplaneError::Map`] when a map cannot be opened or written
+/// (`endpoints6`, `endpoints`, `endpoints_by_ip`, `counters`), or naming
+/// `counter_slots` when every counters slot is taken.
 pub fn register(root: &Path, ep: &Endpoint, ipv6: Option<Ipv6Addr>) -> Result<(), DataplaneError> {
     // The IPv6 address first: the endpoint's traffic is dropped until it
     // is in the registry, so no packet sees it half written.
@@ -55,7 +61,12 @@ pub fn register(root: &Path, ep: &Endpoint, ipv6: Option<Ipv6Addr>) -> Result<()
         .map_err(|e| DataplaneError::map("endpoints_by_ip", e))
 }
 
-/// The IPv6 address of the pod behind host veth `ifindex`, if it has one.
+/// The IPv6 address of the pod behind host veth `ifindex`, if it has one
+/// (none also when the endpoint is not registered).
+///
+/// # Errors
+///
+/// [`DataplaneError::Map`] naming `endpoints6` when it cannot be opened.
 pub fn ipv6_of(root: &Path, ifindex: u32) -> Result<Option<Ipv6Addr>, DataplaneError> {
     Ok(maps::endpoints6(root)?
         .get(&ifindex, 0)
@@ -64,6 +75,11 @@ pub fn ipv6_of(root: &Path, ifindex: u32) -> Result<Option<Ipv6Addr>, DataplaneE
 }
 
 /// The IPv6 addresses of all registered endpoints that have one.
+///
+/// # Errors
+///
+/// [`DataplaneError::Map`] naming `endpoints6` when it cannot be opened or
+/// read.
 pub fn ipv6_addresses(root: &Path) -> Result<Vec<Ipv6Addr>, DataplaneError> {
     Ok(maps::values(&maps::endpoints6(root)?, "endpoints6")?
         .iter()
@@ -71,13 +87,23 @@ pub fn ipv6_addresses(root: &Path) -> Result<Vec<Ipv6Addr>, DataplaneError> {
         .collect())
 }
 
-/// All registered endpoints.
+/// All registered endpoints, in the map's order.
+///
+/// # Errors
+///
+/// [`DataplaneError::Map`] naming `endpoints` when it cannot be opened or
+/// read.
 pub fn list(root: &Path) -> Result<Vec<Endpoint>, DataplaneError> {
     maps::values(&maps::endpoints(root)?, "endpoints")
 }
 
 /// The endpoint whose host veth is `ifname`: by its ifindex while the
 /// interface exists (one lookup), else by name over every entry.
+///
+/// # Errors
+///
+/// [`DataplaneError::Map`] naming `endpoints` when it cannot be opened or
+/// read.
 pub fn find(root: &Path, ifname: &str) -> Result<Option<Endpoint>, DataplaneError> {
     if let Ok(ifindex) = nix::net::if_::if_nametoindex(ifname)
         && let Ok(ep) = maps::endpoints(root)?.get(&ifindex, 0)
@@ -90,7 +116,13 @@ pub fn find(root: &Path, ifname: &str) -> Result<Option<Endpoint>, DataplaneErro
 
 /// Removes every entry about the endpoint on host veth `ifname` (see
 /// [`remove`]). Works after the interface is gone (the registry remembers
-/// the name). Returns the endpoint that was registered, if any.
+/// the name). Returns the endpoint that was registered, if any; `None`
+/// also when nothing was ever loaded under `root`.
+///
+/// # Errors
+///
+/// [`DataplaneError::Map`] when one of the maps cannot be opened or
+/// `endpoints` cannot be read; entries already gone are not an error.
 pub fn unregister(root: &Path, ifname: &str) -> Result<Option<Endpoint>, DataplaneError> {
     if !map_path(root, "endpoints").exists() {
         return Ok(None); // Nothing was ever loaded here.
@@ -113,6 +145,11 @@ pub fn unregister(root: &Path, ifname: &str) -> Result<Option<Endpoint>, Datapla
 /// of the LRU table (the programs are detached before this runs, or the
 /// interface is gone). Deleting them here meant walking the whole table, one
 /// syscall per entry, on every DEL; [`flush_conntrack`] does that on demand.
+///
+/// # Errors
+///
+/// [`DataplaneError::Map`] when one of the maps cannot be opened; entries
+/// already gone are not an error.
 pub fn remove(root: &Path, ep: &Endpoint) -> Result<(), DataplaneError> {
     let mut by_ip = maps::endpoints_by_ip(root)?;
     // Only if the address still points here: it may already be a new pod's.
@@ -138,8 +175,14 @@ pub fn remove(root: &Path, ep: &Endpoint) -> Result<(), DataplaneError> {
     Ok(())
 }
 
-/// Deletes conntrack entries of both families, of one endpoint or all;
-/// returns how many.
+/// Deletes conntrack entries of both families, of one endpoint (by host
+/// veth ifindex) or all; returns how many. Running flows of the endpoint
+/// are judged again as new on their next packet.
+///
+/// # Errors
+///
+/// [`DataplaneError::Map`] naming `conntrack` or `conntrack6` when it
+/// cannot be opened; entries that cannot be read or deleted are skipped.
 pub fn flush_conntrack(root: &Path, ifindex: Option<u32>) -> Result<usize, DataplaneError> {
     let wanted = |i: u32| ifindex.is_none_or(|want| want == i);
     Ok(flush(maps::conntrack(root)?, |k| wanted(k.ifindex))

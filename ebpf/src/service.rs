@@ -39,39 +39,61 @@ use crate::maps::{self, Layout};
 use crate::paths::{lock_path, map_path, serial_path};
 use crate::{nodeport, registry};
 
+/// Why services could not be applied. Every variant but
+/// [`ServiceError::Dataplane`] is found before anything is written.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
+    /// The set is refused by `margay_model::service::validate`: a service
+    /// is invalid, or two claim one frontend or NodePort.
     #[error(transparent)]
     Invalid(#[from] ServiceSpecError),
     /// A NodePort frontend on a node address is another service's
     /// frontend (only the node's addresses tell).
     #[error("services[{index}] ({name}): its frontend {frontend} is also {other}'s")]
     SharedFrontend {
+        /// The service's index in the list being written.
         index: usize,
+        /// The service's name.
         name: String,
+        /// The frontend both would have.
         frontend: Frontend,
+        /// The name of the service that has it.
         other: String,
     },
     /// A NodePort is another service's (on a node with no NodePort
     /// address it is no frontend yet, but would be one on each).
     #[error("services[{index}] ({name}): its node port {port}/{protocol} is also {other}'s")]
     SharedNodePort {
+        /// The service's index in the change.
         index: usize,
+        /// The service's name.
         name: String,
+        /// The NodePort.
         port: u16,
+        /// Its protocol.
         protocol: Protocol,
+        /// The name of the service that has it.
         other: String,
     },
+    /// A map cannot hold the frontends or backend slots the set needs.
     #[error(
         "map {map} is too small: this set needs {needed} entries and it holds {capacity}; \
          raise {key} in the network configuration (nothing was changed)"
     )]
     Full {
+        /// `svc_frontends`, `svc_backends`, or their IPv6 twins.
         map: &'static str,
+        /// Entries it would need at once: a changed frontend briefly holds
+        /// both generations' slots.
         needed: usize,
+        /// Entries it holds at most.
         capacity: u32,
+        /// The network configuration's setting that sizes it.
         key: &'static str,
     },
+    /// A map could not be opened, read or written, the services lock was
+    /// not had within 30 s, or the apply's serial could not be written.
+    /// Part of the set may be written; the next apply reads the maps again.
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
 }
@@ -83,28 +105,42 @@ impl ServiceError {
     }
 }
 
-/// What [`apply`] did.
+/// What [`apply`] did, counted in frontends (a service has one per
+/// address it answers on).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ApplyReport {
+    /// Frontends the maps did not hold.
     pub added: usize,
+    /// Frontends whose backends or settings changed.
     pub updated: usize,
+    /// Frontends no service has any more.
     pub removed: usize,
+    /// Frontends left as they were (a renamed service's only get the new
+    /// name).
     pub unchanged: usize,
 }
 
 /// A frontend as the maps hold it, for `margayctl service list`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FrontendRow {
+    /// The frontend's number ([`SvcValue::id`]), which translations name.
     pub id: u32,
+    /// Its service's name.
     pub name: String,
     /// `cluster-ip`, `node-port` or `external-ip`.
     pub kind: &'static str,
+    /// The address clients reach it at.
     pub address: IpAddr,
+    /// The port clients reach it at.
     pub port: u16,
+    /// Its protocol.
     pub protocol: Protocol,
+    /// The current generation's backends, in slot order.
     pub backends: Vec<SocketAddr>,
+    /// With client affinity: how long a client keeps its backend, seconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub affinity_timeout: Option<u32>,
+    /// A `Local` traffic policy applies: its backends are this node's only.
     pub local_only: bool,
 }
 
@@ -486,6 +522,16 @@ fn reslot(current: &[SocketAddr], desired: &[SocketAddr]) -> Vec<SocketAddr> {
 /// NodePorts on the node's data-interface addresses). Validates and checks
 /// capacity before writing anything; serialised with other applies on the
 /// node. A writer that applies again and again keeps a [`ServiceTable`].
+///
+/// # Errors
+///
+/// [`ServiceError::Invalid`] when the set is refused;
+/// [`ServiceError::SharedFrontend`] when a service's NodePort on a node
+/// address is another's frontend; [`ServiceError::Full`] when a map is too
+/// small (nothing is written for these); [`ServiceError::Dataplane`] when
+/// a map cannot be opened, read or written, the services lock is not had
+/// within 30 s, or the apply's serial cannot be written
+/// ([`DataplaneError::RunState`]).
 pub fn apply(root: &Path, specs: &[ServiceSpec]) -> Result<ApplyReport, ServiceError> {
     ServiceTable::open(root)?.apply(specs)
 }
@@ -494,6 +540,13 @@ pub fn apply(root: &Path, specs: &[ServiceSpec]) -> Result<ApplyReport, ServiceE
 /// addresses (after `node attach` or `detach`): NodePorts open on an
 /// address attached after the services were applied, and close on one
 /// detached. Everything else is left as it is.
+///
+/// # Errors
+///
+/// [`ServiceError::SharedFrontend`] when a NodePort on a new address is
+/// another service's frontend; [`ServiceError::Full`] when a map is too
+/// small (nothing is written for these); [`ServiceError::Dataplane`] as for
+/// [`apply`].
 pub fn refresh_node_ports(root: &Path) -> Result<ApplyReport, ServiceError> {
     let mut table = ServiceTable::open(root)?;
     let _lock = services_lock(root)?;
@@ -652,7 +705,14 @@ pub enum ChangesApplied {
 }
 
 impl ServiceTable {
-    /// Opens the pinned service maps of `root`.
+    /// Opens the pinned service maps of `root`. What they hold is read at
+    /// the first apply, under the services lock.
+    ///
+    /// # Errors
+    ///
+    /// [`ServiceError::Dataplane`] with [`DataplaneError::Map`] naming
+    /// `svc_frontends`, `svc_backends`, `svc_frontends6`, `svc_backends6` or
+    /// `svc_meta` when it cannot be opened.
     pub fn open(root: &Path) -> Result<ServiceTable, ServiceError> {
         Ok(ServiceTable {
             root: root.to_path_buf(),
@@ -662,7 +722,12 @@ impl ServiceTable {
         })
     }
 
-    /// [`apply`] through this table.
+    /// [`apply`] through this table: the maps are read only when another
+    /// writer applied since this table did.
+    ///
+    /// # Errors
+    ///
+    /// As [`apply`]'s.
     pub fn apply(&mut self, specs: &[ServiceSpec]) -> Result<ApplyReport, ServiceError> {
         model::validate(specs)?;
         let _lock = services_lock(&self.root)?;
@@ -680,9 +745,12 @@ impl ServiceTable {
     /// written again too).
     ///
     /// # Errors
-    /// A changed service is invalid, or claims a frontend or NodePort of a
-    /// service left as it is; a map is too small; a map write fails. When
-    /// a check fails nothing is written.
+    ///
+    /// [`ServiceError::Invalid`] when a changed service is refused;
+    /// [`ServiceError::SharedNodePort`] or [`ServiceError::SharedFrontend`]
+    /// when one claims a NodePort or frontend of a service left as it is;
+    /// [`ServiceError::Full`] when a map is too small (nothing is written
+    /// for these); [`ServiceError::Dataplane`] as for [`apply`].
     pub fn apply_changes(
         &mut self,
         changed: &[ServiceSpec],
@@ -1119,7 +1187,14 @@ impl Ids {
     }
 }
 
-/// Every frontend the maps hold.
+/// Every frontend the maps hold, by frontend; frontends on a protocol no
+/// service has are left out.
+///
+/// # Errors
+///
+/// [`DataplaneError::Map`] naming `svc_frontends`, `svc_backends`,
+/// `svc_frontends6`, `svc_backends6` or `svc_meta` when it cannot be
+/// opened or read, or a frontend's backend slot is missing.
 pub fn list(root: &Path) -> Result<Vec<FrontendRow>, DataplaneError> {
     let maps = Maps::open(root)?;
     Ok(maps
@@ -1149,7 +1224,12 @@ pub fn list(root: &Path) -> Result<Vec<FrontendRow>, DataplaneError> {
         .collect())
 }
 
-/// Service names by id, for showing translations.
+/// Service names by [`SvcValue::id`], for showing translations.
+///
+/// # Errors
+///
+/// [`DataplaneError::Map`] naming `svc_meta` when it cannot be opened or
+/// read.
 pub fn names(root: &Path) -> Result<HashMap<u32, String>, DataplaneError> {
     let names = maps::service_names(root)?;
     names
