@@ -987,6 +987,50 @@ fn write_frontends(
         ids,
         ..
     } = held;
+    let seen = unshared(installed, wanted, replaced)?;
+    for v6 in [false, true] {
+        check_capacity(root, installed, wanted, replaced, v6)?;
+    }
+
+    let mut report = ApplyReport::default();
+    // The programs skip the frontend lookup for a packet whose filter bit
+    // is clear, so the filter covers the old and the new frontends (ClusterIP
+    // and NodePort alike) while they change, and only what is held after.
+    let during = filter_of(installed.keys().chain(seen.iter()));
+    maps::write_svc_filter(root, &during)?;
+    // Removals first: they free the room the rest may need.
+    for key in replaced.iter().filter(|k| !seen.contains(k)) {
+        if let Some(old) = installed.remove(key) {
+            remove_frontend(maps, ids, key, &old)?;
+            report.removed += 1;
+        }
+    }
+    for w in wanted {
+        match installed.get_mut(&w.frontend) {
+            Some(old) => {
+                if update_frontend(maps, old, w)? {
+                    report.updated += 1;
+                } else {
+                    report.unchanged += 1;
+                }
+            }
+            None => {
+                installed.insert(w.frontend, add_frontend(maps, ids, w)?);
+                report.added += 1;
+            }
+        }
+    }
+    maps::write_svc_filter(root, &filter_of(installed.keys()))?;
+    Ok(report)
+}
+
+/// The frontends `wanted` makes, once none is made twice nor held by a
+/// service other than those being `replaced`.
+fn unshared(
+    installed: &BTreeMap<Frontend, Installed>,
+    wanted: &[Wanted],
+    replaced: &HashSet<Frontend>,
+) -> Result<HashSet<Frontend>, ServiceError> {
     let mut seen: HashMap<Frontend, &str> = HashMap::with_capacity(wanted.len());
     for w in wanted {
         let other = match seen.insert(w.frontend, &w.spec.name) {
@@ -1005,105 +1049,96 @@ fn write_frontends(
             });
         }
     }
-    for v6 in [false, true] {
-        check_capacity(root, installed, wanted, replaced, v6)?;
-    }
+    Ok(seen.into_keys().collect())
+}
 
-    let mut report = ApplyReport::default();
-    // The programs skip the frontend lookup for a packet whose filter bit
-    // is clear, so the filter covers the old and the new frontends (ClusterIP
-    // and NodePort alike) while they change, and only what is held after.
-    let during = filter_of(installed.keys().chain(seen.keys()));
-    maps::write_svc_filter(root, &during)?;
-    // Removals first: they free the room the rest may need.
-    for key in replaced.iter().filter(|k| !seen.contains_key(k)) {
-        let Some(old) = installed.remove(key) else {
-            continue;
-        };
-        maps.remove_frontend(key)?;
-        maps.remove_slots(
-            key.addr,
-            old.value.id,
-            old.value.generation,
-            old.value.count,
-        )?;
-        ignore_missing(maps.names.remove(&old.value.id)).map_err(map_err("svc_meta"))?;
-        ids.used.remove(&old.value.id);
-        report.removed += 1;
-    }
+/// Takes frontend `key` (held as `old`) out of the maps, its backend slots
+/// and name with it, and frees its id.
+fn remove_frontend(
+    maps: &mut Maps,
+    ids: &mut Ids,
+    key: &Frontend,
+    old: &Installed,
+) -> Result<(), ServiceError> {
+    maps.remove_frontend(key)?;
+    maps.remove_slots(
+        key.addr,
+        old.value.id,
+        old.value.generation,
+        old.value.count,
+    )?;
+    ignore_missing(maps.names.remove(&old.value.id)).map_err(map_err("svc_meta"))?;
+    ids.used.remove(&old.value.id);
+    Ok(())
+}
 
-    for w in wanted {
-        let timeout = w.spec.affinity_timeout.unwrap_or(0);
-        match installed.get_mut(&w.frontend) {
-            Some(old) => {
-                let slots = reslot(&old.backends, &w.backends);
-                let same_backends = slots == old.backends;
-                let same_settings = old.value.flags == w.flags
-                    && old.value.affinity_timeout_s == timeout
-                    && old.value.node_port == w.node_port;
-                if old.name != w.spec.name {
-                    maps.names
-                        .insert(old.value.id, meta_of(&w.spec.name), 0)
-                        .map_err(map_err("svc_meta"))?;
-                    old.name.clone_from(&w.spec.name);
-                }
-                if same_backends && same_settings {
-                    report.unchanged += 1;
-                    continue;
-                }
-                let generation = if same_backends {
-                    old.value.generation
-                } else {
-                    let next = old.value.generation ^ 1;
-                    maps.write_slots(old.value.id, next, &slots)?;
-                    next
-                };
-                let value = SvcValue {
-                    count: slots.len() as u16,
-                    generation,
-                    flags: w.flags,
-                    affinity_timeout_s: timeout,
-                    node_port: w.node_port,
-                    ..old.value
-                };
-                maps.insert_frontend(&w.frontend, value)?;
-                if !same_backends {
-                    let vip = w.frontend.addr;
-                    maps.remove_slots(vip, old.value.id, old.value.generation, old.value.count)?;
-                }
-                old.value = value;
-                old.backends = slots;
-                report.updated += 1;
-            }
-            None => {
-                let id = ids.take();
-                maps.write_slots(id, 0, &w.backends)?;
-                maps.names
-                    .insert(id, meta_of(&w.spec.name), 0)
-                    .map_err(map_err("svc_meta"))?;
-                let value = SvcValue {
-                    id,
-                    count: w.backends.len() as u16,
-                    flags: w.flags,
-                    affinity_timeout_s: timeout,
-                    node_port: w.node_port,
-                    ..SvcValue::default()
-                };
-                maps.insert_frontend(&w.frontend, value)?;
-                installed.insert(
-                    w.frontend,
-                    Installed {
-                        value,
-                        backends: w.backends.clone(),
-                        name: w.spec.name.clone(),
-                    },
-                );
-                report.added += 1;
-            }
-        }
+/// Makes held frontend `old` what `w` wants; false when it already was.
+/// New backends are written in the other generation's slots and the
+/// frontend switched to them in one write, so a packet meets the old set or
+/// the new one, never a mix.
+fn update_frontend(maps: &mut Maps, old: &mut Installed, w: &Wanted) -> Result<bool, ServiceError> {
+    let timeout = w.spec.affinity_timeout.unwrap_or(0);
+    let slots = reslot(&old.backends, &w.backends);
+    let same_backends = slots == old.backends;
+    let same_settings = old.value.flags == w.flags
+        && old.value.affinity_timeout_s == timeout
+        && old.value.node_port == w.node_port;
+    if old.name != w.spec.name {
+        maps.names
+            .insert(old.value.id, meta_of(&w.spec.name), 0)
+            .map_err(map_err("svc_meta"))?;
+        old.name.clone_from(&w.spec.name);
     }
-    maps::write_svc_filter(root, &filter_of(installed.keys()))?;
-    Ok(report)
+    if same_backends && same_settings {
+        return Ok(false);
+    }
+    let generation = if same_backends {
+        old.value.generation
+    } else {
+        let next = old.value.generation ^ 1;
+        maps.write_slots(old.value.id, next, &slots)?;
+        next
+    };
+    let value = SvcValue {
+        count: slots.len() as u16,
+        generation,
+        flags: w.flags,
+        affinity_timeout_s: timeout,
+        node_port: w.node_port,
+        ..old.value
+    };
+    maps.insert_frontend(&w.frontend, value)?;
+    if !same_backends {
+        let vip = w.frontend.addr;
+        maps.remove_slots(vip, old.value.id, old.value.generation, old.value.count)?;
+    }
+    old.value = value;
+    old.backends = slots;
+    Ok(true)
+}
+
+/// Writes the new frontend `w` wants, under an id of its own: its backend
+/// slots and name before the frontend that leads to them.
+fn add_frontend(maps: &mut Maps, ids: &mut Ids, w: &Wanted) -> Result<Installed, ServiceError> {
+    let id = ids.take();
+    maps.write_slots(id, 0, &w.backends)?;
+    maps.names
+        .insert(id, meta_of(&w.spec.name), 0)
+        .map_err(map_err("svc_meta"))?;
+    let value = SvcValue {
+        id,
+        count: w.backends.len() as u16,
+        flags: w.flags,
+        affinity_timeout_s: w.spec.affinity_timeout.unwrap_or(0),
+        node_port: w.node_port,
+        ..SvcValue::default()
+    };
+    maps.insert_frontend(&w.frontend, value)?;
+    Ok(Installed {
+        value,
+        backends: w.backends.clone(),
+        name: w.spec.name.clone(),
+    })
 }
 
 /// Fails, naming the map and its setting, when the frontends and backend
