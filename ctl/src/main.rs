@@ -409,7 +409,7 @@ fn policy_cmd(root: &Path, json_out: bool, action: PolicyAction) -> Result<(), S
         }
         PolicyAction::Sets { file } => {
             let set_err = |e: margay_ebpf::ip_set::IpSetError| e.to_string();
-            let mut table = IpSetTable::open(root).map_err(set_err)?;
+            let mut table = IpSetTable::open(root).map_err(err)?;
             let Some(file) = file else {
                 let sets = table.sets();
                 emit(if json_out {

@@ -65,11 +65,22 @@ fn net_error(action: impl std::fmt::Display, e: impl Into<Cause>) -> DataplaneEr
     }
 }
 
-/// Runs netlink work on a connection of the current namespace.
+/// Runs the tunnel's netlink work on a connection of the current namespace.
 fn netlink<T>(
     work: impl AsyncFnOnce(&rtnetlink::Handle) -> Result<T, DataplaneError>,
 ) -> Result<T, DataplaneError> {
     crate::netlink::with_netlink(work, |reason| net_error("netlink", reason))
+}
+
+/// [`netlink`] for the routes to other nodes' pods, whose failures are
+/// theirs, not the tunnel's (a node may have no tunnel).
+fn route_netlink<T>(
+    work: impl AsyncFnOnce(&rtnetlink::Handle) -> Result<T, DataplaneError>,
+) -> Result<T, DataplaneError> {
+    crate::netlink::with_netlink(work, |reason| DataplaneError::Route {
+        what: "netlink".to_string(),
+        source: reason.into(),
+    })
 }
 
 /// The tunnel's MTU: the smallest of the data interfaces' (those
@@ -455,7 +466,7 @@ fn sync_kernel_routes(routes: &[PeerRoute]) -> Result<(), DataplaneError> {
         what,
         source: e.into(),
     };
-    netlink(async |h| {
+    route_netlink(async |h| {
         let mut ours = Vec::new();
         for request in [
             RouteMessageBuilder::<Ipv4Addr>::new().build(),

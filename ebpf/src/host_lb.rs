@@ -32,23 +32,19 @@ const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 /// `SO_NETNS_COOKIE` (Linux 5.14): the calling socket's network namespace.
 const SO_NETNS_COOKIE: libc::c_int = 71;
 
+/// What every socket program's linking shares (the cgroup, its links'
+/// directory) failed: reported as the first program's.
 fn attach_error(cgroup: &Path, reason: impl Into<Cause>) -> DataplaneError {
+    program_error(SOCKET_PROGRAMS[0].0, cgroup, reason)
+}
+
+/// Socket program `program` could not be linked to `cgroup`.
+fn program_error(program: &'static str, cgroup: &Path, reason: impl Into<Cause>) -> DataplaneError {
     DataplaneError::Attach {
-        program: "sock_connect4",
+        program,
         ifname: format!("cgroup {}", cgroup.display()),
         source: reason.into(),
     }
-}
-
-/// `e` and its sources: aya's errors keep the errno in a source.
-fn with_sources(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    text
 }
 
 /// Links the programs to `cgroup` (a cgroup v2 directory holding the
@@ -79,7 +75,7 @@ pub fn attach(root: &Path, cgroup: &Path) -> Result<(), DataplaneError> {
     for (name, hook) in SOCKET_PROGRAMS {
         let prog_pin = program_path(root, name);
         let program_id = ProgramInfo::from_pin(&prog_pin)
-            .map_err(|e| attach_error(cgroup, format!("program {name} is not pinned: {e}")))?
+            .map_err(|e| program_error(name, cgroup, format!("it is not pinned: {e}")))?
             .id();
         let pin = link_path(root, name);
         let current = link::open_pinned(&pin)
@@ -93,8 +89,8 @@ pub fn attach(root: &Path, cgroup: &Path) -> Result<(), DataplaneError> {
         {
             continue;
         }
-        let fail = |e: &dyn std::error::Error| {
-            attach_error(cgroup, format!("{name}: {}", with_sources(e)))
+        let fail = |e: &(dyn std::error::Error + 'static)| {
+            program_error(name, cgroup, crate::error::report(e))
         };
         let mut prog = CgroupSockAddr::from_pin(&prog_pin, hook).map_err(|e| fail(&e))?;
         // A cgroup link takes no attach flags (the kernel refuses any with
@@ -113,7 +109,7 @@ pub fn attach(root: &Path, cgroup: &Path) -> Result<(), DataplaneError> {
         let aside = crate::paths::set_aside_path(&pin);
         let had_one = std::fs::rename(&pin, &aside).is_ok();
         link.pin(&pin)
-            .map_err(|e| attach_error(cgroup, format!("pinning {}: {e}", pin.display())))?;
+            .map_err(|e| program_error(name, cgroup, format!("pinning {}: {e}", pin.display())))?;
         if had_one {
             let _ = std::fs::remove_file(&aside);
         }

@@ -265,10 +265,9 @@ impl IpSetTable {
     ///
     /// # Errors
     ///
-    /// [`IpSetError::Dataplane`] with [`DataplaneError::Map`] naming
-    /// `ip_sets`, `ip_sets6` or `ip_set_names` when it cannot be opened or
-    /// read.
-    pub fn open(root: &Path) -> Result<IpSetTable, IpSetError> {
+    /// [`DataplaneError::Map`] naming `ip_sets`, `ip_sets6` or
+    /// `ip_set_names` when it cannot be opened or read.
+    pub fn open(root: &Path) -> Result<IpSetTable, DataplaneError> {
         let v4 = maps::ip_sets(root)?;
         let v6 = maps::ip_sets6(root)?;
         let names = NameTable::open(maps::ip_set_names(root)?, "ip_set_names", u32::MAX)?;

@@ -431,8 +431,7 @@ pub fn decompile(v4: &abi::Policy, v6: &abi::Policy6, names: &RuleNames) -> Vec<
 /// # Errors
 ///
 /// [`DataplaneError::Policy`] when a rule is refused ([`compile`]'s
-/// errors); ingress is written before egress is compiled, so a refused
-/// egress leaves the new ingress in force. [`DataplaneError::Map`] when
+/// errors): then neither direction is written. [`DataplaneError::Map`] when
 /// `ip_sets`, `ip_sets6`, `ip_set_names` or `policy_sources` cannot be
 /// opened or read (each only when a rule names a set or a source), or
 /// `policies` or `policies6` cannot be opened or written.
@@ -444,11 +443,7 @@ pub fn set(root: &Path, ifindex: u32, spec: &PolicySpec) -> Result<(), Dataplane
             .flatten()
     };
     let sets = if rules().any(|r| r.set.is_some()) {
-        // Opening reads the maps: its error is the dataplane's.
-        Some(IpSetTable::open(root).map_err(|e| match e {
-            crate::ip_set::IpSetError::Dataplane(e) => e,
-            other => DataplaneError::map("ip_sets", other),
-        })?)
+        Some(IpSetTable::open(root)?)
     } else {
         None
     };
@@ -469,8 +464,8 @@ pub fn set(root: &Path, ifindex: u32, spec: &PolicySpec) -> Result<(), Dataplane
 ///
 /// # Errors
 ///
-/// As [`set`]'s: [`DataplaneError::Policy`] when a rule is refused (after
-/// ingress is written, for egress's rules); [`DataplaneError::Map`]
+/// As [`set`]'s: [`DataplaneError::Policy`] when a rule is refused (then
+/// nothing is written); [`DataplaneError::Map`]
 /// naming `policies` or `policies6` when it cannot be opened or written.
 pub fn set_numbered(
     root: &Path,
@@ -480,14 +475,22 @@ pub fn set_numbered(
 ) -> Result<(), DataplaneError> {
     let mut policies = maps::policies(root)?;
     let mut policies6 = maps::policies6(root)?;
+    // Both directions compiled before either is written: a refused rule
+    // leaves the endpoint's policy as it was.
+    let mut compiled = Vec::with_capacity(2);
     for (direction, name, rules) in [
         (DIR_INGRESS, "ingress", &spec.ingress),
         (DIR_EGRESS, "egress", &spec.egress),
     ] {
-        let key = PolicyKey { ifindex, direction };
+        let rules = rules
+            .as_ref()
+            .map(|rules| compile(name, rules, numbers))
+            .transpose()?;
+        compiled.push((PolicyKey { ifindex, direction }, rules));
+    }
+    for (key, rules) in compiled {
         match rules {
-            Some(rules) => {
-                let (v4, v6) = compile(name, rules, numbers)?;
+            Some((v4, v6)) => {
                 policies6
                     .insert(key, v6, 0)
                     .map_err(|e| DataplaneError::map("policies6", e))?;

@@ -199,8 +199,7 @@ fn flush<K: aya::Pod, V: aya::Pod>(
         .filter_map(Result::ok)
         .filter(|k| doomed(k))
         .collect();
-    for k in &keys {
-        let _ = map.remove(k);
-    }
-    keys.len()
+    // An entry may go (evicted, or its flow's own removal) between the
+    // listing and its removal: only what this removed is counted.
+    keys.iter().filter(|k| map.remove(k).is_ok()).count()
 }

@@ -579,6 +579,25 @@ fn a_service_without_backends_is_answered_with_port_unreachable() {
     assert_eq!(f.drops(abi::DROP_NO_BACKEND), 1);
 }
 
+/// A policy with a refused rule changes nothing: the endpoint keeps the
+/// policy it had in both directions, not a new ingress beside an old
+/// egress.
+#[test]
+fn a_refused_rule_leaves_the_policy_as_it_was() {
+    require_root!(a_refused_rule_leaves_the_policy_as_it_was);
+    let f = Fixture::new();
+    f.policy(r#"{"ingress": [{"action": "allow", "protocol": "tcp", "ports": 80}]}"#);
+    let before = policy::get(f.root.path(), IFINDEX).unwrap();
+    let spec: PolicySpec = serde_json::from_str(
+        r#"{"ingress": [], "egress": [{"action": "allow", "set": "no-such-set"}]}"#,
+    )
+    .unwrap();
+    let err = policy::set(f.root.path(), IFINDEX, &spec).unwrap_err();
+    assert!(err.to_string().contains("no-such-set"), "{err}");
+    assert_eq!(policy::get(f.root.path(), IFINDEX).unwrap(), before);
+    assert_eq!(f.inbound(tcp(5000, 80, TCP_SYN), PEER), TC_ACT_OK);
+}
+
 /// A packet whose way is the tunnel on a node that has none (a peer that
 /// tunnels, no tunnel device) is dropped for that reason, counted on the
 /// node's slot and reported, not lost unexplained.
