@@ -851,6 +851,8 @@ fn copy_entries(root: &Path, name: &str, old: aya::maps::MapData) -> Result<(), 
         "endpoints" => copy(name, old, maps::endpoints(root)?),
         "endpoints6" => copy(name, old, maps::endpoints6(root)?),
         "policies6" => copy(name, old, maps::policies6(root)?),
+        "ip_sets" => copy_trie(name, old, maps::ip_sets(root)?),
+        "ip_sets6" => copy_trie(name, old, maps::ip_sets6(root)?),
         "endpoints_by_ip" => copy(name, old, maps::endpoints_by_ip(root)?),
         "policies" => copy(name, old, maps::policies(root)?),
         "svc_frontends" => copy(name, old, maps::frontends(root)?),
@@ -874,6 +876,22 @@ fn copy<K: aya::Pod, V: aya::Pod>(
     to: aya::maps::HashMap<aya::maps::MapData, K, V>,
 ) -> Result<(), DataplaneError> {
     copy_converted(name, from, to, |v: V| v)
+}
+
+/// [`copy`] for an LPM trie (the sets' members, whose map is resized with
+/// `bpf_ip_set_entries`).
+fn copy_trie<K: aya::Pod, V: aya::Pod>(
+    name: &str,
+    from: aya::maps::Map,
+    mut to: aya::maps::lpm_trie::LpmTrie<aya::maps::MapData, K, V>,
+) -> Result<(), DataplaneError> {
+    let fail = |e: aya::maps::MapError| DataplaneError::map(name, e);
+    let from = aya::maps::lpm_trie::LpmTrie::<_, K, V>::try_from(from).map_err(fail)?;
+    for kv in from.iter() {
+        let (k, v) = kv.map_err(fail)?;
+        to.insert(&k, v, 0).map_err(fail)?;
+    }
+    Ok(())
 }
 
 /// Copies conntrack entries of `value_size` bytes: today's, or an earlier

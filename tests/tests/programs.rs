@@ -579,6 +579,38 @@ fn a_service_without_backends_is_answered_with_port_unreachable() {
     assert_eq!(f.drops(abi::DROP_NO_BACKEND), 1);
 }
 
+/// A new `bpf_ip_set_entries` resizes the sets' maps and carries their
+/// members over (they were left behind, and the sets read as empty).
+#[test]
+fn set_members_survive_a_new_bpf_ip_set_entries() {
+    require_root!(set_members_survive_a_new_bpf_ip_set_entries);
+    use margay_ebpf::ip_set::IpSetTable;
+    use margay_model::ip_set::IpSets;
+    let f = Fixture::new();
+    let wanted: IpSets =
+        serde_json::from_str(r#"{"web": [{"cidr": "10.1.2.3/32"}, {"cidr": "fd00:1::3/128"}]}"#)
+            .unwrap();
+    IpSetTable::open(f.root.path())
+        .unwrap()
+        .apply(&wanted)
+        .unwrap();
+    let smaller = Settings {
+        ip_set_entries: 4096,
+        ..Settings::default()
+    };
+    Node::open(f.root.path(), &smaller).unwrap();
+    for name in ["ip_sets", "ip_sets6"] {
+        let pin = margay_ebpf::paths::map_path(f.root.path(), name);
+        let layout = margay_ebpf::maps::Layout::of_pin(&pin).unwrap();
+        assert_eq!(layout.max_entries, 4096, "{name}");
+    }
+    let mut held = IpSetTable::open(f.root.path()).unwrap().sets();
+    for members in held.values_mut() {
+        members.sort();
+    }
+    assert_eq!(held, wanted);
+}
+
 /// A policy with a refused rule changes nothing: the endpoint keeps the
 /// policy it had in both directions, not a new ingress beside an old
 /// egress.
