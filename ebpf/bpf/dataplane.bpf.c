@@ -527,18 +527,63 @@ static __always_inline int deliver_to_pod6(struct __sk_buff *skb, struct packet 
 	return redirect_to_pod6(skb, dst_ifindex, ep->mac);
 }
 
-/* IPv6's short path, in from_pod with no call: a flow not to a service
- * whose entry says the pod is the sender. A service flow's (CT_F_SERVICE:
- * its replies are turned) and everything else is from_pod6's, told in cb
- * whether this looked the flow up and missed. SHORT_PATH_MISSED when the
- * packet is from_pod6's. */
+/* egress_to_service_established for IPv6: the NAT entry of the client's
+ * tuple while it is fresh, then the translated flow's conntrack entry,
+ * whose pod side must be the sender. A global function: its keys take a
+ * stack frame of their own. */
+__attribute__((noinline)) int egress_to_service6_established(struct __sk_buff *skb,
+							     struct packet *p, __u32 ifindex,
+							     __u64 now)
+{
+	if (!p || p->proto != IPPROTO_TCP || (p->tcp_flags & TCPF_SYN))
+		return SHORT_PATH_MISSED;
+	/* The keys in blocks of their own: their stack is free again for
+	 * drop()'s event, and this frame adds to from_pod's. */
+	union v6addr backend;
+	__be16 backend_port;
+	{
+		struct nat_key6 fk;
+		nat_key6_fill(&fk, &p->saddr6, &p->daddr6, p->sport, p->dport, p->proto, NAT_FWD);
+		struct nat_entry6 *fwd = bpf_map_lookup_elem(&nat6, &fk);
+		if (!fwd || !v6_unspecified(&fwd->peer) ||
+		    (__s64)(now - fwd->last_seen_ns) > (__s64)CT_REFRESH_NS)
+			return SHORT_PATH_MISSED;
+		backend = fwd->addr;
+		backend_port = fwd->port;
+	}
+	bool src_is_a;
+	struct ct_entry *e;
+	{
+		struct ct_key6 k;
+		src_is_a = ct_key6_fill(&k, &p->saddr6, &backend, p->sport, backend_port, p->proto,
+					ifindex);
+		e = ct_live(bpf_map_lookup_elem(&conntrack6, &k), p, now);
+	}
+	if (!e || src_is_a != !!(e->flags & CT_F_POD_IS_A) ||
+	    __builtin_memcmp(p->src_mac, e->pod_mac, ETH_ALEN) != 0)
+		return SHORT_PATH_MISSED;
+	if (nat_rewrite6(skb, p, false, &backend, backend_port) < 0)
+		return drop(p, e->slot, ifindex, DIR_EGRESS, DROP_NAT);
+	ct_update(e, p, src_is_a, now);
+	count_allowed(e->slot, DIR_EGRESS, p->len);
+	return TC_ACT_OK;
+}
+
+/* IPv6's short paths, in from_pod before the tail call: an established
+ * connection's through a service (egress_to_service6_established), or a
+ * flow not to a service whose entry says the pod is the sender. A service
+ * flow's (CT_F_SERVICE: its replies are turned) and everything else is
+ * from_pod6's, told in cb whether this looked the flow up and missed.
+ * SHORT_PATH_MISSED when the packet is from_pod6's. */
 static __always_inline int from_pod_v6_established(struct __sk_buff *skb, struct packet *p,
 						   int parsed, __u32 ifindex)
 {
 	skb->cb[CB_CT_MISSED] = 0;
-	if (parsed != PARSED_IPV6 || p->fragment || maybe_service(p))
+	if (parsed != PARSED_IPV6 || p->fragment)
 		return SHORT_PATH_MISSED;
 	__u64 now = flow_clock();
+	if (maybe_service(p))
+		return egress_to_service6_established(skb, p, ifindex, now);
 	bool src_is_a;
 	struct ct_entry *e = ct6_find(p, ifindex, now, &src_is_a);
 	if (e && src_is_a == !!(e->flags & CT_F_POD_IS_A) && !(e->flags & CT_F_SERVICE) &&
@@ -701,42 +746,8 @@ int from_pod(struct __sk_buff *skb)
 	return from_pod_v4(skb, &p, ep, ct_missed);
 }
 
-/* egress_to_service_established for IPv6: the NAT entry of the client's
- * tuple while it is fresh, then the translated flow's conntrack entry,
- * whose pod side must be the sender. A global function: its keys take a
- * stack frame of their own. */
-__attribute__((noinline)) int egress_to_service6_established(struct __sk_buff *skb,
-							     struct packet *p, __u32 ifindex,
-							     __u64 now)
-{
-	if (!p || p->proto != IPPROTO_TCP || (p->tcp_flags & TCPF_SYN))
-		return SHORT_PATH_MISSED;
-	struct nat_key6 fk;
-	nat_key6_fill(&fk, &p->saddr6, &p->daddr6, p->sport, p->dport, p->proto, NAT_FWD);
-	struct nat_entry6 *fwd = bpf_map_lookup_elem(&nat6, &fk);
-	if (!fwd || !v6_unspecified(&fwd->peer) ||
-	    (__s64)(now - fwd->last_seen_ns) > (__s64)CT_REFRESH_NS)
-		return SHORT_PATH_MISSED;
-	union v6addr backend = fwd->addr;
-	__be16 backend_port = fwd->port;
-	struct ct_key6 k;
-	bool src_is_a =
-		ct_key6_fill(&k, &p->saddr6, &backend, p->sport, backend_port, p->proto, ifindex);
-	struct ct_entry *e = ct_live(bpf_map_lookup_elem(&conntrack6, &k), p, now);
-	if (!e || src_is_a != !!(e->flags & CT_F_POD_IS_A) ||
-	    __builtin_memcmp(p->src_mac, e->pod_mac, ETH_ALEN) != 0)
-		return SHORT_PATH_MISSED;
-	if (nat_rewrite6(skb, p, false, &backend, backend_port) < 0)
-		return drop(p, e->slot, ifindex, DIR_EGRESS, DROP_NAT);
-	ct_update(e, p, src_is_a, now);
-	count_allowed(e->slot, DIR_EGRESS, p->len);
-	return TC_ACT_OK;
-}
-
-/* from_pod's IPv6 half, tail-called for the IPv6 packets its short path
- * did not take (CALL_FROM_POD6): an established connection's through a
- * service takes the service's short path (it translates before looking
- * its flow up), the rest the endpoint's checks and from_pod_v6. */
+/* from_pod's IPv6 half, tail-called for the IPv6 packets its short paths
+ * did not take (CALL_FROM_POD6): the endpoint's checks and from_pod_v6. */
 SEC("classifier")
 int from_pod6(struct __sk_buff *skb)
 {
@@ -745,11 +756,6 @@ int from_pod6(struct __sk_buff *skb)
 	int parsed = parse_packet(skb, &p);
 	bool ct_missed = skb->cb[CB_CT_MISSED];
 	bool service = parsed == PARSED_IPV6 && !p.fragment && maybe_service(&p);
-	if (service) {
-		int verdict = egress_to_service6_established(skb, &p, ifindex, flow_clock());
-		if (verdict != SHORT_PATH_MISSED)
-			return verdict;
-	}
 	struct endpoint *ep = endpoint_of(ifindex);
 	if (!ep)
 		return drop(&p, 0, 0, DIR_EGRESS, DROP_NO_ENDPOINT);
