@@ -87,7 +87,7 @@ fn route_netlink<T>(
 /// `node_addrs` names) less [`VXLAN_OVERHEAD`], so that what fits the
 /// tunnel fits them once encapsulated; `None` when none is known.
 fn tunnel_mtu(root: &Path) -> Result<Option<u32>, DataplaneError> {
-    let ifindexes: BTreeSet<u32> = maps::values(&maps::node_addrs(root)?, "node_addrs")?
+    let ifindexes: BTreeSet<u32> = maps::values(&maps::node_addrs(root)?)?
         .into_iter()
         .filter(|&i| i != 0)
         .collect();
@@ -223,9 +223,8 @@ pub fn teardown_tunnel(root: &Path) -> Result<(), DataplaneError> {
 /// [`DataplaneError::Map`] naming `node_config` when it cannot be opened
 /// or read.
 pub fn tunnel_settings(root: &Path) -> Result<NodeConfig, DataplaneError> {
-    maps::node_config(root)?
-        .get(&0, 0)
-        .map_err(|e| DataplaneError::map("node_config", e))
+    let map = maps::node_config(root)?;
+    map.get(&0, 0).map_err(map.error())
 }
 
 /// What [`apply_peers`] or [`apply_routes`] did.
@@ -288,8 +287,8 @@ fn sync_peers(root: &Path, peers: &[PeerSpec]) -> Result<PeersReport, DataplaneE
             }
         }
     }
-    let removed = sync_lpm(&mut maps::node_peers(root)?, "node_peers", &wanted4)?
-        + sync_lpm(&mut maps::node_peers6(root)?, "node_peers6", &wanted6)?;
+    let removed = sync_lpm(&mut maps::node_peers(root)?, &wanted4)?
+        + sync_lpm(&mut maps::node_peers6(root)?, &wanted6)?;
     sync_peer_addrs6(root, peers)?;
     Ok(PeersReport {
         cidrs: wanted4.len() + wanted6.len(),
@@ -301,8 +300,8 @@ fn sync_peers(root: &Path, peers: &[PeerSpec]) -> Result<PeersReport, DataplaneE
 
 /// Makes `peer_addrs6` hold exactly the peers' IPv6 addresses.
 fn sync_peer_addrs6(root: &Path, peers: &[PeerSpec]) -> Result<(), DataplaneError> {
-    let fail = |e| DataplaneError::map("peer_addrs6", e);
     let mut map = maps::peer_addrs6(root)?;
+    let fail = map.error();
     let wanted: BTreeMap<[u8; 4], [u8; 16]> = peers
         .iter()
         .filter_map(|p| Some((p.address.octets(), p.address6?.octets())))
@@ -321,14 +320,13 @@ fn sync_peer_addrs6(root: &Path, peers: &[PeerSpec]) -> Result<(), DataplaneErro
     Ok(())
 }
 
-/// Makes the LPM map `name` hold exactly `wanted`; returns how many
+/// Makes the LPM map `map` hold exactly `wanted`; returns how many
 /// entries went.
 fn sync_lpm<const N: usize>(
-    map: &mut aya::maps::lpm_trie::LpmTrie<aya::maps::MapData, [u8; N], Peer>,
-    name: &'static str,
+    map: &mut maps::Named<aya::maps::lpm_trie::LpmTrie<aya::maps::MapData, [u8; N], Peer>>,
     wanted: &[(Key<[u8; N]>, Peer)],
 ) -> Result<usize, DataplaneError> {
-    let fail = |e: aya::maps::MapError| DataplaneError::map(name, e);
+    let fail = map.error();
     let keep: BTreeSet<(u32, [u8; N])> = wanted
         .iter()
         .map(|(k, _)| (k.prefix_len(), k.data()))
@@ -546,10 +544,11 @@ impl PeerCidr {
 /// [`DataplaneError::Map`] naming `peer_addrs6`, `node_peers` or
 /// `node_peers6` when it cannot be opened or read.
 pub fn peers(root: &Path) -> Result<Vec<PeerCidr>, DataplaneError> {
-    let addrs6: BTreeMap<[u8; 4], [u8; 16]> = maps::peer_addrs6(root)?
+    let addrs6 = maps::peer_addrs6(root)?;
+    let addrs6: BTreeMap<[u8; 4], [u8; 16]> = addrs6
         .iter()
         .collect::<Result<_, _>>()
-        .map_err(|e| DataplaneError::map("peer_addrs6", e))?;
+        .map_err(addrs6.error())?;
     let entry = |cidr: IpNetwork, v: Peer| PeerCidr {
         cidr,
         node: Ipv4Addr::from(v.node),
@@ -557,16 +556,17 @@ pub fn peers(root: &Path) -> Result<Vec<PeerCidr>, DataplaneError> {
         encap: v.flags & PEER_F_ENCAP != 0,
     };
     let mut all = Vec::new();
-    for kv in maps::node_peers(root)?.iter() {
-        let (k, v) = kv.map_err(|e| DataplaneError::map("node_peers", e))?;
-        let cidr = Ipv4Network::new(Ipv4Addr::from(k.data()), k.prefix_len() as u8)
-            .map_err(|e| DataplaneError::map("node_peers", e))?;
+    let (v4, v6) = (maps::node_peers(root)?, maps::node_peers6(root)?);
+    for kv in v4.iter() {
+        let (k, v) = kv.map_err(v4.error())?;
+        let cidr =
+            Ipv4Network::new(Ipv4Addr::from(k.data()), k.prefix_len() as u8).map_err(v4.error())?;
         all.push(entry(cidr.into(), v));
     }
-    for kv in maps::node_peers6(root)?.iter() {
-        let (k, v) = kv.map_err(|e| DataplaneError::map("node_peers6", e))?;
-        let cidr = Ipv6Network::new(Ipv6Addr::from(k.data()), k.prefix_len() as u8)
-            .map_err(|e| DataplaneError::map("node_peers6", e))?;
+    for kv in v6.iter() {
+        let (k, v) = kv.map_err(v6.error())?;
+        let cidr =
+            Ipv6Network::new(Ipv6Addr::from(k.data()), k.prefix_len() as u8).map_err(v6.error())?;
         all.push(entry(cidr.into(), v));
     }
     all.sort();

@@ -97,25 +97,31 @@ pub fn node_summary(root: &Path) -> Result<NodeSummary, DataplaneError> {
     for per_cpu in maps::counters(root)?.iter().filter_map(Result::ok) {
         add(&mut counters, per_cpu.iter());
     }
-    let fill = |name: &'static str, entries: usize| -> Result<MapFill, DataplaneError> {
-        let layout = maps::Layout::of_pin(&crate::paths::map_path(root, name))?;
-        Ok(MapFill {
-            name,
-            entries: entries as u32,
-            capacity: layout.max_entries,
-        })
-    };
     Ok(NodeSummary {
         counters,
         endpoints: maps::endpoints(root)?.keys().count(),
         maps: vec![
-            fill("conntrack", maps::conntrack(root)?.keys().count())?,
-            fill("conntrack6", maps::conntrack6(root)?.keys().count())?,
-            fill("nat", maps::nat(root)?.keys().count())?,
-            fill("nat6", maps::nat6(root)?.keys().count())?,
-            fill("ip_sets", maps::ip_sets(root)?.keys().count())?,
-            fill("ip_sets6", maps::ip_sets6(root)?.keys().count())?,
+            fill(root, &maps::conntrack(root)?, |m| m.keys().count())?,
+            fill(root, &maps::conntrack6(root)?, |m| m.keys().count())?,
+            fill(root, &maps::nat(root)?, |m| m.keys().count())?,
+            fill(root, &maps::nat6(root)?, |m| m.keys().count())?,
+            fill(root, &maps::ip_sets(root)?, |m| m.keys().count())?,
+            fill(root, &maps::ip_sets6(root)?, |m| m.keys().count())?,
         ],
+    })
+}
+
+/// How full `map` is, holding the `entries` it counts.
+fn fill<M>(
+    root: &Path,
+    map: &maps::Named<M>,
+    entries: impl FnOnce(&M) -> usize,
+) -> Result<MapFill, DataplaneError> {
+    let layout = maps::Layout::of_pin(&crate::paths::map_path(root, map.name()))?;
+    Ok(MapFill {
+        name: map.name(),
+        entries: entries(map) as u32,
+        capacity: layout.max_entries,
     })
 }
 
@@ -131,10 +137,8 @@ pub fn policy_flows(root: &Path) -> Result<Vec<(String, u64)>, DataplaneError> {
     let names = maps::policy_sources(root)?;
     let mut out = Vec::new();
     for kv in names.iter() {
-        let (id, name) = kv.map_err(|e| DataplaneError::map("policy_sources", e))?;
-        let per_cpu = hits
-            .get(&id, 0)
-            .map_err(|e| DataplaneError::map("policy_hits", e))?;
+        let (id, name) = kv.map_err(names.error())?;
+        let per_cpu = hits.get(&id, 0).map_err(hits.error())?;
         out.push((name.text(), per_cpu.iter().sum()));
     }
     out.sort();
@@ -289,7 +293,7 @@ pub fn conntrack(
     root: &Path,
     ifindex: Option<u32>,
 ) -> Result<Vec<(CtKey, CtEntry)>, DataplaneError> {
-    Ok(entries(maps::conntrack(root)?, ifindex))
+    Ok(entries(&maps::conntrack(root)?, ifindex))
 }
 
 /// Every IPv6 conntrack entry (of one endpoint, when given), as
@@ -302,11 +306,11 @@ pub fn conntrack6(
     root: &Path,
     ifindex: Option<u32>,
 ) -> Result<Vec<(CtKey6, CtEntry)>, DataplaneError> {
-    Ok(entries(maps::conntrack6(root)?, ifindex))
+    Ok(entries(&maps::conntrack6(root)?, ifindex))
 }
 
 fn entries<K: aya::Pod + FlowKey>(
-    map: aya::maps::HashMap<aya::maps::MapData, K, CtEntry>,
+    map: &maps::Named<aya::maps::HashMap<aya::maps::MapData, K, CtEntry>>,
     ifindex: Option<u32>,
 ) -> Vec<(K, CtEntry)> {
     map.iter()
@@ -624,10 +628,7 @@ pub fn follow_events(
             return Ok(());
         }
         if ready < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            return Err(DataplaneError::map(
-                "flow_events",
-                std::io::Error::last_os_error(),
-            ));
+            return Err(ring.error()(std::io::Error::last_os_error()));
         }
     }
 }

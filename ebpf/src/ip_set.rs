@@ -76,7 +76,6 @@ pub struct SetsReport {
 /// name is.
 pub(crate) struct NameTable {
     map: maps::Names,
-    map_name: &'static str,
     ids: HashMap<String, u32>,
     last: u32,
     /// Numbers are below this.
@@ -84,20 +83,15 @@ pub(crate) struct NameTable {
 }
 
 impl NameTable {
-    pub(crate) fn open(
-        map: maps::Names,
-        map_name: &'static str,
-        limit: u32,
-    ) -> Result<NameTable, DataplaneError> {
+    pub(crate) fn open(map: maps::Names, limit: u32) -> Result<NameTable, DataplaneError> {
         let mut ids = HashMap::new();
         for kv in map.iter() {
-            let (id, record) = kv.map_err(|e| DataplaneError::map(map_name, e))?;
+            let (id, record) = kv.map_err(map.error())?;
             ids.insert(record.text(), id);
         }
         let last = ids.values().max().copied().unwrap_or(0);
         Ok(NameTable {
             map,
-            map_name,
             ids,
             last,
             limit,
@@ -116,10 +110,8 @@ impl NameTable {
         }
         let used: BTreeSet<u32> = self.ids.values().copied().collect();
         if used.len() + 1 >= self.limit as usize {
-            return Err(DataplaneError::map(
-                self.map_name,
-                format!("full: {} names, at most {}", used.len(), self.limit - 1),
-            ));
+            let full = format!("full: {} names, at most {}", used.len(), self.limit - 1);
+            return Err(self.map.error()(full));
         }
         let mut id = self.last;
         loop {
@@ -130,7 +122,7 @@ impl NameTable {
         }
         self.map
             .insert(id, NameRecord::new(name), 0)
-            .map_err(|e| DataplaneError::map(self.map_name, e))?;
+            .map_err(self.map.error())?;
         self.ids.insert(name.to_string(), id);
         self.last = id;
         Ok(id)
@@ -138,8 +130,7 @@ impl NameTable {
 
     pub(crate) fn forget(&mut self, name: &str) -> Result<(), DataplaneError> {
         if let Some(id) = self.ids.remove(name) {
-            ignore_missing(self.map.remove(&id))
-                .map_err(|e| DataplaneError::map(self.map_name, e))?;
+            ignore_missing(self.map.remove(&id)).map_err(self.map.error())?;
         }
         Ok(())
     }
@@ -270,16 +261,16 @@ impl IpSetTable {
     pub fn open(root: &Path) -> Result<IpSetTable, DataplaneError> {
         let v4 = maps::ip_sets(root)?;
         let v6 = maps::ip_sets6(root)?;
-        let names = NameTable::open(maps::ip_set_names(root)?, "ip_set_names", u32::MAX)?;
+        let names = NameTable::open(maps::ip_set_names(root)?, u32::MAX)?;
         let mut held: HashMap<u32, BTreeSet<SetMember>> = HashMap::new();
         for kv in v4.iter() {
-            let (key, value) = kv.map_err(|e| DataplaneError::map("ip_sets", e))?;
+            let (key, value) = kv.map_err(v4.error())?;
             if let Some((id, member)) = member_of4(&key, value) {
                 held.entry(id).or_default().insert(member);
             }
         }
         for kv in v6.iter() {
-            let (key, value) = kv.map_err(|e| DataplaneError::map("ip_sets6", e))?;
+            let (key, value) = kv.map_err(v6.error())?;
             if let Some((id, member)) = member_of6(&key, value) {
                 held.entry(id).or_default().insert(member);
             }
@@ -406,25 +397,15 @@ impl IpSetTable {
             IP_SET_MEMBER
         };
         match entry_of(id, member) {
-            Entry::V4(key) => self
-                .v4
-                .insert(&key, value, 0)
-                .map_err(|e| DataplaneError::map("ip_sets", e)),
-            Entry::V6(key) => self
-                .v6
-                .insert(&key, value, 0)
-                .map_err(|e| DataplaneError::map("ip_sets6", e)),
+            Entry::V4(key) => self.v4.insert(&key, value, 0).map_err(self.v4.error()),
+            Entry::V6(key) => self.v6.insert(&key, value, 0).map_err(self.v6.error()),
         }
     }
 
     fn erase(&mut self, id: u32, member: &SetMember) -> Result<(), DataplaneError> {
         match entry_of(id, member) {
-            Entry::V4(key) => {
-                ignore_missing(self.v4.remove(&key)).map_err(|e| DataplaneError::map("ip_sets", e))
-            }
-            Entry::V6(key) => {
-                ignore_missing(self.v6.remove(&key)).map_err(|e| DataplaneError::map("ip_sets6", e))
-            }
+            Entry::V4(key) => ignore_missing(self.v4.remove(&key)).map_err(self.v4.error()),
+            Entry::V6(key) => ignore_missing(self.v6.remove(&key)).map_err(self.v6.error()),
         }
     }
 
@@ -438,7 +419,7 @@ impl IpSetTable {
         for m in self.held.values().flatten() {
             held[usize::from(m.cidr.is_ipv6())] += 1;
         }
-        for (family, map) in ["ip_sets", "ip_sets6"].into_iter().enumerate() {
+        for (family, map) in [self.v4.name(), self.v6.name()].into_iter().enumerate() {
             let capacity = Layout::of_pin(&map_path(&self.root, map))?.max_entries;
             let needed = held[family] + added[family];
             if needed > capacity as usize {

@@ -1,17 +1,18 @@
 //! Typed handles on the pinned maps, opened by path (no program load),
 //! and the one map written from others' contents: the frontend filter.
 
+use std::ops::{Deref, DerefMut};
 use std::path::Path;
 
 use aya::Pod;
-use aya::maps::{HashMap, Map, MapData, MapInfo, PerCpuArray, RingBuf};
+use aya::maps::{HashMap, Map, MapData, MapError, MapInfo, PerCpuArray, RingBuf};
 
 use crate::abi::{
     Backend, Backend6, BackendKey, Config, Counters, CtEntry, CtKey, CtKey6, Endpoint, Endpoint6,
     IpSetData, IpSetData6, NameRecord, NatEntry, NatEntry6, NatKey, NatKey6, NodeConfig, Peer,
     Policy, Policy6, PolicyKey, SvcFilter, SvcKey, SvcKey6, SvcMeta, SvcValue,
 };
-use crate::error::DataplaneError;
+use crate::error::{Cause, DataplaneError};
 use crate::paths::map_path;
 
 /// Every map the object defines and Margay pins, with what losing its
@@ -80,76 +81,132 @@ pub enum Durability {
     Flows,
 }
 
-fn open(root: &Path, name: &str) -> Result<Map, DataplaneError> {
-    let data = MapData::from_pin(map_path(root, name)).map_err(|e| DataplaneError::map(name, e))?;
-    Map::from_map_data(data).map_err(|e| DataplaneError::map(name, e))
+/// A pinned map as an opener opens it: aya's map `M` (which it derefs
+/// to) with the name the object gives it, so that its errors name the map
+/// it was opened as, never one typed again at each use.
+///
+/// ```no_run
+/// # use margay_ebpf::maps;
+/// let mut nat = maps::nat("/sys/fs/bpf/margay".as_ref())?;
+/// let keys: Vec<_> = nat.keys().collect::<Result<_, _>>().map_err(nat.error())?;
+/// for key in &keys {
+///     nat.remove(key).map_err(nat.error())?; // "map nat: …"
+/// }
+/// # Ok::<(), margay_ebpf::DataplaneError>(())
+/// ```
+#[derive(Debug)]
+pub struct Named<M> {
+    name: &'static str,
+    map: M,
+}
+
+impl<M: TryFrom<Map, Error = MapError>> Named<M> {
+    /// Opens map `name` pinned under `root` as an `M`: what each opener
+    /// does with its own name.
+    fn open(root: &Path, name: &'static str) -> Result<Named<M>, DataplaneError> {
+        let fail = |e| DataplaneError::map(name, e);
+        let data = MapData::from_pin(map_path(root, name)).map_err(fail)?;
+        let map = M::try_from(Map::from_map_data(data).map_err(fail)?).map_err(fail)?;
+        Ok(Named { name, map })
+    }
+}
+
+impl<M> Named<M> {
+    /// The map's name, as the object defines it and its pin is named.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// What a failure of this map becomes: [`DataplaneError::Map`] naming
+    /// it, with the failure as its cause (`.map_err(map.error())`). The
+    /// function holds the name only, not the map, which stays free to use.
+    pub fn error<E: Into<Cause>>(&self) -> impl Fn(E) -> DataplaneError + Copy + use<M, E> {
+        let name = self.name;
+        move |e| DataplaneError::map(name, e)
+    }
+}
+
+impl<M> Deref for Named<M> {
+    type Target = M;
+
+    fn deref(&self) -> &M {
+        &self.map
+    }
+}
+
+impl<M> DerefMut for Named<M> {
+    fn deref_mut(&mut self) -> &mut M {
+        &mut self.map
+    }
 }
 
 /// Map `endpoints`: the registered pods ([`Endpoint`]) by host veth ifindex.
-pub type Endpoints = HashMap<MapData, u32, Endpoint>;
+pub type Endpoints = Named<HashMap<MapData, u32, Endpoint>>;
 /// Map `endpoints6`: pods' IPv6 addresses ([`Endpoint6`]) by host veth
 /// ifindex.
-pub type Endpoints6 = HashMap<MapData, u32, Endpoint6>;
+pub type Endpoints6 = Named<HashMap<MapData, u32, Endpoint6>>;
 /// Map `endpoints_by_ip`: a local pod's IPv4 address (network order) to
 /// its host veth's ifindex, where packets to it are delivered.
-pub type EndpointsByIp = HashMap<MapData, [u8; 4], u32>;
+pub type EndpointsByIp = Named<HashMap<MapData, [u8; 4], u32>>;
 /// Map `policies`: each endpoint direction's IPv4 rules; an entry is what
 /// gives the direction a policy.
-pub type Policies = HashMap<MapData, PolicyKey, Policy>;
+pub type Policies = Named<HashMap<MapData, PolicyKey, Policy>>;
 /// Map `policies6`: the IPv6 rules of the directions that have a policy.
-pub type Policies6 = HashMap<MapData, PolicyKey, Policy6>;
+pub type Policies6 = Named<HashMap<MapData, PolicyKey, Policy6>>;
 /// Map `conntrack` (LRU): the endpoints' IPv4 flows.
-pub type Conntrack = HashMap<MapData, CtKey, CtEntry>;
+pub type Conntrack = Named<HashMap<MapData, CtKey, CtEntry>>;
 /// Map `conntrack6` (LRU): the endpoints' IPv6 flows, with the same entries.
-pub type Conntrack6 = HashMap<MapData, CtKey6, CtEntry>;
+pub type Conntrack6 = Named<HashMap<MapData, CtKey6, CtEntry>>;
 /// Map `counters`: per-CPU [`Counters`] by slot (0: the node's).
-pub type CountersMap = PerCpuArray<MapData, Counters>;
+pub type CountersMap = Named<PerCpuArray<MapData, Counters>>;
 /// Map `counter_slots`: which endpoint (ifindex) holds each counters slot,
 /// so that no two share one.
-pub type CounterSlots = HashMap<MapData, u32, u32>;
+pub type CounterSlots = Named<HashMap<MapData, u32, u32>>;
 /// Map `svc_filter`: its one [`SvcFilter`], at index 0.
-pub type SvcFilterMap = aya::maps::Array<MapData, SvcFilter>;
+pub type SvcFilterMap = Named<aya::maps::Array<MapData, SvcFilter>>;
 /// Map `config`: its one [`Config`], at index 0.
-pub type ConfigMap = aya::maps::Array<MapData, Config>;
+pub type ConfigMap = Named<aya::maps::Array<MapData, Config>>;
 /// Map `svc_frontends`: the IPv4 service frontends.
-pub type Frontends = HashMap<MapData, SvcKey, SvcValue>;
+pub type Frontends = Named<HashMap<MapData, SvcKey, SvcValue>>;
 /// Map `svc_backends`: IPv4 backends by slot.
-pub type Backends = HashMap<MapData, BackendKey, Backend>;
+pub type Backends = Named<HashMap<MapData, BackendKey, Backend>>;
 /// Map `svc_frontends6`: the IPv6 service frontends.
-pub type Frontends6 = HashMap<MapData, SvcKey6, SvcValue>;
+pub type Frontends6 = Named<HashMap<MapData, SvcKey6, SvcValue>>;
 /// Map `svc_backends6`: IPv6 backends by slot.
-pub type Backends6 = HashMap<MapData, BackendKey, Backend6>;
+pub type Backends6 = Named<HashMap<MapData, BackendKey, Backend6>>;
 /// Map `svc_meta`: frontends' service names by [`SvcValue::id`].
-pub type ServiceNames = HashMap<MapData, u32, SvcMeta>;
+pub type ServiceNames = Named<HashMap<MapData, u32, SvcMeta>>;
 /// Map `nat` (LRU): the translations of IPv4 service flows.
-pub type Nat = HashMap<MapData, NatKey, NatEntry>;
+pub type Nat = Named<HashMap<MapData, NatKey, NatEntry>>;
 /// Map `nat6` (LRU): the translations of IPv6 service flows.
-pub type Nat6 = HashMap<MapData, NatKey6, NatEntry6>;
+pub type Nat6 = Named<HashMap<MapData, NatKey6, NatEntry6>>;
 /// Map `node_addrs`: the node's IPv4 addresses NodePorts answer on, each
 /// to the ifindex of the data interface it is on.
-pub type NodeAddrs = HashMap<MapData, [u8; 4], u32>;
+pub type NodeAddrs = Named<HashMap<MapData, [u8; 4], u32>>;
 /// Map `node_addrs6`: the same for the node's IPv6 addresses.
-pub type NodeAddrs6 = HashMap<MapData, [u8; 16], u32>;
+pub type NodeAddrs6 = Named<HashMap<MapData, [u8; 16], u32>>;
 /// Map `peer_addrs6`: a peer's IPv6 address on the nodes' network, by its
 /// IPv4 address ([`Peer::node`]).
-pub type PeerAddrs6 = HashMap<MapData, [u8; 4], [u8; 16]>;
+pub type PeerAddrs6 = Named<HashMap<MapData, [u8; 4], [u8; 16]>>;
 /// Map `node_config`: its one [`NodeConfig`], at index 0.
-pub type NodeConfigMap = aya::maps::Array<MapData, NodeConfig>;
+pub type NodeConfigMap = Named<aya::maps::Array<MapData, NodeConfig>>;
 /// Map `node_peers` (LPM trie): other nodes' IPv4 pod CIDRs, to the node.
-pub type NodePeers = aya::maps::lpm_trie::LpmTrie<MapData, [u8; 4], Peer>;
+pub type NodePeers = Named<aya::maps::lpm_trie::LpmTrie<MapData, [u8; 4], Peer>>;
 /// Map `node_peers6` (LPM trie): other nodes' IPv6 pod CIDRs, to the node.
-pub type NodePeers6 = aya::maps::lpm_trie::LpmTrie<MapData, [u8; 16], Peer>;
+pub type NodePeers6 = Named<aya::maps::lpm_trie::LpmTrie<MapData, [u8; 16], Peer>>;
 /// Map `ip_sets` (LPM trie): the IPv4 members of the policy peer sets,
 /// each [`IP_SET_MEMBER`](crate::abi::IP_SET_MEMBER) or
 /// [`IP_SET_EXCEPT`](crate::abi::IP_SET_EXCEPT).
-pub type IpSets = aya::maps::lpm_trie::LpmTrie<MapData, IpSetData, u32>;
+pub type IpSets = Named<aya::maps::lpm_trie::LpmTrie<MapData, IpSetData, u32>>;
 /// Map `ip_sets6` (LPM trie): the IPv6 members of the policy peer sets.
-pub type IpSets6 = aya::maps::lpm_trie::LpmTrie<MapData, IpSetData6, u32>;
+pub type IpSets6 = Named<aya::maps::lpm_trie::LpmTrie<MapData, IpSetData6, u32>>;
 /// Maps `ip_set_names` and `policy_sources`: names by number.
-pub type Names = HashMap<MapData, u32, NameRecord>;
+pub type Names = Named<HashMap<MapData, u32, NameRecord>>;
+/// Map `flow_events`: the ring of flow events the programs report.
+pub type FlowEvents = Named<RingBuf<MapData>>;
 /// Map `policy_hits`: per CPU, how many new flows each rule source's rules
 /// decided, by source number.
-pub type PolicyHits = PerCpuArray<MapData, u64>;
+pub type PolicyHits = Named<PerCpuArray<MapData, u64>>;
 
 /// A function opening one pinned map as its type, documented by the
 /// attributes given before its name.
@@ -165,7 +222,7 @@ macro_rules! opener {
             "a map of this type, key and value size."
         )]
         pub fn $fn(root: &Path) -> Result<$ty, DataplaneError> {
-            <$ty>::try_from(open(root, $name)?).map_err(|e| DataplaneError::map($name, e))
+            Named::open(root, $name)
         }
     };
 }
@@ -217,7 +274,7 @@ opener!(
 opener!(
     /// Opens the flow-event ring (`flow_events`), which
     /// [`follow_events`](crate::inspect::follow_events) reads.
-    flow_events, RingBuf<MapData>, "flow_events"
+    flow_events, FlowEvents, "flow_events"
 );
 opener!(
     /// Opens [`Frontends`], the IPv4 service frontends.
@@ -293,7 +350,7 @@ pub fn update_node_config(
     change: impl FnOnce(&mut NodeConfig),
 ) -> Result<(), DataplaneError> {
     let mut map = node_config(root)?;
-    let fail = |e| DataplaneError::map("node_config", e);
+    let fail = map.error();
     let mut config = map.get(&0, 0).map_err(fail)?;
     let before = config;
     change(&mut config);
@@ -315,17 +372,16 @@ opener!(
     peer_addrs6, PeerAddrs6, "peer_addrs6"
 );
 
-/// Every value of `map`, pinned as `name` (which errors name).
+/// Every value of `map`.
 ///
 /// # Errors
 ///
-/// [`DataplaneError::Map`] naming `name` when an entry cannot be read.
+/// [`DataplaneError::Map`] naming `map` when an entry cannot be read.
 pub fn values<K: Pod, V: Pod>(
-    map: &HashMap<MapData, K, V>,
-    name: &str,
+    map: &Named<HashMap<MapData, K, V>>,
 ) -> Result<Vec<V>, DataplaneError> {
     map.iter()
-        .map(|kv| kv.map(|(_, v)| v).map_err(|e| DataplaneError::map(name, e)))
+        .map(|kv| kv.map(|(_, v)| v).map_err(map.error()))
         .collect()
 }
 
@@ -337,9 +393,8 @@ pub fn values<K: Pod, V: Pod>(
 /// [`DataplaneError::Map`] naming `svc_filter` when it cannot be opened or
 /// written.
 pub fn write_svc_filter(root: &Path, filter: &SvcFilter) -> Result<(), DataplaneError> {
-    svc_filter(root)?
-        .set(0, *filter, 0)
-        .map_err(|e| DataplaneError::map("svc_filter", e))
+    let mut map = svc_filter(root)?;
+    map.set(0, *filter, 0).map_err(map.error())
 }
 
 /// Sets the frontend filter from the frontends the maps hold: the loader
@@ -351,14 +406,15 @@ pub fn write_svc_filter(root: &Path, filter: &SvcFilter) -> Result<(), Dataplane
 /// [`DataplaneError::Map`] naming `svc_frontends` or `svc_frontends6` when
 /// its keys cannot be read, or `svc_filter` when it cannot be written.
 pub fn rebuild_svc_filter(root: &Path) -> Result<(), DataplaneError> {
-    let keys = frontends(root)?
+    let (v4, v6) = (frontends(root)?, frontends6(root)?);
+    let keys = v4
         .keys()
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| DataplaneError::map("svc_frontends", e))?;
-    let keys6 = frontends6(root)?
+        .map_err(v4.error())?;
+    let keys6 = v6
         .keys()
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| DataplaneError::map("svc_frontends6", e))?;
+        .map_err(v6.error())?;
     let filter: SvcFilter = keys.iter().collect();
     write_svc_filter(root, &filter.union(&keys6.iter().collect()))
 }

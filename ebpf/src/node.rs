@@ -250,9 +250,7 @@ impl Node {
         let Ok(mut config) = maps::config(root) else {
             return Ok(None);
         };
-        let current = config
-            .get(&0, 0)
-            .map_err(|e| DataplaneError::map("config", e))?;
+        let current = config.get(&0, 0).map_err(config.error())?;
         let sized_as_configured = PINNED_MAPS.iter().all(|(name, _)| {
             settings.map_size(name).is_none_or(|size| {
                 Layout::of_pin(&map_path(root, name)).is_ok_and(|l| l.max_entries == size)
@@ -269,9 +267,7 @@ impl Node {
                 log_level: settings.log_level,
                 ..current
             };
-            config
-                .set(0, updated, 0)
-                .map_err(|e| DataplaneError::map("config", e))?;
+            config.set(0, updated, 0).map_err(config.error())?;
         }
         Ok(Some(Node {
             root: root.to_owned(),
@@ -675,14 +671,15 @@ fn install(root: &Path, settings: &Settings) -> Result<(), DataplaneError> {
         .map_err(|e| DataplaneError::Load {
             source: format!("{FROM_POD6}: {e}").into(),
         })?;
-    let calls = ebpf
-        .map_mut("calls")
-        .ok_or_else(|| DataplaneError::Object {
-            source: "map calls is missing".into(),
-        })?;
+    // Only the loader writes `calls`, through the object it loaded: no
+    // opener opens it, so its name is spelled here.
+    const CALLS: &str = "calls";
+    let calls = ebpf.map_mut(CALLS).ok_or_else(|| DataplaneError::Object {
+        source: format!("map {CALLS} is missing").into(),
+    })?;
     aya::maps::ProgramArray::try_from(calls)
         .and_then(|mut calls| calls.set(CALL_FROM_POD6, &from_pod6, 0))
-        .map_err(|e| DataplaneError::map("calls", e))?;
+        .map_err(|e| DataplaneError::map(CALLS, e))?;
     let all = PROGRAMS.iter().map(|p| (*p, &endpoints)).chain([
         (DATA_IFACE_PROGRAM, &data_ifaces),
         (TUNNEL_PROGRAM, &tunnel),
@@ -718,9 +715,7 @@ fn install(root: &Path, settings: &Settings) -> Result<(), DataplaneError> {
         ..Config::default()
     }
     .with_flow_clock();
-    config
-        .set(0, config_value, 0)
-        .map_err(|e| DataplaneError::map("config", e))?;
+    config.set(0, config_value, 0).map_err(config.error())?;
     tracing::info!(root = %root.display(), object = format!("{DATAPLANE_OBJECT_ID:#x}"), "dataplane programs loaded and pinned");
     Ok(())
 }
@@ -770,7 +765,7 @@ impl Running {
     /// none: there is nothing of it to move).
     fn recorded(root: &Path) -> Running {
         let endpoints = maps::endpoints(root)
-            .and_then(|m| maps::values(&m, "endpoints"))
+            .and_then(|m| maps::values(&m))
             .map(|l| l.iter().map(Endpoint::ifname).collect())
             .unwrap_or_default();
         let data_ifaces = crate::nodeport::data_ifaces(root)
@@ -844,25 +839,25 @@ fn copy_entries(root: &Path, name: &str, old: aya::maps::MapData) -> Result<(), 
     let value_size = old.info().map(|i| i.value_size()).unwrap_or_default() as usize;
     let old = aya::maps::Map::from_map_data(old).map_err(|e| DataplaneError::map(name, e))?;
     match name {
-        "conntrack" => copy_flows(name, old, value_size, maps::conntrack(root)?),
-        "conntrack6" => copy_flows(name, old, value_size, maps::conntrack6(root)?),
-        "nat" => copy(name, old, maps::nat(root)?),
-        "nat6" => copy(name, old, maps::nat6(root)?),
-        "endpoints" => copy(name, old, maps::endpoints(root)?),
-        "endpoints6" => copy(name, old, maps::endpoints6(root)?),
-        "policies6" => copy(name, old, maps::policies6(root)?),
-        "ip_sets" => copy_trie(name, old, maps::ip_sets(root)?),
-        "ip_sets6" => copy_trie(name, old, maps::ip_sets6(root)?),
-        "endpoints_by_ip" => copy(name, old, maps::endpoints_by_ip(root)?),
-        "policies" => copy(name, old, maps::policies(root)?),
-        "svc_frontends" => copy(name, old, maps::frontends(root)?),
-        "svc_backends" => copy(name, old, maps::backends(root)?),
-        "svc_frontends6" => copy(name, old, maps::frontends6(root)?),
-        "svc_backends6" => copy(name, old, maps::backends6(root)?),
-        "svc_meta" => copy(name, old, maps::service_names(root)?),
-        "node_addrs" => copy(name, old, maps::node_addrs(root)?),
-        "node_addrs6" => copy(name, old, maps::node_addrs6(root)?),
-        "peer_addrs6" => copy(name, old, maps::peer_addrs6(root)?),
+        "conntrack" => copy_flows(old, value_size, maps::conntrack(root)?),
+        "conntrack6" => copy_flows(old, value_size, maps::conntrack6(root)?),
+        "nat" => copy(old, maps::nat(root)?),
+        "nat6" => copy(old, maps::nat6(root)?),
+        "endpoints" => copy(old, maps::endpoints(root)?),
+        "endpoints6" => copy(old, maps::endpoints6(root)?),
+        "policies6" => copy(old, maps::policies6(root)?),
+        "ip_sets" => copy_trie(old, maps::ip_sets(root)?),
+        "ip_sets6" => copy_trie(old, maps::ip_sets6(root)?),
+        "endpoints_by_ip" => copy(old, maps::endpoints_by_ip(root)?),
+        "policies" => copy(old, maps::policies(root)?),
+        "svc_frontends" => copy(old, maps::frontends(root)?),
+        "svc_backends" => copy(old, maps::backends(root)?),
+        "svc_frontends6" => copy(old, maps::frontends6(root)?),
+        "svc_backends6" => copy(old, maps::backends6(root)?),
+        "svc_meta" => copy(old, maps::service_names(root)?),
+        "node_addrs" => copy(old, maps::node_addrs(root)?),
+        "node_addrs6" => copy(old, maps::node_addrs6(root)?),
+        "peer_addrs6" => copy(old, maps::peer_addrs6(root)?),
         _ => Err(DataplaneError::map(
             name,
             "no way to carry its entries over",
@@ -870,22 +865,22 @@ fn copy_entries(root: &Path, name: &str, old: aya::maps::MapData) -> Result<(), 
     }
 }
 
+/// Copies the entries of `from`, the set-aside map that `to` replaces;
+/// errors about either name `to` (both maps have its name).
 fn copy<K: aya::Pod, V: aya::Pod>(
-    name: &str,
     from: aya::maps::Map,
-    to: aya::maps::HashMap<aya::maps::MapData, K, V>,
+    to: maps::Named<aya::maps::HashMap<aya::maps::MapData, K, V>>,
 ) -> Result<(), DataplaneError> {
-    copy_converted(name, from, to, |v: V| v)
+    copy_converted(from, to, |v: V| v)
 }
 
 /// [`copy`] for an LPM trie (the sets' members, whose map is resized with
 /// `bpf_ip_set_entries`).
 fn copy_trie<K: aya::Pod, V: aya::Pod>(
-    name: &str,
     from: aya::maps::Map,
-    mut to: aya::maps::lpm_trie::LpmTrie<aya::maps::MapData, K, V>,
+    mut to: maps::Named<aya::maps::lpm_trie::LpmTrie<aya::maps::MapData, K, V>>,
 ) -> Result<(), DataplaneError> {
-    let fail = |e: aya::maps::MapError| DataplaneError::map(name, e);
+    let fail = to.error();
     let from = aya::maps::lpm_trie::LpmTrie::<_, K, V>::try_from(from).map_err(fail)?;
     for kv in from.iter() {
         let (k, v) = kv.map_err(fail)?;
@@ -897,16 +892,15 @@ fn copy_trie<K: aya::Pod, V: aya::Pod>(
 /// Copies conntrack entries of `value_size` bytes: today's, or an earlier
 /// layout's ([`EARLIER_CT_ENTRY_SIZES`]), zero-extended.
 fn copy_flows<K: aya::Pod>(
-    name: &str,
     from: aya::maps::Map,
     value_size: usize,
-    to: aya::maps::HashMap<aya::maps::MapData, K, CtEntry>,
+    to: maps::Named<aya::maps::HashMap<aya::maps::MapData, K, CtEntry>>,
 ) -> Result<(), DataplaneError> {
     match value_size {
-        32 => copy_converted(name, from, to, zero_extended::<32>),
-        40 => copy_converted(name, from, to, zero_extended::<40>),
-        48 => copy_converted(name, from, to, zero_extended::<48>),
-        _ => copy(name, from, to),
+        32 => copy_converted(from, to, zero_extended::<32>),
+        40 => copy_converted(from, to, zero_extended::<40>),
+        48 => copy_converted(from, to, zero_extended::<48>),
+        _ => copy(from, to),
     }
 }
 
@@ -923,12 +917,11 @@ fn zero_extended<const N: usize>(old: [u8; N]) -> CtEntry {
 }
 
 fn copy_converted<K: aya::Pod, Old: aya::Pod, V: aya::Pod>(
-    name: &str,
     from: aya::maps::Map,
-    mut to: aya::maps::HashMap<aya::maps::MapData, K, V>,
+    mut to: maps::Named<aya::maps::HashMap<aya::maps::MapData, K, V>>,
     convert: impl Fn(Old) -> V,
 ) -> Result<(), DataplaneError> {
-    let fail = |e: aya::maps::MapError| DataplaneError::map(name, e);
+    let fail = to.error();
     let from = aya::maps::HashMap::<_, K, Old>::try_from(from).map_err(fail)?;
     for kv in from.iter() {
         let (k, v) = kv.map_err(fail)?;

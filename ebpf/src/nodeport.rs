@@ -11,7 +11,7 @@ use std::path::Path;
 use aya::maps::{HashMap, MapData};
 
 use crate::error::DataplaneError;
-use crate::maps;
+use crate::maps::{self, Named};
 use crate::node::{DATA_IFACE_PROGRAM, Node};
 
 /// A NodePort address of the node and the data interface it is on.
@@ -55,12 +55,8 @@ pub fn attach(node: &mut Node, root: &Path, ifname: &str) -> Result<Vec<IpAddr>,
     let (mut v4, mut v6) = (maps::node_addrs(root)?, maps::node_addrs6(root)?);
     for a in &addrs {
         match a {
-            IpAddr::V4(a) => v4
-                .insert(a.octets(), ifindex, 0)
-                .map_err(|e| DataplaneError::map("node_addrs", e))?,
-            IpAddr::V6(a) => v6
-                .insert(a.octets(), ifindex, 0)
-                .map_err(|e| DataplaneError::map("node_addrs6", e))?,
+            IpAddr::V4(a) => v4.insert(a.octets(), ifindex, 0).map_err(v4.error())?,
+            IpAddr::V6(a) => v6.insert(a.octets(), ifindex, 0).map_err(v6.error())?,
         }
     }
     Ok(addrs)
@@ -81,8 +77,8 @@ pub fn detach(root: &Path, ifname: &str) -> Result<(), DataplaneError> {
     // Recorded with this interface's index, or (the interface gone and
     // back with another) one of its addresses.
     let theirs = |(a, i): &(IpAddr, u32)| Some(*i) == ifindex || current.contains(a);
-    forget(&mut maps::node_addrs(root)?, "node_addrs", theirs)?;
-    forget(&mut maps::node_addrs6(root)?, "node_addrs6", theirs)
+    forget(&mut maps::node_addrs(root)?, theirs)?;
+    forget(&mut maps::node_addrs6(root)?, theirs)
 }
 
 /// The node's data interfaces and NodePort addresses, IPv4's first.
@@ -92,8 +88,8 @@ pub fn detach(root: &Path, ifname: &str) -> Result<(), DataplaneError> {
 /// [`DataplaneError::Map`] naming `node_addrs` or `node_addrs6` when it
 /// cannot be opened or read.
 pub fn data_ifaces(root: &Path) -> Result<Vec<DataIface>, DataplaneError> {
-    let v4 = recorded(&maps::node_addrs(root)?, "node_addrs")?;
-    let v6 = recorded(&maps::node_addrs6(root)?, "node_addrs6")?;
+    let v4 = recorded(&maps::node_addrs(root)?)?;
+    let v6 = recorded(&maps::node_addrs6(root)?)?;
     let mut all: Vec<DataIface> = v4
         .into_iter()
         .chain(v6)
@@ -111,8 +107,7 @@ pub fn data_ifaces(root: &Path) -> Result<Vec<DataIface>, DataplaneError> {
 
 /// The addresses (with their interfaces' indexes) a map of them records.
 fn recorded<const N: usize>(
-    map: &HashMap<MapData, [u8; N], u32>,
-    name: &str,
+    map: &Named<HashMap<MapData, [u8; N], u32>>,
 ) -> Result<Vec<(IpAddr, u32)>, DataplaneError>
 where
     IpAddr: From<[u8; N]>,
@@ -120,13 +115,12 @@ where
     map.iter()
         .map(|kv| kv.map(|(a, i)| (IpAddr::from(a), i)))
         .collect::<Result<_, _>>()
-        .map_err(|e| DataplaneError::map(name, e))
+        .map_err(map.error())
 }
 
 /// Removes the addresses `which` picks from a map of them.
 fn forget<const N: usize>(
-    map: &mut HashMap<MapData, [u8; N], u32>,
-    name: &str,
+    map: &mut Named<HashMap<MapData, [u8; N], u32>>,
     which: impl Fn(&(IpAddr, u32)) -> bool,
 ) -> Result<(), DataplaneError>
 where
@@ -139,7 +133,7 @@ where
         .map(|(a, _)| a)
         .collect();
     for a in gone {
-        map.remove(&a).map_err(|e| DataplaneError::map(name, e))?;
+        map.remove(&a).map_err(map.error())?;
     }
     Ok(())
 }

@@ -132,19 +132,14 @@ impl RuleNames {
     /// [`DataplaneError::Map`] naming `ip_set_names` or `policy_sources`
     /// when it cannot be opened or read.
     pub fn read(root: &Path) -> Result<RuleNames, DataplaneError> {
-        let read = |map: maps::Names,
-                    name: &'static str|
-         -> Result<HashMap<u32, String>, DataplaneError> {
+        let read = |map: maps::Names| -> Result<HashMap<u32, String>, DataplaneError> {
             map.iter()
-                .map(|kv| {
-                    kv.map(|(id, r)| (id, r.text()))
-                        .map_err(|e| DataplaneError::map(name, e))
-                })
+                .map(|kv| kv.map(|(id, r)| (id, r.text())).map_err(map.error()))
                 .collect()
         };
         Ok(RuleNames {
-            sets: read(maps::ip_set_names(root)?, "ip_set_names")?,
-            sources: read(maps::policy_sources(root)?, "policy_sources")?,
+            sets: read(maps::ip_set_names(root)?)?,
+            sources: read(maps::policy_sources(root)?)?,
         })
     }
 
@@ -178,11 +173,7 @@ impl SourceTable {
     /// opened or read.
     pub fn open(root: &Path) -> Result<SourceTable, DataplaneError> {
         Ok(SourceTable {
-            names: NameTable::open(
-                maps::policy_sources(root)?,
-                "policy_sources",
-                abi::MAX_POLICY_SOURCES,
-            )?,
+            names: NameTable::open(maps::policy_sources(root)?, abi::MAX_POLICY_SOURCES)?,
         })
     }
 
@@ -491,12 +482,8 @@ pub fn set_numbered(
     for (key, rules) in compiled {
         match rules {
             Some((v4, v6)) => {
-                policies6
-                    .insert(key, v6, 0)
-                    .map_err(|e| DataplaneError::map("policies6", e))?;
-                policies
-                    .insert(key, v4, 0)
-                    .map_err(|e| DataplaneError::map("policies", e))?;
+                policies6.insert(key, v6, 0).map_err(policies6.error())?;
+                policies.insert(key, v4, 0).map_err(policies.error())?;
             }
             None => {
                 let _ = policies.remove(&key);

@@ -33,7 +33,7 @@ pub fn register(root: &Path, ep: &Endpoint, ipv6: Option<Ipv6Addr>) -> Result<()
     match ipv6 {
         Some(ip) => endpoints6
             .insert(ep.ifindex, Endpoint6::new(ip), 0)
-            .map_err(|e| DataplaneError::map("endpoints6", e))?,
+            .map_err(endpoints6.error())?,
         None => {
             let _ = endpoints6.remove(&ep.ifindex);
         }
@@ -55,10 +55,8 @@ pub fn register(root: &Path, ep: &Endpoint, ipv6: Option<Ipv6Addr>) -> Result<()
     slots::zero_counters(root, ep.slot)?;
     endpoints
         .insert(ep.ifindex, ep, 0)
-        .map_err(|e| DataplaneError::map("endpoints", e))?;
-    by_ip
-        .insert(ep.ip, ep.ifindex, 0)
-        .map_err(|e| DataplaneError::map("endpoints_by_ip", e))
+        .map_err(endpoints.error())?;
+    by_ip.insert(ep.ip, ep.ifindex, 0).map_err(by_ip.error())
 }
 
 /// The IPv6 address of the pod behind host veth `ifindex`, if it has one
@@ -81,7 +79,7 @@ pub fn ipv6_of(root: &Path, ifindex: u32) -> Result<Option<Ipv6Addr>, DataplaneE
 /// [`DataplaneError::Map`] naming `endpoints6` when it cannot be opened or
 /// read.
 pub fn ipv6_addresses(root: &Path) -> Result<Vec<Ipv6Addr>, DataplaneError> {
-    Ok(maps::values(&maps::endpoints6(root)?, "endpoints6")?
+    Ok(maps::values(&maps::endpoints6(root)?)?
         .iter()
         .map(|e| e.ipv6())
         .collect())
@@ -94,7 +92,7 @@ pub fn ipv6_addresses(root: &Path) -> Result<Vec<Ipv6Addr>, DataplaneError> {
 /// [`DataplaneError::Map`] naming `endpoints` when it cannot be opened or
 /// read.
 pub fn list(root: &Path) -> Result<Vec<Endpoint>, DataplaneError> {
-    maps::values(&maps::endpoints(root)?, "endpoints")
+    maps::values(&maps::endpoints(root)?)
 }
 
 /// The endpoint whose host veth is `ifname`: by its ifindex while the
@@ -185,13 +183,13 @@ pub fn remove(root: &Path, ep: &Endpoint) -> Result<(), DataplaneError> {
 /// cannot be opened; entries that cannot be read or deleted are skipped.
 pub fn flush_conntrack(root: &Path, ifindex: Option<u32>) -> Result<usize, DataplaneError> {
     let wanted = |i: u32| ifindex.is_none_or(|want| want == i);
-    Ok(flush(maps::conntrack(root)?, |k| wanted(k.ifindex))
-        + flush(maps::conntrack6(root)?, |k| wanted(k.ifindex)))
+    Ok(flush(&mut maps::conntrack(root)?, |k| wanted(k.ifindex))
+        + flush(&mut maps::conntrack6(root)?, |k| wanted(k.ifindex)))
 }
 
 /// Deletes the entries of `map` whose key is `doomed`; returns how many.
 fn flush<K: aya::Pod, V: aya::Pod>(
-    mut map: aya::maps::HashMap<aya::maps::MapData, K, V>,
+    map: &mut maps::Named<aya::maps::HashMap<aya::maps::MapData, K, V>>,
     doomed: impl Fn(&K) -> bool,
 ) -> usize {
     let keys: Vec<K> = map

@@ -282,10 +282,6 @@ fn filter_of<'a>(frontends: impl IntoIterator<Item = &'a Frontend>) -> SvcFilter
     filter
 }
 
-fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
-    move |e| DataplaneError::map(name, e)
-}
-
 fn meta_of(name: &str) -> SvcMeta {
     let mut meta = SvcMeta { name: [0; 64] };
     meta.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -337,12 +333,12 @@ impl Maps {
     fn installed(&self) -> Result<BTreeMap<Frontend, Installed>, DataplaneError> {
         let mut found = Vec::new();
         for kv in self.frontends.iter() {
-            let (key, value) = kv.map_err(map_err("svc_frontends"))?;
+            let (key, value) = kv.map_err(self.frontends.error())?;
             let addr = IpAddr::V4(key.addr.into());
             found.extend(frontend_of(addr, key.port, key.proto).map(|f| (f, value)));
         }
         for kv in self.frontends6.iter() {
-            let (key, value) = kv.map_err(map_err("svc_frontends6"))?;
+            let (key, value) = kv.map_err(self.frontends6.error())?;
             let addr = IpAddr::V6(key.addr.into());
             found.extend(frontend_of(addr, key.port, key.proto).map(|f| (f, value)));
         }
@@ -379,17 +375,14 @@ impl Maps {
         let slot = slot_key(id, generation, ordinal);
         Ok(match vip {
             IpAddr::V4(_) => {
-                let b = self
-                    .backends
-                    .get(&slot, 0)
-                    .map_err(map_err("svc_backends"))?;
+                let b = self.backends.get(&slot, 0).map_err(self.backends.error())?;
                 SocketAddr::new(Ipv4Addr::from(b.addr).into(), u16::from_be_bytes(b.port))
             }
             IpAddr::V6(_) => {
                 let b = self
                     .backends6
                     .get(&slot, 0)
-                    .map_err(map_err("svc_backends6"))?;
+                    .map_err(self.backends6.error())?;
                 SocketAddr::new(
                     std::net::Ipv6Addr::from(b.addr).into(),
                     u16::from_be_bytes(b.port),
@@ -407,21 +400,19 @@ impl Maps {
             Key::V4(k) => self
                 .frontends
                 .insert(k, value, 0)
-                .map_err(map_err("svc_frontends")),
+                .map_err(self.frontends.error()),
             Key::V6(k) => self
                 .frontends6
                 .insert(k, value, 0)
-                .map_err(map_err("svc_frontends6")),
+                .map_err(self.frontends6.error()),
         }
     }
 
     fn remove_frontend(&mut self, frontend: &Frontend) -> Result<(), DataplaneError> {
         match key_of(frontend) {
-            Key::V4(k) => {
-                ignore_missing(self.frontends.remove(&k)).map_err(map_err("svc_frontends"))
-            }
+            Key::V4(k) => ignore_missing(self.frontends.remove(&k)).map_err(self.frontends.error()),
             Key::V6(k) => {
-                ignore_missing(self.frontends6.remove(&k)).map_err(map_err("svc_frontends6"))
+                ignore_missing(self.frontends6.remove(&k)).map_err(self.frontends6.error())
             }
         }
     }
@@ -444,7 +435,7 @@ impl Maps {
                     };
                     self.backends
                         .insert(slot, backend, 0)
-                        .map_err(map_err("svc_backends"))?
+                        .map_err(self.backends.error())?
                 }
                 IpAddr::V6(a) => {
                     let backend = Backend6 {
@@ -454,7 +445,7 @@ impl Maps {
                     };
                     self.backends6
                         .insert(slot, backend, 0)
-                        .map_err(map_err("svc_backends6"))?
+                        .map_err(self.backends6.error())?
                 }
             }
         }
@@ -473,10 +464,11 @@ impl Maps {
             let slot = slot_key(id, generation, ordinal);
             match vip {
                 IpAddr::V4(_) => {
-                    ignore_missing(self.backends.remove(&slot)).map_err(map_err("svc_backends"))?
+                    ignore_missing(self.backends.remove(&slot)).map_err(self.backends.error())?
                 }
-                IpAddr::V6(_) => ignore_missing(self.backends6.remove(&slot))
-                    .map_err(map_err("svc_backends6"))?,
+                IpAddr::V6(_) => {
+                    ignore_missing(self.backends6.remove(&slot)).map_err(self.backends6.error())?
+                }
             }
         }
         Ok(())
@@ -989,7 +981,7 @@ fn write_frontends(
     } = held;
     let seen = unshared(installed, wanted, replaced)?;
     for v6 in [false, true] {
-        check_capacity(root, installed, wanted, replaced, v6)?;
+        check_capacity(root, maps, installed, wanted, replaced, v6)?;
     }
 
     let mut report = ApplyReport::default();
@@ -1067,7 +1059,7 @@ fn remove_frontend(
         old.value.generation,
         old.value.count,
     )?;
-    ignore_missing(maps.names.remove(&old.value.id)).map_err(map_err("svc_meta"))?;
+    ignore_missing(maps.names.remove(&old.value.id)).map_err(maps.names.error())?;
     ids.used.remove(&old.value.id);
     Ok(())
 }
@@ -1086,7 +1078,7 @@ fn update_frontend(maps: &mut Maps, old: &mut Installed, w: &Wanted) -> Result<b
     if old.name != w.spec.name {
         maps.names
             .insert(old.value.id, meta_of(&w.spec.name), 0)
-            .map_err(map_err("svc_meta"))?;
+            .map_err(maps.names.error())?;
         old.name.clone_from(&w.spec.name);
     }
     if same_backends && same_settings {
@@ -1124,7 +1116,7 @@ fn add_frontend(maps: &mut Maps, ids: &mut Ids, w: &Wanted) -> Result<Installed,
     maps.write_slots(id, 0, &w.backends)?;
     maps.names
         .insert(id, meta_of(&w.spec.name), 0)
-        .map_err(map_err("svc_meta"))?;
+        .map_err(maps.names.error())?;
     let value = SvcValue {
         id,
         count: w.backends.len() as u16,
@@ -1146,6 +1138,7 @@ fn add_frontend(maps: &mut Maps, ids: &mut Ids, w: &Wanted) -> Result<Installed,
 /// `wanted` in place of `replaced`.
 fn check_capacity(
     root: &Path,
+    maps: &Maps,
     installed: &BTreeMap<Frontend, Installed>,
     wanted: &[Wanted],
     replaced: &HashSet<Frontend>,
@@ -1153,9 +1146,9 @@ fn check_capacity(
 ) -> Result<(), ServiceError> {
     let ours = |f: &Frontend| f.addr.is_ipv6() == v6;
     let (frontends_map, backends_map) = if v6 {
-        ("svc_frontends6", "svc_backends6")
+        (maps.frontends6.name(), maps.backends6.name())
     } else {
-        ("svc_frontends", "svc_backends")
+        (maps.frontends.name(), maps.backends.name())
     };
     let capacity = |name: &'static str| -> Result<u32, DataplaneError> {
         Ok(Layout::of_pin(&map_path(root, name))?.max_entries)
@@ -1271,7 +1264,7 @@ pub fn names(root: &Path) -> Result<HashMap<u32, String>, DataplaneError> {
         .iter()
         .map(|kv| {
             kv.map(|(id, meta)| (id, name_of(&meta)))
-                .map_err(map_err("svc_meta"))
+                .map_err(names.error())
         })
         .collect()
 }

@@ -36,19 +36,17 @@ pub(crate) fn claim(slots: &mut CounterSlots, ifindex: u32) -> Result<u32, Datap
             _ => {}
         }
     }
-    Err(DataplaneError::map(
-        "counter_slots",
+    Err(slots.error()(
         "every counters slot is taken (more endpoints than the node holds)",
     ))
 }
 
 /// Sets every CPU's counters of `slot` to zero.
 pub(crate) fn zero_counters(root: &Path, slot: u32) -> Result<(), DataplaneError> {
-    let fail = |e: String| DataplaneError::map("counters", e);
+    let mut counters = maps::counters(root)?;
+    let fail = counters.error();
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| fail(e.to_string()))?;
     let zero = aya::maps::PerCpuValues::try_from(vec![Counters::default(); cpus])
         .map_err(|e| fail(e.to_string()))?;
-    maps::counters(root)?
-        .set(slot, zero, 0)
-        .map_err(|e| fail(e.to_string()))
+    counters.set(slot, zero, 0).map_err(|e| fail(e.to_string()))
 }

@@ -33,12 +33,12 @@ fn complete_ipv6_policies(root: &Path) -> Result<(), DataplaneError> {
     let keys = policies
         .keys()
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| DataplaneError::map("policies", e))?;
+        .map_err(policies.error())?;
     for key in keys {
         if policies6.get(&key, 0).is_err() {
             policies6
                 .insert(key, crate::abi::Policy6::default(), 0)
-                .map_err(|e| DataplaneError::map("policies6", e))?;
+                .map_err(policies6.error())?;
         }
     }
     Ok(())
@@ -49,7 +49,7 @@ fn complete_ipv6_policies(root: &Path) -> Result<(), DataplaneError> {
 fn assign_slots(root: &Path) -> Result<(), DataplaneError> {
     let mut endpoints = maps::endpoints(root)?;
     let mut counter_slots = maps::counter_slots(root)?;
-    for mut ep in maps::values(&endpoints, "endpoints")? {
+    for mut ep in maps::values(&endpoints)? {
         if slots::holds(&counter_slots, &ep) {
             continue;
         }
@@ -57,7 +57,7 @@ fn assign_slots(root: &Path) -> Result<(), DataplaneError> {
         slots::zero_counters(root, ep.slot)?;
         endpoints
             .insert(ep.ifindex, ep, 0)
-            .map_err(|e| DataplaneError::map("endpoints", e))?;
+            .map_err(endpoints.error())?;
     }
     Ok(())
 }
@@ -75,7 +75,7 @@ fn adopt_ipv6_routes(root: &Path) -> Result<usize, DataplaneError> {
     use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
 
     let mut endpoints6 = maps::endpoints6(root)?;
-    let missing: Vec<u32> = maps::values(&maps::endpoints(root)?, "endpoints")?
+    let missing: Vec<u32> = maps::values(&maps::endpoints(root)?)?
         .iter()
         .map(|ep| ep.ifindex)
         .filter(|i| endpoints6.get(i, 0).is_err())
@@ -83,7 +83,8 @@ fn adopt_ipv6_routes(root: &Path) -> Result<usize, DataplaneError> {
     if missing.is_empty() {
         return Ok(0);
     }
-    let fail = |e: String| DataplaneError::map("endpoints6", format!("listing IPv6 routes: {e}"));
+    let error = endpoints6.error();
+    let fail = |e: String| error(format!("listing IPv6 routes: {e}"));
     let routes = crate::netlink::with_netlink(
         async |h| {
             h.route()
@@ -114,7 +115,7 @@ fn adopt_ipv6_routes(root: &Path) -> Result<usize, DataplaneError> {
         if let (Some((_, ip)), None) = (theirs.next(), theirs.next()) {
             endpoints6
                 .insert(ifindex, Endpoint6::new(*ip), 0)
-                .map_err(|e| DataplaneError::map("endpoints6", e))?;
+                .map_err(endpoints6.error())?;
             adopted += 1;
         }
     }
