@@ -90,10 +90,12 @@ pub enum DataplaneError {
     /// interface or a cgroup.
     #[error("attaching {program} to {ifname} failed: {source}")]
     Attach {
-        /// The program (`from_pod`, `to_pod`, `from_net`, `from_tunnel`), or
-        /// `clsact` when the interface or its qdisc failed first. Linking to
-        /// a cgroup names `sock_connect4` whichever socket program failed;
-        /// the cause names that one.
+        /// The program (`from_pod`, `to_pod`, `from_net`, `from_tunnel`, or
+        /// a socket program such as `sock_connect4`), or `clsact` when the
+        /// interface or its qdisc failed first, or
+        /// [`ALL_SOCKET_PROGRAMS`](crate::host_lb::ALL_SOCKET_PROGRAMS)
+        /// when a step all socket programs share failed (the cgroup, mounting
+        /// its hierarchy, the links' directory).
         program: &'static str,
         /// The interface's name, or `cgroup <path>`.
         ifname: String,

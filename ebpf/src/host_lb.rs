@@ -32,10 +32,14 @@ const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 /// `SO_NETNS_COOKIE` (Linux 5.14): the calling socket's network namespace.
 const SO_NETNS_COOKIE: libc::c_int = 71;
 
-/// What every socket program's linking shares (the cgroup, its links'
-/// directory) failed: reported as the first program's.
+/// What [`DataplaneError::Attach`] names when a step every socket program's
+/// linking shares failed, before any program was linked.
+pub const ALL_SOCKET_PROGRAMS: &str = "the socket programs";
+
+/// What every socket program's linking shares (the cgroup, mounting its
+/// hierarchy, the links' directory) failed: reported as all of theirs.
 fn attach_error(cgroup: &Path, reason: impl Into<Cause>) -> DataplaneError {
-    program_error(SOCKET_PROGRAMS[0].0, cgroup, reason)
+    program_error(ALL_SOCKET_PROGRAMS, cgroup, reason)
 }
 
 /// Socket program `program` could not be linked to `cgroup`.
@@ -56,10 +60,12 @@ fn program_error(program: &'static str, cgroup: &Path, reason: impl Into<Cause>)
 ///
 /// # Errors
 ///
-/// [`DataplaneError::Attach`] (interface `cgroup <path>`) when `cgroup` is
-/// neither a cgroup v2 directory nor an empty one the hierarchy can be
-/// mounted on, a socket program is not pinned under `root`, or a program
-/// cannot be linked or its link pinned; [`DataplaneError::NetnsCookie`]
+/// [`DataplaneError::Attach`] (interface `cgroup <path>`) naming
+/// [`ALL_SOCKET_PROGRAMS`] when `cgroup` is neither a cgroup v2 directory
+/// nor an empty one the hierarchy can be mounted on (or cannot be read or
+/// mounted), or the links' directory cannot be made; naming the program
+/// when it is not pinned under `root`, or cannot be linked or its link
+/// pinned; [`DataplaneError::NetnsCookie`]
 /// when the kernel cannot tell this network namespace's cookie (before
 /// Linux 5.14); [`DataplaneError::Map`] naming `node_config` when the
 /// cookie cannot be recorded.
@@ -214,4 +220,33 @@ fn record_netns(root: &Path) -> Result<(), DataplaneError> {
 
 fn set_netns_cookie(root: &Path, cookie: u64) -> Result<(), DataplaneError> {
     maps::update_node_config(root, |c| c.host_netns_cookie = cookie)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unusable_cgroup_is_every_socket_programs_failure_not_the_first_ones() {
+        let cgroup = tempfile::tempdir().unwrap();
+        std::fs::write(cgroup.path().join("not-a-cgroup"), "").unwrap();
+        let root = cgroup.path().join("no-bpf-root");
+        let e = attach(&root, cgroup.path()).unwrap_err();
+        let DataplaneError::Attach {
+            program, ifname, ..
+        } = &e
+        else {
+            panic!("not an Attach error: {e:?}");
+        };
+        assert_eq!(*program, ALL_SOCKET_PROGRAMS);
+        assert_eq!(*ifname, format!("cgroup {}", cgroup.path().display()));
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "attaching the socket programs to cgroup {} failed: neither a cgroup v2 \
+                 directory nor an empty one to mount the hierarchy on",
+                cgroup.path().display()
+            )
+        );
+    }
 }
