@@ -14,6 +14,11 @@ use crate::{maps, slots};
 /// IPv6 but neighbour discovery). The slot's counters start at zero: a
 /// recycled slot or ifindex must not inherit a predecessor's counts.
 ///
+/// It writes all of it or none: when a write fails, the entries it wrote
+/// are put back as they were (none, or a retried ADD's) and a slot it
+/// claimed is freed: a failed ADD leaves no half-registered endpoint,
+/// whether or not its caller undoes anything.
+///
 /// ```no_run
 /// # use margay_ebpf::{abi::Endpoint, registry};
 /// let ep = Endpoint::new(42, "mrg0123456789a", "10.244.0.5".parse()?, [2, 0, 0, 0, 0, 5]);
@@ -30,6 +35,7 @@ pub fn register(root: &Path, ep: &Endpoint, ipv6: Option<Ipv6Addr>) -> Result<()
     // The IPv6 address first: the endpoint's traffic is dropped until it
     // is in the registry, so no packet sees it half written.
     let mut endpoints6 = maps::endpoints6(root)?;
+    let before6 = endpoints6.get(&ep.ifindex, 0).ok();
     match ipv6 {
         Some(ip) => endpoints6
             .insert(ep.ifindex, Endpoint6::new(ip), 0)
@@ -38,25 +44,68 @@ pub fn register(root: &Path, ep: &Endpoint, ipv6: Option<Ipv6Addr>) -> Result<()
             let _ = endpoints6.remove(&ep.ifindex);
         }
     }
+    let written = write_ipv4(root, ep);
+    if written.is_err() {
+        put_back(&mut endpoints6, ep.ifindex, before6);
+    }
+    written
+}
+
+/// [`register`]'s IPv4 half: the entry with its counters slot, then the IP
+/// index. On failure the entry is put back as it was and a slot claimed
+/// for it freed.
+fn write_ipv4(root: &Path, ep: &Endpoint) -> Result<(), DataplaneError> {
     let mut endpoints = maps::endpoints(root)?;
     let mut by_ip = maps::endpoints_by_ip(root)?;
     let mut counter_slots = maps::counter_slots(root)?;
     let mut ep = *ep;
+    let before = endpoints.get(&ep.ifindex, 0).ok();
     // A retried ADD keeps the slot it holds.
-    let held = endpoints
-        .get(&ep.ifindex, 0)
-        .ok()
+    let held = before
         .filter(|old| slots::holds(&counter_slots, old))
         .map(|old| old.slot);
     ep.slot = match held {
         Some(slot) => slot,
         None => slots::claim(&mut counter_slots, ep.ifindex)?,
     };
-    slots::zero_counters(root, ep.slot)?;
-    endpoints
-        .insert(ep.ifindex, ep, 0)
-        .map_err(endpoints.error())?;
-    by_ip.insert(ep.ip, ep.ifindex, 0).map_err(by_ip.error())
+    let written = slots::zero_counters(root, ep.slot)
+        .and_then(|()| {
+            endpoints
+                .insert(ep.ifindex, ep, 0)
+                .map_err(endpoints.error())
+        })
+        .and_then(|()| by_ip.insert(ep.ip, ep.ifindex, 0).map_err(by_ip.error()));
+    if written.is_err() {
+        put_back(&mut endpoints, ep.ifindex, before);
+        if held.is_none() {
+            // Claimed above for this ifindex (NOEXIST): no one else's.
+            let _ = counter_slots.remove(&ep.slot);
+        }
+    }
+    written
+}
+
+/// Puts entry `key` of `map` back as it was (`None`: there was none),
+/// undoing a registration that failed. Undoing is best effort: the
+/// failure that made it needed is what the caller reports, so one of its
+/// own is logged.
+fn put_back<V: aya::Pod>(
+    map: &mut maps::Named<aya::maps::HashMap<aya::maps::MapData, u32, V>>,
+    key: u32,
+    before: Option<V>,
+) {
+    let undone = match before {
+        Some(value) => map.insert(key, value, 0),
+        None if map.get(&key, 0).is_err() => Ok(()),
+        None => map.remove(&key),
+    };
+    if let Err(e) = undone {
+        tracing::warn!(
+            map = map.name(),
+            key,
+            "cannot undo a failed registration: {e}"
+        );
+    }
 }
 
 /// The IPv6 address of the pod behind host veth `ifindex`, if it has one
