@@ -629,11 +629,16 @@ fn node(root: &Path, json_out: bool, action: NodeAction) -> Result<(), String> {
             let rows = nodeport::data_ifaces(root).map_err(err)?;
             let peers = cluster::peers(root).map_err(err)?;
             let tunnel = cluster::tunnel_settings(root).map_err(err)?;
+            let external_mode = if tunnel.external_mode == EXT_MODE_DSR {
+                "dsr"
+            } else {
+                "tunnel"
+            };
             emit(if json_out {
                 json(&serde_json::json!({
                     "data_ifaces": rows,
                     "tunnel_ifindex": tunnel.tunnel_ifindex,
-                    "external_mode": if tunnel.external_mode == EXT_MODE_DSR { "dsr" } else { "tunnel" },
+                    "external_mode": external_mode,
                     "peers": peers.iter().map(|p| serde_json::json!({"pod_cidr": p.cidr, "node": p.node, "node6": p.node6, "encap": p.encap})).collect::<Vec<_>>(),
                 }))
             } else {
@@ -662,11 +667,7 @@ fn node(root: &Path, json_out: bool, action: NodeAction) -> Result<(), String> {
                 format!(
                     "{}\nexternal mode: {}, tunnel ifindex {}\n{}",
                     table(&["IFACE", "IFINDEX", "NODEPORT ADDRESS"], &cells),
-                    if tunnel.external_mode == EXT_MODE_DSR {
-                        "dsr"
-                    } else {
-                        "tunnel"
-                    },
+                    external_mode,
                     tunnel.tunnel_ifindex,
                     table(&["PEER POD CIDR", "NODE", "REACHED BY"], &peer_cells)
                 )
