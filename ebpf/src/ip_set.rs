@@ -16,7 +16,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-use aya::maps::MapError;
 use aya::maps::lpm_trie::Key;
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use margay_model::ip_set::{self as model, IpSets, SetError, SetMember, SetPort};
@@ -130,20 +129,13 @@ impl NameTable {
 
     pub(crate) fn forget(&mut self, name: &str) -> Result<(), DataplaneError> {
         if let Some(id) = self.ids.remove(name) {
-            ignore_missing(self.map.remove(&id)).map_err(self.map.error())?;
+            maps::removed(self.map.remove(&id)).map_err(self.map.error())?;
         }
         Ok(())
     }
 
     pub(crate) fn names(&self) -> impl Iterator<Item = (&str, u32)> {
         self.ids.iter().map(|(n, id)| (n.as_str(), *id))
-    }
-}
-
-fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
-    match r {
-        Err(MapError::KeyNotFound) => Ok(()),
-        other => other,
     }
 }
 
@@ -404,8 +396,8 @@ impl IpSetTable {
 
     fn erase(&mut self, id: u32, member: &SetMember) -> Result<(), DataplaneError> {
         match entry_of(id, member) {
-            Entry::V4(key) => ignore_missing(self.v4.remove(&key)).map_err(self.v4.error()),
-            Entry::V6(key) => ignore_missing(self.v6.remove(&key)).map_err(self.v6.error()),
+            Entry::V4(key) => maps::removed(self.v4.remove(&key)).map_err(self.v4.error()),
+            Entry::V6(key) => maps::removed(self.v6.remove(&key)).map_err(self.v6.error()),
         }
     }
 

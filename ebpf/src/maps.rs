@@ -140,6 +140,20 @@ impl<M> DerefMut for Named<M> {
     }
 }
 
+/// `result` of removing a key, with a key that was not there taken as
+/// removed (another writer, or an LRU map's eviction, was first). aya
+/// reports that as `bpf_map_delete_elem`'s `ENOENT`, not as
+/// [`MapError::KeyNotFound`], which only its lookups give.
+pub(crate) fn removed(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => {
+            Ok(())
+        }
+        Err(MapError::KeyNotFound) => Ok(()),
+        other => other,
+    }
+}
+
 /// Map `endpoints`: the registered pods ([`Endpoint`]) by host veth ifindex.
 pub type Endpoints = Named<HashMap<MapData, u32, Endpoint>>;
 /// Map `endpoints6`: pods' IPv6 addresses ([`Endpoint6`]) by host veth
@@ -475,5 +489,31 @@ impl std::fmt::Display for Layout {
             "(type {}, key {} B, value {} B, {} entries, flags {:#x})",
             self.map_type, self.key_size, self.value_size, self.max_entries, self.flags
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aya::sys::SyscallError;
+
+    use super::*;
+
+    fn delete_failed(errno: i32) -> Result<(), MapError> {
+        Err(SyscallError {
+            call: "bpf_map_delete_elem",
+            io_error: std::io::Error::from_raw_os_error(errno),
+        }
+        .into())
+    }
+
+    #[test]
+    fn removing_a_missing_key_is_no_error_but_other_failures_are() {
+        assert!(removed(delete_failed(libc::ENOENT)).is_ok());
+        assert!(removed(Err(MapError::KeyNotFound)).is_ok());
+        assert!(removed(Ok(())).is_ok());
+        assert!(matches!(
+            removed(delete_failed(libc::EPERM)),
+            Err(MapError::SyscallError(_))
+        ));
     }
 }

@@ -53,6 +53,32 @@ pub(crate) fn serial_path(root: &Path, what: &str) -> PathBuf {
     PathBuf::from("/run/margay/locks").join(format!("{}.{what}.serial", flatten(root)))
 }
 
+/// Removes `root`'s lock and serial files, for a root that is gone for
+/// good (uninstalled, a test's): they live outside it, under /run, and
+/// would outlast it. Missing files are no error.
+///
+/// # Errors
+///
+/// The directory's or a file's I/O error other than "not found".
+pub fn remove_run_files(root: &Path) -> std::io::Result<()> {
+    let dir = Path::new("/run/margay/locks");
+    let prefix = format!("{}.", flatten(root));
+    let entries = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        other => other?,
+    };
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            match std::fs::remove_file(entry.path()) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 fn flatten(root: &Path) -> String {
     root.to_string_lossy()
         .chars()

@@ -21,7 +21,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aya::maps::MapError;
 use margay_conf::lock::FileLock;
 use margay_model::protocol::Protocol;
 use margay_model::service::{
@@ -410,9 +409,9 @@ impl Maps {
 
     fn remove_frontend(&mut self, frontend: &Frontend) -> Result<(), DataplaneError> {
         match key_of(frontend) {
-            Key::V4(k) => ignore_missing(self.frontends.remove(&k)).map_err(self.frontends.error()),
+            Key::V4(k) => maps::removed(self.frontends.remove(&k)).map_err(self.frontends.error()),
             Key::V6(k) => {
-                ignore_missing(self.frontends6.remove(&k)).map_err(self.frontends6.error())
+                maps::removed(self.frontends6.remove(&k)).map_err(self.frontends6.error())
             }
         }
     }
@@ -464,21 +463,14 @@ impl Maps {
             let slot = slot_key(id, generation, ordinal);
             match vip {
                 IpAddr::V4(_) => {
-                    ignore_missing(self.backends.remove(&slot)).map_err(self.backends.error())?
+                    maps::removed(self.backends.remove(&slot)).map_err(self.backends.error())?
                 }
                 IpAddr::V6(_) => {
-                    ignore_missing(self.backends6.remove(&slot)).map_err(self.backends6.error())?
+                    maps::removed(self.backends6.remove(&slot)).map_err(self.backends6.error())?
                 }
             }
         }
         Ok(())
-    }
-}
-
-fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
-    match r {
-        Err(MapError::KeyNotFound) => Ok(()),
-        other => other,
     }
 }
 
@@ -1059,7 +1051,7 @@ fn remove_frontend(
         old.value.generation,
         old.value.count,
     )?;
-    ignore_missing(maps.names.remove(&old.value.id)).map_err(maps.names.error())?;
+    maps::removed(maps.names.remove(&old.value.id)).map_err(maps.names.error())?;
     ids.used.remove(&old.value.id);
     Ok(())
 }

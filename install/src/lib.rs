@@ -233,7 +233,9 @@ fn remove_dataplane(root: &Path) -> Result<()> {
     }
     checks::node_programs_off(root, false)?;
     margay_ebpf::cluster::forget_all(root)?;
-    std::fs::remove_dir_all(root).with_context(|| format!("removing {}", root.display()))
+    std::fs::remove_dir_all(root).with_context(|| format!("removing {}", root.display()))?;
+    margay_ebpf::paths::remove_run_files(root)
+        .with_context(|| format!("removing the lock files of {}", root.display()))
 }
 
 /// What `--watch` compares between rounds: the template, the installed

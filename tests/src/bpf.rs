@@ -9,7 +9,7 @@ use margay_ebpf::node::Node;
 use crate::netns::unique_name;
 
 /// A BPF root of the test's own under /sys/fs/bpf, removed with all its
-/// pins when dropped (which also detaches the programs it pinned links for).
+/// pins and its lock files when dropped (which also detaches the programs it pinned links for).
 pub struct BpfRoot {
     path: PathBuf,
 }
@@ -35,6 +35,7 @@ impl Default for BpfRoot {
 impl Drop for BpfRoot {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
+        let _ = margay_ebpf::paths::remove_run_files(&self.path);
     }
 }
 

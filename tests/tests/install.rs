@@ -422,6 +422,7 @@ fn an_installed_node_runs_pods_in_bpf_mode_and_uninstall_leaves_nothing() {
         assert!(!node.bin().join(name).exists(), "{name}");
     }
     assert!(!root.path().exists(), "no pins left");
+    assert_no_lock_files(root.path());
     assert!(
         margay_ebpf::node::attached(&host_veth, aya::programs::TcAttachType::Ingress).is_empty()
     );
@@ -478,6 +479,29 @@ fn switching_the_dataplane_back_and_forth_is_reversible() {
     ok(node.install(&[("MARGAY_DATAPLANE", "bpf"), root_env]));
     let c = add("switch-c", &ns_c);
     assert!(attached(&c));
+}
+
+/// Nothing of `root`'s is left under /run/margay/locks (its lock and
+/// serial files live outside it).
+fn assert_no_lock_files(root: &std::path::Path) {
+    let flat: String = root
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let prefix = format!("{flat}.");
+    let left: Vec<String> = std::fs::read_dir("/run/margay/locks")
+        .map(|dir| {
+            dir.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let left: Vec<&String> = left
+        .iter()
+        .filter(|name| name.starts_with(&prefix))
+        .collect();
+    assert!(left.is_empty(), "lock files left: {left:?}");
 }
 
 fn addr_of(ns: &NetNs) -> String {
@@ -562,6 +586,7 @@ fn data_interfaces_of_the_conflist_get_from_net_and_uninstall_takes_it_off() {
 
     ok(node.install(&[("MARGAY_UNINSTALL", "true")]));
     assert!(!root.path().exists(), "no pins left");
+    assert_no_lock_files(root.path());
     assert!(
         margay_ebpf::node::attached(&nic.0.name, aya::programs::TcAttachType::Ingress).is_empty(),
         "from_net is off the NIC"
