@@ -1288,3 +1288,73 @@ fn rules_naming_sets_judge_peers_by_their_members() {
     assert_eq!(sets.retire(&|name| name != "http").unwrap(), 1);
     assert_eq!(sets.id("http"), None);
 }
+
+/// The registry writes an endpoint whole or not at all: a registration
+/// that fails leaves the maps as it found them, whether or not its caller
+/// undoes anything (the plugin's rollback finds an endpoint by its
+/// `endpoints` entry, which a failed registration may never have written).
+#[test]
+fn a_registration_that_fails_leaves_no_ipv6_entry_behind() {
+    require_root!(a_registration_that_fails_leaves_no_ipv6_entry_behind);
+    let root = BpfRoot::new();
+    let r = root.path();
+    let _node = Node::open(r, &Settings::default()).unwrap();
+    // Every counters slot held by an interface that exists (the loopback),
+    // so that none can be taken back: the slot claim fails, after the
+    // IPv6 address is written.
+    let mut slots = margay_ebpf::maps::counter_slots(r).unwrap();
+    for slot in 1..=abi::MAX_ENDPOINTS {
+        slots.insert(slot, 1, 0).unwrap();
+    }
+    let ipv6: Ipv6Addr = "fd00:244::5".parse().unwrap();
+    let endpoint = |ifindex, ip: [u8; 4]| Endpoint::new(ifindex, "mrgtest", ip.into(), POD_MAC);
+
+    let fresh = endpoint(4242, [10, 244, 0, 5]);
+    let e = registry::register(r, &fresh, Some(ipv6)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "map counter_slots: every counters slot is taken (more endpoints than the node holds)"
+    );
+    assert_eq!(
+        registry::ipv6_of(r, fresh.ifindex).unwrap(),
+        None,
+        "the failed registration left its endpoints6 entry"
+    );
+    assert!(
+        margay_ebpf::maps::endpoints(r)
+            .unwrap()
+            .get(&4242, 0)
+            .is_err()
+    );
+    assert!(
+        margay_ebpf::maps::endpoints_by_ip(r)
+            .unwrap()
+            .get(&fresh.ip, 0)
+            .is_err()
+    );
+
+    // An entry that was there before (an earlier ADD's) is put back as it
+    // was, whether the failed registration overwrote or removed it.
+    let earlier: Ipv6Addr = "fd00:244::6".parse().unwrap();
+    margay_ebpf::maps::endpoints6(r)
+        .unwrap()
+        .insert(4243, abi::Endpoint6::new(earlier), 0)
+        .unwrap();
+    let retried = endpoint(4243, [10, 244, 0, 6]);
+    registry::register(r, &retried, Some(ipv6)).unwrap_err();
+    assert_eq!(registry::ipv6_of(r, 4243).unwrap(), Some(earlier));
+    registry::register(r, &retried, None).unwrap_err();
+    assert_eq!(registry::ipv6_of(r, 4243).unwrap(), Some(earlier));
+
+    // With a slot free, the same registration goes through whole.
+    slots.remove(&abi::MAX_ENDPOINTS).unwrap();
+    registry::register(r, &fresh, Some(ipv6)).unwrap();
+    assert_eq!(registry::ipv6_of(r, fresh.ifindex).unwrap(), Some(ipv6));
+    assert_eq!(
+        margay_ebpf::maps::endpoints_by_ip(r)
+            .unwrap()
+            .get(&fresh.ip, 0)
+            .unwrap(),
+        fresh.ifindex
+    );
+}
