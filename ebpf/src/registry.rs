@@ -96,8 +96,7 @@ fn put_back<V: aya::Pod>(
 ) {
     let undone = match before {
         Some(value) => map.insert(key, value, 0),
-        None if map.get(&key, 0).is_err() => Ok(()),
-        None => map.remove(&key),
+        None => maps::removed(map.remove(&key)),
     };
     if let Err(e) = undone {
         tracing::warn!(
