@@ -173,8 +173,10 @@ pub fn first_free_block(
         if ts > candidate + (size - 1) {
             break;
         }
-        // Overlap: the next aligned block after `t`.
-        candidate = (te / size + 1).checked_mul(size)?;
+        // Overlap: the next aligned block after `t`; none when `t` reaches
+        // the end of the address space (with blocks of one address,
+        // `te / size` is `te` itself, so even the `+ 1` can overflow).
+        candidate = (te / size).checked_add(1)?.checked_mul(size)?;
     }
     if candidate.checked_add(size - 1)? > end {
         return None;
@@ -275,5 +277,32 @@ mod tests {
         );
         let all = n("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff00/120");
         assert_eq!(first_free_block(&all, 120, [all]), None);
+    }
+
+    #[test]
+    fn blocks_of_one_address_at_the_top_of_ipv6_never_wrap_around() {
+        let pool = n("ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffc/126");
+        let each = [
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffc/128",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffd/128",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe/128",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128",
+        ]
+        .map(n);
+        assert_eq!(
+            first_free_block(&pool, 128, each),
+            None,
+            "a full pool has no free block, not ::/128"
+        );
+        assert_eq!(
+            first_free_block(&pool, 128, [pool]),
+            None,
+            "a block of another size reaching ffff:…:ffff"
+        );
+        assert_eq!(
+            first_usable_block(&pool, 128, each[..3].iter().copied()),
+            Some(each[3])
+        );
+        assert_eq!(first_usable_block(&pool, 128, each), None);
     }
 }
