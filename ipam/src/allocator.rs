@@ -14,8 +14,8 @@ use crate::error::IpamError;
 use crate::handle::HandleRecord;
 use crate::store::{Changes, Store, block_key};
 
-/// One operation on an open store. Blocks it changed are read back from
-/// its own copies, not the store; every write waits in it until
+/// One operation on an open store. Blocks and handles it changed are read
+/// back from its own copies, not the store; every write waits in it until
 /// [`into_changes`](Allocator::into_changes) hands them over for one
 /// [`Store::commit`], so a failed operation leaves the store as it was.
 ///
@@ -97,7 +97,7 @@ impl<'a> Allocator<'a> {
         mut record: HandleRecord,
         requested: &[IpAddr],
     ) -> Result<HandleRecord, IpamError> {
-        if let Some(held) = self.store.handle(&record.handle)? {
+        if let Some(held) = self.handle(&record.handle)? {
             if !held.same_attachment(&record) {
                 return Err(IpamError::handle_taken(&held, &record));
             }
@@ -134,7 +134,7 @@ impl<'a> Allocator<'a> {
         &mut self,
         wanted: &HandleRecord,
     ) -> Result<Option<HandleRecord>, IpamError> {
-        match self.store.handle(&wanted.handle)? {
+        match self.handle(&wanted.handle)? {
             Some(held) if !held.same_attachment(wanted) => {
                 Err(IpamError::handle_taken(&held, wanted))
             }
@@ -143,13 +143,14 @@ impl<'a> Allocator<'a> {
         }
     }
 
-    /// Frees what `handle` holds, whoever it is. `None` when it held nothing.
+    /// Frees what `handle` holds, whoever it is. `None` when it held nothing,
+    /// or this operation has released it already.
     ///
     /// # Errors
     ///
     /// [`IpamError::Io`] or [`IpamError::Corrupt`] when the store cannot be read.
     pub fn release(&mut self, handle: &str) -> Result<Option<HandleRecord>, IpamError> {
-        let Some(record) = self.store.handle(handle)? else {
+        let Some(record) = self.handle(handle)? else {
             return Ok(None);
         };
         for ip in &record.addresses {
@@ -195,6 +196,15 @@ impl<'a> Allocator<'a> {
             .map(|b| self.blocks.get(&block_key(&b.cidr)).cloned().unwrap_or(b))
             .filter(|b| b.node == self.conf.nodename && pool.contains(b.cidr.network()))
             .collect())
+    }
+
+    /// The record under `handle`, with this operation's changes applied:
+    /// none once it released it.
+    fn handle(&self, handle: &str) -> Result<Option<HandleRecord>, IpamError> {
+        match self.handles.get(handle) {
+            Some(pending) => Ok(pending.clone()),
+            None => self.store.handle(handle),
+        }
     }
 
     fn block_containing(&self, ip: IpAddr) -> Result<Option<Block>, IpamError> {

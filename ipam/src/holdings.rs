@@ -349,4 +349,20 @@ mod tests {
         assert!(drop_if_empty(&store, &net("10.0.0.0/26")).unwrap());
         assert!(usage(&store).unwrap().is_empty());
     }
+
+    #[test]
+    fn a_handle_named_twice_is_released_and_reported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = conf(dir.path());
+        let store = Store::open(dir.path(), Duration::from_secs(1)).unwrap();
+        let api = BTreeMap::from([(net("10.0.0.0/26"), "a".to_string())]);
+        reconcile(&store, &conf, &api).unwrap();
+        allocate(&store, &conf, "h1").unwrap();
+        assert_eq!(
+            release_handles(&store, &conf, &["h1".into(), "h1".into()]).unwrap(),
+            ["h1"]
+        );
+        assert_eq!(store.handle("h1").unwrap(), None);
+        assert_eq!(usage(&store).unwrap()[0].used, 0);
+    }
 }
