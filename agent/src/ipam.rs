@@ -629,13 +629,14 @@ impl IpamController {
             .await
         {
             Ok(released) => {
-                for h in &released {
-                    tracing::warn!(handle = %h, "released the address of a pod that no longer exists on this node");
-                    self.orphaned_since.remove(h);
+                for r in &released {
+                    tracing::warn!(handle = %r.handle, addresses = ?r.addresses, "released the address of a pod that no longer exists on this node");
+                    self.orphaned_since.remove(&r.handle);
                 }
+                // Addresses, not handles: a dual-stack pod's handle holds two.
                 self.metrics
                     .leaked_addresses_released
-                    .inc_by(released.len() as u64);
+                    .inc_by(released.iter().map(|r| r.addresses.len() as u64).sum());
             }
             Err(e) => tracing::error!("IPAM store: {e}"),
         }

@@ -29,6 +29,7 @@ use serde::Serialize;
 use crate::allocator::Allocator;
 use crate::block::{Block, overlaps};
 use crate::error::IpamError;
+use crate::handle::HandleRecord;
 use crate::store::{Changes, Store, block_key};
 
 /// What [`reconcile`] changed and found.
@@ -211,7 +212,8 @@ pub fn drop_if_empty(store: &Store, cidr: &IpNetwork) -> Result<bool, IpamError>
 }
 
 /// Releases what each of `handles` holds, in one transaction. Returns the
-/// handles that held something.
+/// records of the handles that held something, each once with every
+/// address it held (a dual-stack pod's two).
 ///
 /// # Errors
 ///
@@ -221,13 +223,11 @@ pub fn release_handles(
     store: &Store,
     conf: &IpamConf,
     handles: &[String],
-) -> Result<Vec<String>, IpamError> {
+) -> Result<Vec<HandleRecord>, IpamError> {
     let mut alloc = Allocator::new(store, conf);
     let mut released = Vec::new();
     for h in handles {
-        if alloc.release(h)?.is_some() {
-            released.push(h.clone());
-        }
+        released.extend(alloc.release(h)?);
     }
     store.commit(alloc.into_changes())?;
     Ok(released)
@@ -240,7 +240,6 @@ mod tests {
     use margay_conf::margay::Datastore;
 
     use super::*;
-    use crate::handle::HandleRecord;
 
     fn conf(dir: &std::path::Path) -> IpamConf {
         IpamConf {
@@ -267,6 +266,10 @@ mod tests {
             created: 0,
             addresses: Vec::new(),
         }
+    }
+
+    fn handles(released: Vec<HandleRecord>) -> Vec<String> {
+        released.into_iter().map(|r| r.handle).collect()
     }
 
     fn allocate(store: &Store, conf: &IpamConf, handle: &str) -> Result<HandleRecord, IpamError> {
@@ -327,7 +330,9 @@ mod tests {
 
         // Emptied and given away: dropped.
         assert_eq!(
-            release_handles(&store, &conf, &["h1".into(), "h2".into(), "hx".into()]).unwrap(),
+            handles(
+                release_handles(&store, &conf, &["h1".into(), "h2".into(), "hx".into()]).unwrap()
+            ),
             ["h1", "h2"]
         );
         api.insert(net("10.0.0.0/26"), "b".into());
@@ -359,10 +364,31 @@ mod tests {
         reconcile(&store, &conf, &api).unwrap();
         allocate(&store, &conf, "h1").unwrap();
         assert_eq!(
-            release_handles(&store, &conf, &["h1".into(), "h1".into()]).unwrap(),
+            handles(release_handles(&store, &conf, &["h1".into(), "h1".into()]).unwrap()),
             ["h1"]
         );
         assert_eq!(store.handle("h1").unwrap(), None);
         assert_eq!(usage(&store).unwrap()[0].used, 0);
+    }
+
+    #[test]
+    fn a_dual_stack_handle_is_released_with_both_its_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = IpamConf {
+            pools: vec![net("10.0.0.0/24"), net("fd00::/120")],
+            ..conf(dir.path())
+        };
+        let store = Store::open(dir.path(), Duration::from_secs(1)).unwrap();
+        let api = BTreeMap::from([
+            (net("10.0.0.0/26"), "a".to_string()),
+            (net("fd00::/122"), "a".to_string()),
+        ]);
+        reconcile(&store, &conf, &api).unwrap();
+        let held = allocate(&store, &conf, "h1").unwrap();
+        assert_eq!(held.addresses.len(), 2);
+        let released = release_handles(&store, &conf, &["h1".into()]).unwrap();
+        assert_eq!(released.len(), 1, "one handle");
+        assert_eq!(released[0].addresses, held.addresses, "two addresses");
+        assert!(usage(&store).unwrap().iter().all(|b| b.used == 0));
     }
 }
