@@ -52,8 +52,12 @@ pub fn overlaps(a: &IpNetwork, b: &IpNetwork) -> bool {
 /// Why [`Block::assign`] refused an address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
-    /// The pool's network or broadcast address (or outside the block).
-    Reserved,
+    /// One of the block's [`reserved`](Block::reserved) addresses, this
+    /// one: an IPv4 pool's network or broadcast address, an IPv6 pool's
+    /// subnet-router anycast address.
+    Reserved(IpAddr),
+    /// Not an address of the block, which is this one.
+    Outside(IpNetwork),
     /// Held by this other handle.
     HeldBy(String),
     /// The block is fenced, for this reason.
@@ -63,7 +67,14 @@ pub enum Refusal {
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Refusal::Reserved => write!(f, "reserved (the pool's network or broadcast address)"),
+            Refusal::Reserved(IpAddr::V4(_)) => {
+                write!(f, "reserved (the pool's network or broadcast address)")
+            }
+            Refusal::Reserved(IpAddr::V6(_)) => write!(
+                f,
+                "reserved (the pool's subnet-router anycast address, its first)"
+            ),
+            Refusal::Outside(block) => write!(f, "outside block {block}"),
             Refusal::HeldBy(h) => write!(f, "held by {h}"),
             Refusal::Fenced(why) => write!(f, "in a block this node may not use: {why}"),
         }
@@ -180,13 +191,13 @@ impl Block {
     /// # Errors
     ///
     /// [`Refusal::Reserved`] when `ip` is one of the block's reserved
-    /// addresses or lies outside the block; [`Refusal::HeldBy`] when another
-    /// handle holds it; [`Refusal::Fenced`] when it is free but the block is
-    /// fenced.
+    /// addresses; [`Refusal::Outside`] when it lies outside the block;
+    /// [`Refusal::HeldBy`] when another handle holds it; [`Refusal::Fenced`]
+    /// when it is free but the block is fenced.
     pub fn assign(&mut self, ip: IpAddr, handle: &str) -> Result<(), Refusal> {
-        let ordinal = self.ordinal(ip).ok_or(Refusal::Reserved)?;
+        let ordinal = self.ordinal(ip).ok_or(Refusal::Outside(self.cidr))?;
         if self.reserved.contains(&ordinal) {
-            return Err(Refusal::Reserved);
+            return Err(Refusal::Reserved(ip));
         }
         match self.allocations.get(&ordinal) {
             Some(holder) if holder != handle => Err(Refusal::HeldBy(holder.clone())),
@@ -253,7 +264,7 @@ mod tests {
         assert_eq!(got, ["10.0.0.1", "10.0.0.2"]);
         assert_eq!(
             b.assign("10.0.0.0".parse().unwrap(), "x"),
-            Err(Refusal::Reserved)
+            Err(Refusal::Reserved("10.0.0.0".parse().unwrap()))
         );
         let whole_32 = net("10.9.9.9/32");
         assert_eq!(Block::new(whole_32, "n", &whole_32).capacity(), 1);
@@ -279,6 +290,26 @@ mod tests {
         assert!(b.release(ip, "h1"));
         assert_eq!(b.ordinal("fd00::1".parse().unwrap()), None);
         assert_eq!(b.ordinal("10.0.0.1".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn a_refused_address_is_described_as_what_it_is_in_its_family() {
+        let v4 = net("10.0.0.0/16");
+        let mut b = Block::new(net("10.0.0.0/30"), "n", &v4);
+        let refusal = b.assign("10.0.0.0".parse().unwrap(), "h").unwrap_err();
+        assert_eq!(
+            refusal.to_string(),
+            "reserved (the pool's network or broadcast address)"
+        );
+        let v6 = net("fd00::/64");
+        let mut b = Block::new(net("fd00::/122"), "n", &v6);
+        let refusal = b.assign("fd00::".parse().unwrap(), "h").unwrap_err();
+        assert_eq!(
+            refusal.to_string(),
+            "reserved (the pool's subnet-router anycast address, its first)"
+        );
+        let refusal = b.assign("fd00::40".parse().unwrap(), "h").unwrap_err();
+        assert_eq!(refusal.to_string(), "outside block fd00::/122");
     }
 
     #[test]
