@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
 use ipnetwork::IpNetwork;
-use margay_conf::margay::IpamConf;
+use margay_conf::margay::{Datastore, IpamConf};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -29,7 +29,8 @@ pub struct PoolReport {
     /// Addresses not held in those blocks, fenced blocks included.
     pub addresses_free_in_claimed_blocks: u64,
     /// Whether an ADD could get an address of the pool now, from a block
-    /// or by claiming one.
+    /// or by claiming one; with `datastore: kubernetes`, from a block the
+    /// node holds (margay-agent claims new ones, when an ADD asks it).
     pub can_allocate: bool,
 }
 
@@ -76,7 +77,10 @@ pub fn conf_from_file(path: &Path) -> Result<IpamConf, String> {
 }
 
 /// Each configured pool's use on this node. `store` is `None` when none
-/// exists yet: every pool is then reported unused and able to allocate.
+/// exists yet (nothing is created): every pool is then reported unused,
+/// and able to allocate as an empty store would say, by claiming a block
+/// with the local datastore and not with `kubernetes` (where the node holds
+/// no block until margay-agent claims one).
 ///
 /// # Errors
 ///
@@ -97,7 +101,7 @@ pub fn pools(store: Option<&Store>, conf: &IpamConf) -> Result<Vec<PoolReport>, 
             let can_allocate = match store {
                 Some(s) => Allocator::new(s, &single_pool(conf, pool))
                     .can_allocate(if pool.is_ipv4() { 4 } else { 6 })?,
-                None => true,
+                None => conf.datastore == Datastore::Local,
             };
             Ok(PoolReport {
                 pool: *pool,
@@ -211,4 +215,45 @@ pub fn allocation_rows(records: &[HandleRecord]) -> Vec<Vec<String>> {
             ]
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(dir: &Path, datastore: Datastore) -> IpamConf {
+        IpamConf {
+            pools: vec![
+                "10.0.0.0/24".parse().unwrap(),
+                "fd00::/120".parse().unwrap(),
+            ],
+            datastore,
+            nodename: "a".into(),
+            ..IpamConf::store_only(dir.to_owned())
+        }
+    }
+
+    #[test]
+    fn a_node_without_a_store_is_reported_as_an_empty_store_would_be() {
+        for datastore in [Datastore::Local, Datastore::Kubernetes] {
+            let dir = tempfile::tempdir().unwrap();
+            let conf = conf(dir.path(), datastore);
+            let without: Vec<_> = pools(None, &conf)
+                .unwrap()
+                .into_iter()
+                .map(|p| (p.pool, p.blocks_claimed, p.can_allocate))
+                .collect();
+            assert!(
+                !dir.path().join("store").exists(),
+                "reporting creates no store"
+            );
+            let store = Store::open(dir.path(), Duration::from_secs(1)).unwrap();
+            let empty: Vec<_> = pools(Some(&store), &conf)
+                .unwrap()
+                .into_iter()
+                .map(|p| (p.pool, p.blocks_claimed, p.can_allocate))
+                .collect();
+            assert_eq!(without, empty, "{datastore:?}");
+        }
+    }
 }
