@@ -69,6 +69,31 @@ fn assign(
     Ok(record)
 }
 
+/// Runs `assign` until it succeeds or fails otherwise than for want of a
+/// family's address. With the Kubernetes datastore the agent keeps
+/// headroom, so the node is out of addresses only in a burst: then the
+/// store is closed (`assign` has returned), the agent is asked (`claim`)
+/// for the family and the ADD tries again, once per family the pod gets,
+/// however many pools the family has (the agent claims from all of them).
+fn assign_claiming(
+    datastore: Datastore,
+    mut assign: impl FnMut() -> Result<HandleRecord, IpamError>,
+    mut claim: impl FnMut(u8) -> Result<(), IpamError>,
+) -> Result<HandleRecord, IpamError> {
+    let mut claimed = Vec::new();
+    loop {
+        match assign() {
+            Err(IpamError::Exhausted { family, .. })
+                if datastore == Datastore::Kubernetes && !claimed.contains(&family) =>
+            {
+                claimed.push(family);
+                claim(family)?;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Asks margay-agent for a free IPv`family` address on the node (it claims
 /// a block in the Kubernetes API when the node has none).
 fn claim_through_agent(conf: &IpamConf, family: u8) -> Result<(), IpamError> {
@@ -92,22 +117,11 @@ impl Plugin for IpamPlugin {
         let conf = IpamConf::from_conf(&inv.raw)?;
         let requested = requested_addresses(inv, att)?;
         let new_record = || HandleRecord::new(&inv.conf.name, att, &conf.nodename);
-        // With the Kubernetes datastore the agent keeps headroom, so the
-        // node is out of addresses only in a burst: then the store is
-        // closed, the agent claims a block and the ADD tries again, once
-        // per family the pod gets.
-        let mut claims_left = conf.pools.len();
-        let record = loop {
-            match assign(&conf, new_record(), &requested) {
-                Err(IpamError::Exhausted { family, .. })
-                    if conf.datastore == Datastore::Kubernetes && claims_left > 0 =>
-                {
-                    claims_left -= 1;
-                    claim_through_agent(&conf, family)?;
-                }
-                other => break other?,
-            }
-        };
+        let record = assign_claiming(
+            conf.datastore,
+            || assign(&conf, new_record(), &requested),
+            |family| claim_through_agent(&conf, family),
+        )?;
         tracing::info!(handle = %record.handle, addresses = ?record.addresses, "assigned");
         Ok(CniResult {
             ips: record
@@ -255,5 +269,81 @@ impl Plugin for IpamPlugin {
             )));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+
+    fn exhausted(family: u8) -> IpamError {
+        IpamError::Exhausted {
+            family,
+            pools: String::new(),
+        }
+    }
+
+    fn record() -> HandleRecord {
+        HandleRecord {
+            handle: "n.c.eth0".into(),
+            network: "n".into(),
+            container_id: "c".into(),
+            ifname: "eth0".into(),
+            pod_namespace: None,
+            pod_name: None,
+            node: "a".into(),
+            created: 0,
+            addresses: Vec::new(),
+        }
+    }
+
+    /// Runs [`assign_claiming`] with `assign` answering `answers` in turn
+    /// (then success); returns the families the agent was asked for and
+    /// the family of the final error, if any.
+    fn run(datastore: Datastore, answers: &[Option<u8>]) -> (Vec<u8>, Option<u8>) {
+        let answers = RefCell::new(answers.iter().copied());
+        let asked = RefCell::new(Vec::new());
+        let result = assign_claiming(
+            datastore,
+            || match answers.borrow_mut().next().flatten() {
+                Some(family) => Err(exhausted(family)),
+                None => Ok(record()),
+            },
+            |family| {
+                asked.borrow_mut().push(family);
+                Ok(())
+            },
+        );
+        let failed = match result {
+            Ok(_) => None,
+            Err(IpamError::Exhausted { family, .. }) => Some(family),
+            Err(e) => panic!("{e}"),
+        };
+        (asked.into_inner(), failed)
+    }
+
+    #[test]
+    fn the_agent_is_asked_once_for_each_family_the_pod_lacks() {
+        // Dual-stack, both families short: each asked for once.
+        assert_eq!(
+            run(Datastore::Kubernetes, &[Some(4), Some(6), None]),
+            (vec![4, 6], None)
+        );
+        // The IPv4 address the agent made free was taken meanwhile: the ADD
+        // fails for IPv4, which was asked for once, rather than asking again
+        // with IPv6's turn and then failing for IPv6, never asked for.
+        assert_eq!(
+            run(Datastore::Kubernetes, &[Some(4), Some(4), Some(6), None]),
+            (vec![4], Some(4))
+        );
+        assert_eq!(
+            run(Datastore::Kubernetes, &[Some(4), Some(6), Some(6)]),
+            (vec![4, 6], Some(6))
+        );
+        // The local datastore claims blocks itself: no agent.
+        assert_eq!(run(Datastore::Local, &[Some(4), None]), (vec![], Some(4)));
+        assert_eq!(run(Datastore::Kubernetes, &[None]), (vec![], None));
     }
 }
