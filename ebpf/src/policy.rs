@@ -26,7 +26,8 @@ use crate::maps;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PolicyError {
     /// A rule is refused by `margay_model::policy::Rule::check` (ports
-    /// without TCP or UDP, a CIDR and a set, a bad set name or source).
+    /// without TCP or UDP, a CIDR with a set or a source, a bad set name or
+    /// source).
     #[error(transparent)]
     Invalid(#[from] RuleError),
     /// A family's list would hold more than [`MAX_POLICY_RULES`] rules (a
@@ -200,9 +201,10 @@ impl SourceTable {
 }
 
 /// The programs' form of one direction's rules: its IPv4 and its IPv6
-/// list. A rule with a set, or with a source and no CIDR, is numbered by
-/// `numbers` and is in both lists, as the set may hold both families (a
-/// CIDR rule's source is not kept: its form has no room for it).
+/// list. A rule with a set, or with a source (never with a CIDR: the
+/// check refuses that, as a CIDR rule's form has no room for a source), is
+/// numbered by `numbers` and is in both lists, as the set may hold both
+/// families.
 ///
 /// # Errors
 ///
@@ -239,7 +241,7 @@ pub fn compile(
             count: rules.len(),
         };
         // A set, or any peer with its source named: numbers, not a CIDR.
-        if rule.set.is_some() || (rule.cidr.is_none() && rule.source.is_some()) {
+        if rule.set.is_some() || rule.source.is_some() {
             let (set, source) = numbers.of(direction, index, rule)?;
             let (set, source) = (set.to_ne_bytes(), source.to_ne_bytes());
             let rule4 = PolicyRule {
@@ -599,6 +601,19 @@ mod tests {
                 direction: "egress",
                 index: 1
             })
+        );
+        assert_eq!(
+            compile(
+                "ingress",
+                &rules(r#"[{"action": "allow", "cidr": "10.0.0.0/8", "source": "ns/p"}]"#),
+                &mut RuleNumbers::none(),
+            )
+            .unwrap_err(),
+            PolicyError::Invalid(RuleError::CidrAndSource {
+                direction: "ingress",
+                index: 0
+            }),
+            "a CIDR rule's source is refused, not dropped"
         );
         let many: Vec<Rule> = (0..257)
             .map(|_| rules(r#"[{"action": "allow"}]"#).remove(0))

@@ -49,7 +49,8 @@ pub struct Rule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports: Option<Ports>,
     /// Where the rule comes from (the agent: a NetworkPolicy's
-    /// `namespace/name`), shown with it and with the drops it explains.
+    /// `namespace/name`), shown with it and with the drops it explains;
+    /// not with `cidr` (the programs' CIDR rules have no room for it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
 }
@@ -158,6 +159,14 @@ pub enum RuleError {
         direction: &'static str,
         index: usize,
     },
+    #[error(
+        "{direction}[{index}]: a rule with a cidr has no source (only rules with a set \
+         or with neither keep one): drop the source, or put the cidr in a set"
+    )]
+    CidrAndSource {
+        direction: &'static str,
+        index: usize,
+    },
     #[error("{direction}[{index}]: {error}")]
     Set {
         direction: &'static str,
@@ -191,8 +200,13 @@ impl Rule {
                 error,
             })?;
         }
-        if self.source.as_ref().is_some_and(|s| s.len() > MAX_SOURCE) {
-            return Err(RuleError::Source { direction, index });
+        if let Some(source) = &self.source {
+            if self.cidr.is_some() {
+                return Err(RuleError::CidrAndSource { direction, index });
+            }
+            if source.len() > MAX_SOURCE {
+                return Err(RuleError::Source { direction, index });
+            }
         }
         Ok(())
     }
@@ -307,6 +321,29 @@ mod tests {
         assert!(
             any[0].check("ingress", 0).is_err(),
             "any protocol has no ports"
+        );
+    }
+
+    #[test]
+    fn a_source_is_refused_beside_a_cidr_rather_than_dropped() {
+        let spec: PolicySpec = serde_json::from_str(
+            r#"{"ingress": [{"action": "allow", "set": "web", "source": "shop/web"},
+                            {"action": "deny", "source": "shop/deny-all"}],
+                "egress": [{"action": "allow", "cidr": "10.0.0.0/8", "source": "shop/out"}]}"#,
+        )
+        .unwrap();
+        let err = spec.validate().unwrap_err();
+        assert_eq!(
+            err,
+            RuleError::CidrAndSource {
+                direction: "egress",
+                index: 0
+            }
+        );
+        assert!(
+            err.to_string()
+                .starts_with("egress[0]: a rule with a cidr has no source"),
+            "{err}"
         );
     }
 }
