@@ -116,15 +116,6 @@ pub fn start<'a>(inv: &Invocation, att: &Attachment, command: Command, ipam: &'a
     }
 }
 
-/// Runs IPAM's ADD for `att` to its end, with nothing to overlap it.
-///
-/// # Errors
-///
-/// As [`Call::finish_add`].
-pub fn add(inv: &Invocation, att: &Attachment, ipam: &str) -> Result<CniResult, CniError> {
-    start(inv, att, Command::Add, ipam).finish_add()
-}
-
 /// Runs IPAM's DEL for `att`, releasing what it holds; also what a failed
 /// ADD calls to give back its allocation.
 ///
