@@ -835,19 +835,21 @@ fn write_serial(root: &Path, serial: u64) -> Result<(), DataplaneError> {
 
 /// The services the maps hold, as specs: one per ClusterIP frontend, its
 /// NodePort from the frontend's record or, for frontends written before
-/// that record existed, from a NodePort frontend of the same name; its
-/// external IPs from the external-IP frontends of its name and port.
+/// that record existed, from a NodePort frontend of the same name and
+/// family; its external IPs from the external-IP frontends of its name,
+/// port and family (names need not be unique: a file may give a dual-stack
+/// service's two halves one name).
 fn installed_specs(installed: &BTreeMap<Frontend, Installed>) -> Vec<ServiceSpec> {
-    let node_ports: HashMap<(&str, Protocol), u16> = installed
+    let node_ports: HashMap<(&str, Protocol, bool), u16> = installed
         .iter()
         .filter(|(_, i)| i.value.flags & SVC_F_NODE_PORT != 0)
-        .map(|(f, i)| ((i.name.as_str(), f.protocol), f.port))
+        .map(|(f, i)| ((i.name.as_str(), f.protocol, f.addr.is_ipv6()), f.port))
         .collect();
-    let mut external_ips: HashMap<(&str, Protocol, u16), Vec<IpAddr>> = HashMap::new();
+    let mut external_ips: HashMap<(&str, Protocol, u16, bool), Vec<IpAddr>> = HashMap::new();
     for (f, i) in installed {
         if i.value.flags & SVC_F_EXTERNAL_IP != 0 {
             external_ips
-                .entry((i.name.as_str(), f.protocol, f.port))
+                .entry((i.name.as_str(), f.protocol, f.port, f.addr.is_ipv6()))
                 .or_default()
                 .push(f.addr);
         }
@@ -858,9 +860,10 @@ fn installed_specs(installed: &BTreeMap<Frontend, Installed>) -> Vec<ServiceSpec
         if flags & (SVC_F_NODE_PORT | SVC_F_EXTERNAL_IP) != 0 {
             continue;
         }
+        let v6 = frontend.addr.is_ipv6();
         let node_port = Some(i.value.node_port).filter(|p| *p != 0).or_else(|| {
             node_ports
-                .get(&(i.name.as_str(), frontend.protocol))
+                .get(&(i.name.as_str(), frontend.protocol, v6))
                 .copied()
         });
         let policy = |local: u16| {
@@ -879,7 +882,7 @@ fn installed_specs(installed: &BTreeMap<Frontend, Installed>) -> Vec<ServiceSpec
             affinity_timeout: (flags & SVC_F_AFFINITY != 0).then_some(i.value.affinity_timeout_s),
             node_port,
             external_ips: external_ips
-                .remove(&(i.name.as_str(), frontend.protocol, frontend.port))
+                .remove(&(i.name.as_str(), frontend.protocol, frontend.port, v6))
                 .unwrap_or_default(),
             external_traffic_policy: policy(SVC_F_EXTERNAL_LOCAL),
             internal_traffic_policy: policy(SVC_F_INTERNAL_LOCAL),
@@ -1291,5 +1294,77 @@ mod tests {
         assert_eq!(reslot(&cur, &[cur[2], cur[0], cur[1]]), cur.to_vec());
         assert_eq!(reslot(&cur, &[]), Vec::<SocketAddr>::new());
         assert_eq!(reslot(&[], &cur), cur.to_vec());
+    }
+
+    /// The maps' frontends as `write_whole` leaves them for `specs`.
+    fn installed_for(specs: &[ServiceSpec], scope: &Scope) -> BTreeMap<Frontend, Installed> {
+        specs
+            .iter()
+            .enumerate()
+            .flat_map(|(index, spec)| frontends(index, spec, scope))
+            .enumerate()
+            .map(|(id, w)| {
+                let value = SvcValue {
+                    id: id as u32 + 1,
+                    count: w.backends.len() as u16,
+                    flags: w.flags,
+                    affinity_timeout_s: w.spec.affinity_timeout.unwrap_or(0),
+                    node_port: w.node_port,
+                    ..SvcValue::default()
+                };
+                let installed = Installed {
+                    value,
+                    backends: w.backends.clone(),
+                    name: w.spec.name.clone(),
+                };
+                (w.frontend, installed)
+            })
+            .collect()
+    }
+
+    /// What a frontend does: its service's name, its flags and NodePort
+    /// record, and its backends (in any order).
+    fn behaviour(
+        installed: &BTreeMap<Frontend, Installed>,
+    ) -> BTreeMap<Frontend, (String, u16, u16, Vec<SocketAddr>)> {
+        installed
+            .iter()
+            .map(|(f, i)| {
+                let mut backends = i.backends.clone();
+                backends.sort();
+                let what = (i.name.clone(), i.value.flags, i.value.node_port, backends);
+                (*f, what)
+            })
+            .collect()
+    }
+
+    /// The services read back from the maps make the same frontends again
+    /// (what `refresh_node_ports` relies on).
+    fn read_back_makes_the_same_frontends(specs: &[ServiceSpec], scope: &Scope) {
+        let installed = installed_for(specs, scope);
+        let again = installed_for(&installed_specs(&installed), scope);
+        assert_eq!(behaviour(&again), behaviour(&installed));
+    }
+
+    #[test]
+    fn a_dual_stack_service_under_one_name_keeps_each_familys_external_ips() {
+        let scope = Scope {
+            node_addrs: vec!["192.168.0.1".parse().unwrap(), "fd00:1::1".parse().unwrap()],
+            local: HashSet::new(),
+        };
+        let half = |vip: &str, backend: &str, external: &str| ServiceSpec {
+            backends: vec![b(backend)],
+            external_ips: vec![external.parse().unwrap()],
+            node_port: Some(30_080),
+            ..ServiceSpec::new("web", vip.parse().unwrap(), 80, Protocol::TCP)
+        };
+        let specs = [
+            half("10.96.0.1", "10.244.1.1:8080", "192.0.2.1"),
+            half("fd00:96::1", "[fd00:244::1]:8080", "2001:db8::1"),
+        ];
+        read_back_makes_the_same_frontends(&specs, &scope);
+        let read = installed_specs(&installed_for(&specs, &scope));
+        assert_eq!(read[0].external_ips, specs[0].external_ips);
+        assert_eq!(read[1].external_ips, specs[1].external_ips);
     }
 }
