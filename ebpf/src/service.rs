@@ -523,7 +523,10 @@ pub fn apply(root: &Path, specs: &[ServiceSpec]) -> Result<ApplyReport, ServiceE
 /// Re-applies the installed services for the node's current NodePort
 /// addresses (after `node attach` or `detach`): NodePorts open on an
 /// address attached after the services were applied, and close on one
-/// detached. Everything else is left as it is.
+/// detached. Everything else is left as it is. The services are read back
+/// from the maps, which for one with a `Local` internal traffic policy and
+/// no NodePort or external-IP frontend yet hold its local backends only:
+/// its NodePorts open with those until the set is applied again.
 ///
 /// # Errors
 ///
@@ -839,19 +842,37 @@ fn write_serial(root: &Path, serial: u64) -> Result<(), DataplaneError> {
 /// family; its external IPs from the external-IP frontends of its name,
 /// port and family (names need not be unique: a file may give a dual-stack
 /// service's two halves one name).
+///
+/// Its backends are the ClusterIP frontend's, which with a `Local` internal
+/// traffic policy are the local ones only (maybe none): then those of its
+/// NodePort and external-IP frontends are added, which are all of them
+/// unless the external policy is `Local` too. When such a service has no
+/// NodePort or external-IP frontend held (a node without a NodePort
+/// address yet), its other backends are nowhere in the maps, and NodePorts
+/// opened from the spec get the local ones until the set is applied again.
 fn installed_specs(installed: &BTreeMap<Frontend, Installed>) -> Vec<ServiceSpec> {
     let node_ports: HashMap<(&str, Protocol, bool), u16> = installed
         .iter()
         .filter(|(_, i)| i.value.flags & SVC_F_NODE_PORT != 0)
         .map(|(f, i)| ((i.name.as_str(), f.protocol, f.addr.is_ipv6()), f.port))
         .collect();
-    let mut external_ips: HashMap<(&str, Protocol, u16, bool), Vec<IpAddr>> = HashMap::new();
+    // By name, protocol, port (the NodePort's for NodePort frontends) and
+    // family: each frontend's address and backends.
+    type Tie<'a> = (&'a str, Protocol, u16, bool);
+    let mut node_port_frontends: HashMap<Tie, Vec<&[SocketAddr]>> = HashMap::new();
+    let mut external_frontends: HashMap<Tie, Vec<(IpAddr, &[SocketAddr])>> = HashMap::new();
     for (f, i) in installed {
-        if i.value.flags & SVC_F_EXTERNAL_IP != 0 {
-            external_ips
-                .entry((i.name.as_str(), f.protocol, f.port, f.addr.is_ipv6()))
+        let tie = (i.name.as_str(), f.protocol, f.port, f.addr.is_ipv6());
+        if i.value.flags & SVC_F_NODE_PORT != 0 {
+            node_port_frontends
+                .entry(tie)
                 .or_default()
-                .push(f.addr);
+                .push(&i.backends);
+        } else if i.value.flags & SVC_F_EXTERNAL_IP != 0 {
+            external_frontends
+                .entry(tie)
+                .or_default()
+                .push((f.addr, &i.backends));
         }
     }
     let mut specs = Vec::new();
@@ -860,12 +881,30 @@ fn installed_specs(installed: &BTreeMap<Frontend, Installed>) -> Vec<ServiceSpec
         if flags & (SVC_F_NODE_PORT | SVC_F_EXTERNAL_IP) != 0 {
             continue;
         }
+        let name = i.name.as_str();
         let v6 = frontend.addr.is_ipv6();
-        let node_port = Some(i.value.node_port).filter(|p| *p != 0).or_else(|| {
-            node_ports
-                .get(&(i.name.as_str(), frontend.protocol, v6))
+        let node_port = Some(i.value.node_port)
+            .filter(|p| *p != 0)
+            .or_else(|| node_ports.get(&(name, frontend.protocol, v6)).copied());
+        let externals = external_frontends
+            .remove(&(name, frontend.protocol, frontend.port, v6))
+            .unwrap_or_default();
+        let mut backends = i.backends.clone();
+        if flags & SVC_F_INTERNAL_LOCAL != 0 {
+            let node_port_ones = node_port
+                .and_then(|port| node_port_frontends.get(&(name, frontend.protocol, port, v6)));
+            let others = node_port_ones
+                .into_iter()
+                .flatten()
                 .copied()
-        });
+                .chain(externals.iter().map(|(_, b)| *b));
+            let mut seen: HashSet<SocketAddr> = backends.iter().copied().collect();
+            for b in others.flatten() {
+                if seen.insert(*b) {
+                    backends.push(*b);
+                }
+            }
+        }
         let policy = |local: u16| {
             if flags & local != 0 {
                 TrafficPolicy::Local
@@ -878,12 +917,10 @@ fn installed_specs(installed: &BTreeMap<Frontend, Installed>) -> Vec<ServiceSpec
             vip: frontend.addr,
             port: frontend.port,
             protocol: frontend.protocol,
-            backends: i.backends.clone(),
+            backends,
             affinity_timeout: (flags & SVC_F_AFFINITY != 0).then_some(i.value.affinity_timeout_s),
             node_port,
-            external_ips: external_ips
-                .remove(&(i.name.as_str(), frontend.protocol, frontend.port, v6))
-                .unwrap_or_default(),
+            external_ips: externals.iter().map(|(addr, _)| *addr).collect(),
             external_traffic_policy: policy(SVC_F_EXTERNAL_LOCAL),
             internal_traffic_policy: policy(SVC_F_INTERNAL_LOCAL),
         });
@@ -1366,5 +1403,44 @@ mod tests {
         let read = installed_specs(&installed_for(&specs, &scope));
         assert_eq!(read[0].external_ips, specs[0].external_ips);
         assert_eq!(read[1].external_ips, specs[1].external_ips);
+    }
+
+    #[test]
+    fn a_local_clusterip_frontend_does_not_narrow_its_nodeports_when_read_back() {
+        let scope = Scope {
+            node_addrs: vec!["192.168.0.1".parse().unwrap()],
+            local: HashSet::from(["10.244.0.5".parse().unwrap()]),
+        };
+        let spec = |name: &str, vip: &str, node_port: u16, backends: &[&str]| ServiceSpec {
+            backends: backends.iter().map(|s| b(s)).collect(),
+            node_port: Some(node_port),
+            external_ips: vec![format!("192.0.2.{}", node_port % 100).parse().unwrap()],
+            internal_traffic_policy: TrafficPolicy::Local,
+            ..ServiceSpec::new(name, vip.parse().unwrap(), 80, Protocol::TCP)
+        };
+        let specs = [
+            spec(
+                "ns/some-local",
+                "10.96.0.1",
+                30_001,
+                &["10.244.0.5:80", "10.244.9.1:80", "10.244.9.2:80"],
+            ),
+            // No backend on this node: the ClusterIP frontend holds none.
+            spec("ns/none-local", "10.96.0.2", 30_002, &["10.244.9.3:80"]),
+            ServiceSpec {
+                external_traffic_policy: TrafficPolicy::Local,
+                ..spec(
+                    "ns/all-local",
+                    "10.96.0.3",
+                    30_003,
+                    &["10.244.0.5:80", "10.244.9.4:80"],
+                )
+            },
+        ];
+        read_back_makes_the_same_frontends(&specs, &scope);
+        let read = installed_specs(&installed_for(&specs, &scope));
+        let mut backends = read[1].backends.clone();
+        backends.sort();
+        assert_eq!(backends, specs[1].backends);
     }
 }
