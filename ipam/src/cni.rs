@@ -285,20 +285,6 @@ mod tests {
         }
     }
 
-    fn record() -> HandleRecord {
-        HandleRecord {
-            handle: "n.c.eth0".into(),
-            network: "n".into(),
-            container_id: "c".into(),
-            ifname: "eth0".into(),
-            pod_namespace: None,
-            pod_name: None,
-            node: "a".into(),
-            created: 0,
-            addresses: Vec::new(),
-        }
-    }
-
     /// Runs [`assign_claiming`] with `assign` answering `answers` in turn
     /// (then success); returns the families the agent was asked for and
     /// the family of the final error, if any.
@@ -309,7 +295,7 @@ mod tests {
             datastore,
             || match answers.borrow_mut().next().flatten() {
                 Some(family) => Err(exhausted(family)),
-                None => Ok(record()),
+                None => Ok(HandleRecord::sample("n.c.eth0")),
             },
             |family| {
                 asked.borrow_mut().push(family);

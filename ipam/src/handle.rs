@@ -46,6 +46,22 @@ pub struct HandleRecord {
 }
 
 impl HandleRecord {
+    /// A record of handle `handle` with no addresses, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn sample(handle: &str) -> HandleRecord {
+        HandleRecord {
+            handle: handle.into(),
+            network: "n".into(),
+            container_id: handle.into(),
+            ifname: "eth0".into(),
+            pod_namespace: None,
+            pod_name: None,
+            node: "a".into(),
+            created: 0,
+            addresses: Vec::new(),
+        }
+    }
+
     /// A record for `att` on `network`, with no addresses yet.
     pub fn new(network: &str, att: &Attachment, node: &str) -> HandleRecord {
         HandleRecord {

@@ -254,27 +254,13 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn record(handle: &str) -> HandleRecord {
-        HandleRecord {
-            handle: handle.into(),
-            network: "n".into(),
-            container_id: handle.into(),
-            ifname: "eth0".into(),
-            pod_namespace: None,
-            pod_name: None,
-            node: "a".into(),
-            created: 0,
-            addresses: Vec::new(),
-        }
-    }
-
     fn handles(released: Vec<HandleRecord>) -> Vec<String> {
         released.into_iter().map(|r| r.handle).collect()
     }
 
     fn allocate(store: &Store, conf: &IpamConf, handle: &str) -> Result<HandleRecord, IpamError> {
         let mut alloc = Allocator::new(store, conf);
-        let r = alloc.assign(record(handle), &[])?;
+        let r = alloc.assign(HandleRecord::sample(handle), &[])?;
         store.commit(alloc.into_changes())?;
         Ok(r)
     }
@@ -341,14 +327,21 @@ mod tests {
         assert!(usage(&store).unwrap().is_empty());
     }
 
-    #[test]
-    fn only_an_empty_block_is_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let conf = conf(dir.path());
-        let store = Store::open(dir.path(), Duration::from_secs(1)).unwrap();
+    /// A store in `dir` holding block 10.0.0.0/26 from the API, with one
+    /// address assigned to handle `h1`.
+    fn one_block_holding_h1(dir: &std::path::Path) -> (IpamConf, Store) {
+        let conf = conf(dir);
+        let store = Store::open(dir, Duration::from_secs(1)).unwrap();
         let api = BTreeMap::from([(net("10.0.0.0/26"), "a".to_string())]);
         reconcile(&store, &conf, &api).unwrap();
         allocate(&store, &conf, "h1").unwrap();
+        (conf, store)
+    }
+
+    #[test]
+    fn only_an_empty_block_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (conf, store) = one_block_holding_h1(dir.path());
         assert!(!drop_if_empty(&store, &net("10.0.0.0/26")).unwrap());
         release_handles(&store, &conf, &["h1".into()]).unwrap();
         assert!(drop_if_empty(&store, &net("10.0.0.0/26")).unwrap());
@@ -358,11 +351,7 @@ mod tests {
     #[test]
     fn a_handle_named_twice_is_released_and_reported_once() {
         let dir = tempfile::tempdir().unwrap();
-        let conf = conf(dir.path());
-        let store = Store::open(dir.path(), Duration::from_secs(1)).unwrap();
-        let api = BTreeMap::from([(net("10.0.0.0/26"), "a".to_string())]);
-        reconcile(&store, &conf, &api).unwrap();
-        allocate(&store, &conf, "h1").unwrap();
+        let (conf, store) = one_block_holding_h1(dir.path());
         assert_eq!(
             handles(release_handles(&store, &conf, &["h1".into(), "h1".into()]).unwrap()),
             ["h1"]
