@@ -8,8 +8,8 @@
 
 #include <linux/types.h>
 
-#define MAX_ENDPOINTS 1024
-#define MAX_POLICY_RULES 256
+#define MAX_ENDPOINTS 1024  /* pods a node runs at most (counters slots) */
+#define MAX_POLICY_RULES 256 /* rules per endpoint, direction and family */
 /* Rule sources the node can count (map policy_hits) and name. */
 #define MAX_POLICY_SOURCES 16384
 /* A verdict's or drop event's source when the deciding rule names none. */
@@ -56,7 +56,7 @@ enum drop_reason {
 	DROP_REJECT = 17,          /* reject-failed: dropped to be answered (no
 				    * backend, too big), and the answer could not
 				    * be built */
-	DROP_REASON_MAX = 18,
+	DROP_REASON_MAX = 18,      /* how many reasons there are (not one) */
 };
 
 /* The programs from_pod hands packets on to (map `calls`, filled by the
@@ -64,7 +64,7 @@ enum drop_reason {
  * program of their own so that each family's has the verifier's whole
  * budget (instructions and 512 bytes of stack). */
 #define CALL_FROM_POD6 0
-#define MAX_CALLS 1
+#define MAX_CALLS 1 /* entries of map calls */
 /* What from_pod tells from_pod6 in skb->cb (which a tail call keeps):
  * its short path looked the packet's flow up and found none. */
 #define CB_CT_MISSED 0
@@ -96,8 +96,8 @@ struct endpoint6 {
 	__u32 reserved[3];
 };
 
-#define POLICY_ALLOW 1
-#define POLICY_DENY 2
+#define POLICY_ALLOW 1 /* a rule's action, and policy_check's verdict */
+#define POLICY_DENY 2  /* the same, denying */
 
 struct policy_rule {
 	union {
@@ -140,7 +140,7 @@ struct ip_set_key {
 	__u8 proto;
 	__u8 pad;
 };
-#define IP_SET_PORT_PREFIX (32 + 32 + 16 + 8)
+#define IP_SET_PORT_PREFIX (32 + 32 + 16 + 8) /* a member on one port: every bit of the key */
 
 /* The same for IPv6 (map ip_sets6). */
 struct ip_set_key6 {
@@ -151,11 +151,11 @@ struct ip_set_key6 {
 	__u8 proto;
 	__u8 pad;
 };
-#define IP_SET6_PORT_PREFIX (32 + 128 + 16 + 8)
+#define IP_SET6_PORT_PREFIX (32 + 128 + 16 + 8) /* IP_SET_PORT_PREFIX for ip_sets6 */
 
 /* An ip_sets entry's value: in the set, or taken out of it. */
 #define IP_SET_MEMBER 1
-#define IP_SET_EXCEPT 2
+#define IP_SET_EXCEPT 2 /* an except member: taken out of the set */
 
 /* A name, NUL-padded (maps ip_set_names and policy_sources: what a set's
  * or a rule source's number stands for; only userspace reads them). */
@@ -232,7 +232,7 @@ struct ct_key6 {
 };
 
 enum ct_state {
-	CT_NEW = 0,
+	CT_NEW = 0,         /* first packet seen */
 	CT_SYN_SENT = 1,    /* TCP: SYN seen, no reply yet */
 	CT_ESTABLISHED = 2, /* reply seen */
 	CT_FIN_WAIT = 3,    /* TCP: one side sent FIN */
@@ -241,8 +241,8 @@ enum ct_state {
 };
 
 #define CT_F_ORIGIN_IS_A 0x1 /* the flow's initiator is side a */
-#define CT_F_FIN_A 0x2
-#define CT_F_FIN_B 0x4
+#define CT_F_FIN_A 0x2 /* TCP: side a sent its FIN */
+#define CT_F_FIN_B 0x4 /* TCP: side b sent its FIN */
 #define CT_F_LOCAL_DELIVERY 0x8 /* FIB-checked: redirect to a local pod */
 #define CT_F_SERVICE 0x10       /* its replies are reverse-translated (nat.h) */
 #define CT_F_TUNNEL 0x20        /* the pod's packets of the flow go through
@@ -301,7 +301,7 @@ struct counters {
 	__u64 drops[DROP_REASON_MAX];
 };
 
-#define LOG_OFF 0
+#define LOG_OFF 0   /* counters only */
 #define LOG_INFO 1  /* drop events */
 #define LOG_DEBUG 2 /* drop events and every new flow's verdict */
 
@@ -544,8 +544,8 @@ struct peer_key6 {
  * carry the NodePort they were sent to (port and protocol), so that the
  * backend's node can answer as the ingress node's NodePort. */
 #define VNI_POD 1
-#define VNI_DSR 0x800000
-#define VNI_DSR_UDP 0x10000
+#define VNI_DSR 0x800000    /* DSR: the low 16 bits carry the NodePort */
+#define VNI_DSR_UDP 0x10000 /* DSR: the NodePort is UDP (else TCP) */
 /* What an IPv6 outer header costs beyond the IPv4 one the tunnel
  * device's MTU allows for. */
 #define IPV6_OUTER_EXTRA 20
@@ -553,7 +553,7 @@ struct peer_key6 {
 /* Flow events in the ring: a record is struct flow_event or, when its
  * family says so, struct flow_event6; both begin alike. */
 #define FLOW_EVENT_IPV4 0
-#define FLOW_EVENT_IPV6 6
+#define FLOW_EVENT_IPV6 6 /* the record is a struct flow_event6 */
 
 struct flow_event {
 	__u64 ts_ns;

@@ -32,8 +32,9 @@ struct {
  * the entry less often keeps it in both directions' CPU caches. */
 #define CT_REFRESH_NS SEC_NS
 
-/* Idle timeouts. A translation (nat.h) lives as long as the longest of
- * its protocol's, to outlive its flow's tracking. */
+/* Idle timeouts, refreshed by every packet of the flow (ct_timeout). A
+ * translation (nat.h) lives as long as the longest of its protocol's, to
+ * outlive its flow's tracking. */
 #define CT_TIMEOUT_TCP_SYN_SENT (60 * SEC_NS)
 #define CT_TIMEOUT_TCP_ESTABLISHED (6 * 3600 * SEC_NS)
 #define CT_TIMEOUT_TCP_FIN_WAIT (120 * SEC_NS)
@@ -42,7 +43,7 @@ struct {
 #define CT_TIMEOUT_UDP_NEW (60 * SEC_NS)
 #define CT_TIMEOUT_OTHER (30 * SEC_NS)
 
-/* Idle timeouts, refreshed by every packet of the flow. */
+/* A flow's idle timeout, by its protocol and state. */
 static __always_inline __u64 ct_timeout(const struct ct_entry *e, __u8 proto)
 {
 	if (proto == IPPROTO_TCP) {

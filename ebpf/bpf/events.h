@@ -131,21 +131,10 @@ static __always_inline __u8 send_failure(int verdict)
 	return SEND_FAILED(0) - verdict;
 }
 
-/* The verdict of a helper that sent the packet on (SEND_FAILED when it
- * could not), for a packet of `slot`'s `dir` side: counted as allowed
- * when it went on, and as dropped for the helper's reason when not. So a
- * packet is counted once, after its fate is known. */
-static __always_inline int forwarded(int verdict, const struct packet *p, __u32 slot, __u32 ifindex,
-				     __u8 dir)
-{
-	if (verdict <= SEND_FAILED(0))
-		return drop(p, slot, ifindex, dir, send_failure(verdict));
-	count_allowed(slot, dir, p->len);
-	return verdict;
-}
-
-/* forwarded() for a packet its side counted as allowed already (on its
- * entry or by its policy's verdict): only a failure to send is counted. */
+/* A helper's verdict (SEND_FAILED when it could not send the packet on)
+ * for a packet its side counted as allowed already, on its entry or by
+ * its policy's verdict: only a failure is counted, as a drop for the
+ * helper's reason. */
 static __always_inline int sent(int verdict, const struct packet *p, __u32 slot, __u32 ifindex,
 				__u8 dir)
 {
@@ -154,16 +143,26 @@ static __always_inline int sent(int verdict, const struct packet *p, __u32 slot,
 	return verdict;
 }
 
-/* The verdict of a helper that answered a packet dropped for `cause` (a
- * reject): counted for the cause when the answer went out, as
- * DROP_REJECT when it could not be built (its sender hears nothing). */
+/* sent() for a packet not counted yet: counted as allowed when it went
+ * on. So a packet is counted once, after its fate is known. */
+static __always_inline int forwarded(int verdict, const struct packet *p, __u32 slot, __u32 ifindex,
+				     __u8 dir)
+{
+	if (verdict > SEND_FAILED(0))
+		count_allowed(slot, dir, p->len);
+	return sent(verdict, p, slot, ifindex, dir);
+}
+
+/* sent() for a helper that answered a packet dropped for `cause` (a
+ * reject): counted for the cause when the answer went out, for the
+ * helper's reason (reject-failed) when it could not be built: its sender
+ * hears nothing. */
 static __always_inline int rejected(int verdict, const struct packet *p, __u32 slot, __u32 ifindex,
 				    __u8 dir, __u8 cause)
 {
-	if (verdict <= SEND_FAILED(0))
-		return drop(p, slot, ifindex, dir, send_failure(verdict));
-	count_drop(p, slot, ifindex, dir, cause);
-	return verdict;
+	if (verdict > SEND_FAILED(0))
+		count_drop(p, slot, ifindex, dir, cause);
+	return sent(verdict, p, slot, ifindex, dir);
 }
 
 /* drop for a policy's denial: `verdict` (policy.h) names the source of
