@@ -12,6 +12,9 @@
 
 use std::path::{Path, PathBuf};
 
+/// Where the roots' lock and serial files live (locks cannot live on bpffs).
+const LOCK_DIR: &str = "/run/margay/locks";
+
 /// The pin of map `name`.
 pub fn map_path(root: &Path, name: &str) -> PathBuf {
     root.join("maps").join(name)
@@ -44,13 +47,13 @@ pub(crate) fn lock_path(root: &Path, what: &str) -> PathBuf {
     } else {
         format!("{flat}.{what}.lock")
     };
-    PathBuf::from("/run/margay/locks").join(name)
+    Path::new(LOCK_DIR).join(name)
 }
 
 /// How many times what `what`'s lock guards was written (service applies
 /// count themselves there), beside the lock.
 pub(crate) fn serial_path(root: &Path, what: &str) -> PathBuf {
-    PathBuf::from("/run/margay/locks").join(format!("{}.{what}.serial", flatten(root)))
+    Path::new(LOCK_DIR).join(format!("{}.{what}.serial", flatten(root)))
 }
 
 /// Removes `root`'s lock and serial files, for a root that is gone for
@@ -61,7 +64,7 @@ pub(crate) fn serial_path(root: &Path, what: &str) -> PathBuf {
 ///
 /// The directory's or a file's I/O error other than "not found".
 pub fn remove_run_files(root: &Path) -> std::io::Result<()> {
-    let dir = Path::new("/run/margay/locks");
+    let dir = Path::new(LOCK_DIR);
     let prefix = format!("{}.", flatten(root));
     let entries = match std::fs::read_dir(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),

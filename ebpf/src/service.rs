@@ -309,6 +309,24 @@ struct Installed {
     name: String,
 }
 
+impl Installed {
+    /// What the new frontend `w` wants becomes, under id `id`.
+    fn new(id: u32, w: &Wanted) -> Installed {
+        Installed {
+            value: SvcValue {
+                id,
+                count: w.backends.len() as u16,
+                flags: w.flags,
+                affinity_timeout_s: w.spec.affinity_timeout.unwrap_or(0),
+                node_port: w.node_port,
+                ..SvcValue::default()
+            },
+            backends: w.backends.clone(),
+            name: w.spec.name.clone(),
+        }
+    }
+}
+
 fn slot_key(id: u32, generation: u16, ordinal: u16) -> BackendKey {
     BackendKey {
         svc_id: id,
@@ -1149,20 +1167,9 @@ fn add_frontend(maps: &mut Maps, ids: &mut Ids, w: &Wanted) -> Result<Installed,
     maps.names
         .insert(id, meta_of(&w.spec.name), 0)
         .map_err(maps.names.error())?;
-    let value = SvcValue {
-        id,
-        count: w.backends.len() as u16,
-        flags: w.flags,
-        affinity_timeout_s: w.spec.affinity_timeout.unwrap_or(0),
-        node_port: w.node_port,
-        ..SvcValue::default()
-    };
-    maps.insert_frontend(&w.frontend, value)?;
-    Ok(Installed {
-        value,
-        backends: w.backends.clone(),
-        name: w.spec.name.clone(),
-    })
+    let installed = Installed::new(id, w);
+    maps.insert_frontend(&w.frontend, installed.value)?;
+    Ok(installed)
 }
 
 /// Fails, naming the map and its setting, when the frontends and backend
@@ -1340,22 +1347,7 @@ mod tests {
             .enumerate()
             .flat_map(|(index, spec)| frontends(index, spec, scope))
             .enumerate()
-            .map(|(id, w)| {
-                let value = SvcValue {
-                    id: id as u32 + 1,
-                    count: w.backends.len() as u16,
-                    flags: w.flags,
-                    affinity_timeout_s: w.spec.affinity_timeout.unwrap_or(0),
-                    node_port: w.node_port,
-                    ..SvcValue::default()
-                };
-                let installed = Installed {
-                    value,
-                    backends: w.backends.clone(),
-                    name: w.spec.name.clone(),
-                };
-                (w.frontend, installed)
-            })
+            .map(|(id, w)| (w.frontend, Installed::new(id as u32 + 1, &w)))
             .collect()
     }
 
