@@ -125,15 +125,15 @@ kubelet_kubeconfig() {
     umask "$SAVED_UMASK"
 }
 
-# kubelet_serving_cert NODE IP DIR : for the node part, optional. A serving
+# kubelet_serving_cert NODE IPS DIR : for the node part, optional. A serving
 # certificate for NODE's kubelet (DIR/kubelet-serving.{crt,key}) naming its
-# LAN address, should the apiserver ever verify kubelets
-# (--kubelet-certificate-authority); without one kubelet serves a
+# LAN addresses (IPS, comma-separated), should the apiserver ever verify
+# kubelets (--kubelet-certificate-authority); without one kubelet serves a
 # self-signed certificate, which the apiserver accepts today.
 kubelet_serving_cert() {
-    local node=$1 ip=$2 dir=$3
+    local node=$1 ips=$2 dir=$3
     private_files
     mkdir -p "$dir"
-    cert_issue "$dir/kubelet-serving" "/O=system:nodes/CN=system:node:$node" serverAuth "DNS:$node,IP:$ip"
+    cert_issue "$dir/kubelet-serving" "/O=system:nodes/CN=system:node:$node" serverAuth "DNS:$node,IP:${ips//,/,IP:}"
     umask "$SAVED_UMASK"
 }

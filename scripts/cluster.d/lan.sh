@@ -15,11 +15,19 @@
 # With `up --remote-nodes K` the last K nodes sit on a second L2 segment,
 # 10.249.<k>.0/24 (bridge br1, router .1), routed to the first through the
 # LAN namespace: nodes on another subnet, as in another rack.
+# With `up --dual-stack` the nodes, the external client and the routers also
+# have IPv6 addresses, the same host parts in hex on fd00:250:<k hex>::/64
+# (node i ::a+i, the external client ::fa, the router ::fe) and on
+# fd00:249:<k hex>::/64 for the second segment (router ::1): NodePorts and
+# the routes between nodes' pods are then reached over IPv6 too. The control
+# plane stays on IPv4.
 # When the hashed subnet is already on the host (another cluster, or anything
 # else), the next free k is taken; the choice is recorded in the state dir.
 
 LAN_BASE=10.250
 REMOTE_LAN_BASE=10.249
+LAN_BASE6=fd00:250
+REMOTE_LAN_BASE6=fd00:249
 APISERVER_PORT=6443
 
 # Sets the address plan from k ($1).
@@ -32,10 +40,16 @@ lan_plan() {
     LAN_ROUTER=$LAN_BASE.$LAN_K.254
     REMOTE_SUBNET=$REMOTE_LAN_BASE.$LAN_K.0/24
     REMOTE_ROUTER=$REMOTE_LAN_BASE.$LAN_K.1
+    LAN_PREFIX6=$LAN_BASE6:$(printf %x "$LAN_K")
+    REMOTE_PREFIX6=$REMOTE_LAN_BASE6:$(printf %x "$LAN_K")
+    LAN_ROUTER6=$LAN_PREFIX6::fe
+    REMOTE_ROUTER6=$REMOTE_PREFIX6::1
 }
 
-# external_ip : for the node part (node_ip is nodes.sh's: it knows the subnets).
+# external_ip, external_ip6 : for the node part (node_ip is nodes.sh's: it
+# knows the subnets).
 external_ip() { echo "$LAN_BASE.$LAN_K.250"; }
+external_ip6() { echo "$LAN_PREFIX6::fa"; }
 
 # Reads the recorded plan of an existing cluster; fails if there is none.
 lan_load() {
@@ -84,14 +98,17 @@ lan_up() {
     exec {lock_fd}>&-
 }
 
-# lan_plug NETNS PORT IP [BRIDGE] : plugs namespace NETNS into the LAN: its
-# eth0 gets IP/24, the other end is bridge port PORT of BRIDGE (br0, or br1
-# for the second subnet) in the LAN namespace.
+# lan_plug NETNS PORT IP [BRIDGE [IP6]] : plugs namespace NETNS into the
+# LAN: its eth0 gets IP/24 (and IP6/64), the other end is bridge port PORT of
+# BRIDGE (br0, or br1 for the second subnet) in the LAN namespace.
 lan_plug() {
-    local netns=$1 port=$2 ip=$3 bridge=${4:-br0}
+    local netns=$1 port=$2 ip=$3 bridge=${4:-br0} ip6=${5:-}
     ip -n "$LAN_NETNS" link add "$port" type veth peer name eth0 netns "$netns"
     ip -n "$LAN_NETNS" link set "$port" master "$bridge" up
     ip -n "$netns" addr add "$ip/24" dev eth0
+    # No duplicate address detection: the plan gives every address once, and
+    # a tentative address could not be bound (kubelet, NodePorts) for a second.
+    [[ -z $ip6 ]] || ip -n "$netns" addr add "$ip6/64" dev eth0 nodad
     ip -n "$netns" link set eth0 up
 }
 
@@ -103,10 +120,19 @@ lan_add_remote_subnet() {
     ip -n "$LAN_NETNS" addr add "$REMOTE_ROUTER/24" dev br1
     ip -n "$LAN_NETNS" addr add "$LAN_ROUTER/24" dev br0
     ip netns exec "$LAN_NETNS" sysctl -qw net.ipv4.ip_forward=1
+    ((DUAL_STACK)) || return 0
+    ip -n "$LAN_NETNS" addr add "$REMOTE_ROUTER6/64" dev br1 nodad
+    ip -n "$LAN_NETNS" addr add "$LAN_ROUTER6/64" dev br0 nodad
+    ip netns exec "$LAN_NETNS" sysctl -qw net.ipv6.conf.all.forwarding=1
 }
 
-# lan_route_to_remote NETNS : a member of the first subnet reaches the second.
-lan_route_to_remote() { ip -n "$1" route add "$REMOTE_SUBNET" via "$LAN_ROUTER"; }
+# lan_route_to_remote NETNS : a member of the first subnet reaches the
+# second, over IPv6 too when it has an IPv6 address (the control plane has none).
+lan_route_to_remote() {
+    ip -n "$1" route add "$REMOTE_SUBNET" via "$LAN_ROUTER"
+    [[ -z $(ip -n "$1" -6 addr show dev eth0 scope global) ]] ||
+        ip -n "$1" -6 route add "$REMOTE_PREFIX6::/64" via "$LAN_ROUTER6"
+}
 
 # lan_down : removes the host's veth and the LAN namespace, if there.
 # Deleting a namespace takes its veth ends with it, and a veth pair goes

@@ -3,7 +3,8 @@
 #
 # Node i is called "$CLUSTER_NAME-n$i" (its hostname and Node object) and
 # lives in network namespace $PREFIX-n$i, plugged into the LAN at
-# $(node_ip i) (bridge port n$i), default route via the host. Its containerd
+# $(node_ip i) (bridge port n$i), default route via the host, and in a
+# dual-stack cluster at $(node_ip6 i) too. Its containerd
 # and kubelet run there, in mount and UTS namespaces of their own
 # (node-run.sh): per-node directories ($NODES_DIR/<node>/fs/*) over
 # /opt/cni/bin, /etc/cni/net.d, /var/lib/cni, /var/lib/kubelet,
@@ -18,8 +19,8 @@
 # process of a node by those cgroups (shims and pods leave the node's
 # network namespace) and removes them.
 #
-# The external client ($PREFIX-ext, at $(external_ip)) is a namespace on the
-# LAN with no Kubernetes in it.
+# The external client ($PREFIX-ext, at $(external_ip), and $(external_ip6)
+# in a dual-stack cluster) is a namespace on the LAN with no Kubernetes in it.
 
 EXTERNAL_NETNS_NAME_SUFFIX=ext
 MAX_NODES=3
@@ -60,6 +61,22 @@ node_is_remote() { (($1 >= NODE_COUNT - REMOTE_NODES)); }
 # node_ip I : the node's address, on its subnet.
 node_ip() {
     if node_is_remote "$1"; then echo "$REMOTE_LAN_BASE.$LAN_K.$((10 + $1))"; else echo "$LAN_BASE.$LAN_K.$((10 + $1))"; fi
+}
+
+# node_ip6 I : a dual-stack cluster's node's IPv6 address, on its subnet
+# (empty in a single-stack one).
+node_ip6() {
+    ((DUAL_STACK)) || return 0
+    if node_is_remote "$1"; then printf '%s::%x\n' "$REMOTE_PREFIX6" $((10 + $1)); else printf '%s::%x\n' "$LAN_PREFIX6" $((10 + $1)); fi
+}
+
+# kubelet's --node-ip: the node's address, and in a dual-stack cluster its
+# IPv6 one after it (the Node's InternalIPs, whose IPv6 one the other nodes
+# route this node's IPv6 pods through).
+kubelet_node_ips() {
+    local ip6
+    ip6=$(node_ip6 "$1")
+    echo "$(node_ip "$1")${ip6:+,$ip6}"
 }
 
 # Refuses, before anything is made, a node count this script cannot start.
@@ -117,14 +134,14 @@ node_write_configs() {
     node=$(node_name "$i") dir=$NODES_DIR/$(node_name "$i") ip=$(node_ip "$i")
     mkdir -p "$dir/fs/cni-bin"
     kubelet_kubeconfig "$node" "$dir"
-    kubelet_serving_cert "$node" "$ip" "$dir"
+    kubelet_serving_cert "$node" "$(kubelet_node_ips "$i")" "$dir"
     cp /usr/lib/cni/loopback "$dir/fs/cni-bin/"
 
     local images=() img
     for img in "${NODE_IMAGES[@]}"; do images+=("$IMAGES_DIR/$img.tar"); done
     {
         printf 'NODE=%q\n' "$node"
-        printf 'NODE_IP=%q\n' "$ip"
+        printf 'NODE_IP=%q\n' "$(kubelet_node_ips "$i")"
         printf 'CGROUP_ROOT=%q\n' "$(node_cgroup "$i")"
         printf 'LOGS=%q\n' "$LOGS"
         printf 'PIDS=%q\n' "$PIDS"
@@ -205,7 +222,7 @@ mode: $KUBE_PROXY
 clientConnection:
   kubeconfig: $dir/kube-proxy.kubeconfig
 hostnameOverride: $node
-clusterCIDR: $(pod_cidr)
+clusterCIDR: $(pod_pools)
 healthzBindAddress: $ip:10256
 metricsBindAddress: 127.0.0.1:10249
 # NodePorts on the node's LAN address only, not on pods' gateways.
@@ -305,10 +322,11 @@ nodes_up() {
         ip -n "$ns" link set lo up
         # kubelet picks the node's address from the default route.
         if node_is_remote "$i"; then
-            lan_plug "$ns" "n$i" "$(node_ip "$i")" br1
+            lan_plug "$ns" "n$i" "$(node_ip "$i")" br1 "$(node_ip6 "$i")"
             ip -n "$ns" route add default via "$REMOTE_ROUTER" dev eth0
+            ((DUAL_STACK == 0)) || ip -n "$ns" -6 route add "$LAN_PREFIX6::/64" via "$REMOTE_ROUTER6" dev eth0
         else
-            lan_plug "$ns" "n$i" "$(node_ip "$i")"
+            lan_plug "$ns" "n$i" "$(node_ip "$i")" br0 "$(node_ip6 "$i")"
             ip -n "$ns" route add default via "$HOST_IP" dev eth0
             ((REMOTE_NODES == 0)) || lan_route_to_remote "$ns"
         fi
@@ -325,7 +343,7 @@ nodes_up() {
     ns=$PREFIX-$EXTERNAL_NETNS_NAME_SUFFIX
     ip netns add "$ns"
     ip -n "$ns" link set lo up
-    lan_plug "$ns" ext "$(external_ip)"
+    lan_plug "$ns" ext "$(external_ip)" br0 "$( ((DUAL_STACK == 0)) || external_ip6)"
     ((REMOTE_NODES == 0)) || lan_route_to_remote "$ns"
 
     wait_until 120 "$n nodes registered" nodes_registered_or_dead || nodes_explain
@@ -473,10 +491,12 @@ nodes_env() {
         printf 'NODE_NAME_%d=%q\n' "$i" "$(node_name "$i")"
         printf 'NODE_NETNS_%d=%q\n' "$i" "$(node_netns "$i")"
         printf 'NODE_IP_%d=%q\n' "$i" "$(node_ip "$i")"
+        ((DUAL_STACK == 0)) || printf 'NODE_IP6_%d=%q\n' "$i" "$(node_ip6 "$i")"
     done
     if ((${NODE_COUNT:-0} > 0)); then
         printf 'EXTERNAL_NETNS=%q\n' "$PREFIX-$EXTERNAL_NETNS_NAME_SUFFIX"
         printf 'EXTERNAL_IP=%q\n' "$(external_ip)"
+        ((DUAL_STACK == 0)) || printf 'EXTERNAL_IP6=%q\n' "$(external_ip6)"
         printf 'POD_CIDR=%q\n' "$(pod_cidr)"
         ((DUAL_STACK == 0)) || printf 'POD_CIDR6=%q\n' "$(pod_cidr6)"
         printf 'DATAPLANE=%q\n' "$DATAPLANE"

@@ -3,7 +3,7 @@
 //! `kubectl exec`.
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use ipnetwork::Ipv4Network;
@@ -115,6 +115,8 @@ spec:{strategy}
 pub struct Pod {
     pub name: String,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, in a dual-stack cluster.
+    pub ip6: Option<Ipv6Addr>,
     pub restarts: u64,
     /// The node it runs on.
     pub node: String,
@@ -136,6 +138,10 @@ pub fn running_pods(c: &KubeCluster, app: &str, count: usize) -> Vec<Pod> {
                 Some(Pod {
                     name: p["metadata"]["name"].as_str()?.to_string(),
                     ip: p["status"]["podIP"].as_str()?.parse().ok()?,
+                    ip6: p["status"]["podIPs"]
+                        .as_array()?
+                        .iter()
+                        .find_map(|ip| ip["ip"].as_str()?.parse().ok()),
                     restarts: p["status"]["containerStatuses"][0]["restartCount"].as_u64()?,
                     node: p["spec"]["nodeName"].as_str()?.to_string(),
                 })
@@ -178,7 +184,12 @@ pub fn pod_netns(c: &KubeCluster, pod: &Pod) -> NetNs {
 }
 
 /// What the echo CGI at `to` says `from`'s address is, or why none came.
-pub fn seen_address(c: &KubeCluster, from: &Pod, to: SocketAddrV4) -> Result<String, String> {
+pub fn seen_address(
+    c: &KubeCluster,
+    from: &Pod,
+    to: impl Into<SocketAddr>,
+) -> Result<String, String> {
+    let to = to.into();
     let request = format!(
         "printf 'GET /cgi-bin/ip HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {} {}",
         to.ip(),
@@ -244,7 +255,7 @@ pub fn who_from_pod(
 
 /// `count` requests from the cluster's external client (a namespace on
 /// the LAN, no Kubernetes on it) to `to`.
-pub fn who_from_outside(c: &KubeCluster, to: SocketAddrV4, count: usize) -> Vec<Who> {
+pub fn who_from_outside(c: &KubeCluster, to: impl Into<SocketAddr>, count: usize) -> Vec<Who> {
     let out = crate::process::run_bounded(
         std::process::Command::new("ip").args([
             "netns",

@@ -4,10 +4,10 @@
 //! metrics, and what happens when the agent or the API server goes away.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network};
 use margay_tests::host_agent::HostAgent;
 use margay_tests::kube::{KubeCluster, Stopped, sample, wait_for};
 use margay_tests::require_root;
@@ -21,7 +21,7 @@ use serde_json::Value;
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ApiBlock {
     name: String,
-    cidr: Ipv4Network,
+    cidr: IpNetwork,
     node: String,
 }
 
@@ -44,7 +44,7 @@ fn assert_disjoint(blocks: &[ApiBlock]) {
     for (i, a) in blocks.iter().enumerate() {
         for b in &blocks[i + 1..] {
             assert!(
-                !a.cidr.overlaps(b.cidr),
+                !a.cidr.contains(b.cidr.network()) && !b.cidr.contains(a.cidr.network()),
                 "{a:?} and {b:?} overlap: a block is held twice"
             );
         }
@@ -79,7 +79,7 @@ fn pods_on_three_nodes_get_addresses_of_their_nodes_blocks_and_talk_across() {
         assert!(pool.contains(p.ip), "{p:?} outside {pool}");
         let b = blocks
             .iter()
-            .find(|b| b.cidr.contains(p.ip))
+            .find(|b| b.cidr.contains(p.ip.into()))
             .unwrap_or_else(|| panic!("{p:?} is in no IPAMBlock: {blocks:?}"));
         assert_eq!(b.node, p.node, "{p:?} has an address of {b:?}");
     }
@@ -148,8 +148,10 @@ fn pods_on_three_nodes_get_addresses_of_their_nodes_blocks_and_talk_across() {
 }
 
 /// A node on another subnet (another rack, routed, no shared L2) is
-/// reached through the VXLAN tunnel, one on the same subnet directly, and
-/// pods on all three talk with their own addresses as the source.
+/// reached through the VXLAN tunnel, one on the same subnet directly, over
+/// IPv4 and IPv6 (the cluster is dual-stack: IPv6 goes via the peer's IPv6
+/// address, or through the IPv4 tunnel), and pods on all three talk with
+/// their own addresses of either family as the source.
 #[test]
 fn a_node_on_another_subnet_is_reached_through_the_tunnel() {
     require_root!(a_node_on_another_subnet_is_reached_through_the_tunnel);
@@ -160,6 +162,7 @@ fn a_node_on_another_subnet_is_reached_through_the_tunnel() {
             "3",
             "--remote-nodes",
             "1",
+            "--dual-stack",
             "--margay-config",
             "mtu=1450",
         ],
@@ -167,29 +170,32 @@ fn a_node_on_another_subnet_is_reached_through_the_tunnel() {
     c.apply(&web_across_nodes("web", 3));
     let pods = running_pods(&c, "web", 3);
     let blocks = api_blocks(&c);
-    let routes = c.on_node_ok(0, &["ip", "-4", "route", "show", "proto", "77"]);
-    for (i, via) in [
-        (1, format!("via {}", c.env("NODE_IP_1"))),
-        (2, "dev margay-vx".to_string()),
-    ] {
-        let node = c.node_name(i).to_string();
-        for b in blocks.iter().filter(|b| b.node == node) {
-            let line = routes
-                .lines()
-                .find(|l| l.starts_with(&b.cidr.to_string()))
-                .unwrap_or_else(|| panic!("no route to {b:?}: {routes}"));
-            assert!(line.contains(&via), "{b:?}: {line}");
-        }
+    let routes = c.on_node_ok(0, &["ip", "route", "show", "proto", "77"])
+        + &c.on_node_ok(0, &["ip", "-6", "route", "show", "proto", "77"]);
+    for b in blocks.iter().filter(|b| b.node != c.node_name(0)) {
+        let via = match (b.node == c.node_name(1), b.cidr.is_ipv4()) {
+            (true, true) => format!("via {} dev eth0", c.env("NODE_IP_1")),
+            (true, false) => format!("via {} dev eth0", c.env("NODE_IP6_1")),
+            (false, _) => format!("dst {} ttl 64 tos 0 dev margay-vx", c.env("NODE_IP_2")),
+        };
+        let line = routes
+            .lines()
+            .find(|l| l.starts_with(&format!("{} ", b.cidr)))
+            .unwrap_or_else(|| panic!("no route to {b:?}: {routes}"));
+        assert!(line.contains(&via), "{b:?}: {line}");
     }
     for from in &pods {
         for to in pods.iter().filter(|p| p.node != from.node) {
-            let seen = seen_address(&c, from, SocketAddrV4::new(to.ip, PORT)).unwrap_or_else(|e| {
-                panic!(
-                    "{} ({}) → {} ({}): {e}",
-                    from.name, from.node, to.name, to.node
-                )
-            });
-            assert_eq!(seen, from.ip.to_string(), "{} → {}", from.name, to.name);
+            let to6 = to.ip6.expect("a dual-stack pod has an IPv6 address");
+            let from6 = from.ip6.expect("a dual-stack pod has an IPv6 address");
+            for (to, from_ip) in [
+                (SocketAddr::from((to.ip, PORT)), from.ip.to_string()),
+                (SocketAddr::from((to6, PORT)), from6.to_string()),
+            ] {
+                let seen = seen_address(&c, from, to)
+                    .unwrap_or_else(|e| panic!("{} ({}) → {to}: {e}", from.name, from.node));
+                assert_eq!(seen, from_ip, "{} → {to}", from.name);
+            }
         }
     }
 }
@@ -295,7 +301,10 @@ fn hand_written_blocks_are_refused_or_released_and_nothing_is_double_used() {
         .find(|b| b.node == node0)
         .expect("node 0 holds a block");
     // The /25 around node 0's /26, given to node 1 by hand.
-    let wide = Ipv4Network::new(held.cidr.network(), held.cidr.prefix() - 1).unwrap();
+    let IpNetwork::V4(held4) = held.cidr else {
+        panic!("a single-stack cluster's block is IPv4: {held:?}")
+    };
+    let wide = Ipv4Network::new(held4.network(), held4.prefix() - 1).unwrap();
     let wide = Ipv4Network::new(wide.network(), wide.prefix()).unwrap();
     let name = |n: &Ipv4Network| {
         format!(
@@ -341,7 +350,7 @@ fn hand_written_blocks_are_refused_or_released_and_nothing_is_double_used() {
         let b = api_blocks(&c)
             .into_iter()
             .filter(|b| b.name != name(&wide))
-            .find(|b| b.cidr.contains(p.ip))
+            .find(|b| b.cidr.contains(p.ip.into()))
             .unwrap_or_else(|| panic!("{p:?} in no valid block"));
         assert_eq!(b.node, p.node);
     }
@@ -395,7 +404,7 @@ fn hand_written_blocks_are_refused_or_released_and_nothing_is_double_used() {
         },
     );
     assert!(
-        api_blocks(&c).iter().any(|b| b.cidr == wide),
+        api_blocks(&c).iter().any(|b| b.cidr == IpNetwork::V4(wide)),
         "an invalid block of a node that exists is left for its author"
     );
 

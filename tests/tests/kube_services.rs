@@ -1,11 +1,12 @@
 //! Services from the Kubernetes API balanced by Margay's programs, with no
-//! kube-proxy on the local cluster: ClusterIP, NodePort (tunnel and DSR),
+//! kube-proxy on the local cluster: ClusterIP, NodePort (tunnel and DSR,
+//! over IPv4 and IPv6),
 //! LoadBalancer ingress and external IPs, the traffic policies and their
 //! health check node port, affinity, and no failed request while backends
 //! roll or the agent restarts.
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::process::Command;
 use std::time::Duration;
 
@@ -82,13 +83,28 @@ fn names(pods: &[Pod]) -> BTreeSet<String> {
 /// Every client pod, one on each node, reaches backends on every node
 /// through the ClusterIP, and each backend sees the client pod's own
 /// address; the external client reaches every backend through each node's
-/// NodePort, and the backends see the external client's own address.
+/// NodePort, over IPv4 and IPv6 (the cluster is dual-stack, the Service
+/// too), and the backends see the external client's own address of that
+/// family.
 fn cluster_ip_and_node_ports(tag: &str, nodes: usize, mode: &str) {
     let n = nodes.to_string();
-    let c = KubeCluster::up(tag, &["--nodes", &n, "--external-service-mode", mode]);
+    let c = KubeCluster::up(
+        tag,
+        &[
+            "--nodes",
+            &n,
+            "--external-service-mode",
+            mode,
+            "--dual-stack",
+        ],
+    );
     c.apply(&web_across_nodes("web", nodes as u32));
     c.apply(&web_across_nodes("cli", nodes as u32));
-    c.apply(&service("web", "web", "\n  type: NodePort"));
+    c.apply(&service(
+        "web",
+        "web",
+        "\n  type: NodePort\n  ipFamilyPolicy: RequireDualStack",
+    ));
     let backends = running_pods(&c, "web", nodes);
     let clients = running_pods(&c, "cli", nodes);
     let f = frontends(&c, "web");
@@ -111,17 +127,22 @@ fn cluster_ip_and_node_ports(tag: &str, nodes: usize, mode: &str) {
     }
     let node_port = f.node_port.expect("a NodePort Service has a node port");
     for i in 0..nodes {
-        let node_ip: Ipv4Addr = c.env(&format!("NODE_IP_{i}")).parse().unwrap();
-        let answers = all_answer(
-            &format!("node {i}'s NodePort from outside ({mode})"),
-            || who_from_outside(&c, SocketAddrV4::new(node_ip, node_port), SPREAD),
-        );
-        assert_eq!(
-            seen_of(&answers),
-            BTreeSet::from([c.env("EXTERNAL_IP").to_string()]),
-            "through node {i} ({mode}), the backends see the external client's own address"
-        );
-        assert_eq!(pods_of(&answers), names(&backends), "through node {i}");
+        for (node_ip, client_ip) in [
+            (format!("NODE_IP_{i}"), "EXTERNAL_IP"),
+            (format!("NODE_IP6_{i}"), "EXTERNAL_IP6"),
+        ] {
+            let node_ip: IpAddr = c.env(&node_ip).parse().unwrap();
+            let answers = all_answer(
+                &format!("node {i}'s NodePort on {node_ip} from outside ({mode})"),
+                || who_from_outside(&c, SocketAddr::new(node_ip, node_port), SPREAD),
+            );
+            assert_eq!(
+                seen_of(&answers),
+                BTreeSet::from([c.env(client_ip).to_string()]),
+                "through {node_ip} ({mode}), the backends see the external client's own address"
+            );
+            assert_eq!(pods_of(&answers), names(&backends), "through {node_ip}");
+        }
     }
 }
 
@@ -706,7 +727,7 @@ fn the_source_ip_demo_switches_kube_proxy_off_and_back() {
 /// A dual-stack cluster of two nodes: a Service with `ipFamilyPolicy:
 /// RequireDualStack` answers on its IPv6 ClusterIP as on its IPv4 one,
 /// every backend reached (one on each node: pods' IPv6 is routed between
-/// nodes, via the nodes' IPv4 addresses), each seeing the client pod's own
+/// nodes, via the nodes' IPv6 addresses), each seeing the client pod's own
 /// address of the family it was asked in. A NetworkPolicy whose `ipBlock`
 /// is the client's IPv6 address admits it over IPv6 alone, and one whose
 /// block excepts it shuts it out of both.
@@ -757,6 +778,11 @@ fn a_dual_stack_service_answers_on_both_families() {
         );
         assert_eq!(pods_of(&answers), names(&backends), "through {vip}");
     }
+    let routes = c.on_node_ok(0, &["ip", "-6", "route", "show", "proto", "77"]);
+    assert!(
+        routes.contains(&format!("via {} dev eth0", c.env("NODE_IP6_1"))),
+        "node 1's IPv6 pods are routed via its IPv6 address: {routes}"
+    );
     let names: BTreeSet<String> = listed_frontends(&c)
         .iter()
         .filter_map(|f| Some(f["name"].as_str()?.to_string()))
