@@ -89,11 +89,16 @@ struct endpoint {
  * veth's ifindex). Beside struct endpoint rather than in it, so that the
  * records of endpoints registered by an IPv4-only build keep their layout
  * across an upgrade. No entry: the pod has no IPv6 address and sends no
- * IPv6 but neighbour discovery. */
+ * IPv6 but neighbour discovery. Its MAC and counters slot are copies of
+ * its struct endpoint's (written with it; the loader completes an older
+ * build's entries), so that from_pod6 judges a packet with this one
+ * lookup. */
 struct endpoint6 {
 	union v6addr ip;
 	__u32 flags; /* none defined yet */
-	__u32 reserved[3];
+	__u8 mac[6];
+	__u16 reserved;
+	__u32 slot;
 };
 
 #define POLICY_ALLOW 1 /* a rule's action, and policy_check's verdict */

@@ -321,14 +321,14 @@ static __always_inline int egress_to_service_established(struct __sk_buff *skb, 
  * (it carries no ports to judge). TC_ACT_OK or TC_ACT_SHOT (counted) for
  * those; V6_JUDGE for the rest. */
 #define V6_JUDGE -1
-static __always_inline int v6_flowless(const struct packet *p, const struct endpoint *ep, __u8 dir)
+static __always_inline int v6_flowless(const struct packet *p, __u32 ifindex, __u32 slot, __u8 dir)
 {
 	if (v6_link_control(p))
 		return TC_ACT_OK;
 	if (!p->fragment)
 		return V6_JUDGE;
-	if (policy_of(ep->ifindex, dir))
-		return drop(p, ep->slot, ep->ifindex, dir, DROP_FRAGMENT);
+	if (policy_of(ifindex, dir))
+		return drop(p, slot, ifindex, dir, DROP_FRAGMENT);
 	return TC_ACT_OK;
 }
 
@@ -384,24 +384,24 @@ __attribute__((noinline)) int ct6_remember_frontend(struct ct_entry *e,
 	return 0;
 }
 
-/* An IPv6 packet from the pod, once its MAC is known to be the pod's:
- * its source must be the pod's address (or, for neighbour discovery, a
- * link-local or unspecified one); then what needs no flow (v6_flowless),
- * tracked flows and errors about them pass, and a new flow needs the
- * egress policy's leave. A packet to a service's frontend is translated
- * to a backend first (lb_translate6), and policy judges the backend.
- * `ct_missed`: the short path looked the flow up and found none;
- * `service`: the packet may be to a frontend (maybe_service). */
-static __always_inline int from_pod_v6(struct __sk_buff *skb, struct packet *p,
-				       const struct endpoint *ep, int parsed, bool ct_missed,
+/* An IPv6 packet from the pod behind host veth `ifindex` (counters
+ * `slot`), once its MAC is known to be the pod's: its source must be the
+ * pod's address (`owned`) or, for neighbour discovery, a link-local or
+ * unspecified one; then what needs no flow (v6_flowless), tracked flows
+ * and errors about them pass, and a new flow needs the egress policy's
+ * leave. A packet to a service's frontend is translated to a backend
+ * first (lb_translate6), and policy judges the backend. `ct_missed`: the
+ * short path looked the flow up and found none; `service`: the packet may
+ * be to a frontend (maybe_service). */
+static __always_inline int from_pod_v6(struct __sk_buff *skb, struct packet *p, __u32 ifindex,
+				       __u32 slot, bool owned, int parsed, bool ct_missed,
 				       bool service)
 {
-	__u32 ifindex = ep->ifindex, slot = ep->slot;
-	if (!endpoint6_owns(ifindex, &p->saddr6) && !v6_pod_link_source_ok(p))
+	if (!owned && !v6_pod_link_source_ok(p))
 		return drop(p, slot, ifindex, DIR_EGRESS, DROP_SPOOF_IP);
 	if (parsed == PARSE_IPV6_EXT)
 		return drop(p, slot, ifindex, DIR_EGRESS, DROP_IPV6_EXT);
-	int flowless = v6_flowless(p, ep, DIR_EGRESS);
+	int flowless = v6_flowless(p, ifindex, slot, DIR_EGRESS);
 	if (flowless == TC_ACT_SHOT)
 		return flowless;
 	if (flowless == TC_ACT_OK)
@@ -447,6 +447,11 @@ static __always_inline int from_pod_v6(struct __sk_buff *skb, struct packet *p,
 	int verdict = policy_judge6(ifindex, DIR_EGRESS, &p->daddr6, p);
 	if (policy_denies(verdict))
 		return drop_denied(p, slot, ifindex, DIR_EGRESS, DROP_POLICY_EGRESS, verdict);
+	/* The flow's entry is made from the endpoint's record, looked up only
+	 * now: a denied flow costs one lookup fewer. */
+	struct endpoint *ep = endpoint_of(ifindex);
+	if (!ep)
+		return drop(p, slot, ifindex, DIR_EGRESS, DROP_NO_ENDPOINT);
 	if (lb == LB_TRANSLATED)
 		lb_record6(&flow, p->proto);
 	ct6_create(p, ep, true, lb == LB_TRANSLATED ? CT_F_SERVICE : 0, 0);
@@ -466,7 +471,7 @@ static __always_inline int to_pod_v6(struct __sk_buff *skb, struct packet *p,
 				     const struct endpoint *ep, __be32 tunnel_peer)
 {
 	__u32 ifindex = ep->ifindex, slot = ep->slot;
-	int flowless = v6_flowless(p, ep, DIR_INGRESS);
+	int flowless = v6_flowless(p, ifindex, slot, DIR_INGRESS);
 	if (flowless == TC_ACT_SHOT)
 		return flowless;
 	if (flowless == TC_ACT_OK)
@@ -747,7 +752,9 @@ int from_pod(struct __sk_buff *skb)
 }
 
 /* from_pod's IPv6 half, tail-called for the IPv6 packets its short paths
- * did not take (CALL_FROM_POD6): the endpoint's checks and from_pod_v6. */
+ * did not take (CALL_FROM_POD6): the endpoint's checks and from_pod_v6.
+ * The pod's IPv6 entry carries its MAC and slot, so one lookup judges the
+ * sender; a pod without one (no IPv6 address) is known by its endpoint. */
 SEC("classifier")
 int from_pod6(struct __sk_buff *skb)
 {
@@ -756,12 +763,25 @@ int from_pod6(struct __sk_buff *skb)
 	int parsed = parse_packet(skb, &p);
 	bool ct_missed = skb->cb[CB_CT_MISSED];
 	bool service = parsed == PARSED_IPV6 && !p.fragment && maybe_service(&p);
-	struct endpoint *ep = endpoint_of(ifindex);
-	if (!ep)
-		return drop(&p, 0, 0, DIR_EGRESS, DROP_NO_ENDPOINT);
-	if (__builtin_memcmp(p.src_mac, ep->mac, ETH_ALEN) != 0)
-		return drop(&p, ep->slot, ifindex, DIR_EGRESS, DROP_SPOOF_MAC);
-	return from_pod_v6(skb, &p, ep, parsed, ct_missed, service);
+	/* Scalars past the branches: the verifier then walks from_pod_v6 once
+	 * for both kinds of record. */
+	__u32 slot;
+	bool mac_ok, owned = false;
+	struct endpoint6 *ep6 = bpf_map_lookup_elem(&endpoints6, &ifindex);
+	if (ep6) {
+		slot = ep6->slot;
+		mac_ok = __builtin_memcmp(p.src_mac, ep6->mac, ETH_ALEN) == 0;
+		owned = v6addr_equal(&ep6->ip, &p.saddr6);
+	} else {
+		struct endpoint *ep = endpoint_of(ifindex);
+		if (!ep)
+			return drop(&p, 0, 0, DIR_EGRESS, DROP_NO_ENDPOINT);
+		slot = ep->slot;
+		mac_ok = __builtin_memcmp(p.src_mac, ep->mac, ETH_ALEN) == 0;
+	}
+	if (!mac_ok)
+		return drop(&p, slot, ifindex, DIR_EGRESS, DROP_SPOOF_MAC);
+	return from_pod_v6(skb, &p, ifindex, slot, owned, parsed, ct_missed, service);
 }
 
 SEC("classifier")

@@ -64,7 +64,9 @@ impl Endpoint {
 /// A pod's IPv6 address (`struct endpoint6`, map `endpoints6`), keyed by
 /// its host veth's ifindex like [`Endpoint`]. Beside it rather than in it,
 /// so that endpoints registered by an IPv4-only build keep their layout; a
-/// pod without an entry may send no IPv6 but neighbour discovery.
+/// pod without an entry may send no IPv6 but neighbour discovery. It
+/// carries copies of its endpoint's MAC and counters slot, so that the
+/// programs judge a pod's IPv6 packet with this one lookup.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Endpoint6 {
@@ -73,17 +75,28 @@ pub struct Endpoint6 {
     pub ip: [u8; 16],
     /// None defined yet; 0.
     pub flags: u32,
-    /// Room for later fields without a new layout; 0.
-    pub reserved: [u32; 3],
+    /// Its [`Endpoint::mac`].
+    pub mac: [u8; 6],
+    /// Padding; 0.
+    pub reserved: u16,
+    /// Its [`Endpoint::slot`].
+    pub slot: u32,
 }
 
 impl Endpoint6 {
-    /// The entry recording `ip` as the pod's IPv6 address.
-    pub fn new(ip: Ipv6Addr) -> Endpoint6 {
+    /// The entry recording `ip` as the IPv6 address of the pod `ep` is.
+    pub fn of(ep: &Endpoint, ip: Ipv6Addr) -> Endpoint6 {
         Endpoint6 {
             ip: ip.octets(),
+            mac: ep.mac,
+            slot: ep.slot,
             ..Endpoint6::default()
         }
+    }
+
+    /// Whether it carries `ep`'s MAC and slot (an older build wrote none).
+    pub fn matches(&self, ep: &Endpoint) -> bool {
+        self.mac == ep.mac && self.slot == ep.slot
     }
 
     /// The pod's IPv6 address.

@@ -32,34 +32,14 @@ use crate::{maps, slots};
 /// (`endpoints6`, `endpoints`, `endpoints_by_ip`, `counters`), or naming
 /// `counter_slots` when every counters slot is taken.
 pub fn register(root: &Path, ep: &Endpoint, ipv6: Option<Ipv6Addr>) -> Result<(), DataplaneError> {
-    // The IPv6 address first: the endpoint's traffic is dropped until it
-    // is in the registry, so no packet sees it half written.
-    let mut endpoints6 = maps::endpoints6(root)?;
-    let before6 = endpoints6.get(&ep.ifindex, 0).ok();
-    match ipv6 {
-        Some(ip) => endpoints6
-            .insert(ep.ifindex, Endpoint6::new(ip), 0)
-            .map_err(endpoints6.error())?,
-        None => {
-            let _ = endpoints6.remove(&ep.ifindex);
-        }
-    }
-    let written = write_ipv4(root, ep);
-    if written.is_err() {
-        put_back(&mut endpoints6, ep.ifindex, before6);
-    }
-    written
-}
-
-/// [`register`]'s IPv4 half: the entry with its counters slot, then the IP
-/// index. On failure the entry is put back as it was and a slot claimed
-/// for it freed.
-fn write_ipv4(root: &Path, ep: &Endpoint) -> Result<(), DataplaneError> {
     let mut endpoints = maps::endpoints(root)?;
+    let mut endpoints6 = maps::endpoints6(root)?;
     let mut by_ip = maps::endpoints_by_ip(root)?;
     let mut counter_slots = maps::counter_slots(root)?;
     let mut ep = *ep;
     let before = endpoints.get(&ep.ifindex, 0).ok();
+    let before6 = endpoints6.get(&ep.ifindex, 0).ok();
+    let before_by_ip = by_ip.get(&ep.ip, 0).ok();
     // A retried ADD keeps the slot it holds.
     let held = before
         .filter(|old| slots::holds(&counter_slots, old))
@@ -68,14 +48,24 @@ fn write_ipv4(root: &Path, ep: &Endpoint) -> Result<(), DataplaneError> {
         Some(slot) => slot,
         None => slots::claim(&mut counter_slots, ep.ifindex)?,
     };
+    // The IPv6 entry last: the programs take a pod's IPv6 packets by it
+    // alone (it carries the slot), and the endpoint is whole by then.
     let written = slots::zero_counters(root, ep.slot)
         .and_then(|()| {
             endpoints
                 .insert(ep.ifindex, ep, 0)
                 .map_err(endpoints.error())
         })
-        .and_then(|()| by_ip.insert(ep.ip, ep.ifindex, 0).map_err(by_ip.error()));
+        .and_then(|()| by_ip.insert(ep.ip, ep.ifindex, 0).map_err(by_ip.error()))
+        .and_then(|()| match ipv6 {
+            Some(ip) => endpoints6
+                .insert(ep.ifindex, Endpoint6::of(&ep, ip), 0)
+                .map_err(endpoints6.error()),
+            None => maps::removed(endpoints6.remove(&ep.ifindex)).map_err(endpoints6.error()),
+        });
     if written.is_err() {
+        put_back(&mut endpoints6, ep.ifindex, before6);
+        put_back(&mut by_ip, ep.ip, before_by_ip);
         put_back(&mut endpoints, ep.ifindex, before);
         if held.is_none() {
             // Claimed above for this ifindex (NOEXIST): no one else's.
@@ -89,9 +79,9 @@ fn write_ipv4(root: &Path, ep: &Endpoint) -> Result<(), DataplaneError> {
 /// undoing a registration that failed. Undoing is best effort: the
 /// failure that made it needed is what the caller reports, so one of its
 /// own is logged.
-fn put_back<V: aya::Pod>(
-    map: &mut maps::Named<aya::maps::HashMap<aya::maps::MapData, u32, V>>,
-    key: u32,
+fn put_back<K: aya::Pod + std::fmt::Debug, V: aya::Pod>(
+    map: &mut maps::Named<aya::maps::HashMap<aya::maps::MapData, K, V>>,
+    key: K,
     before: Option<V>,
 ) {
     let undone = match before {
@@ -101,7 +91,7 @@ fn put_back<V: aya::Pod>(
     if let Err(e) = undone {
         tracing::warn!(
             map = map.name(),
-            key,
+            ?key,
             "cannot undo a failed registration: {e}"
         );
     }
@@ -212,8 +202,9 @@ pub fn remove(root: &Path, ep: &Endpoint) -> Result<(), DataplaneError> {
         let _ = policies.remove(&key);
         let _ = policies6.remove(&key);
     }
-    let _ = maps::endpoints(root)?.remove(&ep.ifindex);
+    // The IPv6 entry first, as register writes it last.
     let _ = maps::endpoints6(root)?.remove(&ep.ifindex);
+    let _ = maps::endpoints(root)?.remove(&ep.ifindex);
     let mut counter_slots = maps::counter_slots(root)?;
     if slots::holds(&counter_slots, ep) {
         let _ = counter_slots.remove(&ep.slot);

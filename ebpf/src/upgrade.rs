@@ -1,18 +1,20 @@
 //! What the loader fills in, under the node lock, before freshly loaded
 //! programs run: what they read beside the durable maps that older builds
-//! did not write (running endpoints' counters slots, IPv6 addresses and
-//! IPv6 rule lists), and the frontend filter, rebuilt from the frontends.
+//! did not write (running endpoints' counters slots, IPv6 addresses with
+//! their endpoints' MAC and slot, and IPv6 rule lists), and the frontend
+//! filter, rebuilt from the frontends.
 
 use std::net::Ipv6Addr;
 use std::path::Path;
 
-use crate::abi::Endpoint6;
+use crate::abi::{Endpoint, Endpoint6};
 use crate::error::DataplaneError;
 use crate::{maps, slots};
 
 /// Fills in all of it.
 pub(crate) fn fill_in(root: &Path) -> Result<(), DataplaneError> {
     assign_slots(root)?;
+    complete_endpoints6(root)?;
     let adopted = adopt_ipv6_routes(root)?;
     if adopted > 0 {
         tracing::info!(
@@ -62,6 +64,23 @@ fn assign_slots(root: &Path) -> Result<(), DataplaneError> {
     Ok(())
 }
 
+/// Gives every IPv6 entry its endpoint's MAC and counters slot (those an
+/// older build wrote carry neither, and a slot may have just been
+/// assigned): the programs take a pod's IPv6 packets by this entry alone.
+fn complete_endpoints6(root: &Path) -> Result<(), DataplaneError> {
+    let mut endpoints6 = maps::endpoints6(root)?;
+    for ep in maps::values(&maps::endpoints(root)?)? {
+        if let Ok(ep6) = endpoints6.get(&ep.ifindex, 0)
+            && !ep6.matches(&ep)
+        {
+            endpoints6
+                .insert(ep.ifindex, Endpoint6::of(&ep, ep6.ipv6()), 0)
+                .map_err(endpoints6.error())?;
+        }
+    }
+    Ok(())
+}
+
 /// Records the IPv6 addresses of running endpoints registered by a build
 /// that had none to record, so that an upgrade does not cut their pods'
 /// IPv6 off: the plugin routes each pod address to its host veth (a host
@@ -75,10 +94,9 @@ fn adopt_ipv6_routes(root: &Path) -> Result<usize, DataplaneError> {
     use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
 
     let mut endpoints6 = maps::endpoints6(root)?;
-    let missing: Vec<u32> = maps::values(&maps::endpoints(root)?)?
-        .iter()
-        .map(|ep| ep.ifindex)
-        .filter(|i| endpoints6.get(i, 0).is_err())
+    let missing: Vec<Endpoint> = maps::values(&maps::endpoints(root)?)?
+        .into_iter()
+        .filter(|ep| endpoints6.get(&ep.ifindex, 0).is_err())
         .collect();
     if missing.is_empty() {
         return Ok(0);
@@ -110,11 +128,11 @@ fn adopt_ipv6_routes(root: &Path) -> Result<usize, DataplaneError> {
     };
     let found: Vec<(u32, Ipv6Addr)> = routes.iter().filter_map(host_route).collect();
     let mut adopted = 0;
-    for ifindex in missing {
-        let mut theirs = found.iter().filter(|(oif, _)| *oif == ifindex);
+    for ep in missing {
+        let mut theirs = found.iter().filter(|(oif, _)| *oif == ep.ifindex);
         if let (Some((_, ip)), None) = (theirs.next(), theirs.next()) {
             endpoints6
-                .insert(ifindex, Endpoint6::new(*ip), 0)
+                .insert(ep.ifindex, Endpoint6::of(&ep, *ip), 0)
                 .map_err(endpoints6.error())?;
             adopted += 1;
         }

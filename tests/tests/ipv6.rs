@@ -295,19 +295,26 @@ fn neighbour_discovery_and_dad_work_through_the_programs() {
 }
 
 #[test]
-fn an_upgrade_from_an_ipv4_only_build_keeps_running_pods_ipv6() {
-    require_root!(an_upgrade_from_an_ipv4_only_build_keeps_running_pods_ipv6);
+fn an_upgrade_from_an_older_build_keeps_running_pods_ipv6() {
+    require_root!(an_upgrade_from_an_older_build_keeps_running_pods_ipv6);
     let node = Node::new("10.217.4.0/24", "fd00:217:4::/64");
     let a = node.pod("old6");
     let b = node.pod("peer6");
     assert!(ping(&a.ns, IpAddr::V6(b.v6)));
-    // As an IPv4-only build left them: no IPv6 addresses recorded, and
-    // another build's programs pinned.
+    // As older builds left them: A's IPv6 address not recorded (an
+    // IPv4-only build), B's without its endpoint's MAC and slot (an IPv6
+    // build before they were copied there); and another build's programs
+    // pinned.
     let root = node.root();
     let mut endpoints6 = margay_ebpf::maps::endpoints6(root).unwrap();
-    for ifindex in [node.ifindex(&a), node.ifindex(&b)] {
-        endpoints6.remove(&ifindex).unwrap();
-    }
+    endpoints6.remove(&node.ifindex(&a)).unwrap();
+    let address_only = abi::Endpoint6 {
+        ip: b.v6.octets(),
+        ..Default::default()
+    };
+    endpoints6
+        .insert(node.ifindex(&b), address_only, 0)
+        .unwrap();
     assert!(
         !ping(&a.ns, IpAddr::V6(b.v6)),
         "without its address, A's IPv6 is dropped"
@@ -331,11 +338,19 @@ fn an_upgrade_from_an_ipv4_only_build_keeps_running_pods_ipv6() {
         registry::ipv6_of(root, node.ifindex(&a)).unwrap(),
         Some(a.v6)
     );
-    assert_eq!(
-        registry::ipv6_of(root, node.ifindex(&b)).unwrap(),
-        Some(b.v6)
-    );
+    for (pod, ifindex) in [(&a, node.ifindex(&a)), (&b, node.ifindex(&b))] {
+        let ep = margay_ebpf::maps::endpoints(root)
+            .unwrap()
+            .get(&ifindex, 0)
+            .unwrap();
+        assert_eq!(
+            endpoints6.get(&ifindex, 0).unwrap(),
+            abi::Endpoint6::of(&ep, pod.v6),
+            "the entry carries its endpoint's MAC and slot"
+        );
+    }
     assert!(ping(&a.ns, IpAddr::V6(b.v6)), "A's IPv6 works again");
+    assert!(ping(&b.ns, IpAddr::V6(a.v6)), "B's new flows pass");
 }
 
 /// IPv6 services, as an operator declares them with `margayctl service

@@ -1338,7 +1338,11 @@ fn a_registration_that_fails_leaves_no_ipv6_entry_behind() {
     let earlier: Ipv6Addr = "fd00:244::6".parse().unwrap();
     margay_ebpf::maps::endpoints6(r)
         .unwrap()
-        .insert(4243, abi::Endpoint6::new(earlier), 0)
+        .insert(
+            4243,
+            abi::Endpoint6::of(&endpoint(4243, [10, 244, 0, 6]), earlier),
+            0,
+        )
         .unwrap();
     let retried = endpoint(4243, [10, 244, 0, 6]);
     registry::register(r, &retried, Some(ipv6)).unwrap_err();
