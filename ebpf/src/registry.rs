@@ -11,8 +11,9 @@ use crate::{maps, slots};
 
 /// Writes `ep` (keyed by its host veth ifindex) with a counters slot of its
 /// own, its IP index and its pod's IPv6 address (none: the pod sends no
-/// IPv6 but neighbour discovery). The slot's counters start at zero: a
-/// recycled slot or ifindex must not inherit a predecessor's counts.
+/// IPv6 but neighbour discovery). A new slot's counters start at zero: a
+/// recycled slot must not inherit a predecessor's counts; a retried ADD
+/// keeps the slot its veth holds, and its counts.
 ///
 /// It writes all of it or none: when a write fails, the entries it wrote
 /// are put back as they were (none, or a retried ADD's) and a slot it
@@ -50,7 +51,11 @@ pub fn register(root: &Path, ep: &Endpoint, ipv6: Option<Ipv6Addr>) -> Result<()
     };
     // The IPv6 entry last: the programs take a pod's IPv6 packets by it
     // alone (it carries the slot), and the endpoint is whole by then.
-    let written = slots::zero_counters(root, ep.slot)
+    let zeroed = match held {
+        Some(_) => Ok(()),
+        None => slots::zero_counters(root, ep.slot),
+    };
+    let written = zeroed
         .and_then(|()| {
             endpoints
                 .insert(ep.ifindex, ep, 0)

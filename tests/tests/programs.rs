@@ -1292,7 +1292,8 @@ fn rules_naming_sets_judge_peers_by_their_members() {
 /// The registry writes an endpoint whole or not at all: a registration
 /// that fails leaves the maps as it found them, whether or not its caller
 /// undoes anything (the plugin's rollback finds an endpoint by its
-/// `endpoints` entry, which a failed registration may never have written).
+/// `endpoints` entry, which a failed registration may never have written);
+/// a retried registration keeps its slot's counts.
 #[test]
 fn a_registration_that_fails_leaves_no_ipv6_entry_behind() {
     require_root!(a_registration_that_fails_leaves_no_ipv6_entry_behind);
@@ -1300,8 +1301,7 @@ fn a_registration_that_fails_leaves_no_ipv6_entry_behind() {
     let r = root.path();
     let _node = Node::open(r, &Settings::default()).unwrap();
     // Every counters slot held by an interface that exists (the loopback),
-    // so that none can be taken back: the slot claim fails, after the
-    // IPv6 address is written.
+    // so that none can be taken back: the slot claim fails.
     let mut slots = margay_ebpf::maps::counter_slots(r).unwrap();
     for slot in 1..=abi::MAX_ENDPOINTS {
         slots.insert(slot, 1, 0).unwrap();
@@ -1360,5 +1360,59 @@ fn a_registration_that_fails_leaves_no_ipv6_entry_behind() {
             .get(&fresh.ip, 0)
             .unwrap(),
         fresh.ifindex
+    );
+
+    // Retried, it keeps its slot and the slot's counts.
+    let slot = registry::find(r, "mrgtest").unwrap().unwrap().slot;
+    let cpus = aya::util::nr_cpus().unwrap();
+    let counted = abi::Counters {
+        packets: [1, 0],
+        ..Default::default()
+    };
+    margay_ebpf::maps::counters(r)
+        .unwrap()
+        .set(
+            slot,
+            aya::maps::PerCpuValues::try_from(vec![counted; cpus]).unwrap(),
+            0,
+        )
+        .unwrap();
+    registry::register(r, &fresh, Some(ipv6)).unwrap();
+    assert_eq!(
+        inspect::counters(r, fresh.ifindex).unwrap().packets[0],
+        cpus as u64,
+        "a retried ADD zeroed its counters"
+    );
+
+    // A failure at the last write (endpoints6 full) takes back the
+    // endpoint, its IP index and the slot it claimed.
+    slots.remove(&(abi::MAX_ENDPOINTS - 1)).unwrap();
+    let mut endpoints6 = margay_ebpf::maps::endpoints6(r).unwrap();
+    for ifindex in 100_000..100_000 + abi::MAX_ENDPOINTS {
+        if endpoints6
+            .insert(ifindex, abi::Endpoint6::default(), 0)
+            .is_err()
+        {
+            break;
+        }
+    }
+    let late = endpoint(4244, [10, 244, 0, 7]);
+    let e = registry::register(r, &late, Some("fd00:244::7".parse().unwrap())).unwrap_err();
+    assert!(e.to_string().starts_with("map endpoints6: "), "{e}");
+    assert!(
+        margay_ebpf::maps::endpoints(r)
+            .unwrap()
+            .get(&late.ifindex, 0)
+            .is_err()
+    );
+    assert!(
+        margay_ebpf::maps::endpoints_by_ip(r)
+            .unwrap()
+            .get(&late.ip, 0)
+            .is_err()
+    );
+    assert!(
+        slots.get(&(abi::MAX_ENDPOINTS - 1), 0).is_err(),
+        "the claimed slot is free again"
     );
 }
