@@ -47,9 +47,9 @@ lan_plan() {
 }
 
 # external_ip, external_ip6 : for the node part (node_ip is nodes.sh's: it
-# knows the subnets).
+# knows the subnets); the IPv6 one is empty in a single-stack cluster.
 external_ip() { echo "$LAN_BASE.$LAN_K.250"; }
-external_ip6() { echo "$LAN_PREFIX6::fa"; }
+external_ip6() { ((DUAL_STACK == 0)) || echo "$LAN_PREFIX6::fa"; }
 
 # Reads the recorded plan of an existing cluster; fails if there is none.
 lan_load() {

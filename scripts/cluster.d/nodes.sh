@@ -130,18 +130,18 @@ node_cgroups() {
 }
 
 node_write_configs() {
-    local i=$1 node dir ip
-    node=$(node_name "$i") dir=$NODES_DIR/$(node_name "$i") ip=$(node_ip "$i")
+    local i=$1 node dir ip ips
+    node=$(node_name "$i") dir=$NODES_DIR/$(node_name "$i") ip=$(node_ip "$i") ips=$(kubelet_node_ips "$i")
     mkdir -p "$dir/fs/cni-bin"
     kubelet_kubeconfig "$node" "$dir"
-    kubelet_serving_cert "$node" "$(kubelet_node_ips "$i")" "$dir"
+    kubelet_serving_cert "$node" "$ips" "$dir"
     cp /usr/lib/cni/loopback "$dir/fs/cni-bin/"
 
     local images=() img
     for img in "${NODE_IMAGES[@]}"; do images+=("$IMAGES_DIR/$img.tar"); done
     {
         printf 'NODE=%q\n' "$node"
-        printf 'NODE_IP=%q\n' "$(kubelet_node_ips "$i")"
+        printf 'NODE_IP=%q\n' "$ips"
         printf 'CGROUP_ROOT=%q\n' "$(node_cgroup "$i")"
         printf 'LOGS=%q\n' "$LOGS"
         printf 'PIDS=%q\n' "$PIDS"
@@ -343,7 +343,7 @@ nodes_up() {
     ns=$PREFIX-$EXTERNAL_NETNS_NAME_SUFFIX
     ip netns add "$ns"
     ip -n "$ns" link set lo up
-    lan_plug "$ns" ext "$(external_ip)" br0 "$( ((DUAL_STACK == 0)) || external_ip6)"
+    lan_plug "$ns" ext "$(external_ip)" br0 "$(external_ip6)"
     ((REMOTE_NODES == 0)) || lan_route_to_remote "$ns"
 
     wait_until 120 "$n nodes registered" nodes_registered_or_dead || nodes_explain

@@ -744,15 +744,9 @@ fn a_dual_stack_service_answers_on_both_families() {
     ));
     let backends = running_pods(&c, "web", 2);
     let client = &running_pods(&c, "cli", 1)[0];
-    let pod = c.kubectl_json(&["get", "pod", &client.name]);
-    let client_v6: std::net::Ipv6Addr = pod["status"]["podIPs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find_map(|ip| ip["ip"].as_str()?.parse().ok())
-        .expect("a dual-stack pod has an IPv6 address");
+    let client_v6 = client.ip6.expect("a dual-stack pod has an IPv6 address");
     let svc = c.kubectl_json(&["get", "service", "web"]);
-    let cluster_ips: Vec<std::net::IpAddr> = svc["spec"]["clusterIPs"]
+    let cluster_ips: Vec<IpAddr> = svc["spec"]["clusterIPs"]
         .as_array()
         .unwrap()
         .iter()
