@@ -94,8 +94,10 @@ static __always_inline __sum16 csum_replace_word(__sum16 check, __be32 from, __b
 
 /* The checksum difference of an IPv6 address changed from `from` to
  * `to`, as bpf_csum_diff(from, 16, to, 16, 0) gives it (a 32-bit
- * ones'-complement sum, for bpf_l4_csum_replace) without the helper call. */
-static __attribute__((noinline)) __u32 csum_diff_v6addr(const union v6addr *from, const union v6addr *to)
+ * ones'-complement sum, for bpf_l4_csum_replace) without the helper call.
+ * Inline: a BPF call's return costs as much as a helper's on a host that
+ * mitigates SRSO. */
+static __always_inline __u32 csum_diff_v6addr(const union v6addr *from, const union v6addr *to)
 {
 	__u64 sum = (__u32)~from->w[0];
 	sum += (__u32)~from->w[1];
@@ -491,10 +493,13 @@ static __always_inline bool nat_reversed_at_backend6(const struct packet *p)
 
 /* nat_reverse for IPv6 TCP and UDP: a backend's reply to a service
  * connection becomes the frontend's, and a hairpin's goes to the pod's
- * own address. */
-static __always_inline int nat_reverse6(struct __sk_buff *skb, struct packet *p)
+ * own address. A global function: inline, its two rewrites would grow
+ * from_pod6's frame past what the verifier allows beside lb_translate6's
+ * (512 bytes for the chain). A client's replies, on its per-packet path,
+ * take the entry's turn inline instead (nat_reverse_reply6). */
+__attribute__((noinline)) int nat_reverse6(struct __sk_buff *skb, struct packet *p)
 {
-	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
+	if (!p || (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP))
 		return NAT_NO_ENTRY;
 	struct nat_key6 k;
 	nat_key6_fill(&k, &p->saddr6, &p->daddr6, p->sport, p->dport, p->proto, NAT_REV);
